@@ -1,0 +1,7 @@
+//! Infrastructure: everything that touches the world.
+//!
+//! Owns: the event store port and its backends, the command path (per-pool serialization, group
+//! decide, append), the HTTP API, actor keys and signature checks, digests, the clock, the expiry
+//! sweeper and the `allot` binary.
+//!
+//! Must not: decide commands itself; every decision goes through `allot_domain::decide`.

@@ -1,0 +1,144 @@
+//! The event store port: streams of opaque event payloads with optimistic versions.
+//!
+//! Every backend (embedded log, EventStoreDB) implements [`EventStore`] and passes the one
+//! conformance suite in `tests/tests/store_conformance.rs`.
+//!
+//! Versions are per stream, 0-based, contiguous. Positions are global, strictly increasing across
+//! all streams, not necessarily contiguous (EventStoreDB positions are byte offsets).
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use futures::Stream;
+
+pub mod embedded;
+
+/// Largest number of events one `append` may carry.
+pub const APPEND_EVENTS_MAX: usize = 4096;
+/// Largest payload of one event, in bytes.
+pub const EVENT_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
+/// Largest stream name, in bytes.
+pub const STREAM_NAME_BYTES_MAX: usize = 256;
+
+/// What the writer believes about the stream before its append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream's last event must have exactly this version.
+    Exact(u64),
+    /// No check (never used by the command path; kept for administration streams).
+    Any,
+}
+
+/// The stream's actual state, reported on a version conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActualVersion {
+    NoStream,
+    Exact(u64),
+}
+
+/// One event to append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProposedEvent {
+    /// Deterministic id (the command path derives it from pool, actor and token) so a retried
+    /// append can be recognised by backends that deduplicate by id.
+    pub id: [u8; 16],
+    /// Event type name, e.g. `Reserved`; informative for tools reading the store directly.
+    pub kind: String,
+    pub payload: Vec<u8>,
+}
+
+/// One event as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    pub id: [u8; 16],
+    pub kind: String,
+    pub payload: Vec<u8>,
+}
+
+/// Where an append landed: the version and global position of its last event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendOutcome {
+    pub last_version: u64,
+    pub last_position: u64,
+}
+
+/// Failures of the store port.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The stream was not at the expected version; nothing was written.
+    #[error("wrong expected version on stream {stream}: expected {expected:?}, actual {actual:?}")]
+    WrongExpectedVersion {
+        stream: String,
+        expected: ExpectedVersion,
+        actual: ActualVersion,
+    },
+    /// The request broke a limit or was malformed; nothing was written.
+    #[error("invalid append: {0}")]
+    InvalidAppend(String),
+    /// The log is damaged at a place that is not a torn tail.
+    #[error("corrupt log {file} at offset {offset}: {reason}")]
+    Corrupt {
+        file: String,
+        offset: u64,
+        reason: String,
+    },
+    /// Another process owns the data directory.
+    #[error("data directory {0} is locked by another process")]
+    Locked(String),
+    /// The backend cannot be reached or refused service; the append may or may not have landed
+    /// only if `maybe_written` is true.
+    #[error("store unavailable: {reason}")]
+    Unavailable { reason: String, maybe_written: bool },
+    /// The store was closed (shutdown or an earlier fatal I/O error).
+    #[error("store closed")]
+    Closed,
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A live, gap-free feed of recorded events in position order.
+pub type Subscription = Pin<Box<dyn Stream<Item = Result<RecordedEvent, StoreError>> + Send>>;
+
+/// The event store port.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends `events` to `stream` atomically if the stream is at `expected`. Returns only once
+    /// the events are durable.
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<ProposedEvent>,
+    ) -> Result<AppendOutcome, StoreError>;
+
+    /// Reads up to `max_count` events of `stream` with version >= `from_version`, in order.
+    /// An unknown stream reads as empty.
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Reads up to `max_count` events of all streams with position > `after` (all when `None`),
+    /// in position order.
+    async fn read_all(
+        &self,
+        after: Option<u64>,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Every event with position > `after`, then every event appended later, each exactly once,
+    /// in position order.
+    async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError>;
+}
