@@ -1,1 +1,40 @@
-//! stub (being written)
+//! The pool aggregate: the reservation lifecycle as pure functions.
+//!
+//! Owns: the types of the seed's contract (pools, reservations, tokens, actors), commands and
+//! events, `decide` (command + state + now → event or rejection) and `evolve` (state + event →
+//! state), the rejection taxonomy and its precedence, the stored event encoding, and the
+//! canonical bytes actors sign.
+//!
+//! Must not: read a clock, draw randomness, perform I/O, or be async. Time, the parameters
+//! digest and the verified actor arrive as arguments, so replay reproduces live state exactly.
+//!
+//! Layout:
+//! - `ids`: identifiers and scalars (`PoolId`, `ReservationId`, `Timestamp`, ...).
+//! - `command`: `Command`, `Action`, limits and validation.
+//! - `event`: `Event`, `Change`, `Outcome`, `ReservationState`.
+//! - `rejection`: `Rejection` and its stable `RejectionCode`.
+//! - `pool`: the `Pool` aggregate, `decide`, `evolve`, the token cache.
+//! - `actor`: roles and the actor registry folded from the `actors` stream.
+//! - `signing`: the canonical encoding actors sign.
+//! - `codec`: the versioned stored encoding (bincode 2).
+
+pub mod actor;
+pub mod codec;
+pub mod command;
+pub mod event;
+pub mod ids;
+pub mod pool;
+pub mod rejection;
+pub mod signing;
+
+pub use actor::{ActorChange, ActorEvent, ActorKey, ActorRegistry, Role};
+pub use command::{Action, ActionKind, Command};
+pub use event::{Change, Event, Outcome, ReservationState};
+pub use ids::{
+    ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, ReservationId, Timestamp,
+};
+pub use pool::{
+    Decision, EvolveError, Hold, Pool, PoolStatus, ReservationStatus, TokenCache, TokenRecord,
+    decide, evolve,
+};
+pub use rejection::{Rejection, RejectionCode};

@@ -1,0 +1,157 @@
+//! Actors: who may act, with which key and role, recorded as events in the `actors` stream.
+//!
+//! Keys are registered and revoked by admins; a revoked key stops working at once and stays on
+//! record so auditors can verify what it signed before its revocation.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::command::ActionKind;
+use crate::ids::{ActorId, Attestation, IdempotencyToken, Timestamp};
+
+/// What an actor may do.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Manages pools and actors; may also act as a client and expire holds.
+    Admin,
+    /// Upstream services: reserve, confirm, cancel.
+    Client,
+    /// The expiry sweeper: expire only.
+    Sweeper,
+    /// Reads and audits; no state-changing action.
+    Auditor,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Client => "client",
+            Role::Sweeper => "sweeper",
+            Role::Auditor => "auditor",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Role> {
+        [Role::Admin, Role::Client, Role::Sweeper, Role::Auditor]
+            .into_iter()
+            .find(|role| role.as_str() == text)
+    }
+
+    /// Whether this role may perform `action`.
+    pub fn may(self, action: ActionKind) -> bool {
+        match action {
+            ActionKind::DeclarePool | ActionKind::AdjustCapacity | ActionKind::ClosePool => {
+                self == Role::Admin
+            }
+            ActionKind::Reserve
+            | ActionKind::ConfirmReservation
+            | ActionKind::CancelReservation => matches!(self, Role::Admin | Role::Client),
+            ActionKind::ExpireReservation => matches!(self, Role::Admin | Role::Sweeper),
+        }
+    }
+
+    /// Whether this role may register and revoke actors.
+    pub fn may_manage_actors(self) -> bool {
+        self == Role::Admin
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A change to the actor registry.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum ActorChange {
+    Registered { role: Role, public_key: [u8; 32] },
+    Revoked,
+}
+
+/// One event of the `actors` stream. `by` is the admin who made the change (the first admin and
+/// sweeper are registered by the service itself at first start, `by` = themselves).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub struct ActorEvent {
+    pub actor: ActorId,
+    pub change: ActorChange,
+    pub by: ActorId,
+    pub token: IdempotencyToken,
+    pub attestation: Attestation,
+    pub at: Timestamp,
+}
+
+/// An actor's key and role, and the interval in which the key was valid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorKey {
+    pub role: Role,
+    pub public_key: [u8; 32],
+    pub registered_at: Timestamp,
+    pub revoked_at: Option<Timestamp>,
+}
+
+impl ActorKey {
+    /// Whether a signature made at `at` was made while this key was valid.
+    pub fn valid_at(&self, at: Timestamp) -> bool {
+        at >= self.registered_at && self.revoked_at.is_none_or(|revoked| at < revoked)
+    }
+}
+
+/// The registry folded from the `actors` stream: every key each actor ever had, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActorRegistry {
+    keys: HashMap<ActorId, Vec<ActorKey>>,
+}
+
+impl ActorRegistry {
+    pub fn apply(&mut self, event: &ActorEvent) {
+        let keys = self.keys.entry(event.actor.clone()).or_default();
+        match &event.change {
+            ActorChange::Registered { role, public_key } => {
+                // A new registration supersedes the previous key from this instant.
+                if let Some(last) = keys.last_mut()
+                    && last.revoked_at.is_none()
+                {
+                    last.revoked_at = Some(event.at);
+                }
+                keys.push(ActorKey {
+                    role: *role,
+                    public_key: *public_key,
+                    registered_at: event.at,
+                    revoked_at: None,
+                });
+            }
+            ActorChange::Revoked => {
+                if let Some(last) = keys.last_mut()
+                    && last.revoked_at.is_none()
+                {
+                    last.revoked_at = Some(event.at);
+                }
+            }
+        }
+    }
+
+    /// The key in force now (not revoked), if any.
+    pub fn current(&self, actor: &ActorId) -> Option<&ActorKey> {
+        self.keys
+            .get(actor)?
+            .last()
+            .filter(|key| key.revoked_at.is_none())
+    }
+
+    /// The key that was valid at `at`, if any.
+    pub fn key_at(&self, actor: &ActorId, at: Timestamp) -> Option<&ActorKey> {
+        self.keys.get(actor)?.iter().rev().find(|key| key.valid_at(at))
+    }
+
+    pub fn actors(&self) -> impl Iterator<Item = (&ActorId, &[ActorKey])> {
+        self.keys.iter().map(|(actor, keys)| (actor, keys.as_slice()))
+    }
+}

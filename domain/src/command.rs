@@ -1,0 +1,320 @@
+//! Commands: what an actor asks of a pool, with its attestation and idempotency token.
+//!
+//! `decide` validates every command with [`Command::validate`] first; the limits below are the
+//! whole list of what a well-formed command may carry.
+
+use std::collections::HashSet;
+use std::fmt;
+
+use bincode::{Decode, Encode};
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, Timestamp};
+use crate::rejection::Rejection;
+
+/// Longest pool id, in bytes.
+pub const POOL_ID_BYTES_MAX: usize = 64;
+/// Longest idempotency token, in bytes.
+pub const TOKEN_BYTES_MAX: usize = 255;
+/// Longest actor id, in bytes.
+pub const ACTOR_BYTES_MAX: usize = 128;
+/// Longest resource label or unit name, in bytes.
+pub const RESOURCE_BYTES_MAX: usize = 128;
+/// Longest requester label, in bytes.
+pub const REQUESTER_BYTES_MAX: usize = 128;
+/// Largest pool capacity. Far above any physical pool; refuses absurd values like 2^64-1.
+pub const CAPACITY_MAX: u64 = 1_000_000_000;
+/// Most named units a pool may declare.
+pub const UNITS_MAX: usize = 10_000;
+/// Most units one reservation may take.
+pub const COUNT_MAX: u32 = 10_000;
+/// Shortest hold: one second.
+pub const HOLD_DURATION_MS_MIN: u64 = 1_000;
+/// Longest hold: thirty days.
+pub const HOLD_DURATION_MS_MAX: u64 = 30 * 24 * 3_600_000;
+/// Shortest idempotency window: one second.
+pub const IDEMPOTENCY_WINDOW_MS_MIN: u64 = 1_000;
+/// Longest idempotency window: seven days.
+pub const IDEMPOTENCY_WINDOW_MS_MAX: u64 = 7 * 24 * 3_600_000;
+/// Latest `closes_at` accepted: year 2200, to refuse absurd times.
+pub const TIMESTAMP_MS_MAX: u64 = 7_258_118_400_000;
+
+/// What is asked, with its parameters. The target (pool or reservation) is in [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    DeclarePool {
+        capacity: u64,
+        closes_at: Option<Timestamp>,
+        /// Named units (a seat map); empty means units are fungible and `resource` is a label.
+        units: Vec<String>,
+        /// How long a token's outcome is remembered, recorded with the pool so replay forgets
+        /// tokens exactly as the live service did.
+        idempotency_window_ms: u64,
+    },
+    AdjustCapacity {
+        capacity: u64,
+    },
+    ClosePool,
+    Reserve {
+        resource: String,
+        requester: String,
+        duration_ms: u64,
+        count: u32,
+    },
+    ConfirmReservation {
+        reservation: u64,
+    },
+    CancelReservation {
+        reservation: u64,
+    },
+    ExpireReservation {
+        reservation: u64,
+    },
+}
+
+/// The action's name without parameters; what a token is bound to.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Encode, Decode, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionKind {
+    DeclarePool,
+    AdjustCapacity,
+    ClosePool,
+    Reserve,
+    ConfirmReservation,
+    CancelReservation,
+    ExpireReservation,
+}
+
+impl ActionKind {
+    pub const ALL: [ActionKind; 7] = [
+        ActionKind::DeclarePool,
+        ActionKind::AdjustCapacity,
+        ActionKind::ClosePool,
+        ActionKind::Reserve,
+        ActionKind::ConfirmReservation,
+        ActionKind::CancelReservation,
+        ActionKind::ExpireReservation,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActionKind::DeclarePool => "declare_pool",
+            ActionKind::AdjustCapacity => "adjust_capacity",
+            ActionKind::ClosePool => "close_pool",
+            ActionKind::Reserve => "reserve",
+            ActionKind::ConfirmReservation => "confirm_reservation",
+            ActionKind::CancelReservation => "cancel_reservation",
+            ActionKind::ExpireReservation => "expire_reservation",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ActionKind> {
+        ActionKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+impl fmt::Display for ActionKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Action {
+    pub fn kind(&self) -> ActionKind {
+        match self {
+            Action::DeclarePool { .. } => ActionKind::DeclarePool,
+            Action::AdjustCapacity { .. } => ActionKind::AdjustCapacity,
+            Action::ClosePool => ActionKind::ClosePool,
+            Action::Reserve { .. } => ActionKind::Reserve,
+            Action::ConfirmReservation { .. } => ActionKind::ConfirmReservation,
+            Action::CancelReservation { .. } => ActionKind::CancelReservation,
+            Action::ExpireReservation { .. } => ActionKind::ExpireReservation,
+        }
+    }
+
+    /// The reservation sequence this action targets, if any.
+    pub fn reservation(&self) -> Option<u64> {
+        match self {
+            Action::ConfirmReservation { reservation }
+            | Action::CancelReservation { reservation }
+            | Action::ExpireReservation { reservation } => Some(*reservation),
+            _ => None,
+        }
+    }
+
+    /// The parameters in canonical order as (name, value) text pairs: the input of the
+    /// parameters digest and part of the signed bytes (see `signing`).
+    pub fn canonical_params(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Action::DeclarePool {
+                capacity,
+                closes_at,
+                units,
+                idempotency_window_ms,
+            } => vec![
+                ("capacity", capacity.to_string()),
+                (
+                    "closes_at",
+                    closes_at.map(|at| at.0.to_string()).unwrap_or_default(),
+                ),
+                ("idempotency_window_ms", idempotency_window_ms.to_string()),
+                ("units", units.join("\u{1f}")),
+            ],
+            Action::AdjustCapacity { capacity } => vec![("capacity", capacity.to_string())],
+            Action::ClosePool => vec![],
+            Action::Reserve {
+                resource,
+                requester,
+                duration_ms,
+                count,
+            } => vec![
+                ("count", count.to_string()),
+                ("duration_ms", duration_ms.to_string()),
+                ("requester", requester.clone()),
+                ("resource", resource.clone()),
+            ],
+            Action::ConfirmReservation { .. }
+            | Action::CancelReservation { .. }
+            | Action::ExpireReservation { .. } => vec![],
+        }
+    }
+}
+
+/// A command as `decide` receives it: the verified actor, its attestation, the idempotency token
+/// and the digest of the parameters, all computed at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Command {
+    pub pool: PoolId,
+    pub actor: ActorId,
+    pub attestation: Attestation,
+    pub token: IdempotencyToken,
+    pub digest: ParamsDigest,
+    pub action: Action,
+}
+
+/// `[A-Za-z0-9_.-]`, 1..=64 bytes.
+pub fn is_valid_pool_id(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= POOL_ID_BYTES_MAX
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+}
+
+fn check_label(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
+    if value.trim().is_empty() {
+        return Err(Rejection::invalid(field, "must have a non-whitespace character"));
+    }
+    if value.len() > max {
+        return Err(Rejection::invalid(field, format!("longer than {max} bytes")));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(Rejection::invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
+impl Command {
+    /// Stateless checks, in this order: pool id, token, actor, then the action's parameters.
+    /// Nothing here reads the pool, so these rejections are never cached.
+    pub fn validate(&self) -> Result<(), Rejection> {
+        if !is_valid_pool_id(self.pool.as_str()) {
+            return Err(Rejection::invalid(
+                "pool_id",
+                "must be 1..=64 bytes of letters, digits, '_', '.', '-'",
+            ));
+        }
+        if self.token.as_str().is_empty() {
+            return Err(Rejection::invalid("idempotency_token", "must not be empty"));
+        }
+        if self.token.as_str().len() > TOKEN_BYTES_MAX {
+            return Err(Rejection::invalid(
+                "idempotency_token",
+                format!("longer than {TOKEN_BYTES_MAX} bytes"),
+            ));
+        }
+        check_label("actor", self.actor.as_str(), ACTOR_BYTES_MAX)?;
+        match &self.action {
+            Action::DeclarePool {
+                capacity,
+                closes_at,
+                units,
+                idempotency_window_ms,
+            } => {
+                check_capacity(*capacity)?;
+                if let Some(at) = closes_at
+                    && at.0 > TIMESTAMP_MS_MAX
+                {
+                    return Err(Rejection::invalid("closes_at", "after year 2200"));
+                }
+                if !(IDEMPOTENCY_WINDOW_MS_MIN..=IDEMPOTENCY_WINDOW_MS_MAX)
+                    .contains(idempotency_window_ms)
+                {
+                    return Err(Rejection::invalid(
+                        "idempotency_window_ms",
+                        format!(
+                            "must be within {IDEMPOTENCY_WINDOW_MS_MIN}..={IDEMPOTENCY_WINDOW_MS_MAX}"
+                        ),
+                    ));
+                }
+                if units.len() > UNITS_MAX {
+                    return Err(Rejection::invalid(
+                        "units",
+                        format!("more than {UNITS_MAX} units"),
+                    ));
+                }
+                let mut seen = HashSet::with_capacity(units.len());
+                for unit in units {
+                    check_label("units", unit, RESOURCE_BYTES_MAX)?;
+                    if unit.contains('\u{1f}') || !seen.insert(unit.as_str()) {
+                        return Err(Rejection::invalid("units", format!("duplicate unit {unit}")));
+                    }
+                }
+            }
+            Action::AdjustCapacity { capacity } => check_capacity(*capacity)?,
+            Action::ClosePool => {}
+            Action::Reserve {
+                resource,
+                requester,
+                duration_ms,
+                count,
+            } => {
+                check_label("resource", resource, RESOURCE_BYTES_MAX)?;
+                check_label("requester", requester, REQUESTER_BYTES_MAX)?;
+                if !(HOLD_DURATION_MS_MIN..=HOLD_DURATION_MS_MAX).contains(duration_ms) {
+                    return Err(Rejection::invalid(
+                        "duration_ms",
+                        format!("must be within {HOLD_DURATION_MS_MIN}..={HOLD_DURATION_MS_MAX}"),
+                    ));
+                }
+                if !(1..=COUNT_MAX).contains(count) {
+                    return Err(Rejection::invalid(
+                        "count",
+                        format!("must be within 1..={COUNT_MAX}"),
+                    ));
+                }
+            }
+            Action::ConfirmReservation { reservation }
+            | Action::CancelReservation { reservation }
+            | Action::ExpireReservation { reservation } => {
+                if *reservation == 0 {
+                    return Err(Rejection::invalid("reservation_id", "sequence starts at 1"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_capacity(capacity: u64) -> Result<(), Rejection> {
+    if capacity > CAPACITY_MAX {
+        return Err(Rejection::invalid(
+            "capacity",
+            format!("must be at most {CAPACITY_MAX}"),
+        ));
+    }
+    Ok(())
+}

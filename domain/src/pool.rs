@@ -1,0 +1,641 @@
+//! The pool aggregate: `decide` (pure, never mutates) and `evolve` (applies a recorded event).
+//!
+//! Precedence of rejections, first match wins:
+//! 1. `invalid-request` — malformed fields ([`Command::validate`]); not cached.
+//! 2. `not-known` for an undeclared pool; not cached (there is no stream to journal it in).
+//! 3. The token: same actor, same token within the window → same action and digest replays the
+//!    recorded outcome, otherwise `token-collision`; not cached.
+//! 4. The action's own checks, each cached against the token as a `Rejected` event:
+//!    - declare_pool: `pool-already-declared`.
+//!    - adjust_capacity: `capacity-below-allocated`.
+//!    - close_pool: `pool-closed` (already closed).
+//!    - reserve: `pool-closed` (closed, or `now >= closes_at`) → `pool-capacity-exceeded` →
+//!      `invalid-request` (resource is not a unit of a pool with named units, or count ≠ 1 there)
+//!      → `resource-unavailable` (the unit is held by a live reservation).
+//!    - confirm_reservation: `not-known` → `not-held` → `window-elapsed` (`now >= expires_at`).
+//!    - cancel_reservation: `not-known` → `not-held`.
+//!    - expire_reservation: `not-known` → `not-held` → `window-not-elapsed` (`now < expires_at`).
+//!
+//! `recording-failure` is never decided here: it is what the edge answers when the store fails.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use crate::command::{Action, ActionKind, Command};
+use crate::event::{Change, Event, Outcome, ReservationState};
+use crate::ids::{ActorId, IdempotencyToken, ParamsDigest, PoolId, ReservationId, Timestamp};
+use crate::rejection::Rejection;
+
+/// Open for new reservations, or closed by an administrator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PoolStatus {
+    #[default]
+    Open,
+    Closed,
+}
+
+/// A live reservation's details (Held or Confirmed). Terminal reservations keep only their state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub resource: String,
+    pub requester: String,
+    pub count: u32,
+    pub reserved_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub state: ReservationState,
+}
+
+/// What `query_reservation` answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReservationStatus {
+    pub reservation: ReservationId,
+    pub state: ReservationState,
+    pub slot_held: bool,
+    /// Present while the reservation is live.
+    pub hold: Option<Hold>,
+}
+
+/// A token's recorded outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub action: ActionKind,
+    pub digest: ParamsDigest,
+    pub outcome: Outcome,
+    pub recorded_at: Timestamp,
+}
+
+/// Token outcomes of one pool, keyed by (actor, token), forgotten `window` after recording.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TokenCache {
+    records: HashMap<(ActorId, IdempotencyToken), TokenRecord>,
+    /// Recording order; times are non-decreasing because a stream's times are.
+    order: VecDeque<(Timestamp, ActorId, IdempotencyToken)>,
+}
+
+impl TokenCache {
+    fn lookup(
+        &self,
+        actor: &ActorId,
+        token: &IdempotencyToken,
+        now: Timestamp,
+        window_ms: u64,
+    ) -> Option<&TokenRecord> {
+        // Key lookup without cloning: the tuple key needs owned values, so build it once.
+        let record = self.records.get(&(actor.clone(), token.clone()))?;
+        (now < record.recorded_at.plus_ms(window_ms)).then_some(record)
+    }
+
+    fn forget_before(&mut self, now: Timestamp, window_ms: u64) {
+        while let Some((recorded_at, _, _)) = self.order.front() {
+            if now < recorded_at.plus_ms(window_ms) {
+                break;
+            }
+            let Some((recorded_at, actor, token)) = self.order.pop_front() else {
+                break;
+            };
+            let key = (actor, token);
+            if self
+                .records
+                .get(&key)
+                .is_some_and(|record| record.recorded_at == recorded_at)
+            {
+                self.records.remove(&key);
+            }
+        }
+    }
+
+    fn record(&mut self, actor: &ActorId, token: &IdempotencyToken, record: TokenRecord) {
+        self.order
+            .push_back((record.recorded_at, actor.clone(), token.clone()));
+        self.records.insert((actor.clone(), token.clone()), record);
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn get(&self, actor: &ActorId, token: &IdempotencyToken) -> Option<&TokenRecord> {
+        self.records.get(&(actor.clone(), token.clone()))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&(ActorId, IdempotencyToken), &TokenRecord)> {
+        self.records.iter()
+    }
+}
+
+/// What `decide` concluded.
+#[allow(clippy::large_enum_variant)] // moved once into the append batch; boxing buys nothing
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// A new fact to append (a success, or a rejection that is cached against the token).
+    Append(Event),
+    /// The token was seen within its window with the same action and digest: answer this again.
+    Replay(Outcome),
+}
+
+/// A recorded event that cannot follow the pool's current state: the log is not one this domain
+/// wrote, or it is damaged. Replay stops and reports it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event cannot apply to pool {pool}: {reason}")]
+pub struct EvolveError {
+    pub pool: String,
+    pub reason: String,
+}
+
+/// One pool: its arithmetic, its reservations and its token outcomes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pool {
+    id: Option<PoolId>,
+    capacity: u64,
+    allocated: u64,
+    status: PoolStatus,
+    closes_at: Option<Timestamp>,
+    idempotency_window_ms: u64,
+    units: HashSet<String>,
+    /// Named unit → the live reservation holding it.
+    unit_holders: HashMap<String, u64>,
+    /// State of reservation `seq` at index `seq - 1`: one byte per reservation ever made.
+    states: Vec<ReservationState>,
+    /// Held and Confirmed reservations.
+    live: HashMap<u64, Hold>,
+    tokens: TokenCache,
+    last_at: Timestamp,
+    events_applied: u64,
+}
+
+impl Pool {
+    pub fn id(&self) -> Option<&PoolId> {
+        self.id.as_ref()
+    }
+    pub fn is_declared(&self) -> bool {
+        self.id.is_some()
+    }
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+    pub fn allocated(&self) -> u64 {
+        self.allocated
+    }
+    pub fn status(&self) -> PoolStatus {
+        self.status
+    }
+    pub fn closes_at(&self) -> Option<Timestamp> {
+        self.closes_at
+    }
+    pub fn idempotency_window_ms(&self) -> u64 {
+        self.idempotency_window_ms
+    }
+    pub fn units(&self) -> &HashSet<String> {
+        &self.units
+    }
+    /// Time of the last applied event; `decide` never goes earlier.
+    pub fn last_at(&self) -> Timestamp {
+        self.last_at
+    }
+    /// Number of events applied: the stream's next version.
+    pub fn events_applied(&self) -> u64 {
+        self.events_applied
+    }
+    /// Reservations ever made in this pool.
+    pub fn reservations_made(&self) -> u64 {
+        self.states.len() as u64
+    }
+    pub fn tokens(&self) -> &TokenCache {
+        &self.tokens
+    }
+    pub fn live(&self) -> impl Iterator<Item = (u64, &Hold)> {
+        self.live.iter().map(|(seq, hold)| (*seq, hold))
+    }
+    pub fn live_count(&self) -> usize {
+        self.live.len()
+    }
+
+    /// `query_reservation`: read-only, no event.
+    pub fn query(&self, seq: u64) -> Option<ReservationStatus> {
+        let id = self.id.as_ref()?;
+        let state = *self.states.get(usize::try_from(seq.checked_sub(1)?).ok()?)?;
+        Some(ReservationStatus {
+            reservation: ReservationId {
+                pool: id.clone(),
+                seq,
+            },
+            state,
+            slot_held: state.holds_slot(),
+            hold: self.live.get(&seq).cloned(),
+        })
+    }
+
+    fn state_of(&self, seq: u64) -> Option<ReservationState> {
+        let index = usize::try_from(seq.checked_sub(1)?).ok()?;
+        self.states.get(index).copied()
+    }
+
+    fn live_hold(&self, seq: u64) -> Result<&Hold, Rejection> {
+        let pool = self.id.as_ref().map(PoolId::as_str).unwrap_or_default();
+        let state = self.state_of(seq).ok_or_else(|| Rejection::NotKnown {
+            what: "reservation".to_owned(),
+            id: format!("{pool}:{seq}"),
+        })?;
+        match self.live.get(&seq) {
+            Some(hold) if state == ReservationState::Held => Ok(hold),
+            _ => Err(Rejection::NotHeld { state }),
+        }
+    }
+}
+
+/// The result of an action's own checks: the change and the pool/reservation arithmetic.
+struct Effect {
+    change: Change,
+    allocated_after: u64,
+    prior_state: Option<ReservationState>,
+    new_state: Option<ReservationState>,
+}
+
+/// Decides `command` against `pool` at `now`. Pure: the same inputs give the same answer.
+pub fn decide(pool: &Pool, command: &Command, now: Timestamp) -> Result<Decision, Rejection> {
+    command.validate()?;
+    let now = now.max(pool.last_at);
+    let event = |effect: Effect, allocated_before: u64| Event {
+        pool: command.pool.clone(),
+        at: now,
+        actor: command.actor.clone(),
+        attestation: command.attestation.clone(),
+        token: command.token.clone(),
+        digest: command.digest,
+        action: command.action.clone(),
+        allocated_before,
+        allocated_after: effect.allocated_after,
+        prior_state: effect.prior_state,
+        new_state: effect.new_state,
+        change: effect.change,
+    };
+
+    let Some(id) = pool.id.as_ref() else {
+        if let Action::DeclarePool { .. } = command.action {
+            let effect = Effect {
+                change: Change::PoolDeclared,
+                allocated_after: 0,
+                prior_state: None,
+                new_state: None,
+            };
+            return Ok(Decision::Append(event(effect, 0)));
+        }
+        return Err(Rejection::NotKnown {
+            what: "pool".to_owned(),
+            id: command.pool.to_string(),
+        });
+    };
+    if *id != command.pool {
+        return Err(Rejection::invalid("pool_id", "command routed to another pool"));
+    }
+
+    if let Some(record) = pool.tokens.lookup(
+        &command.actor,
+        &command.token,
+        now,
+        pool.idempotency_window_ms,
+    ) {
+        if record.action == command.action.kind() && record.digest == command.digest {
+            return Ok(Decision::Replay(record.outcome.clone()));
+        }
+        return Err(Rejection::TokenCollision {
+            recorded_action: record.action.as_str().to_owned(),
+        });
+    }
+
+    let effect = match decide_action(pool, &command.action, now) {
+        Ok(effect) => effect,
+        Err(rejection) => {
+            let state = command.action.reservation().and_then(|seq| pool.state_of(seq));
+            Effect {
+                change: Change::Rejected(rejection),
+                allocated_after: pool.allocated,
+                prior_state: state,
+                new_state: state,
+            }
+        }
+    };
+    Ok(Decision::Append(event(effect, pool.allocated)))
+}
+
+fn decide_action(pool: &Pool, action: &Action, now: Timestamp) -> Result<Effect, Rejection> {
+    let unchanged = |change: Change| Effect {
+        change,
+        allocated_after: pool.allocated,
+        prior_state: None,
+        new_state: None,
+    };
+    match action {
+        Action::DeclarePool { .. } => Err(Rejection::PoolAlreadyDeclared {
+            pool: pool.id.as_ref().map(PoolId::to_string).unwrap_or_default(),
+        }),
+        Action::AdjustCapacity { capacity } => {
+            if *capacity < pool.allocated {
+                return Err(Rejection::CapacityBelowAllocated {
+                    capacity: *capacity,
+                    allocated: pool.allocated,
+                });
+            }
+            Ok(unchanged(Change::CapacityAdjusted {
+                capacity_before: pool.capacity,
+            }))
+        }
+        Action::ClosePool => {
+            if pool.status == PoolStatus::Closed {
+                return Err(Rejection::PoolClosed {
+                    reason: "already closed".to_owned(),
+                });
+            }
+            Ok(unchanged(Change::PoolClosed))
+        }
+        Action::Reserve {
+            resource,
+            duration_ms,
+            count,
+            ..
+        } => {
+            if pool.status == PoolStatus::Closed {
+                return Err(Rejection::PoolClosed {
+                    reason: "closed to new reservations".to_owned(),
+                });
+            }
+            if let Some(closes_at) = pool.closes_at
+                && now >= closes_at
+            {
+                return Err(Rejection::PoolClosed {
+                    reason: format!("cutoff {closes_at} has passed"),
+                });
+            }
+            let requested = u64::from(*count);
+            if pool.allocated + requested > pool.capacity {
+                return Err(Rejection::PoolCapacityExceeded {
+                    capacity: pool.capacity,
+                    allocated: pool.allocated,
+                    requested,
+                });
+            }
+            if !pool.units.is_empty() {
+                if !pool.units.contains(resource) {
+                    return Err(Rejection::invalid("resource", "not a unit of this pool"));
+                }
+                if *count != 1 {
+                    return Err(Rejection::invalid(
+                        "count",
+                        "a named unit is reserved one at a time",
+                    ));
+                }
+                if let Some(holder) = pool.unit_holders.get(resource) {
+                    return Err(Rejection::ResourceUnavailable {
+                        resource: resource.clone(),
+                        held_by: ReservationId {
+                            pool: pool.id.clone().unwrap_or_default(),
+                            seq: *holder,
+                        },
+                    });
+                }
+            }
+            Ok(Effect {
+                change: Change::Reserved {
+                    reservation: pool.reservations_made() + 1,
+                    expires_at: now.plus_ms(*duration_ms),
+                },
+                allocated_after: pool.allocated + requested,
+                prior_state: None,
+                new_state: Some(ReservationState::Held),
+            })
+        }
+        Action::ConfirmReservation { reservation } => {
+            let hold = pool.live_hold(*reservation)?;
+            if now >= hold.expires_at {
+                return Err(Rejection::WindowElapsed {
+                    expires_at: hold.expires_at,
+                });
+            }
+            Ok(Effect {
+                change: Change::Confirmed {
+                    reservation: *reservation,
+                },
+                allocated_after: pool.allocated,
+                prior_state: Some(ReservationState::Held),
+                new_state: Some(ReservationState::Confirmed),
+            })
+        }
+        Action::CancelReservation { reservation } => {
+            let hold = pool.live_hold(*reservation)?;
+            Ok(Effect {
+                change: Change::Released {
+                    reservation: *reservation,
+                },
+                allocated_after: pool.allocated - u64::from(hold.count),
+                prior_state: Some(ReservationState::Held),
+                new_state: Some(ReservationState::Released),
+            })
+        }
+        Action::ExpireReservation { reservation } => {
+            let hold = pool.live_hold(*reservation)?;
+            if now < hold.expires_at {
+                return Err(Rejection::WindowNotElapsed {
+                    expires_at: hold.expires_at,
+                });
+            }
+            Ok(Effect {
+                change: Change::Expired {
+                    reservation: *reservation,
+                    lateness_ms: now.0 - hold.expires_at.0,
+                },
+                allocated_after: pool.allocated - u64::from(hold.count),
+                prior_state: Some(ReservationState::Held),
+                new_state: Some(ReservationState::Expired),
+            })
+        }
+    }
+}
+
+/// Applies a recorded event. Checks that it can follow the current state (so a damaged or
+/// foreign log is reported, not folded into a wrong state).
+pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
+    let fail = |reason: String| EvolveError {
+        pool: event.pool.to_string(),
+        reason,
+    };
+    match (&pool.id, &event.change) {
+        (None, Change::PoolDeclared) => {}
+        (None, _) => return Err(fail("event before the pool was declared".to_owned())),
+        (Some(id), _) if *id != event.pool => {
+            return Err(fail(format!("event of pool {} in stream of {id}", event.pool)));
+        }
+        (Some(_), _) => {}
+    }
+    if event.at < pool.last_at {
+        return Err(fail(format!(
+            "time goes backwards: {} after {}",
+            event.at, pool.last_at
+        )));
+    }
+    if event.allocated_before != pool.allocated {
+        return Err(fail(format!(
+            "allocated_before {} but pool has {}",
+            event.allocated_before, pool.allocated
+        )));
+    }
+    pool.tokens
+        .forget_before(event.at, pool.idempotency_window_ms);
+    if pool.is_declared()
+        && pool
+            .tokens
+            .lookup(&event.actor, &event.token, event.at, pool.idempotency_window_ms)
+            .is_some()
+    {
+        return Err(fail(format!(
+            "token {} of {} recorded twice within its window",
+            event.token, event.actor
+        )));
+    }
+
+    match (&event.change, &event.action) {
+        (
+            Change::PoolDeclared,
+            Action::DeclarePool {
+                capacity,
+                closes_at,
+                units,
+                idempotency_window_ms,
+            },
+        ) => {
+            if pool.is_declared() {
+                return Err(fail("pool declared twice".to_owned()));
+            }
+            pool.id = Some(event.pool.clone());
+            pool.capacity = *capacity;
+            pool.closes_at = *closes_at;
+            pool.idempotency_window_ms = *idempotency_window_ms;
+            pool.units = units.iter().cloned().collect();
+        }
+        (Change::CapacityAdjusted { .. }, Action::AdjustCapacity { capacity }) => {
+            if *capacity < pool.allocated {
+                return Err(fail(format!(
+                    "capacity {capacity} below allocated {}",
+                    pool.allocated
+                )));
+            }
+            pool.capacity = *capacity;
+        }
+        (Change::PoolClosed, Action::ClosePool) => pool.status = PoolStatus::Closed,
+        (
+            Change::Reserved {
+                reservation,
+                expires_at,
+            },
+            Action::Reserve {
+                resource,
+                requester,
+                count,
+                ..
+            },
+        ) => {
+            if *reservation != pool.reservations_made() + 1 {
+                return Err(fail(format!(
+                    "reservation {reservation} out of sequence (next is {})",
+                    pool.reservations_made() + 1
+                )));
+            }
+            let allocated = pool.allocated + u64::from(*count);
+            if allocated > pool.capacity {
+                return Err(fail(format!(
+                    "allocated {allocated} would exceed capacity {}",
+                    pool.capacity
+                )));
+            }
+            if !pool.units.is_empty() {
+                if pool.unit_holders.contains_key(resource) {
+                    return Err(fail(format!("unit {resource} held twice")));
+                }
+                pool.unit_holders.insert(resource.clone(), *reservation);
+            }
+            pool.allocated = allocated;
+            pool.states.push(ReservationState::Held);
+            pool.live.insert(
+                *reservation,
+                Hold {
+                    resource: resource.clone(),
+                    requester: requester.clone(),
+                    count: *count,
+                    reserved_at: event.at,
+                    expires_at: *expires_at,
+                    state: ReservationState::Held,
+                },
+            );
+        }
+        (Change::Confirmed { reservation }, Action::ConfirmReservation { .. }) => {
+            let hold = held(pool, *reservation).map_err(fail)?;
+            if event.at >= hold.expires_at {
+                return Err(fail(format!("reservation {reservation} confirmed after its window")));
+            }
+            hold.state = ReservationState::Confirmed;
+            pool.states[(*reservation - 1) as usize] = ReservationState::Confirmed;
+        }
+        (Change::Released { reservation }, Action::CancelReservation { .. }) => {
+            release(pool, *reservation, ReservationState::Released).map_err(fail)?;
+        }
+        (Change::Expired { reservation, .. }, Action::ExpireReservation { .. }) => {
+            let expires_at = held(pool, *reservation).map_err(fail)?.expires_at;
+            if event.at < expires_at {
+                return Err(fail(format!("reservation {reservation} expired before its window")));
+            }
+            release(pool, *reservation, ReservationState::Expired).map_err(fail)?;
+        }
+        (Change::Rejected(_), _) => {}
+        (change, action) => {
+            return Err(fail(format!(
+                "change {change:?} does not follow from action {}",
+                action.kind()
+            )));
+        }
+    }
+    if event.allocated_after != pool.allocated {
+        return Err(fail(format!(
+            "allocated_after {} but pool has {}",
+            event.allocated_after, pool.allocated
+        )));
+    }
+    pool.tokens.record(
+        &event.actor,
+        &event.token,
+        TokenRecord {
+            action: event.action.kind(),
+            digest: event.digest,
+            outcome: event.outcome(),
+            recorded_at: event.at,
+        },
+    );
+    pool.last_at = event.at;
+    pool.events_applied += 1;
+    Ok(())
+}
+
+fn held(pool: &mut Pool, seq: u64) -> Result<&mut Hold, String> {
+    match pool.live.get_mut(&seq) {
+        Some(hold) if hold.state == ReservationState::Held => Ok(hold),
+        Some(hold) => Err(format!("reservation {seq} is {}, not held", hold.state)),
+        None => Err(format!("reservation {seq} is not live")),
+    }
+}
+
+fn release(pool: &mut Pool, seq: u64, terminal: ReservationState) -> Result<(), String> {
+    held(pool, seq)?;
+    let Some(hold) = pool.live.remove(&seq) else {
+        return Err(format!("reservation {seq} is not live"));
+    };
+    if !pool.units.is_empty() {
+        pool.unit_holders.remove(&hold.resource);
+    }
+    pool.allocated = pool
+        .allocated
+        .checked_sub(u64::from(hold.count))
+        .ok_or_else(|| format!("releasing reservation {seq} drives allocated below zero"))?;
+    pool.states[(seq - 1) as usize] = terminal;
+    Ok(())
+}
