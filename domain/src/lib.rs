@@ -22,6 +22,8 @@ pub mod actor;
 pub mod codec;
 pub mod command;
 pub mod event;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod ids;
 pub mod pool;
 pub mod rejection;

@@ -429,7 +429,7 @@ fn decide_action(pool: &Pool, action: &Action, now: Timestamp) -> Result<Effect,
                 change: Change::Released {
                     reservation: *reservation,
                 },
-                allocated_after: pool.allocated - u64::from(hold.count),
+                allocated_after: pool.allocated - released_units(hold, ReservationState::Released),
                 prior_state: Some(ReservationState::Held),
                 new_state: Some(ReservationState::Released),
             })
@@ -446,7 +446,7 @@ fn decide_action(pool: &Pool, action: &Action, now: Timestamp) -> Result<Effect,
                     reservation: *reservation,
                     lateness_ms: now.0 - hold.expires_at.0,
                 },
-                allocated_after: pool.allocated - u64::from(hold.count),
+                allocated_after: pool.allocated - released_units(hold, ReservationState::Expired),
                 prior_state: Some(ReservationState::Held),
                 new_state: Some(ReservationState::Expired),
             })
@@ -634,8 +634,24 @@ fn release(pool: &mut Pool, seq: u64, terminal: ReservationState) -> Result<(), 
     }
     pool.allocated = pool
         .allocated
-        .checked_sub(u64::from(hold.count))
+        .checked_sub(released_units(&hold, terminal))
         .ok_or_else(|| format!("releasing reservation {seq} drives allocated below zero"))?;
     pool.states[(seq - 1) as usize] = terminal;
     Ok(())
+}
+
+/// Units a terminal transition returns to the pool: all of the hold's, unless a test-only bug
+/// switch says otherwise.
+fn released_units(hold: &Hold, terminal: ReservationState) -> u64 {
+    #[cfg(feature = "fault-injection")]
+    {
+        use crate::fault::{Fault, is_on};
+        if (terminal == ReservationState::Released && is_on(Fault::CancelForgetsRelease))
+            || (terminal == ReservationState::Expired && is_on(Fault::ExpireForgetsRelease))
+        {
+            return 0;
+        }
+    }
+    let _ = terminal;
+    u64::from(hold.count)
 }
