@@ -1,7 +1,142 @@
 //! Read models folded from pool events.
 //!
-//! Owns: the binding (reservation → pool, slot_released), pool counts, the token cache view and the
-//! expiry index, each a pure fold with one `apply(&event)`. Live service and replay call the same
-//! apply code, so a rebuilt projection equals the live one.
+//! Owns: the binding (reservation → pool, state, slot_released), the pool counts, the expiry
+//! index of Held reservations, and the [`Projections`] set that applies one recorded event to all
+//! of them. The live service and replay call the same [`Projections::apply`], so a rebuilt
+//! projection equals the live one; the token cache lives in the pool aggregate
+//! (`allot_domain::Pool::tokens`), rebuilt by the same replay.
 //!
 //! Must not: read clocks, perform I/O, or decide commands (that is `allot-domain`).
+//!
+//! Applying is idempotent per pool stream: each pool's next expected stream version is tracked,
+//! and an event at an earlier version is skipped. Events of one pool must arrive in stream order;
+//! different pools may interleave in any order (the live service applies each pool's events as
+//! its appends land).
+
+pub mod binding;
+pub mod counts;
+pub mod expiry;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use allot_domain::{Event, PoolId};
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+pub use binding::{Binding, BindingEntry};
+pub use counts::{PoolCount, PoolCounts};
+pub use expiry::ExpiryIndex;
+
+/// What happened when an event was offered to the projections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    Applied,
+    /// Already applied (version below the pool's next expected version).
+    Skipped,
+    /// A version was skipped: events of this pool arrived out of order or one is missing.
+    Gap {
+        expected: u64,
+    },
+}
+
+/// All live read models, fed by the same apply code in the service and in replay.
+#[derive(Debug, Default)]
+pub struct Projections {
+    pub binding: Binding,
+    pub counts: PoolCounts,
+    pub expiry: ExpiryIndex,
+    next_version: DashMap<PoolId, u64>,
+    /// Highest global position applied so far (a checkpoint is valid only when every event at or
+    /// below it has been applied, which holds for replay in position order).
+    last_position: AtomicU64,
+    applied: AtomicU64,
+}
+
+/// A plain, comparable copy of every projection: what checkpoints store and tests compare.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub binding: BTreeMap<String, BindingEntry>,
+    pub counts: BTreeMap<String, PoolCount>,
+    pub expiry: Vec<(u64, String)>,
+    pub next_version: BTreeMap<String, u64>,
+    pub last_position: Option<u64>,
+    pub applied: u64,
+}
+
+impl Projections {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies the event recorded at `version` of its pool stream and global `position`.
+    pub fn apply(&self, version: u64, position: u64, event: &Event) -> Applied {
+        let mut next = self.next_version.entry(event.pool.clone()).or_insert(0);
+        if version < *next {
+            return Applied::Skipped;
+        }
+        if version > *next {
+            return Applied::Gap { expected: *next };
+        }
+        *next = version + 1;
+        drop(next);
+        self.binding.apply(event);
+        self.counts.apply(event);
+        self.expiry.apply(event);
+        self.last_position
+            .fetch_max(position.saturating_add(1), Ordering::AcqRel);
+        self.applied.fetch_add(1, Ordering::AcqRel);
+        Applied::Applied
+    }
+
+    /// Highest global position applied, if any.
+    pub fn last_position(&self) -> Option<u64> {
+        self.last_position.load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// Number of events applied.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// The next stream version expected for `pool` (0 if none seen).
+    pub fn next_version(&self, pool: &PoolId) -> u64 {
+        self.next_version.get(pool).map(|v| *v).unwrap_or(0)
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            binding: self.binding.snapshot(),
+            counts: self.counts.snapshot(),
+            expiry: self.expiry.snapshot(),
+            next_version: self
+                .next_version
+                .iter()
+                .map(|entry| (entry.key().to_string(), *entry.value()))
+                .collect(),
+            last_position: self.last_position(),
+            applied: self.applied(),
+        }
+    }
+
+    /// Rebuilds live projections from a checkpoint snapshot.
+    pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+        let projections = Projections::new();
+        projections.binding.restore(&snapshot.binding);
+        projections.counts.restore(&snapshot.counts);
+        projections.expiry.restore(&snapshot.expiry);
+        for (pool, version) in &snapshot.next_version {
+            projections
+                .next_version
+                .insert(PoolId::new(pool.clone()), *version);
+        }
+        projections.last_position.store(
+            snapshot.last_position.map_or(0, |p| p.saturating_add(1)),
+            Ordering::Release,
+        );
+        projections
+            .applied
+            .store(snapshot.applied, Ordering::Release);
+        projections
+    }
+}

@@ -1,0 +1,89 @@
+//! Pool counts: capacity, allocated and the live reservation tally of every pool.
+
+use std::collections::BTreeMap;
+
+use allot_domain::{Action, Change, Event, PoolId, RejectionCode, Timestamp};
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolCount {
+    pub capacity: u64,
+    /// As recorded by the last event (`allocated_after`).
+    pub allocated: u64,
+    pub closed: bool,
+    pub closes_at: Option<Timestamp>,
+    pub reservations: u64,
+    pub confirmed: u64,
+    pub released: u64,
+    pub expired: u64,
+    /// Rejections journaled, by code.
+    pub rejections: BTreeMap<RejectionCode, u64>,
+    pub last_at: Timestamp,
+}
+
+impl PoolCount {
+    /// Reservations still holding slots (Held or Confirmed).
+    pub fn live(&self) -> u64 {
+        self.reservations - self.released - self.expired
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct PoolCounts {
+    pools: DashMap<PoolId, PoolCount>,
+}
+
+impl PoolCounts {
+    pub fn apply(&self, event: &Event) {
+        let mut count = self.pools.entry(event.pool.clone()).or_default();
+        count.allocated = event.allocated_after;
+        count.last_at = event.at;
+        match (&event.change, &event.action) {
+            (
+                Change::PoolDeclared,
+                Action::DeclarePool {
+                    capacity,
+                    closes_at,
+                    ..
+                },
+            ) => {
+                count.capacity = *capacity;
+                count.closes_at = *closes_at;
+            }
+            (Change::CapacityAdjusted { .. }, Action::AdjustCapacity { capacity }) => {
+                count.capacity = *capacity;
+            }
+            (Change::PoolClosed, _) => count.closed = true,
+            (Change::Reserved { .. }, _) => count.reservations += 1,
+            (Change::Confirmed { .. }, _) => count.confirmed += 1,
+            (Change::Released { .. }, _) => count.released += 1,
+            (Change::Expired { .. }, _) => count.expired += 1,
+            (Change::Rejected(rejection), _) => {
+                *count.rejections.entry(rejection.code()).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
+    pub fn get(&self, pool: &PoolId) -> Option<PoolCount> {
+        self.pools.get(pool).map(|count| count.clone())
+    }
+
+    pub fn pools(&self) -> Vec<PoolId> {
+        self.pools.iter().map(|entry| entry.key().clone()).collect()
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<String, PoolCount> {
+        self.pools
+            .iter()
+            .map(|entry| (entry.key().to_string(), entry.value().clone()))
+            .collect()
+    }
+
+    pub fn restore(&self, snapshot: &BTreeMap<String, PoolCount>) {
+        for (pool, count) in snapshot {
+            self.pools.insert(PoolId::new(pool.clone()), count.clone());
+        }
+    }
+}
