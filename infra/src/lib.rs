@@ -5,3 +5,9 @@
 //! sweeper and the `allot` binary.
 //!
 //! Must not: decide commands itself; every decision goes through `allot_domain::decide`.
+
+pub mod clock;
+pub mod identity;
+pub mod ledger;
+pub mod metrics;
+pub mod store;

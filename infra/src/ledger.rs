@@ -1,0 +1,571 @@
+//! The command path: one task per pool serializes that pool's commands, decides a batch of them
+//! back to back against the aggregate, and appends the batch (one event per command) with the
+//! pool's expected version. Replies are sent only after the append is durable, so nothing is
+//! acknowledged that could be lost. On a version conflict (another instance wrote) the task
+//! reloads the stream and decides the batch again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use allot_domain::{
+    ActorEvent, Command, Decision, Event, Outcome, Pool, PoolId, Rejection, codec, decide, evolve,
+};
+use allot_projections::Projections;
+use dashmap::DashMap;
+use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+
+use crate::clock::Clock;
+use crate::identity::ActorDirectory;
+use crate::metrics::Metrics;
+use crate::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError};
+
+/// Commands decided back to back into one append.
+pub const BATCH_COMMANDS_MAX: usize = 1024;
+/// Commands queued per pool before new ones are refused as overloaded.
+pub const POOL_QUEUE_MAX: usize = 8192;
+/// Times a batch is decided again after version conflicts before giving up.
+pub const CONFLICT_RETRIES_MAX: usize = 16;
+/// Events read per page when loading a stream.
+pub const READ_PAGE_EVENTS: usize = 4096;
+/// Name of the stream holding actor registrations.
+pub const ACTORS_STREAM: &str = "actors";
+
+/// The store stream of a pool.
+pub fn pool_stream(pool: &PoolId) -> String {
+    format!("pool-{pool}")
+}
+
+/// The pool a stream belongs to, if it is a pool stream.
+pub fn stream_pool(stream: &str) -> Option<PoolId> {
+    stream.strip_prefix("pool-").map(PoolId::new)
+}
+
+/// What a submitted command got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    pub outcome: Outcome,
+    /// The outcome was recorded earlier for this token and is answered again.
+    pub replayed: bool,
+}
+
+/// Why a command got no recorded outcome. Nothing changed in any of these cases.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubmitError {
+    /// A rejection that is not cached: malformed request, unknown pool, token collision.
+    #[error(transparent)]
+    Rejected(Rejection),
+    /// The store failed; the command may be retried with the same token.
+    #[error("recording-failure: {0}")]
+    Recording(String),
+    /// The pool's queue is full.
+    #[error("pool {0} is overloaded; retry later")]
+    Overloaded(String),
+    /// The service is shutting down.
+    #[error("service is shutting down")]
+    ShuttingDown,
+}
+
+/// Failures loading state from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot decode event at {stream} version {version}: {reason}")]
+    Decode {
+        stream: String,
+        version: u64,
+        reason: String,
+    },
+    #[error("cannot fold event at {stream} version {version}: {reason}")]
+    Fold {
+        stream: String,
+        version: u64,
+        reason: String,
+    },
+}
+
+struct Job {
+    command: Command,
+    reply: oneshot::Sender<Result<Reply, SubmitError>>,
+}
+
+struct Shared {
+    store: Arc<dyn EventStore>,
+    clock: Arc<dyn Clock>,
+    projections: Arc<Projections>,
+    actors: Arc<ActorDirectory>,
+    metrics: Arc<Metrics>,
+    pools: DashMap<PoolId, mpsc::Sender<Job>>,
+    /// Serializes appends to the `actors` stream and remembers its version.
+    actors_version: Mutex<Option<u64>>,
+    /// Woken after a hold is placed, so the sweeper can re-plan its next wake-up.
+    holds_placed: Notify,
+    accepting: AtomicBool,
+}
+
+/// The command path. Cheap to clone.
+#[derive(Clone)]
+pub struct Ledger {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("pools", &self.shared.pools.len())
+            .finish()
+    }
+}
+
+/// A deterministic event id from pool, actor, token and time, so a retried append of the same
+/// decision carries the same id (EventStoreDB deduplicates by it).
+pub fn event_id(event: &Event) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"allot-event-id-v1\n");
+    for part in [
+        event.pool.as_str(),
+        event.actor.as_str(),
+        event.token.as_str(),
+    ] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.update(&event.at.0.to_le_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    // RFC 9562 version 8 (custom) and variant bits, so the id is a valid UUID.
+    id[6] = (id[6] & 0x0f) | 0x80;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+impl Ledger {
+    /// Opens the command path over `store`: loads actors and folds every pool event into the
+    /// projections (or only the tail after `projections`' checkpoint position).
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        projections: Arc<Projections>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Ledger, LoadError> {
+        let actors = Arc::new(ActorDirectory::default());
+        let mut actors_version = None;
+        let mut from = 0;
+        loop {
+            let page = store
+                .read_stream(ACTORS_STREAM, from, READ_PAGE_EVENTS)
+                .await?;
+            for recorded in &page {
+                let event = decode_actor(recorded)?;
+                actors.apply(&event);
+                actors_version = Some(recorded.version);
+            }
+            if page.len() < READ_PAGE_EVENTS {
+                break;
+            }
+            from += page.len() as u64;
+        }
+        let mut after = projections.last_position();
+        loop {
+            let page = store.read_all(after, READ_PAGE_EVENTS).await?;
+            for recorded in &page {
+                after = Some(recorded.position);
+                if stream_pool(&recorded.stream).is_none() {
+                    continue;
+                }
+                let event = decode_pool(recorded)?;
+                projections.apply(recorded.version, recorded.position, &event);
+            }
+            if page.len() < READ_PAGE_EVENTS {
+                break;
+            }
+        }
+        Ok(Ledger {
+            shared: Arc::new(Shared {
+                store,
+                clock,
+                projections,
+                actors,
+                metrics,
+                pools: DashMap::new(),
+                actors_version: Mutex::new(actors_version),
+                holds_placed: Notify::new(),
+                accepting: AtomicBool::new(true),
+            }),
+        })
+    }
+
+    pub fn projections(&self) -> &Arc<Projections> {
+        &self.shared.projections
+    }
+
+    pub fn actors(&self) -> &Arc<ActorDirectory> {
+        &self.shared.actors
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.shared.clock
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.shared.store
+    }
+
+    /// Resolves when a hold has been placed since the last call (for the sweeper).
+    pub async fn hold_placed(&self) {
+        self.shared.holds_placed.notified().await;
+    }
+
+    /// Stops accepting new commands; queued ones are still decided and answered.
+    pub fn stop_accepting(&self) {
+        self.shared.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Decides and records `command` (already authenticated by the caller). Returns once the
+    /// outcome is durable.
+    pub async fn submit(&self, command: Command) -> Result<Reply, SubmitError> {
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        // Malformed commands never reach (or spawn) a pool task.
+        command.validate().map_err(SubmitError::Rejected)?;
+        let mut command = command;
+        loop {
+            let sender = self.pool_sender(&command.pool);
+            let (reply, answer) = oneshot::channel();
+            match sender.try_send(Job { command, reply }) {
+                Ok(()) => {
+                    return answer.await.unwrap_or(Err(SubmitError::ShuttingDown));
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    return Err(SubmitError::Overloaded(sender_pool_name(&sender)));
+                }
+                Err(mpsc::error::TrySendError::Closed(job)) => {
+                    // The pool task retired (its pool was never declared); start a new one.
+                    self.shared
+                        .pools
+                        .remove_if(&job.command.pool, |_, tx| tx.same_channel(&sender));
+                    command = job.command;
+                }
+            }
+        }
+    }
+
+    fn pool_sender(&self, pool: &PoolId) -> mpsc::Sender<Job> {
+        if let Some(sender) = self.shared.pools.get(pool) {
+            return sender.clone();
+        }
+        self.shared
+            .pools
+            .entry(pool.clone())
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(POOL_QUEUE_MAX);
+                let ledger = self.clone();
+                let pool = pool.clone();
+                tokio::spawn(async move { ledger.run_pool(pool, rx).await });
+                tx
+            })
+            .clone()
+    }
+
+    /// Loads a pool aggregate from its stream.
+    pub async fn load_pool(&self, pool: &PoolId) -> Result<Pool, LoadError> {
+        let stream = pool_stream(pool);
+        let mut state = Pool::default();
+        loop {
+            let page = self
+                .shared
+                .store
+                .read_stream(&stream, state.events_applied(), READ_PAGE_EVENTS)
+                .await?;
+            for recorded in &page {
+                let event = decode_pool(recorded)?;
+                evolve(&mut state, &event).map_err(|error| LoadError::Fold {
+                    stream: stream.clone(),
+                    version: recorded.version,
+                    reason: error.to_string(),
+                })?;
+            }
+            if page.len() < READ_PAGE_EVENTS {
+                return Ok(state);
+            }
+        }
+    }
+
+    async fn run_pool(self, pool_id: PoolId, mut jobs: mpsc::Receiver<Job>) {
+        let mut state: Option<Pool> = None;
+        let mut retiring = false;
+        while let Some(first) = jobs.recv().await {
+            let mut batch = Vec::with_capacity(16);
+            batch.push(first);
+            while batch.len() < BATCH_COMMANDS_MAX {
+                match jobs.try_recv() {
+                    Ok(job) => batch.push(job),
+                    Err(_) => break,
+                }
+            }
+            if state.is_none() {
+                match self.load_pool(&pool_id).await {
+                    Ok(pool) => state = Some(pool),
+                    Err(error) => {
+                        tracing::error!(pool = %pool_id, %error, "cannot load pool");
+                        fail_all(batch, &SubmitError::Recording(error.to_string()));
+                        continue;
+                    }
+                }
+            }
+            let Some(pool) = state.as_mut() else { continue };
+            let keep = self.decide_batch(&pool_id, pool, batch).await;
+            if !keep {
+                state = None;
+            }
+            // A pool that was never declared keeps no task: retire, then answer what was queued.
+            if !retiring && state.as_ref().is_some_and(|pool| !pool.is_declared()) {
+                retiring = true;
+                self.shared.pools.remove(&pool_id);
+                jobs.close();
+            }
+        }
+    }
+
+    /// Decides and appends one batch. Returns false if the in-memory pool must be reloaded.
+    async fn decide_batch(&self, pool_id: &PoolId, pool: &mut Pool, batch: Vec<Job>) -> bool {
+        let stream = pool_stream(pool_id);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let now = self.shared.clock.now();
+            let base_version = pool.events_applied();
+            let mut events = Vec::new();
+            let mut replies = Vec::with_capacity(batch.len());
+            for job in &batch {
+                match decide(pool, &job.command, now) {
+                    Ok(Decision::Append(event)) => {
+                        if let Err(error) = evolve(pool, &event) {
+                            // decide and evolve disagree: a domain bug. Refuse the batch.
+                            tracing::error!(pool = %pool_id, %error, "decided event does not apply");
+                            fail_all(batch, &SubmitError::Recording(error.to_string()));
+                            return false;
+                        }
+                        replies.push(Ok(Reply {
+                            outcome: event.outcome(),
+                            replayed: false,
+                        }));
+                        events.push(event);
+                    }
+                    Ok(Decision::Replay(outcome)) => replies.push(Ok(Reply {
+                        outcome,
+                        replayed: true,
+                    })),
+                    Err(rejection) => replies.push(Err(SubmitError::Rejected(rejection))),
+                }
+            }
+            if events.is_empty() {
+                send_replies(batch, replies);
+                return true;
+            }
+            let expected = match base_version.checked_sub(1) {
+                None => ExpectedVersion::NoStream,
+                Some(version) => ExpectedVersion::Exact(version),
+            };
+            let proposed = events
+                .iter()
+                .map(|event| ProposedEvent {
+                    id: event_id(event),
+                    kind: event.kind_name().to_owned(),
+                    payload: codec::encode_event(event),
+                })
+                .collect();
+            self.shared
+                .metrics
+                .append_batch_events
+                .observe(events.len() as f64);
+            match self.shared.store.append(&stream, expected, proposed).await {
+                Ok(appended) => {
+                    let mut placed_hold = false;
+                    for (i, event) in events.iter().enumerate() {
+                        let version = base_version + i as u64;
+                        let position = appended
+                            .last_position
+                            .saturating_sub((events.len() - 1 - i) as u64);
+                        self.shared.projections.apply(version, position, event);
+                        placed_hold |=
+                            matches!(event.change, allot_domain::Change::Reserved { .. });
+                    }
+                    if placed_hold {
+                        self.shared.holds_placed.notify_one();
+                    }
+                    send_replies(batch, replies);
+                    return true;
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) if attempt < CONFLICT_RETRIES_MAX => {
+                    self.shared.metrics.version_conflicts.inc();
+                    tracing::debug!(pool = %pool_id, attempt, "version conflict; reloading");
+                    match self.load_pool(pool_id).await {
+                        Ok(fresh) => *pool = fresh,
+                        Err(error) => {
+                            fail_all(batch, &SubmitError::Recording(error.to_string()));
+                            return false;
+                        }
+                    }
+                    // Events another writer appended must reach the projections too.
+                    self.catch_up_projections(pool_id).await;
+                }
+                Err(error) => {
+                    tracing::warn!(pool = %pool_id, %error, "append failed");
+                    fail_all(batch, &SubmitError::Recording(error.to_string()));
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Applies events of `pool` that the projections have not seen (written by another instance).
+    async fn catch_up_projections(&self, pool: &PoolId) {
+        let stream = pool_stream(pool);
+        loop {
+            let from = self.shared.projections.next_version(pool);
+            let page = match self
+                .shared
+                .store
+                .read_stream(&stream, from, READ_PAGE_EVENTS)
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(pool = %pool, %error, "cannot catch up projections");
+                    return;
+                }
+            };
+            for recorded in &page {
+                match decode_pool(recorded) {
+                    Ok(event) => {
+                        self.shared
+                            .projections
+                            .apply(recorded.version, recorded.position, &event);
+                    }
+                    Err(error) => {
+                        tracing::error!(pool = %pool, %error, "cannot decode event");
+                        return;
+                    }
+                }
+            }
+            if page.len() < READ_PAGE_EVENTS {
+                return;
+            }
+        }
+    }
+
+    /// Appends an actor registration or revocation and applies it to the directory.
+    pub async fn record_actor_event(&self, event: ActorEvent) -> Result<(), SubmitError> {
+        let mut version = self.shared.actors_version.lock().await;
+        for _ in 0..CONFLICT_RETRIES_MAX {
+            let expected = match *version {
+                None => ExpectedVersion::NoStream,
+                Some(v) => ExpectedVersion::Exact(v),
+            };
+            let proposed = ProposedEvent {
+                id: actor_event_id(&event),
+                kind: "Actor".to_owned(),
+                payload: codec::encode_actor_event(&event),
+            };
+            match self
+                .shared
+                .store
+                .append(ACTORS_STREAM, expected, vec![proposed])
+                .await
+            {
+                Ok(appended) => {
+                    *version = Some(appended.last_version);
+                    self.shared.actors.apply(&event);
+                    return Ok(());
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) => {
+                    // Another instance registered an actor: fold what it wrote, then retry.
+                    let from = version.map_or(0, |v| v + 1);
+                    let page = self
+                        .shared
+                        .store
+                        .read_stream(ACTORS_STREAM, from, READ_PAGE_EVENTS)
+                        .await
+                        .map_err(|e| SubmitError::Recording(e.to_string()))?;
+                    for recorded in &page {
+                        let other = decode_actor(recorded)
+                            .map_err(|e| SubmitError::Recording(e.to_string()))?;
+                        self.shared.actors.apply(&other);
+                        *version = Some(recorded.version);
+                    }
+                }
+                Err(error) => return Err(SubmitError::Recording(error.to_string())),
+            }
+        }
+        Err(SubmitError::Recording(
+            "actors stream kept moving; try again".to_owned(),
+        ))
+    }
+}
+
+fn actor_event_id(event: &ActorEvent) -> [u8; 16] {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"allot-actor-event-id-v1\n");
+    for part in [
+        event.actor.as_str(),
+        event.by.as_str(),
+        event.token.as_str(),
+    ] {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.update(&event.at.0.to_le_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+    id[6] = (id[6] & 0x0f) | 0x80;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+fn sender_pool_name(_sender: &mpsc::Sender<Job>) -> String {
+    "pool queue".to_owned()
+}
+
+/// Decodes a pool event record.
+pub fn decode_pool(recorded: &RecordedEvent) -> Result<Event, LoadError> {
+    codec::decode_event(&recorded.payload).map_err(|error| LoadError::Decode {
+        stream: recorded.stream.clone(),
+        version: recorded.version,
+        reason: error.to_string(),
+    })
+}
+
+/// Decodes an actor event record.
+pub fn decode_actor(recorded: &RecordedEvent) -> Result<ActorEvent, LoadError> {
+    codec::decode_actor_event(&recorded.payload).map_err(|error| LoadError::Decode {
+        stream: recorded.stream.clone(),
+        version: recorded.version,
+        reason: error.to_string(),
+    })
+}
+
+fn fail_all(batch: Vec<Job>, error: &SubmitError) {
+    for job in batch {
+        let _ = job.reply.send(Err(error.clone()));
+    }
+}
+
+fn send_replies(batch: Vec<Job>, replies: Vec<Result<Reply, SubmitError>>) {
+    for (job, reply) in batch.into_iter().zip(replies) {
+        // The caller may have gone away (timeout, disconnect); the outcome is recorded anyway.
+        let _ = job.reply.send(reply);
+    }
+}
+
+/// Measures a command from receipt to answer.
+pub fn elapsed_seconds(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64()
+}

@@ -1,0 +1,107 @@
+//! Prometheus metrics of the service, served at `/metrics`.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CommandLabels {
+    pub action: String,
+    pub outcome: String,
+}
+
+/// Every metric the service exports.
+pub struct Metrics {
+    registry: Registry,
+    pub commands: Family<CommandLabels, Counter>,
+    pub command_seconds: Histogram,
+    pub version_conflicts: Counter<u64, AtomicU64>,
+    pub append_batch_events: Histogram,
+    pub sweeper_lag_seconds: Histogram,
+    pub sweeper_expired: Counter<u64, AtomicU64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("allot");
+        let commands = Family::<CommandLabels, Counter>::default();
+        registry.register(
+            "commands",
+            "Commands handled, by action and outcome (ok, replayed, or the rejection code)",
+            commands.clone(),
+        );
+        let command_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        registry.register(
+            "command_seconds",
+            "Time from receiving a command to answering it",
+            command_seconds.clone(),
+        );
+        let version_conflicts = Counter::default();
+        registry.register(
+            "version_conflicts",
+            "Appends refused because another writer moved the pool stream first",
+            version_conflicts.clone(),
+        );
+        let append_batch_events = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "append_batch_events",
+            "Events per pool append (commands decided back to back)",
+            append_batch_events.clone(),
+        );
+        let sweeper_lag_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "sweeper_lag_seconds",
+            "How long after expires_at the sweeper expired a hold",
+            sweeper_lag_seconds.clone(),
+        );
+        let sweeper_expired = Counter::default();
+        registry.register(
+            "sweeper_expired",
+            "Holds the sweeper expired",
+            sweeper_expired.clone(),
+        );
+        Metrics {
+            registry,
+            commands,
+            command_seconds,
+            version_conflicts,
+            append_batch_events,
+            sweeper_lag_seconds,
+            sweeper_expired,
+        }
+    }
+
+    pub fn count_command(&self, action: &str, outcome: &str) {
+        self.commands
+            .get_or_create(&CommandLabels {
+                action: action.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
