@@ -2,6 +2,31 @@
 //! and forensics over them.
 //!
 //! Owns: the fold from a sequence of recorded events (wherever they came from), the seed's
-//! record-clearable checks, forensics queries and projection rebuilds with checkpoints.
+//! record-clearable checks (the audit), forensics queries (state as of a time, stranded slots,
+//! the double-booking dispute view, the contention window around a deadline), projection
+//! rebuilds with checkpoints, and a self-contained HTML report.
 //!
-//! Must not: know about storage backends, HTTP or the clock; events arrive as values.
+//! Must not: know about storage backends, HTTP or the clock; events arrive as values, already
+//! decoded (decoding failures are the caller's to report). It must not collect the log: every
+//! fold here keeps memory bounded by live state (reservations, tokens within their window,
+//! bounded samples for the report), never by log length.
+//!
+//! The audit reconstructs pool state on its own, from the events' changes; it does not trust the
+//! domain's `evolve` (which refuses a bad log at its first fault) and keeps going to report every
+//! violation. `evolve` runs beside it, optionally, as one more check (`fold`).
+//!
+//! Layout:
+//! - `record`: the input model, [`Recorded`] pool and actor events in global position order.
+//! - `audit`: [`Audit`] (push-based), [`Check`], [`Violation`], [`AuditReport`].
+//! - `crypto`: batch ed25519 verification and digest checks on worker threads.
+//! - `forensics`: [`as_of`], [`stranded_slots`], [`disputed_double_booking`],
+//!   [`contention_window`].
+//! - `rebuild`: [`Rebuild`] of projections and pool aggregates, [`Checkpoint`].
+//! - `html`: [`html_report`], inline SVG per pool.
+
+pub mod audit;
+mod crypto;
+pub mod record;
+
+pub use audit::{Audit, AuditOptions, AuditReport, Check, CheckCount, VIOLATIONS_MAX, Violation};
+pub use record::{ACTORS_STREAM, Recorded, RecordedActorEvent, RecordedPoolEvent};

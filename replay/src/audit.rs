@@ -1,0 +1,1170 @@
+//! The audit: every record-clearable check of the seed's "Generation acceptance", over recorded
+//! events pushed one at a time in global position order.
+//!
+//! The audit rebuilds each pool on its own from the events' changes (the reservation set, its
+//! Held and Confirmed units, the capacity history, the tokens within their window) and compares
+//! every event's claims (allocated_before/after, prior/new state) with that reconstruction. It
+//! never stops at a fault: each is a [`Violation`] naming its [`Check`], and the audit carries on
+//! with the event applied as recorded.
+//!
+//! What each check verifies:
+//! - `allocation-coherence`: after every pool event, `allocated_after` equals the units of the
+//!   pool's Held and Confirmed reservations as reconstructed here (Invariant 1).
+//! - `allocated-chain`: `allocated_before` equals the previous event's `allocated_after` in the
+//!   stream, 0 for the first.
+//! - `no-oversell`: `allocated_after` and the Confirmed units are at most the capacity in force
+//!   (declared, then adjusted) after every event (Invariant 3).
+//! - `slot-released-once`: at most one terminal (release) event per reservation (Invariant 2).
+//! - `stranded-slot`: at the end, no reservation is terminal without a release event that
+//!   returned its units in the pool arithmetic (`allocated_before - allocated_after = count`).
+//! - `state-transition`: each event's prior/new state match the reconstruction, the change
+//!   follows from the action, transitions are legal (confirm and cancel from Held, expire from
+//!   Held at or after `expires_at`, reserve sequences 1, 2, 3...), the stream's events all name
+//!   one pool, declared once, before anything else.
+//! - `no-lapsed-confirmation`: every Confirmed event's `at` is before the hold's `expires_at`
+//!   (Invariant 4).
+//! - `idempotency`: no (actor, token) is recorded twice within the pool's idempotency window,
+//!   which also means no two reservations share a token within it (Invariant 5). Outside the
+//!   window a token is forgotten, as the service forgets it.
+//! - `attribution`: each pool event's actor had a key valid at `signed_at` whose role may perform
+//!   the action; with [`AuditOptions::verify_signatures`], its parameters digest is blake3 of the
+//!   canonical parameters and its ed25519 signature verifies over `signing::signing_bytes` under
+//!   that key. Actor events are signed (over `signing::actor_signing_bytes`, action
+//!   `register_actor` with params `role` and `public_key` in lowercase hex, or `revoke_actor`
+//!   with none) by `by`, who must hold an admin key valid at `signed_at`. The one exception is
+//!   bootstrap: until the first actor event made by someone else (`by != actor`), an admin or
+//!   sweeper may register itself (`by == actor`, no earlier key), signing with the key it
+//!   registers (Invariant 6).
+//! - `contiguous-versions`: every stream's versions are 0, 1, 2, ... and positions strictly
+//!   increase across all streams.
+//! - `fold`: with [`AuditOptions::check_fold`], the domain's own `evolve` accepts every event of
+//!   the pool (reported once per pool; that pool's fold stops at its first error).
+//!
+//! Memory: per pool, one small record per reservation ever made (like the aggregate's state
+//! vector), the tokens within the window, and with `check_fold` the aggregate itself.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use allot_domain::{
+    Action, ActorChange, ActorEvent, ActorId, ActorRegistry, Change, Event, Pool, PoolId,
+    ReservationId, ReservationState, Role, Timestamp, evolve, signing,
+};
+use serde::Serialize;
+
+use crate::crypto::{Job, Location, Outcome, Verifier, Work};
+use crate::record::{ACTORS_STREAM, Recorded, RecordedActorEvent, RecordedPoolEvent};
+
+/// Violations kept in a report by default; beyond it they are only counted.
+pub const VIOLATIONS_MAX: usize = 1_000;
+/// Reservations whose sequence number is out of order that are still tracked per pool; beyond it
+/// they are only reported (a log no writer produced must not grow the audit without bound).
+pub const OUT_OF_SEQUENCE_RESERVATIONS_MAX: usize = 65_536;
+
+/// The seed's record-clearable checks, each with a stable name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Check {
+    AllocationCoherence,
+    AllocatedChain,
+    NoOversell,
+    SlotReleasedOnce,
+    StrandedSlot,
+    StateTransition,
+    NoLapsedConfirmation,
+    Idempotency,
+    Attribution,
+    ContiguousVersions,
+    Fold,
+}
+
+impl Check {
+    pub const ALL: [Check; 11] = [
+        Check::AllocationCoherence,
+        Check::AllocatedChain,
+        Check::NoOversell,
+        Check::SlotReleasedOnce,
+        Check::StrandedSlot,
+        Check::StateTransition,
+        Check::NoLapsedConfirmation,
+        Check::Idempotency,
+        Check::Attribution,
+        Check::ContiguousVersions,
+        Check::Fold,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Check::AllocationCoherence => "allocation-coherence",
+            Check::AllocatedChain => "allocated-chain",
+            Check::NoOversell => "no-oversell",
+            Check::SlotReleasedOnce => "slot-released-once",
+            Check::StrandedSlot => "stranded-slot",
+            Check::StateTransition => "state-transition",
+            Check::NoLapsedConfirmation => "no-lapsed-confirmation",
+            Check::Idempotency => "idempotency",
+            Check::Attribution => "attribution",
+            Check::ContiguousVersions => "contiguous-versions",
+            Check::Fold => "fold",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One counterexample: which check, where in the log, and what was found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Violation {
+    pub check: Check,
+    /// The pool concerned (none for actor events).
+    pub pool: Option<PoolId>,
+    pub reservation: Option<ReservationId>,
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    pub detail: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{}] {}@{} (position {})",
+            self.check, self.stream, self.version, self.position
+        )?;
+        if let Some(reservation) = &self.reservation {
+            write!(f, " reservation {reservation}")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+/// What the audit does beyond the arithmetic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct AuditOptions {
+    /// Verify digests and ed25519 signatures (batched, on worker threads).
+    pub verify_signatures: bool,
+    /// Also fold each pool with the domain's `evolve` and report its refusals (`fold`).
+    pub check_fold: bool,
+    /// Violations kept in the report; the rest are counted.
+    pub violations_max: usize,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        AuditOptions {
+            verify_signatures: true,
+            check_fold: true,
+            violations_max: VIOLATIONS_MAX,
+        }
+    }
+}
+
+impl AuditOptions {
+    /// Arithmetic, state, token, role and version checks only: no cryptography, no `evolve`.
+    pub fn records_only() -> Self {
+        AuditOptions {
+            verify_signatures: false,
+            check_fold: false,
+            violations_max: VIOLATIONS_MAX,
+        }
+    }
+}
+
+/// Violations found by one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CheckCount {
+    pub check: Check,
+    pub violations: u64,
+}
+
+/// The audit's result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AuditReport {
+    pub options: AuditOptions,
+    /// Records observed (pool and actor events).
+    pub events: u64,
+    pub pool_events: u64,
+    pub actor_events: u64,
+    pub pools: u64,
+    /// Reservations placed (Reserved events).
+    pub reservations: u64,
+    pub signatures_verified: u64,
+    /// Every check, with its violation count (zero included).
+    pub checks: Vec<CheckCount>,
+    /// The first [`AuditOptions::violations_max`] violations found, in position order.
+    pub violations: Vec<Violation>,
+    /// Violations counted but not kept.
+    pub violations_omitted: u64,
+}
+
+impl AuditReport {
+    pub fn is_clean(&self) -> bool {
+        self.checks.iter().all(|count| count.violations == 0)
+    }
+
+    pub fn violations_total(&self) -> u64 {
+        self.checks.iter().map(|count| count.violations).sum()
+    }
+
+    /// Violations of `check`.
+    pub fn count(&self, check: Check) -> u64 {
+        self.checks
+            .iter()
+            .find(|count| count.check == check)
+            .map_or(0, |count| count.violations)
+    }
+}
+
+impl fmt::Display for AuditReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "audit: {} events ({} pool, {} actor), {} pools, {} reservations, {} signatures verified",
+            self.events,
+            self.pool_events,
+            self.actor_events,
+            self.pools,
+            self.reservations,
+            self.signatures_verified
+        )?;
+        if !self.options.verify_signatures {
+            writeln!(f, "signatures and digests: not checked")?;
+        }
+        for count in &self.checks {
+            if count.check == Check::Fold && !self.options.check_fold {
+                writeln!(f, "  {:<24} not checked", count.check.as_str())?;
+                continue;
+            }
+            let verdict = if count.violations == 0 {
+                "ok".to_owned()
+            } else {
+                format!("{} violation(s)", count.violations)
+            };
+            writeln!(f, "  {:<24} {verdict}", count.check.as_str())?;
+        }
+        for violation in &self.violations {
+            writeln!(f, "{violation}")?;
+        }
+        if self.violations_omitted > 0 {
+            writeln!(f, "... and {} more", self.violations_omitted)?;
+        }
+        if self.is_clean() {
+            write!(f, "CLEAN")
+        } else {
+            write!(f, "VIOLATIONS: {}", self.violations_total())
+        }
+    }
+}
+
+/// A reservation as the audit reconstructs it.
+#[derive(Debug, Clone, Copy)]
+struct Reservation {
+    state: ReservationState,
+    count: u32,
+    /// Terminal (release) events seen.
+    releases: u8,
+    /// The terminal event returned the units in the pool arithmetic.
+    slot_released: bool,
+    expires_at: Timestamp,
+    /// Where the (first) terminal event was recorded.
+    terminal_version: u64,
+    terminal_position: u64,
+}
+
+/// One token within its window: when it was recorded and the reservation it produced (0: none).
+#[derive(Debug, Clone, Copy)]
+struct TokenUse {
+    at: Timestamp,
+    reservation: u64,
+}
+
+/// A pool stream as the audit reconstructs it.
+#[derive(Debug)]
+struct PoolAudit {
+    stream: String,
+    pool: PoolId,
+    next_version: u64,
+    last_allocated_after: u64,
+    declared: bool,
+    capacity: u64,
+    window_ms: u64,
+    held_units: u64,
+    confirmed_units: u64,
+    /// Reservation `seq` at index `seq - 1`.
+    reservations: Vec<Reservation>,
+    out_of_sequence: HashMap<u64, Reservation>,
+    tokens: HashMap<Arc<str>, TokenUse>,
+    token_order: VecDeque<(Timestamp, Arc<str>)>,
+    /// The domain's aggregate, while `evolve` accepts this pool's events.
+    fold: Option<Pool>,
+}
+
+impl PoolAudit {
+    fn reservation(&self, seq: u64) -> Option<&Reservation> {
+        let index = usize::try_from(seq.checked_sub(1)?).ok()?;
+        self.reservations
+            .get(index)
+            .or_else(|| self.out_of_sequence.get(&seq))
+    }
+
+    fn reservation_mut(&mut self, seq: u64) -> Option<&mut Reservation> {
+        let index = seq.checked_sub(1).and_then(|i| usize::try_from(i).ok());
+        match index {
+            Some(index) if index < self.reservations.len() => self.reservations.get_mut(index),
+            _ => self.out_of_sequence.get_mut(&seq),
+        }
+    }
+
+    fn live_units(&self) -> u64 {
+        self.held_units + self.confirmed_units
+    }
+
+    fn remove_units(&mut self, state: ReservationState, count: u32) {
+        match state {
+            ReservationState::Held => {
+                self.held_units = self.held_units.saturating_sub(count.into())
+            }
+            ReservationState::Confirmed => {
+                self.confirmed_units = self.confirmed_units.saturating_sub(count.into());
+            }
+            ReservationState::Released | ReservationState::Expired => {}
+        }
+    }
+
+    fn add_units(&mut self, state: ReservationState, count: u32) {
+        match state {
+            ReservationState::Held => self.held_units += u64::from(count),
+            ReservationState::Confirmed => self.confirmed_units += u64::from(count),
+            ReservationState::Released | ReservationState::Expired => {}
+        }
+    }
+
+    fn forget_tokens_before(&mut self, now: Timestamp) {
+        while let Some((at, _)) = self.token_order.front() {
+            if now < at.plus_ms(self.window_ms) {
+                break;
+            }
+            let Some((at, key)) = self.token_order.pop_front() else {
+                break;
+            };
+            if self.tokens.get(&key).is_some_and(|used| used.at == at) {
+                self.tokens.remove(&key);
+            }
+        }
+    }
+}
+
+/// Findings of one event, at most one per check (the first problem found is the one named).
+#[derive(Default)]
+struct Findings {
+    items: Vec<(Check, String)>,
+}
+
+impl Findings {
+    fn add(&mut self, check: Check, detail: impl Into<String>) {
+        if !self.items.iter().any(|(c, _)| *c == check) {
+            self.items.push((check, detail.into()));
+        }
+    }
+
+    fn has(&self, check: Check) -> bool {
+        self.items.iter().any(|(c, _)| *c == check)
+    }
+}
+
+/// The push-based audit: `observe` every record in position order, then `finish`.
+pub struct Audit {
+    options: AuditOptions,
+    streams: HashMap<String, usize>,
+    pools: Vec<PoolAudit>,
+    actors: ActorRegistry,
+    actors_next_version: u64,
+    /// Until an actor event made by someone else, admins and sweepers may register themselves.
+    bootstrap: bool,
+    last_position: Option<u64>,
+    events: u64,
+    pool_events: u64,
+    actor_events: u64,
+    reservations: u64,
+    signatures_verified: u64,
+    counts: [u64; Check::ALL.len()],
+    violations: Vec<Violation>,
+    verifier: Option<Verifier>,
+    ready: Vec<Outcome>,
+    key_buffer: String,
+}
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit::new(AuditOptions::default())
+    }
+}
+
+impl Audit {
+    pub fn new(options: AuditOptions) -> Audit {
+        Audit {
+            options,
+            streams: HashMap::new(),
+            pools: Vec::new(),
+            actors: ActorRegistry::default(),
+            actors_next_version: 0,
+            bootstrap: true,
+            last_position: None,
+            events: 0,
+            pool_events: 0,
+            actor_events: 0,
+            reservations: 0,
+            signatures_verified: 0,
+            counts: [0; Check::ALL.len()],
+            violations: Vec::new(),
+            verifier: options.verify_signatures.then(Verifier::start),
+            ready: Vec::new(),
+            key_buffer: String::new(),
+        }
+    }
+
+    /// Audits every record of `records` and returns the report.
+    pub fn run<I, R>(options: AuditOptions, records: I) -> AuditReport
+    where
+        I: IntoIterator<Item = R>,
+        R: std::borrow::Borrow<Recorded>,
+    {
+        let mut audit = Audit::new(options);
+        for record in records {
+            audit.observe(record.borrow());
+        }
+        audit.finish()
+    }
+
+    /// Records observed so far.
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    pub fn observe(&mut self, recorded: &Recorded) {
+        match recorded {
+            Recorded::Pool(pool) => self.observe_pool(pool),
+            Recorded::Actor(actor) => self.observe_actor(actor),
+        }
+        self.collect_ready();
+    }
+
+    fn report(&mut self, violation: Violation) {
+        self.counts[violation.check.index()] += 1;
+        if self.violations.len() < self.options.violations_max {
+            self.violations.push(violation);
+        }
+    }
+
+    fn collect_ready(&mut self) {
+        if self.ready.is_empty() {
+            return;
+        }
+        let ready = std::mem::take(&mut self.ready);
+        for outcome in ready {
+            self.signatures_verified += outcome.signatures_verified;
+            for violation in outcome.violations {
+                self.report(violation);
+            }
+        }
+    }
+
+    fn check_position(&mut self, position: u64) -> Option<String> {
+        let problem = match self.last_position {
+            Some(last) if position <= last => Some(format!(
+                "position {position} does not increase (previous {last})"
+            )),
+            _ => None,
+        };
+        self.last_position = Some(self.last_position.map_or(position, |l| l.max(position)));
+        problem
+    }
+
+    fn observe_pool(&mut self, recorded: &RecordedPoolEvent) {
+        self.events += 1;
+        self.pool_events += 1;
+        let event = &recorded.event;
+        let mut findings = Findings::default();
+
+        if let Some(problem) = self.check_position(recorded.position) {
+            findings.add(Check::ContiguousVersions, problem);
+        }
+        let index = match self.streams.get(recorded.stream.as_str()) {
+            Some(index) => *index,
+            None => {
+                self.streams
+                    .insert(recorded.stream.clone(), self.pools.len());
+                self.pools.push(PoolAudit {
+                    stream: recorded.stream.clone(),
+                    pool: event.pool.clone(),
+                    next_version: 0,
+                    last_allocated_after: 0,
+                    declared: false,
+                    capacity: 0,
+                    window_ms: 0,
+                    held_units: 0,
+                    confirmed_units: 0,
+                    reservations: Vec::new(),
+                    out_of_sequence: HashMap::new(),
+                    tokens: HashMap::new(),
+                    token_order: VecDeque::new(),
+                    fold: self.options.check_fold.then(Pool::default),
+                });
+                self.pools.len() - 1
+            }
+        };
+
+        self.check_attribution(recorded, &mut findings);
+
+        let Some(pool) = self.pools.get_mut(index) else {
+            return;
+        };
+        if recorded.version != pool.next_version {
+            findings.add(
+                Check::ContiguousVersions,
+                format!(
+                    "version {} where {} was expected",
+                    recorded.version, pool.next_version
+                ),
+            );
+        }
+        pool.next_version = recorded.version.saturating_add(1);
+        if event.pool != pool.pool {
+            findings.add(
+                Check::StateTransition,
+                format!(
+                    "event of pool {} in the stream of {}",
+                    event.pool, pool.pool
+                ),
+            );
+        }
+        if event.allocated_before != pool.last_allocated_after {
+            findings.add(
+                Check::AllocatedChain,
+                format!(
+                    "allocated_before {} but the previous event left {}",
+                    event.allocated_before, pool.last_allocated_after
+                ),
+            );
+        }
+
+        // Tokens: forget what left the window, then look this one up, as the service does.
+        pool.forget_tokens_before(event.at);
+        let key_buffer = &mut self.key_buffer;
+        key_buffer.clear();
+        token_key(key_buffer, &event.actor, event.token.as_str());
+        let earlier = if pool.declared {
+            pool.tokens
+                .get(key_buffer.as_str())
+                .filter(|used| event.at < used.at.plus_ms(pool.window_ms))
+                .copied()
+        } else {
+            None
+        };
+
+        let seq = apply_change(pool, event, recorded, &mut findings);
+        if matches!(event.change, Change::Reserved { .. }) {
+            self.reservations += 1;
+        }
+
+        if let Some(earlier) = earlier {
+            let detail = match (earlier.reservation, seq) {
+                (first, Some(second))
+                    if first != 0 && matches!(event.change, Change::Reserved { .. }) =>
+                {
+                    format!(
+                        "token {} of {} made reservation {second} after reservation {first} within the window",
+                        event.token, event.actor
+                    )
+                }
+                _ => format!(
+                    "token {} of {} recorded again {} ms after its first use, within the {} ms window",
+                    event.token,
+                    event.actor,
+                    event.at.0.saturating_sub(earlier.at.0),
+                    pool.window_ms
+                ),
+            };
+            findings.add(Check::Idempotency, detail);
+        }
+        let key: Arc<str> = Arc::from(key_buffer.as_str());
+        let made = match event.change {
+            Change::Reserved { reservation, .. } => reservation,
+            _ => 0,
+        };
+        pool.token_order.push_back((event.at, Arc::clone(&key)));
+        pool.tokens.insert(
+            key,
+            TokenUse {
+                at: event.at,
+                reservation: made,
+            },
+        );
+
+        if event.allocated_after != pool.live_units() {
+            findings.add(
+                Check::AllocationCoherence,
+                format!(
+                    "allocated_after {} but Held and Confirmed reservations hold {} (held {}, confirmed {})",
+                    event.allocated_after,
+                    pool.live_units(),
+                    pool.held_units,
+                    pool.confirmed_units
+                ),
+            );
+        }
+        if event.allocated_after > pool.capacity {
+            findings.add(
+                Check::NoOversell,
+                format!(
+                    "allocated {} exceeds capacity {}",
+                    event.allocated_after, pool.capacity
+                ),
+            );
+        } else if pool.confirmed_units > pool.capacity {
+            findings.add(
+                Check::NoOversell,
+                format!(
+                    "confirmed units {} exceed capacity {}",
+                    pool.confirmed_units, pool.capacity
+                ),
+            );
+        }
+        pool.last_allocated_after = event.allocated_after;
+
+        if let Some(aggregate) = pool.fold.as_mut()
+            && let Err(error) = evolve(aggregate, event)
+        {
+            findings.add(
+                Check::Fold,
+                format!(
+                    "evolve refused the event (fold of this pool stops): {}",
+                    error.reason
+                ),
+            );
+            pool.fold = None;
+        }
+
+        if findings.items.is_empty() {
+            return;
+        }
+        let pool_id = Some(event.pool.clone());
+        let reservation = event.reservation();
+        for (check, detail) in findings.items {
+            self.report(Violation {
+                check,
+                pool: pool_id.clone(),
+                reservation: reservation.clone(),
+                stream: recorded.stream.clone(),
+                version: recorded.version,
+                position: recorded.position,
+                detail,
+            });
+        }
+    }
+
+    /// Key, role and (queued) signature and digest checks of a pool event.
+    fn check_attribution(&mut self, recorded: &RecordedPoolEvent, findings: &mut Findings) {
+        let event = &recorded.event;
+        let signed_at = event.attestation.signed_at;
+        let key = self.actors.key_at(&event.actor, signed_at);
+        match key {
+            None => findings.add(
+                Check::Attribution,
+                format!(
+                    "actor {} had no key valid at signed_at {signed_at}",
+                    event.actor
+                ),
+            ),
+            Some(key) if !key.role.may(event.action.kind()) => findings.add(
+                Check::Attribution,
+                format!(
+                    "actor {} has role {}, which may not {}",
+                    event.actor,
+                    key.role,
+                    event.action.kind()
+                ),
+            ),
+            Some(_) => {}
+        }
+        let public_key = key.map(|key| key.public_key);
+        if let Some(verifier) = self.verifier.as_mut() {
+            verifier.submit(
+                Job {
+                    location: Location {
+                        stream: recorded.stream.clone(),
+                        version: recorded.version,
+                        position: recorded.position,
+                        pool: Some(event.pool.clone()),
+                        reservation: event.reservation(),
+                    },
+                    key: public_key,
+                    work: Work::Pool(Box::new(event.clone())),
+                },
+                &mut self.ready,
+            );
+        }
+    }
+
+    fn observe_actor(&mut self, recorded: &RecordedActorEvent) {
+        self.events += 1;
+        self.actor_events += 1;
+        let event = &recorded.event;
+        let mut findings = Findings::default();
+        if let Some(problem) = self.check_position(recorded.position) {
+            findings.add(Check::ContiguousVersions, problem);
+        }
+        if recorded.version != self.actors_next_version {
+            findings.add(
+                Check::ContiguousVersions,
+                format!(
+                    "version {} where {} was expected",
+                    recorded.version, self.actors_next_version
+                ),
+            );
+        }
+        self.actors_next_version = recorded.version.saturating_add(1);
+
+        let signed_at = event.attestation.signed_at;
+        let self_registration = event.by == event.actor;
+        let signer_key = if self_registration {
+            match &event.change {
+                ActorChange::Registered { role, public_key }
+                    if self.bootstrap
+                        && matches!(role, Role::Admin | Role::Sweeper)
+                        && self.actors.current(&event.actor).is_none() =>
+                {
+                    Some(*public_key)
+                }
+                _ => {
+                    findings.add(
+                        Check::Attribution,
+                        format!(
+                            "{} changed its own registration outside bootstrap (only a first admin or sweeper may register itself)",
+                            event.actor
+                        ),
+                    );
+                    None
+                }
+            }
+        } else {
+            self.bootstrap = false;
+            match self.actors.key_at(&event.by, signed_at) {
+                Some(key) if key.role.may_manage_actors() => Some(key.public_key),
+                Some(key) => {
+                    findings.add(
+                        Check::Attribution,
+                        format!(
+                            "{} has role {}, which may not manage actors",
+                            event.by, key.role
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    findings.add(
+                        Check::Attribution,
+                        format!("{} had no key valid at signed_at {signed_at}", event.by),
+                    );
+                    None
+                }
+            }
+        };
+        if let (Some(verifier), Some(key)) = (self.verifier.as_mut(), signer_key) {
+            verifier.submit(
+                Job {
+                    location: Location {
+                        stream: ACTORS_STREAM.to_owned(),
+                        version: recorded.version,
+                        position: recorded.position,
+                        pool: None,
+                        reservation: None,
+                    },
+                    key: Some(key),
+                    work: Work::Actor {
+                        message: actor_message(event),
+                        signature: event.attestation.signature.clone(),
+                    },
+                },
+                &mut self.ready,
+            );
+        }
+        self.actors.apply(event);
+        for (check, detail) in findings.items {
+            self.report(Violation {
+                check,
+                pool: None,
+                reservation: None,
+                stream: ACTORS_STREAM.to_owned(),
+                version: recorded.version,
+                position: recorded.position,
+                detail,
+            });
+        }
+    }
+
+    /// Ends the audit: flushes signature batches, looks for stranded slots, builds the report.
+    pub fn finish(mut self) -> AuditReport {
+        if let Some(verifier) = self.verifier.take() {
+            self.ready.extend(verifier.finish());
+            self.collect_ready();
+        }
+        let mut stranded = Vec::new();
+        for pool in &self.pools {
+            let all = pool
+                .reservations
+                .iter()
+                .enumerate()
+                .map(|(index, r)| (index as u64 + 1, r))
+                .chain(pool.out_of_sequence.iter().map(|(seq, r)| (*seq, r)));
+            for (seq, reservation) in all {
+                if !reservation.state.holds_slot() && !reservation.slot_released {
+                    stranded.push(Violation {
+                        check: Check::StrandedSlot,
+                        pool: Some(pool.pool.clone()),
+                        reservation: Some(ReservationId {
+                            pool: pool.pool.clone(),
+                            seq,
+                        }),
+                        stream: pool.stream.clone(),
+                        version: reservation.terminal_version,
+                        position: reservation.terminal_position,
+                        detail: format!(
+                            "{} without a release of its {} unit(s) in the pool arithmetic",
+                            reservation.state, reservation.count
+                        ),
+                    });
+                }
+            }
+        }
+        for violation in stranded {
+            self.report(violation);
+        }
+        self.violations
+            .sort_by(|a, b| (a.position, a.check).cmp(&(b.position, b.check)));
+        let kept = self.violations.len() as u64;
+        let checks: Vec<CheckCount> = Check::ALL
+            .iter()
+            .map(|check| CheckCount {
+                check: *check,
+                violations: self.counts[check.index()],
+            })
+            .collect();
+        let total: u64 = checks.iter().map(|c| c.violations).sum();
+        AuditReport {
+            options: self.options,
+            events: self.events,
+            pool_events: self.pool_events,
+            actor_events: self.actor_events,
+            pools: self.pools.len() as u64,
+            reservations: self.reservations,
+            signatures_verified: self.signatures_verified,
+            checks,
+            violations: self.violations,
+            violations_omitted: total.saturating_sub(kept),
+        }
+    }
+}
+
+/// `(actor, token)` as one unambiguous key: the actor's length, then both.
+fn token_key(out: &mut String, actor: &ActorId, token: &str) {
+    use std::fmt::Write as _;
+    let _ = write!(out, "{}:", actor.as_str().len());
+    out.push_str(actor.as_str());
+    out.push_str(token);
+}
+
+/// The bytes the signer of an actor event signed.
+pub(crate) fn actor_message(event: &ActorEvent) -> Vec<u8> {
+    match &event.change {
+        ActorChange::Registered { role, public_key } => signing::actor_signing_bytes(
+            "register_actor",
+            &event.actor,
+            &[
+                ("role", role.as_str().to_owned()),
+                ("public_key", hex::encode(public_key)),
+            ],
+            &event.token,
+            &event.by,
+            event.attestation.signed_at,
+        ),
+        ActorChange::Revoked => signing::actor_signing_bytes(
+            "revoke_actor",
+            &event.actor,
+            &[],
+            &event.token,
+            &event.by,
+            event.attestation.signed_at,
+        ),
+    }
+}
+
+/// Applies the event's change to the reconstruction, noting what does not follow. Returns the
+/// sequence of a reservation the event placed.
+fn apply_change(
+    pool: &mut PoolAudit,
+    event: &Event,
+    recorded: &RecordedPoolEvent,
+    findings: &mut Findings,
+) -> Option<u64> {
+    let target = match &event.change {
+        Change::Reserved { reservation, .. }
+        | Change::Confirmed { reservation }
+        | Change::Released { reservation }
+        | Change::Expired { reservation, .. } => Some(*reservation),
+        _ => event.action.reservation(),
+    };
+    let state_before = match (&event.change, target) {
+        (Change::Reserved { .. }, _) => None,
+        (_, Some(seq)) => pool.reservation(seq).map(|r| r.state),
+        (_, None) => None,
+    };
+    if !pool.declared && !matches!(event.change, Change::PoolDeclared) {
+        findings.add(Check::StateTransition, "event before the pool was declared");
+    }
+    let mut placed = None;
+    match (&event.change, &event.action) {
+        (
+            Change::PoolDeclared,
+            Action::DeclarePool {
+                capacity,
+                idempotency_window_ms,
+                ..
+            },
+        ) => {
+            if pool.declared {
+                findings.add(Check::StateTransition, "pool declared twice");
+            }
+            pool.declared = true;
+            pool.capacity = *capacity;
+            pool.window_ms = *idempotency_window_ms;
+        }
+        (Change::CapacityAdjusted { capacity_before }, Action::AdjustCapacity { capacity }) => {
+            if *capacity_before != pool.capacity {
+                findings.add(
+                    Check::StateTransition,
+                    format!(
+                        "capacity_before {capacity_before} but capacity was {}",
+                        pool.capacity
+                    ),
+                );
+            }
+            pool.capacity = *capacity;
+        }
+        (Change::PoolClosed, Action::ClosePool) => {}
+        (
+            Change::Reserved {
+                reservation,
+                expires_at,
+            },
+            Action::Reserve { count, .. },
+        ) => {
+            let record = Reservation {
+                state: ReservationState::Held,
+                count: *count,
+                releases: 0,
+                slot_released: false,
+                expires_at: *expires_at,
+                terminal_version: 0,
+                terminal_position: 0,
+            };
+            let next = pool.reservations.len() as u64 + 1;
+            if *reservation == next {
+                pool.reservations.push(record);
+            } else {
+                findings.add(
+                    Check::StateTransition,
+                    format!("reservation {reservation} out of sequence (next is {next})"),
+                );
+                if let Some(old) = pool.reservation(*reservation).copied() {
+                    pool.remove_units(old.state, old.count);
+                }
+                if let Some(existing) = pool.reservation_mut(*reservation) {
+                    *existing = record;
+                } else if pool.out_of_sequence.len() < OUT_OF_SEQUENCE_RESERVATIONS_MAX {
+                    pool.out_of_sequence.insert(*reservation, record);
+                } else {
+                    findings.add(
+                        Check::StateTransition,
+                        "too many out-of-sequence reservations to track",
+                    );
+                }
+            }
+            if pool.reservation(*reservation).is_some() {
+                pool.add_units(ReservationState::Held, *count);
+            }
+            placed = Some(*reservation);
+        }
+        (Change::Confirmed { reservation }, Action::ConfirmReservation { .. }) => {
+            confirm(pool, *reservation, event, findings);
+        }
+        (Change::Released { reservation }, Action::CancelReservation { .. }) => {
+            terminate(
+                pool,
+                *reservation,
+                ReservationState::Released,
+                event,
+                recorded,
+                findings,
+            );
+        }
+        (Change::Expired { reservation, .. }, Action::ExpireReservation { .. }) => {
+            terminate(
+                pool,
+                *reservation,
+                ReservationState::Expired,
+                event,
+                recorded,
+                findings,
+            );
+        }
+        (Change::Rejected(_), _) => {}
+        (change, action) => {
+            findings.add(
+                Check::StateTransition,
+                format!(
+                    "change {} does not follow from action {}",
+                    event.kind_name(),
+                    action.kind()
+                ),
+            );
+            let _ = change;
+        }
+    }
+    if let (Some(from_change), Some(from_action)) = (target, event.action.reservation())
+        && from_change != from_action
+    {
+        findings.add(
+            Check::StateTransition,
+            format!("change names reservation {from_change} but the action {from_action}"),
+        );
+    }
+    let state_after = target.and_then(|seq| pool.reservation(seq).map(|r| r.state));
+    let state_after = match event.change {
+        Change::Rejected(_) => state_before,
+        _ => state_after,
+    };
+    if !findings.has(Check::SlotReleasedOnce)
+        && (event.prior_state != state_before || event.new_state != state_after)
+    {
+        findings.add(
+            Check::StateTransition,
+            format!(
+                "event says {} → {} but the reservation was {} → {}",
+                state_name(event.prior_state),
+                state_name(event.new_state),
+                state_name(state_before),
+                state_name(state_after)
+            ),
+        );
+    }
+    placed
+}
+
+fn state_name(state: Option<ReservationState>) -> &'static str {
+    state.map_or("none", ReservationState::as_str)
+}
+
+fn confirm(pool: &mut PoolAudit, seq: u64, event: &Event, findings: &mut Findings) {
+    let Some(record) = pool.reservation(seq).copied() else {
+        findings.add(
+            Check::StateTransition,
+            format!("confirm of unknown reservation {seq}"),
+        );
+        return;
+    };
+    if event.at >= record.expires_at {
+        findings.add(
+            Check::NoLapsedConfirmation,
+            format!(
+                "confirmed at {} but the hold expired at {}",
+                event.at, record.expires_at
+            ),
+        );
+    }
+    match record.state {
+        ReservationState::Held => {}
+        ReservationState::Confirmed => {
+            findings.add(Check::StateTransition, "confirm of a confirmed reservation");
+            return;
+        }
+        state @ (ReservationState::Released | ReservationState::Expired) => {
+            // The log says it is confirmed again: count it, so the arithmetic shows the slot.
+            findings.add(
+                Check::StateTransition,
+                format!("confirm of a reservation already {state} (its slot was returned)"),
+            );
+        }
+    }
+    pool.remove_units(record.state, record.count);
+    pool.add_units(ReservationState::Confirmed, record.count);
+    if let Some(record) = pool.reservation_mut(seq) {
+        record.state = ReservationState::Confirmed;
+    }
+}
+
+fn terminate(
+    pool: &mut PoolAudit,
+    seq: u64,
+    terminal: ReservationState,
+    event: &Event,
+    recorded: &RecordedPoolEvent,
+    findings: &mut Findings,
+) {
+    let Some(record) = pool.reservation(seq).copied() else {
+        findings.add(
+            Check::StateTransition,
+            format!("{terminal} of unknown reservation {seq}"),
+        );
+        return;
+    };
+    let returned =
+        event.allocated_before.checked_sub(event.allocated_after) == Some(u64::from(record.count));
+    if record.releases > 0 {
+        findings.add(
+            Check::SlotReleasedOnce,
+            format!(
+                "second release ({terminal}) of a reservation already {} at position {}",
+                record.state, record.terminal_position
+            ),
+        );
+        if let Some(record) = pool.reservation_mut(seq) {
+            record.releases = record.releases.saturating_add(1);
+        }
+        return;
+    }
+    match (record.state, terminal) {
+        (ReservationState::Held, ReservationState::Expired) if event.at < record.expires_at => {
+            findings.add(
+                Check::StateTransition,
+                format!(
+                    "expired at {} before its window closed at {}",
+                    event.at, record.expires_at
+                ),
+            );
+        }
+        (ReservationState::Held, _) => {}
+        (state, _) => findings.add(
+            Check::StateTransition,
+            format!("{terminal} of a reservation that is {state}, not held"),
+        ),
+    }
+    pool.remove_units(record.state, record.count);
+    if let Some(record) = pool.reservation_mut(seq) {
+        record.state = terminal;
+        record.releases = 1;
+        record.slot_released = returned;
+        record.terminal_version = recorded.version;
+        record.terminal_position = recorded.position;
+    }
+}

@@ -1,0 +1,287 @@
+//! Signature and digest verification for the audit, in batches on worker threads.
+//!
+//! The audit loop hands each event needing cryptography to [`Verifier::submit`]; jobs are grouped
+//! in batches of [`SIGNATURE_BATCH`] and sent over a bounded queue ([`VERIFY_QUEUE_BATCHES`]
+//! batches deep, so a slow verifier slows the reader instead of growing memory) to up to
+//! [`VERIFY_WORKERS_MAX`] threads. A worker checks each pool event's parameters digest, then
+//! verifies the batch with `ed25519_dalek::verify_batch`; only when a batch fails does it verify
+//! its signatures one by one, to name the offending events.
+
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, channel, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use allot_domain::ids::RESERVATION_ID_SEPARATOR;
+use allot_domain::{Event, ParamsDigest, PoolId, ReservationId, signing};
+use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
+
+use crate::audit::{Check, Violation};
+
+/// Signatures verified together in one `verify_batch` call.
+pub const SIGNATURE_BATCH: usize = 128;
+/// Batches queued for the workers before the audit loop waits.
+pub const VERIFY_QUEUE_BATCHES: usize = 8;
+/// Most verification threads (the audit loop itself is one more).
+pub const VERIFY_WORKERS_MAX: usize = 4;
+
+/// Where a verified record sits, for the violation it may produce.
+#[derive(Debug, Clone)]
+pub(crate) struct Location {
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    pub pool: Option<PoolId>,
+    pub reservation: Option<ReservationId>,
+}
+
+impl Location {
+    fn violation(&self, detail: String) -> Violation {
+        Violation {
+            check: Check::Attribution,
+            pool: self.pool.clone(),
+            reservation: self.reservation.clone(),
+            stream: self.stream.clone(),
+            version: self.version,
+            position: self.position,
+            detail,
+        }
+    }
+}
+
+/// What to verify.
+#[derive(Debug)]
+pub(crate) enum Work {
+    /// A pool event: its digest, and its signature over `signing::signing_bytes`.
+    Pool(Box<Event>),
+    /// An actor event: the bytes its signer signed (computed by the caller) and the signature.
+    Actor {
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Job {
+    pub location: Location,
+    /// The key the signer held at `signed_at`; `None` when none was valid (the audit loop
+    /// reports that itself; the digest is still checked).
+    pub key: Option<[u8; 32]>,
+    pub work: Work,
+}
+
+/// What a batch produced.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    pub signatures_verified: u64,
+    pub violations: Vec<Violation>,
+}
+
+type JobQueue = Arc<Mutex<Receiver<Vec<Job>>>>;
+
+/// Batches jobs and spreads them over worker threads.
+pub(crate) struct Verifier {
+    pending: Vec<Job>,
+    jobs: Option<SyncSender<Vec<Job>>>,
+    outcomes: Receiver<Outcome>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Verifier {
+    pub fn start() -> Verifier {
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+            .clamp(1, VERIFY_WORKERS_MAX);
+        let (jobs, queue) = sync_channel::<Vec<Job>>(VERIFY_QUEUE_BATCHES);
+        let (outcome_sender, outcomes) = channel::<Outcome>();
+        let queue: JobQueue = Arc::new(Mutex::new(queue));
+        let mut handles = Vec::with_capacity(workers);
+        for index in 0..workers {
+            let queue = Arc::clone(&queue);
+            let outcome_sender = outcome_sender.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("audit-verify-{index}"))
+                .spawn(move || {
+                    loop {
+                        let batch = {
+                            let receiver = match queue.lock() {
+                                Ok(receiver) => receiver,
+                                Err(poisoned) => poisoned.into_inner(),
+                            };
+                            receiver.recv()
+                        };
+                        let Ok(batch) = batch else { break };
+                        if outcome_sender.send(verify_batch(batch)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            // A thread that cannot be spawned leaves fewer workers; with none, batches are
+            // verified on the caller's thread (see `dispatch`).
+            if let Ok(handle) = spawned {
+                handles.push(handle);
+            }
+        }
+        Verifier {
+            pending: Vec::with_capacity(SIGNATURE_BATCH),
+            jobs: (!handles.is_empty()).then_some(jobs),
+            outcomes,
+            workers: handles,
+        }
+    }
+
+    /// Queues one job; returns whatever finished batches have reported meanwhile.
+    pub fn submit(&mut self, job: Job, ready: &mut Vec<Outcome>) {
+        self.pending.push(job);
+        if self.pending.len() >= SIGNATURE_BATCH {
+            let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(SIGNATURE_BATCH));
+            self.dispatch(batch, ready);
+        }
+        loop {
+            match self.outcomes.try_recv() {
+                Ok(outcome) => ready.push(outcome),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
+    fn dispatch(&mut self, batch: Vec<Job>, ready: &mut Vec<Outcome>) {
+        let batch = match &self.jobs {
+            Some(jobs) => match jobs.send(batch) {
+                Ok(()) => return,
+                Err(failed) => failed.0,
+            },
+            None => batch,
+        };
+        // No worker is listening: verify here.
+        self.jobs = None;
+        ready.push(verify_batch(batch));
+    }
+
+    /// Flushes the last batch, waits for the workers and returns what they reported.
+    pub fn finish(mut self) -> Vec<Outcome> {
+        let mut ready = Vec::new();
+        let last = std::mem::take(&mut self.pending);
+        if !last.is_empty() {
+            self.dispatch(last, &mut ready);
+        }
+        // Closing the queue ends the workers once it is drained.
+        self.jobs = None;
+        for worker in self.workers.drain(..) {
+            if worker.join().is_err() {
+                ready.push(Outcome {
+                    signatures_verified: 0,
+                    violations: vec![Violation {
+                        check: Check::Attribution,
+                        pool: None,
+                        reservation: None,
+                        stream: String::new(),
+                        version: 0,
+                        position: 0,
+                        detail: "a verification worker panicked; some signatures are unchecked"
+                            .to_owned(),
+                    }],
+                });
+            }
+        }
+        while let Ok(outcome) = self.outcomes.try_recv() {
+            ready.push(outcome);
+        }
+        ready
+    }
+}
+
+/// The target a pool command is signed over: the pool id, or `pool:seq`.
+pub(crate) fn command_target(event: &Event) -> String {
+    match event.action.reservation() {
+        Some(seq) => format!("{}{RESERVATION_ID_SEPARATOR}{seq}", event.pool),
+        None => event.pool.to_string(),
+    }
+}
+
+/// blake3 over the canonical parameter bytes, as the edge computes it.
+pub(crate) fn params_digest(event: &Event) -> ParamsDigest {
+    ParamsDigest(*blake3::hash(&signing::params_bytes(&event.action)).as_bytes())
+}
+
+struct Candidate {
+    job: usize,
+    message: Vec<u8>,
+    signature: Signature,
+    key: VerifyingKey,
+}
+
+fn verify_batch(jobs: Vec<Job>) -> Outcome {
+    let mut outcome = Outcome::default();
+    let mut candidates = Vec::with_capacity(jobs.len());
+    for (index, job) in jobs.iter().enumerate() {
+        let (message, signature) = match &job.work {
+            Work::Pool(event) => {
+                if params_digest(event) != event.digest {
+                    outcome.violations.push(job.location.violation(format!(
+                        "parameters digest {} is not blake3 of the recorded {} parameters",
+                        event.digest,
+                        event.action.kind()
+                    )));
+                }
+                let message = signing::signing_bytes(
+                    &event.action,
+                    &command_target(event),
+                    &event.token,
+                    &event.actor,
+                    event.attestation.signed_at,
+                );
+                (message, event.attestation.signature.as_slice())
+            }
+            Work::Actor { message, signature } => (message.clone(), signature.as_slice()),
+        };
+        let Some(key) = job.key else { continue };
+        let signature = match Signature::from_slice(signature) {
+            Ok(signature) => signature,
+            Err(_) => {
+                outcome.violations.push(job.location.violation(format!(
+                    "signature is {} bytes, not an ed25519 signature",
+                    signature.len()
+                )));
+                continue;
+            }
+        };
+        let key = match VerifyingKey::from_bytes(&key) {
+            Ok(key) => key,
+            Err(_) => {
+                outcome.violations.push(
+                    job.location
+                        .violation("the registered public key is not a valid ed25519 key".into()),
+                );
+                continue;
+            }
+        };
+        candidates.push(Candidate {
+            job: index,
+            message,
+            signature,
+            key,
+        });
+    }
+    let messages: Vec<&[u8]> = candidates.iter().map(|c| c.message.as_slice()).collect();
+    let signatures: Vec<Signature> = candidates.iter().map(|c| c.signature).collect();
+    let keys: Vec<VerifyingKey> = candidates.iter().map(|c| c.key).collect();
+    if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
+        outcome.signatures_verified += candidates.len() as u64;
+    } else {
+        for candidate in &candidates {
+            if candidate
+                .key
+                .verify(&candidate.message, &candidate.signature)
+                .is_ok()
+            {
+                outcome.signatures_verified += 1;
+            } else if let Some(job) = jobs.get(candidate.job) {
+                outcome.violations.push(job.location.violation(
+                    "signature does not verify under the key valid at signed_at".to_owned(),
+                ));
+            }
+        }
+    }
+    outcome
+}

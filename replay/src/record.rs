@@ -1,0 +1,79 @@
+//! The input model: decoded events with where the store recorded them.
+//!
+//! Callers read their store in global position order, decode each payload with
+//! `allot_domain::codec` and feed the values here, one at a time. Nothing in this crate reads a
+//! store.
+
+use allot_domain::{ActorEvent, Event};
+
+/// The name of the stream holding [`ActorEvent`]s (the store's convention, reported in
+/// violations of actor events).
+pub const ACTORS_STREAM: &str = "actors";
+
+/// A pool event as recorded: its stream, its 0-based version in that stream and its global
+/// position (strictly increasing across all streams, not necessarily contiguous).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedPoolEvent {
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    pub event: Event,
+}
+
+/// An event of the `actors` stream as recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedActorEvent {
+    pub version: u64,
+    pub position: u64,
+    pub event: ActorEvent,
+}
+
+/// One recorded event of either kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    Pool(RecordedPoolEvent),
+    Actor(RecordedActorEvent),
+}
+
+impl Recorded {
+    pub fn position(&self) -> u64 {
+        match self {
+            Recorded::Pool(recorded) => recorded.position,
+            Recorded::Actor(recorded) => recorded.position,
+        }
+    }
+
+    pub fn version(&self) -> u64 {
+        match self {
+            Recorded::Pool(recorded) => recorded.version,
+            Recorded::Actor(recorded) => recorded.version,
+        }
+    }
+
+    pub fn stream(&self) -> &str {
+        match self {
+            Recorded::Pool(recorded) => &recorded.stream,
+            Recorded::Actor(_) => ACTORS_STREAM,
+        }
+    }
+
+    /// The pool event, if this is one.
+    pub fn pool_event(&self) -> Option<&RecordedPoolEvent> {
+        match self {
+            Recorded::Pool(recorded) => Some(recorded),
+            Recorded::Actor(_) => None,
+        }
+    }
+}
+
+impl From<RecordedPoolEvent> for Recorded {
+    fn from(recorded: RecordedPoolEvent) -> Self {
+        Recorded::Pool(recorded)
+    }
+}
+
+impl From<RecordedActorEvent> for Recorded {
+    fn from(recorded: RecordedActorEvent) -> Self {
+        Recorded::Actor(recorded)
+    }
+}

@@ -1,0 +1,471 @@
+//! The audit over a clean walkthrough, and over logs tampered to violate exactly one check.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use allot_domain::{Change, ReservationState, Timestamp};
+use allot_replay::{Audit, AuditOptions, AuditReport, Check, Recorded};
+use common::{Ledger, MINUTE, SECOND, stream_of, walkthrough};
+
+fn audit(records: &[Recorded], options: AuditOptions) -> AuditReport {
+    Audit::run(options, records)
+}
+
+fn checks_named(report: &AuditReport) -> BTreeSet<Check> {
+    report.violations.iter().map(|v| v.check).collect()
+}
+
+/// Asserts the report names `check` at `position`, and nothing but `others` besides.
+fn assert_names(report: &AuditReport, check: Check, position: u64, others: &[Check]) {
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.check == check && v.position == position),
+        "expected {check} at position {position}, got:\n{report}"
+    );
+    let mut expected: BTreeSet<Check> = others.iter().copied().collect();
+    expected.insert(check);
+    assert_eq!(checks_named(report), expected, "{report}");
+    assert!(!report.is_clean());
+}
+
+fn position_of(ledger: &Ledger, index: usize) -> u64 {
+    ledger.records[index].position()
+}
+
+#[test]
+fn the_walkthrough_audits_clean_with_signatures_and_fold() {
+    let ledger = walkthrough();
+    let report = audit(&ledger.records, AuditOptions::default());
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.actor_events, 4);
+    assert_eq!(report.pools, 3);
+    assert_eq!(report.events, ledger.records.len() as u64);
+    assert_eq!(report.signatures_verified, report.events);
+    assert_eq!(report.reservations, 8);
+    let text = report.to_string();
+    assert!(text.contains("allocation-coherence"), "{text}");
+    assert!(text.ends_with("CLEAN"), "{text}");
+    let json = serde_json::to_string(&report).expect("serializes");
+    assert!(json.contains("\"check\":\"no-oversell\""), "{json}");
+}
+
+#[test]
+fn the_walkthrough_audits_clean_without_signatures() {
+    let report = audit(&walkthrough().records, AuditOptions::records_only());
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.signatures_verified, 0);
+}
+
+#[test]
+fn allocation_coherence_names_a_cancel_whose_arithmetic_kept_the_unit() {
+    let mut ledger = walkthrough();
+    // The last VIP event is C's cancel: it claims allocated stayed where it was.
+    let index = ledger.index_of("pool_vip", ledger.last_version("pool_vip"));
+    let recorded = ledger.pool_event_mut(index);
+    assert!(matches!(recorded.event.change, Change::Released { .. }));
+    recorded.event.allocated_after += 1;
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    let position = position_of(&ledger, index);
+    // The cancel did not return the slot in the arithmetic: also a stranded slot.
+    assert_names(
+        &report,
+        Check::AllocationCoherence,
+        position,
+        &[Check::StrandedSlot],
+    );
+    assert_eq!(report.count(Check::AllocationCoherence), 1);
+}
+
+#[test]
+fn allocation_coherence_alone_when_a_confirm_miscounts() {
+    let mut ledger = Ledger::new();
+    ledger.declare(0, "p", 3, None, &[]);
+    ledger.reserve(SECOND, "p", "a", "r", "t1");
+    ledger.confirm(2 * SECOND, "p", 1, "t2");
+    let index = ledger.index_of("p", 2);
+    ledger.pool_event_mut(index).event.allocated_after = 2;
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(
+        &report,
+        Check::AllocationCoherence,
+        position_of(&ledger, index),
+        &[],
+    );
+}
+
+#[test]
+fn allocated_chain_names_an_allocated_before_that_breaks_the_chain() {
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("pool_vip", 4);
+    ledger.pool_event_mut(index).event.allocated_before += 1;
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(
+        &report,
+        Check::AllocatedChain,
+        position_of(&ledger, index),
+        &[],
+    );
+    assert_eq!(report.count(Check::AllocatedChain), 1);
+}
+
+#[test]
+fn no_oversell_names_allocation_beyond_the_declared_capacity() {
+    let mut ledger = walkthrough();
+    // Declared capacity 1 instead of 2: the second hold oversells the pool.
+    let declare = ledger.index_of("pool_vip", 0);
+    match &mut ledger.pool_event_mut(declare).event.action {
+        allot_domain::Action::DeclarePool { capacity, .. } => *capacity = 1,
+        other => panic!("{other:?}"),
+    }
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    let second_hold = ledger.index_of("pool_vip", 2);
+    assert_names(
+        &report,
+        Check::NoOversell,
+        position_of(&ledger, second_hold),
+        &[],
+    );
+}
+
+#[test]
+fn no_oversell_counts_confirmed_units_against_capacity() {
+    let mut ledger = Ledger::new();
+    ledger.declare(0, "p", 2, None, &[]);
+    ledger.reserve(SECOND, "p", "a", "r", "t1");
+    ledger.reserve(2 * SECOND, "p", "b", "r", "t2");
+    ledger.confirm(3 * SECOND, "p", 1, "t3");
+    ledger.confirm(4 * SECOND, "p", 2, "t4");
+    // A tampered adjust lowered capacity to 1 below what was confirmed... recorded as if fine.
+    let declare = ledger.index_of("p", 0);
+    match &mut ledger.pool_event_mut(declare).event.action {
+        allot_domain::Action::DeclarePool { capacity, .. } => *capacity = 1,
+        other => panic!("{other:?}"),
+    }
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_eq!(report.count(Check::NoOversell), 3, "{report}");
+    assert_eq!(checks_named(&report), BTreeSet::from([Check::NoOversell]));
+}
+
+#[test]
+fn slot_released_once_names_a_second_release() {
+    let mut ledger = walkthrough();
+    let cancel = ledger.index_of("pool_vip", ledger.last_version("pool_vip"));
+    let mut twice = ledger.pool_event_mut(cancel).clone();
+    twice.version += 1;
+    twice.position = ledger.records.last().map_or(0, Recorded::position) + 1;
+    twice.event.token = allot_domain::IdempotencyToken::new("tok_cancel_c_again");
+    twice.event.allocated_before = twice.event.allocated_after;
+    ledger.records.push(Recorded::Pool(twice.clone()));
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(&report, Check::SlotReleasedOnce, twice.position, &[]);
+    let violation = &report.violations[0];
+    assert_eq!(violation.stream, stream_of("pool_vip"));
+    assert_eq!(violation.reservation.as_ref().map(|r| r.seq), Some(3));
+}
+
+#[test]
+fn slot_released_once_with_the_arithmetic_also_decremented_twice() {
+    let mut ledger = walkthrough();
+    let cancel = ledger.index_of("pool_vip", ledger.last_version("pool_vip"));
+    let mut twice = ledger.pool_event_mut(cancel).clone();
+    twice.version += 1;
+    twice.position = ledger.records.last().map_or(0, Recorded::position) + 1;
+    twice.event.token = allot_domain::IdempotencyToken::new("again");
+    twice.event.allocated_before = twice.event.allocated_after;
+    twice.event.allocated_after -= 1; // count driven below the live set
+    ledger.records.push(Recorded::Pool(twice.clone()));
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(
+        &report,
+        Check::SlotReleasedOnce,
+        twice.position,
+        &[Check::AllocationCoherence],
+    );
+}
+
+#[test]
+fn stranded_slot_names_a_terminal_reservation_whose_release_returned_nothing() {
+    // The seed's buggy twin: a cancel that releases the commitment without returning the slot.
+    let mut ledger = Ledger::new();
+    ledger.declare(0, "p", 2, None, &[]);
+    ledger.reserve(SECOND, "p", "a", "r", "t1");
+    ledger.cancel(2 * SECOND, "p", 1, "t2");
+    let index = ledger.index_of("p", 2);
+    let cancel = ledger.pool_event_mut(index);
+    cancel.event.allocated_after = cancel.event.allocated_before;
+    let position = cancel.position;
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(
+        &report,
+        Check::StrandedSlot,
+        position,
+        &[Check::AllocationCoherence],
+    );
+    let stranded = report
+        .violations
+        .iter()
+        .find(|v| v.check == Check::StrandedSlot)
+        .expect("stranded");
+    assert_eq!(
+        stranded
+            .reservation
+            .as_ref()
+            .map(|r| r.to_string())
+            .as_deref(),
+        Some("p:1")
+    );
+}
+
+#[test]
+fn state_transition_names_a_new_state_the_change_does_not_produce() {
+    let mut ledger = walkthrough();
+    let confirm = ledger.index_of("pool_vip", 4);
+    let recorded = ledger.pool_event_mut(confirm);
+    assert!(matches!(recorded.event.change, Change::Confirmed { .. }));
+    recorded.event.new_state = Some(ReservationState::Released);
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(
+        &report,
+        Check::StateTransition,
+        position_of(&ledger, confirm),
+        &[],
+    );
+}
+
+#[test]
+fn no_lapsed_confirmation_names_a_confirm_at_or_after_expires_at() {
+    let mut ledger = Ledger::new();
+    ledger.declare(0, "p", 2, None, &[]);
+    ledger.reserve(SECOND, "p", "a", "r", "t1");
+    ledger.confirm(2 * SECOND, "p", 1, "t2");
+    let index = ledger.index_of("p", 2);
+    ledger.pool_event_mut(index).event.at = common::at(SECOND + 10 * MINUTE);
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(
+        &report,
+        Check::NoLapsedConfirmation,
+        position_of(&ledger, index),
+        &[],
+    );
+}
+
+#[test]
+fn idempotency_names_a_token_that_made_two_reservations_within_its_window() {
+    let mut ledger = walkthrough();
+    // C's second reservation (13 min) reuses B's token from 2 min... outside the 5 min window;
+    // the seat pool's second student reuses the first student's token 200 ms later: inside.
+    let second = ledger.index_of("course_cs101", 3);
+    let recorded = ledger.pool_event_mut(second);
+    assert!(matches!(recorded.event.change, Change::Reserved { .. }));
+    recorded.event.token = allot_domain::IdempotencyToken::new("s1");
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(
+        &report,
+        Check::Idempotency,
+        position_of(&ledger, second),
+        &[],
+    );
+    assert!(
+        report.violations[0].detail.contains("reservation"),
+        "{report}"
+    );
+
+    // Outside the window the token was forgotten, as the service forgets it.
+    let mut ledger = walkthrough();
+    let late = ledger.index_of("pool_vip", 7);
+    let recorded = ledger.pool_event_mut(late);
+    assert!(
+        matches!(recorded.event.change, Change::Reserved { .. }),
+        "{recorded:?}"
+    );
+    recorded.event.token = allot_domain::IdempotencyToken::new("tok_b1");
+    assert!(audit(&ledger.records, AuditOptions::records_only()).is_clean());
+}
+
+#[test]
+fn attribution_names_a_signature_that_does_not_verify() {
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("course_cs101", 2);
+    ledger.pool_event_mut(index).event.attestation.signature[0] ^= 1;
+    let report = audit(&ledger.records, AuditOptions::default());
+    assert_names(
+        &report,
+        Check::Attribution,
+        position_of(&ledger, index),
+        &[],
+    );
+    assert_eq!(report.count(Check::Attribution), 1);
+    // Without signature checks the log is clean.
+    assert!(audit(&ledger.records, AuditOptions::records_only()).is_clean());
+}
+
+#[test]
+fn attribution_names_a_digest_that_does_not_match_the_parameters() {
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("pool_ga", 0);
+    ledger.pool_event_mut(index).event.digest.0[3] ^= 0xff;
+    let report = audit(&ledger.records, AuditOptions::default());
+    assert_names(
+        &report,
+        Check::Attribution,
+        position_of(&ledger, index),
+        &[],
+    );
+    assert!(report.violations[0].detail.contains("digest"), "{report}");
+}
+
+#[test]
+fn attribution_names_a_role_that_may_not_act_and_an_unknown_actor() {
+    let mut ledger = walkthrough();
+    // The auditor signs a reserve with its own valid key: the signature verifies, the role not.
+    ledger
+        .run(
+            20 * MINUTE,
+            "reader",
+            "pool_vip",
+            "reader-reserve",
+            allot_domain::Action::Reserve {
+                resource: "vip-tier".into(),
+                requester: "reader".into(),
+                duration_ms: MINUTE,
+                count: 1,
+            },
+        )
+        .expect("decide does not check roles");
+    let position = ledger.records.last().map(Recorded::position).expect("one");
+    let report = audit(&ledger.records, AuditOptions::default());
+    assert_names(&report, Check::Attribution, position, &[]);
+    assert!(report.violations[0].detail.contains("auditor"), "{report}");
+
+    // An actor the actors stream never registered.
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("pool_vip", 1);
+    ledger.pool_event_mut(index).event.actor = allot_domain::ActorId::new("mallory");
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(
+        &report,
+        Check::Attribution,
+        position_of(&ledger, index),
+        &[],
+    );
+}
+
+#[test]
+fn attribution_names_one_bad_signature_among_many_batches() {
+    let mut ledger = Ledger::new();
+    ledger.declare(0, "big", 10_000, None, &[]);
+    for i in 0..600u64 {
+        ledger.reserve(SECOND + i, "big", "fan", "ga", &format!("t{i}"));
+    }
+    let index = ledger.index_of("big", 333);
+    ledger.pool_event_mut(index).event.attestation.signature[10] ^= 0x40;
+    let report = audit(&ledger.records, AuditOptions::default());
+    assert_names(
+        &report,
+        Check::Attribution,
+        position_of(&ledger, index),
+        &[],
+    );
+    assert_eq!(report.count(Check::Attribution), 1);
+    assert_eq!(report.signatures_verified, report.events - 1);
+}
+
+#[test]
+fn attribution_names_an_actor_event_not_signed_by_an_admin() {
+    let mut ledger = walkthrough();
+    // The client registers another client: not an admin.
+    ledger.register("shop2", allot_domain::Role::Client, 9, "shop");
+    let position = ledger.records.last().map(Recorded::position).expect("one");
+    let report = audit(&ledger.records, AuditOptions::default());
+    assert_names(&report, Check::Attribution, position, &[]);
+    assert_eq!(report.violations[0].stream, "actors");
+
+    // A self-registration after bootstrap is refused too.
+    let mut ledger = walkthrough();
+    ledger.register("rogue", allot_domain::Role::Admin, 10, "rogue");
+    let report = audit(&ledger.records, AuditOptions::default());
+    assert_eq!(report.count(Check::Attribution), 1, "{report}");
+}
+
+#[test]
+fn contiguous_versions_names_a_skipped_version_and_a_position_going_back() {
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("pool_vip", 3);
+    // Version 3 is recorded as 4 and the rest of the stream follows: one gap.
+    let stream = stream_of("pool_vip");
+    for record in ledger.records.iter_mut().skip(index) {
+        if let Recorded::Pool(p) = record
+            && p.stream == stream
+        {
+            p.version += 1;
+        }
+    }
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(
+        &report,
+        Check::ContiguousVersions,
+        position_of(&ledger, index),
+        &[],
+    );
+    assert_eq!(report.count(Check::ContiguousVersions), 1);
+
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("pool_ga", 2);
+    let previous = position_of(&ledger, index - 1);
+    ledger.pool_event_mut(index).position = previous;
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(&report, Check::ContiguousVersions, previous, &[]);
+}
+
+#[test]
+fn fold_reports_what_evolve_refuses() {
+    let mut ledger = Ledger::new();
+    ledger.declare(0, "p", 3, None, &[]);
+    ledger.reserve(SECOND, "p", "a", "r", "t1");
+    ledger.confirm(2 * SECOND, "p", 1, "t2");
+    let index = ledger.index_of("p", 2);
+    ledger.pool_event_mut(index).event.allocated_after = 2;
+    let options = AuditOptions {
+        verify_signatures: false,
+        check_fold: true,
+        ..AuditOptions::default()
+    };
+    let report = audit(&ledger.records, options);
+    assert_names(
+        &report,
+        Check::AllocationCoherence,
+        position_of(&ledger, index),
+        &[Check::Fold],
+    );
+    assert_eq!(report.count(Check::Fold), 1);
+}
+
+#[test]
+fn the_violation_list_is_capped_but_counting_goes_on() {
+    let mut ledger = Ledger::new();
+    ledger.declare(0, "p", 100, None, &[]);
+    for i in 0..20u64 {
+        ledger.reserve(SECOND + i, "p", "a", "r", &format!("t{i}"));
+    }
+    for record in &mut ledger.records {
+        if let Recorded::Pool(p) = record {
+            p.event.at = Timestamp(p.event.at.0);
+            p.event.allocated_after += 1000;
+            p.event.allocated_before += 1000;
+        }
+    }
+    let options = AuditOptions {
+        violations_max: 5,
+        ..AuditOptions::records_only()
+    };
+    let report = audit(&ledger.records, options);
+    assert_eq!(report.violations.len(), 5);
+    assert!(report.violations_omitted > 0);
+    assert_eq!(
+        report.violations_total(),
+        report.violations.len() as u64 + report.violations_omitted
+    );
+}

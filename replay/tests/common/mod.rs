@@ -1,0 +1,376 @@
+//! A small ledger for tests: runs commands through `decide`/`evolve`, signs them with ed25519
+//! keys registered in the `actors` stream, and records them with versions and positions, the
+//! way the service would. Also applies each event to live projections right after deciding.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use allot_domain::signing::{actor_signing_bytes, params_bytes, signing_bytes};
+use allot_domain::{
+    Action, ActorChange, ActorEvent, ActorId, Attestation, Command, Decision, IdempotencyToken,
+    Outcome, ParamsDigest, Pool, PoolId, Rejection, Role, Timestamp, decide, evolve,
+};
+use allot_projections::Projections;
+use allot_replay::{Recorded, RecordedActorEvent, RecordedPoolEvent};
+use ed25519_dalek::{Signer, SigningKey};
+
+pub const SECOND: u64 = 1_000;
+pub const MINUTE: u64 = 60_000;
+/// 2026-01-01T00:00:00Z.
+pub const T0: u64 = 1_767_225_600_000;
+/// Positions advance by this much per record (store positions need not be contiguous).
+pub const POSITION_STEP: u64 = 7;
+
+pub fn at(ms_after_t0: u64) -> Timestamp {
+    Timestamp(T0 + ms_after_t0)
+}
+
+pub fn stream_of(pool: &str) -> String {
+    format!("pool-{pool}")
+}
+
+pub struct Ledger {
+    pub records: Vec<Recorded>,
+    pub pools: HashMap<PoolId, Pool>,
+    pub live: Projections,
+    keys: HashMap<String, SigningKey>,
+    versions: HashMap<String, u64>,
+    actors_version: u64,
+    next_position: u64,
+}
+
+impl Ledger {
+    /// A ledger whose service has bootstrapped `admin` and `sweeper` (self-registered), and whose
+    /// admin registered the client `shop` and the auditor `reader`.
+    pub fn new() -> Ledger {
+        let mut ledger = Ledger {
+            records: Vec::new(),
+            pools: HashMap::new(),
+            live: Projections::new(),
+            keys: HashMap::new(),
+            versions: HashMap::new(),
+            actors_version: 0,
+            next_position: 100,
+        };
+        ledger.register("admin", Role::Admin, 1, "admin");
+        ledger.register("sweeper", Role::Sweeper, 2, "sweeper");
+        ledger.register("shop", Role::Client, 3, "admin");
+        ledger.register("reader", Role::Auditor, 4, "admin");
+        ledger
+    }
+
+    pub fn key(&self, actor: &str) -> &SigningKey {
+        &self.keys[actor]
+    }
+
+    fn position(&mut self) -> u64 {
+        let position = self.next_position;
+        self.next_position += POSITION_STEP;
+        position
+    }
+
+    /// Registers `actor` at T0 - 1 s, signed by `by` (itself for bootstrap).
+    pub fn register(&mut self, actor: &str, role: Role, seed: u8, by: &str) {
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let public_key = key.verifying_key().to_bytes();
+        self.keys.insert(actor.to_owned(), key);
+        let when = Timestamp(T0 - SECOND);
+        let token = IdempotencyToken::new(format!("register-{actor}"));
+        let message = actor_signing_bytes(
+            "register_actor",
+            &ActorId::new(actor),
+            &[
+                ("role", role.as_str().to_owned()),
+                ("public_key", hex::encode(public_key)),
+            ],
+            &token,
+            &ActorId::new(by),
+            when,
+        );
+        let signature = self.keys[by].sign(&message).to_bytes().to_vec();
+        let event = ActorEvent {
+            actor: ActorId::new(actor),
+            change: ActorChange::Registered { role, public_key },
+            by: ActorId::new(by),
+            token,
+            attestation: Attestation {
+                signed_at: when,
+                signature,
+            },
+            at: when,
+        };
+        let position = self.position();
+        self.records.push(Recorded::Actor(RecordedActorEvent {
+            version: self.actors_version,
+            position,
+            event,
+        }));
+        self.actors_version += 1;
+    }
+
+    /// Runs `action` on `pool` as `actor` with `token` at `ms` after T0. Appended events are
+    /// recorded; replays and unrecorded rejections are returned as they are.
+    pub fn run(
+        &mut self,
+        ms: u64,
+        actor: &str,
+        pool: &str,
+        token: &str,
+        action: Action,
+    ) -> Result<Outcome, Rejection> {
+        let pool_id = PoolId::new(pool);
+        let now = at(ms);
+        let target = match action.reservation() {
+            Some(seq) => format!("{pool}:{seq}"),
+            None => pool.to_owned(),
+        };
+        let actor_id = ActorId::new(actor);
+        let token = IdempotencyToken::new(token);
+        let signature = self.keys[actor]
+            .sign(&signing_bytes(&action, &target, &token, &actor_id, now))
+            .to_bytes()
+            .to_vec();
+        let command = Command {
+            pool: pool_id.clone(),
+            actor: actor_id,
+            attestation: Attestation {
+                signed_at: now,
+                signature,
+            },
+            token,
+            digest: ParamsDigest(*blake3::hash(&params_bytes(&action)).as_bytes()),
+            action,
+        };
+        let aggregate = self.pools.entry(pool_id.clone()).or_default();
+        match decide(aggregate, &command, now)? {
+            Decision::Append(event) => {
+                evolve(aggregate, &event).expect("decided events apply");
+                let stream = stream_of(pool);
+                let version = *self.versions.get(&stream).unwrap_or(&0);
+                self.versions.insert(stream.clone(), version + 1);
+                let position = self.position();
+                self.live.apply(version, position, &event);
+                let outcome = event.outcome();
+                self.records.push(Recorded::Pool(RecordedPoolEvent {
+                    stream,
+                    version,
+                    position,
+                    event,
+                }));
+                Ok(outcome)
+            }
+            Decision::Replay(outcome) => Ok(outcome),
+        }
+    }
+
+    pub fn declare(
+        &mut self,
+        ms: u64,
+        pool: &str,
+        capacity: u64,
+        closes_at: Option<u64>,
+        units: &[&str],
+    ) {
+        let outcome = self.run(
+            ms,
+            "admin",
+            pool,
+            &format!("declare-{pool}"),
+            Action::DeclarePool {
+                capacity,
+                closes_at: closes_at.map(at),
+                units: units.iter().map(|u| (*u).to_owned()).collect(),
+                idempotency_window_ms: 5 * MINUTE,
+            },
+        );
+        assert!(
+            matches!(outcome, Ok(Outcome::PoolDeclared { .. })),
+            "{outcome:?}"
+        );
+    }
+
+    pub fn reserve(
+        &mut self,
+        ms: u64,
+        pool: &str,
+        requester: &str,
+        resource: &str,
+        token: &str,
+    ) -> Outcome {
+        self.run(
+            ms,
+            "shop",
+            pool,
+            token,
+            Action::Reserve {
+                resource: resource.to_owned(),
+                requester: requester.to_owned(),
+                duration_ms: 10 * MINUTE,
+                count: 1,
+            },
+        )
+        .expect("recorded")
+    }
+
+    pub fn confirm(&mut self, ms: u64, pool: &str, seq: u64, token: &str) -> Outcome {
+        self.run(
+            ms,
+            "shop",
+            pool,
+            token,
+            Action::ConfirmReservation { reservation: seq },
+        )
+        .expect("recorded")
+    }
+
+    pub fn cancel(&mut self, ms: u64, pool: &str, seq: u64, token: &str) -> Outcome {
+        self.run(
+            ms,
+            "shop",
+            pool,
+            token,
+            Action::CancelReservation { reservation: seq },
+        )
+        .expect("recorded")
+    }
+
+    pub fn expire(&mut self, ms: u64, pool: &str, seq: u64, token: &str) -> Outcome {
+        self.run(
+            ms,
+            "sweeper",
+            pool,
+            token,
+            Action::ExpireReservation { reservation: seq },
+        )
+        .expect("recorded")
+    }
+
+    pub fn adjust(&mut self, ms: u64, pool: &str, capacity: u64, token: &str) -> Outcome {
+        self.run(
+            ms,
+            "admin",
+            pool,
+            token,
+            Action::AdjustCapacity { capacity },
+        )
+        .expect("recorded")
+    }
+
+    /// Index in `records` of the pool event at `version` of `pool`'s stream.
+    pub fn index_of(&self, pool: &str, version: u64) -> usize {
+        let stream = stream_of(pool);
+        self.records
+            .iter()
+            .position(
+                |r| matches!(r, Recorded::Pool(p) if p.stream == stream && p.version == version),
+            )
+            .expect("event exists")
+    }
+
+    pub fn pool_event_mut(&mut self, index: usize) -> &mut RecordedPoolEvent {
+        match &mut self.records[index] {
+            Recorded::Pool(recorded) => recorded,
+            Recorded::Actor(_) => panic!("not a pool event"),
+        }
+    }
+
+    pub fn last_version(&self, pool: &str) -> u64 {
+        self.versions[&stream_of(pool)] - 1
+    }
+}
+
+/// The walkthrough and its variants over three pools: the VIP tier (capacity 2, a retry, a
+/// rejected buyer, a confirm, an expiry, a cancellation), a seat map with an add/drop cutoff
+/// (named units, a unit taken twice, a drop, attempts after the cutoff) and a pool whose
+/// capacity is raised then closed.
+pub fn walkthrough() -> Ledger {
+    let mut ledger = Ledger::new();
+    ledger.declare(0, "pool_vip", 2, None, &[]);
+    ledger.declare(
+        SECOND,
+        "course_cs101",
+        3,
+        Some(30 * MINUTE),
+        &["seat-1", "seat-2", "seat-3"],
+    );
+    ledger.declare(2 * SECOND, "pool_ga", 1, None, &[]);
+
+    // VIP: A and B hold; C is refused; A retries (replayed, no event); A confirms.
+    ledger.reserve(MINUTE, "pool_vip", "buyer_a", "vip-tier", "tok_a1");
+    ledger.reserve(2 * MINUTE, "pool_vip", "buyer_b", "vip-tier", "tok_b1");
+    let refused = ledger.reserve(3 * MINUTE, "pool_vip", "buyer_c", "vip-tier", "tok_c1");
+    assert!(matches!(refused, Outcome::Rejected(_)));
+    let retried = ledger.reserve(
+        3 * MINUTE + SECOND,
+        "pool_vip",
+        "buyer_a",
+        "vip-tier",
+        "tok_a1",
+    );
+    assert!(matches!(retried, Outcome::Reserved { .. }));
+    ledger.confirm(4 * MINUTE, "pool_vip", 1, "tok_confirm_a");
+
+    // Students enrol in seats; seat-1 is taken twice; one drops; the cutoff passes.
+    ledger.reserve(5 * MINUTE, "course_cs101", "student_1", "seat-1", "s1");
+    ledger.reserve(
+        5 * MINUTE + 200,
+        "course_cs101",
+        "student_2",
+        "seat-1",
+        "s2",
+    );
+    ledger.reserve(
+        5 * MINUTE + 400,
+        "course_cs101",
+        "student_2",
+        "seat-2",
+        "s2b",
+    );
+    ledger.confirm(6 * MINUTE, "course_cs101", 1, "s1c");
+    ledger.cancel(7 * MINUTE, "course_cs101", 2, "s2drop");
+
+    // B's hold lapses; a late confirm is refused; the sweeper expires it; C gets the slot.
+    let late = ledger.confirm(12 * MINUTE + SECOND, "pool_vip", 2, "tok_confirm_b");
+    assert!(matches!(late, Outcome::Rejected(_)));
+    ledger.expire(12 * MINUTE + 2 * SECOND, "pool_vip", 2, "tok_sweep_b");
+    ledger.reserve(13 * MINUTE, "pool_vip", "buyer_c", "vip-tier", "tok_c2");
+    ledger.cancel(14 * MINUTE, "pool_vip", 3, "tok_cancel_c");
+
+    // General admission: raised from 1 to 2 (an overbooking choice), two confirmed, closed.
+    ledger.reserve(15 * MINUTE, "pool_ga", "fan_1", "ga", "g1");
+    ledger.confirm(15 * MINUTE + SECOND, "pool_ga", 1, "g1c");
+    ledger.adjust(16 * MINUTE, "pool_ga", 2, "raise-ga");
+    ledger.reserve(17 * MINUTE, "pool_ga", "fan_2", "ga", "g2");
+    ledger.confirm(17 * MINUTE + SECOND, "pool_ga", 2, "g2c");
+    ledger
+        .run(
+            18 * MINUTE,
+            "admin",
+            "pool_ga",
+            "close-ga",
+            Action::ClosePool,
+        )
+        .expect("recorded");
+
+    // Contention at the cutoff: attempts just before and after closes_at.
+    for (i, ms) in [
+        29 * MINUTE + 59 * SECOND,
+        29 * MINUTE + 59 * SECOND + 500,
+        30 * MINUTE,
+        30 * MINUTE + 300,
+        30 * MINUTE + SECOND,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        ledger.reserve(
+            ms,
+            "course_cs101",
+            &format!("late_{i}"),
+            "seat-3",
+            &format!("late-{i}"),
+        );
+    }
+    ledger
+}
