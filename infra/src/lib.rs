@@ -6,8 +6,13 @@
 //!
 //! Must not: decide commands itself; every decision goes through `allot_domain::decide`.
 
+pub mod client;
 pub mod clock;
+pub mod http;
 pub mod identity;
 pub mod ledger;
 pub mod metrics;
+pub mod openapi;
+pub mod server;
 pub mod store;
+pub mod sweeper;

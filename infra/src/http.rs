@@ -1,0 +1,761 @@
+//! The HTTP API: JSON commands in, outcomes or RFC 9457 problems out.
+//!
+//! Every state-changing request carries `Idempotency-Key` (missing → 400) and a signature in
+//! `Allot-Actor`, `Allot-Signed-At` (ms since the epoch) and `Allot-Signature` (hex ed25519 over
+//! the canonical bytes of `docs/signing.md`). A replayed outcome carries
+//! `Idempotent-Replayed: true`. The rejection-code → status mapping is [`status_for`], the one
+//! place it lives.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use allot_domain::{
+    Action, ActionKind, ActorChange, ActorEvent, ActorId, Attestation, Command, IdempotencyToken,
+    Outcome, PoolId, Rejection, RejectionCode, ReservationId, Role, Timestamp, command, signing,
+};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::identity::{self, AuthError};
+use crate::ledger::{Ledger, Reply, SubmitError};
+
+/// Largest request body, in bytes.
+pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// Requests decided at once; more are refused with 503 rather than queued without bound.
+pub const IN_FLIGHT_MAX: usize = 8192;
+/// Default idempotency window for pools declared without one.
+pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 3_600_000;
+/// A pool's window must be at least this multiple of the signature skew, so a captured request
+/// cannot outlive its recorded outcome and become a second action.
+const WINDOW_OVER_SKEW_MIN: u64 = 2;
+
+pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+pub const ACTOR_HEADER: HeaderName = HeaderName::from_static("allot-actor");
+pub const SIGNED_AT_HEADER: HeaderName = HeaderName::from_static("allot-signed-at");
+pub const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("allot-signature");
+
+#[derive(Clone)]
+struct AppState {
+    ledger: Ledger,
+    in_flight: Arc<Semaphore>,
+}
+
+/// The application router.
+pub fn router(ledger: Ledger) -> Router {
+    let state = AppState {
+        ledger,
+        in_flight: Arc::new(Semaphore::new(IN_FLIGHT_MAX)),
+    };
+    Router::new()
+        .route("/v1/pools/{pool}", post(declare_pool).get(show_pool))
+        .route("/v1/pools/{pool}/capacity", post(adjust_capacity))
+        .route("/v1/pools/{pool}/close", post(close_pool))
+        .route("/v1/pools/{pool}/reservations", post(reserve))
+        .route("/v1/reservations/{reservation}", get(show_reservation))
+        .route("/v1/reservations/{reservation}/confirm", post(confirm))
+        .route("/v1/reservations/{reservation}/cancel", post(cancel))
+        .route("/v1/reservations/{reservation}/expire", post(expire))
+        .route("/v1/actors/{actor}", post(register_actor))
+        .route("/v1/actors/{actor}/revoke", post(revoke_actor))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .with_state(state)
+}
+
+/// An RFC 9457 problem whose `code` is the seed's rejection code (or one of `forbidden`,
+/// `overloaded`, `unavailable`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: String,
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: format!("urn:allot:problem:{code}"),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            code: code.to_owned(),
+            replayed: false,
+        }
+    }
+
+    fn invalid(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::BAD_REQUEST, "invalid-request", detail)
+    }
+
+    fn from_rejection(rejection: &Rejection) -> Problem {
+        Problem::new(
+            status_for(rejection.code()),
+            rejection.code().as_str(),
+            rejection.to_string(),
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let replayed = self.replayed;
+        let mut response = (status, Json(&self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if replayed {
+            response
+                .headers_mut()
+                .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The HTTP status of each rejection code.
+pub fn status_for(code: RejectionCode) -> StatusCode {
+    match code {
+        RejectionCode::InvalidRequest => StatusCode::BAD_REQUEST,
+        RejectionCode::TokenCollision => StatusCode::UNPROCESSABLE_ENTITY,
+        RejectionCode::NotKnown => StatusCode::NOT_FOUND,
+        RejectionCode::PoolClosed
+        | RejectionCode::PoolCapacityExceeded
+        | RejectionCode::ResourceUnavailable
+        | RejectionCode::NotHeld
+        | RejectionCode::WindowElapsed
+        | RejectionCode::WindowNotElapsed
+        | RejectionCode::PoolAlreadyDeclared
+        | RejectionCode::CapacityBelowAllocated => StatusCode::CONFLICT,
+        RejectionCode::RecordingFailure => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+fn auth_problem(error: &AuthError) -> Problem {
+    if error.is_forbidden() {
+        Problem::new(StatusCode::FORBIDDEN, "forbidden", error.to_string())
+    } else {
+        // The seed maps an invalid credential to invalid-request; 401 says it is the credential.
+        Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid-request",
+            error.to_string(),
+        )
+    }
+}
+
+/// The signed envelope of a request: who, when, the signature and the idempotency token.
+struct Envelope {
+    actor: ActorId,
+    token: IdempotencyToken,
+    attestation: Attestation,
+}
+
+fn header_text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Problem> {
+    headers
+        .get(name)
+        .ok_or_else(|| Problem::invalid(format!("{name} header is required")))?
+        .to_str()
+        .map_err(|_| Problem::invalid(format!("{name} header must be visible ASCII")))
+}
+
+fn envelope(headers: &HeaderMap) -> Result<Envelope, Problem> {
+    let token = header_text(headers, &IDEMPOTENCY_KEY)?;
+    let actor = header_text(headers, &ACTOR_HEADER)?;
+    let signed_at = header_text(headers, &SIGNED_AT_HEADER)?
+        .parse::<u64>()
+        .map_err(|_| Problem::invalid("allot-signed-at must be milliseconds since the epoch"))?;
+    let signature = hex::decode(header_text(headers, &SIGNATURE_HEADER)?)
+        .map_err(|_| Problem::invalid("allot-signature must be hex"))?;
+    Ok(Envelope {
+        actor: ActorId::new(actor),
+        token: IdempotencyToken::new(token),
+        attestation: Attestation {
+            signed_at: Timestamp(signed_at),
+            signature,
+        },
+    })
+}
+
+fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+    payload
+        .map(|Json(value)| value)
+        .map_err(|rejection| Problem::invalid(rejection.body_text()))
+}
+
+fn pool_id(text: &str) -> Result<PoolId, Problem> {
+    if command::is_valid_pool_id(text) {
+        Ok(PoolId::new(text))
+    } else {
+        Err(Problem::invalid(
+            "pool_id must be 1..=64 bytes of letters, digits, '_', '.', '-'",
+        ))
+    }
+}
+
+fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
+    ReservationId::parse(text)
+        .ok_or_else(|| Problem::invalid("reservation_id must be `pool:sequence`"))
+}
+
+/// Authenticates, authorizes and submits one pool command; renders the answer.
+async fn run(state: &AppState, headers: &HeaderMap, pool: PoolId, action: Action) -> Response {
+    let started = Instant::now();
+    let kind = action.kind();
+    let response = match submit(state, headers, pool, action).await {
+        Ok((reply, status)) => {
+            let outcome_label = match &reply.outcome {
+                Outcome::Rejected(r) => r.code().as_str(),
+                _ if reply.replayed => "replayed",
+                _ => "ok",
+            };
+            state
+                .ledger
+                .metrics()
+                .count_command(kind.as_str(), outcome_label);
+            render_reply(reply, status)
+        }
+        Err(problem) => {
+            state
+                .ledger
+                .metrics()
+                .count_command(kind.as_str(), &problem.code);
+            problem.into_response()
+        }
+    };
+    state
+        .ledger
+        .metrics()
+        .command_seconds
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn submit(
+    state: &AppState,
+    headers: &HeaderMap,
+    pool: PoolId,
+    action: Action,
+) -> Result<(Reply, StatusCode), Problem> {
+    let Ok(_permit) = state.in_flight.try_acquire() else {
+        return Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many requests in flight; retry",
+        ));
+    };
+    let envelope = envelope(headers)?;
+    let command = Command {
+        pool,
+        actor: envelope.actor,
+        attestation: envelope.attestation,
+        token: envelope.token,
+        digest: identity::params_digest(&action),
+        action,
+    };
+    // Malformed commands are refused before the signature is checked: both change nothing, and
+    // the client learns what to fix first.
+    command
+        .validate()
+        .map_err(|rejection| Problem::from_rejection(&rejection))?;
+    let ledger = &state.ledger;
+    let bytes = signing::signing_bytes(
+        &command.action,
+        &identity::command_target(&command.pool, &command.action),
+        &command.token,
+        &command.actor,
+        command.attestation.signed_at,
+    );
+    let role = ledger
+        .actors()
+        .authenticate(
+            &command.actor,
+            &bytes,
+            &command.attestation,
+            ledger.clock().now(),
+        )
+        .map_err(|error| auth_problem(&error))?;
+    let kind = command.action.kind();
+    if !role.may(kind) {
+        return Err(auth_problem(&AuthError::Forbidden {
+            role,
+            action: kind.as_str().to_owned(),
+        }));
+    }
+    if let Action::DeclarePool {
+        idempotency_window_ms,
+        ..
+    } = command.action
+        && idempotency_window_ms < WINDOW_OVER_SKEW_MIN * identity::SIGNED_AT_SKEW_MS
+    {
+        return Err(Problem::invalid(format!(
+            "idempotency_window_ms must be at least {} (twice the signature skew)",
+            WINDOW_OVER_SKEW_MIN * identity::SIGNED_AT_SKEW_MS
+        )));
+    }
+    let status = if kind == ActionKind::Reserve || kind == ActionKind::DeclarePool {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    match ledger.submit(command).await {
+        Ok(reply) => Ok((reply, status)),
+        Err(SubmitError::Rejected(rejection)) => Err(Problem::from_rejection(&rejection)),
+        Err(SubmitError::Recording(reason)) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "recording-failure",
+            reason,
+        )),
+        Err(error @ SubmitError::Overloaded(_)) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            error.to_string(),
+        )),
+        Err(error) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            error.to_string(),
+        )),
+    }
+}
+
+/// The JSON body of a successful outcome.
+pub fn outcome_body(outcome: &Outcome) -> Value {
+    match outcome {
+        Outcome::PoolDeclared { pool } => json!({"outcome": "pool_declared", "pool_id": pool}),
+        Outcome::CapacityAdjusted { capacity } => {
+            json!({"outcome": "capacity_adjusted", "capacity": capacity})
+        }
+        Outcome::PoolClosed { pool } => json!({"outcome": "pool_closed", "pool_id": pool}),
+        Outcome::Reserved {
+            reservation,
+            expires_at,
+        } => json!({
+            "outcome": "reserved",
+            "reservation_id": reservation,
+            "pool_id": reservation.pool,
+            "expires_at": expires_at,
+        }),
+        Outcome::Confirmed { reservation } => {
+            json!({"outcome": "confirmed", "reservation_id": reservation})
+        }
+        Outcome::Released { reservation } => {
+            json!({"outcome": "released", "reservation_id": reservation})
+        }
+        Outcome::Expired { reservation } => {
+            json!({"outcome": "expired", "reservation_id": reservation})
+        }
+        Outcome::Rejected(rejection) => json!({"outcome": "rejected", "code": rejection.code()}),
+    }
+}
+
+fn render_reply(reply: Reply, status: StatusCode) -> Response {
+    let mut response = match &reply.outcome {
+        Outcome::Rejected(rejection) => {
+            let mut problem = Problem::from_rejection(rejection);
+            problem.replayed = reply.replayed;
+            return problem.into_response();
+        }
+        outcome => (status, Json(outcome_body(outcome))).into_response(),
+    };
+    if reply.replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeclareBody {
+    capacity: u64,
+    #[serde(default)]
+    closes_at: Option<u64>,
+    #[serde(default)]
+    units: Vec<String>,
+    #[serde(default)]
+    idempotency_window_ms: Option<u64>,
+}
+
+async fn declare_pool(
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    payload: Result<Json<DeclareBody>, JsonRejection>,
+) -> Response {
+    let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
+    let (pool, declare) = match parsed {
+        Ok(parsed) => parsed,
+        Err(problem) => return problem.into_response(),
+    };
+    let action = Action::DeclarePool {
+        capacity: declare.capacity,
+        closes_at: declare.closes_at.map(Timestamp),
+        units: declare.units,
+        idempotency_window_ms: declare
+            .idempotency_window_ms
+            .unwrap_or(IDEMPOTENCY_WINDOW_MS_DEFAULT),
+    };
+    run(&state, &headers, pool, action).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapacityBody {
+    capacity: u64,
+}
+
+async fn adjust_capacity(
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    payload: Result<Json<CapacityBody>, JsonRejection>,
+) -> Response {
+    let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
+    match parsed {
+        Ok((pool, adjust)) => {
+            let action = Action::AdjustCapacity {
+                capacity: adjust.capacity,
+            };
+            run(&state, &headers, pool, action).await
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn close_pool(
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match pool_id(&pool) {
+        Ok(pool) => run(&state, &headers, pool, Action::ClosePool).await,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReserveBody {
+    resource: String,
+    requester: String,
+    duration_ms: u64,
+    #[serde(default = "one")]
+    count: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+async fn reserve(
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+    headers: HeaderMap,
+    payload: Result<Json<ReserveBody>, JsonRejection>,
+) -> Response {
+    let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
+    match parsed {
+        Ok((pool, reserve)) => {
+            let action = Action::Reserve {
+                resource: reserve.resource,
+                requester: reserve.requester,
+                duration_ms: reserve.duration_ms,
+                count: reserve.count,
+            };
+            run(&state, &headers, pool, action).await
+        }
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn reservation_action(
+    state: &AppState,
+    headers: &HeaderMap,
+    reservation: &str,
+    action: fn(u64) -> Action,
+) -> Response {
+    match reservation_id(reservation) {
+        Ok(id) => run(state, headers, id.pool, action(id.seq)).await,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn confirm(
+    State(state): State<AppState>,
+    Path(reservation): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reservation_action(&state, &headers, &reservation, |reservation| {
+        Action::ConfirmReservation { reservation }
+    })
+    .await
+}
+
+async fn cancel(
+    State(state): State<AppState>,
+    Path(reservation): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reservation_action(&state, &headers, &reservation, |reservation| {
+        Action::CancelReservation { reservation }
+    })
+    .await
+}
+
+async fn expire(
+    State(state): State<AppState>,
+    Path(reservation): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    reservation_action(&state, &headers, &reservation, |reservation| {
+        Action::ExpireReservation { reservation }
+    })
+    .await
+}
+
+async fn show_reservation(
+    State(state): State<AppState>,
+    Path(reservation): Path<String>,
+) -> Response {
+    let id = match reservation_id(&reservation) {
+        Ok(id) => id,
+        Err(problem) => return problem.into_response(),
+    };
+    match state.ledger.projections().binding.get(&id) {
+        Some(entry) => Json(json!({
+            "reservation_id": id,
+            "pool_id": id.pool,
+            "state": entry.state,
+            "slot_held": entry.slot_held(),
+            "resource": entry.resource,
+            "requester": entry.requester,
+            "count": entry.count,
+            "reserved_at": entry.reserved_at,
+            "expires_at": entry.expires_at,
+        }))
+        .into_response(),
+        None => Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-known",
+            format!("reservation {id} is not known"),
+        )
+        .into_response(),
+    }
+}
+
+async fn show_pool(State(state): State<AppState>, Path(pool): Path<String>) -> Response {
+    let pool = match pool_id(&pool) {
+        Ok(pool) => pool,
+        Err(problem) => return problem.into_response(),
+    };
+    match state.ledger.projections().counts.get(&pool) {
+        Some(count) => Json(json!({
+            "pool_id": pool,
+            "capacity": count.capacity,
+            "allocated": count.allocated,
+            "available": count.capacity.saturating_sub(count.allocated),
+            "live_reservations": count.live(),
+            "reservations": count.reservations,
+            "confirmed": count.confirmed,
+            "released": count.released,
+            "expired": count.expired,
+            "closed": count.closed,
+            "closes_at": count.closes_at,
+            "rejections": count.rejections,
+        }))
+        .into_response(),
+        None => Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-known",
+            format!("pool {pool} is not known"),
+        )
+        .into_response(),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    role: String,
+    /// Hex of the 32-byte ed25519 public key.
+    public_key: String,
+}
+
+/// Admin-signed change to the actor registry.
+async fn actor_change(
+    state: &AppState,
+    headers: &HeaderMap,
+    target: &str,
+    change: ActorChange,
+) -> Response {
+    let started = Instant::now();
+    let result = actor_change_inner(state, headers, target, change).await;
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(problem) => problem.code.as_str(),
+    };
+    state.ledger.metrics().count_command("actor_change", label);
+    state
+        .ledger
+        .metrics()
+        .command_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match result {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+/// The (name, value) parameters an admin signs for an actor change.
+pub fn actor_change_params(change: &ActorChange) -> (&'static str, Vec<(&'static str, String)>) {
+    match change {
+        ActorChange::Registered { role, public_key } => (
+            "register_actor",
+            vec![
+                ("public_key", hex::encode(public_key)),
+                ("role", role.as_str().to_owned()),
+            ],
+        ),
+        ActorChange::Revoked => ("revoke_actor", vec![]),
+    }
+}
+
+async fn actor_change_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    target: &str,
+    change: ActorChange,
+) -> Result<Response, Problem> {
+    let envelope = envelope(headers)?;
+    let target_ok = !target.trim().is_empty()
+        && target.len() <= command::ACTOR_BYTES_MAX
+        && !target.chars().any(char::is_control);
+    if !target_ok {
+        return Err(Problem::invalid("actor id must be 1..=128 visible bytes"));
+    }
+    let target = ActorId::new(target);
+    let (action, params) = actor_change_params(&change);
+    let bytes = signing::actor_signing_bytes(
+        action,
+        &target,
+        &params,
+        &envelope.token,
+        &envelope.actor,
+        envelope.attestation.signed_at,
+    );
+    let ledger = &state.ledger;
+    let now = ledger.clock().now();
+    let role = ledger
+        .actors()
+        .authenticate(&envelope.actor, &bytes, &envelope.attestation, now)
+        .map_err(|error| auth_problem(&error))?;
+    if !role.may_manage_actors() {
+        return Err(auth_problem(&AuthError::Forbidden {
+            role,
+            action: action.to_owned(),
+        }));
+    }
+    if matches!(change, ActorChange::Revoked) && ledger.actors().current(&target).is_none() {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "not-known",
+            format!("actor {target} has no key in force"),
+        ));
+    }
+    let event = ActorEvent {
+        actor: target.clone(),
+        change,
+        by: envelope.actor,
+        token: envelope.token,
+        attestation: envelope.attestation,
+        at: now,
+    };
+    ledger.record_actor_event(event).await.map_err(|error| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "recording-failure",
+            error.to_string(),
+        )
+    })?;
+    Ok((
+        StatusCode::OK,
+        Json(json!({"outcome": action, "actor": target})),
+    )
+        .into_response())
+}
+
+async fn register_actor(
+    State(state): State<AppState>,
+    Path(actor): Path<String>,
+    headers: HeaderMap,
+    payload: Result<Json<RegisterBody>, JsonRejection>,
+) -> Response {
+    let change = body(payload).and_then(|register| {
+        let role = Role::parse(&register.role)
+            .ok_or_else(|| Problem::invalid("role must be admin, client, sweeper or auditor"))?;
+        let key: [u8; 32] = hex::decode(&register.public_key)
+            .ok()
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| Problem::invalid("public_key must be 32 bytes of hex"))?;
+        ed25519_dalek::VerifyingKey::from_bytes(&key)
+            .map_err(|_| Problem::invalid("public_key is not an ed25519 point"))?;
+        Ok(ActorChange::Registered {
+            role,
+            public_key: key,
+        })
+    });
+    match change {
+        Ok(change) => actor_change(&state, &headers, &actor, change).await,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn revoke_actor(
+    State(state): State<AppState>,
+    Path(actor): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    actor_change(&state, &headers, &actor, ActorChange::Revoked).await
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.ledger.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn openapi() -> impl IntoResponse {
+    Json(crate::openapi::document())
+}

@@ -1,0 +1,99 @@
+//! The OpenAPI 3.1 document served at `/openapi.json`.
+
+use serde_json::{Value, json};
+
+fn signed_headers() -> Value {
+    json!([
+        {"name": "Idempotency-Key", "in": "header", "required": true,
+         "schema": {"type": "string", "maxLength": 255},
+         "description": "Opaque token; a retry with the same key and payload replays the recorded outcome."},
+        {"name": "Allot-Actor", "in": "header", "required": true, "schema": {"type": "string"}},
+        {"name": "Allot-Signed-At", "in": "header", "required": true,
+         "schema": {"type": "integer"}, "description": "Milliseconds since the Unix epoch."},
+        {"name": "Allot-Signature", "in": "header", "required": true,
+         "schema": {"type": "string", "pattern": "^[0-9a-f]{128}$"},
+         "description": "Hex ed25519 signature over the canonical bytes (docs/signing.md)."}
+    ])
+}
+
+fn command(summary: &str, path_param: &str, body: Option<Value>, created: bool) -> Value {
+    let mut parameters = signed_headers();
+    if let Some(list) = parameters.as_array_mut() {
+        list.push(json!({"name": path_param, "in": "path", "required": true, "schema": {"type": "string"}}));
+    }
+    let ok = if created { "201" } else { "200" };
+    let mut operation = json!({
+        "summary": summary,
+        "parameters": parameters,
+        "responses": {
+            ok: {"description": "Recorded (or replayed, with Idempotent-Replayed: true)",
+                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Outcome"}}}},
+            "400": {"$ref": "#/components/responses/Problem"},
+            "401": {"$ref": "#/components/responses/Problem"},
+            "403": {"$ref": "#/components/responses/Problem"},
+            "404": {"$ref": "#/components/responses/Problem"},
+            "409": {"$ref": "#/components/responses/Problem"},
+            "422": {"$ref": "#/components/responses/Problem"},
+            "503": {"$ref": "#/components/responses/Problem"}
+        }
+    });
+    if let (Some(body), Some(map)) = (body, operation.as_object_mut()) {
+        map.insert(
+            "requestBody".into(),
+            json!({"required": true, "content": {"application/json": {"schema": body}}}),
+        );
+    }
+    operation
+}
+
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "allot", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Reservation ledger: capacity-gated holds that are confirmed, cancelled or expire."},
+        "paths": {
+            "/v1/pools/{pool}": {
+                "post": command("declare_pool", "pool", Some(json!({"type": "object", "required": ["capacity"], "properties": {
+                    "capacity": {"type": "integer", "minimum": 0, "maximum": 1_000_000_000u64},
+                    "closes_at": {"type": "integer", "description": "Cutoff (ms); reserve at or after it is pool-closed."},
+                    "units": {"type": "array", "items": {"type": "string"}},
+                    "idempotency_window_ms": {"type": "integer"}}})), true),
+                "get": {"summary": "pool counts", "parameters": [{"name": "pool", "in": "path", "required": true, "schema": {"type": "string"}}],
+                        "responses": {"200": {"description": "capacity, allocated, live reservations"}, "404": {"$ref": "#/components/responses/Problem"}}}
+            },
+            "/v1/pools/{pool}/capacity": {"post": command("adjust_capacity", "pool", Some(json!({"type": "object", "required": ["capacity"], "properties": {"capacity": {"type": "integer"}}})), false)},
+            "/v1/pools/{pool}/close": {"post": command("close_pool", "pool", None, false)},
+            "/v1/pools/{pool}/reservations": {"post": command("reserve", "pool", Some(json!({"type": "object", "required": ["resource", "requester", "duration_ms"], "properties": {
+                "resource": {"type": "string"}, "requester": {"type": "string"},
+                "duration_ms": {"type": "integer", "minimum": 1000, "maximum": 2_592_000_000u64},
+                "count": {"type": "integer", "minimum": 1, "default": 1}}})), true)},
+            "/v1/reservations/{reservation}": {"get": {"summary": "query_reservation",
+                "parameters": [{"name": "reservation", "in": "path", "required": true, "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "state, pool_id, slot_held"}, "404": {"$ref": "#/components/responses/Problem"}}}},
+            "/v1/reservations/{reservation}/confirm": {"post": command("confirm_reservation", "reservation", None, false)},
+            "/v1/reservations/{reservation}/cancel": {"post": command("cancel_reservation", "reservation", None, false)},
+            "/v1/reservations/{reservation}/expire": {"post": command("expire_reservation", "reservation", None, false)},
+            "/v1/actors/{actor}": {"post": command("register_actor (admin)", "actor", Some(json!({"type": "object", "required": ["role", "public_key"], "properties": {
+                "role": {"enum": ["admin", "client", "sweeper", "auditor"]}, "public_key": {"type": "string"}}})), false)},
+            "/v1/actors/{actor}/revoke": {"post": command("revoke_actor (admin)", "actor", None, false)},
+            "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "ok"}}}},
+            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition"}}}}
+        },
+        "components": {
+            "schemas": {
+                "Outcome": {"type": "object", "properties": {
+                    "outcome": {"type": "string"}, "reservation_id": {"type": "string"},
+                    "pool_id": {"type": "string"}, "expires_at": {"type": "integer"}}},
+                "Problem": {"type": "object", "properties": {
+                    "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
+                    "detail": {"type": "string"},
+                    "code": {"enum": ["invalid-request", "token-collision", "not-known", "pool-closed",
+                        "pool-capacity-exceeded", "resource-unavailable", "not-held", "window-elapsed",
+                        "window-not-elapsed", "recording-failure", "pool-already-declared",
+                        "capacity-below-allocated", "forbidden", "overloaded", "unavailable"]}}}
+            },
+            "responses": {"Problem": {"description": "RFC 9457 problem",
+                "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}}
+        }
+    })
+}
