@@ -26,7 +26,12 @@
 
 pub mod audit;
 mod crypto;
+pub mod rebuild;
 pub mod record;
 
 pub use audit::{Audit, AuditOptions, AuditReport, Check, CheckCount, VIOLATIONS_MAX, Violation};
+pub use rebuild::{
+    CHECKPOINT_FORMAT_VERSION, Checkpoint, PROGRESS_EVERY_EVENTS, Rebuild, RebuildError,
+    RebuildOptions,
+};
 pub use record::{ACTORS_STREAM, Recorded, RecordedActorEvent, RecordedPoolEvent};

@@ -1,0 +1,266 @@
+//! Rebuild: folds recorded events into the projections and the pool aggregates, with
+//! checkpoints so a later rebuild applies only the tail.
+//!
+//! Projections are folded with the same `Projections::apply` the live service calls, so a
+//! rebuilt projection equals the live one. Pool aggregates are folded with the domain's
+//! `evolve`; its first refusal stops the rebuild with the stream, version and position of the
+//! event (the audit is the tool that carries on and reports every fault).
+//!
+//! A [`Checkpoint`] holds the projections' snapshot and the last applied position. The pool
+//! aggregates are not in it (the domain offers no serializable form of `Pool`): resuming with
+//! [`RebuildOptions::fold_pools`] refolds them from the start of the log while the projections
+//! skip everything at or before the checkpoint; without it, the caller may start reading after
+//! the checkpoint's position.
+
+use std::collections::HashMap;
+
+use allot_domain::{ActorRegistry, Pool, PoolId, evolve};
+use allot_projections::{Applied, Projections, Snapshot};
+use serde::{Deserialize, Serialize};
+
+use crate::record::{Recorded, RecordedPoolEvent};
+
+/// The checkpoint format this build writes and reads.
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
+/// Largest checkpoint accepted by [`Checkpoint::from_bytes`].
+pub const CHECKPOINT_BYTES_MAX: usize = 1 << 30;
+/// The progress callback is called every this many events (and once at the end).
+pub const PROGRESS_EVERY_EVENTS: u64 = 4_096;
+
+/// Why a rebuild or a checkpoint failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RebuildError {
+    /// The domain refused an event: the log is damaged or not one this domain wrote.
+    #[error("{stream}@{version} (position {position}): {reason}")]
+    Evolve {
+        stream: String,
+        version: u64,
+        position: u64,
+        reason: String,
+    },
+    /// An event of a pool stream arrived before the version the projections expect.
+    #[error("{stream}@{version} (position {position}): version gap, expected {expected}")]
+    Gap {
+        stream: String,
+        version: u64,
+        position: u64,
+        expected: u64,
+    },
+    /// Positions must strictly increase.
+    #[error("position {position} after {previous}: the log is not in position order")]
+    OutOfOrder { position: u64, previous: u64 },
+    #[error("checkpoint format {found} is not {CHECKPOINT_FORMAT_VERSION}")]
+    CheckpointFormat { found: u32 },
+    #[error("checkpoint of {0} bytes exceeds {CHECKPOINT_BYTES_MAX}")]
+    CheckpointTooLarge(usize),
+    #[error("checkpoint is malformed: {0}")]
+    CheckpointMalformed(String),
+}
+
+/// A serializable point to resume from: the projections after applying every event at or
+/// before `position` (the last record the rebuild applied, pool or actor).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub format_version: u32,
+    /// Last applied global position; `None` when nothing was applied.
+    pub position: Option<u64>,
+    pub projections: Snapshot,
+}
+
+impl Checkpoint {
+    /// The checkpoint as JSON bytes (what the binary writes to its checkpoint file).
+    pub fn to_bytes(&self) -> Result<Vec<u8>, RebuildError> {
+        serde_json::to_vec(self)
+            .map_err(|error| RebuildError::CheckpointMalformed(error.to_string()))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, RebuildError> {
+        if bytes.len() > CHECKPOINT_BYTES_MAX {
+            return Err(RebuildError::CheckpointTooLarge(bytes.len()));
+        }
+        let checkpoint: Checkpoint = serde_json::from_slice(bytes)
+            .map_err(|error| RebuildError::CheckpointMalformed(error.to_string()))?;
+        if checkpoint.format_version != CHECKPOINT_FORMAT_VERSION {
+            return Err(RebuildError::CheckpointFormat {
+                found: checkpoint.format_version,
+            });
+        }
+        Ok(checkpoint)
+    }
+}
+
+/// What a rebuild folds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildOptions {
+    /// Fold pool aggregates with `evolve` (they always start from the beginning of the log).
+    pub fold_pools: bool,
+}
+
+impl Default for RebuildOptions {
+    fn default() -> Self {
+        RebuildOptions { fold_pools: true }
+    }
+}
+
+/// A rebuild in progress: feed records in position order with [`Rebuild::apply`] or
+/// [`Rebuild::run`].
+#[derive(Debug)]
+pub struct Rebuild {
+    options: RebuildOptions,
+    projections: Projections,
+    pools: HashMap<PoolId, Pool>,
+    actors: ActorRegistry,
+    /// Projections already hold every event at or before this position.
+    resume_after: Option<u64>,
+    last_position: Option<u64>,
+    events_done: u64,
+}
+
+impl Default for Rebuild {
+    fn default() -> Self {
+        Rebuild::new(RebuildOptions::default())
+    }
+}
+
+impl Rebuild {
+    /// A rebuild from the start of the log.
+    pub fn new(options: RebuildOptions) -> Rebuild {
+        Rebuild {
+            options,
+            projections: Projections::new(),
+            pools: HashMap::new(),
+            actors: ActorRegistry::default(),
+            resume_after: None,
+            last_position: None,
+            events_done: 0,
+        }
+    }
+
+    /// A rebuild whose projections start from `checkpoint`: events at or before its position
+    /// only fold the pool aggregates (if [`RebuildOptions::fold_pools`]) and the actor registry.
+    pub fn from_checkpoint(
+        checkpoint: &Checkpoint,
+        options: RebuildOptions,
+    ) -> Result<Rebuild, RebuildError> {
+        if checkpoint.format_version != CHECKPOINT_FORMAT_VERSION {
+            return Err(RebuildError::CheckpointFormat {
+                found: checkpoint.format_version,
+            });
+        }
+        Ok(Rebuild {
+            projections: Projections::from_snapshot(&checkpoint.projections),
+            resume_after: checkpoint.position,
+            ..Rebuild::new(options)
+        })
+    }
+
+    /// Where a caller that does not fold pools may start reading: after this position.
+    pub fn resume_after(&self) -> Option<u64> {
+        self.resume_after
+    }
+
+    /// Applies one record.
+    pub fn apply(&mut self, recorded: &Recorded) -> Result<(), RebuildError> {
+        let position = recorded.position();
+        if let Some(previous) = self.last_position
+            && position <= previous
+        {
+            return Err(RebuildError::OutOfOrder { position, previous });
+        }
+        self.last_position = Some(position);
+        let before_checkpoint = self.resume_after.is_some_and(|after| position <= after);
+        match recorded {
+            Recorded::Actor(actor) => self.actors.apply(&actor.event),
+            Recorded::Pool(pool) => {
+                if self.options.fold_pools {
+                    self.fold_pool(pool)?;
+                }
+                if !before_checkpoint {
+                    self.project(pool)?;
+                }
+            }
+        }
+        self.events_done += 1;
+        Ok(())
+    }
+
+    fn fold_pool(&mut self, recorded: &RecordedPoolEvent) -> Result<(), RebuildError> {
+        let pool = self.pools.entry(recorded.event.pool.clone()).or_default();
+        evolve(pool, &recorded.event).map_err(|error| RebuildError::Evolve {
+            stream: recorded.stream.clone(),
+            version: recorded.version,
+            position: recorded.position,
+            reason: error.reason,
+        })
+    }
+
+    fn project(&mut self, recorded: &RecordedPoolEvent) -> Result<(), RebuildError> {
+        match self
+            .projections
+            .apply(recorded.version, recorded.position, &recorded.event)
+        {
+            Applied::Applied | Applied::Skipped => Ok(()),
+            Applied::Gap { expected } => Err(RebuildError::Gap {
+                stream: recorded.stream.clone(),
+                version: recorded.version,
+                position: recorded.position,
+                expected,
+            }),
+        }
+    }
+
+    /// Applies every record, calling `progress(events_done)` every [`PROGRESS_EVERY_EVENTS`]
+    /// and once at the end.
+    pub fn run<I, R>(
+        &mut self,
+        records: I,
+        mut progress: impl FnMut(u64),
+    ) -> Result<u64, RebuildError>
+    where
+        I: IntoIterator<Item = R>,
+        R: std::borrow::Borrow<Recorded>,
+    {
+        for record in records {
+            self.apply(record.borrow())?;
+            if self.events_done % PROGRESS_EVERY_EVENTS == 0 {
+                progress(self.events_done);
+            }
+        }
+        progress(self.events_done);
+        Ok(self.events_done)
+    }
+
+    /// Records applied by this rebuild (including those only folded into pools).
+    pub fn events_done(&self) -> u64 {
+        self.events_done
+    }
+
+    /// A checkpoint of the projections as they stand.
+    pub fn checkpoint(&self) -> Checkpoint {
+        let projections = self.projections.snapshot();
+        Checkpoint {
+            format_version: CHECKPOINT_FORMAT_VERSION,
+            position: self.last_position.max(self.resume_after),
+            projections,
+        }
+    }
+
+    pub fn projections(&self) -> &Projections {
+        &self.projections
+    }
+
+    pub fn pools(&self) -> &HashMap<PoolId, Pool> {
+        &self.pools
+    }
+
+    /// The actor registry (complete only when the log was fed from its start).
+    pub fn actors(&self) -> &ActorRegistry {
+        &self.actors
+    }
+
+    /// The rebuilt state: projections, pool aggregates and the actor registry.
+    pub fn into_parts(self) -> (Projections, HashMap<PoolId, Pool>, ActorRegistry) {
+        (self.projections, self.pools, self.actors)
+    }
+}
