@@ -14,6 +14,7 @@ use allot_domain::{
 use allot_projections::Projections;
 use dashmap::DashMap;
 use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use crate::clock::Clock;
 use crate::identity::ActorDirectory;
@@ -103,6 +104,8 @@ struct Shared {
     /// Woken after a hold is placed, so the sweeper can re-plan its next wake-up.
     holds_placed: Notify,
     accepting: AtomicBool,
+    /// Pool tasks, awaited on close so every queued command is answered first.
+    tasks: std::sync::Mutex<JoinSet<()>>,
 }
 
 /// The command path. Cheap to clone.
@@ -193,6 +196,7 @@ impl Ledger {
                 actors_version: Mutex::new(actors_version),
                 holds_placed: Notify::new(),
                 accepting: AtomicBool::new(true),
+                tasks: std::sync::Mutex::new(JoinSet::new()),
             }),
         })
     }
@@ -225,6 +229,23 @@ impl Ledger {
     /// Stops accepting new commands; queued ones are still decided and answered.
     pub fn stop_accepting(&self) {
         self.shared.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Stops accepting commands, answers every queued one, and waits for the pool tasks to end
+    /// (they hold the store; after this the store can be closed).
+    pub async fn close(&self) {
+        self.stop_accepting();
+        // Dropping the senders ends each pool task once its queue is empty.
+        self.shared.pools.clear();
+        let mut tasks = {
+            let mut guard = self
+                .shared
+                .tasks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            std::mem::take(&mut *guard)
+        };
+        while tasks.join_next().await.is_some() {}
     }
 
     /// Decides and records `command` (already authenticated by the caller). Returns once the
@@ -268,7 +289,14 @@ impl Ledger {
                 let (tx, rx) = mpsc::channel(POOL_QUEUE_MAX);
                 let ledger = self.clone();
                 let pool = pool.clone();
-                tokio::spawn(async move { ledger.run_pool(pool, rx).await });
+                let mut tasks = self
+                    .shared
+                    .tasks
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                // Reap retired tasks so their results do not pile up.
+                while tasks.try_join_next().is_some() {}
+                tasks.spawn(async move { ledger.run_pool(pool, rx).await });
                 tx
             })
             .clone()

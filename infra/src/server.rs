@@ -190,11 +190,11 @@ impl Service {
     /// Stops accepting connections, drains in-flight requests, stops the sweeper.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = self.shutdown.send(true);
-        let served = self.server.await;
-        self.ledger.stop_accepting();
         if let Some(sweeper) = self.sweeper {
             let _ = sweeper.await;
         }
+        let served = self.server.await;
+        self.ledger.close().await;
         match served {
             Ok(result) => result.map_err(ServeError::Http),
             Err(join) => Err(ServeError::Http(std::io::Error::other(join.to_string()))),
