@@ -402,6 +402,8 @@ pub struct Audit {
     verifier: Option<Verifier>,
     ready: Vec<Outcome>,
     key_buffer: String,
+    /// Keep only violations of this check (forensics reuse the audit's reconstruction).
+    keep_only: Option<Check>,
 }
 
 impl Default for Audit {
@@ -430,6 +432,15 @@ impl Audit {
             verifier: options.verify_signatures.then(Verifier::start),
             ready: Vec::new(),
             key_buffer: String::new(),
+            keep_only: None,
+        }
+    }
+
+    /// An audit that keeps (up to `violations_max`) only the violations of `check`.
+    pub(crate) fn keeping_only(options: AuditOptions, check: Check) -> Audit {
+        Audit {
+            keep_only: Some(check),
+            ..Audit::new(options)
         }
     }
 
@@ -461,7 +472,9 @@ impl Audit {
 
     fn report(&mut self, violation: Violation) {
         self.counts[violation.check.index()] += 1;
-        if self.violations.len() < self.options.violations_max {
+        if self.keep_only.is_none_or(|check| check == violation.check)
+            && self.violations.len() < self.options.violations_max
+        {
             self.violations.push(violation);
         }
     }

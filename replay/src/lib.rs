@@ -26,10 +26,17 @@
 
 pub mod audit;
 mod crypto;
+pub mod forensics;
 pub mod rebuild;
 pub mod record;
 
 pub use audit::{Audit, AuditOptions, AuditReport, Check, CheckCount, VIOLATIONS_MAX, Violation};
+pub use forensics::{
+    AsOf, CONTENTION_SECONDS_MAX, CapacityChange, Confirmation, ContentionSecond, ContentionWindow,
+    DoubleBookingMoment, DoubleBookingView, FORENSIC_ITEMS_MAX, ForensicsError, LiveReservation,
+    PoolAsOf, RepeatRequest, StrandedSlot, Verdict, as_of, contention_window,
+    disputed_double_booking, stranded_slots,
+};
 pub use rebuild::{
     CHECKPOINT_FORMAT_VERSION, Checkpoint, PROGRESS_EVERY_EVENTS, Rebuild, RebuildError,
     RebuildOptions,

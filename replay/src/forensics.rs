@@ -1,0 +1,636 @@
+//! Forensics: the investigator's questions, as pure folds over recorded events.
+//!
+//! - [`as_of`]: who held what, per pool, at an instant (the registrar's "ownership at a
+//!   timestamp").
+//! - [`stranded_slots`]: terminal reservations whose slot the pool arithmetic never got back.
+//! - [`disputed_double_booking`]: a pool's confirmations against its capacity history, saying
+//!   for each moment above the declared capacity whether an `adjust_capacity` raised it (an
+//!   overbooking choice) or coherence was violated.
+//! - [`contention_window`]: per second around a deadline, reserve attempts, successes and
+//!   rejections by code.
+//!
+//! Each keeps only live state while folding (live reservations, per-second buckets) and caps
+//! what it lists with a named limit.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
+
+use allot_domain::{
+    Action, ActorId, Change, PoolId, RejectionCode, ReservationId, ReservationState, Timestamp,
+};
+use serde::Serialize;
+
+use crate::audit::{Audit, AuditOptions, Check};
+use crate::record::Recorded;
+
+/// Widest contention window, in seconds each side of the instant.
+pub const CONTENTION_SECONDS_MAX: u64 = 3_600;
+/// Most items any forensic list holds (confirmations, moments, history); beyond it, counted.
+pub const FORENSIC_ITEMS_MAX: usize = 10_000;
+
+/// Why a forensic query could not run.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ForensicsError {
+    #[error("contention window of {seconds} s exceeds {CONTENTION_SECONDS_MAX} s")]
+    WindowTooWide { seconds: u64 },
+    #[error("contention window must be at least one second")]
+    WindowEmpty,
+}
+
+/// A reservation holding units at the instant asked about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LiveReservation {
+    pub reservation: ReservationId,
+    pub requester: String,
+    pub resource: String,
+    pub count: u32,
+    pub state: ReservationState,
+    pub reserved_at: Timestamp,
+    pub expires_at: Timestamp,
+    /// Held past `expires_at` and not yet expired by the sweeper (it still holds its slot, and
+    /// can no longer be confirmed).
+    pub window_elapsed: bool,
+}
+
+/// One pool at the instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PoolAsOf {
+    pub pool: PoolId,
+    pub capacity: u64,
+    /// As recorded by the pool's last event at or before the instant.
+    pub allocated: u64,
+    pub closed: bool,
+    pub closes_at: Option<Timestamp>,
+    /// Live reservations by sequence (at most [`FORENSIC_ITEMS_MAX`]).
+    pub live: Vec<LiveReservation>,
+    pub live_omitted: u64,
+}
+
+/// Every declared pool at an instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AsOf {
+    pub at: Timestamp,
+    pub pools: Vec<PoolAsOf>,
+}
+
+#[derive(Default)]
+struct PoolFold {
+    declared: bool,
+    capacity: u64,
+    allocated: u64,
+    closed: bool,
+    closes_at: Option<Timestamp>,
+    live: BTreeMap<u64, LiveReservation>,
+}
+
+/// Who held what in every pool at `at` (events with `at` later than it are ignored).
+pub fn as_of<I, R>(records: I, at: Timestamp) -> AsOf
+where
+    I: IntoIterator<Item = R>,
+    R: Borrow<Recorded>,
+{
+    let mut pools: BTreeMap<PoolId, PoolFold> = BTreeMap::new();
+    for record in records {
+        let Recorded::Pool(recorded) = record.borrow() else {
+            continue;
+        };
+        let event = &recorded.event;
+        if event.at > at {
+            continue;
+        }
+        let fold = pools.entry(event.pool.clone()).or_default();
+        fold.allocated = event.allocated_after;
+        match (&event.change, &event.action) {
+            (
+                Change::PoolDeclared,
+                Action::DeclarePool {
+                    capacity,
+                    closes_at,
+                    ..
+                },
+            ) => {
+                fold.declared = true;
+                fold.capacity = *capacity;
+                fold.closes_at = *closes_at;
+            }
+            (Change::CapacityAdjusted { .. }, Action::AdjustCapacity { capacity }) => {
+                fold.capacity = *capacity;
+            }
+            (Change::PoolClosed, _) => fold.closed = true,
+            (
+                Change::Reserved {
+                    reservation,
+                    expires_at,
+                },
+                Action::Reserve {
+                    resource,
+                    requester,
+                    count,
+                    ..
+                },
+            ) => {
+                fold.live.insert(
+                    *reservation,
+                    LiveReservation {
+                        reservation: ReservationId {
+                            pool: event.pool.clone(),
+                            seq: *reservation,
+                        },
+                        requester: requester.clone(),
+                        resource: resource.clone(),
+                        count: *count,
+                        state: ReservationState::Held,
+                        reserved_at: event.at,
+                        expires_at: *expires_at,
+                        window_elapsed: false,
+                    },
+                );
+            }
+            (Change::Confirmed { reservation }, _) => {
+                if let Some(live) = fold.live.get_mut(reservation) {
+                    live.state = ReservationState::Confirmed;
+                }
+            }
+            (Change::Released { reservation } | Change::Expired { reservation, .. }, _) => {
+                fold.live.remove(reservation);
+            }
+            _ => {}
+        }
+    }
+    AsOf {
+        at,
+        pools: pools
+            .into_iter()
+            .filter(|(_, fold)| fold.declared)
+            .map(|(pool, fold)| {
+                let total = fold.live.len();
+                let live: Vec<LiveReservation> = fold
+                    .live
+                    .into_values()
+                    .take(FORENSIC_ITEMS_MAX)
+                    .map(|mut live| {
+                        live.window_elapsed =
+                            live.state == ReservationState::Held && at >= live.expires_at;
+                        live
+                    })
+                    .collect();
+                PoolAsOf {
+                    pool,
+                    capacity: fold.capacity,
+                    allocated: fold.allocated,
+                    closed: fold.closed,
+                    closes_at: fold.closes_at,
+                    live_omitted: (total - live.len()) as u64,
+                    live,
+                }
+            })
+            .collect(),
+    }
+}
+
+/// A reservation in a terminal state whose slot never came back to the pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StrandedSlot {
+    pub reservation: ReservationId,
+    /// Where its terminal event was recorded.
+    pub stream: String,
+    pub version: u64,
+    pub position: u64,
+    pub detail: String,
+}
+
+/// Every stranded slot of the log (at most [`FORENSIC_ITEMS_MAX`]), in position order.
+pub fn stranded_slots<I, R>(records: I) -> Vec<StrandedSlot>
+where
+    I: IntoIterator<Item = R>,
+    R: Borrow<Recorded>,
+{
+    let options = AuditOptions {
+        violations_max: FORENSIC_ITEMS_MAX,
+        ..AuditOptions::records_only()
+    };
+    let mut audit = Audit::keeping_only(options, Check::StrandedSlot);
+    for record in records {
+        audit.observe(record.borrow());
+    }
+    audit
+        .finish()
+        .violations
+        .into_iter()
+        .filter(|violation| violation.check == Check::StrandedSlot)
+        .filter_map(|violation| {
+            Some(StrandedSlot {
+                reservation: violation.reservation?,
+                stream: violation.stream,
+                version: violation.version,
+                position: violation.position,
+                detail: violation.detail,
+            })
+        })
+        .collect()
+}
+
+/// A change of a pool's capacity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CapacityChange {
+    pub at: Timestamp,
+    pub version: u64,
+    pub position: u64,
+    pub actor: ActorId,
+    /// `None` for the declaration.
+    pub capacity_before: Option<u64>,
+    pub capacity: u64,
+}
+
+/// A confirmation, against the capacity in force when it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Confirmation {
+    pub reservation: ReservationId,
+    pub requester: String,
+    pub resource: String,
+    pub count: u32,
+    pub at: Timestamp,
+    pub version: u64,
+    pub position: u64,
+    pub capacity: u64,
+    /// Confirmed units in the pool after this confirmation.
+    pub confirmed_units: u64,
+}
+
+/// Why the pool held more confirmed units than it was declared with, or than its capacity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
+pub enum Verdict {
+    /// An `adjust_capacity` raised the capacity: an overbooking choice on record.
+    CapacityRaised {
+        adjusted_at: Timestamp,
+        position: u64,
+        actor: ActorId,
+        capacity: u64,
+    },
+    /// The records contradict the pool arithmetic: a genuine finding.
+    CoherenceViolated { detail: String },
+}
+
+/// A moment at which the pool held more confirmed units than first declared, or more than it
+/// could.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DoubleBookingMoment {
+    pub at: Timestamp,
+    pub version: u64,
+    pub position: u64,
+    pub reservation: Option<ReservationId>,
+    pub confirmed_units: u64,
+    pub declared_capacity: u64,
+    pub capacity: u64,
+    pub verdict: Verdict,
+}
+
+/// The same requester holding the same resource twice under different tokens: a client whose
+/// retry used a fresh token (token discipline), not an oversell.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RepeatRequest {
+    pub requester: String,
+    pub resource: String,
+    pub first: ReservationId,
+    pub second: ReservationId,
+    pub position: u64,
+}
+
+/// The dispute view of one pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DoubleBookingView {
+    pub pool: PoolId,
+    pub declared_capacity: Option<u64>,
+    pub capacity_history: Vec<CapacityChange>,
+    pub confirmations: Vec<Confirmation>,
+    pub moments: Vec<DoubleBookingMoment>,
+    pub repeat_requests: Vec<RepeatRequest>,
+    /// Items not listed because a list reached [`FORENSIC_ITEMS_MAX`].
+    pub omitted: u64,
+}
+
+impl DoubleBookingView {
+    /// Whether every moment above the declared capacity is explained by a recorded raise.
+    pub fn explained_by_capacity_raises(&self) -> bool {
+        self.moments
+            .iter()
+            .all(|moment| matches!(moment.verdict, Verdict::CapacityRaised { .. }))
+    }
+}
+
+fn push_capped<T>(list: &mut Vec<T>, item: T, omitted: &mut u64) {
+    if list.len() < FORENSIC_ITEMS_MAX {
+        list.push(item);
+    } else {
+        *omitted += 1;
+    }
+}
+
+struct DisputeLive {
+    requester: String,
+    resource: String,
+    count: u32,
+    state: ReservationState,
+}
+
+/// Confirmed reservations of `pool` against its capacity history.
+pub fn disputed_double_booking<I, R>(records: I, pool: &PoolId) -> DoubleBookingView
+where
+    I: IntoIterator<Item = R>,
+    R: Borrow<Recorded>,
+{
+    let mut view = DoubleBookingView {
+        pool: pool.clone(),
+        declared_capacity: None,
+        capacity_history: Vec::new(),
+        confirmations: Vec::new(),
+        moments: Vec::new(),
+        repeat_requests: Vec::new(),
+        omitted: 0,
+    };
+    let mut capacity = 0u64;
+    let mut last_raise: Option<CapacityChange> = None;
+    let mut live: HashMap<u64, DisputeLive> = HashMap::new();
+    let mut live_units = 0u64;
+    let mut confirmed_units = 0u64;
+    let mut holder_of: HashMap<(String, String), u64> = HashMap::new();
+    for record in records {
+        let Recorded::Pool(recorded) = record.borrow() else {
+            continue;
+        };
+        let event = &recorded.event;
+        if event.pool != *pool {
+            continue;
+        }
+        let id = |seq: u64| ReservationId {
+            pool: pool.clone(),
+            seq,
+        };
+        let mut finding: Option<String> = None;
+        match (&event.change, &event.action) {
+            (
+                Change::PoolDeclared,
+                Action::DeclarePool {
+                    capacity: declared, ..
+                },
+            ) => {
+                capacity = *declared;
+                view.declared_capacity = Some(*declared);
+                let change = CapacityChange {
+                    at: event.at,
+                    version: recorded.version,
+                    position: recorded.position,
+                    actor: event.actor.clone(),
+                    capacity_before: None,
+                    capacity,
+                };
+                push_capped(&mut view.capacity_history, change, &mut view.omitted);
+            }
+            (Change::CapacityAdjusted { .. }, Action::AdjustCapacity { capacity: adjusted }) => {
+                let change = CapacityChange {
+                    at: event.at,
+                    version: recorded.version,
+                    position: recorded.position,
+                    actor: event.actor.clone(),
+                    capacity_before: Some(capacity),
+                    capacity: *adjusted,
+                };
+                if *adjusted > capacity {
+                    last_raise = Some(change.clone());
+                }
+                capacity = *adjusted;
+                push_capped(&mut view.capacity_history, change, &mut view.omitted);
+            }
+            (
+                Change::Reserved { reservation, .. },
+                Action::Reserve {
+                    resource,
+                    requester,
+                    count,
+                    ..
+                },
+            ) => {
+                let key = (requester.clone(), resource.clone());
+                if let Some(first) = holder_of.get(&key) {
+                    let repeat = RepeatRequest {
+                        requester: requester.clone(),
+                        resource: resource.clone(),
+                        first: id(*first),
+                        second: id(*reservation),
+                        position: recorded.position,
+                    };
+                    push_capped(&mut view.repeat_requests, repeat, &mut view.omitted);
+                }
+                holder_of.insert(key, *reservation);
+                live_units += u64::from(*count);
+                live.insert(
+                    *reservation,
+                    DisputeLive {
+                        requester: requester.clone(),
+                        resource: resource.clone(),
+                        count: *count,
+                        state: ReservationState::Held,
+                    },
+                );
+            }
+            (Change::Confirmed { reservation }, _) => match live.get_mut(reservation) {
+                Some(hold) if hold.state == ReservationState::Held => {
+                    hold.state = ReservationState::Confirmed;
+                    confirmed_units += u64::from(hold.count);
+                    let confirmation = Confirmation {
+                        reservation: id(*reservation),
+                        requester: hold.requester.clone(),
+                        resource: hold.resource.clone(),
+                        count: hold.count,
+                        at: event.at,
+                        version: recorded.version,
+                        position: recorded.position,
+                        capacity,
+                        confirmed_units,
+                    };
+                    push_capped(&mut view.confirmations, confirmation, &mut view.omitted);
+                }
+                Some(_) => finding = Some("confirm of a reservation already confirmed".into()),
+                None => {
+                    finding = Some(format!(
+                        "confirm of reservation {reservation}, which holds no slot"
+                    ));
+                }
+            },
+            (Change::Released { reservation } | Change::Expired { reservation, .. }, _) => {
+                match live.remove(reservation) {
+                    Some(hold) => {
+                        live_units = live_units.saturating_sub(u64::from(hold.count));
+                        if hold.state == ReservationState::Confirmed {
+                            confirmed_units = confirmed_units.saturating_sub(u64::from(hold.count));
+                        }
+                        let key = (hold.requester, hold.resource);
+                        if holder_of.get(&key) == Some(reservation) {
+                            holder_of.remove(&key);
+                        }
+                    }
+                    None => {
+                        finding = Some(format!(
+                            "release of reservation {reservation}, which held no slot"
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if finding.is_none() && event.allocated_after != live_units {
+            finding = Some(format!(
+                "allocated_after {} but live reservations hold {live_units}",
+                event.allocated_after
+            ));
+        }
+        if finding.is_none() && confirmed_units > capacity {
+            finding = Some(format!(
+                "{confirmed_units} confirmed units exceed capacity {capacity}"
+            ));
+        }
+        let declared = view.declared_capacity.unwrap_or(0);
+        let above_declared =
+            confirmed_units > declared && matches!(event.change, Change::Confirmed { .. });
+        let verdict = match (finding, above_declared, &last_raise) {
+            (Some(detail), _, _) => Some(Verdict::CoherenceViolated { detail }),
+            (None, true, Some(raise)) => Some(Verdict::CapacityRaised {
+                adjusted_at: raise.at,
+                position: raise.position,
+                actor: raise.actor.clone(),
+                capacity: raise.capacity,
+            }),
+            (None, true, None) => Some(Verdict::CoherenceViolated {
+                detail: format!(
+                    "{confirmed_units} confirmed units exceed the declared {declared} with no recorded raise"
+                ),
+            }),
+            (None, false, _) => None,
+        };
+        if let Some(verdict) = verdict {
+            let moment = DoubleBookingMoment {
+                at: event.at,
+                version: recorded.version,
+                position: recorded.position,
+                reservation: event.reservation(),
+                confirmed_units,
+                declared_capacity: declared,
+                capacity,
+                verdict,
+            };
+            push_capped(&mut view.moments, moment, &mut view.omitted);
+        }
+    }
+    view
+}
+
+/// One second of a contention window.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContentionSecond {
+    pub second_start: Timestamp,
+    /// Seconds from the instant asked about (negative before it).
+    pub offset_seconds: i64,
+    /// Reserve events, accepted or rejected.
+    pub attempts: u64,
+    pub successes: u64,
+    pub rejections: BTreeMap<RejectionCode, u64>,
+    /// Slots returned (cancellations and expiries) in this second.
+    pub releases: u64,
+}
+
+/// Reserve traffic of one pool, per second, around an instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ContentionWindow {
+    pub pool: PoolId,
+    pub around: Timestamp,
+    pub closes_at: Option<Timestamp>,
+    pub seconds: Vec<ContentionSecond>,
+    pub attempts: u64,
+    pub successes: u64,
+    pub rejections: BTreeMap<RejectionCode, u64>,
+}
+
+/// Per second in `[around - seconds, around + seconds)`: reserve attempts, successes,
+/// rejections by code, and releases, for `pool`.
+pub fn contention_window<I, R>(
+    records: I,
+    pool: &PoolId,
+    around: Timestamp,
+    seconds: u64,
+) -> Result<ContentionWindow, ForensicsError>
+where
+    I: IntoIterator<Item = R>,
+    R: Borrow<Recorded>,
+{
+    if seconds == 0 {
+        return Err(ForensicsError::WindowEmpty);
+    }
+    if seconds > CONTENTION_SECONDS_MAX {
+        return Err(ForensicsError::WindowTooWide { seconds });
+    }
+    const MS_PER_SECOND: u64 = 1_000;
+    let start = around.0.saturating_sub(seconds * MS_PER_SECOND);
+    let end = around.0.saturating_add(seconds * MS_PER_SECOND);
+    let buckets = (end - start).div_ceil(MS_PER_SECOND);
+    let mut window = ContentionWindow {
+        pool: pool.clone(),
+        around,
+        closes_at: None,
+        seconds: (0..buckets)
+            .map(|i| {
+                let second_start = start + i * MS_PER_SECOND;
+                ContentionSecond {
+                    second_start: Timestamp(second_start),
+                    offset_seconds: (i as i64) - ((around.0 - start) / MS_PER_SECOND) as i64,
+                    attempts: 0,
+                    successes: 0,
+                    rejections: BTreeMap::new(),
+                    releases: 0,
+                }
+            })
+            .collect(),
+        attempts: 0,
+        successes: 0,
+        rejections: BTreeMap::new(),
+    };
+    for record in records {
+        let Recorded::Pool(recorded) = record.borrow() else {
+            continue;
+        };
+        let event = &recorded.event;
+        if event.pool != *pool {
+            continue;
+        }
+        if let Action::DeclarePool { closes_at, .. } = &event.action
+            && matches!(event.change, Change::PoolDeclared)
+        {
+            window.closes_at = *closes_at;
+        }
+        if event.at.0 < start || event.at.0 >= end {
+            continue;
+        }
+        let index = ((event.at.0 - start) / MS_PER_SECOND) as usize;
+        let Some(second) = window.seconds.get_mut(index) else {
+            continue;
+        };
+        match (&event.change, &event.action) {
+            (Change::Reserved { .. }, _) => {
+                second.attempts += 1;
+                second.successes += 1;
+                window.attempts += 1;
+                window.successes += 1;
+            }
+            (Change::Rejected(rejection), Action::Reserve { .. }) => {
+                second.attempts += 1;
+                window.attempts += 1;
+                *second.rejections.entry(rejection.code()).or_default() += 1;
+                *window.rejections.entry(rejection.code()).or_default() += 1;
+            }
+            (Change::Released { .. } | Change::Expired { .. }, _) => second.releases += 1,
+            _ => {}
+        }
+    }
+    Ok(window)
+}
