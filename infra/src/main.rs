@@ -1,2 +1,482 @@
-//! The `allot` binary.
-fn main() {}
+//! The `allot` binary: the service, its client, the demo, and the auditor's tools.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use allot_domain::{Action, ActorId, PoolId, ReservationId, Role, Timestamp};
+use allot_infra::client::{Answer, Client};
+use allot_infra::clock::{Clock, SystemClock};
+use allot_infra::demo::{self, DemoOptions};
+use allot_infra::identity::KeyFile;
+use allot_infra::server::{ServeOptions, Service};
+use allot_infra::store::{self, EventStore};
+use allot_projections::Projections;
+use clap::{Parser, Subcommand};
+
+/// allot: a reservation ledger that never oversells and never loses a slot.
+#[derive(Debug, Parser)]
+#[command(name = "allot", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ClientArgs {
+    /// The service's base URL.
+    #[arg(long, env = "ALLOT_SERVER", default_value = "http://127.0.0.1:7878")]
+    server: String,
+    /// The signing key file of the acting actor (created by `allot serve` or `allot actor keygen`).
+    #[arg(long, env = "ALLOT_KEY")]
+    key: PathBuf,
+    /// Idempotency key; a fresh random one if omitted. Reuse it to retry safely.
+    #[arg(long)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP service (embedded store by default).
+    Serve {
+        /// Data directory of the embedded store (and of the first keys).
+        #[arg(long, env = "ALLOT_DATA", default_value = "allot-data")]
+        data: PathBuf,
+        /// An EventStoreDB/KurrentDB connection string instead of the embedded store.
+        #[arg(long, env = "ALLOT_STORE")]
+        store: Option<String>,
+        #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:7878")]
+        listen: SocketAddr,
+        /// Where the first admin and sweeper keys are written (default: DATA/keys).
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Do not run the expiry sweeper in this instance.
+        #[arg(long)]
+        no_sweeper: bool,
+    },
+    /// The course-registration add/drop rush, end to end, on the embedded store.
+    Demo {
+        /// Keep the log here (default: a temporary directory) so it can be audited afterwards.
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 2_000)]
+        students: usize,
+        #[arg(long, default_value_t = 30)]
+        seats: u64,
+        /// Milliseconds from the start to the add/drop cutoff.
+        #[arg(long, default_value_t = 4_000)]
+        cutoff_ms: u64,
+        #[arg(long, default_value_t = 2026)]
+        seed: u64,
+    },
+    /// Pool administration (admin key).
+    Pool {
+        #[command(subcommand)]
+        command: PoolCommand,
+    },
+    /// Reserve units of a pool.
+    Reserve {
+        pool: String,
+        #[arg(long)]
+        resource: String,
+        #[arg(long)]
+        requester: String,
+        /// Hold duration in milliseconds.
+        #[arg(long, default_value_t = 600_000)]
+        duration_ms: u64,
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Confirm a held reservation.
+    Confirm {
+        reservation: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Cancel a held reservation, returning its slot.
+    Cancel {
+        reservation: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Expire a lapsed hold (sweeper or admin key).
+    Expire {
+        reservation: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Show a reservation (`pool:seq`) or a pool.
+    Show {
+        id: String,
+        #[arg(long, env = "ALLOT_SERVER", default_value = "http://127.0.0.1:7878")]
+        server: String,
+    },
+    /// Actor keys and registrations.
+    Actor {
+        #[command(subcommand)]
+        command: ActorCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// Declare a pool; its id is generated unless given.
+    Declare {
+        #[arg(long)]
+        pool: Option<String>,
+        #[arg(long)]
+        capacity: u64,
+        /// Cutoff, in milliseconds since the epoch.
+        #[arg(long, conflicts_with = "closes_in_ms")]
+        closes_at: Option<u64>,
+        /// Cutoff, in milliseconds from now.
+        #[arg(long)]
+        closes_in_ms: Option<u64>,
+        /// Named units (a seat map), comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        units: Vec<String>,
+        #[arg(long, default_value_t = allot_infra::http::IDEMPOTENCY_WINDOW_MS_DEFAULT)]
+        idempotency_window_ms: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Adjust {
+        pool: String,
+        #[arg(long)]
+        capacity: u64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Close {
+        pool: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ActorCommand {
+    /// Generate a key file (mode 0600) for a new actor; prints its public key.
+    Keygen {
+        actor: String,
+        #[arg(long)]
+        role: String,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Register an actor's public key with a role (admin key).
+    Register {
+        actor: String,
+        #[arg(long)]
+        role: String,
+        /// Hex public key, or read it from the actor's key file with --key-file.
+        #[arg(long, required_unless_present = "key_file")]
+        public_key: Option<String>,
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Revoke an actor's key at once (admin key).
+    Revoke {
+        actor: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+/// Opens the store named by a connection string, or the embedded store in `data`.
+async fn open_store(data: &Path, url: Option<&str>) -> Result<Arc<dyn EventStore>, String> {
+    match url {
+        Some(url) => Err(format!(
+            "store {url}: only the embedded store is available in this build"
+        )),
+        None => store::embedded::EmbeddedStore::open(data)
+            .await
+            .map(|store| Arc::new(store) as Arc<dyn EventStore>)
+            .map_err(|error| error.to_string()),
+    }
+}
+
+fn client(args: &ClientArgs) -> Result<(Client, String), String> {
+    let (file, key) = KeyFile::read(&args.key).map_err(|e| e.to_string())?;
+    let token = args.token.clone().unwrap_or_else(random_token);
+    Ok((
+        Client::new(args.server.clone(), ActorId::new(file.actor), key),
+        token,
+    ))
+}
+
+fn random_token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+fn print_answer(answer: &Answer) -> ExitCode {
+    let text = serde_json::to_string_pretty(&answer.body).unwrap_or_default();
+    if answer.replayed {
+        eprintln!("(replayed: this token's recorded outcome)");
+    }
+    println!("{text}");
+    if answer.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+async fn send(args: &ClientArgs, pool: &PoolId, action: Action) -> Result<ExitCode, String> {
+    let (client, token) = client(args)?;
+    let answer = client
+        .send(pool, &action, &token)
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("idempotency key: {token}");
+    Ok(print_answer(&answer))
+}
+
+fn parse_reservation(text: &str) -> Result<ReservationId, String> {
+    ReservationId::parse(text).ok_or_else(|| format!("{text}: a reservation id is `pool:seq`"))
+}
+
+fn parse_role(text: &str) -> Result<Role, String> {
+    Role::parse(text).ok_or_else(|| format!("{text}: role is admin, client, sweeper or auditor"))
+}
+
+async fn wait_for_shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+async fn run(cli: Cli) -> Result<ExitCode, String> {
+    match cli.command {
+        Command::Serve {
+            data,
+            store,
+            listen,
+            keys,
+            no_sweeper,
+        } => {
+            let keys_dir = keys.unwrap_or_else(|| data.join("keys"));
+            let event_store = open_store(&data, store.as_deref()).await?;
+            let service = Service::start(
+                event_store,
+                Arc::new(SystemClock),
+                Arc::new(Projections::new()),
+                ServeOptions {
+                    listen,
+                    keys_dir,
+                    sweeper: !no_sweeper,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            println!("allot serving on http://{}", service.addr);
+            wait_for_shutdown_signal().await;
+            eprintln!("shutting down: draining in-flight commands");
+            service.shutdown().await.map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo {
+            data,
+            students,
+            seats,
+            cutoff_ms,
+            seed,
+        } => {
+            let temp;
+            let dir = match data {
+                Some(dir) => dir,
+                None => {
+                    temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+                    temp.path().to_owned()
+                }
+            };
+            let event_store = open_store(&dir, None).await?;
+            let report = demo::run(
+                event_store,
+                &dir.join("keys"),
+                DemoOptions {
+                    students,
+                    seats,
+                    cutoff_ms,
+                    seed,
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            println!("{report}");
+            println!("log: {}", dir.display());
+            if report.oversold == 0 && report.incoherent_pools == 0 {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Pool { command } => match command {
+            PoolCommand::Declare {
+                pool,
+                capacity,
+                closes_at,
+                closes_in_ms,
+                units,
+                idempotency_window_ms,
+                client,
+            } => {
+                let pool = PoolId::new(pool.unwrap_or_else(|| format!("pool-{}", &random_token()[..12])));
+                let closes_at = closes_at
+                    .or_else(|| closes_in_ms.map(|ms| SystemClock.now().0 + ms))
+                    .map(Timestamp);
+                let action = Action::DeclarePool {
+                    capacity,
+                    closes_at,
+                    units,
+                    idempotency_window_ms,
+                };
+                send(&client, &pool, action).await
+            }
+            PoolCommand::Adjust {
+                pool,
+                capacity,
+                client,
+            } => send(&client, &PoolId::new(pool), Action::AdjustCapacity { capacity }).await,
+            PoolCommand::Close { pool, client } => {
+                send(&client, &PoolId::new(pool), Action::ClosePool).await
+            }
+        },
+        Command::Reserve {
+            pool,
+            resource,
+            requester,
+            duration_ms,
+            count,
+            client,
+        } => {
+            let action = Action::Reserve {
+                resource,
+                requester,
+                duration_ms,
+                count,
+            };
+            send(&client, &PoolId::new(pool), action).await
+        }
+        Command::Confirm {
+            reservation,
+            client,
+        } => {
+            let id = parse_reservation(&reservation)?;
+            send(&client, &id.pool, Action::ConfirmReservation { reservation: id.seq }).await
+        }
+        Command::Cancel {
+            reservation,
+            client,
+        } => {
+            let id = parse_reservation(&reservation)?;
+            send(&client, &id.pool, Action::CancelReservation { reservation: id.seq }).await
+        }
+        Command::Expire {
+            reservation,
+            client,
+        } => {
+            let id = parse_reservation(&reservation)?;
+            send(&client, &id.pool, Action::ExpireReservation { reservation: id.seq }).await
+        }
+        Command::Show { id, server } => {
+            // Reads need no key; an all-zero key is never used to sign here.
+            let reader = Client::new(
+                server,
+                ActorId::new("reader"),
+                ed25519_dalek::SigningKey::from_bytes(&[0; 32]),
+            );
+            let answer = match ReservationId::parse(&id) {
+                Some(reservation) => reader.reservation(&reservation).await,
+                None => reader.pool(&PoolId::new(id)).await,
+            }
+            .map_err(|e| e.to_string())?;
+            Ok(print_answer(&answer))
+        }
+        Command::Actor { command } => match command {
+            ActorCommand::Keygen { actor, role, out } => {
+                let (file, key) = KeyFile::generate(&actor, parse_role(&role)?);
+                file.write_new(&out).map_err(|e| e.to_string())?;
+                println!("{}", hex::encode(key.verifying_key().to_bytes()));
+                eprintln!("wrote {} (mode 0600)", out.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            ActorCommand::Register {
+                actor,
+                role,
+                public_key,
+                key_file,
+                client: args,
+            } => {
+                let public_key = match (public_key, key_file) {
+                    (Some(hex_key), _) => hex::decode(hex_key)
+                        .ok()
+                        .and_then(|bytes| <[u8; 32]>::try_from(bytes).ok())
+                        .ok_or("public key must be 32 bytes of hex")?,
+                    (None, Some(path)) => {
+                        let (_, key) = KeyFile::read(&path).map_err(|e| e.to_string())?;
+                        key.verifying_key().to_bytes()
+                    }
+                    (None, None) => return Err("give --public-key or --key-file".to_owned()),
+                };
+                let (admin, token) = client(&args)?;
+                let answer = admin
+                    .register_actor(&ActorId::new(actor), parse_role(&role)?, public_key, &token)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(print_answer(&answer))
+            }
+            ActorCommand::Revoke {
+                actor,
+                client: args,
+            } => {
+                let (admin, token) = client(&args)?;
+                let answer = admin
+                    .revoke_actor(&ActorId::new(actor), &token)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(print_answer(&answer))
+            }
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ALLOT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(Cli::parse())) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
