@@ -13,9 +13,7 @@ use crate::command::ActionKind;
 use crate::ids::{ActorId, Attestation, IdempotencyToken, Timestamp};
 
 /// What an actor may do.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Manages pools and actors; may also act as a client and expire holds.
@@ -148,10 +146,16 @@ impl ActorRegistry {
 
     /// The key that was valid at `at`, if any.
     pub fn key_at(&self, actor: &ActorId, at: Timestamp) -> Option<&ActorKey> {
-        self.keys.get(actor)?.iter().rev().find(|key| key.valid_at(at))
+        self.keys
+            .get(actor)?
+            .iter()
+            .rev()
+            .find(|key| key.valid_at(at))
     }
 
     pub fn actors(&self) -> impl Iterator<Item = (&ActorId, &[ActorKey])> {
-        self.keys.iter().map(|(actor, keys)| (actor, keys.as_slice()))
+        self.keys
+            .iter()
+            .map(|(actor, keys)| (actor, keys.as_slice()))
     }
 }

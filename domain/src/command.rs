@@ -112,7 +112,9 @@ impl ActionKind {
     }
 
     pub fn parse(text: &str) -> Option<ActionKind> {
-        ActionKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+        ActionKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
     }
 }
 
@@ -206,13 +208,22 @@ pub fn is_valid_pool_id(text: &str) -> bool {
 
 fn check_label(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
     if value.trim().is_empty() {
-        return Err(Rejection::invalid(field, "must have a non-whitespace character"));
+        return Err(Rejection::invalid(
+            field,
+            "must have a non-whitespace character",
+        ));
     }
     if value.len() > max {
-        return Err(Rejection::invalid(field, format!("longer than {max} bytes")));
+        return Err(Rejection::invalid(
+            field,
+            format!("longer than {max} bytes"),
+        ));
     }
     if value.chars().any(char::is_control) {
-        return Err(Rejection::invalid(field, "must not contain control characters"));
+        return Err(Rejection::invalid(
+            field,
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }
@@ -270,7 +281,10 @@ impl Command {
                 for unit in units {
                     check_label("units", unit, RESOURCE_BYTES_MAX)?;
                     if unit.contains('\u{1f}') || !seen.insert(unit.as_str()) {
-                        return Err(Rejection::invalid("units", format!("duplicate unit {unit}")));
+                        return Err(Rejection::invalid(
+                            "units",
+                            format!("duplicate unit {unit}"),
+                        ));
                     }
                 }
             }

@@ -6,13 +6,13 @@ use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Action, ActionKind};
-use crate::ids::{ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, ReservationId, Timestamp};
+use crate::ids::{
+    ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, ReservationId, Timestamp,
+};
 use crate::rejection::Rejection;
 
 /// A reservation's lifecycle state. Held and Confirmed hold slots; the rest are terminal.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReservationState {
     Held,
@@ -47,15 +47,27 @@ impl fmt::Display for ReservationState {
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Change {
     PoolDeclared,
-    CapacityAdjusted { capacity_before: u64 },
+    CapacityAdjusted {
+        capacity_before: u64,
+    },
     PoolClosed,
     /// A hold was placed: the reservation's sequence and when its window closes.
-    Reserved { reservation: u64, expires_at: Timestamp },
-    Confirmed { reservation: u64 },
+    Reserved {
+        reservation: u64,
+        expires_at: Timestamp,
+    },
+    Confirmed {
+        reservation: u64,
+    },
     /// Cancelled: Held → Released, the slot returned.
-    Released { reservation: u64 },
+    Released {
+        reservation: u64,
+    },
     /// Held → Expired, the slot returned; `lateness_ms` is how long after `expires_at` it fired.
-    Expired { reservation: u64, lateness_ms: u64 },
+    Expired {
+        reservation: u64,
+        lateness_ms: u64,
+    },
     /// The command was refused; journaled so the token's outcome is a projection like the rest.
     Rejected(Rejection),
 }
@@ -84,13 +96,28 @@ pub struct Event {
 /// What the caller is told; cached against the token and replayed on retries.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub enum Outcome {
-    PoolDeclared { pool: PoolId },
-    CapacityAdjusted { capacity: u64 },
-    PoolClosed { pool: PoolId },
-    Reserved { reservation: ReservationId, expires_at: Timestamp },
-    Confirmed { reservation: ReservationId },
-    Released { reservation: ReservationId },
-    Expired { reservation: ReservationId },
+    PoolDeclared {
+        pool: PoolId,
+    },
+    CapacityAdjusted {
+        capacity: u64,
+    },
+    PoolClosed {
+        pool: PoolId,
+    },
+    Reserved {
+        reservation: ReservationId,
+        expires_at: Timestamp,
+    },
+    Confirmed {
+        reservation: ReservationId,
+    },
+    Released {
+        reservation: ReservationId,
+    },
+    Expired {
+        reservation: ReservationId,
+    },
     Rejected(Rejection),
 }
 

@@ -216,7 +216,9 @@ impl Pool {
     /// `query_reservation`: read-only, no event.
     pub fn query(&self, seq: u64) -> Option<ReservationStatus> {
         let id = self.id.as_ref()?;
-        let state = *self.states.get(usize::try_from(seq.checked_sub(1)?).ok()?)?;
+        let state = *self
+            .states
+            .get(usize::try_from(seq.checked_sub(1)?).ok()?)?;
         Some(ReservationStatus {
             reservation: ReservationId {
                 pool: id.clone(),
@@ -289,7 +291,10 @@ pub fn decide(pool: &Pool, command: &Command, now: Timestamp) -> Result<Decision
         });
     };
     if *id != command.pool {
-        return Err(Rejection::invalid("pool_id", "command routed to another pool"));
+        return Err(Rejection::invalid(
+            "pool_id",
+            "command routed to another pool",
+        ));
     }
 
     if let Some(record) = pool.tokens.lookup(
@@ -309,7 +314,10 @@ pub fn decide(pool: &Pool, command: &Command, now: Timestamp) -> Result<Decision
     let effect = match decide_action(pool, &command.action, now) {
         Ok(effect) => effect,
         Err(rejection) => {
-            let state = command.action.reservation().and_then(|seq| pool.state_of(seq));
+            let state = command
+                .action
+                .reservation()
+                .and_then(|seq| pool.state_of(seq));
             Effect {
                 change: Change::Rejected(rejection),
                 allocated_after: pool.allocated,
@@ -465,7 +473,10 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
         (None, Change::PoolDeclared) => {}
         (None, _) => return Err(fail("event before the pool was declared".to_owned())),
         (Some(id), _) if *id != event.pool => {
-            return Err(fail(format!("event of pool {} in stream of {id}", event.pool)));
+            return Err(fail(format!(
+                "event of pool {} in stream of {id}",
+                event.pool
+            )));
         }
         (Some(_), _) => {}
     }
@@ -486,7 +497,12 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
     if pool.is_declared()
         && pool
             .tokens
-            .lookup(&event.actor, &event.token, event.at, pool.idempotency_window_ms)
+            .lookup(
+                &event.actor,
+                &event.token,
+                event.at,
+                pool.idempotency_window_ms,
+            )
             .is_some()
     {
         return Err(fail(format!(
@@ -572,7 +588,9 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
         (Change::Confirmed { reservation }, Action::ConfirmReservation { .. }) => {
             let hold = held(pool, *reservation).map_err(fail)?;
             if event.at >= hold.expires_at {
-                return Err(fail(format!("reservation {reservation} confirmed after its window")));
+                return Err(fail(format!(
+                    "reservation {reservation} confirmed after its window"
+                )));
             }
             hold.state = ReservationState::Confirmed;
             pool.states[(*reservation - 1) as usize] = ReservationState::Confirmed;
@@ -583,7 +601,9 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
         (Change::Expired { reservation, .. }, Action::ExpireReservation { .. }) => {
             let expires_at = held(pool, *reservation).map_err(fail)?.expires_at;
             if event.at < expires_at {
-                return Err(fail(format!("reservation {reservation} expired before its window")));
+                return Err(fail(format!(
+                    "reservation {reservation} expired before its window"
+                )));
             }
             release(pool, *reservation, ReservationState::Expired).map_err(fail)?;
         }

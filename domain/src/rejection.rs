@@ -83,7 +83,9 @@ pub enum Rejection {
     #[error("pool-closed: {reason}")]
     PoolClosed { reason: String },
     /// Taking `requested` more units would exceed capacity.
-    #[error("pool-capacity-exceeded: allocated {allocated} + requested {requested} > capacity {capacity}")]
+    #[error(
+        "pool-capacity-exceeded: allocated {allocated} + requested {requested} > capacity {capacity}"
+    )]
     PoolCapacityExceeded {
         capacity: u64,
         allocated: u64,

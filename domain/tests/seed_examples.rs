@@ -138,7 +138,13 @@ fn walkthrough_two_seat_vip_pool_buyers_a_b_c() {
         }
     );
     assert_eq!(venue.allocated(), 1);
-    assert_eq!(venue.log.last().map(|e| (e.allocated_before, e.allocated_after)), Some((0, 1)));
+    assert_eq!(
+        venue
+            .log
+            .last()
+            .map(|e| (e.allocated_before, e.allocated_after)),
+        Some((0, 1))
+    );
 
     // 2. Buyer B reserves: allocated 1 → 2; the pool is full.
     let b = venue.reserve(0, "buyer_b", "tok_b1");
@@ -154,8 +160,14 @@ fn walkthrough_two_seat_vip_pool_buyers_a_b_c() {
     // The rejection is journaled (cached against tok_c1) without touching the arithmetic.
     assert_eq!(venue.log.len(), events_before + 1);
     let rejected = venue.log.last().expect("journaled");
-    assert!(matches!(rejected.change, Change::Rejected(Rejection::PoolCapacityExceeded { .. })));
-    assert_eq!((rejected.allocated_before, rejected.allocated_after), (2, 2));
+    assert!(matches!(
+        rejected.change,
+        Change::Rejected(Rejection::PoolCapacityExceeded { .. })
+    ));
+    assert_eq!(
+        (rejected.allocated_before, rejected.allocated_after),
+        (2, 2)
+    );
 
     // 4. Buyer A's reserve is retried after a network drop: the same rsv_001, nothing appended.
     let events_before = venue.log.len();
@@ -171,7 +183,12 @@ fn walkthrough_two_seat_vip_pool_buyers_a_b_c() {
         "tok_a2",
         Action::ConfirmReservation { reservation: 1 },
     );
-    assert_eq!(confirm, Outcome::Confirmed { reservation: rsv(1) });
+    assert_eq!(
+        confirm,
+        Outcome::Confirmed {
+            reservation: rsv(1)
+        }
+    );
     assert_eq!(venue.state(1), ReservationState::Confirmed);
     assert_eq!(venue.allocated(), 2);
 
@@ -182,14 +199,22 @@ fn walkthrough_two_seat_vip_pool_buyers_a_b_c() {
         "tok_sweep_b",
         Action::ExpireReservation { reservation: 2 },
     );
-    assert_eq!(expire, Outcome::Expired { reservation: rsv(2) });
+    assert_eq!(
+        expire,
+        Outcome::Expired {
+            reservation: rsv(2)
+        }
+    );
     assert_eq!(venue.state(2), ReservationState::Expired);
     assert_eq!(venue.allocated(), 1);
     let expired = venue.log.last().expect("journaled");
     assert_eq!((expired.allocated_before, expired.allocated_after), (2, 1));
     assert_eq!(
         (expired.prior_state, expired.new_state),
-        (Some(ReservationState::Held), Some(ReservationState::Expired))
+        (
+            Some(ReservationState::Held),
+            Some(ReservationState::Expired)
+        )
     );
     // The slot is returned exactly once: expiring again is not-held and changes nothing.
     let again = venue.run(
@@ -233,7 +258,12 @@ fn cancellation_returns_the_slot() {
         "tok_cancel_a",
         Action::CancelReservation { reservation: 1 },
     );
-    assert_eq!(cancel, Outcome::Released { reservation: rsv(1) });
+    assert_eq!(
+        cancel,
+        Outcome::Released {
+            reservation: rsv(1)
+        }
+    );
     assert_eq!(venue.state(1), ReservationState::Released);
     let status = venue.pool.query(1).expect("known");
     assert!(!status.slot_held);
@@ -293,7 +323,10 @@ fn partial_reserve_resource_unavailable_leaves_allocated_unchanged() {
             },
         )
     };
-    assert_eq!(reserved_seq(&reserve_unit(&mut venue, "buyer_a", "tok_a1")), 1);
+    assert_eq!(
+        reserved_seq(&reserve_unit(&mut venue, "buyer_a", "tok_a1")),
+        1
+    );
     assert_eq!(venue.allocated(), 1);
 
     let taken = reserve_unit(&mut venue, "buyer_b", "tok_b1");
@@ -304,7 +337,11 @@ fn partial_reserve_resource_unavailable_leaves_allocated_unchanged() {
             held_by: rsv(1)
         })
     );
-    assert_eq!(venue.allocated(), 1, "the slot the failed reserve would take is not leaked");
+    assert_eq!(
+        venue.allocated(),
+        1,
+        "the slot the failed reserve would take is not leaked"
+    );
     assert_eq!(venue.pool.reservations_made(), 1);
     let event = venue.log.last().expect("journaled");
     assert_eq!((event.allocated_before, event.allocated_after), (1, 1));
@@ -342,6 +379,11 @@ fn confirming_a_lapsed_hold_is_window_elapsed() {
         "tok_sweep_b",
         Action::ExpireReservation { reservation: 2 },
     );
-    assert_eq!(expired, Outcome::Expired { reservation: rsv(2) });
+    assert_eq!(
+        expired,
+        Outcome::Expired {
+            reservation: rsv(2)
+        }
+    );
     assert_eq!(venue.allocated(), 1);
 }
