@@ -5,3 +5,5 @@
 //! sweeper and the `allot` binary.
 //!
 //! Must not: decide commands itself; every decision goes through `allot_domain::decide`.
+
+pub mod store;
