@@ -30,7 +30,7 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use format::{BATCH_BODY_BYTES_MAX, FRAME_BYTES_MAX};
+pub use format::{BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES, FRAME_BYTES_MAX};
 use index::{EventLoc, Index};
 pub use writer::BATCH_APPENDS_MAX;
 use writer::{AppendRequest, Request, Writer};

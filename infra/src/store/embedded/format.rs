@@ -46,10 +46,10 @@ use crate::store::ProposedEvent;
 
 pub(crate) const FILE_MAGIC: &[u8; 8] = b"ALLOTLOG";
 pub(crate) const FORMAT_VERSION: u32 = 1;
-pub(crate) const FILE_HEADER_BYTES: u64 = 16;
+pub const FILE_HEADER_BYTES: u64 = 16;
 
 pub(crate) const BATCH_MAGIC: &[u8; 4] = b"ALB1";
-pub(crate) const BATCH_HEADER_BYTES: usize = 32;
+pub const BATCH_HEADER_BYTES: usize = 32;
 const HEADER_SUM_OFFSET: usize = 24;
 
 pub(crate) const FRAME_FIXED_BYTES: usize = 42;
