@@ -61,7 +61,7 @@ async fn main() {
                 let tag = format!("r{run}t{task}i{i}");
                 let count = 1 + (i + task) % 3;
                 // Some large events so one batch spans several pages.
-                let pad = if i % 7 == 0 { 3000 } else { 40 };
+                let pad = if i.is_multiple_of(7) { 3000 } else { 40 };
                 let events: Vec<ProposedEvent> = (0..count)
                     .map(|index| ProposedEvent {
                         id: [task as u8; 16],
@@ -69,7 +69,7 @@ async fn main() {
                         payload: payload(&tag, index, count, pad),
                     })
                     .collect();
-                let (stream, expected) = if i % 3 == 0 {
+                let (stream, expected) = if i.is_multiple_of(3) {
                     ("shared".to_owned(), ExpectedVersion::Any)
                 } else {
                     let expected = match own_len {

@@ -26,6 +26,9 @@ use crate::store::{ActualVersion, AppendOutcome, ExpectedVersion, ProposedEvent,
 
 /// Most appends one batch (one write, one fdatasync) carries.
 pub const BATCH_APPENDS_MAX: usize = 4096;
+/// Times the writer yields its CPU, waiting for more appends, before it syncs a batch less than
+/// half the size of the previous one. No timer: a lone appender never waits.
+const LINGER_YIELDS_MAX: u32 = 4;
 
 pub(crate) struct AppendRequest {
     pub stream: String,
@@ -72,9 +75,11 @@ impl Writer {
         let mut buf: Vec<u8> = Vec::new();
         let mut encoded: Vec<EncodedEvent> = Vec::new();
         let mut batch: Vec<AppendRequest> = Vec::new();
+        let mut previous_batch = 0usize;
         while let Some(first) = self.requests.blocking_recv() {
             let mut close = None;
             let mut bytes = 0u64;
+            let mut yields = 0;
             match first {
                 Request::Append(req) => {
                     bytes += req.frame_len;
@@ -97,9 +102,18 @@ impl Writer {
                         batch.push(req);
                     }
                     Ok(Request::Close(reply)) => close = Some(reply),
+                    // Callers answered by the last batch are still coming back: give them the
+                    // CPU a few times rather than sync a fraction of them.
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if batch.len() < previous_batch / 2 && yields < LINGER_YIELDS_MAX =>
+                    {
+                        yields += 1;
+                        std::thread::yield_now();
+                    }
                     Err(_) => break,
                 }
             }
+            previous_batch = batch.len();
             let healthy = self.commit(&mut batch, &mut buf, &mut encoded);
             if let Some(reply) = close {
                 tracing::debug!(file = %self.log_path.display(), "event log writer closing");
