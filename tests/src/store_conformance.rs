@@ -204,7 +204,15 @@ pub async fn racing_appenders_win_one_version_each<S: EventStore>(store: Arc<S>)
                     .append("hot", expected, vec![event("R", payload)])
                     .await
                 {
-                    Ok(outcome) => return (task, outcome.last_version, conflicts),
+                    Ok(outcome) => {
+                        let next = match expected {
+                            ExpectedVersion::NoStream => 0,
+                            ExpectedVersion::Exact(v) => v + 1,
+                            ExpectedVersion::Any => unreachable!("never sent"),
+                        };
+                        assert_eq!(outcome.last_version, next, "task {task} won a stale version");
+                        return (task, outcome.last_version, conflicts);
+                    }
                     Err(StoreError::WrongExpectedVersion { actual, .. }) => {
                         conflicts += 1;
                         expected = match actual {

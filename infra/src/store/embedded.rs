@@ -362,12 +362,8 @@ impl EventStore for EmbeddedStore {
     }
 
     async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError> {
-        let next = match after {
-            None => 0,
-            Some(after) => after.checked_add(1).ok_or_else(|| {
-                StoreError::InvalidAppend("subscription start past the last position".to_owned())
-            })?,
-        };
+        // Past the last possible position: a subscription that never yields.
+        let next = after.map_or(0, |after| after.saturating_add(1));
         let state = SubscriptionState {
             shared: self.shared.clone(),
             head: self.head.clone(),
