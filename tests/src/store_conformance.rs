@@ -210,7 +210,10 @@ pub async fn racing_appenders_win_one_version_each<S: EventStore>(store: Arc<S>)
                             ExpectedVersion::Exact(v) => v + 1,
                             ExpectedVersion::Any => unreachable!("never sent"),
                         };
-                        assert_eq!(outcome.last_version, next, "task {task} won a stale version");
+                        assert_eq!(
+                            outcome.last_version, next,
+                            "task {task} won a stale version"
+                        );
                         return (task, outcome.last_version, conflicts);
                     }
                     Err(StoreError::WrongExpectedVersion { actual, .. }) => {

@@ -402,3 +402,25 @@ async fn close_finishes_queued_appends_and_refuses_later_ones() {
     let reopened = EmbeddedStore::open(dir.path()).await.unwrap();
     assert_eq!(read_everything(&reopened).await.len(), landed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeros_after_the_last_append_are_cut() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lengths = write_appends(dir.path(), &sample_appends()).await;
+    let log = dir.path().join(LOG_FILE_NAME);
+    let all = {
+        let store = EmbeddedStore::open(dir.path()).await.unwrap();
+        read_everything(&store).await
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    // The file grew but the data never reached the disk: as after a crash mid-batch.
+    for zeros in [1usize, BATCH_HEADER_BYTES - 1, BATCH_HEADER_BYTES, 5000] {
+        let case = scratch.path().join(format!("zeros-{zeros}"));
+        let copy = copy_prefix(&log, *lengths.last().unwrap(), &case);
+        let mut bytes = std::fs::read(&copy).unwrap();
+        bytes.resize(bytes.len() + zeros, 0);
+        std::fs::write(&copy, bytes).unwrap();
+        expect_recovered_to(&case, &all, &format!("{zeros} zeros")).await;
+    }
+}
