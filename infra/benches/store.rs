@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allot_infra::store::embedded::EmbeddedStore;
-use allot_infra::store::{EventStore, ExpectedVersion, ProposedEvent};
+use allot_infra::store::{EventStore, ExpectedVersion, ProposedEvent, StoreError};
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 /// How long each appender configuration runs.
 const APPEND_PHASE: Duration = Duration::from_secs(3);
@@ -42,32 +44,31 @@ fn micros(d: Duration) -> f64 {
 }
 
 /// One 100-byte write at the end of a file, then fdatasync, in a loop.
-fn fdatasync_baseline(dir: &Path) -> (f64, Duration, Duration) {
+fn fdatasync_baseline(dir: &Path) -> BenchResult<(f64, Duration, Duration)> {
     let path = dir.join("fdatasync-baseline");
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .open(&path)
-        .expect("create baseline file");
+        .open(&path)?;
     let record = [0x5au8; PAYLOAD_BYTES];
     let mut latencies = Vec::new();
     let mut offset = 0u64;
     let start = Instant::now();
     while start.elapsed() < SYNC_PHASE {
         let t = Instant::now();
-        file.write_all_at(&record, offset).expect("write");
-        file.sync_data().expect("fdatasync");
+        file.write_all_at(&record, offset)?;
+        file.sync_data()?;
         latencies.push(t.elapsed());
         offset += PAYLOAD_BYTES as u64;
     }
     let rate = latencies.len() as f64 / start.elapsed().as_secs_f64();
     latencies.sort();
-    (
+    Ok((
         rate,
         percentile(&latencies, 0.5),
         percentile(&latencies, 0.99),
-    )
+    ))
 }
 
 struct AppendResult {
@@ -78,7 +79,7 @@ struct AppendResult {
     p99: Duration,
 }
 
-async fn durable_appends(store: Arc<EmbeddedStore>, appenders: usize) -> AppendResult {
+async fn durable_appends(store: Arc<EmbeddedStore>, appenders: usize) -> BenchResult<AppendResult> {
     let start = Instant::now();
     let deadline = start + APPEND_PHASE;
     let mut tasks = Vec::with_capacity(appenders);
@@ -95,71 +96,60 @@ async fn durable_appends(store: Arc<EmbeddedStore>, appenders: usize) -> AppendR
                     payload: vec![0x42; PAYLOAD_BYTES],
                 };
                 let t = Instant::now();
-                let outcome = store
-                    .append(&stream, expected, vec![event])
-                    .await
-                    .expect("append");
+                let outcome = store.append(&stream, expected, vec![event]).await?;
                 latencies.push(t.elapsed());
                 expected = ExpectedVersion::Exact(outcome.last_version);
             }
-            latencies
+            Ok::<_, StoreError>(latencies)
         }));
     }
     let mut latencies = Vec::new();
     for task in tasks {
-        latencies.extend(task.await.expect("appender task"));
+        latencies.extend(task.await??);
     }
     let elapsed = start.elapsed();
     latencies.sort();
-    AppendResult {
+    Ok(AppendResult {
         appenders,
         appends: latencies.len(),
         per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 0.5),
         p99: percentile(&latencies, 0.99),
-    }
+    })
 }
 
-async fn read_everything(store: &EmbeddedStore) -> (usize, f64) {
+async fn read_everything(store: &EmbeddedStore) -> BenchResult<(usize, f64)> {
     let start = Instant::now();
     let mut after = None;
     let mut events = 0;
     loop {
-        let page = store
-            .read_all(after, READ_PAGE_EVENTS)
-            .await
-            .expect("read_all");
+        let page = store.read_all(after, READ_PAGE_EVENTS).await?;
         let Some(last) = page.last() else { break };
         after = Some(last.position);
         events += page.len();
     }
-    (events, events as f64 / start.elapsed().as_secs_f64())
+    Ok((events, events as f64 / start.elapsed().as_secs_f64()))
 }
 
-fn main() {
+fn main() -> BenchResult<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
-        .expect("tokio runtime");
-    let root = tempfile::tempdir_in(bench_root()).expect("bench directory");
+        .build()?;
+    let root = tempfile::tempdir_in(bench_root())?;
     println!("data directory: {}", root.path().display());
 
-    let (sync_rate, sync_p50, sync_p99) = fdatasync_baseline(root.path());
+    let (sync_rate, sync_p50, sync_p99) = fdatasync_baseline(root.path())?;
     println!(
         "fdatasync baseline: {sync_rate:.0} syncs/s, p50 {:.0} us, p99 {:.0} us (100-byte write + fdatasync)",
         micros(sync_p50),
         micros(sync_p99)
     );
 
-    let store = Arc::new(
-        runtime
-            .block_on(EmbeddedStore::open(&root.path().join("store")))
-            .expect("open store"),
-    );
+    let store = Arc::new(runtime.block_on(EmbeddedStore::open(&root.path().join("store")))?);
     let mut results = Vec::new();
     for appenders in APPENDERS {
-        let result = runtime.block_on(durable_appends(store.clone(), appenders));
+        let result = runtime.block_on(durable_appends(store.clone(), appenders))?;
         println!(
             "durable appends, {:>3} appenders: {:.0} appends/s, p50 {:.0} us, p99 {:.0} us ({} appends)",
             result.appenders,
@@ -173,7 +163,7 @@ fn main() {
     let speedup = results[2].per_sec / results[0].per_sec;
     println!("group commit: 256 appenders reach {speedup:.1}x the single-appender rate");
 
-    let (events, read_rate) = runtime.block_on(read_everything(&store));
+    let (events, read_rate) = runtime.block_on(read_everything(&store))?;
     println!("read_all: {read_rate:.0} events/s over {events} events");
 
     let json = serde_json::json!({
@@ -194,5 +184,6 @@ fn main() {
         "read_all": { "events": events, "per_sec": read_rate.round() },
     });
     println!("{json}");
-    runtime.block_on(store.close()).expect("close store");
+    runtime.block_on(store.close())?;
+    Ok(())
 }

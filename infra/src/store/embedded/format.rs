@@ -226,7 +226,9 @@ pub(crate) fn decode_frame(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     if stream.is_empty() {
         return Err(malformed("empty stream name"));
     }
-    let mut events = Vec::with_capacity(event_count as usize);
+    // Bounded by what the frame can hold, whatever the count field says.
+    let mut events =
+        Vec::with_capacity((event_count as usize).min(frame.len() / EVENT_FIXED_BYTES));
     let mut at = stream_end;
     for _ in 0..event_count {
         let fixed = frame
