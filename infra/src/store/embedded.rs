@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use format::{BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES, FRAME_BYTES_MAX};
 use index::{EventLoc, Index};
 pub use writer::BATCH_APPENDS_MAX;
-use writer::{AppendRequest, Request, Writer};
+use writer::{AppendRequest, LogDevice, Request, Writer};
 
 use super::{
     AppendOutcome, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
@@ -88,7 +88,7 @@ impl EmbeddedStore {
     /// [`StoreError::Locked`] if another open store (in any process) owns `dir`.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
         let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&dir))
+        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, |file| Box::new(file)))
             .await
             .map_err(|e| StoreError::Unavailable {
                 reason: format!("open task failed: {e}"),
@@ -96,7 +96,11 @@ impl EmbeddedStore {
             })?
     }
 
-    fn open_blocking(dir: &Path) -> Result<Self, StoreError> {
+    /// `device` wraps the log file for the writer; tests wrap it to inject failures.
+    fn open_blocking(
+        dir: &Path,
+        device: impl FnOnce(File) -> Box<dyn LogDevice>,
+    ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
         let lock_path = dir.join(LOCK_FILE_NAME);
         let lock = OpenOptions::new()
@@ -146,7 +150,7 @@ impl EmbeddedStore {
         let (head_tx, head_rx) = watch::channel(next_position);
         let (requests_tx, requests_rx) = mpsc::channel(APPEND_QUEUE_MAX);
         let writer = Writer {
-            log,
+            log: device(log),
             log_path: log_path.clone(),
             lock,
             end: recovered.end,
@@ -430,5 +434,148 @@ async fn next_event(
                 return Some((Err(StoreError::Closed), state));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Fault {
+        /// The write fails before any byte lands.
+        WriteNothing,
+        /// Half the batch lands, then the write fails.
+        WriteHalf,
+        /// The write lands, the fdatasync fails.
+        Sync,
+    }
+
+    /// The log file, failing on its `writes_ok + 1`-th batch.
+    struct FaultyLog {
+        file: File,
+        writes_ok: usize,
+        fault: Fault,
+    }
+
+    impl LogDevice for FaultyLog {
+        fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            if self.writes_ok > 0 {
+                self.writes_ok -= 1;
+                return FileExt::write_all_at(&self.file, buf, offset);
+            }
+            match self.fault {
+                Fault::WriteNothing => Err(std::io::Error::other("injected write failure")),
+                Fault::WriteHalf => {
+                    FileExt::write_all_at(&self.file, &buf[..buf.len() / 2], offset)?;
+                    Err(std::io::Error::other("injected short write"))
+                }
+                Fault::Sync => FileExt::write_all_at(&self.file, buf, offset),
+            }
+        }
+
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            if self.writes_ok == 0 && self.fault == Fault::Sync {
+                return Err(std::io::Error::other("injected fdatasync failure"));
+            }
+            self.file.sync_data()
+        }
+    }
+
+    fn event(payload: &str) -> ProposedEvent {
+        ProposedEvent {
+            id: [3; 16],
+            kind: "T".to_owned(),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    async fn failing_write_closes_the_store(fault: Fault) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let store = tokio::task::spawn_blocking(move || {
+            EmbeddedStore::open_blocking(&path, move |file| {
+                Box::new(FaultyLog {
+                    file,
+                    // Sync fails on the same batch as the write would.
+                    writes_ok: if fault == Fault::Sync { 4 } else { 3 },
+                    fault,
+                })
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        for v in 0..3u64 {
+            let expected = match v {
+                0 => ExpectedVersion::NoStream,
+                v => ExpectedVersion::Exact(v - 1),
+            };
+            store
+                .append("s", expected, vec![event("ok")])
+                .await
+                .unwrap();
+        }
+        let failed = store
+            .append("s", ExpectedVersion::Exact(2), vec![event("a"), event("b")])
+            .await;
+        assert!(
+            matches!(
+                failed,
+                Err(StoreError::Unavailable {
+                    maybe_written: true,
+                    ..
+                })
+            ),
+            "{fault:?}: {failed:?}"
+        );
+        let later = store
+            .append("t", ExpectedVersion::Any, vec![event("x")])
+            .await;
+        assert!(matches!(later, Err(StoreError::Closed)), "{later:?}");
+
+        // Reads and subscriptions see the durable events only, then learn the store closed.
+        assert_eq!(store.read_all(None, 100).await.unwrap().len(), 3);
+        let mut subscription = store.subscribe_all(None).await.unwrap();
+        for _ in 0..3 {
+            subscription.next().await.unwrap().unwrap();
+        }
+        assert!(matches!(
+            subscription.next().await,
+            Some(Err(StoreError::Closed))
+        ));
+        assert!(subscription.next().await.is_none());
+        drop(store);
+
+        // The failed append is whole or absent after reopening, and the log takes appends again.
+        let store = EmbeddedStore::open(dir.path()).await.unwrap();
+        let events = store.read_all(None, 100).await.unwrap();
+        let expected_len = if fault == Fault::Sync { 5 } else { 3 };
+        assert_eq!(events.len(), expected_len, "{fault:?}");
+        store
+            .append(
+                "s",
+                ExpectedVersion::Exact(expected_len as u64 - 1),
+                vec![event("again")],
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_write_closes_the_store_and_writes_nothing() {
+        failing_write_closes_the_store(Fault::WriteNothing).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_write_closes_the_store_and_is_cut_on_reopen() {
+        failing_write_closes_the_store(Fault::WriteHalf).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_sync_closes_the_store_and_the_append_may_survive_whole() {
+        failing_write_closes_the_store(Fault::Sync).await;
     }
 }

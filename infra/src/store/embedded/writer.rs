@@ -44,8 +44,24 @@ pub(crate) enum Request {
     Close(oneshot::Sender<()>),
 }
 
+/// Where the writer's bytes go: the log file, or a test double that fails on cue.
+pub(crate) trait LogDevice: Send + 'static {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+    fn sync_data(&mut self) -> std::io::Result<()>;
+}
+
+impl LogDevice for File {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        File::sync_data(self)
+    }
+}
+
 pub(crate) struct Writer {
-    pub log: File,
+    pub log: Box<dyn LogDevice>,
     pub log_path: PathBuf,
     /// Locked; closing it when the writer ends releases the directory.
     #[allow(dead_code)]
@@ -210,10 +226,10 @@ impl Writer {
                 event_count: (next_position - first_position) as u32,
             });
             buf[..BATCH_HEADER_BYTES].copy_from_slice(&header);
-            let written = self
-                .log
-                .write_all_at(buf, self.end)
-                .and_then(|()| self.log.sync_data());
+            let written = match self.log.write_all_at(buf, self.end) {
+                Ok(()) => self.log.sync_data(),
+                Err(e) => Err(e),
+            };
             match written {
                 Ok(()) => {
                     self.publish(&pending, encoded, next_position);
