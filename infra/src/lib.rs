@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod clock;
+pub mod demo;
 pub mod http;
 pub mod identity;
 pub mod ledger;
@@ -16,4 +17,3 @@ pub mod openapi;
 pub mod server;
 pub mod store;
 pub mod sweeper;
-pub mod demo;

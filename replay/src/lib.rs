@@ -27,6 +27,7 @@
 pub mod audit;
 mod crypto;
 pub mod forensics;
+pub mod html;
 pub mod rebuild;
 pub mod record;
 
@@ -37,6 +38,7 @@ pub use forensics::{
     PoolAsOf, RepeatRequest, StrandedSlot, Verdict, as_of, contention_window,
     disputed_double_booking, stranded_slots,
 };
+pub use html::{HtmlReport, REPORT_POOLS_MAX, SERIES_POINTS_MAX, html_report, utc};
 pub use rebuild::{
     CHECKPOINT_FORMAT_VERSION, Checkpoint, PROGRESS_EVERY_EVENTS, Rebuild, RebuildError,
     RebuildOptions,

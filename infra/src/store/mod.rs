@@ -20,6 +20,8 @@ pub const APPEND_EVENTS_MAX: usize = 4096;
 pub const EVENT_PAYLOAD_BYTES_MAX: usize = 64 * 1024;
 /// Largest stream name, in bytes.
 pub const STREAM_NAME_BYTES_MAX: usize = 256;
+/// Largest event kind name, in bytes.
+pub const EVENT_KIND_BYTES_MAX: usize = 128;
 
 /// What the writer believes about the stream before its append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +107,46 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Checks the limits every backend enforces before it writes anything: a non-empty stream name of
+/// at most [`STREAM_NAME_BYTES_MAX`] bytes, 1 to [`APPEND_EVENTS_MAX`] events, kinds of at most
+/// [`EVENT_KIND_BYTES_MAX`] bytes and payloads of at most [`EVENT_PAYLOAD_BYTES_MAX`] bytes.
+pub fn validate_append(stream: &str, events: &[ProposedEvent]) -> Result<(), StoreError> {
+    let invalid = |reason: String| Err(StoreError::InvalidAppend(reason));
+    if stream.is_empty() {
+        return invalid("empty stream name".to_owned());
+    }
+    if stream.len() > STREAM_NAME_BYTES_MAX {
+        return invalid(format!(
+            "stream name of {} bytes exceeds {STREAM_NAME_BYTES_MAX}",
+            stream.len()
+        ));
+    }
+    if events.is_empty() {
+        return invalid("no events".to_owned());
+    }
+    if events.len() > APPEND_EVENTS_MAX {
+        return invalid(format!(
+            "{} events exceed {APPEND_EVENTS_MAX}",
+            events.len()
+        ));
+    }
+    for (i, event) in events.iter().enumerate() {
+        if event.kind.len() > EVENT_KIND_BYTES_MAX {
+            return invalid(format!(
+                "event {i}: kind of {} bytes exceeds {EVENT_KIND_BYTES_MAX}",
+                event.kind.len()
+            ));
+        }
+        if event.payload.len() > EVENT_PAYLOAD_BYTES_MAX {
+            return invalid(format!(
+                "event {i}: payload of {} bytes exceeds {EVENT_PAYLOAD_BYTES_MAX}",
+                event.payload.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A live, gap-free feed of recorded events in position order.

@@ -1,0 +1,189 @@
+//! Embedded event store benchmark: durable appends under 1, 16 and 256 concurrent appenders,
+//! then `read_all` over the written log, plus an fdatasync baseline of the same disk.
+//!
+//! `cargo bench -p allot-infra --bench store`. The data directory is a temporary directory under
+//! `ALLOT_BENCH_DIR` (default: the system temporary directory); it must be on a real disk, since
+//! on tmpfs fdatasync costs nothing and group commit has nothing to amortize.
+//! Prints one line per result, then one JSON line with every figure.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allot_infra::store::embedded::EmbeddedStore;
+use allot_infra::store::{EventStore, ExpectedVersion, ProposedEvent, StoreError};
+
+type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+/// How long each appender configuration runs.
+const APPEND_PHASE: Duration = Duration::from_secs(3);
+/// How long the fdatasync baseline runs.
+const SYNC_PHASE: Duration = Duration::from_secs(2);
+const APPENDERS: [usize; 3] = [1, 16, 256];
+const PAYLOAD_BYTES: usize = 100;
+const READ_PAGE_EVENTS: usize = 1024;
+
+fn bench_root() -> PathBuf {
+    std::env::var_os("ALLOT_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+/// One 100-byte write at the end of a file, then fdatasync, in a loop.
+fn fdatasync_baseline(dir: &Path) -> BenchResult<(f64, Duration, Duration)> {
+    let path = dir.join("fdatasync-baseline");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)?;
+    let record = [0x5au8; PAYLOAD_BYTES];
+    let mut latencies = Vec::new();
+    let mut offset = 0u64;
+    let start = Instant::now();
+    while start.elapsed() < SYNC_PHASE {
+        let t = Instant::now();
+        file.write_all_at(&record, offset)?;
+        file.sync_data()?;
+        latencies.push(t.elapsed());
+        offset += PAYLOAD_BYTES as u64;
+    }
+    let rate = latencies.len() as f64 / start.elapsed().as_secs_f64();
+    latencies.sort();
+    Ok((
+        rate,
+        percentile(&latencies, 0.5),
+        percentile(&latencies, 0.99),
+    ))
+}
+
+struct AppendResult {
+    appenders: usize,
+    appends: usize,
+    per_sec: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn durable_appends(store: Arc<EmbeddedStore>, appenders: usize) -> BenchResult<AppendResult> {
+    let start = Instant::now();
+    let deadline = start + APPEND_PHASE;
+    let mut tasks = Vec::with_capacity(appenders);
+    for a in 0..appenders {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = format!("bench-{appenders}-{a}");
+            let mut latencies = Vec::new();
+            let mut expected = ExpectedVersion::NoStream;
+            while Instant::now() < deadline {
+                let event = ProposedEvent {
+                    id: [a as u8; 16],
+                    kind: "Bench".to_owned(),
+                    payload: vec![0x42; PAYLOAD_BYTES],
+                };
+                let t = Instant::now();
+                let outcome = store.append(&stream, expected, vec![event]).await?;
+                latencies.push(t.elapsed());
+                expected = ExpectedVersion::Exact(outcome.last_version);
+            }
+            Ok::<_, StoreError>(latencies)
+        }));
+    }
+    let mut latencies = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await??);
+    }
+    let elapsed = start.elapsed();
+    latencies.sort();
+    Ok(AppendResult {
+        appenders,
+        appends: latencies.len(),
+        per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: percentile(&latencies, 0.5),
+        p99: percentile(&latencies, 0.99),
+    })
+}
+
+async fn read_everything(store: &EmbeddedStore) -> BenchResult<(usize, f64)> {
+    let start = Instant::now();
+    let mut after = None;
+    let mut events = 0;
+    loop {
+        let page = store.read_all(after, READ_PAGE_EVENTS).await?;
+        let Some(last) = page.last() else { break };
+        after = Some(last.position);
+        events += page.len();
+    }
+    Ok((events, events as f64 / start.elapsed().as_secs_f64()))
+}
+
+fn main() -> BenchResult<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let root = tempfile::tempdir_in(bench_root())?;
+    println!("data directory: {}", root.path().display());
+
+    let (sync_rate, sync_p50, sync_p99) = fdatasync_baseline(root.path())?;
+    println!(
+        "fdatasync baseline: {sync_rate:.0} syncs/s, p50 {:.0} us, p99 {:.0} us (100-byte write + fdatasync)",
+        micros(sync_p50),
+        micros(sync_p99)
+    );
+
+    let store = Arc::new(runtime.block_on(EmbeddedStore::open(&root.path().join("store")))?);
+    let mut results = Vec::new();
+    for appenders in APPENDERS {
+        let result = runtime.block_on(durable_appends(store.clone(), appenders))?;
+        println!(
+            "durable appends, {:>3} appenders: {:.0} appends/s, p50 {:.0} us, p99 {:.0} us ({} appends)",
+            result.appenders,
+            result.per_sec,
+            micros(result.p50),
+            micros(result.p99),
+            result.appends
+        );
+        results.push(result);
+    }
+    let speedup = results[2].per_sec / results[0].per_sec;
+    println!("group commit: 256 appenders reach {speedup:.1}x the single-appender rate");
+
+    let (events, read_rate) = runtime.block_on(read_everything(&store))?;
+    println!("read_all: {read_rate:.0} events/s over {events} events");
+
+    let json = serde_json::json!({
+        "bench": "store",
+        "fdatasync_baseline": {
+            "per_sec": sync_rate.round(),
+            "p50_us": micros(sync_p50).round(),
+            "p99_us": micros(sync_p99).round(),
+        },
+        "durable_appends": results.iter().map(|r| serde_json::json!({
+            "appenders": r.appenders,
+            "appends": r.appends,
+            "per_sec": r.per_sec.round(),
+            "p50_us": micros(r.p50).round(),
+            "p99_us": micros(r.p99).round(),
+        })).collect::<Vec<_>>(),
+        "speedup_256_vs_1": (speedup * 10.0).round() / 10.0,
+        "read_all": { "events": events, "per_sec": read_rate.round() },
+    });
+    println!("{json}");
+    runtime.block_on(store.close())?;
+    Ok(())
+}

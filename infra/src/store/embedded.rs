@@ -1,0 +1,581 @@
+//! The embedded backend: a durable append-only log in a data directory.
+//!
+//! Layout of the directory: `events.log` (the log, format in [`format`]) and `LOCK` (held with an
+//! exclusive `flock` by the owning process for as long as the store is open).
+//!
+//! How it works:
+//! - [`writer`]: one thread owns the file for writing and group-commits the bounded queue of
+//!   appends ([`APPEND_QUEUE_MAX`]): one write and one fdatasync per batch; an append resolves
+//!   only after its bytes are durable.
+//! - [`index`]: in memory, position → file offset and stream → positions, holding durable events
+//!   only; `read_stream` costs what the stream's events cost, not the log.
+//! - [`recovery`]: open verifies every checksum, truncates a torn last batch, and reports any
+//!   other damage as [`StoreError::Corrupt`].
+//! - Reads use their own file handle and positional reads on the blocking pool, so they never
+//!   wait for the writer's fdatasync; they hold the index lock only to copy locations.
+//! - Positions are the global sequence number of events, 0-based and contiguous.
+
+mod format;
+mod index;
+mod recovery;
+mod writer;
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions, TryLockError};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use format::{BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES, FRAME_BYTES_MAX};
+use index::{EventLoc, Index};
+pub use writer::BATCH_APPENDS_MAX;
+use writer::{AppendRequest, LogDevice, Request, Writer};
+
+use super::{
+    AppendOutcome, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
+    Subscription, validate_append,
+};
+
+/// Appends waiting for the writer; callers beyond it wait for room (backpressure).
+pub const APPEND_QUEUE_MAX: usize = 4096;
+/// Events a subscription reads and buffers at a time.
+pub const SUBSCRIPTION_PAGE_EVENTS: usize = 512;
+/// Gap between two event records below which one positional read covers both.
+const READ_GAP_BYTES_MAX: u64 = 4096;
+/// Largest single positional read.
+const READ_RUN_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// Name of the log file inside the data directory.
+pub const LOG_FILE_NAME: &str = "events.log";
+/// Name of the lock file inside the data directory.
+pub const LOCK_FILE_NAME: &str = "LOCK";
+
+/// What readers share with the writer.
+struct Shared {
+    log_path: PathBuf,
+    /// Read-only handle for positional reads.
+    reader: File,
+    index: Arc<RwLock<Index>>,
+}
+
+/// The embedded event store. Cheap to share behind an `Arc`; dropping it stops the writer after
+/// it has finished the queued appends and releases the directory.
+pub struct EmbeddedStore {
+    shared: Arc<Shared>,
+    requests: Option<mpsc::Sender<Request>>,
+    head: watch::Receiver<u64>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// Opens (creating if needed) the store in `dir`, recovering the log.
+pub async fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+    EmbeddedStore::open(dir).await
+}
+
+impl EmbeddedStore {
+    /// Opens (creating if needed) the store in `dir`, recovering the log. Fails with
+    /// [`StoreError::Locked`] if another open store (in any process) owns `dir`.
+    pub async fn open(dir: &Path) -> Result<Self, StoreError> {
+        let dir = dir.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, |file| Box::new(file)))
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                reason: format!("open task failed: {e}"),
+                maybe_written: false,
+            })?
+    }
+
+    /// `device` wraps the log file for the writer; tests wrap it to inject failures.
+    fn open_blocking(
+        dir: &Path,
+        device: impl FnOnce(File) -> Box<dyn LogDevice>,
+    ) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_error(dir, e))?;
+        let lock_path = dir.join(LOCK_FILE_NAME);
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_error(&lock_path, e))?;
+        // `File::try_lock` is stable since 1.89, one release past the workspace's stated MSRV;
+        // the toolchain in use is newer.
+        #[allow(clippy::incompatible_msrv)]
+        let locked = lock.try_lock();
+        match locked {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked(dir.display().to_string()));
+            }
+            Err(TryLockError::Error(e)) => return Err(io_error(&lock_path, e)),
+        }
+
+        let log_path = dir.join(LOG_FILE_NAME);
+        let existed = log_path.exists();
+        let log = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&log_path)
+            .map_err(|e| io_error(&log_path, e))?;
+        if !existed {
+            // Make the new file's directory entry durable before anything is acknowledged.
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| io_error(dir, e))?;
+        }
+        let recovered = recovery::recover(&log, &log_path)?;
+        let reader = File::open(&log_path).map_err(|e| io_error(&log_path, e))?;
+        let next_position = recovered.index.len();
+        tracing::info!(
+            file = %log_path.display(),
+            events = next_position,
+            bytes = recovered.end,
+            "event log opened"
+        );
+
+        let index = Arc::new(RwLock::new(recovered.index));
+        let (head_tx, head_rx) = watch::channel(next_position);
+        let (requests_tx, requests_rx) = mpsc::channel(APPEND_QUEUE_MAX);
+        let writer = Writer {
+            log: device(log),
+            log_path: log_path.clone(),
+            lock,
+            end: recovered.end,
+            index: index.clone(),
+            head: head_tx,
+            requests: requests_rx,
+        };
+        let handle = std::thread::Builder::new()
+            .name("allot-log-writer".to_owned())
+            .spawn(move || writer.run())
+            .map_err(|e| io_error(&log_path, e))?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                log_path,
+                reader,
+                index,
+            }),
+            requests: Some(requests_tx),
+            head: head_rx,
+            writer: Mutex::new(Some(handle)),
+        })
+    }
+
+    /// Number of durable events, which is also the position the next event will get.
+    pub fn next_position(&self) -> u64 {
+        *self.head.borrow()
+    }
+
+    /// Finishes the queued appends, stops the writer and releases the directory. Later appends
+    /// fail with [`StoreError::Closed`]; reads keep working.
+    pub async fn close(&self) -> Result<(), StoreError> {
+        if let Some(requests) = &self.requests {
+            let (reply, done) = oneshot::channel();
+            // Err: the writer is already gone.
+            if requests.send(Request::Close(reply)).await.is_ok() {
+                let _ = done.await;
+            }
+        }
+        let handle = match self.writer.lock() {
+            Ok(mut writer) => writer.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle {
+            tokio::task::spawn_blocking(move || handle.join())
+                .await
+                .ok()
+                .and_then(|joined| joined.ok())
+                .ok_or_else(|| StoreError::Unavailable {
+                    reason: "event log writer panicked".to_owned(),
+                    maybe_written: true,
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn read_locs(
+        &self,
+        locs: Vec<(u64, EventLoc)>,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        if locs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.read_events(&locs))
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                reason: format!("read task failed: {e}"),
+                maybe_written: false,
+            })?
+    }
+}
+
+impl Shared {
+    fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        match self.index.read() {
+            Ok(index) => index,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Reads the records at `locs`, coalescing nearby ones into one positional read.
+    fn read_events(&self, locs: &[(u64, EventLoc)]) -> Result<Vec<RecordedEvent>, StoreError> {
+        let names: Vec<Arc<str>> = {
+            let index = self.index();
+            locs.iter()
+                .map(|(_, loc)| index.stream_name(loc.stream).clone())
+                .collect()
+        };
+        let mut out = Vec::with_capacity(locs.len());
+        let mut buf = Vec::new();
+        let mut run_start = 0;
+        while run_start < locs.len() {
+            let first = locs[run_start].1.offset;
+            let mut run_end = run_start + 1;
+            let mut end = first + u64::from(locs[run_start].1.len);
+            while run_end < locs.len() {
+                let loc = locs[run_end].1;
+                let next_end = loc.offset + u64::from(loc.len);
+                if loc.offset < end
+                    || loc.offset - end > READ_GAP_BYTES_MAX
+                    || next_end - first > READ_RUN_BYTES_MAX
+                {
+                    break;
+                }
+                end = next_end;
+                run_end += 1;
+            }
+            buf.resize((end - first) as usize, 0);
+            self.reader
+                .read_exact_at(&mut buf, first)
+                .map_err(|e| io_error(&self.log_path, e))?;
+            for i in run_start..run_end {
+                let (position, loc) = locs[i];
+                let at = (loc.offset - first) as usize;
+                let record =
+                    format::decode_event(&buf[at..at + loc.len as usize]).map_err(|reason| {
+                        StoreError::Corrupt {
+                            file: self.log_path.display().to_string(),
+                            offset: loc.offset,
+                            reason: reason.to_owned(),
+                        }
+                    })?;
+                out.push(RecordedEvent {
+                    stream: names[i].to_string(),
+                    version: loc.version,
+                    position,
+                    id: record.id,
+                    kind: record.kind.to_owned(),
+                    payload: record.payload.to_vec(),
+                });
+            }
+            run_start = run_end;
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        // Closing the queue lets the writer drain it and exit; joining makes the directory free
+        // again when drop returns (at most one batch's fdatasync).
+        self.requests.take();
+        let handle = match self.writer.lock() {
+            Ok(mut writer) => writer.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
+        };
+        if let Some(handle) = handle
+            && handle.join().is_err()
+        {
+            tracing::error!(file = %self.shared.log_path.display(), "event log writer panicked");
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for EmbeddedStore {
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<ProposedEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        validate_append(stream, &events)?;
+        let frame_len = format::frame_len(stream, &events);
+        if frame_len > FRAME_BYTES_MAX {
+            return Err(StoreError::InvalidAppend(format!(
+                "append of {frame_len} encoded bytes exceeds {FRAME_BYTES_MAX}"
+            )));
+        }
+        let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, outcome) = oneshot::channel();
+        requests
+            .send(Request::Append(AppendRequest {
+                stream: stream.to_owned(),
+                expected,
+                events,
+                frame_len,
+                reply,
+            }))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        // A dropped reply means the writer stopped before this append was decided.
+        outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &str,
+        from_version: u64,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let locs = self
+            .shared
+            .index()
+            .stream_range(stream, from_version, max_count);
+        self.read_locs(locs).await
+    }
+
+    async fn read_all(
+        &self,
+        after: Option<u64>,
+        max_count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let from = match after {
+            None => 0,
+            Some(after) => match after.checked_add(1) {
+                Some(from) => from,
+                None => return Ok(Vec::new()),
+            },
+        };
+        let locs = self.shared.index().range(from, max_count);
+        self.read_locs(locs).await
+    }
+
+    async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError> {
+        // Past the last possible position: a subscription that never yields.
+        let next = after.map_or(0, |after| after.saturating_add(1));
+        let state = SubscriptionState {
+            shared: self.shared.clone(),
+            head: self.head.clone(),
+            next,
+            buffer: VecDeque::new(),
+            finished: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, next_event)))
+    }
+}
+
+/// A subscription reads by position up to the durable head, then waits for the head to move.
+/// Catch-up and live are the same loop, so the switch has no gap and no duplicate.
+struct SubscriptionState {
+    shared: Arc<Shared>,
+    head: watch::Receiver<u64>,
+    /// Position of the next event to hand out.
+    next: u64,
+    /// At most [`SUBSCRIPTION_PAGE_EVENTS`] events read ahead.
+    buffer: VecDeque<RecordedEvent>,
+    finished: bool,
+}
+
+async fn next_event(
+    mut state: SubscriptionState,
+) -> Option<(Result<RecordedEvent, StoreError>, SubscriptionState)> {
+    loop {
+        if let Some(event) = state.buffer.pop_front() {
+            return Some((Ok(event), state));
+        }
+        if state.finished {
+            return None;
+        }
+        let head = *state.head.borrow_and_update();
+        if state.next < head {
+            let count = (head - state.next).min(SUBSCRIPTION_PAGE_EVENTS as u64) as usize;
+            let locs = state.shared.index().range(state.next, count);
+            let shared = state.shared.clone();
+            let read = tokio::task::spawn_blocking(move || shared.read_events(&locs)).await;
+            match read {
+                Ok(Ok(events)) => {
+                    state.next += events.len() as u64;
+                    state.buffer.extend(events);
+                }
+                Ok(Err(e)) => {
+                    state.finished = true;
+                    return Some((Err(e), state));
+                }
+                Err(e) => {
+                    state.finished = true;
+                    let error = StoreError::Unavailable {
+                        reason: format!("read task failed: {e}"),
+                        maybe_written: false,
+                    };
+                    return Some((Err(error), state));
+                }
+            }
+            continue;
+        }
+        if state.head.changed().await.is_err() {
+            // The writer is gone: everything durable has been handed out.
+            if *state.head.borrow() <= state.next {
+                state.finished = true;
+                return Some((Err(StoreError::Closed), state));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[derive(Clone, Copy, Debug, PartialEq)]
+    enum Fault {
+        /// The write fails before any byte lands.
+        WriteNothing,
+        /// Half the batch lands, then the write fails.
+        WriteHalf,
+        /// The write lands, the fdatasync fails.
+        Sync,
+    }
+
+    /// The log file, failing on its `writes_ok + 1`-th batch.
+    struct FaultyLog {
+        file: File,
+        writes_ok: usize,
+        fault: Fault,
+    }
+
+    impl LogDevice for FaultyLog {
+        fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            if self.writes_ok > 0 {
+                self.writes_ok -= 1;
+                return FileExt::write_all_at(&self.file, buf, offset);
+            }
+            match self.fault {
+                Fault::WriteNothing => Err(std::io::Error::other("injected write failure")),
+                Fault::WriteHalf => {
+                    FileExt::write_all_at(&self.file, &buf[..buf.len() / 2], offset)?;
+                    Err(std::io::Error::other("injected short write"))
+                }
+                Fault::Sync => FileExt::write_all_at(&self.file, buf, offset),
+            }
+        }
+
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            if self.writes_ok == 0 && self.fault == Fault::Sync {
+                return Err(std::io::Error::other("injected fdatasync failure"));
+            }
+            self.file.sync_data()
+        }
+    }
+
+    fn event(payload: &str) -> ProposedEvent {
+        ProposedEvent {
+            id: [3; 16],
+            kind: "T".to_owned(),
+            payload: payload.as_bytes().to_vec(),
+        }
+    }
+
+    async fn failing_write_closes_the_store(fault: Fault) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let store = tokio::task::spawn_blocking(move || {
+            EmbeddedStore::open_blocking(&path, move |file| {
+                Box::new(FaultyLog {
+                    file,
+                    // Sync fails on the same batch as the write would.
+                    writes_ok: if fault == Fault::Sync { 4 } else { 3 },
+                    fault,
+                })
+            })
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        for v in 0..3u64 {
+            let expected = match v {
+                0 => ExpectedVersion::NoStream,
+                v => ExpectedVersion::Exact(v - 1),
+            };
+            store
+                .append("s", expected, vec![event("ok")])
+                .await
+                .unwrap();
+        }
+        let failed = store
+            .append("s", ExpectedVersion::Exact(2), vec![event("a"), event("b")])
+            .await;
+        assert!(
+            matches!(
+                failed,
+                Err(StoreError::Unavailable {
+                    maybe_written: true,
+                    ..
+                })
+            ),
+            "{fault:?}: {failed:?}"
+        );
+        let later = store
+            .append("t", ExpectedVersion::Any, vec![event("x")])
+            .await;
+        assert!(matches!(later, Err(StoreError::Closed)), "{later:?}");
+
+        // Reads and subscriptions see the durable events only, then learn the store closed.
+        assert_eq!(store.read_all(None, 100).await.unwrap().len(), 3);
+        let mut subscription = store.subscribe_all(None).await.unwrap();
+        for _ in 0..3 {
+            subscription.next().await.unwrap().unwrap();
+        }
+        assert!(matches!(
+            subscription.next().await,
+            Some(Err(StoreError::Closed))
+        ));
+        assert!(subscription.next().await.is_none());
+        drop(store);
+
+        // The failed append is whole or absent after reopening, and the log takes appends again.
+        let store = EmbeddedStore::open(dir.path()).await.unwrap();
+        let events = store.read_all(None, 100).await.unwrap();
+        let expected_len = if fault == Fault::Sync { 5 } else { 3 };
+        assert_eq!(events.len(), expected_len, "{fault:?}");
+        store
+            .append(
+                "s",
+                ExpectedVersion::Exact(expected_len as u64 - 1),
+                vec![event("again")],
+            )
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_write_closes_the_store_and_writes_nothing() {
+        failing_write_closes_the_store(Fault::WriteNothing).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn short_write_closes_the_store_and_is_cut_on_reopen() {
+        failing_write_closes_the_store(Fault::WriteHalf).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failed_sync_closes_the_store_and_the_append_may_survive_whole() {
+        failing_write_closes_the_store(Fault::Sync).await;
+    }
+}

@@ -1,0 +1,287 @@
+//! The single writer thread: group commit.
+//!
+//! It blocks for one request, drains whatever else is queued (up to [`BATCH_APPENDS_MAX`] appends
+//! and [`super::format::BATCH_BODY_BYTES_MAX`] bytes), checks each append's expected version in
+//! queue order against the stream heads (durable heads plus this batch's accepted appends),
+//! encodes the accepted ones into one buffer, writes it with one `pwrite` and one `fdatasync`,
+//! then publishes the events to the index and the head watch and answers every caller. A rejected
+//! append writes nothing and does not affect the others. Answers wait for the sync, rejections
+//! included, so no caller learns of a version that might not survive a crash.
+//!
+//! After a failed write or sync the writer stops for good: what reached the disk is unknown (and
+//! a failed fdatasync may have dropped dirty pages), so the store closes and the next open
+//! decides from the file.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::format::{self, BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, BatchHeader, EncodedEvent};
+use super::index::Index;
+use crate::store::{ActualVersion, AppendOutcome, ExpectedVersion, ProposedEvent, StoreError};
+
+/// Most appends one batch (one write, one fdatasync) carries.
+pub const BATCH_APPENDS_MAX: usize = 4096;
+/// Times the writer yields its CPU, waiting for more appends, before it syncs a batch less than
+/// half the size of the previous one. No timer: a lone appender never waits.
+const LINGER_YIELDS_MAX: u32 = 4;
+
+pub(crate) struct AppendRequest {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<ProposedEvent>,
+    pub frame_len: u64,
+    pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+}
+
+pub(crate) enum Request {
+    Append(AppendRequest),
+    /// Finish what is queued before this, then stop and release the data directory.
+    Close(oneshot::Sender<()>),
+}
+
+/// Where the writer's bytes go: the log file, or a test double that fails on cue.
+pub(crate) trait LogDevice: Send + 'static {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()>;
+    fn sync_data(&mut self) -> std::io::Result<()>;
+}
+
+impl LogDevice for File {
+    fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+        FileExt::write_all_at(self, buf, offset)
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        File::sync_data(self)
+    }
+}
+
+pub(crate) struct Writer {
+    pub log: Box<dyn LogDevice>,
+    pub log_path: PathBuf,
+    /// Locked; closing it when the writer ends releases the directory.
+    #[allow(dead_code)]
+    pub lock: File,
+    pub end: u64,
+    pub index: Arc<RwLock<Index>>,
+    pub head: watch::Sender<u64>,
+    pub requests: mpsc::Receiver<Request>,
+}
+
+/// One append of the current batch, accepted or already answered with its rejection.
+struct Pending {
+    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    result: Result<Accepted, StoreError>,
+}
+
+struct Accepted {
+    stream: String,
+    first_version: u64,
+    /// Index into the batch's encoded events.
+    events: std::ops::Range<usize>,
+    outcome: AppendOutcome,
+}
+
+impl Writer {
+    pub fn run(mut self) {
+        let mut buf: Vec<u8> = Vec::new();
+        let mut encoded: Vec<EncodedEvent> = Vec::new();
+        let mut batch: Vec<AppendRequest> = Vec::new();
+        let mut previous_batch = 0usize;
+        while let Some(first) = self.requests.blocking_recv() {
+            let mut close = None;
+            let mut bytes = 0u64;
+            let mut yields = 0;
+            match first {
+                Request::Append(req) => {
+                    bytes += req.frame_len;
+                    batch.push(req);
+                }
+                Request::Close(reply) => close = Some(reply),
+            }
+            while close.is_none() && batch.len() < BATCH_APPENDS_MAX {
+                // Peek by receiving; an append that would overflow the batch opens the next one.
+                match self.requests.try_recv() {
+                    Ok(Request::Append(req)) => {
+                        if bytes + req.frame_len > BATCH_BODY_BYTES_MAX {
+                            let healthy = self.commit(&mut batch, &mut buf, &mut encoded);
+                            if !healthy {
+                                return;
+                            }
+                            bytes = 0;
+                        }
+                        bytes += req.frame_len;
+                        batch.push(req);
+                    }
+                    Ok(Request::Close(reply)) => close = Some(reply),
+                    // Callers answered by the last batch are still coming back: give them the
+                    // CPU a few times rather than sync a fraction of them.
+                    Err(mpsc::error::TryRecvError::Empty)
+                        if batch.len() < previous_batch / 2 && yields < LINGER_YIELDS_MAX =>
+                    {
+                        yields += 1;
+                        std::thread::yield_now();
+                    }
+                    Err(_) => break,
+                }
+            }
+            previous_batch = batch.len();
+            let healthy = self.commit(&mut batch, &mut buf, &mut encoded);
+            if let Some(reply) = close {
+                tracing::debug!(file = %self.log_path.display(), "event log writer closing");
+                let _ = reply.send(());
+                return;
+            }
+            if !healthy {
+                return;
+            }
+        }
+        tracing::debug!(file = %self.log_path.display(), "event log writer stopped: store dropped");
+    }
+
+    /// Decides, writes and syncs one batch, then answers its callers. Returns false when the log
+    /// can no longer be written.
+    fn commit(
+        &mut self,
+        batch: &mut Vec<AppendRequest>,
+        buf: &mut Vec<u8>,
+        encoded: &mut Vec<EncodedEvent>,
+    ) -> bool {
+        if batch.is_empty() {
+            return true;
+        }
+        buf.clear();
+        buf.resize(BATCH_HEADER_BYTES, 0);
+        encoded.clear();
+        let mut pending = Vec::with_capacity(batch.len());
+        let first_position;
+        let mut next_position;
+        let mut frame_count = 0u32;
+        {
+            let index = match self.index.read() {
+                Ok(index) => index,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            first_position = index.len();
+            next_position = first_position;
+            let mut batch_heads: HashMap<&str, u64> = HashMap::new();
+            for req in batch.iter() {
+                let head = match batch_heads.get(req.stream.as_str()) {
+                    Some(head) => *head,
+                    None => index.stream_len(&req.stream).unwrap_or(0),
+                };
+                let actual = match head {
+                    0 => ActualVersion::NoStream,
+                    n => ActualVersion::Exact(n - 1),
+                };
+                let matches = match req.expected {
+                    ExpectedVersion::Any => true,
+                    ExpectedVersion::NoStream => actual == ActualVersion::NoStream,
+                    ExpectedVersion::Exact(v) => actual == ActualVersion::Exact(v),
+                };
+                if !matches {
+                    pending.push(Err(StoreError::WrongExpectedVersion {
+                        stream: req.stream.clone(),
+                        expected: req.expected,
+                        actual,
+                    }));
+                    continue;
+                }
+                let start = encoded.len();
+                format::encode_frame(buf, next_position, head, &req.stream, &req.events, encoded);
+                let count = req.events.len() as u64;
+                pending.push(Ok(Accepted {
+                    stream: req.stream.clone(),
+                    first_version: head,
+                    events: start..encoded.len(),
+                    outcome: AppendOutcome {
+                        last_version: head + count - 1,
+                        last_position: next_position + count - 1,
+                    },
+                }));
+                batch_heads.insert(req.stream.as_str(), head + count);
+                next_position += count;
+                frame_count += 1;
+            }
+        }
+        let mut pending: Vec<Pending> = batch
+            .drain(..)
+            .zip(pending)
+            .map(|(req, result)| Pending {
+                reply: req.reply,
+                result,
+            })
+            .collect();
+
+        let mut healthy = true;
+        if frame_count > 0 {
+            let header = format::encode_batch_header(&BatchHeader {
+                body_len: (buf.len() - BATCH_HEADER_BYTES) as u32,
+                first_position,
+                frame_count,
+                event_count: (next_position - first_position) as u32,
+            });
+            buf[..BATCH_HEADER_BYTES].copy_from_slice(&header);
+            let written = match self.log.write_all_at(buf, self.end) {
+                Ok(()) => self.log.sync_data(),
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(()) => {
+                    self.publish(&pending, encoded, next_position);
+                    self.end += buf.len() as u64;
+                }
+                Err(source) => {
+                    tracing::error!(
+                        file = %self.log_path.display(),
+                        offset = self.end,
+                        error = %source,
+                        "event log write failed; closing the store"
+                    );
+                    healthy = false;
+                    for p in &mut pending {
+                        if p.result.is_ok() {
+                            p.result = Err(StoreError::Unavailable {
+                                reason: format!(
+                                    "write to {} failed: {source}",
+                                    self.log_path.display()
+                                ),
+                                maybe_written: true,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for p in pending {
+            let _ = p.reply.send(p.result.map(|a| a.outcome));
+        }
+        healthy
+    }
+
+    /// Makes a synced batch visible: index first, then the head watch, so a reader woken by the
+    /// watch always finds the events.
+    fn publish(&self, pending: &[Pending], encoded: &[EncodedEvent], next_position: u64) {
+        {
+            let mut index = match self.index.write() {
+                Ok(index) => index,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            for accepted in pending.iter().filter_map(|p| p.result.as_ref().ok()) {
+                for (i, event) in encoded[accepted.events.clone()].iter().enumerate() {
+                    index.push(
+                        &accepted.stream,
+                        self.end + event.offset as u64,
+                        event.len,
+                        accepted.first_version + i as u64,
+                    );
+                }
+            }
+        }
+        self.head.send_replace(next_position);
+    }
+}
