@@ -863,8 +863,7 @@ impl Audit {
         for violation in stranded {
             self.report(violation);
         }
-        self.violations
-            .sort_by(|a, b| (a.position, a.check).cmp(&(b.position, b.check)));
+        self.violations.sort_by_key(|v| (v.position, v.check));
         let kept = self.violations.len() as u64;
         let checks: Vec<CheckCount> = Check::ALL
             .iter()

@@ -7,7 +7,7 @@
 //! verifies the batch with `ed25519_dalek::verify_batch`; only when a batch fails does it verify
 //! its signatures one by one, to name the offending events.
 
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, channel, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -137,11 +137,8 @@ impl Verifier {
             let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(SIGNATURE_BATCH));
             self.dispatch(batch, ready);
         }
-        loop {
-            match self.outcomes.try_recv() {
-                Ok(outcome) => ready.push(outcome),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
+        while let Ok(outcome) = self.outcomes.try_recv() {
+            ready.push(outcome);
         }
     }
 

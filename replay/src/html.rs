@@ -49,7 +49,7 @@ impl<T: Clone> Series<T> {
     fn push(&mut self, at: u64, value: T) {
         self.offered += 1;
         self.last = Some((at, value.clone()));
-        if self.offered % self.stride != 0 {
+        if !self.offered.is_multiple_of(self.stride) {
             return;
         }
         if self.points.len() >= SERIES_POINTS_MAX {

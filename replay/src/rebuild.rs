@@ -223,7 +223,7 @@ impl Rebuild {
     {
         for record in records {
             self.apply(record.borrow())?;
-            if self.events_done % PROGRESS_EVERY_EVENTS == 0 {
+            if self.events_done.is_multiple_of(PROGRESS_EVERY_EVENTS) {
                 progress(self.events_done);
             }
         }
