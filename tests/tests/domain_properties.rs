@@ -787,8 +787,10 @@ impl Drop for FaultOn {
 
 fn property_fails_with(which: Fault) -> bool {
     let _fault = FaultOn::new(which);
+    // The runner stops at the first failing case, so a generous count costs nothing when the
+    // guard works; it is never lowered by PROPTEST_CASES, which would make the guard flaky.
     let mut runner = TestRunner::new(Config {
-        cases: cases(),
+        cases: cases().max(256),
         max_shrink_iters: 32,
         failure_persistence: None,
         ..Config::default()
