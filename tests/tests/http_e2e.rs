@@ -1,0 +1,511 @@
+//! End to end over real HTTP on loopback: the seed's walkthrough, idempotent retries, refusals
+//! that change nothing, a hot one-seat pool, restart, revocation and the service endpoints.
+
+mod support;
+
+use std::time::Duration;
+
+use allot_domain::{ActorId, Change, ReservationId, Role};
+use allot_infra::ledger::{decode_pool, pool_stream};
+use allot_infra::server::FIRST_SWEEPER;
+use serde_json::{Value, json};
+use support::{Harness, cancel, confirm, declare, expire, now, reserve};
+
+/// The last event of `pool`'s stream, decoded.
+async fn last_event(h: &Harness, pool: &str) -> allot_domain::Event {
+    let store = h.service().ledger.store();
+    let events = store
+        .read_stream(&pool_stream(&pool.into()), 0, 100_000)
+        .await
+        .expect("read pool stream");
+    decode_pool(events.last().expect("pool stream is empty")).expect("decode event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_walkthrough_over_http() {
+    let h = Harness::start().await;
+    let checkout = h.register("checkout_svc", Role::Client, 7).await;
+
+    let declared = h
+        .admin_raw
+        .send("pool_vip", &declare(2), "vip-declare")
+        .await;
+    declared.expect_ok(201);
+    assert_eq!(declared.body["pool_id"], "pool_vip");
+
+    // Buyer A and buyer B each get a hold.
+    let a1 = checkout
+        .send("pool_vip", &reserve("buyer_a", 600_000), "tok_a1")
+        .await;
+    a1.expect_ok(201);
+    assert!(!a1.replayed);
+    let rsv_a = a1.reservation();
+    assert_eq!(h.allocated("pool_vip").await, 1);
+
+    let b1 = checkout
+        .send("pool_vip", &reserve("buyer_b", 1_500), "tok_b1")
+        .await;
+    b1.expect_ok(201);
+    let rsv_b = b1.reservation();
+    assert_ne!(rsv_a, rsv_b);
+    let b_expires_at = b1.body["expires_at"].as_u64().expect("expires_at");
+    assert_eq!(h.state_of(&rsv_b).await, "held");
+    assert_eq!(h.allocated("pool_vip").await, 2);
+
+    // Buyer C: the capacity gate fires, no hold is placed.
+    let c1 = checkout
+        .send("pool_vip", &reserve("buyer_c", 600_000), "tok_c1")
+        .await;
+    c1.expect_problem(409, "pool-capacity-exceeded");
+    assert!(!c1.replayed);
+    assert_eq!(h.allocated("pool_vip").await, 2);
+
+    // Buyer A's reserve is retried after a network drop: same answer, nothing new.
+    let events_before_retry = h.event_count().await;
+    let a1_again = checkout
+        .send("pool_vip", &reserve("buyer_a", 600_000), "tok_a1")
+        .await;
+    a1_again.expect_ok(201);
+    assert!(a1_again.replayed, "retry not marked replayed: {a1_again:?}");
+    assert_eq!(a1_again.body, a1.body);
+    assert_eq!(h.allocated("pool_vip").await, 2);
+    assert_eq!(h.event_count().await, events_before_retry);
+
+    // Buyer A confirms; the slot is kept.
+    let a2 = checkout.send("pool_vip", &confirm(&rsv_a), "tok_a2").await;
+    a2.expect_ok(200);
+    assert_eq!(a2.body["outcome"], "confirmed");
+    assert_eq!(h.state_of(&rsv_a).await, "confirmed");
+    assert_eq!(h.allocated("pool_vip").await, 2);
+
+    // Buyer B lets the hold lapse; the sweeper (not this test) expires it.
+    let observed_at = h
+        .wait_for_state(&rsv_b, "expired", Duration::from_secs(5))
+        .await;
+    assert!(
+        observed_at.0 >= b_expires_at,
+        "expired before expires_at: observed {observed_at:?}, expires_at {b_expires_at}"
+    );
+    assert!(
+        observed_at.0 <= b_expires_at + 1_000,
+        "sweeper late: observed {} ms after expires_at",
+        observed_at.0 - b_expires_at
+    );
+    let expiry = last_event(&h, "pool_vip").await;
+    assert_eq!(expiry.actor, ActorId::new(FIRST_SWEEPER));
+    assert!(
+        matches!(expiry.change, Change::Expired { .. }),
+        "{expiry:?}"
+    );
+    assert_eq!((expiry.allocated_before, expiry.allocated_after), (2, 1));
+    assert_eq!(h.allocated("pool_vip").await, 1);
+    let b_view = h.reservation(&rsv_b).await;
+    assert_eq!(b_view.body["slot_held"], false);
+
+    // Buyer C retries with a fresh token and gets the slot B let lapse.
+    let c2 = checkout
+        .send("pool_vip", &reserve("buyer_c", 600_000), "tok_c2")
+        .await;
+    c2.expect_ok(201);
+    let rsv_c = c2.reservation();
+    assert_eq!(h.state_of(&rsv_c).await, "held");
+
+    let pool = h.pool("pool_vip").await;
+    pool.expect_ok(200);
+    assert_eq!(pool.body["allocated"], 2);
+    assert_eq!(pool.body["capacity"], 2);
+    assert_eq!(pool.body["confirmed"], 1);
+    assert_eq!(pool.body["expired"], 1);
+    assert!(h.metric("allot_sweeper_expired_total").await >= 1.0);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_replay_recorded_outcomes_and_change_nothing() {
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 11).await;
+    let other = h.register("other_shop", Role::Client, 12).await;
+    h.admin_raw
+        .send("p1", &declare(1), "declare-p1")
+        .await
+        .expect_ok(201);
+
+    let first = shop.send("p1", &reserve("x", 600_000), "t-x").await;
+    first.expect_ok(201);
+    let rsv = first.reservation();
+    let before = h.observe(&["p1"], &[&rsv]).await;
+    for _ in 0..3 {
+        let again = shop.send("p1", &reserve("x", 600_000), "t-x").await;
+        again.expect_ok(201);
+        assert!(again.replayed);
+        assert_eq!(again.body, first.body);
+    }
+    assert_eq!(h.observe(&["p1"], &[&rsv]).await, before);
+
+    // Confirm, then retry the confirm.
+    let confirmed = shop.send("p1", &confirm(&rsv), "t-confirm").await;
+    confirmed.expect_ok(200);
+    let after_confirm = h.observe(&["p1"], &[&rsv]).await;
+    let again = shop.send("p1", &confirm(&rsv), "t-confirm").await;
+    again.expect_ok(200);
+    assert!(again.replayed);
+    assert_eq!(again.body, confirmed.body);
+    assert_eq!(h.observe(&["p1"], &[&rsv]).await, after_confirm);
+
+    // A rejection is recorded too (one event), and its retry replays it, marked as such.
+    let rejected = shop.send("p1", &reserve("y", 600_000), "t-y").await;
+    rejected.expect_problem(409, "pool-capacity-exceeded");
+    assert!(!rejected.replayed);
+    let after_rejection = h.observe(&["p1"], &[&rsv]).await;
+    assert_eq!(after_rejection.events, after_confirm.events + 1);
+    assert_eq!(h.allocated("p1").await, 1);
+    // Even once there is room, the retry answers what was recorded rather than deciding again.
+    h.admin_raw
+        .send(
+            "p1",
+            &allot_domain::Action::AdjustCapacity { capacity: 2 },
+            "grow-p1",
+        )
+        .await
+        .expect_ok(200);
+    let grown = h.observe(&["p1"], &[&rsv]).await;
+    let again = shop.send("p1", &reserve("y", 600_000), "t-y").await;
+    again.expect_problem(409, "pool-capacity-exceeded");
+    assert!(again.replayed, "replayed rejection not marked: {again:?}");
+    assert_eq!(again.body, rejected.body);
+    assert_eq!(h.observe(&["p1"], &[&rsv]).await, grown);
+
+    // Tokens are scoped to their actor: another caller's identical token and payload is a new
+    // decision, never the first caller's recorded outcome.
+    let foreign = other.send("p1", &reserve("x", 600_000), "t-x").await;
+    foreign.expect_ok(201);
+    assert!(!foreign.replayed);
+    assert_ne!(foreign.reservation(), rsv);
+    assert_eq!(h.allocated("p1").await, 2);
+    h.shutdown().await;
+}
+
+/// Every refusal below must be a problem document and leave store and projections untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_are_problems_and_change_nothing() {
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 21).await;
+    let stranger = h.actor("stranger", ed25519_dalek::SigningKey::from_bytes(&[22; 32]));
+    h.admin_raw
+        .send("p2", &declare(2), "declare-p2")
+        .await
+        .expect_ok(201);
+    let held = shop.send("p2", &reserve("a", 600_000), "t-1").await;
+    held.expect_ok(201);
+    let rsv = held.reservation();
+    let before = h.observe(&["p2", "never-declared"], &[&rsv]).await;
+
+    let path = "/v1/pools/p2/reservations";
+    let good = reserve("b", 600_000);
+    let (_, good_body) = support::request_parts("p2", &good);
+    let mut checks = Vec::new();
+
+    // 400: no Idempotency-Key.
+    let headers: Vec<_> = shop
+        .headers("p2", &good, "t-2", now())
+        .into_iter()
+        .filter(|(name, _)| *name != support::IDEMPOTENCY_KEY_NAME)
+        .collect();
+    checks.push((
+        "missing key",
+        shop.post_raw(path, &headers, good_body.to_string()).await,
+        400,
+        "invalid-request",
+    ));
+    // 400: malformed JSON, unknown field.
+    let headers = shop.headers("p2", &good, "t-3", now());
+    checks.push((
+        "malformed JSON",
+        shop.post_raw(path, &headers, "{\"resource\": \"b\",").await,
+        400,
+        "invalid-request",
+    ));
+    let mut unknown = good_body.clone();
+    unknown["colour"] = json!("red");
+    checks.push((
+        "unknown field",
+        shop.post_raw(path, &headers, unknown.to_string()).await,
+        400,
+        "invalid-request",
+    ));
+    // 400: absurd numbers, correctly signed.
+    checks.push((
+        "capacity 2^64-1",
+        h.admin_raw.send("p3", &declare(u64::MAX), "d-max").await,
+        400,
+        "invalid-request",
+    ));
+    checks.push((
+        "duration 0",
+        shop.send("p2", &reserve("b", 0), "t-4").await,
+        400,
+        "invalid-request",
+    ));
+    checks.push((
+        "duration of centuries",
+        shop.send("p2", &reserve("b", 200 * 365 * 86_400_000), "t-5")
+            .await,
+        400,
+        "invalid-request",
+    ));
+    // 422: the token of the recorded reserve with another payload.
+    checks.push((
+        "token reuse with other payload",
+        shop.send("p2", &reserve("someone-else", 600_000), "t-1")
+            .await,
+        422,
+        "token-collision",
+    ));
+    // 401: bad signature, stale signed_at, unregistered actor.
+    let mut headers = shop.headers("p2", &good, "t-6", now());
+    for (name, value) in &mut headers {
+        if *name == support::SIGNATURE_NAME {
+            let mut bytes = hex::decode(&*value).expect("hex");
+            bytes[10] ^= 0x01;
+            *value = hex::encode(bytes);
+        }
+    }
+    checks.push((
+        "bad signature",
+        shop.post_raw(path, &headers, good_body.to_string()).await,
+        401,
+        "invalid-request",
+    ));
+    let stale = allot_domain::Timestamp(now().0 - 10 * 60_000);
+    checks.push((
+        "stale signed_at",
+        shop.send_at("p2", &good, "t-7", stale).await,
+        401,
+        "invalid-request",
+    ));
+    checks.push((
+        "unregistered actor",
+        stranger.send("p2", &good, "t-8").await,
+        401,
+        "invalid-request",
+    ));
+    // 403: a client declaring a pool, a client expiring a hold.
+    checks.push((
+        "client declares",
+        shop.send("never-declared", &declare(5), "t-9").await,
+        403,
+        "forbidden",
+    ));
+    checks.push((
+        "client expires",
+        shop.send("p2", &expire(&rsv), "t-10").await,
+        403,
+        "forbidden",
+    ));
+
+    let mut failures = Vec::new();
+    for (name, answer, status, code) in &checks {
+        let ok = answer.status == *status
+            && answer.content_type == "application/problem+json"
+            && answer.code() == Some(code)
+            && !answer.replayed;
+        if !ok {
+            failures.push(format!("{name}: wanted {status} {code}, got {answer:?}"));
+        }
+        // Full shape check (type, title, detail, status).
+        if ok {
+            answer.expect_problem(*status, code);
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(h.observe(&["p2", "never-declared"], &[&rsv]).await, before);
+    assert_eq!(h.state_of(&rsv).await, "held");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_concurrent_reserves_on_one_seat() {
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 31).await;
+    h.admin_raw
+        .send("hot", &declare(1), "declare-hot")
+        .await
+        .expect_ok(201);
+
+    let tasks: Vec<_> = (0..500)
+        .map(|i| {
+            let shop = shop.clone();
+            tokio::spawn(async move {
+                shop.send(
+                    "hot",
+                    &reserve(&format!("buyer-{i}"), 600_000),
+                    &format!("hot-{i}"),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut created = Vec::new();
+    let mut refused = 0;
+    let mut other = Vec::new();
+    for task in tasks {
+        let answer = task.await.expect("task");
+        match (answer.status, answer.code()) {
+            (201, _) => created.push(answer.reservation()),
+            (409, Some("pool-capacity-exceeded")) => refused += 1,
+            _ => other.push(answer),
+        }
+    }
+    assert!(other.is_empty(), "unexpected answers: {other:?}");
+    assert_eq!(created.len(), 1, "winners: {created:?}");
+    assert_eq!(refused, 499);
+    let pool = h.pool("hot").await;
+    assert_eq!(pool.body["allocated"], 1);
+    assert_eq!(pool.body["reservations"], 1);
+    assert_eq!(h.state_of(&created[0]).await, "held");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_answers_the_same_and_replays_recorded_tokens() {
+    let mut h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 41).await;
+    h.admin_raw
+        .send("r1", &declare(2), "declare-r1")
+        .await
+        .expect_ok(201);
+    let a = shop.send("r1", &reserve("a", 600_000), "r-a").await;
+    a.expect_ok(201);
+    let b = shop.send("r1", &reserve("b", 600_000), "r-b").await;
+    b.expect_ok(201);
+    let (rsv_a, rsv_b) = (a.reservation(), b.reservation());
+    shop.send("r1", &confirm(&rsv_a), "r-confirm-a")
+        .await
+        .expect_ok(200);
+    shop.send("r1", &cancel(&rsv_b), "r-cancel-b")
+        .await
+        .expect_ok(200);
+    let c = shop.send("r1", &reserve("c", 600_000), "r-c").await;
+    c.expect_ok(201);
+    let rsv_c = c.reservation();
+    let d = shop.send("r1", &reserve("d", 600_000), "r-d").await;
+    d.expect_problem(409, "pool-capacity-exceeded");
+
+    let ids = [&rsv_a, &rsv_b, &rsv_c];
+    let before = h.observe(&["r1"], &ids).await;
+    let old_snapshot = h.restart().await;
+    let shop = shop.at(&h.base);
+    let after = h.observe(&["r1"], &ids).await;
+    assert_eq!(after.http, before.http, "HTTP answers differ after restart");
+    assert_eq!(after.events, before.events);
+    assert_eq!(old_snapshot, before.projections);
+    assert_eq!(
+        after.projections, old_snapshot,
+        "rebuilt projections differ"
+    );
+    let states: Vec<Value> = after.http[1..].iter().map(|r| r["state"].clone()).collect();
+    assert_eq!(
+        states,
+        [json!("confirmed"), json!("released"), json!("held")]
+    );
+
+    // Tokens recorded before the restart replay after it.
+    let c_again = shop.send("r1", &reserve("c", 600_000), "r-c").await;
+    c_again.expect_ok(201);
+    assert!(c_again.replayed);
+    assert_eq!(c_again.body, c.body);
+    let d_again = shop.send("r1", &reserve("d", 600_000), "r-d").await;
+    d_again.expect_problem(409, "pool-capacity-exceeded");
+    assert!(d_again.replayed);
+    let confirm_again = shop.send("r1", &confirm(&rsv_a), "r-confirm-a").await;
+    confirm_again.expect_ok(200);
+    assert!(confirm_again.replayed);
+    assert_eq!(h.observe(&["r1"], &ids).await, after);
+
+    // And the restarted service still decides new commands on top of the old log.
+    shop.send("r1", &cancel(&rsv_c), "r-cancel-c")
+        .await
+        .expect_ok(200);
+    assert_eq!(h.allocated("r1").await, 1);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_is_refused_but_its_reservations_remain() {
+    let h = Harness::start().await;
+    let shop = h.register("leaving_shop", Role::Client, 51).await;
+    h.admin_raw
+        .send("rv", &declare(3), "declare-rv")
+        .await
+        .expect_ok(201);
+    let made = shop.send("rv", &reserve("a", 600_000), "rv-a").await;
+    made.expect_ok(201);
+    let rsv = made.reservation();
+
+    let revoked = h
+        .admin
+        .revoke_actor(&ActorId::new("leaving_shop"), "revoke-leaving")
+        .await
+        .expect("revoke");
+    assert_eq!(revoked.status, 200, "{revoked:?}");
+
+    let before = h.observe(&["rv"], &[&rsv]).await;
+    shop.send("rv", &reserve("b", 600_000), "rv-b")
+        .await
+        .expect_problem(401, "invalid-request");
+    // Not even a replay of its own recorded token is served to a revoked key.
+    shop.send("rv", &reserve("a", 600_000), "rv-a")
+        .await
+        .expect_problem(401, "invalid-request");
+    shop.send("rv", &cancel(&rsv), "rv-cancel")
+        .await
+        .expect_problem(401, "invalid-request");
+    assert_eq!(h.observe(&["rv"], &[&rsv]).await, before);
+
+    let view = h.reservation(&rsv).await;
+    view.expect_ok(200);
+    assert_eq!(view.body["state"], "held");
+    assert_eq!(view.body["requester"], "a");
+    // Revoking again: the actor has no key in force.
+    let again = h
+        .admin
+        .revoke_actor(&ActorId::new("leaving_shop"), "revoke-leaving-2")
+        .await
+        .expect("revoke");
+    assert_eq!(again.status, 404, "{again:?}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_openapi_and_metrics() {
+    let h = Harness::start().await;
+    let health = h.get("/healthz").await;
+    health.expect_ok(200);
+    assert_eq!(health.body["status"], "ok");
+
+    let openapi = h.get("/openapi.json").await;
+    openapi.expect_ok(200);
+    let paths = openapi.body["paths"].as_object().expect("paths object");
+    for path in [
+        "/v1/pools/{pool}/reservations",
+        "/v1/reservations/{reservation}",
+        "/v1/reservations/{reservation}/confirm",
+    ] {
+        assert!(paths.contains_key(path), "openapi lacks {path}");
+    }
+
+    let metrics = h.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(metrics.content_type.contains("text"), "{metrics:?}");
+    assert_eq!(h.metric("allot_sweeper_expired_total").await, 0.0);
+
+    // Unknown pool and reservation: 404 not-known problems.
+    h.pool("nothing-here")
+        .await
+        .expect_problem(404, "not-known");
+    let missing = ReservationId::parse("nothing-here:1").expect("id");
+    h.reservation(&missing)
+        .await
+        .expect_problem(404, "not-known");
+    h.shutdown().await;
+}

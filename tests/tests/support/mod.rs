@@ -1,0 +1,596 @@
+//! Shared fixture of the HTTP end-to-end and security tests: a real `Service` on loopback over a
+//! store opened by [`open_store`], the first admin's client, registered client actors, raw
+//! signed requests, and "nothing changed" snapshots.
+//!
+//! Switching the backend is a one-line change in [`open_store`]; a restart reopens the store
+//! with the same function, so the tests do not care which backend answers.
+
+// Each test binary uses its own subset of the fixture.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use allot_domain::{
+    Action, ActorChange, ActorId, IdempotencyToken, PoolId, ReservationId, Role, Timestamp,
+};
+use allot_infra::client::Client;
+use allot_infra::clock::{Clock, SystemClock};
+use allot_infra::http::{
+    ACTOR_HEADER, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, SIGNATURE_HEADER, SIGNED_AT_HEADER,
+    actor_change_params,
+};
+use allot_infra::identity::{KeyFile, command_target};
+use allot_infra::server::{FIRST_ADMIN, ServeOptions, Service, key_path};
+use allot_infra::store::EventStore;
+use allot_infra::store::memory::MemoryStore;
+use allot_projections::{Projections, Snapshot};
+use ed25519_dalek::{Signer, SigningKey};
+use serde_json::{Value, json};
+
+/// Opens the event store kept in `dir`. Called again on restart with the same `dir`: a durable
+/// backend reopens its files; the in-memory store hands back a clone of the store first opened
+/// for `dir` (clones share one log), which is what a restart over the same data looks like.
+///
+/// To run the suite over the embedded backend, replace the body with
+/// `Arc::new(allot_infra::store::embedded::EmbeddedStore::open(dir).await.expect("open store"))`.
+pub async fn open_store(dir: &Path) -> Arc<dyn EventStore> {
+    Arc::new(memory_store(dir))
+}
+
+/// The in-memory store of `dir` (created on first use). Only meaningful while [`open_store`]
+/// uses the in-memory backend.
+fn memory_store(dir: &Path) -> MemoryStore {
+    static STORES: OnceLock<Mutex<HashMap<PathBuf, MemoryStore>>> = OnceLock::new();
+    let mut stores = STORES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    stores.entry(dir.to_owned()).or_default().clone()
+}
+
+/// The request headers of the signed envelope (lower case, as `allot_infra::http` names them).
+pub const IDEMPOTENCY_KEY_NAME: &str = "idempotency-key";
+pub const ACTOR_NAME: &str = "allot-actor";
+pub const SIGNED_AT_NAME: &str = "allot-signed-at";
+pub const SIGNATURE_NAME: &str = "allot-signature";
+
+/// The header names above are the service's.
+#[test]
+fn header_names_match_the_service() {
+    assert_eq!(IDEMPOTENCY_KEY.as_str(), IDEMPOTENCY_KEY_NAME);
+    assert_eq!(ACTOR_HEADER.as_str(), ACTOR_NAME);
+    assert_eq!(SIGNED_AT_HEADER.as_str(), SIGNED_AT_NAME);
+    assert_eq!(SIGNATURE_HEADER.as_str(), SIGNATURE_NAME);
+}
+
+/// What the server answered, with the headers the tests check.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub content_type: String,
+    pub replayed: bool,
+    pub body: Value,
+}
+
+impl Resp {
+    pub fn code(&self) -> Option<&str> {
+        self.body.get("code").and_then(Value::as_str)
+    }
+
+    /// The `reservation_id` of a reserve answer.
+    pub fn reservation(&self) -> ReservationId {
+        let text = self.body["reservation_id"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no reservation_id in {self:?}"));
+        ReservationId::parse(text).unwrap_or_else(|| panic!("bad reservation_id {text}"))
+    }
+
+    /// Asserts a 2xx JSON answer with `status`.
+    #[track_caller]
+    pub fn expect_ok(&self, status: u16) -> &Self {
+        assert_eq!(self.status, status, "unexpected answer: {self:?}");
+        assert!(
+            self.content_type.starts_with("application/json"),
+            "content type {:?} in {self:?}",
+            self.content_type
+        );
+        self
+    }
+
+    /// Asserts an RFC 9457 problem with `status` and `code`.
+    #[track_caller]
+    pub fn expect_problem(&self, status: u16, code: &str) -> &Self {
+        assert_eq!(self.status, status, "unexpected answer: {self:?}");
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "not a problem document: {self:?}"
+        );
+        assert_eq!(self.code(), Some(code), "wrong problem code: {self:?}");
+        assert_eq!(self.body["status"].as_u64(), Some(u64::from(status)));
+        for member in ["type", "title", "detail"] {
+            assert!(
+                self.body[member].as_str().is_some_and(|s| !s.is_empty()),
+                "problem lacks {member}: {self:?}"
+            );
+        }
+        self
+    }
+}
+
+async fn into_resp(response: reqwest::Response) -> Resp {
+    let status = response.status().as_u16();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let content_type = header("content-type");
+    let replayed = header(IDEMPOTENT_REPLAYED.as_str()) == "true";
+    let text = response.text().await.expect("read response body");
+    let body = if content_type.contains("json") {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("invalid JSON {text:?}: {e}"))
+    } else {
+        Value::String(text)
+    };
+    Resp {
+        status,
+        content_type,
+        replayed,
+        body,
+    }
+}
+
+/// Current wall-clock time, as the service's clock reads it.
+pub fn now() -> Timestamp {
+    SystemClock.now()
+}
+
+/// The URL path and JSON body of a pool command (as the API documents them).
+pub fn request_parts(pool: &str, action: &Action) -> (String, Value) {
+    match action {
+        Action::DeclarePool {
+            capacity,
+            closes_at,
+            units,
+            idempotency_window_ms,
+        } => (
+            format!("/v1/pools/{pool}"),
+            json!({"capacity": capacity, "closes_at": closes_at, "units": units,
+                   "idempotency_window_ms": idempotency_window_ms}),
+        ),
+        Action::AdjustCapacity { capacity } => (
+            format!("/v1/pools/{pool}/capacity"),
+            json!({"capacity": capacity}),
+        ),
+        Action::ClosePool => (format!("/v1/pools/{pool}/close"), json!({})),
+        Action::Reserve {
+            resource,
+            requester,
+            duration_ms,
+            count,
+        } => (
+            format!("/v1/pools/{pool}/reservations"),
+            json!({"resource": resource, "requester": requester,
+                   "duration_ms": duration_ms, "count": count}),
+        ),
+        Action::ConfirmReservation { reservation } => (
+            format!("/v1/reservations/{pool}:{reservation}/confirm"),
+            json!({}),
+        ),
+        Action::CancelReservation { reservation } => (
+            format!("/v1/reservations/{pool}:{reservation}/cancel"),
+            json!({}),
+        ),
+        Action::ExpireReservation { reservation } => (
+            format!("/v1/reservations/{pool}:{reservation}/expire"),
+            json!({}),
+        ),
+    }
+}
+
+pub fn declare(capacity: u64) -> Action {
+    Action::DeclarePool {
+        capacity,
+        closes_at: None,
+        units: vec![],
+        idempotency_window_ms: 300_000,
+    }
+}
+
+pub fn reserve(requester: &str, duration_ms: u64) -> Action {
+    Action::Reserve {
+        resource: "vip-tier".to_owned(),
+        requester: requester.to_owned(),
+        duration_ms,
+        count: 1,
+    }
+}
+
+pub fn confirm(id: &ReservationId) -> Action {
+    Action::ConfirmReservation {
+        reservation: id.seq,
+    }
+}
+
+pub fn cancel(id: &ReservationId) -> Action {
+    Action::CancelReservation {
+        reservation: id.seq,
+    }
+}
+
+pub fn expire(id: &ReservationId) -> Action {
+    Action::ExpireReservation {
+        reservation: id.seq,
+    }
+}
+
+/// An actor speaking raw HTTP: signs commands itself so tests can tamper with any part.
+#[derive(Clone)]
+pub struct Actor {
+    pub id: ActorId,
+    pub key: SigningKey,
+    pub base: String,
+    http: reqwest::Client,
+}
+
+impl Actor {
+    /// The same actor talking to the service at `base` (after a restart).
+    pub fn at(&self, base: &str) -> Actor {
+        Actor {
+            base: base.to_owned(),
+            ..self.clone()
+        }
+    }
+
+    /// The hex signature of `action` on `pool` with `token` at `signed_at`.
+    pub fn sign(&self, pool: &str, action: &Action, token: &str, signed_at: Timestamp) -> String {
+        let pool = PoolId::new(pool);
+        let bytes = allot_domain::signing::signing_bytes(
+            action,
+            &command_target(&pool, action),
+            &IdempotencyToken::new(token),
+            &self.id,
+            signed_at,
+        );
+        hex::encode(self.key.sign(&bytes).to_bytes())
+    }
+
+    /// The headers of a correctly signed command.
+    pub fn headers(
+        &self,
+        pool: &str,
+        action: &Action,
+        token: &str,
+        signed_at: Timestamp,
+    ) -> Vec<(&'static str, String)> {
+        vec![
+            (IDEMPOTENCY_KEY_NAME, token.to_owned()),
+            (ACTOR_NAME, self.id.to_string()),
+            (SIGNED_AT_NAME, signed_at.0.to_string()),
+            (SIGNATURE_NAME, self.sign(pool, action, token, signed_at)),
+        ]
+    }
+
+    /// Signs `action` now and sends it.
+    pub async fn send(&self, pool: &str, action: &Action, token: &str) -> Resp {
+        self.send_at(pool, action, token, now()).await
+    }
+
+    /// Signs `action` at `signed_at` and sends it.
+    pub async fn send_at(
+        &self,
+        pool: &str,
+        action: &Action,
+        token: &str,
+        signed_at: Timestamp,
+    ) -> Resp {
+        let (path, body) = request_parts(pool, action);
+        let headers = self.headers(pool, action, token, signed_at);
+        self.post_raw(&path, &headers, body.to_string()).await
+    }
+
+    /// Signs (as this actor) and sends an actor-registry change: registering `target` with
+    /// `role` and `public_key`, or revoking it when `role` is `None`.
+    pub async fn actor_change(
+        &self,
+        target: &str,
+        change: Option<(Role, [u8; 32])>,
+        token: &str,
+    ) -> Resp {
+        let (change, path, body) = match change {
+            Some((role, public_key)) => (
+                ActorChange::Registered { role, public_key },
+                format!("/v1/actors/{target}"),
+                json!({"role": role.as_str(), "public_key": hex::encode(public_key)}),
+            ),
+            None => (
+                ActorChange::Revoked,
+                format!("/v1/actors/{target}/revoke"),
+                json!({}),
+            ),
+        };
+        let signed_at = now();
+        let (action, params) = actor_change_params(&change);
+        let bytes = allot_domain::signing::actor_signing_bytes(
+            action,
+            &ActorId::new(target),
+            &params,
+            &IdempotencyToken::new(token),
+            &self.id,
+            signed_at,
+        );
+        let headers = vec![
+            (IDEMPOTENCY_KEY_NAME, token.to_owned()),
+            (ACTOR_NAME, self.id.to_string()),
+            (SIGNED_AT_NAME, signed_at.0.to_string()),
+            (
+                SIGNATURE_NAME,
+                hex::encode(self.key.sign(&bytes).to_bytes()),
+            ),
+        ];
+        self.post_raw(&path, &headers, body.to_string()).await
+    }
+
+    /// POSTs `body` as JSON with exactly `headers` (plus content type).
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> Resp {
+        let mut request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        into_resp(request.send().await.expect("send request")).await
+    }
+}
+
+/// A running service and everything the tests need to talk to it.
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub service: Option<Service>,
+    pub base: String,
+    pub http: reqwest::Client,
+    /// The first admin, through the crate's signing client.
+    pub admin: Client,
+    /// The first admin, as a raw actor.
+    pub admin_raw: Actor,
+}
+
+impl Harness {
+    pub fn store_dir(dir: &Path) -> PathBuf {
+        dir.join("store")
+    }
+
+    pub fn keys_dir(dir: &Path) -> PathBuf {
+        dir.join("keys")
+    }
+
+    async fn start_service(dir: &Path) -> Service {
+        let store = open_store(&Self::store_dir(dir)).await;
+        Service::start(
+            store,
+            Arc::new(SystemClock),
+            Arc::new(Projections::new()),
+            ServeOptions {
+                listen: "127.0.0.1:0".parse().expect("loopback address"),
+                keys_dir: Self::keys_dir(dir),
+                sweeper: true,
+            },
+        )
+        .await
+        .expect("start service")
+    }
+
+    /// Starts a service over a fresh store and key directory.
+    pub async fn start() -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let service = Self::start_service(dir.path()).await;
+        let base = format!("http://{}", service.addr);
+        let (file, key) =
+            KeyFile::read(&key_path(&Self::keys_dir(dir.path()), FIRST_ADMIN)).expect("admin.key");
+        assert_eq!(file.role, Role::Admin);
+        let http = reqwest::Client::new();
+        let admin_id = ActorId::new(file.actor);
+        let admin = Client::new(base.clone(), admin_id.clone(), key.clone());
+        let admin_raw = Actor {
+            id: admin_id,
+            key,
+            base: base.clone(),
+            http: http.clone(),
+        };
+        Harness {
+            dir,
+            service: Some(service),
+            base,
+            http,
+            admin,
+            admin_raw,
+        }
+    }
+
+    pub fn service(&self) -> &Service {
+        self.service.as_ref().expect("service running")
+    }
+
+    /// Drains and stops the service, then starts a new one over the same store and keys.
+    /// Returns the projections snapshot of the stopped service.
+    pub async fn restart(&mut self) -> Snapshot {
+        let service = self.service.take().expect("service running");
+        let ledger = service.ledger.clone();
+        service.shutdown().await.expect("graceful shutdown");
+        let before = ledger.projections().snapshot();
+        drop(ledger);
+        let service = Self::start_service(self.dir.path()).await;
+        self.base = format!("http://{}", service.addr);
+        self.admin = Client::new(
+            self.base.clone(),
+            self.admin.actor().clone(),
+            self.admin_raw.key.clone(),
+        );
+        self.admin_raw.base = self.base.clone();
+        self.service = Some(service);
+        before
+    }
+
+    /// A raw actor with `key` (registered or not).
+    pub fn actor(&self, name: &str, key: SigningKey) -> Actor {
+        Actor {
+            id: ActorId::new(name),
+            key,
+            base: self.base.clone(),
+            http: self.http.clone(),
+        }
+    }
+
+    /// Registers `name` with `role` and the key derived from `seed`, through the crate's client.
+    pub async fn register(&self, name: &str, role: Role, seed: u8) -> Actor {
+        let key = SigningKey::from_bytes(&[seed; 32]);
+        let answer = self
+            .admin
+            .register_actor(
+                &ActorId::new(name),
+                role,
+                key.verifying_key().to_bytes(),
+                &format!("register-{name}"),
+            )
+            .await
+            .expect("register request");
+        assert_eq!(answer.status, 200, "register {name}: {answer:?}");
+        self.actor(name, key)
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        into_resp(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .send()
+                .await
+                .expect("GET"),
+        )
+        .await
+    }
+
+    pub async fn pool(&self, pool: &str) -> Resp {
+        self.get(&format!("/v1/pools/{pool}")).await
+    }
+
+    pub async fn allocated(&self, pool: &str) -> u64 {
+        let pool = self.pool(pool).await;
+        pool.expect_ok(200);
+        pool.body["allocated"].as_u64().expect("allocated")
+    }
+
+    pub async fn reservation(&self, id: &ReservationId) -> Resp {
+        self.get(&format!("/v1/reservations/{id}")).await
+    }
+
+    pub async fn state_of(&self, id: &ReservationId) -> String {
+        let answer = self.reservation(id).await;
+        answer.expect_ok(200);
+        answer.body["state"].as_str().expect("state").to_owned()
+    }
+
+    /// Number of events in the store (every stream), read through the port; for the in-memory
+    /// backend cross-checked against `MemoryStore::len`.
+    pub async fn event_count(&self) -> usize {
+        let store = self.service().ledger.store();
+        let mut count = 0;
+        let mut after = None;
+        loop {
+            let page = store.read_all(after, 4096).await.expect("read_all");
+            count += page.len();
+            match page.last() {
+                Some(last) if page.len() == 4096 => after = Some(last.position),
+                _ => break,
+            }
+        }
+        let memory = memory_store(&Self::store_dir(self.dir.path()));
+        if !memory.is_empty() {
+            assert_eq!(
+                memory.len(),
+                count,
+                "MemoryStore::len disagrees with read_all"
+            );
+        }
+        count
+    }
+
+    /// Everything a refused request must leave untouched: the store's length, every projection,
+    /// and the HTTP views of `pools` and `reservations`.
+    pub async fn observe(&self, pools: &[&str], reservations: &[&ReservationId]) -> Observed {
+        let mut http = Vec::new();
+        for pool in pools {
+            http.push(self.pool(pool).await.body);
+        }
+        for id in reservations {
+            http.push(self.reservation(id).await.body);
+        }
+        Observed {
+            events: self.event_count().await,
+            projections: self.service().ledger.projections().snapshot(),
+            http,
+        }
+    }
+
+    /// The value of the sample `name` (e.g. `allot_sweeper_expired_total`) in `/metrics`.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let metrics = self.get("/metrics").await;
+        assert_eq!(metrics.status, 200);
+        let text = metrics.body.as_str().expect("metrics text");
+        text.lines()
+            .find_map(|line| {
+                let (sample, value) = line.split_once(' ')?;
+                (sample == name).then(|| value.trim().parse::<f64>().ok())?
+            })
+            .unwrap_or_else(|| panic!("metric {name} not in /metrics:\n{text}"))
+    }
+
+    /// Polls `id` until its state is `state`, for at most `deadline`; returns the wall-clock
+    /// time at which it was first observed so, or panics with the last answer.
+    pub async fn wait_for_state(
+        &self,
+        id: &ReservationId,
+        state: &str,
+        deadline: Duration,
+    ) -> Timestamp {
+        let started = Instant::now();
+        loop {
+            let answer = self.reservation(id).await;
+            let seen = now();
+            if answer.body["state"] == state {
+                return seen;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "{id} not {state} within {deadline:?}: {answer:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(service) = self.service.take() {
+            service.shutdown().await.expect("graceful shutdown");
+        }
+    }
+}
+
+/// See [`Harness::observe`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub events: usize,
+    pub projections: Snapshot,
+    pub http: Vec<Value>,
+}
