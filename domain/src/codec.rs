@@ -10,6 +10,9 @@ use crate::event::Event;
 
 /// Schema of newly written pool and actor events.
 pub const SCHEMA_VERSION: u8 = 1;
+/// Largest encoded event any valid command produces is below this (the store accepts 64 KiB);
+/// `tests/codec.rs` checks the largest valid `declare_pool` against it.
+pub const ENCODED_EVENT_BYTES_MAX: usize = 60 * 1024;
 /// Decoding refuses payloads claiming more than this many bytes for any field (fuzzed input
 /// must not make the decoder allocate without bound).
 pub const DECODE_BYTES_MAX: usize = 1 << 20;

@@ -18,14 +18,17 @@ pub const POOL_ID_BYTES_MAX: usize = 64;
 pub const TOKEN_BYTES_MAX: usize = 255;
 /// Longest actor id, in bytes.
 pub const ACTOR_BYTES_MAX: usize = 128;
-/// Longest resource label or unit name, in bytes.
+/// Longest resource label, in bytes.
 pub const RESOURCE_BYTES_MAX: usize = 128;
+/// Longest named unit, in bytes. With [`UNITS_MAX`] it keeps the largest `declare_pool` event
+/// (~50 KiB) under [`crate::codec::ENCODED_EVENT_BYTES_MAX`].
+pub const UNIT_BYTES_MAX: usize = 48;
 /// Longest requester label, in bytes.
 pub const REQUESTER_BYTES_MAX: usize = 128;
 /// Largest pool capacity. Far above any physical pool; refuses absurd values like 2^64-1.
 pub const CAPACITY_MAX: u64 = 1_000_000_000;
 /// Most named units a pool may declare.
-pub const UNITS_MAX: usize = 10_000;
+pub const UNITS_MAX: usize = 1_024;
 /// Most units one reservation may take.
 pub const COUNT_MAX: u32 = 10_000;
 /// Shortest hold: one second.
@@ -178,9 +181,13 @@ impl Action {
                 ("requester", requester.clone()),
                 ("resource", resource.clone()),
             ],
-            Action::ConfirmReservation { .. }
-            | Action::CancelReservation { .. }
-            | Action::ExpireReservation { .. } => vec![],
+            // The reservation is a parameter: reusing a token for another reservation must be
+            // a collision, not a replay of the first one's outcome.
+            Action::ConfirmReservation { reservation }
+            | Action::CancelReservation { reservation }
+            | Action::ExpireReservation { reservation } => {
+                vec![("reservation", reservation.to_string())]
+            }
         }
     }
 }
@@ -279,7 +286,7 @@ impl Command {
                 }
                 let mut seen = HashSet::with_capacity(units.len());
                 for unit in units {
-                    check_label("units", unit, RESOURCE_BYTES_MAX)?;
+                    check_label("units", unit, UNIT_BYTES_MAX)?;
                     if unit.contains('\u{1f}') || !seen.insert(unit.as_str()) {
                         return Err(Rejection::invalid(
                             "units",

@@ -590,13 +590,10 @@ proptest! {
 }
 
 #[test]
-#[ignore = "domain bug: a valid declare_pool with UNITS_MAX units of RESOURCE_BYTES_MAX bytes \
-            (command.rs) encodes to ~1.3 MB, above codec::DECODE_BYTES_MAX (1 MiB, codec.rs), so \
-            decode_event refuses the stored event with Malformed(LimitExceeded)"]
 fn the_largest_valid_declare_event_round_trips() {
-    use allot_domain::command::{RESOURCE_BYTES_MAX, UNITS_MAX};
+    use allot_domain::command::{UNIT_BYTES_MAX, UNITS_MAX};
     let units: Vec<String> = (0..UNITS_MAX)
-        .map(|i| format!("{i:0>width$}", width = RESOURCE_BYTES_MAX))
+        .map(|i| format!("{i:0>width$}", width = UNIT_BYTES_MAX))
         .collect();
     let action = Action::DeclarePool {
         capacity: allot_domain::command::CAPACITY_MAX,
@@ -618,5 +615,10 @@ fn the_largest_valid_declare_event_round_trips() {
         panic!("a valid declare is decided: {decision:?}");
     };
     let bytes = encode_event(&event);
+    assert!(
+        bytes.len() <= allot_domain::codec::ENCODED_EVENT_BYTES_MAX,
+        "largest declare encodes to {} bytes",
+        bytes.len()
+    );
     assert_eq!(decode_event(&bytes), Ok(event));
 }
