@@ -45,10 +45,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
 use allot_domain::{
-    Action, ActorChange, ActorEvent, ActorId, ActorRegistry, Change, Event, Pool, PoolId,
+    Action, ActorChange, ActorEvent, ActorId, ActorKey, ActorRegistry, Change, Event, Pool, PoolId,
     ReservationId, ReservationState, Role, Timestamp, evolve, signing,
 };
 use serde::Serialize;
@@ -302,9 +303,9 @@ struct PoolAudit {
     confirmed_units: u64,
     /// Reservation `seq` at index `seq - 1`.
     reservations: Vec<Reservation>,
-    out_of_sequence: HashMap<u64, Reservation>,
-    tokens: HashMap<Arc<str>, TokenUse>,
-    token_order: VecDeque<(Timestamp, Arc<str>)>,
+    out_of_sequence: FastMap<u64, Reservation>,
+    tokens: FastMap<Arc<[u8]>, TokenUse>,
+    token_order: VecDeque<(Timestamp, Arc<[u8]>)>,
     /// The domain's aggregate, while `evolve` accepts this pool's events.
     fold: Option<Pool>,
 }
@@ -385,7 +386,7 @@ impl Findings {
 /// The push-based audit: `observe` every record in position order, then `finish`.
 pub struct Audit {
     options: AuditOptions,
-    streams: HashMap<String, usize>,
+    streams: FastMap<String, usize>,
     pools: Vec<PoolAudit>,
     actors: ActorRegistry,
     actors_next_version: u64,
@@ -401,7 +402,10 @@ pub struct Audit {
     violations: Vec<Violation>,
     verifier: Option<Verifier>,
     ready: Vec<Outcome>,
-    key_buffer: String,
+    key_buffer: Vec<u8>,
+    /// The last pool event's actor key lookup: (actor, key), reused while the actor repeats and
+    /// its key is valid (cleared by every actor event).
+    last_key: Option<(ActorId, Option<ActorKey>)>,
     /// Keep only violations of this check (forensics reuse the audit's reconstruction).
     keep_only: Option<Check>,
 }
@@ -416,7 +420,7 @@ impl Audit {
     pub fn new(options: AuditOptions) -> Audit {
         Audit {
             options,
-            streams: HashMap::new(),
+            streams: FastMap::default(),
             pools: Vec::new(),
             actors: ActorRegistry::default(),
             actors_next_version: 0,
@@ -431,7 +435,8 @@ impl Audit {
             violations: Vec::new(),
             verifier: options.verify_signatures.then(Verifier::start),
             ready: Vec::new(),
-            key_buffer: String::new(),
+            key_buffer: Vec::new(),
+            last_key: None,
             keep_only: None,
         }
     }
@@ -528,8 +533,8 @@ impl Audit {
                     held_units: 0,
                     confirmed_units: 0,
                     reservations: Vec::new(),
-                    out_of_sequence: HashMap::new(),
-                    tokens: HashMap::new(),
+                    out_of_sequence: FastMap::default(),
+                    tokens: FastMap::default(),
                     token_order: VecDeque::new(),
                     fold: self.options.check_fold.then(Pool::default),
                 });
@@ -578,7 +583,7 @@ impl Audit {
         token_key(key_buffer, &event.actor, event.token.as_str());
         let earlier = if pool.declared {
             pool.tokens
-                .get(key_buffer.as_str())
+                .get(key_buffer.as_slice())
                 .filter(|used| event.at < used.at.plus_ms(pool.window_ms))
                 .copied()
         } else {
@@ -610,7 +615,7 @@ impl Audit {
             };
             findings.add(Check::Idempotency, detail);
         }
-        let key: Arc<str> = Arc::from(key_buffer.as_str());
+        let key: Arc<[u8]> = Arc::from(key_buffer.as_slice());
         let made = match event.change {
             Change::Reserved { reservation, .. } => reservation,
             _ => 0,
@@ -690,8 +695,21 @@ impl Audit {
     fn check_attribution(&mut self, recorded: &RecordedPoolEvent, findings: &mut Findings) {
         let event = &recorded.event;
         let signed_at = event.attestation.signed_at;
-        let key = self.actors.key_at(&event.actor, signed_at);
-        match key {
+        let cached = match &self.last_key {
+            Some((actor, key)) if *actor == event.actor => {
+                key.as_ref().filter(|key| key.valid_at(signed_at)).cloned()
+            }
+            _ => None,
+        };
+        let key = match cached {
+            Some(key) => Some(key),
+            None => {
+                let key = self.actors.key_at(&event.actor, signed_at).cloned();
+                self.last_key = Some((event.actor.clone(), key.clone()));
+                key
+            }
+        };
+        match &key {
             None => findings.add(
                 Check::Attribution,
                 format!(
@@ -710,7 +728,7 @@ impl Audit {
             ),
             Some(_) => {}
         }
-        let public_key = key.map(|key| key.public_key);
+        let public_key = key.as_ref().map(|key| key.public_key);
         if let Some(verifier) = self.verifier.as_mut() {
             verifier.submit(
                 Job {
@@ -813,6 +831,7 @@ impl Audit {
             );
         }
         self.actors.apply(event);
+        self.last_key = None;
         for (check, detail) in findings.items {
             self.report(Violation {
                 check,
@@ -889,12 +908,53 @@ impl Audit {
 }
 
 /// `(actor, token)` as one unambiguous key: the actor's length, then both.
-fn token_key(out: &mut String, actor: &ActorId, token: &str) {
-    use std::fmt::Write as _;
-    let _ = write!(out, "{}:", actor.as_str().len());
-    out.push_str(actor.as_str());
-    out.push_str(token);
+fn token_key(out: &mut Vec<u8>, actor: &ActorId, token: &str) {
+    let actor = actor.as_str().as_bytes();
+    out.extend_from_slice(&(actor.len() as u64).to_le_bytes());
+    out.extend_from_slice(actor);
+    out.extend_from_slice(token.as_bytes());
 }
+
+/// A multiply-rotate hasher for the audit's hot maps (stream names, token keys). The audit reads
+/// a log, not requests, so collision flooding is not a concern worth SipHash's cost per event.
+#[derive(Debug, Default, Clone, Copy)]
+struct FastHasher(u64);
+
+impl FastHasher {
+    const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
+    }
+}
+
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.add(value);
+    }
+
+    fn finish(&self) -> u64 {
+        // Fold the high bits down: the table indexes with the low ones.
+        self.0 ^ (self.0 >> 29)
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
 
 /// The bytes the signer of an actor event signed.
 pub(crate) fn actor_message(event: &ActorEvent) -> Vec<u8> {

@@ -1,0 +1,83 @@
+//! A rough audit throughput probe (ignored by default; run in release):
+//! `cargo test -p allot-replay --release --test throughput -- --ignored --nocapture`.
+
+mod common;
+
+use std::time::Instant;
+
+use allot_replay::{Audit, AuditOptions, Rebuild};
+use common::{Ledger, MINUTE};
+
+#[test]
+#[ignore = "a measurement, not a check"]
+fn audit_throughput() {
+    let mut ledger = Ledger::new();
+    const POOLS: u64 = 50;
+    const EVENTS_PER_POOL: u64 = 6_000;
+    for p in 0..POOLS {
+        ledger.declare(p, &format!("p{p}"), 1_000_000, None, &[]);
+    }
+    for i in 0..EVENTS_PER_POOL / 3 {
+        for p in 0..POOLS {
+            let pool = format!("p{p}");
+            let ms = MINUTE + i * 1_000 + p;
+            let seq = i + 1;
+            ledger.reserve(ms, &pool, "fan", "ga", &format!("r{i}"));
+            ledger.confirm(ms + 1, &pool, seq, &format!("c{i}"));
+            if i % 2 == 0 {
+                ledger
+                    .run(
+                        ms + 2,
+                        "shop",
+                        &pool,
+                        &format!("x{i}"),
+                        allot_domain::Action::ConfirmReservation { reservation: seq },
+                    )
+                    .expect("recorded");
+            } else {
+                ledger.reserve(ms + 2, &pool, "fan2", "ga", &format!("y{i}"));
+            }
+        }
+    }
+    let events = ledger.records.len() as f64;
+    // ALLOT_AUDIT_REPEAT=n repeats the records-only audit (for a profiler).
+    let repeat: u32 = std::env::var("ALLOT_AUDIT_REPEAT")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    for _ in 0..repeat {
+        assert!(Audit::run(AuditOptions::records_only(), &ledger.records).is_clean());
+    }
+    for (name, options) in [
+        ("records only", AuditOptions::records_only()),
+        (
+            "with fold",
+            AuditOptions {
+                check_fold: true,
+                ..AuditOptions::records_only()
+            },
+        ),
+        (
+            "with signatures",
+            AuditOptions {
+                check_fold: false,
+                ..AuditOptions::default()
+            },
+        ),
+    ] {
+        let started = Instant::now();
+        let report = Audit::run(options, &ledger.records);
+        let elapsed = started.elapsed().as_secs_f64();
+        assert!(report.is_clean(), "{report}");
+        println!(
+            "audit {name}: {events} events in {elapsed:.3} s = {:.0} events/s",
+            events / elapsed
+        );
+    }
+    let started = Instant::now();
+    Rebuild::default()
+        .run(&ledger.records, |_| {})
+        .expect("rebuilds");
+    let elapsed = started.elapsed().as_secs_f64();
+    println!("rebuild: {:.0} events/s", events / elapsed);
+}
