@@ -23,7 +23,10 @@ const CHART_WIDTH: f64 = 760.0;
 const CHART_HEIGHT: f64 = 220.0;
 const MARGIN_LEFT: f64 = 50.0;
 const MARGIN_RIGHT: f64 = 20.0;
-const MARGIN_TOP: f64 = 24.0;
+const MARGIN_TOP: f64 = 40.0;
+/// The strip above the plot where rejections are marked.
+const MARKS_Y: f64 = 30.0;
+const CUTOFF_LABEL_Y: f64 = 12.0;
 const MARGIN_BOTTOM: f64 = 30.0;
 
 /// A thinned time series.
@@ -370,22 +373,16 @@ fn chart(page: &mut String, pool: &PoolReport) {
         let cx = x(cutoff.0);
         let _ = writeln!(
             page,
-            "<line class=\"cutoff\" x1=\"{cx:.1}\" y1=\"{MARGIN_TOP}\" x2=\"{cx:.1}\" y2=\"{base}\"><title>closes_at {}</title></line><text x=\"{:.1}\" y=\"{}\">closes_at</text>",
+            "<line class=\"cutoff\" x1=\"{cx:.1}\" y1=\"{CUTOFF_LABEL_Y}\" x2=\"{cx:.1}\" y2=\"{base}\"><title>closes_at {}</title></line><text x=\"{:.1}\" y=\"{CUTOFF_LABEL_Y}\">closes_at</text>",
             utc(cutoff.0),
             cx + 3.0,
-            MARGIN_TOP - 8.0
         );
     }
     for (at, code) in pool.rejections.all() {
-        let row = RejectionCode::ALL
-            .iter()
-            .position(|c| *c == code)
-            .unwrap_or(0) as f64;
         let _ = writeln!(
             page,
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"><title>{} at {}</title></circle>",
+            "<circle cx=\"{:.1}\" cy=\"{MARKS_Y}\" r=\"3\" fill=\"{}\"><title>{} at {}</title></circle>",
             x(at),
-            MARGIN_TOP + 2.0 + row * 2.5,
             color(code),
             code.as_str(),
             utc(at)

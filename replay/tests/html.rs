@@ -9,6 +9,9 @@ use common::{Ledger, SECOND, walkthrough};
 fn the_report_draws_every_pool_and_the_cutoff() {
     let ledger = walkthrough();
     let page = html_report(&ledger.records, "walkthrough <audit>");
+    if let Ok(path) = std::env::var("ALLOT_HTML_OUT") {
+        std::fs::write(path, &page).expect("writes the page");
+    }
     assert_eq!(page.matches("<svg xmlns").count(), 3, "one chart per pool");
     assert_eq!(
         page.matches("<title>closes_at").count(),
