@@ -101,6 +101,12 @@ async fn seed_walkthrough_over_http() {
     assert_eq!(h.allocated("pool_vip").await, 1);
     let b_view = h.reservation(&rsv_b).await;
     assert_eq!(b_view.body["slot_held"], false);
+    // A late confirm of the expired hold cannot take the returned slot back.
+    checkout
+        .send("pool_vip", &confirm(&rsv_b), "tok_b2")
+        .await
+        .expect_problem(409, "not-held");
+    assert_eq!(h.allocated("pool_vip").await, 1);
 
     // Buyer C retries with a fresh token and gets the slot B let lapse.
     let c2 = checkout
@@ -261,6 +267,19 @@ async fn refusals_are_problems_and_change_nothing() {
         422,
         "token-collision",
     ));
+    checks.push((
+        "token reuse for another action",
+        shop.send("p2", &confirm(&rsv), "t-1").await,
+        422,
+        "token-collision",
+    ));
+    // 404: a pool nobody declared.
+    checks.push((
+        "undeclared pool",
+        shop.send("never-declared", &good, "t-11").await,
+        404,
+        "not-known",
+    ));
     // 401: bad signature, stale signed_at, unregistered actor.
     let mut headers = shop.headers("p2", &good, "t-6", now());
     for (name, value) in &mut headers {
@@ -366,6 +385,41 @@ async fn five_hundred_concurrent_reserves_on_one_seat() {
     h.shutdown().await;
 }
 
+/// Many copies of one request in flight at once (a client retrying impatiently) act once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_retries_of_one_token_act_once() {
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 35).await;
+    h.admin_raw
+        .send("retry", &declare(10), "declare-retry")
+        .await
+        .expect_ok(201);
+    let events = h.event_count().await;
+    let action = reserve("impatient", 600_000);
+    let (path, body) = support::request_parts("retry", &action);
+    let headers = shop.headers("retry", &action, "same-token", now());
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let (shop, path, headers) = (shop.clone(), path.clone(), headers.clone());
+            let body = body.to_string();
+            tokio::spawn(async move { shop.post_raw(&path, &headers, body).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("task"));
+    }
+    for answer in &answers {
+        answer.expect_ok(201);
+        assert_eq!(answer.body, answers[0].body);
+    }
+    let fresh = answers.iter().filter(|a| !a.replayed).count();
+    assert_eq!(fresh, 1, "decided more than once");
+    assert_eq!(h.allocated("retry").await, 1);
+    assert_eq!(h.event_count().await, events + 1);
+    h.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_answers_the_same_and_replays_recorded_tokens() {
     let mut h = Harness::start().await;
@@ -427,6 +481,93 @@ async fn restart_answers_the_same_and_replays_recorded_tokens() {
         .await
         .expect_ok(200);
     assert_eq!(h.allocated("r1").await, 1);
+    h.shutdown().await;
+}
+
+/// Shutdown while requests are in flight: every acknowledged reserve survives the restart, and
+/// retrying every token afterwards never places a second hold for one token. Holds whatever the
+/// interleaving of requests and shutdown turns out to be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_under_load_loses_nothing_and_doubles_nothing() {
+    const N: usize = 120;
+    let mut h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 45).await;
+    h.admin_raw
+        .send("drain", &declare(1_000), "declare-drain")
+        .await
+        .expect_ok(201);
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let shop = shop.clone();
+            tokio::spawn(async move {
+                let action = reserve(&format!("r{i}"), 600_000);
+                let (path, body) = support::request_parts("drain", &action);
+                let headers = shop.headers("drain", &action, &format!("drain-{i}"), now());
+                shop.try_post_raw(&path, &headers, body.to_string()).await
+            })
+        })
+        .collect();
+    // Once a quarter are recorded, shut down while the rest are in flight.
+    let started = std::time::Instant::now();
+    let drain = allot_domain::PoolId::new("drain");
+    loop {
+        let counts = h.service().ledger.projections().counts.get(&drain);
+        if counts.is_some_and(|c| c.reservations >= (N / 4) as u64) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "load never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let snapshot = h.restart().await;
+    let mut acknowledged = Vec::new();
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.expect("task") {
+            Ok(answer) if answer.status == 201 => acknowledged.push((i, answer)),
+            Ok(answer) => assert!(
+                answer.status == 503,
+                "unexpected answer during shutdown: {answer:?}"
+            ),
+            Err(_) => {} // never reached the service, or the connection was closed
+        }
+    }
+    let recorded = snapshot.counts["drain"].reservations;
+    assert_eq!(
+        recorded,
+        acknowledged.len() as u64,
+        "acknowledged reserves differ from recorded ones"
+    );
+    let shop = shop.at(&h.base);
+    for (i, answer) in &acknowledged {
+        let view = h.reservation(&answer.reservation()).await;
+        assert_eq!(view.body["requester"], format!("r{i}"), "{view:?}");
+    }
+    // Every client retries every token after the restart.
+    let mut replays = 0;
+    for i in 0..N {
+        let again = shop
+            .send(
+                "drain",
+                &reserve(&format!("r{i}"), 600_000),
+                &format!("drain-{i}"),
+            )
+            .await;
+        again.expect_ok(201);
+        if let Some((_, first)) = acknowledged.iter().find(|(j, _)| *j == i) {
+            assert!(
+                again.replayed,
+                "acknowledged token decided again: {again:?}"
+            );
+            assert_eq!(again.body, first.body);
+            replays += 1;
+        }
+    }
+    assert_eq!(replays, acknowledged.len());
+    let pool = h.pool("drain").await;
+    assert_eq!(pool.body["reservations"], N as u64, "{pool:?}");
+    assert_eq!(pool.body["allocated"], N as u64);
     h.shutdown().await;
 }
 

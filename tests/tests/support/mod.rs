@@ -296,13 +296,25 @@ impl Actor {
     }
 
     /// Signs (as this actor) and sends an actor-registry change: registering `target` with
-    /// `role` and `public_key`, or revoking it when `role` is `None`.
+    /// `role` and `public_key`, or revoking it when `change` is `None`.
     pub async fn actor_change(
         &self,
         target: &str,
         change: Option<(Role, [u8; 32])>,
         token: &str,
     ) -> Resp {
+        let (path, headers, body) = self.actor_change_request(target, change, token);
+        self.post_raw(&path, &headers, body).await
+    }
+
+    /// The path, headers and body of a signed actor-registry change (see
+    /// [`Actor::actor_change`]), so tests can send it again verbatim.
+    pub fn actor_change_request(
+        &self,
+        target: &str,
+        change: Option<(Role, [u8; 32])>,
+        token: &str,
+    ) -> (String, Vec<(&'static str, String)>, String) {
         let (change, path, body) = match change {
             Some((role, public_key)) => (
                 ActorChange::Registered { role, public_key },
@@ -334,7 +346,7 @@ impl Actor {
                 hex::encode(self.key.sign(&bytes).to_bytes()),
             ),
         ];
-        self.post_raw(&path, &headers, body.to_string()).await
+        (path, headers, body.to_string())
     }
 
     /// POSTs `body` as JSON with exactly `headers` (plus content type).
@@ -344,6 +356,19 @@ impl Actor {
         headers: &[(&str, String)],
         body: impl Into<reqwest::Body>,
     ) -> Resp {
+        self.try_post_raw(path, headers, body)
+            .await
+            .expect("send request")
+    }
+
+    /// As [`Actor::post_raw`], but a transport failure (refused or dropped connection) is an
+    /// `Err` instead of a panic.
+    pub async fn try_post_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> Result<Resp, reqwest::Error> {
         let mut request = self
             .http
             .post(format!("{}{path}", self.base))
@@ -352,7 +377,7 @@ impl Actor {
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        into_resp(request.send().await.expect("send request")).await
+        Ok(into_resp(request.send().await?).await)
     }
 }
 
