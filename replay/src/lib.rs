@@ -20,7 +20,7 @@
 //! - `audit`: [`Audit`] (push-based), [`Check`], [`Violation`], [`AuditReport`].
 //! - `crypto`: batch ed25519 verification and digest checks on worker threads.
 //! - `forensics`: [`as_of`], [`stranded_slots`], [`disputed_double_booking`],
-//!   [`contention_window`].
+//!   [`contention_window`], each also a push-based query ([`AsOfQuery`], ...).
 //! - `rebuild`: [`Rebuild`] of projections and pool aggregates, [`Checkpoint`].
 //! - `html`: [`html_report`], inline SVG per pool.
 
