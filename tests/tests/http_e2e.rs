@@ -3,9 +3,11 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use allot_domain::{ActorId, Change, ReservationId, Role};
+use allot_infra::clock::{Clock, ManualClock};
 use allot_infra::ledger::{decode_pool, pool_stream};
 use allot_infra::server::FIRST_SWEEPER;
 use serde_json::{Value, json};
@@ -648,5 +650,197 @@ async fn healthz_openapi_and_metrics() {
     h.reservation(&missing)
         .await
         .expect_problem(404, "not-known");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pool_administration_counts_and_units_over_http() {
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 91).await;
+    let admin = &h.admin_raw;
+    let pair = |requester: &str| allot_domain::Action::Reserve {
+        resource: "tier".into(),
+        requester: requester.into(),
+        duration_ms: 600_000,
+        count: 2,
+    };
+    admin
+        .send("adm", &declare(3), "adm-declare")
+        .await
+        .expect_ok(201);
+    admin
+        .send("adm", &declare(3), "adm-declare-again")
+        .await
+        .expect_problem(409, "pool-already-declared");
+    let first = shop.send("adm", &pair("a"), "adm-a").await;
+    first.expect_ok(201);
+    let rsv_a = first.reservation();
+    assert_eq!(h.allocated("adm").await, 2);
+    shop.send("adm", &pair("b"), "adm-b")
+        .await
+        .expect_problem(409, "pool-capacity-exceeded");
+    admin
+        .send(
+            "adm",
+            &allot_domain::Action::AdjustCapacity { capacity: 1 },
+            "adm-shrink",
+        )
+        .await
+        .expect_problem(409, "capacity-below-allocated");
+    admin
+        .send(
+            "adm",
+            &allot_domain::Action::AdjustCapacity { capacity: 4 },
+            "adm-grow",
+        )
+        .await
+        .expect_ok(200);
+    let second = shop.send("adm", &pair("c"), "adm-c").await;
+    second.expect_ok(201);
+    let rsv_c = second.reservation();
+    assert_eq!(h.allocated("adm").await, 4);
+    shop.send("adm", &cancel(&rsv_a), "adm-cancel-a")
+        .await
+        .expect_ok(200);
+    assert_eq!(h.allocated("adm").await, 2);
+    shop.send("adm", &cancel(&rsv_a), "adm-cancel-a-again")
+        .await
+        .expect_problem(409, "not-held");
+    assert_eq!(h.allocated("adm").await, 2, "a slot was released twice");
+    admin
+        .send("adm", &allot_domain::Action::ClosePool, "adm-close")
+        .await
+        .expect_ok(200);
+    shop.send("adm", &reserve("d", 600_000), "adm-d")
+        .await
+        .expect_problem(409, "pool-closed");
+    // Closing stops new holds only: the live one can still be confirmed.
+    shop.send("adm", &confirm(&rsv_c), "adm-confirm-c")
+        .await
+        .expect_ok(200);
+    let pool = h.pool("adm").await;
+    assert_eq!(pool.body["closed"], true);
+    assert_eq!(pool.body["capacity"], 4);
+    assert_eq!(pool.body["allocated"], 2);
+    assert_eq!(pool.body["released"], 1);
+    assert_eq!(pool.body["confirmed"], 1);
+
+    // Named units: a unit is held by one live reservation at a time.
+    let seat = |unit: &str, who: &str| allot_domain::Action::Reserve {
+        resource: unit.into(),
+        requester: who.into(),
+        duration_ms: 600_000,
+        count: 1,
+    };
+    let seat_map = allot_domain::Action::DeclarePool {
+        capacity: 2,
+        closes_at: None,
+        units: vec!["A1".into(), "A2".into()],
+        idempotency_window_ms: 300_000,
+    };
+    admin
+        .send("seats", &seat_map, "seats-declare")
+        .await
+        .expect_ok(201);
+    let a1 = shop.send("seats", &seat("A1", "x"), "seat-1").await;
+    a1.expect_ok(201);
+    shop.send("seats", &seat("A1", "y"), "seat-2")
+        .await
+        .expect_problem(409, "resource-unavailable");
+    shop.send("seats", &seat("Z9", "y"), "seat-3")
+        .await
+        .expect_problem(400, "invalid-request");
+    shop.send("seats", &cancel(&a1.reservation()), "seat-cancel")
+        .await
+        .expect_ok(200);
+    shop.send("seats", &seat("A1", "y"), "seat-4")
+        .await
+        .expect_ok(201);
+    assert_eq!(h.allocated("seats").await, 1);
+    h.shutdown().await;
+}
+
+/// The hold window's edges and the idempotency window, on a clock the test moves (sweeper off,
+/// so every transition here is the test's own request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn window_edges_over_http_on_a_manual_clock() {
+    let clock = Arc::new(ManualClock::new(now()));
+    let h = Harness::start_with(clock.clone(), false).await;
+    let shop = h.register("shop", Role::Client, 92).await;
+    let admin = &h.admin_raw;
+    let at = || clock.now();
+    let start = at();
+    let window = allot_domain::Action::DeclarePool {
+        capacity: 3,
+        closes_at: Some(start.plus_ms(60_000)),
+        units: vec![],
+        idempotency_window_ms: 240_000,
+    };
+    admin
+        .send_at("edge", &window, "edge-declare", at())
+        .await
+        .expect_ok(201);
+    let a = shop
+        .send_at("edge", &reserve("a", 10_000), "e-a", at())
+        .await;
+    a.expect_ok(201);
+    let b = shop
+        .send_at("edge", &reserve("b", 10_000), "e-b", at())
+        .await;
+    b.expect_ok(201);
+    let (rsv_a, rsv_b) = (a.reservation(), b.reservation());
+    let expires_at = a.body["expires_at"].as_u64().expect("expires_at");
+    assert_eq!(expires_at, start.0 + 10_000);
+
+    // One millisecond before expires_at: confirm works, expire is premature.
+    clock.set(allot_domain::Timestamp(expires_at - 1));
+    shop.send_at("edge", &confirm(&rsv_a), "e-confirm-a", at())
+        .await
+        .expect_ok(200);
+    admin
+        .send_at("edge", &expire(&rsv_b), "e-expire-b-early", at())
+        .await
+        .expect_problem(409, "window-not-elapsed");
+    // At expires_at: confirm is too late, expire works and returns the slot.
+    clock.set(allot_domain::Timestamp(expires_at));
+    shop.send_at("edge", &confirm(&rsv_b), "e-confirm-b", at())
+        .await
+        .expect_problem(409, "window-elapsed");
+    assert_eq!(h.state_of(&rsv_b).await, "held");
+    admin
+        .send_at("edge", &expire(&rsv_b), "e-expire-b", at())
+        .await
+        .expect_ok(200);
+    assert_eq!(h.state_of(&rsv_b).await, "expired");
+    assert_eq!(h.allocated("edge").await, 1);
+
+    // Inside the idempotency window a retry replays; the retry of a premature expire replays
+    // its rejection even though expiring would now succeed.
+    let early_again = admin
+        .send_at("edge", &expire(&rsv_b), "e-expire-b-early", at())
+        .await;
+    early_again.expect_problem(409, "window-not-elapsed");
+    assert!(early_again.replayed);
+
+    // closes_at: reserve at the cutoff is pool-closed.
+    clock.set(start.plus_ms(60_000));
+    shop.send_at("edge", &reserve("c", 10_000), "e-c", at())
+        .await
+        .expect_problem(409, "pool-closed");
+
+    // Past the idempotency window the token is forgotten and the request decided afresh
+    // (here: the pool has closed since, so the answer differs from the recorded 201).
+    clock.set(start.plus_ms(240_000));
+    let late = shop
+        .send_at("edge", &reserve("a", 10_000), "e-a", at())
+        .await;
+    late.expect_problem(409, "pool-closed");
+    assert!(!late.replayed);
+    // Just inside the window (relative to its own record) the other token still replays.
+    let c_again = shop
+        .send_at("edge", &reserve("c", 10_000), "e-c", at())
+        .await;
+    c_again.expect_problem(409, "pool-closed");
+    assert!(c_again.replayed);
     h.shutdown().await;
 }

@@ -384,6 +384,8 @@ impl Actor {
 /// A running service and everything the tests need to talk to it.
 pub struct Harness {
     pub dir: tempfile::TempDir,
+    pub clock: Arc<dyn Clock>,
+    pub sweeper: bool,
     pub service: Option<Service>,
     pub base: String,
     pub http: reqwest::Client,
@@ -402,26 +404,31 @@ impl Harness {
         dir.join("keys")
     }
 
-    async fn start_service(dir: &Path) -> Service {
+    async fn start_service(dir: &Path, clock: Arc<dyn Clock>, sweeper: bool) -> Service {
         let store = open_store(&Self::store_dir(dir)).await;
         Service::start(
             store,
-            Arc::new(SystemClock),
+            clock,
             Arc::new(Projections::new()),
             ServeOptions {
                 listen: "127.0.0.1:0".parse().expect("loopback address"),
                 keys_dir: Self::keys_dir(dir),
-                sweeper: true,
+                sweeper,
             },
         )
         .await
         .expect("start service")
     }
 
-    /// Starts a service over a fresh store and key directory.
+    /// Starts a service on the system clock, with its sweeper, over a fresh store and keys.
     pub async fn start() -> Harness {
+        Self::start_with(Arc::new(SystemClock), true).await
+    }
+
+    /// Starts a service on `clock`, with or without its sweeper, over a fresh store and keys.
+    pub async fn start_with(clock: Arc<dyn Clock>, sweeper: bool) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let service = Self::start_service(dir.path()).await;
+        let service = Self::start_service(dir.path(), clock.clone(), sweeper).await;
         let base = format!("http://{}", service.addr);
         let (file, key) =
             KeyFile::read(&key_path(&Self::keys_dir(dir.path()), FIRST_ADMIN)).expect("admin.key");
@@ -437,6 +444,8 @@ impl Harness {
         };
         Harness {
             dir,
+            clock,
+            sweeper,
             service: Some(service),
             base,
             http,
@@ -457,7 +466,7 @@ impl Harness {
         service.shutdown().await.expect("graceful shutdown");
         let before = ledger.projections().snapshot();
         drop(ledger);
-        let service = Self::start_service(self.dir.path()).await;
+        let service = Self::start_service(self.dir.path(), self.clock.clone(), self.sweeper).await;
         self.base = format!("http://{}", service.addr);
         self.admin = Client::new(
             self.base.clone(),
