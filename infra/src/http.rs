@@ -678,7 +678,14 @@ async fn actor_change_inner(
             action: action.to_owned(),
         }));
     }
-    if matches!(change, ActorChange::Revoked) && ledger.actors().current(&target).is_none() {
+    let retry = ledger
+        .actors()
+        .token(&envelope.actor, &envelope.token, now)
+        .is_some();
+    if !retry
+        && matches!(change, ActorChange::Revoked)
+        && ledger.actors().current(&target).is_none()
+    {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "not-known",
@@ -693,18 +700,28 @@ async fn actor_change_inner(
         attestation: envelope.attestation,
         at: now,
     };
-    ledger.record_actor_event(event).await.map_err(|error| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "recording-failure",
-            error.to_string(),
-        )
-    })?;
-    Ok((
+    let replayed = ledger
+        .record_actor_event(event)
+        .await
+        .map_err(|error| match error {
+            SubmitError::Rejected(rejection) => Problem::from_rejection(&rejection),
+            other => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recording-failure",
+                other.to_string(),
+            ),
+        })?;
+    let mut response = (
         StatusCode::OK,
         Json(json!({"outcome": action, "actor": target})),
     )
-        .into_response())
+        .into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 async fn register_actor(

@@ -634,6 +634,12 @@ async fn absurd_numbers_and_ids_are_refused() {
         "invalid-request",
     );
     refusals.expect(
+        "empty token",
+        &shop.send("s1", &action, "").await,
+        &[400],
+        "invalid-request",
+    );
+    refusals.expect(
         "token of 256 bytes",
         &shop.send("s1", &action, &"t".repeat(256)).await,
         &[400],
@@ -662,12 +668,11 @@ async fn absurd_numbers_and_ids_are_refused() {
 }
 
 // Actor-registry changes (`POST /v1/actors/{actor}`, `/revoke`) carry an Idempotency-Key and a
-// signature like pool commands, but `infra/src/http.rs` `actor_change_inner` never looks the
-// token up: every accepted request appends a new `actors` event. The three tests below pin the
-// consequences; they fail today and are ignored until the actor path records its tokens.
+// signature like pool commands; the admin's token is remembered for a day (folded from the
+// `actors` stream), so a retry replays, another change under it collides, and a captured request
+// cannot be replayed into a second change.
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: actor registration ignores Idempotency-Key; a retry appends a second event and is not marked Idempotent-Replayed (infra/src/http.rs actor_change_inner)"]
 async fn actor_registration_retry_replays() {
     let h = Harness::start().await;
     let key = SigningKey::from_bytes(&[71; 32]).verifying_key().to_bytes();
@@ -686,7 +691,6 @@ async fn actor_registration_retry_replays() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: actor registration ignores Idempotency-Key; same key with another public key is accepted (should be 422 token-collision) (infra/src/http.rs actor_change_inner)"]
 async fn actor_registration_token_reuse_with_other_key_is_a_collision() {
     let h = Harness::start().await;
     let key_a = SigningKey::from_bytes(&[72; 32]).verifying_key().to_bytes();
@@ -705,7 +709,6 @@ async fn actor_registration_token_reuse_with_other_key_is_a_collision() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a captured admin registration replayed verbatim within the signature skew re-registers a revoked actor (infra/src/http.rs actor_change_inner checks no token)"]
 async fn captured_registration_cannot_reinstate_a_revoked_actor() {
     let h = Harness::start().await;
     h.admin_raw
