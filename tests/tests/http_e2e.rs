@@ -616,6 +616,18 @@ async fn revoked_client_is_refused_but_its_reservations_remain() {
         .await
         .expect("revoke");
     assert_eq!(again.status, 404, "{again:?}");
+
+    // Re-registering under a new key (rotation): the old key stays refused, the new one works
+    // and may act on the hold made under the old key.
+    let rotated = h.register("leaving_shop", Role::Client, 52).await;
+    shop.send("rv", &reserve("c", 600_000), "rv-c")
+        .await
+        .expect_problem(401, "invalid-request");
+    rotated
+        .send("rv", &confirm(&rsv), "rv-confirm")
+        .await
+        .expect_ok(200);
+    assert_eq!(h.state_of(&rsv).await, "confirmed");
     h.shutdown().await;
 }
 

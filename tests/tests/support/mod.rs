@@ -497,7 +497,7 @@ impl Harness {
                 &ActorId::new(name),
                 role,
                 key.verifying_key().to_bytes(),
-                &format!("register-{name}"),
+                &format!("register-{name}-{seed}"),
             )
             .await
             .expect("register request");
