@@ -20,7 +20,8 @@
 //! - `state-transition`: each event's prior/new state match the reconstruction, the change
 //!   follows from the action, transitions are legal (confirm and cancel from Held, expire from
 //!   Held at or after `expires_at`, reserve sequences 1, 2, 3...), the stream's events all name
-//!   one pool, declared once, before anything else.
+//!   one pool, no other stream records that pool, it is declared once, before anything else,
+//!   and a capacity adjustment's `capacity_before` is the capacity in force.
 //! - `no-lapsed-confirmation`: every Confirmed event's `at` is before the hold's `expires_at`
 //!   (Invariant 4).
 //! - `idempotency`: no (actor, token) is recorded twice within the pool's idempotency window,
@@ -387,6 +388,8 @@ impl Findings {
 pub struct Audit {
     options: AuditOptions,
     streams: FastMap<String, usize>,
+    /// Pool id → the first stream that recorded it.
+    pool_streams: FastMap<PoolId, usize>,
     pools: Vec<PoolAudit>,
     actors: ActorRegistry,
     actors_next_version: u64,
@@ -421,6 +424,7 @@ impl Audit {
         Audit {
             options,
             streams: FastMap::default(),
+            pool_streams: FastMap::default(),
             pools: Vec::new(),
             actors: ActorRegistry::default(),
             actors_next_version: 0,
@@ -520,6 +524,22 @@ impl Audit {
         let index = match self.streams.get(recorded.stream.as_str()) {
             Some(index) => *index,
             None => {
+                if let Some(other) = self
+                    .pool_streams
+                    .get(&event.pool)
+                    .and_then(|other| self.pools.get(*other))
+                {
+                    findings.add(
+                        Check::StateTransition,
+                        format!(
+                            "pool {} already has its events in stream {}",
+                            event.pool, other.stream
+                        ),
+                    );
+                } else {
+                    self.pool_streams
+                        .insert(event.pool.clone(), self.pools.len());
+                }
                 self.streams
                     .insert(recorded.stream.clone(), self.pools.len());
                 self.pools.push(PoolAudit {

@@ -469,3 +469,16 @@ fn the_violation_list_is_capped_but_counting_goes_on() {
         report.violations.len() as u64 + report.violations_omitted
     );
 }
+
+#[test]
+fn state_transition_names_a_pool_recorded_in_two_streams() {
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("pool_ga", 0);
+    let mut copy = ledger.pool_event_mut(index).clone();
+    copy.stream = "pool-pool_ga-copy".to_owned();
+    copy.version = 0;
+    copy.position = ledger.records.last().map_or(0, Recorded::position) + 1;
+    ledger.records.push(Recorded::Pool(copy.clone()));
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(&report, Check::StateTransition, copy.position, &[]);
+}
