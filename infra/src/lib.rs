@@ -17,3 +17,4 @@ pub mod openapi;
 pub mod server;
 pub mod store;
 pub mod sweeper;
+pub mod bench;

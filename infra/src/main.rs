@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use allot_domain::{Action, ActorId, PoolId, ReservationId, Role, Timestamp};
+use allot_infra::bench;
 use allot_infra::client::{Answer, Client};
 use allot_infra::clock::{Clock, SystemClock};
 use allot_infra::demo::{self, DemoOptions};
@@ -114,10 +116,46 @@ enum Command {
         #[arg(long, env = "ALLOT_SERVER", default_value = "http://127.0.0.1:7878")]
         server: String,
     },
+    /// Performance scenarios (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        scenario: BenchScenario,
+    },
     /// Actor keys and registrations.
     Actor {
         #[command(subcommand)]
         command: ActorCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchScenario {
+    /// Many pools, random reserve then confirm/cancel, durable, in-process command path.
+    Uniform {
+        #[arg(long, default_value_t = 1_000)]
+        pools: usize,
+        #[arg(long, default_value_t = 1_024)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Data directory (default: a temporary directory on the same disk as /tmp).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// One pool with a cutoff under a reserve storm, durable, in-process command path.
+    HotPool {
+        #[arg(long, default_value_t = 500)]
+        seats: u64,
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
     },
 }
 
@@ -437,6 +475,36 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             .map_err(|e| e.to_string())?;
             Ok(print_answer(&answer))
+        }
+        Command::Bench { scenario } => {
+            let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let result = match scenario {
+                BenchScenario::Uniform {
+                    pools,
+                    clients,
+                    seconds,
+                    data,
+                    seed,
+                } => {
+                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let store = bench::embedded_store(&dir).await?;
+                    bench::uniform(store, pools, clients, Duration::from_secs(seconds), seed).await?
+                }
+                BenchScenario::HotPool {
+                    seats,
+                    clients,
+                    seconds,
+                    data,
+                    seed,
+                } => {
+                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let store = bench::embedded_store(&dir).await?;
+                    bench::hot_pool(store, seats, clients, Duration::from_secs(seconds), seed).await?
+                }
+            };
+            println!("{result}");
+            println!("{}", serde_json::to_string(&result).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Actor { command } => match command {
             ActorCommand::Keygen { actor, role, out } => {
