@@ -32,8 +32,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use format::{BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES, FRAME_BYTES_MAX};
 use index::{EventLoc, Index};
-pub use writer::BATCH_APPENDS_MAX;
 use writer::{AppendRequest, LogDevice, Request, Writer};
+pub use writer::{BATCH_APPENDS_MAX, WriterCounters};
 
 use super::{
     AppendOutcome, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
@@ -69,6 +69,7 @@ pub struct EmbeddedStore {
     requests: Option<mpsc::Sender<Request>>,
     head: watch::Receiver<u64>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<WriterCounters>,
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> StoreError {
@@ -149,6 +150,7 @@ impl EmbeddedStore {
         let index = Arc::new(RwLock::new(recovered.index));
         let (head_tx, head_rx) = watch::channel(next_position);
         let (requests_tx, requests_rx) = mpsc::channel(APPEND_QUEUE_MAX);
+        let counters = Arc::new(WriterCounters::default());
         let writer = Writer {
             log: device(log),
             log_path: log_path.clone(),
@@ -157,6 +159,8 @@ impl EmbeddedStore {
             index: index.clone(),
             head: head_tx,
             requests: requests_rx,
+            last_sync: std::time::Duration::ZERO,
+            counters: counters.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("allot-log-writer".to_owned())
@@ -170,6 +174,7 @@ impl EmbeddedStore {
             }),
             requests: Some(requests_tx),
             head: head_rx,
+            counters,
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -177,6 +182,11 @@ impl EmbeddedStore {
     /// Number of durable events, which is also the position the next event will get.
     pub fn next_position(&self) -> u64 {
         *self.head.borrow()
+    }
+
+    /// Batches synced and appends acknowledged since open.
+    pub fn counters(&self) -> &WriterCounters {
+        &self.counters
     }
 
     /// Finishes the queued appends, stops the writer and releases the directory. Later appends
