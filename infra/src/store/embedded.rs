@@ -1,15 +1,15 @@
 //! The embedded backend: a durable append-only log in a data directory.
 //!
-//! Layout of the directory: `events.log` (the log, format in [`format`]) and `LOCK` (held with an
+//! Layout of the directory: `events.log` (the log, format in `format.rs` and `docs/store.md`) and `LOCK` (held with an
 //! exclusive `flock` by the owning process for as long as the store is open).
 //!
 //! How it works:
-//! - [`writer`]: one thread owns the file for writing and group-commits the bounded queue of
+//! - `writer`: one thread owns the file for writing and group-commits the bounded queue of
 //!   appends ([`APPEND_QUEUE_MAX`]): one write and one fdatasync per batch; an append resolves
 //!   only after its bytes are durable.
-//! - [`index`]: in memory, position → file offset and stream → positions, holding durable events
+//! - `index`: in memory, position → file offset and stream → positions, holding durable events
 //!   only; `read_stream` costs what the stream's events cost, not the log.
-//! - [`recovery`]: open verifies every checksum, truncates a torn last batch, and reports any
+//! - `recovery`: open verifies every checksum, truncates a torn last batch, and reports any
 //!   other damage as [`StoreError::Corrupt`].
 //! - Reads use their own file handle and positional reads on the blocking pool, so they never
 //!   wait for the writer's fdatasync; they hold the index lock only to copy locations.
