@@ -1,7 +1,7 @@
 //! The embedded backend: a durable append-only log in a data directory.
 //!
-//! Layout of the directory: `events.log` (the log, format in `format.rs` and `docs/store.md`) and `LOCK` (held with an
-//! exclusive `flock` by the owning process for as long as the store is open).
+//! Layout of the directory: `events.log` (the log; format in `format.rs` and `docs/store.md`)
+//! and `LOCK` (held with an exclusive `flock` by the owning process while the store is open).
 //!
 //! How it works:
 //! - `writer`: one thread owns the file for writing and group-commits the bounded queue of
