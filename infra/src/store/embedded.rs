@@ -161,7 +161,6 @@ impl EmbeddedStore {
             index: index.clone(),
             head: head_tx,
             requests: requests_rx,
-            last_sync: std::time::Duration::ZERO,
             counters: counters.clone(),
         };
         let handle = std::thread::Builder::new()

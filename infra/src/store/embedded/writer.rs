@@ -18,7 +18,6 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -28,10 +27,10 @@ use crate::store::{ActualVersion, AppendOutcome, ExpectedVersion, ProposedEvent,
 
 /// Most appends one batch (one write, one fdatasync) carries.
 pub const BATCH_APPENDS_MAX: usize = 4096;
-/// Longest the writer waits for more appends before syncing a batch less than half the size of
-/// the previous one (callers it just answered are on their way back). The wait is also at most
-/// half the last fdatasync, and a lone appender (previous batch of one) never waits.
-const LINGER_TIME_MAX: Duration = Duration::from_micros(500);
+/// Times the writer yields its CPU, waiting for more appends, before it syncs a batch less than
+/// half the size of the previous one (callers it just answered are on their way back). No
+/// timer: a lone appender (previous batch of one) never waits.
+const LINGER_YIELDS_MAX: u32 = 4;
 
 pub(crate) struct AppendRequest {
     pub stream: String,
@@ -73,8 +72,6 @@ pub(crate) struct Writer {
     pub index: Arc<RwLock<Index>>,
     pub head: watch::Sender<u64>,
     pub requests: mpsc::Receiver<Request>,
-    /// Duration of the last write + fdatasync.
-    pub last_sync: Duration,
     pub counters: Arc<WriterCounters>,
 }
 
@@ -102,10 +99,6 @@ struct Accepted {
 }
 
 impl Writer {
-    fn linger_budget(&self) -> Duration {
-        (self.last_sync / 2).min(LINGER_TIME_MAX)
-    }
-
     pub fn run(mut self) {
         let mut buf: Vec<u8> = Vec::new();
         let mut encoded: Vec<EncodedEvent> = Vec::new();
@@ -114,7 +107,7 @@ impl Writer {
         while let Some(first) = self.requests.blocking_recv() {
             let mut close = None;
             let mut bytes = 0u64;
-            let linger_start = Instant::now();
+            let mut yields = 0;
             match first {
                 Request::Append(req) => {
                     bytes += req.frame_len;
@@ -137,12 +130,12 @@ impl Writer {
                         batch.push(req);
                     }
                     Ok(Request::Close(reply)) => close = Some(reply),
-                    // Callers answered by the last batch are still coming back: a fraction of an
-                    // fdatasync spent waiting for them saves a whole one.
+                    // Callers answered by the last batch are still coming back: a few yields
+                    // spent waiting for them can save a whole fdatasync.
                     Err(mpsc::error::TryRecvError::Empty)
-                        if batch.len() < previous_batch / 2
-                            && linger_start.elapsed() < self.linger_budget() =>
+                        if batch.len() < previous_batch / 2 && yields < LINGER_YIELDS_MAX =>
                     {
+                        yields += 1;
                         std::thread::yield_now();
                     }
                     Err(_) => break,
@@ -245,12 +238,10 @@ impl Writer {
                 event_count: (next_position - first_position) as u32,
             });
             buf[..BATCH_HEADER_BYTES].copy_from_slice(&header);
-            let sync_start = Instant::now();
             let written = match self.log.write_all_at(buf, self.end) {
                 Ok(()) => self.log.sync_data(),
                 Err(e) => Err(e),
             };
-            self.last_sync = sync_start.elapsed();
             match written {
                 Ok(()) => {
                     self.counters.batches.fetch_add(1, Ordering::Relaxed);
