@@ -5,5 +5,7 @@
 //! - [`store_conformance`]: the event store conformance suite, generic over the port.
 //! - `src/bin/store_writer.rs`: a process that appends and reports acknowledgements, killed
 //!   mid-flight by `tests/store_durability.rs`.
+//! - `tests/store_conformance.rs` (the suite on the embedded backend), `tests/store_model.rs`
+//!   (against a reference model), `tests/store_durability.rs` (kill -9, torn tails, corruption).
 
 pub mod store_conformance;
