@@ -856,3 +856,111 @@ async fn window_edges_over_http_on_a_manual_clock() {
     assert!(c_again.replayed);
     h.shutdown().await;
 }
+
+/// Many holds lapse together: the sweeper expires each exactly once, leaves confirmed ones
+/// alone, and the pool ends empty of holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeper_expires_every_lapsed_hold_exactly_once() {
+    const HOLDS: usize = 30;
+    const CONFIRMED: usize = 10;
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 95).await;
+    h.admin_raw
+        .send("lapse", &declare(100), "declare-lapse")
+        .await
+        .expect_ok(201);
+    let mut ids = Vec::new();
+    for i in 0..HOLDS {
+        // The ones to be confirmed get a long hold, so confirming them races nothing.
+        let duration_ms = if i < CONFIRMED { 600_000 } else { 1_500 };
+        let answer = shop
+            .send(
+                "lapse",
+                &reserve(&format!("r{i}"), duration_ms),
+                &format!("l-{i}"),
+            )
+            .await;
+        answer.expect_ok(201);
+        ids.push(answer.reservation());
+    }
+    for (i, id) in ids.iter().take(CONFIRMED).enumerate() {
+        shop.send("lapse", &confirm(id), &format!("l-confirm-{i}"))
+            .await
+            .expect_ok(200);
+    }
+    let started = std::time::Instant::now();
+    while h.allocated("lapse").await != CONFIRMED as u64 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "holds not expired: {:?}",
+            h.pool("lapse").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let want = if i < CONFIRMED {
+            "confirmed"
+        } else {
+            "expired"
+        };
+        assert_eq!(h.state_of(id).await, want, "{id}");
+    }
+    let pool = h.pool("lapse").await;
+    assert_eq!(pool.body["expired"], (HOLDS - CONFIRMED) as u64);
+    assert_eq!(pool.body["allocated"], CONFIRMED as u64);
+    // One expiry event per lapsed hold, all by the sweeper, and no sweeper rejections.
+    let store = h.service().ledger.store();
+    let events = store
+        .read_stream(&pool_stream(&"lapse".into()), 0, 100_000)
+        .await
+        .expect("read");
+    let by_sweeper: Vec<_> = events
+        .iter()
+        .map(|recorded| decode_pool(recorded).expect("decode"))
+        .filter(|event| event.actor == ActorId::new(FIRST_SWEEPER))
+        .collect();
+    assert_eq!(by_sweeper.len(), HOLDS - CONFIRMED, "{by_sweeper:?}");
+    assert!(
+        by_sweeper
+            .iter()
+            .all(|event| matches!(event.change, Change::Expired { .. }))
+    );
+    assert_eq!(
+        h.metric("allot_sweeper_expired_total").await,
+        (HOLDS - CONFIRMED) as f64
+    );
+    h.shutdown().await;
+}
+
+/// A hold that lapses while the service is down is expired by the restarted service's sweeper
+/// (the expiry index is rebuilt from the log). The clock is the test's, so "while down" is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sweeper_after_restart_expires_holds_that_lapsed_while_down() {
+    let clock = Arc::new(ManualClock::new(now()));
+    let mut h = Harness::start_with(clock.clone(), true).await;
+    let shop = h.register("shop", Role::Client, 96).await;
+    h.admin_raw
+        .send_at("down", &declare(1), "declare-down", clock.now())
+        .await
+        .expect_ok(201);
+    let held = shop
+        .send_at("down", &reserve("a", 10_000), "down-a", clock.now())
+        .await;
+    held.expect_ok(201);
+    let rsv = held.reservation();
+    let snapshot = h.stop().await;
+    assert_eq!(snapshot.binding[&rsv.to_string()].state.as_str(), "held");
+    clock.advance_ms(10_000);
+    h.resume().await;
+    let shop = shop.at(&h.base);
+    h.wait_for_state(&rsv, "expired", Duration::from_secs(5))
+        .await;
+    let expiry = last_event(&h, "down").await;
+    assert_eq!(expiry.actor, ActorId::new(FIRST_SWEEPER));
+    assert!(matches!(expiry.change, Change::Expired { .. }));
+    shop.send_at("down", &reserve("b", 600_000), "down-b", clock.now())
+        .await
+        .expect_ok(201);
+    assert_eq!(h.allocated("down").await, 1);
+    h.shutdown().await;
+}

@@ -461,11 +461,22 @@ impl Harness {
     /// Drains and stops the service, then starts a new one over the same store and keys.
     /// Returns the projections snapshot of the stopped service.
     pub async fn restart(&mut self) -> Snapshot {
+        let before = self.stop().await;
+        self.resume().await;
+        before
+    }
+
+    /// Drains and stops the service; returns its projections snapshot.
+    pub async fn stop(&mut self) -> Snapshot {
         let service = self.service.take().expect("service running");
         let ledger = service.ledger.clone();
         service.shutdown().await.expect("graceful shutdown");
-        let before = ledger.projections().snapshot();
-        drop(ledger);
+        ledger.projections().snapshot()
+    }
+
+    /// Starts a new service over the same store and keys (after [`Harness::stop`]).
+    pub async fn resume(&mut self) {
+        assert!(self.service.is_none(), "service still running");
         let service = Self::start_service(self.dir.path(), self.clock.clone(), self.sweeper).await;
         self.base = format!("http://{}", service.addr);
         self.admin = Client::new(
@@ -475,7 +486,6 @@ impl Harness {
         );
         self.admin_raw.base = self.base.clone();
         self.service = Some(service);
-        before
     }
 
     /// A raw actor with `key` (registered or not).
