@@ -5,7 +5,8 @@
 //! - [`stranded_slots`]: terminal reservations whose slot the pool arithmetic never got back.
 //! - [`disputed_double_booking`]: a pool's confirmations against its capacity history, saying
 //!   for each moment above the declared capacity whether an `adjust_capacity` raised it (an
-//!   overbooking choice) or coherence was violated.
+//!   overbooking choice) or coherence was violated, and naming a named unit (a seat) taken
+//!   while another reservation held it.
 //! - [`contention_window`]: per second around a deadline, reserve attempts, successes and
 //!   rejections by code.
 //!
@@ -404,6 +405,10 @@ pub struct DisputeQuery {
     confirmed_units: u64,
     /// (requester, resource) → the live reservation holding it.
     holder_of: HashMap<(String, String), u64>,
+    /// Whether the pool declared named units (a seat map).
+    named_units: bool,
+    /// Named unit → the live reservation holding it.
+    unit_holders: HashMap<String, u64>,
 }
 
 impl DisputeQuery {
@@ -425,6 +430,8 @@ impl DisputeQuery {
             live_units: 0,
             confirmed_units: 0,
             holder_of: HashMap::new(),
+            named_units: false,
+            unit_holders: HashMap::new(),
         }
     }
 
@@ -434,6 +441,7 @@ impl DisputeQuery {
         let last_raise = &mut self.last_raise;
         let live = &mut self.live;
         let holder_of = &mut self.holder_of;
+        let unit_holders = &mut self.unit_holders;
         let mut capacity = self.capacity;
         let mut live_units = self.live_units;
         let mut confirmed_units = self.confirmed_units;
@@ -453,9 +461,12 @@ impl DisputeQuery {
             (
                 Change::PoolDeclared,
                 Action::DeclarePool {
-                    capacity: declared, ..
+                    capacity: declared,
+                    units,
+                    ..
                 },
             ) => {
+                self.named_units = !units.is_empty();
                 capacity = *declared;
                 view.declared_capacity = Some(*declared);
                 let change = CapacityChange {
@@ -504,6 +515,16 @@ impl DisputeQuery {
                     push_capped(&mut view.repeat_requests, repeat, &mut view.omitted);
                 }
                 holder_of.insert(key, *reservation);
+                if self.named_units {
+                    if let Some(holder) = unit_holders.get(resource)
+                        && live.contains_key(holder)
+                    {
+                        finding = Some(format!(
+                            "unit {resource} taken by reservation {reservation} while reservation {holder} holds it"
+                        ));
+                    }
+                    unit_holders.insert(resource.clone(), *reservation);
+                }
                 live_units += u64::from(*count);
                 live.insert(
                     *reservation,
@@ -545,6 +566,9 @@ impl DisputeQuery {
                         live_units = live_units.saturating_sub(u64::from(hold.count));
                         if hold.state == ReservationState::Confirmed {
                             confirmed_units = confirmed_units.saturating_sub(u64::from(hold.count));
+                        }
+                        if unit_holders.get(&hold.resource) == Some(reservation) {
+                            unit_holders.remove(&hold.resource);
                         }
                         let key = (hold.requester, hold.resource);
                         if holder_of.get(&key) == Some(reservation) {
