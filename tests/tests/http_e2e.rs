@@ -45,40 +45,56 @@ async fn seed_walkthrough_over_http() {
     assert_eq!(h.allocated("pool_vip").await, 1);
 
     let b1 = checkout
-        .send("pool_vip", &reserve("buyer_b", 1_500), "tok_b1")
+        .send("pool_vip", &reserve("buyer_b", 2_000), "tok_b1")
         .await;
     b1.expect_ok(201);
     let rsv_b = b1.reservation();
     assert_ne!(rsv_a, rsv_b);
     let b_expires_at = b1.body["expires_at"].as_u64().expect("expires_at");
+    // The steps up to A's confirm assume B's hold is live; say so plainly if the host was too
+    // slow for that rather than failing on a count.
+    let b_still_held = |step: &str| {
+        assert!(
+            now().0 < b_expires_at,
+            "host too slow: B's 2 s hold lapsed before {step}"
+        );
+    };
     assert_eq!(h.state_of(&rsv_b).await, "held");
-    assert_eq!(h.allocated("pool_vip").await, 2);
+    let allocated = h.allocated("pool_vip").await;
+    b_still_held("the pool was read");
+    assert_eq!(allocated, 2);
 
     // Buyer C: the capacity gate fires, no hold is placed.
     let c1 = checkout
         .send("pool_vip", &reserve("buyer_c", 600_000), "tok_c1")
         .await;
+    let allocated = h.allocated("pool_vip").await;
+    b_still_held("C's first reserve was checked");
     c1.expect_problem(409, "pool-capacity-exceeded");
     assert!(!c1.replayed);
-    assert_eq!(h.allocated("pool_vip").await, 2);
+    assert_eq!(allocated, 2);
 
     // Buyer A's reserve is retried after a network drop: same answer, nothing new.
     let events_before_retry = h.event_count().await;
     let a1_again = checkout
         .send("pool_vip", &reserve("buyer_a", 600_000), "tok_a1")
         .await;
+    let (allocated, events) = (h.allocated("pool_vip").await, h.event_count().await);
+    b_still_held("A's retry was checked");
     a1_again.expect_ok(201);
     assert!(a1_again.replayed, "retry not marked replayed: {a1_again:?}");
     assert_eq!(a1_again.body, a1.body);
-    assert_eq!(h.allocated("pool_vip").await, 2);
-    assert_eq!(h.event_count().await, events_before_retry);
+    assert_eq!(allocated, 2);
+    assert_eq!(events, events_before_retry);
 
     // Buyer A confirms; the slot is kept.
     let a2 = checkout.send("pool_vip", &confirm(&rsv_a), "tok_a2").await;
     a2.expect_ok(200);
     assert_eq!(a2.body["outcome"], "confirmed");
     assert_eq!(h.state_of(&rsv_a).await, "confirmed");
-    assert_eq!(h.allocated("pool_vip").await, 2);
+    let allocated = h.allocated("pool_vip").await;
+    b_still_held("A's confirm was checked");
+    assert_eq!(allocated, 2);
 
     // Buyer B lets the hold lapse; the sweeper (not this test) expires it.
     let observed_at = h
