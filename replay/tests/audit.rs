@@ -482,3 +482,31 @@ fn state_transition_names_a_pool_recorded_in_two_streams() {
     let report = audit(&ledger.records, AuditOptions::records_only());
     assert_names(&report, Check::StateTransition, copy.position, &[]);
 }
+
+#[test]
+fn the_audit_and_rebuild_can_move_to_a_blocking_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Audit>();
+    assert_send::<allot_replay::Rebuild>();
+    assert_send::<allot_replay::HtmlReport>();
+    assert_send::<allot_replay::AsOfQuery>();
+    assert_send::<allot_replay::StrandedSlotsQuery>();
+    assert_send::<allot_replay::DisputeQuery>();
+    assert_send::<allot_replay::ContentionQuery>();
+}
+
+#[test]
+fn the_json_report_carries_each_counterexample_location() {
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("pool_vip", 4);
+    ledger.pool_event_mut(index).event.allocated_before += 1;
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    let json: serde_json::Value = serde_json::to_value(&report).expect("serializes");
+    let violation = &json["violations"][0];
+    assert_eq!(violation["check"], "allocated-chain");
+    assert_eq!(violation["stream"], "pool-pool_vip");
+    assert_eq!(violation["version"], 4);
+    assert_eq!(violation["position"], position_of(&ledger, index));
+    assert_eq!(violation["reservation"], "pool_vip:1");
+    assert_eq!(json["checks"][1]["violations"], 1);
+}
