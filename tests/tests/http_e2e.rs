@@ -980,3 +980,23 @@ async fn sweeper_after_restart_expires_holds_that_lapsed_while_down() {
     assert_eq!(h.allocated("down").await, 1);
     h.shutdown().await;
 }
+
+/// Errors are RFC 9457 problems everywhere, including routes and methods the API lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: unknown routes (404) and wrong methods (405) answer with an empty body, not application/problem+json (infra/src/http.rs router: no fallback / method_not_allowed_fallback)"]
+async fn unknown_routes_and_methods_answer_problems() {
+    let h = Harness::start().await;
+    let answer = h.get("/v1/nothing").await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(
+        answer.content_type, "application/problem+json",
+        "{answer:?}"
+    );
+    let answer = h.get("/v1/pools/p/reservations").await;
+    assert_eq!(answer.status, 405);
+    assert_eq!(
+        answer.content_type, "application/problem+json",
+        "{answer:?}"
+    );
+    h.shutdown().await;
+}
