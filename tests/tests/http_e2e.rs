@@ -6,7 +6,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use allot_domain::{ActorId, Change, ReservationId, Role};
+use allot_domain::{Action, ActorId, Change, PoolId, ReservationId, Role};
 use allot_infra::clock::{Clock, ManualClock};
 use allot_infra::ledger::{decode_pool, pool_stream};
 use allot_infra::server::FIRST_SWEEPER;
@@ -998,5 +998,63 @@ async fn unknown_routes_and_methods_answer_problems() {
         answer.content_type, "application/problem+json",
         "{answer:?}"
     );
+    h.shutdown().await;
+}
+
+/// The crate's own signing client (`allot_infra::client::Client`, used by the CLI and the demo)
+/// speaks the same API the raw requests above do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_client_round_trip() {
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 97).await;
+    let client = h.admin.with_identity(shop.id.clone(), shop.key.clone());
+    let pool = PoolId::new("cli");
+    let declare = Action::DeclarePool {
+        capacity: 2,
+        closes_at: Some(now().plus_ms(3_600_000)),
+        units: vec!["S1".into(), "S2".into()],
+        idempotency_window_ms: 600_000,
+    };
+    let declared = h
+        .admin
+        .send(&pool, &declare, "cli-declare")
+        .await
+        .expect("send");
+    assert_eq!(declared.status, 201, "{declared:?}");
+    let seat = Action::Reserve {
+        resource: "S2".into(),
+        requester: "dana".into(),
+        duration_ms: 600_000,
+        count: 1,
+    };
+    let reserved = client
+        .send(&pool, &seat, "cli-reserve")
+        .await
+        .expect("send");
+    assert_eq!(reserved.status, 201, "{reserved:?}");
+    let retried = client
+        .send(&pool, &seat, "cli-reserve")
+        .await
+        .expect("send");
+    assert!(retried.replayed);
+    assert_eq!(retried.body, reserved.body);
+    let id = ReservationId::parse(reserved.body["reservation_id"].as_str().expect("id"))
+        .expect("reservation id");
+    let confirmed = client
+        .send(&pool, &confirm(&id), "cli-confirm")
+        .await
+        .expect("send");
+    assert_eq!(confirmed.status, 200, "{confirmed:?}");
+    let view = client.reservation(&id).await.expect("get");
+    assert_eq!(view.body["state"], "confirmed");
+    assert_eq!(view.body["resource"], "S2");
+    let stale = client
+        .send_signed_at(&pool, &cancel(&id), "cli-stale", now().plus_ms(600_000))
+        .await
+        .expect("send");
+    assert_eq!((stale.status, stale.code()), (401, Some("invalid-request")));
+    let counts = client.pool(&pool).await.expect("get");
+    assert_eq!(counts.body["allocated"], 1);
+    assert_eq!(counts.body["confirmed"], 1);
     h.shutdown().await;
 }
