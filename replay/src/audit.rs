@@ -27,12 +27,14 @@
 //! - `idempotency`: no (actor, token) is recorded twice within the pool's idempotency window,
 //!   which also means no two reservations share a token within it (Invariant 5). Outside the
 //!   window a token is forgotten, as the service forgets it.
-//! - `attribution`: each pool event's actor had a key valid at `signed_at` whose role may perform
-//!   the action; with [`AuditOptions::verify_signatures`], its parameters digest is blake3 of the
+//! - `attribution`: each pool event's actor had a key valid at `signed_at` (or, for a client
+//!   whose clock ran behind its registration, at the event's `at`), still valid at the event's
+//!   `at` (a revoked key stops working at once, whatever `signed_at` it claims), whose role may
+//!   perform the action; with [`AuditOptions::verify_signatures`], its parameters digest is blake3 of the
 //!   canonical parameters and its ed25519 signature verifies over `signing::signing_bytes` under
 //!   that key. Actor events are signed (over `signing::actor_signing_bytes`, action
 //!   `register_actor` with params `role` and `public_key` in lowercase hex, or `revoke_actor`
-//!   with none) by `by`, who must hold an admin key valid at `signed_at`. The one exception is
+//!   with none) by `by`, who must hold an admin key valid as above. The one exception is
 //!   bootstrap: until the first actor event made by someone else (`by != actor`), an admin or
 //!   sweeper may register itself (`by == actor`, no earlier key), signing with the key it
 //!   registers (Invariant 6).
@@ -711,30 +713,35 @@ impl Audit {
         }
     }
 
+    /// The key `actor` held at `at`, through a one-entry cache (pool events of one actor tend to
+    /// come in runs).
+    fn key_at(&mut self, actor: &ActorId, at: Timestamp) -> Option<ActorKey> {
+        if let Some((cached_actor, Some(key))) = &self.last_key
+            && cached_actor == actor
+            && key.valid_at(at)
+        {
+            return Some(key.clone());
+        }
+        let key = self.actors.key_at(actor, at).cloned();
+        self.last_key = Some((actor.clone(), key.clone()));
+        key
+    }
+
     /// Key, role and (queued) signature and digest checks of a pool event.
     fn check_attribution(&mut self, recorded: &RecordedPoolEvent, findings: &mut Findings) {
         let event = &recorded.event;
         let signed_at = event.attestation.signed_at;
-        let cached = match &self.last_key {
-            Some((actor, key)) if *actor == event.actor => {
-                key.as_ref().filter(|key| key.valid_at(signed_at)).cloned()
-            }
-            _ => None,
-        };
-        let key = match cached {
-            Some(key) => Some(key),
-            None => {
-                let key = self.actors.key_at(&event.actor, signed_at).cloned();
-                self.last_key = Some((event.actor.clone(), key.clone()));
-                key
-            }
-        };
+        // The key valid when the actor signed; failing that (a client clock behind its
+        // registration), the key valid when the service recorded the event.
+        let key = self
+            .key_at(&event.actor, signed_at)
+            .or_else(|| self.key_at(&event.actor, event.at));
         match &key {
             None => findings.add(
                 Check::Attribution,
                 format!(
-                    "actor {} had no key valid at signed_at {signed_at}",
-                    event.actor
+                    "actor {} had no key valid at signed_at {signed_at} nor at {}",
+                    event.actor, event.at
                 ),
             ),
             Some(key) if !key.role.may(event.action.kind()) => findings.add(
@@ -744,6 +751,13 @@ impl Audit {
                     event.actor,
                     key.role,
                     event.action.kind()
+                ),
+            ),
+            Some(key) if !key.valid_at(event.at) => findings.add(
+                Check::Attribution,
+                format!(
+                    "actor {}'s key was no longer valid when the event was recorded at {} (signed_at {signed_at})",
+                    event.actor, event.at
                 ),
             ),
             Some(_) => {}
@@ -810,7 +824,20 @@ impl Audit {
             }
         } else {
             self.bootstrap = false;
-            match self.actors.key_at(&event.by, signed_at) {
+            let key = self
+                .key_at(&event.by, signed_at)
+                .or_else(|| self.key_at(&event.by, event.at));
+            match key {
+                Some(key) if !key.valid_at(event.at) => {
+                    findings.add(
+                        Check::Attribution,
+                        format!(
+                            "{}'s key was no longer valid when the change was recorded at {}",
+                            event.by, event.at
+                        ),
+                    );
+                    Some(key.public_key)
+                }
                 Some(key) if key.role.may_manage_actors() => Some(key.public_key),
                 Some(key) => {
                     findings.add(
@@ -825,7 +852,10 @@ impl Audit {
                 None => {
                     findings.add(
                         Check::Attribution,
-                        format!("{} had no key valid at signed_at {signed_at}", event.by),
+                        format!(
+                            "{} had no key valid at signed_at {signed_at} nor at {}",
+                            event.by, event.at
+                        ),
                     );
                     None
                 }

@@ -510,3 +510,43 @@ fn the_json_report_carries_each_counterexample_location() {
     assert_eq!(violation["reservation"], "pool_vip:1");
     assert_eq!(json["checks"][1]["violations"], 1);
 }
+
+#[test]
+fn attribution_names_a_revoked_key_that_backdates_its_signature() {
+    let mut ledger = walkthrough();
+    ledger.revoke(20 * MINUTE, "shop", "admin");
+    ledger.reserve(
+        21 * MINUTE,
+        "pool_vip",
+        "late",
+        "vip-tier",
+        "after-revocation",
+    );
+    let index = ledger.records.len() - 1;
+    let mut event = ledger.pool_event_mut(index).event.clone();
+    ledger.resign(&mut event, "shop", common::at(19 * MINUTE));
+    ledger.pool_event_mut(index).event = event;
+    let report = audit(&ledger.records, AuditOptions::default());
+    assert_names(
+        &report,
+        Check::Attribution,
+        position_of(&ledger, index),
+        &[],
+    );
+    assert!(
+        report.violations[0].detail.contains("no longer valid"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_client_clock_behind_its_registration_is_not_a_violation() {
+    let mut ledger = walkthrough();
+    // Registered at T0 - 1 s; this client's clock said T0 - 5 s when it signed.
+    let index = ledger.index_of("pool_vip", 1);
+    let mut event = ledger.pool_event_mut(index).event.clone();
+    ledger.resign(&mut event, "shop", Timestamp(common::T0 - 5 * SECOND));
+    ledger.pool_event_mut(index).event = event;
+    let report = audit(&ledger.records, AuditOptions::default());
+    assert!(report.is_clean(), "{report}");
+}
