@@ -289,8 +289,11 @@ pub async fn hot_pool(
     ))
 }
 
-/// Opens a fresh embedded store in `dir`.
-pub async fn embedded_store(dir: &Path) -> Result<Arc<dyn EventStore>, String> {
+/// Opens a fresh embedded store in `dir`, or the in-memory store.
+pub async fn store(dir: &Path, in_memory: bool) -> Result<Arc<dyn EventStore>, String> {
+    if in_memory {
+        return Ok(Arc::new(crate::store::memory::MemoryStore::new()));
+    }
     crate::store::embedded::EmbeddedStore::open(dir)
         .await
         .map(|store| Arc::new(store) as Arc<dyn EventStore>)

@@ -143,6 +143,9 @@ enum BenchScenario {
         data: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Use the in-memory store (not durable): isolates the command path from the disk.
+        #[arg(long)]
+        in_memory: bool,
     },
     /// One pool with a cutoff under a reserve storm, durable, in-process command path.
     HotPool {
@@ -156,6 +159,9 @@ enum BenchScenario {
         data: Option<PathBuf>,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Use the in-memory store (not durable): isolates the command path from the disk.
+        #[arg(long)]
+        in_memory: bool,
     },
 }
 
@@ -485,9 +491,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     seconds,
                     data,
                     seed,
+                    in_memory,
                 } => {
                     let dir = data.unwrap_or_else(|| temp.path().to_owned());
-                    let store = bench::embedded_store(&dir).await?;
+                    let store = bench::store(&dir, in_memory).await?;
                     bench::uniform(store, pools, clients, Duration::from_secs(seconds), seed).await?
                 }
                 BenchScenario::HotPool {
@@ -496,9 +503,10 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     seconds,
                     data,
                     seed,
+                    in_memory,
                 } => {
                     let dir = data.unwrap_or_else(|| temp.path().to_owned());
-                    let store = bench::embedded_store(&dir).await?;
+                    let store = bench::store(&dir, in_memory).await?;
                     bench::hot_pool(store, seats, clients, Duration::from_secs(seconds), seed).await?
                 }
             };
