@@ -68,6 +68,8 @@ pub fn router(ledger: Ledger) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -756,6 +758,18 @@ async fn revoke_actor(
     headers: HeaderMap,
 ) -> Response {
     actor_change(&state, &headers, &actor, ActorChange::Revoked).await
+}
+
+async fn unknown_route() -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, "not-known", "no such route; see /openapi.json")
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid-request",
+        "method not allowed on this route; see /openapi.json",
+    )
 }
 
 async fn healthz() -> impl IntoResponse {

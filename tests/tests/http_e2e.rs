@@ -983,7 +983,6 @@ async fn sweeper_after_restart_expires_holds_that_lapsed_while_down() {
 
 /// Errors are RFC 9457 problems everywhere, including routes and methods the API lacks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: unknown routes (404) and wrong methods (405) answer with an empty body, not application/problem+json (infra/src/http.rs router: no fallback / method_not_allowed_fallback)"]
 async fn unknown_routes_and_methods_answer_problems() {
     let h = Harness::start().await;
     let answer = h.get("/v1/nothing").await;
