@@ -49,7 +49,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 
 use allot_domain::{
     Action, ActorChange, ActorEvent, ActorId, ActorKey, ActorRegistry, Change, Event, Pool, PoolId,
@@ -65,6 +64,8 @@ pub const VIOLATIONS_MAX: usize = 1_000;
 /// Reservations whose sequence number is out of order that are still tracked per pool; beyond it
 /// they are only reported (a log no writer produced must not grow the audit without bound).
 pub const OUT_OF_SEQUENCE_RESERVATIONS_MAX: usize = 65_536;
+/// Forgotten token key buffers kept per pool for reuse.
+const SPARE_TOKEN_KEYS_MAX: usize = 1_024;
 
 /// The seed's record-clearable checks, each with a stable name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -307,8 +308,10 @@ struct PoolAudit {
     /// Reservation `seq` at index `seq - 1`.
     reservations: Vec<Reservation>,
     out_of_sequence: FastMap<u64, Reservation>,
-    tokens: FastMap<Arc<[u8]>, TokenUse>,
-    token_order: VecDeque<(Timestamp, Arc<[u8]>)>,
+    tokens: FastMap<Vec<u8>, TokenUse>,
+    token_order: VecDeque<(Timestamp, Vec<u8>)>,
+    /// Key buffers of forgotten tokens, reused so a steady window allocates nothing per event.
+    spare_keys: Vec<Vec<u8>>,
     /// The domain's aggregate, while `evolve` accepts this pool's events.
     fold: Option<Pool>,
 }
@@ -361,10 +364,43 @@ impl PoolAudit {
             let Some((at, key)) = self.token_order.pop_front() else {
                 break;
             };
-            if self.tokens.get(&key).is_some_and(|used| used.at == at) {
-                self.tokens.remove(&key);
+            if self.tokens.get(&key).is_some_and(|used| used.at == at)
+                && let Some((map_key, _)) = self.tokens.remove_entry(&key)
+            {
+                self.spare_key(map_key);
+            }
+            self.spare_key(key);
+        }
+    }
+
+    fn spare_key(&mut self, key: Vec<u8>) {
+        if self.spare_keys.len() < SPARE_TOKEN_KEYS_MAX {
+            self.spare_keys.push(key);
+        }
+    }
+
+    fn key_copy(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut key = self.spare_keys.pop().unwrap_or_default();
+        key.clear();
+        key.extend_from_slice(bytes);
+        key
+    }
+
+    /// Records that (actor, token) `key` was used at `at`, making reservation `made` (0: none).
+    fn record_token(&mut self, key: &[u8], at: Timestamp, made: u64) {
+        let used = TokenUse {
+            at,
+            reservation: made,
+        };
+        match self.tokens.get_mut(key) {
+            Some(slot) => *slot = used,
+            None => {
+                let map_key = self.key_copy(key);
+                self.tokens.insert(map_key, used);
             }
         }
+        let order_key = self.key_copy(key);
+        self.token_order.push_back((at, order_key));
     }
 }
 
@@ -558,6 +594,7 @@ impl Audit {
                     out_of_sequence: FastMap::default(),
                     tokens: FastMap::default(),
                     token_order: VecDeque::new(),
+                    spare_keys: Vec::new(),
                     fold: self.options.check_fold.then(Pool::default),
                 });
                 self.pools.len() - 1
@@ -637,19 +674,11 @@ impl Audit {
             };
             findings.add(Check::Idempotency, detail);
         }
-        let key: Arc<[u8]> = Arc::from(key_buffer.as_slice());
         let made = match event.change {
             Change::Reserved { reservation, .. } => reservation,
             _ => 0,
         };
-        pool.token_order.push_back((event.at, Arc::clone(&key)));
-        pool.tokens.insert(
-            key,
-            TokenUse {
-                at: event.at,
-                reservation: made,
-            },
-        );
+        pool.record_token(key_buffer, event.at, made);
 
         if event.allocated_after != pool.live_units() {
             findings.add(
