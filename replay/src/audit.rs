@@ -20,8 +20,9 @@
 //! - `state-transition`: each event's prior/new state match the reconstruction, the change
 //!   follows from the action, transitions are legal (confirm and cancel from Held, expire from
 //!   Held at or after `expires_at`, reserve sequences 1, 2, 3...), the stream's events all name
-//!   one pool, no other stream records that pool, it is declared once, before anything else,
-//!   and a capacity adjustment's `capacity_before` is the capacity in force.
+//!   one pool, no other stream records that pool, its times never go backwards, it is
+//!   declared once before anything else, and a capacity adjustment's `capacity_before` is the
+//!   capacity in force.
 //! - `no-lapsed-confirmation`: every Confirmed event's `at` is before the hold's `expires_at`
 //!   (Invariant 4).
 //! - `idempotency`: no (actor, token) is recorded twice within the pool's idempotency window,
@@ -30,9 +31,9 @@
 //! - `attribution`: each pool event's actor had a key valid at `signed_at` (or, for a client
 //!   whose clock ran behind its registration, at the event's `at`), still valid at the event's
 //!   `at` (a revoked key stops working at once, whatever `signed_at` it claims), whose role may
-//!   perform the action; with [`AuditOptions::verify_signatures`], its parameters digest is blake3 of the
-//!   canonical parameters and its ed25519 signature verifies over `signing::signing_bytes` under
-//!   that key. Actor events are signed (over `signing::actor_signing_bytes`, action
+//!   perform the action; with [`AuditOptions::verify_signatures`], its parameters digest is
+//!   blake3 of the canonical parameters and its ed25519 signature verifies over
+//!   `signing::signing_bytes` under that key. Actor events are signed (over `signing::actor_signing_bytes`, action
 //!   `register_actor` with params `role` and `public_key` in lowercase hex, or `revoke_actor`
 //!   with none) by `by`, who must hold an admin key valid as above. The one exception is
 //!   bootstrap: until the first actor event made by someone else (`by != actor`), an admin or
@@ -300,6 +301,7 @@ struct PoolAudit {
     pool: PoolId,
     next_version: u64,
     last_allocated_after: u64,
+    last_at: Timestamp,
     declared: bool,
     capacity: u64,
     window_ms: u64,
@@ -585,6 +587,7 @@ impl Audit {
                     pool: event.pool.clone(),
                     next_version: 0,
                     last_allocated_after: 0,
+                    last_at: Timestamp(0),
                     declared: false,
                     capacity: 0,
                     window_ms: 0,
@@ -625,6 +628,16 @@ impl Audit {
                 ),
             );
         }
+        if event.at < pool.last_at {
+            findings.add(
+                Check::StateTransition,
+                format!(
+                    "time goes backwards in the stream: {} after {}",
+                    event.at, pool.last_at
+                ),
+            );
+        }
+        pool.last_at = pool.last_at.max(event.at);
         if event.allocated_before != pool.last_allocated_after {
             findings.add(
                 Check::AllocatedChain,
@@ -665,7 +678,7 @@ impl Audit {
                     )
                 }
                 _ => format!(
-                    "token {} of {} recorded again {} ms after its first use, within the {} ms window",
+                    "token {} of {} recorded again {} ms after its previous use, within the {} ms window",
                     event.token,
                     event.actor,
                     event.at.0.saturating_sub(earlier.at.0),

@@ -550,3 +550,25 @@ fn a_client_clock_behind_its_registration_is_not_a_violation() {
     let report = audit(&ledger.records, AuditOptions::default());
     assert!(report.is_clean(), "{report}");
 }
+
+#[test]
+fn state_transition_names_time_going_backwards_in_a_stream() {
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("pool_ga", 2);
+    let previous = ledger
+        .pool_event_mut(ledger.index_of("pool_ga", 1))
+        .event
+        .at;
+    ledger.pool_event_mut(index).event.at = Timestamp(previous.0 - 1);
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(
+        &report,
+        Check::StateTransition,
+        position_of(&ledger, index),
+        &[],
+    );
+    assert!(
+        report.violations[0].detail.contains("backwards"),
+        "{report}"
+    );
+}
