@@ -63,12 +63,13 @@ pub struct TokenRecord {
     pub recorded_at: Timestamp,
 }
 
-/// Token outcomes of one pool, keyed by (actor, token), forgotten `window` after recording.
+/// Token outcomes of one pool, by actor then token, forgotten `window` after recording.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenCache {
-    records: HashMap<(ActorId, IdempotencyToken), TokenRecord>,
+    records: HashMap<ActorId, HashMap<IdempotencyToken, TokenRecord>>,
     /// Recording order; times are non-decreasing because a stream's times are.
     order: VecDeque<(Timestamp, ActorId, IdempotencyToken)>,
+    len: usize,
 }
 
 impl TokenCache {
@@ -79,8 +80,7 @@ impl TokenCache {
         now: Timestamp,
         window_ms: u64,
     ) -> Option<&TokenRecord> {
-        // Key lookup without cloning: the tuple key needs owned values, so build it once.
-        let record = self.records.get(&(actor.clone(), token.clone()))?;
+        let record = self.get(actor, token)?;
         (now < record.recorded_at.plus_ms(window_ms)).then_some(record)
     }
 
@@ -92,13 +92,18 @@ impl TokenCache {
             let Some((recorded_at, actor, token)) = self.order.pop_front() else {
                 break;
             };
-            let key = (actor, token);
-            if self
-                .records
-                .get(&key)
+            let Some(tokens) = self.records.get_mut(actor.as_str()) else {
+                continue;
+            };
+            if tokens
+                .get(token.as_str())
                 .is_some_and(|record| record.recorded_at == recorded_at)
             {
-                self.records.remove(&key);
+                tokens.remove(token.as_str());
+                self.len -= 1;
+                if tokens.is_empty() {
+                    self.records.remove(actor.as_str());
+                }
             }
         }
     }
@@ -106,23 +111,32 @@ impl TokenCache {
     fn record(&mut self, actor: &ActorId, token: &IdempotencyToken, record: TokenRecord) {
         self.order
             .push_back((record.recorded_at, actor.clone(), token.clone()));
-        self.records.insert((actor.clone(), token.clone()), record);
+        let tokens = match self.records.get_mut(actor.as_str()) {
+            Some(tokens) => tokens,
+            None => self.records.entry(actor.clone()).or_default(),
+        };
+        if tokens.insert(token.clone(), record).is_none() {
+            self.len += 1;
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len == 0
     }
 
     pub fn get(&self, actor: &ActorId, token: &IdempotencyToken) -> Option<&TokenRecord> {
-        self.records.get(&(actor.clone(), token.clone()))
+        self.records.get(actor.as_str())?.get(token.as_str())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&(ActorId, IdempotencyToken), &TokenRecord)> {
-        self.records.iter()
+    /// Every remembered (actor, token) and its record, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ActorId, &IdempotencyToken, &TokenRecord)> {
+        self.records.iter().flat_map(|(actor, tokens)| {
+            tokens.iter().map(move |(token, record)| (actor, token, record))
+        })
     }
 }
 
