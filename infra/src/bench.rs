@@ -49,7 +49,11 @@ impl std::fmt::Display for BenchResult {
             self.p999_us,
             self.errors,
             self.oversold,
-            if self.notes.is_empty() { String::new() } else { format!(" ({})", self.notes) }
+            if self.notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.notes)
+            }
         )
     }
 }
@@ -69,7 +73,13 @@ fn percentile(sorted: &[u32], q: f64) -> f64 {
     f64::from(sorted[rank.min(sorted.len() - 1)])
 }
 
-fn result(scenario: &str, samples: Vec<Samples>, elapsed: Duration, oversold: u64, notes: String) -> BenchResult {
+fn result(
+    scenario: &str,
+    samples: Vec<Samples>,
+    elapsed: Duration,
+    oversold: u64,
+    notes: String,
+) -> BenchResult {
     let mut all: Vec<u32> = Vec::new();
     let mut errors = 0;
     for sample in samples {
@@ -94,7 +104,13 @@ fn result(scenario: &str, samples: Vec<Samples>, elapsed: Duration, oversold: u6
 
 /// A command as the in-process path receives it: authenticated already (the HTTP scenario
 /// covers signatures), with a signature-sized attestation so events have their real size.
-fn command(pool: &PoolId, actor: &ActorId, token: String, action: Action, now: Timestamp) -> Command {
+fn command(
+    pool: &PoolId,
+    actor: &ActorId,
+    token: String,
+    action: Action,
+    now: Timestamp,
+) -> Command {
     Command {
         pool: pool.clone(),
         actor: actor.clone(),
@@ -119,7 +135,12 @@ async fn open(store: Arc<dyn EventStore>) -> Result<Ledger, String> {
     .map_err(|e| e.to_string())
 }
 
-async fn declare(ledger: &Ledger, pool: &PoolId, capacity: u64, closes_at: Option<Timestamp>) -> Result<(), String> {
+async fn declare(
+    ledger: &Ledger,
+    pool: &PoolId,
+    capacity: u64,
+    closes_at: Option<Timestamp>,
+) -> Result<(), String> {
     let admin = ActorId::new("admin");
     let action = Action::DeclarePool {
         capacity,
@@ -129,7 +150,13 @@ async fn declare(ledger: &Ledger, pool: &PoolId, capacity: u64, closes_at: Optio
     };
     let now = SystemClock.now();
     match ledger
-        .submit(command(pool, &admin, format!("declare-{pool}"), action, now))
+        .submit(command(
+            pool,
+            &admin,
+            format!("declare-{pool}"),
+            action,
+            now,
+        ))
         .await
     {
         Ok(reply) if matches!(reply.outcome, Outcome::PoolDeclared { .. }) => Ok(()),
@@ -189,15 +216,31 @@ pub async fn uniform(
                     count: 1,
                 };
                 n += 1;
-                let outcome = timed(&ledger, command(pool, &actor, format!("{n}"), reserve, now), &mut samples).await;
-                let Some(Outcome::Reserved { reservation, .. }) = outcome else { continue };
+                let outcome = timed(
+                    &ledger,
+                    command(pool, &actor, format!("{n}"), reserve, now),
+                    &mut samples,
+                )
+                .await;
+                let Some(Outcome::Reserved { reservation, .. }) = outcome else {
+                    continue;
+                };
                 let follow = if rng.gen_bool(0.5) {
-                    Action::ConfirmReservation { reservation: reservation.seq }
+                    Action::ConfirmReservation {
+                        reservation: reservation.seq,
+                    }
                 } else {
-                    Action::CancelReservation { reservation: reservation.seq }
+                    Action::CancelReservation {
+                        reservation: reservation.seq,
+                    }
                 };
                 n += 1;
-                timed(&ledger, command(pool, &actor, format!("{n}"), follow, now), &mut samples).await;
+                timed(
+                    &ledger,
+                    command(pool, &actor, format!("{n}"), follow, now),
+                    &mut samples,
+                )
+                .await;
             }
             samples
         }));
@@ -254,15 +297,31 @@ pub async fn hot_pool(
                     count: 1,
                 };
                 n += 1;
-                let outcome = timed(&ledger, command(&pool, &actor, format!("{n}"), reserve, now), &mut samples).await;
-                let Some(Outcome::Reserved { reservation, .. }) = outcome else { continue };
+                let outcome = timed(
+                    &ledger,
+                    command(&pool, &actor, format!("{n}"), reserve, now),
+                    &mut samples,
+                )
+                .await;
+                let Some(Outcome::Reserved { reservation, .. }) = outcome else {
+                    continue;
+                };
                 let follow = if rng.gen_bool(0.5) {
-                    Action::ConfirmReservation { reservation: reservation.seq }
+                    Action::ConfirmReservation {
+                        reservation: reservation.seq,
+                    }
                 } else {
-                    Action::CancelReservation { reservation: reservation.seq }
+                    Action::CancelReservation {
+                        reservation: reservation.seq,
+                    }
                 };
                 n += 1;
-                timed(&ledger, command(&pool, &actor, format!("{n}"), follow, now), &mut samples).await;
+                timed(
+                    &ledger,
+                    command(&pool, &actor, format!("{n}"), follow, now),
+                    &mut samples,
+                )
+                .await;
             }
             samples
         }));

@@ -761,7 +761,11 @@ async fn revoke_actor(
 }
 
 async fn unknown_route() -> Problem {
-    Problem::new(StatusCode::NOT_FOUND, "not-known", "no such route; see /openapi.json")
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-known",
+        "no such route; see /openapi.json",
+    )
 }
 
 async fn method_not_allowed() -> Problem {

@@ -6,15 +6,16 @@
 //!
 //! Must not: decide commands itself; every decision goes through `allot_domain::decide`.
 
+pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod demo;
 pub mod http;
 pub mod identity;
+pub mod inspect;
 pub mod ledger;
 pub mod metrics;
 pub mod openapi;
 pub mod server;
 pub mod store;
 pub mod sweeper;
-pub mod bench;

@@ -12,6 +12,7 @@ use allot_infra::client::{Answer, Client};
 use allot_infra::clock::{Clock, SystemClock};
 use allot_infra::demo::{self, DemoOptions};
 use allot_infra::identity::KeyFile;
+use allot_infra::inspect;
 use allot_infra::server::{ServeOptions, Service};
 use allot_infra::store::{self, EventStore};
 use allot_projections::Projections;
@@ -115,6 +116,49 @@ enum Command {
         id: String,
         #[arg(long, env = "ALLOT_SERVER", default_value = "http://127.0.0.1:7878")]
         server: String,
+    },
+    /// Verify the seed's guarantees from the log alone; exits non-zero on any violation.
+    Audit {
+        /// An embedded data directory or a connection string. Run it on a copy, or while the
+        /// service is stopped: it takes the directory's lock.
+        source: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Skip ed25519 and digest verification (faster; arithmetic and state checks only).
+        #[arg(long)]
+        no_signatures: bool,
+        /// Write a visual report (allocated and capacity over time per pool) to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Who held what at this instant (ms since the epoch, or RFC 3339 UTC).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// List stranded slots (terminal reservations whose slot was never returned).
+        #[arg(long)]
+        stranded: bool,
+        /// The disputed-double-booking view of this pool.
+        #[arg(long)]
+        dispute: Option<String>,
+        /// The contention window of this pool around --around (default: its cutoff).
+        #[arg(long)]
+        contention: Option<String>,
+        #[arg(long)]
+        around: Option<String>,
+        /// Half-width of the contention window, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Rebuild every projection from the log and write a checkpoint the service starts from.
+    Rebuild {
+        /// An embedded data directory or a connection string.
+        source: String,
+        /// Checkpoint file (default: DATA/projections.checkpoint for a data directory).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Start over instead of resuming from the existing checkpoint.
+        #[arg(long)]
+        full: bool,
     },
     /// Performance scenarios (see BENCHMARKS.md).
     Bench {
@@ -245,6 +289,23 @@ async fn open_store(data: &Path, url: Option<&str>) -> Result<Arc<dyn EventStore
     }
 }
 
+fn is_connection_string(source: &str) -> bool {
+    source.contains("://")
+}
+
+/// Opens an audit or rebuild source: a connection string or an embedded data directory, which
+/// must already exist (auditing a mistyped path must not create an empty store).
+async fn open_source(source: &str) -> Result<Arc<dyn EventStore>, String> {
+    if is_connection_string(source) {
+        return open_store(Path::new("."), Some(source)).await;
+    }
+    let dir = Path::new(source);
+    if !dir.is_dir() {
+        return Err(format!("{source}: no such data directory"));
+    }
+    open_store(dir, None).await
+}
+
 fn client(args: &ClientArgs) -> Result<(Client, String), String> {
     let (file, key) = KeyFile::read(&args.key).map_err(|e| e.to_string())?;
     let token = args.token.clone().unwrap_or_else(random_token);
@@ -317,10 +378,24 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         } => {
             let keys_dir = keys.unwrap_or_else(|| data.join("keys"));
             let event_store = open_store(&data, store.as_deref()).await?;
+            // Start from the checkpoint `allot rebuild` wrote, replaying only the tail.
+            let projections = match store {
+                Some(_) => Projections::new(),
+                None => match inspect::read_checkpoint(&data.join(inspect::CHECKPOINT_FILE)) {
+                    Ok(Some(checkpoint)) => Projections::from_snapshot(&checkpoint.projections),
+                    Ok(None) => Projections::new(),
+                    Err(error) => {
+                        eprintln!(
+                            "warning: ignoring checkpoint ({error}); replaying the whole log"
+                        );
+                        Projections::new()
+                    }
+                },
+            };
             let service = Service::start(
                 event_store,
                 Arc::new(SystemClock),
-                Arc::new(Projections::new()),
+                Arc::new(projections),
                 ServeOptions {
                     listen,
                     keys_dir,
@@ -365,7 +440,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
             println!("{report}");
             println!("log: {}", dir.display());
-            if report.oversold == 0 && report.incoherent_pools == 0 {
+            if report.oversold == 0 && report.incoherent_pools == 0 && report.audit_violations == 0
+            {
                 Ok(ExitCode::SUCCESS)
             } else {
                 Ok(ExitCode::FAILURE)
@@ -482,6 +558,127 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
             Ok(print_answer(&answer))
         }
+        Command::Audit {
+            source,
+            json,
+            no_signatures,
+            html,
+            as_of,
+            stranded,
+            dispute,
+            contention,
+            around,
+            seconds,
+        } => {
+            let time = |text: &str| {
+                inspect::parse_time(text)
+                    .ok_or_else(|| format!("{text}: give milliseconds or RFC 3339 UTC"))
+            };
+            let contention = match contention {
+                Some(pool) => {
+                    let around = match around {
+                        Some(text) => time(&text)?,
+                        None => return Err("--contention needs --around TIME".to_owned()),
+                    };
+                    Some((PoolId::new(pool), around, seconds))
+                }
+                None => None,
+            };
+            let request = inspect::AuditRequest {
+                verify_signatures: !no_signatures,
+                as_of: as_of.as_deref().map(time).transpose()?,
+                stranded,
+                dispute: dispute.map(PoolId::new),
+                contention,
+                html_title: html.as_ref().map(|_| format!("allot audit of {source}")),
+            };
+            let event_store = open_source(&source).await?;
+            let bar = inspect::progress_bar(None, "auditing");
+            let findings = inspect::audit(event_store.as_ref(), &request, &bar)
+                .await
+                .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            if let (Some(path), Some(page)) = (&html, &findings.html) {
+                inspect::write_atomically(path, page.as_bytes()).map_err(|e| e.to_string())?;
+                eprintln!("report: {}", path.display());
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&findings).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!("{}", findings.report);
+                for (name, value) in [
+                    ("as of", findings.as_of.as_ref().map(serde_json::to_value)),
+                    (
+                        "stranded slots",
+                        findings.stranded_slots.as_ref().map(serde_json::to_value),
+                    ),
+                    (
+                        "dispute",
+                        findings.dispute.as_ref().map(serde_json::to_value),
+                    ),
+                    (
+                        "contention window",
+                        findings.contention.as_ref().map(serde_json::to_value),
+                    ),
+                ] {
+                    if let Some(Ok(value)) = value {
+                        println!(
+                            "\n{name}:\n{}",
+                            serde_json::to_string_pretty(&value).unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            Ok(if findings.report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Rebuild {
+            source,
+            checkpoint,
+            full,
+        } => {
+            let path = match checkpoint {
+                Some(path) => path,
+                None if is_connection_string(&source) => {
+                    return Err("give --checkpoint FILE for a connection string".to_owned());
+                }
+                None => Path::new(&source).join(inspect::CHECKPOINT_FILE),
+            };
+            let existing = if full {
+                None
+            } else {
+                inspect::read_checkpoint(&path).map_err(|e| e.to_string())?
+            };
+            let event_store = open_source(&source).await?;
+            let started = std::time::Instant::now();
+            let bar = inspect::progress_bar(None, "rebuilding");
+            let rebuild = inspect::rebuild(event_store.as_ref(), existing.as_ref(), &bar)
+                .await
+                .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            let checkpoint = rebuild.checkpoint();
+            let bytes = checkpoint.to_bytes().map_err(|e| e.to_string())?;
+            inspect::write_atomically(&path, &bytes).map_err(|e| e.to_string())?;
+            println!(
+                "rebuilt {} events in {:.2} s{}; checkpoint at position {:?} written to {}",
+                rebuild.events_done(),
+                started.elapsed().as_secs_f64(),
+                if existing.is_some() {
+                    " (after the previous checkpoint)"
+                } else {
+                    ""
+                },
+                checkpoint.position,
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench { scenario } => {
             let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
             let result = match scenario {
@@ -495,7 +692,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 } => {
                     let dir = data.unwrap_or_else(|| temp.path().to_owned());
                     let store = bench::store(&dir, in_memory).await?;
-                    bench::uniform(store, pools, clients, Duration::from_secs(seconds), seed).await?
+                    bench::uniform(store, pools, clients, Duration::from_secs(seconds), seed)
+                        .await?
                 }
                 BenchScenario::HotPool {
                     seats,
@@ -507,7 +705,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 } => {
                     let dir = data.unwrap_or_else(|| temp.path().to_owned());
                     let store = bench::store(&dir, in_memory).await?;
-                    bench::hot_pool(store, seats, clients, Duration::from_secs(seconds), seed).await?
+                    bench::hot_pool(store, seats, clients, Duration::from_secs(seconds), seed)
+                        .await?
                 }
             };
             println!("{result}");
