@@ -207,6 +207,47 @@ enum BenchScenario {
         #[arg(long)]
         in_memory: bool,
     },
+    /// Signed commands over loopback HTTP from a separate load process.
+    Http {
+        #[arg(long, default_value_t = 100)]
+        pools: usize,
+        #[arg(long, default_value_t = 256)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// The load side of `http` (run by it as a child process).
+    #[command(hide = true)]
+    HttpLoad {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        pools: usize,
+        #[arg(long)]
+        clients: usize,
+        #[arg(long)]
+        seconds: u64,
+    },
+    /// Rebuild, audit (with and without signatures) and start-up on a large log.
+    Replay {
+        /// Events in the generated log.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Where the log lives; generated there if it has none (keep it to re-run quickly).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Memory per live reservation and per cached token.
+    Memory {
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -707,6 +748,68 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     let store = bench::store(&dir, in_memory).await?;
                     bench::hot_pool(store, seats, clients, Duration::from_secs(seconds), seed)
                         .await?
+                }
+                BenchScenario::Http {
+                    pools,
+                    clients,
+                    seconds,
+                    data,
+                } => {
+                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    bench::http(&dir, pools, async |server, key: PathBuf| {
+                        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                        let output = tokio::process::Command::new(exe)
+                            .args(["bench", "http-load", "--server", &server])
+                            .arg("--key")
+                            .arg(&key)
+                            .args(["--pools", &pools.to_string()])
+                            .args(["--clients", &clients.to_string()])
+                            .args(["--seconds", &seconds.to_string()])
+                            .output()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let stdout = String::from_utf8_lossy(&output.stdout);
+                        let line = stdout.lines().last().unwrap_or_default();
+                        serde_json::from_str(line)
+                            .map_err(|e| format!("load process said {stdout:?}: {e}"))
+                    })
+                    .await?
+                }
+                BenchScenario::HttpLoad {
+                    server,
+                    key,
+                    pools,
+                    clients,
+                    seconds,
+                } => {
+                    let (file, signing_key) = KeyFile::read(&key).map_err(|e| e.to_string())?;
+                    let result = bench::http_load(
+                        &server,
+                        ActorId::new(file.actor),
+                        signing_key,
+                        pools,
+                        clients,
+                        Duration::from_secs(seconds),
+                        1,
+                    )
+                    .await?;
+                    println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                BenchScenario::Replay { events, data } => {
+                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let result = bench::replay(&dir, events).await?;
+                    println!("{result}");
+                    println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                BenchScenario::Memory { count, data } => {
+                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let store = bench::store(&dir, false).await?;
+                    let result = bench::memory(store, count).await?;
+                    println!("{result}");
+                    println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    return Ok(ExitCode::SUCCESS);
                 }
             };
             println!("{result}");
