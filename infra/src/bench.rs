@@ -639,7 +639,7 @@ pub async fn generate_log(
                         &mut batch,
                     );
                     let seq = pool.reservations_made();
-                    let follow = if n % 2 == 0 {
+                    let follow = if n.is_multiple_of(2) {
                         Action::ConfirmReservation { reservation: seq }
                     } else {
                         Action::CancelReservation { reservation: seq }
