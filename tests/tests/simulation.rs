@@ -16,6 +16,7 @@
 //! - `SIM_SEED=n` runs exactly seed `n` (the line a failure prints), with its trace.
 //! - `SIM_SEEDS=n` runs seeds `SIM_SEED_BASE .. SIM_SEED_BASE + n` (default 0 and 200).
 //! - `SIM_STEPS=n` steps per seed (default 120).
+//! - `SIM_TRACE_LINES=n` keeps the last `n` steps of trace in a failure report (default 40).
 //! - `SIM_LOST_ACKS=0` never loses the acknowledgement of a written append (the other faults
 //!   stay on); `SIM_STORE_FAULTS=0` injects no store fault at all; `SIM_CRASHES=0` never
 //!   crashes; `SIM_INSTANCES=1` never runs a second ledger instance. Each narrows what a seed
@@ -60,6 +61,9 @@ fn options(domain_fault: Option<Fault>) -> Options {
     }
     if env_u64("SIM_INSTANCES") == Some(1) {
         options.instances = false;
+    }
+    if let Some(lines) = env_u64("SIM_TRACE_LINES") {
+        options.trace_lines = usize::try_from(lines).unwrap_or(usize::MAX);
     }
     if let Some(steps) = env_u64("SIM_STEPS") {
         options.steps = u32::try_from(steps).unwrap_or(u32::MAX);

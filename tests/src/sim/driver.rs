@@ -1,7 +1,7 @@
 //! The simulated world: its setup from the seed, its steps, its crashes and its finish.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use super::mirror::{Mirror, audit_passes, replay_from_scratch, snapshot_difference};
 use super::model::{Intent, Model, Purpose, Status};
 use super::store::{FaultRates, FaultyStore};
-use super::{Failure, Options, Summary, TRACE_LINES_MAX};
+use super::{Failure, Options, Summary};
 
 /// When the actors are registered.
 const START: Timestamp = Timestamp(1_700_000_000_000);
@@ -141,6 +141,8 @@ struct World {
     model: Model,
     mirror: Mirror,
     high_water: Timestamp,
+    /// (instance, pool) whose live projections are behind the log, since which step.
+    behind_since: BTreeMap<(usize, PoolId), u32>,
     step: u32,
     trace: VecDeque<String>,
     line: String,
@@ -382,6 +384,7 @@ impl World {
             model,
             mirror: Mirror::default(),
             high_water: CLOCK_FLOOR,
+            behind_since: BTreeMap::new(),
             step: 0,
             trace: VecDeque::new(),
             line: String::new(),
@@ -415,7 +418,7 @@ impl World {
         if self.line.is_empty() {
             return;
         }
-        if self.trace.len() == TRACE_LINES_MAX {
+        if self.trace.len() >= self.options.trace_lines.max(1) {
             self.trace.pop_front();
         }
         self.trace.push_back(std::mem::take(&mut self.line));
@@ -541,6 +544,7 @@ impl World {
             status: Status::Unresolved,
             unverified: false,
             fresh_answers: 0,
+            maybe_recorded: false,
         })
     }
 
@@ -746,6 +750,7 @@ impl World {
             status: Status::Unresolved,
             unverified: false,
             fresh_answers: 0,
+            maybe_recorded: false,
             ..original
         }))
     }
@@ -909,6 +914,7 @@ impl World {
                     if !answered.contains(&index) =>
                 {
                     let intent = &mut self.model.intents[index];
+                    intent.maybe_recorded = true;
                     if intent.purpose != Purpose::Fresh && intent.status == Status::Unresolved {
                         intent.status = Status::Abandoned;
                     }
@@ -968,6 +974,14 @@ impl World {
         for (instance, ledger) in self.ledgers.iter().enumerate() {
             self.mirror
                 .check_projections(instance, ledger.projections())?;
+            for (pool, folded) in self.mirror.pools() {
+                let key = (instance, pool.clone());
+                if ledger.projections().next_version(pool) < folded.events_applied() {
+                    self.behind_since.entry(key).or_insert(self.step);
+                } else {
+                    self.behind_since.remove(&key);
+                }
+            }
         }
         // Invariant 6: every acknowledged outcome is in the log.
         for intent in self
@@ -1054,7 +1068,16 @@ impl World {
             self.execute(touch, None).await?;
             self.check(true).await?;
             self.mirror
-                .check_projections_current(instance, self.ledgers[instance].projections())?;
+                .check_projections_current(instance, self.ledgers[instance].projections())
+                .map_err(|violation| {
+                    let behind: Vec<String> = self
+                        .behind_since
+                        .iter()
+                        .filter(|((i, _), _)| *i == instance)
+                        .map(|((_, pool), step)| format!("{pool} since step {step}"))
+                        .collect();
+                    format!("{violation} (behind the log: {})", behind.join(", "))
+                })?;
         }
         self.check_no_half_applied()?;
 
@@ -1109,6 +1132,9 @@ impl World {
                 .token_uses(&intent.pool, &intent.actor, &intent.token);
             let fine = match &intent.status {
                 Status::Acknowledged(reply) => uses.len() == 1 && uses[0].outcome == reply.outcome,
+                // Refused outright, nothing may be recorded; but a copy refused by a stale
+                // instance while another attempt of it failed may sit beside that attempt.
+                Status::Refused(_) if intent.maybe_recorded => uses.len() <= 1,
                 Status::Refused(_) => uses.is_empty(),
                 Status::Unresolved | Status::Abandoned => true,
             };

@@ -48,8 +48,8 @@ use allot_domain::fault::Fault;
 
 pub use store::{FaultRates, FaultStats, FaultyStore};
 
-/// Lines of step trace kept for a failure report.
-pub const TRACE_LINES_MAX: usize = 40;
+/// Lines of step trace a failure report keeps by default.
+pub const TRACE_LINES: usize = 40;
 
 /// What a run does besides following its seed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +67,8 @@ pub struct Options {
     pub instances: bool,
     /// A test-only domain bug to switch on for this run (the vacuity guard).
     pub domain_fault: Option<Fault>,
+    /// Lines of step trace a failure report keeps (the last ones).
+    pub trace_lines: usize,
 }
 
 impl Default for Options {
@@ -78,6 +80,7 @@ impl Default for Options {
             crashes: true,
             instances: true,
             domain_fault: None,
+            trace_lines: TRACE_LINES,
         }
     }
 }

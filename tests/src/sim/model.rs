@@ -60,6 +60,9 @@ pub struct Intent {
     pub unverified: bool,
     /// Answers that were decided afresh (not replayed).
     pub fresh_answers: u32,
+    /// An attempt failed or went unanswered, so it may have been recorded even if another
+    /// attempt (a copy in flight on a stale instance) was refused.
+    pub maybe_recorded: bool,
 }
 
 impl Intent {
@@ -185,6 +188,7 @@ impl Model {
             }
             Err(_) => {
                 let intent = &mut self.intents[index];
+                intent.maybe_recorded = true;
                 if intent.purpose != Purpose::Fresh {
                     intent.status = Status::Abandoned;
                 }
