@@ -1,0 +1,6 @@
+//! cargo-fuzz target: see `allot_fuzz::checks::log_recovery`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    allot_fuzz::checks::log_recovery(data);
+});
