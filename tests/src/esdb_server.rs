@@ -192,6 +192,24 @@ impl State {
         self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn append_raw(&self, stream: &str, event_type: &str, data: &[u8]) {
+        let message = append_req::ProposedMessage {
+            id: Some(uuid_to_proto(::uuid::Uuid::new_v4(), false)),
+            metadata: HashMap::from([
+                ("type".to_owned(), event_type.to_owned()),
+                ("content-type".to_owned(), "application/json".to_owned()),
+            ]),
+            custom_metadata: Vec::new(),
+            data: data.to_vec(),
+        };
+        let count = {
+            let mut log = self.lock();
+            log.push(stream, message);
+            log.events.len()
+        };
+        self.appended.send_replace(count);
+    }
+
     fn check_available(&self) -> Result<(), Status> {
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(Status::unavailable("injected fault: server unavailable"));
@@ -223,16 +241,13 @@ impl EsdbTestServer {
             appends_served: AtomicU64::new(0),
             subscriptions_opened: AtomicU64::new(0),
         });
-        let server = EsdbTestServer {
-            addr,
-            state: Arc::clone(&state),
-            shutdown: None,
-        };
-        server.append_raw("$settings", "$settings", b"{}");
-        server.append_raw("$stats-127.0.0.1:2113", "$statsCollected", b"{}");
+        state.append_raw("$settings", "$settings", b"{}");
+        state.append_raw("$stats-127.0.0.1:2113", "$statsCollected", b"{}");
 
         let (shutdown, stop) = oneshot::channel::<()>();
-        let service = Service { state };
+        let service = Service {
+            state: Arc::clone(&state),
+        };
         tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(StreamsServer::new(service.clone()))
@@ -249,8 +264,9 @@ impl EsdbTestServer {
             }
         });
         EsdbTestServer {
+            addr,
+            state,
             shutdown: Some(shutdown),
-            ..server
         }
     }
 
@@ -293,21 +309,7 @@ impl EsdbTestServer {
     /// Appends one event without any check, as another writer of the node would (system
     /// streams, streams of other applications).
     pub fn append_raw(&self, stream: &str, event_type: &str, data: &[u8]) {
-        let message = append_req::ProposedMessage {
-            id: Some(uuid_to_proto(::uuid::Uuid::new_v4(), false)),
-            metadata: HashMap::from([
-                ("type".to_owned(), event_type.to_owned()),
-                ("content-type".to_owned(), "application/json".to_owned()),
-            ]),
-            custom_metadata: Vec::new(),
-            data: data.to_vec(),
-        };
-        let count = {
-            let mut log = self.state.lock();
-            log.push(stream, message);
-            log.events.len()
-        };
-        self.state.appended.send_replace(count);
+        self.state.append_raw(stream, event_type, data);
     }
 
     /// Events stored, system events included.
@@ -828,23 +830,23 @@ struct Cursor {
 type ReadSender = mpsc::Sender<Result<ReadResp, Status>>;
 
 async fn serve_read(state: Arc<State>, read: ReadPlan, tx: ReadSender) {
-    let mut cursor = {
+    let cursor = {
         let log = state.lock();
-        if let Some(stream) = &read.stream
-            && !log.streams.contains_key(stream)
-        {
-            let not_found = read_resp::StreamNotFound {
-                stream_identifier: Some(read.identifier()),
-            };
-            drop(log);
-            let _ = tx
-                .send(Ok(ReadResp {
-                    content: Some(read_resp::Content::StreamNotFound(not_found)),
-                }))
-                .await;
-            return;
+        match &read.stream {
+            Some(stream) if !log.streams.contains_key(stream) => None,
+            _ => Some(read.read_cursor(&log)),
         }
-        read.read_cursor(&log)
+    };
+    let Some(mut cursor) = cursor else {
+        let not_found = read_resp::StreamNotFound {
+            stream_identifier: Some(read.identifier()),
+        };
+        let _ = tx
+            .send(Ok(ReadResp {
+                content: Some(read_resp::Content::StreamNotFound(not_found)),
+            }))
+            .await;
+        return;
     };
     let mut sent = 0u64;
     while sent < read.count {
