@@ -93,14 +93,24 @@ fn from_registry(version: &str) -> Option<PathBuf> {
     let registries = std::fs::read_dir(cargo_home.join("registry").join("src")).ok()?;
     registries
         .flatten()
-        .map(|r| r.path().join(format!("{CLIENT_CRATE}-{version}")).join("protos"))
+        .map(|r| {
+            r.path()
+                .join(format!("{CLIENT_CRATE}-{version}"))
+                .join("protos")
+        })
         .find_map(checked)
 }
 
 fn from_cargo_metadata(workspace: &Path) -> Option<PathBuf> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--manifest-path"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--offline",
+            "--manifest-path",
+        ])
         .arg(workspace.join("Cargo.toml"))
         .output()
         .ok()?;

@@ -144,7 +144,10 @@ pub async fn run(
         )
         .await?;
     if !registered.is_success() {
-        return Err(DemoError::Setup(format!("register registrar: {}", registered.body)));
+        return Err(DemoError::Setup(format!(
+            "register registrar: {}",
+            registered.body
+        )));
     }
     let registrar = admin.with_identity(registrar_id, registrar_key);
 
@@ -361,7 +364,11 @@ async fn student_run(
 
 impl std::fmt::Display for DemoReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "add/drop rush finished in {:.1} s", self.elapsed_ms as f64 / 1000.0)?;
+        writeln!(
+            f,
+            "add/drop rush finished in {:.1} s",
+            self.elapsed_ms as f64 / 1000.0
+        )?;
         writeln!(f, "  seats                    {}", self.seats)?;
         writeln!(
             f,

@@ -337,7 +337,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 idempotency_window_ms,
                 client,
             } => {
-                let pool = PoolId::new(pool.unwrap_or_else(|| format!("pool-{}", &random_token()[..12])));
+                let pool =
+                    PoolId::new(pool.unwrap_or_else(|| format!("pool-{}", &random_token()[..12])));
                 let closes_at = closes_at
                     .or_else(|| closes_in_ms.map(|ms| SystemClock.now().0 + ms))
                     .map(Timestamp);
@@ -353,7 +354,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 pool,
                 capacity,
                 client,
-            } => send(&client, &PoolId::new(pool), Action::AdjustCapacity { capacity }).await,
+            } => {
+                send(
+                    &client,
+                    &PoolId::new(pool),
+                    Action::AdjustCapacity { capacity },
+                )
+                .await
+            }
             PoolCommand::Close { pool, client } => {
                 send(&client, &PoolId::new(pool), Action::ClosePool).await
             }
@@ -379,21 +387,42 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             client,
         } => {
             let id = parse_reservation(&reservation)?;
-            send(&client, &id.pool, Action::ConfirmReservation { reservation: id.seq }).await
+            send(
+                &client,
+                &id.pool,
+                Action::ConfirmReservation {
+                    reservation: id.seq,
+                },
+            )
+            .await
         }
         Command::Cancel {
             reservation,
             client,
         } => {
             let id = parse_reservation(&reservation)?;
-            send(&client, &id.pool, Action::CancelReservation { reservation: id.seq }).await
+            send(
+                &client,
+                &id.pool,
+                Action::CancelReservation {
+                    reservation: id.seq,
+                },
+            )
+            .await
         }
         Command::Expire {
             reservation,
             client,
         } => {
             let id = parse_reservation(&reservation)?;
-            send(&client, &id.pool, Action::ExpireReservation { reservation: id.seq }).await
+            send(
+                &client,
+                &id.pool,
+                Action::ExpireReservation {
+                    reservation: id.seq,
+                },
+            )
+            .await
         }
         Command::Show { id, server } => {
             // Reads need no key; an all-zero key is never used to sign here.

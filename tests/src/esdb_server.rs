@@ -25,6 +25,9 @@
 //!
 //! The client unwraps optional response fields, so every response fills them.
 
+// tonic's service traits return `Status` by value; the helpers here feed them directly.
+#![allow(clippy::result_large_err)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -444,7 +447,12 @@ fn append_success(revision: u64, position: u64) -> AppendResp {
 
 /// The revision and position of the last of `ids` if they are already in `stream` right where
 /// this append would put them: a retry of an append that landed.
-fn already_written(log: &Log, stream: &str, expected: Expected, ids: &[::uuid::Uuid]) -> Option<(u64, u64)> {
+fn already_written(
+    log: &Log,
+    stream: &str,
+    expected: Expected,
+    ids: &[::uuid::Uuid],
+) -> Option<(u64, u64)> {
     let indexes = log.streams.get(stream)?;
     let first = match expected {
         Expected::NoStream => 0,
@@ -493,7 +501,11 @@ impl Streams for Service {
         let mut messages = request.into_inner();
         let options = match messages.message().await?.and_then(|m| m.content) {
             Some(append_req::Content::Options(options)) => options,
-            _ => return Err(Status::invalid_argument("append must start with its options")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "append must start with its options",
+                ));
+            }
         };
         let stream = stream_name(options.stream_identifier)?;
         let expected = match options.expected_stream_revision {
@@ -503,7 +515,11 @@ impl Streams for Service {
             Some(append_req::options::ExpectedStreamRevision::StreamExists(_)) => {
                 Expected::StreamExists
             }
-            None => return Err(Status::invalid_argument("append without an expected revision")),
+            None => {
+                return Err(Status::invalid_argument(
+                    "append without an expected revision",
+                ));
+            }
         };
         let mut proposed = Vec::new();
         while let Some(message) = messages.message().await? {
@@ -579,21 +595,27 @@ impl Streams for Service {
     }
 
     async fn delete(&self, _request: Request<DeleteReq>) -> Result<Response<DeleteResp>, Status> {
-        Err(Status::unimplemented("delete is not served by the in-test server"))
+        Err(Status::unimplemented(
+            "delete is not served by the in-test server",
+        ))
     }
 
     async fn tombstone(
         &self,
         _request: Request<TombstoneReq>,
     ) -> Result<Response<TombstoneResp>, Status> {
-        Err(Status::unimplemented("tombstone is not served by the in-test server"))
+        Err(Status::unimplemented(
+            "tombstone is not served by the in-test server",
+        ))
     }
 
     async fn batch_append(
         &self,
         _request: Request<Streaming<BatchAppendReq>>,
     ) -> Result<Response<Self::BatchAppendStream>, Status> {
-        Err(Status::unimplemented("batch append is not served by the in-test server"))
+        Err(Status::unimplemented(
+            "batch append is not served by the in-test server",
+        ))
     }
 }
 
@@ -715,7 +737,12 @@ impl ReadPlan {
 
     fn identifier(&self) -> StreamIdentifier {
         StreamIdentifier {
-            stream_name: self.stream.as_deref().unwrap_or(ALL_STREAM).as_bytes().to_vec(),
+            stream_name: self
+                .stream
+                .as_deref()
+                .unwrap_or(ALL_STREAM)
+                .as_bytes()
+                .to_vec(),
         }
     }
 
@@ -815,7 +842,9 @@ impl ReadPlan {
             (_, ReadFrom::Start) => 0,
             (Some(s), ReadFrom::End) => log.streams.get(s).map_or(0, Vec::len),
             (None, ReadFrom::End) => log.events.len(),
-            (Some(_), ReadFrom::At(r)) => usize::try_from(r).unwrap_or(usize::MAX).saturating_add(1),
+            (Some(_), ReadFrom::At(r)) => {
+                usize::try_from(r).unwrap_or(usize::MAX).saturating_add(1)
+            }
             (None, ReadFrom::At(p)) => log.first_at_or_after(p.saturating_add(1)),
         };
         Cursor { next }
@@ -886,7 +915,9 @@ async fn serve_subscription(state: Arc<State>, read: ReadPlan, tx: ReadSender) {
         let page = read.page(&state.lock(), &mut cursor);
         if dropped || drops.has_changed().unwrap_or(true) {
             let _ = tx
-                .send(Err(Status::unavailable("injected fault: subscription dropped")))
+                .send(Err(Status::unavailable(
+                    "injected fault: subscription dropped",
+                )))
                 .await;
             return;
         }

@@ -73,17 +73,29 @@ async fn all_reads_see_only_allot_streams() {
     let store = open_esdb(&server.url()).await.unwrap();
     server.append_raw("other-app", "Thing", b"{}");
     store
-        .append("pool-1", ExpectedVersion::NoStream, vec![event("Declared", "p0")])
+        .append(
+            "pool-1",
+            ExpectedVersion::NoStream,
+            vec![event("Declared", "p0")],
+        )
         .await
         .unwrap();
     server.append_raw("$$pool-1", "$metadata", b"{}");
     store
-        .append("actors", ExpectedVersion::Any, vec![event("Registered", "k0")])
+        .append(
+            "actors",
+            ExpectedVersion::Any,
+            vec![event("Registered", "k0")],
+        )
         .await
         .unwrap();
     server.append_raw("$ce-pool", "$>", b"0@pool-1");
     store
-        .append("pool-1", ExpectedVersion::Exact(0), vec![event("Reserved", "p1")])
+        .append(
+            "pool-1",
+            ExpectedVersion::Exact(0),
+            vec![event("Reserved", "p1")],
+        )
         .await
         .unwrap();
 
@@ -102,11 +114,18 @@ async fn all_reads_see_only_allot_streams() {
     }
     server.append_raw("$stats-127.0.0.1:2113", "$statsCollected", b"{}");
     let live = store
-        .append("pool-2", ExpectedVersion::NoStream, vec![event("Declared", "q0")])
+        .append(
+            "pool-2",
+            ExpectedVersion::NoStream,
+            vec![event("Declared", "q0")],
+        )
         .await
         .unwrap();
     let next = next_item(&mut subscription).await.unwrap();
-    assert_eq!((next.stream.as_str(), next.position), ("pool-2", live.last_position));
+    assert_eq!(
+        (next.stream.as_str(), next.position),
+        ("pool-2", live.last_position)
+    );
 }
 
 /// Subscriptions dropped by the server while appends go on resume after the last delivered
@@ -119,7 +138,11 @@ async fn dropped_subscription_resumes_without_gap_or_duplicate() {
     let store = Arc::new(open_esdb(&server.url()).await.unwrap());
     for i in 0..10 {
         store
-            .append("pool-a", ExpectedVersion::Any, vec![event("E", format!("a{i}"))])
+            .append(
+                "pool-a",
+                ExpectedVersion::Any,
+                vec![event("E", format!("a{i}"))],
+            )
             .await
             .unwrap();
     }
@@ -129,7 +152,11 @@ async fn dropped_subscription_resumes_without_gap_or_duplicate() {
         tokio::spawn(async move {
             for i in 0..APPENDS {
                 store
-                    .append("pool-b", ExpectedVersion::Any, vec![event("E", format!("b{i}"))])
+                    .append(
+                        "pool-b",
+                        ExpectedVersion::Any,
+                        vec![event("E", format!("b{i}"))],
+                    )
                     .await
                     .unwrap();
                 if i % DROP_EVERY == 0 {
@@ -144,7 +171,10 @@ async fn dropped_subscription_resumes_without_gap_or_duplicate() {
     }
     writer.await.unwrap();
     let all = store.read_all(None, usize::MAX).await.unwrap();
-    assert_eq!(seen, all, "gap, duplicate or reordering across resubscriptions");
+    assert_eq!(
+        seen, all,
+        "gap, duplicate or reordering across resubscriptions"
+    );
     assert!(
         server.subscriptions_opened() > 2,
         "the subscription was never dropped: {} opened",
@@ -193,9 +223,15 @@ async fn unavailable_server_gives_clear_errors_then_recovers() {
         "{append:?}"
     );
     let read = store.read_stream("pool-a", 0, 10).await;
-    assert!(matches!(read, Err(StoreError::Unavailable { .. })), "{read:?}");
+    assert!(
+        matches!(read, Err(StoreError::Unavailable { .. })),
+        "{read:?}"
+    );
     let read = store.read_all(None, 10).await;
-    assert!(matches!(read, Err(StoreError::Unavailable { .. })), "{read:?}");
+    assert!(
+        matches!(read, Err(StoreError::Unavailable { .. })),
+        "{read:?}"
+    );
 
     server.set_unavailable(false);
     let outcome = store
@@ -213,7 +249,8 @@ async fn unreachable_server_is_a_clear_error() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
     };
-    let url = format!("esdb://127.0.0.1:{port}?tls=false&discoveryInterval=1&maxDiscoverAttempts=2");
+    let url =
+        format!("esdb://127.0.0.1:{port}?tls=false&discoveryInterval=1&maxDiscoverAttempts=2");
     let store = open_esdb(&url).await.unwrap();
     for _ in 0..2 {
         let append = store
@@ -224,9 +261,15 @@ async fn unreachable_server_is_a_clear_error() {
             "{append:?}"
         );
         let read = store.read_all(None, 10).await;
-        assert!(matches!(read, Err(StoreError::Unavailable { .. })), "{read:?}");
+        assert!(
+            matches!(read, Err(StoreError::Unavailable { .. })),
+            "{read:?}"
+        );
         let read = store.read_stream("pool-a", 0, 10).await;
-        assert!(matches!(read, Err(StoreError::Unavailable { .. })), "{read:?}");
+        assert!(
+            matches!(read, Err(StoreError::Unavailable { .. })),
+            "{read:?}"
+        );
     }
 }
 
@@ -266,7 +309,11 @@ async fn retried_append_of_unknown_outcome_is_deduplicated_by_event_id() {
     assert_eq!(server.stream_len("pool-r"), 2);
     // A different append at a taken version is still a conflict.
     let conflict = store
-        .append("pool-r", ExpectedVersion::Exact(0), vec![event("Reserved", "other")])
+        .append(
+            "pool-r",
+            ExpectedVersion::Exact(0),
+            vec![event("Reserved", "other")],
+        )
         .await;
     assert!(
         matches!(conflict, Err(StoreError::WrongExpectedVersion { .. })),

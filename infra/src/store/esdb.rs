@@ -198,10 +198,13 @@ impl Inner {
     }
 
     fn recorded(&self, event: &kurrentdb::ResolvedEvent) -> Result<RecordedEvent, StoreError> {
-        let event = event.event.as_ref().ok_or_else(|| StoreError::Unavailable {
-            reason: "server sent a read result without an event".to_owned(),
-            maybe_written: false,
-        })?;
+        let event = event
+            .event
+            .as_ref()
+            .ok_or_else(|| StoreError::Unavailable {
+                reason: "server sent a read result without an event".to_owned(),
+                maybe_written: false,
+            })?;
         let stream = event
             .stream_id()
             .strip_prefix(&self.namespace)
@@ -330,7 +333,10 @@ impl EventStore for EsdbStore {
             inner.recover(generation, &error);
             unavailable("read stream", &error, false)
         };
-        let mut read = match client.read_stream(inner.server_stream(stream), &options).await {
+        let mut read = match client
+            .read_stream(inner.server_stream(stream), &options)
+            .await
+        {
             Ok(read) => read,
             Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
             Err(error) => return Err(failed(error)),
@@ -484,7 +490,12 @@ mod tests {
         ] {
             assert!(is_esdb_url(url), "{url}");
         }
-        for url in ["/var/lib/allot", "file:///data", "http://localhost:2113", ""] {
+        for url in [
+            "/var/lib/allot",
+            "file:///data",
+            "http://localhost:2113",
+            "",
+        ] {
             assert!(!is_esdb_url(url), "{url}");
         }
     }
