@@ -424,7 +424,12 @@ async fn follow_all(inner: Arc<Inner>, after: Option<u64>, tx: SubscriptionSende
         let (generation, client) = inner.client();
         let mut subscription = client.subscribe_to_all(&options).await;
         let error = loop {
-            match subscription.next_subscription_event().await {
+            // Stop waiting on the server as soon as the consumer has gone.
+            let next = tokio::select! {
+                next = subscription.next_subscription_event() => next,
+                () = tx.closed() => return,
+            };
+            match next {
                 Ok(SubscriptionEvent::EventAppeared(event)) => {
                     failures = 0;
                     let event = match inner.recorded(&event) {
