@@ -445,14 +445,24 @@ fn append_success(revision: u64, position: u64) -> AppendResp {
     }
 }
 
-/// The revision and position of the last of `ids` if they are already in `stream` right where
+fn append_deduplicated(revision: u64) -> AppendResp {
+    use append_resp::success::{CurrentRevisionOption, PositionOption};
+    AppendResp {
+        result: Some(append_resp::Result::Success(append_resp::Success {
+            current_revision_option: Some(CurrentRevisionOption::CurrentRevision(revision)),
+            position_option: Some(PositionOption::NoPosition(Empty {})),
+        })),
+    }
+}
+
+/// The revision of the last of `ids` if they are already in `stream` right where
 /// this append would put them: a retry of an append that landed.
 fn already_written(
     log: &Log,
     stream: &str,
     expected: Expected,
     ids: &[::uuid::Uuid],
-) -> Option<(u64, u64)> {
+) -> Option<u64> {
     let indexes = log.streams.get(stream)?;
     let first = match expected {
         Expected::NoStream => 0,
@@ -467,7 +477,7 @@ fn already_written(
         .zip(ids)
         .all(|(&i, id)| log.events[i].id == *id);
     let last = &log.events[*written.last()?];
-    same.then_some((last.revision, last.position))
+    same.then_some(last.revision)
 }
 
 #[tonic::async_trait]
@@ -543,9 +553,10 @@ impl Streams for Service {
                 .filter_map(|m| m.id.as_ref().and_then(uuid_from_proto))
                 .collect();
             if ids.len() == proposed.len()
-                && let Some((revision, position)) = already_written(&log, &stream, expected, &ids)
+                && let Some(revision) = already_written(&log, &stream, expected, &ids)
             {
-                return Ok(Response::new(append_success(revision, position)));
+                // Like the real server, a recognised retry reports no position.
+                return Ok(Response::new(append_deduplicated(revision)));
             }
             let accepted = match expected {
                 Expected::Any => true,

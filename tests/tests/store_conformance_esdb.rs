@@ -279,6 +279,7 @@ async fn unreachable_server_is_a_clear_error() {
 async fn retried_append_of_unknown_outcome_is_deduplicated_by_event_id() {
     let server = EsdbTestServer::start().await;
     let store = open_esdb(&server.url()).await.unwrap();
+    let mut outcomes = Vec::new();
     for (expected, payload) in [
         (ExpectedVersion::NoStream, "r0"),
         (ExpectedVersion::Exact(0), "r1"),
@@ -302,8 +303,18 @@ async fn retried_append_of_unknown_outcome_is_deduplicated_by_event_id() {
             _ => 0,
         };
         assert_eq!(retried.last_version, version);
+        outcomes.push(retried);
     }
     let stream = store.read_stream("pool-r", 0, 10).await.unwrap();
+    let landed: Vec<_> = stream.iter().map(|e| (e.version, e.position)).collect();
+    let reported: Vec<_> = outcomes
+        .iter()
+        .map(|o| (o.last_version, o.last_position))
+        .collect();
+    assert_eq!(
+        landed, reported,
+        "a deduplicated retry reported the wrong position"
+    );
     let payloads: Vec<_> = stream.iter().map(|e| e.payload.as_slice()).collect();
     assert_eq!(payloads, [b"r0", b"r1"]);
     assert_eq!(server.stream_len("pool-r"), 2);
@@ -319,4 +330,32 @@ async fn retried_append_of_unknown_outcome_is_deduplicated_by_event_id() {
         matches!(conflict, Err(StoreError::WrongExpectedVersion { .. })),
         "{conflict:?}"
     );
+}
+
+/// A subscription dropped during a short outage retries with backoff and carries on where it
+/// was once the server serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_survives_a_short_outage() {
+    let server = EsdbTestServer::start().await;
+    let store = open_esdb(&server.url()).await.unwrap();
+    store
+        .append("pool-a", ExpectedVersion::NoStream, vec![event("E", "a0")])
+        .await
+        .unwrap();
+    let mut subscription = store.subscribe_all(None).await.unwrap();
+    let first = next_item(&mut subscription).await.unwrap();
+
+    server.set_unavailable(true);
+    server.drop_subscriptions();
+    let opened = server.subscriptions_opened();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.set_unavailable(false);
+    store
+        .append("pool-a", ExpectedVersion::Exact(0), vec![event("E", "a1")])
+        .await
+        .unwrap();
+    let second = next_item(&mut subscription).await.unwrap();
+    assert_eq!((second.version, second.payload.as_slice()), (1, &b"a1"[..]));
+    assert!(second.position > first.position);
+    assert!(server.subscriptions_opened() > opened, "never resubscribed");
 }

@@ -264,6 +264,26 @@ fn all_position(commit: u64) -> Position {
     }
 }
 
+impl EsdbStore {
+    /// The position of `stream`'s event at `version`, which an append just reported written.
+    async fn position_of(&self, stream: &str, version: u64) -> Result<u64, StoreError> {
+        let landed_but = |reason: String| StoreError::Unavailable {
+            reason: format!("EventStoreDB append landed, but {reason}"),
+            maybe_written: true,
+        };
+        let events = self
+            .read_stream(stream, version, 1)
+            .await
+            .map_err(|e| landed_but(format!("reading its position failed: {e}")))?;
+        match events.first() {
+            Some(event) if event.version == version => Ok(event.position),
+            _ => Err(landed_but(format!(
+                "event {version} of {stream} cannot be read back"
+            ))),
+        }
+    }
+}
+
 #[async_trait]
 impl EventStore for EsdbStore {
     async fn append(
@@ -289,11 +309,21 @@ impl EventStore for EsdbStore {
             .append_to_stream(inner.server_stream(stream), &options, data)
             .await
         {
-            Ok(written) => Ok(AppendOutcome {
+            Ok(written) => {
                 // The client reports the revision of the last event written.
-                last_version: written.next_expected_version,
-                last_position: written.position.commit,
-            }),
+                let last_version = written.next_expected_version;
+                let last_position = if written.position == Position::start() {
+                    // No position: the server recognised a retry of an append that had landed
+                    // (by event id). Read the event back for its position.
+                    self.position_of(stream, last_version).await?
+                } else {
+                    written.position.commit
+                };
+                Ok(AppendOutcome {
+                    last_version,
+                    last_position,
+                })
+            }
             Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
                 Err(StoreError::WrongExpectedVersion {
                     stream: stream.to_owned(),
