@@ -1,6 +1,7 @@
 //! The in-test EventStoreDB server speaks the protocol as the official client expects it: driven
 //! here by the `kurrentdb` client directly, without the allot adapter, for the parts the adapter
 //! does not use (backward reads, event-type filters, stream subscriptions, `StreamExists`).
+//! A module of `store_conformance_esdb` rather than its own test target: one link, not two.
 
 use std::time::Duration;
 
