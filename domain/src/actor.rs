@@ -3,7 +3,7 @@
 //! Keys are registered and revoked by admins; a revoked key stops working at once and stays on
 //! record so auditors can verify what it signed before its revocation.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use bincode::{Decode, Encode};
@@ -102,14 +102,42 @@ impl ActorKey {
     }
 }
 
-/// The registry folded from the `actors` stream: every key each actor ever had, in order.
+/// How long an actor change's token is remembered: a retry within it replays, a different
+/// change under it is a collision. Far longer than the signature skew, so a captured request
+/// can never be replayed into a second change.
+pub const ACTOR_TOKEN_WINDOW_MS: u64 = 24 * 3_600_000;
+
+/// The change an admin's token was recorded for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActorTokenRecord {
+    pub actor: ActorId,
+    pub change: ActorChange,
+    pub at: Timestamp,
+}
+
+/// The registry folded from the `actors` stream: every key each actor ever had, in order, and
+/// the recent tokens of the admins who changed it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ActorRegistry {
     keys: HashMap<ActorId, Vec<ActorKey>>,
+    tokens: HashMap<(ActorId, IdempotencyToken), ActorTokenRecord>,
+    token_order: VecDeque<(Timestamp, ActorId, IdempotencyToken)>,
 }
 
 impl ActorRegistry {
     pub fn apply(&mut self, event: &ActorEvent) {
+        self.forget_tokens_before(event.at);
+        let key = (event.by.clone(), event.token.clone());
+        self.token_order
+            .push_back((event.at, key.0.clone(), key.1.clone()));
+        self.tokens.insert(
+            key,
+            ActorTokenRecord {
+                actor: event.actor.clone(),
+                change: event.change.clone(),
+                at: event.at,
+            },
+        );
         let keys = self.keys.entry(event.actor.clone()).or_default();
         match &event.change {
             ActorChange::Registered { role, public_key } => {
@@ -134,6 +162,33 @@ impl ActorRegistry {
                 }
             }
         }
+    }
+
+    fn forget_tokens_before(&mut self, now: Timestamp) {
+        while let Some((at, _, _)) = self.token_order.front() {
+            if now < at.plus_ms(ACTOR_TOKEN_WINDOW_MS) {
+                break;
+            }
+            let Some((at, by, token)) = self.token_order.pop_front() else {
+                break;
+            };
+            let key = (by, token);
+            if self.tokens.get(&key).is_some_and(|record| record.at == at) {
+                self.tokens.remove(&key);
+            }
+        }
+    }
+
+    /// The change `by` recorded under `token` within the window before `now`, if any.
+    pub fn token(
+        &self,
+        by: &ActorId,
+        token: &IdempotencyToken,
+        now: Timestamp,
+    ) -> Option<&ActorTokenRecord> {
+        self.tokens
+            .get(&(by.clone(), token.clone()))
+            .filter(|record| now < record.at.plus_ms(ACTOR_TOKEN_WINDOW_MS))
     }
 
     /// The key in force now (not revoked), if any.

@@ -64,6 +64,13 @@ macro_rules! string_id {
             }
         }
 
+        // Lookups by `&str` without building an owned key (String and str hash alike).
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl From<&str> for $name {
             fn from(value: &str) -> Self {
                 Self(value.to_owned())

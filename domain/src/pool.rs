@@ -18,7 +18,7 @@
 //!
 //! `recording-failure` is never decided here: it is what the edge answers when the store fails.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 
 use crate::command::{Action, ActionKind, Command};
 use crate::event::{Change, Event, Outcome, ReservationState};
@@ -33,15 +33,17 @@ pub enum PoolStatus {
     Closed,
 }
 
-/// A live reservation's details (Held or Confirmed). Terminal reservations keep only their state.
+/// What the aggregate keeps of a live reservation (Held or Confirmed): only what decisions
+/// need. Terminal reservations keep only their state byte; labels such as the requester live
+/// in the binding projection and the events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
-    pub resource: String,
-    pub requester: String,
+    /// The named unit held, in pools with named units.
+    pub unit: Option<Box<str>>,
     pub count: u32,
+    pub state: ReservationState,
     pub reserved_at: Timestamp,
     pub expires_at: Timestamp,
-    pub state: ReservationState,
 }
 
 /// What `query_reservation` answers.
@@ -63,12 +65,15 @@ pub struct TokenRecord {
     pub recorded_at: Timestamp,
 }
 
-/// Token outcomes of one pool, keyed by (actor, token), forgotten `window` after recording.
+/// Token outcomes of one pool, by actor then token. A token is answered only within `window`
+/// of its recording (`lookup` checks the time); records past it are dropped by a sweep every
+/// half window of event time, so memory holds at most 1.5 windows of tokens and the sweeps fall
+/// at the same events in live service and replay.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenCache {
-    records: HashMap<(ActorId, IdempotencyToken), TokenRecord>,
-    /// Recording order; times are non-decreasing because a stream's times are.
-    order: VecDeque<(Timestamp, ActorId, IdempotencyToken)>,
+    records: HashMap<ActorId, HashMap<IdempotencyToken, TokenRecord>>,
+    len: usize,
+    next_sweep_at: Timestamp,
 }
 
 impl TokenCache {
@@ -79,50 +84,53 @@ impl TokenCache {
         now: Timestamp,
         window_ms: u64,
     ) -> Option<&TokenRecord> {
-        // Key lookup without cloning: the tuple key needs owned values, so build it once.
-        let record = self.records.get(&(actor.clone(), token.clone()))?;
+        let record = self.get(actor, token)?;
         (now < record.recorded_at.plus_ms(window_ms)).then_some(record)
     }
 
     fn forget_before(&mut self, now: Timestamp, window_ms: u64) {
-        while let Some((recorded_at, _, _)) = self.order.front() {
-            if now < recorded_at.plus_ms(window_ms) {
-                break;
-            }
-            let Some((recorded_at, actor, token)) = self.order.pop_front() else {
-                break;
-            };
-            let key = (actor, token);
-            if self
-                .records
-                .get(&key)
-                .is_some_and(|record| record.recorded_at == recorded_at)
-            {
-                self.records.remove(&key);
-            }
+        if now < self.next_sweep_at {
+            return;
         }
+        self.next_sweep_at = now.plus_ms(window_ms / 2);
+        let mut len = 0;
+        self.records.retain(|_, tokens| {
+            tokens.retain(|_, record| now < record.recorded_at.plus_ms(window_ms));
+            len += tokens.len();
+            !tokens.is_empty()
+        });
+        self.len = len;
     }
 
     fn record(&mut self, actor: &ActorId, token: &IdempotencyToken, record: TokenRecord) {
-        self.order
-            .push_back((record.recorded_at, actor.clone(), token.clone()));
-        self.records.insert((actor.clone(), token.clone()), record);
+        let tokens = match self.records.get_mut(actor.as_str()) {
+            Some(tokens) => tokens,
+            None => self.records.entry(actor.clone()).or_default(),
+        };
+        if tokens.insert(token.clone(), record).is_none() {
+            self.len += 1;
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.len == 0
     }
 
     pub fn get(&self, actor: &ActorId, token: &IdempotencyToken) -> Option<&TokenRecord> {
-        self.records.get(&(actor.clone(), token.clone()))
+        self.records.get(actor.as_str())?.get(token.as_str())
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&(ActorId, IdempotencyToken), &TokenRecord)> {
-        self.records.iter()
+    /// Every remembered (actor, token) and its record, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&ActorId, &IdempotencyToken, &TokenRecord)> {
+        self.records.iter().flat_map(|(actor, tokens)| {
+            tokens
+                .iter()
+                .map(move |(token, record)| (actor, token, record))
+        })
     }
 }
 
@@ -546,10 +554,7 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
                 expires_at,
             },
             Action::Reserve {
-                resource,
-                requester,
-                count,
-                ..
+                resource, count, ..
             },
         ) => {
             if *reservation != pool.reservations_made() + 1 {
@@ -573,11 +578,11 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
             }
             pool.allocated = allocated;
             pool.states.push(ReservationState::Held);
+            let unit = (!pool.units.is_empty()).then(|| resource.as_str().into());
             pool.live.insert(
                 *reservation,
                 Hold {
-                    resource: resource.clone(),
-                    requester: requester.clone(),
+                    unit,
                     count: *count,
                     reserved_at: event.at,
                     expires_at: *expires_at,
@@ -649,8 +654,8 @@ fn release(pool: &mut Pool, seq: u64, terminal: ReservationState) -> Result<(), 
     let Some(hold) = pool.live.remove(&seq) else {
         return Err(format!("reservation {seq} is not live"));
     };
-    if !pool.units.is_empty() {
-        pool.unit_holders.remove(&hold.resource);
+    if let Some(unit) = &hold.unit {
+        pool.unit_holders.remove(unit.as_ref());
     }
     pool.allocated = pool
         .allocated

@@ -1,5 +1,6 @@
 //! Embedded event store benchmark: durable appends under 1, 16 and 256 concurrent appenders,
-//! then `read_all` over the written log, plus an fdatasync baseline of the same disk.
+//! then `read_all` over the written log and reopening it (verify + index), plus an fdatasync
+//! baseline of the same disk.
 //!
 //! `cargo bench -p allot-infra --bench store`. The data directory is a temporary directory under
 //! `ALLOT_BENCH_DIR` (default: the system temporary directory); it must be on a real disk, since
@@ -10,6 +11,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use allot_infra::store::embedded::EmbeddedStore;
@@ -73,6 +75,8 @@ fn fdatasync_baseline(dir: &Path) -> BenchResult<(f64, Duration, Duration)> {
 
 struct AppendResult {
     appenders: usize,
+    /// Appends per fdatasync: how well group commit batched.
+    per_sync: f64,
     appends: usize,
     per_sec: f64,
     p50: Duration,
@@ -80,6 +84,8 @@ struct AppendResult {
 }
 
 async fn durable_appends(store: Arc<EmbeddedStore>, appenders: usize) -> BenchResult<AppendResult> {
+    let counters = store.counters();
+    let batches_before = counters.batches.load(Ordering::Relaxed);
     let start = Instant::now();
     let deadline = start + APPEND_PHASE;
     let mut tasks = Vec::with_capacity(appenders);
@@ -108,9 +114,11 @@ async fn durable_appends(store: Arc<EmbeddedStore>, appenders: usize) -> BenchRe
         latencies.extend(task.await??);
     }
     let elapsed = start.elapsed();
+    let batches = store.counters().batches.load(Ordering::Relaxed) - batches_before;
     latencies.sort();
     Ok(AppendResult {
         appenders,
+        per_sync: latencies.len() as f64 / batches.max(1) as f64,
         appends: latencies.len(),
         per_sec: latencies.len() as f64 / elapsed.as_secs_f64(),
         p50: percentile(&latencies, 0.5),
@@ -151,12 +159,13 @@ fn main() -> BenchResult<()> {
     for appenders in APPENDERS {
         let result = runtime.block_on(durable_appends(store.clone(), appenders))?;
         println!(
-            "durable appends, {:>3} appenders: {:.0} appends/s, p50 {:.0} us, p99 {:.0} us ({} appends)",
+            "durable appends, {:>3} appenders: {:.0} appends/s, p50 {:.0} us, p99 {:.0} us ({} appends, {:.1} per fdatasync)",
             result.appenders,
             result.per_sec,
             micros(result.p50),
             micros(result.p99),
-            result.appends
+            result.appends,
+            result.per_sync
         );
         results.push(result);
     }
@@ -165,6 +174,21 @@ fn main() -> BenchResult<()> {
 
     let (events, read_rate) = runtime.block_on(read_everything(&store))?;
     println!("read_all: {read_rate:.0} events/s over {events} events");
+
+    runtime.block_on(store.close())?;
+    drop(store);
+    let log_bytes = std::fs::metadata(root.path().join("store").join("events.log"))?.len();
+    let start = Instant::now();
+    let reopened = runtime.block_on(EmbeddedStore::open(&root.path().join("store")))?;
+    let open_time = start.elapsed();
+    let open_rate = reopened.next_position() as f64 / open_time.as_secs_f64();
+    println!(
+        "open (verify + index): {:.0} ms for {} events, {:.1} MiB ({open_rate:.0} events/s)",
+        open_time.as_secs_f64() * 1e3,
+        reopened.next_position(),
+        log_bytes as f64 / (1024.0 * 1024.0)
+    );
+    runtime.block_on(reopened.close())?;
 
     let json = serde_json::json!({
         "bench": "store",
@@ -176,14 +200,15 @@ fn main() -> BenchResult<()> {
         "durable_appends": results.iter().map(|r| serde_json::json!({
             "appenders": r.appenders,
             "appends": r.appends,
+            "appends_per_fdatasync": (r.per_sync * 10.0).round() / 10.0,
             "per_sec": r.per_sec.round(),
             "p50_us": micros(r.p50).round(),
             "p99_us": micros(r.p99).round(),
         })).collect::<Vec<_>>(),
         "speedup_256_vs_1": (speedup * 10.0).round() / 10.0,
         "read_all": { "events": events, "per_sec": read_rate.round() },
+        "open": { "events": events, "log_bytes": log_bytes, "ms": (open_time.as_secs_f64() * 1e3).round() },
     });
     println!("{json}");
-    runtime.block_on(store.close())?;
     Ok(())
 }

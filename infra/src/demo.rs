@@ -66,6 +66,9 @@ pub struct DemoReport {
     /// Pools whose allocated differs from the units of their live reservations: must be 0.
     pub incoherent_pools: u64,
     pub elapsed_ms: u64,
+    /// Events the audit replayed, and the violations it found (must be 0).
+    pub audit_events: u64,
+    pub audit_violations: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +118,7 @@ pub async fn run(
     let clock = SystemClock;
     let started = clock.now();
     let service = Service::start(
-        store,
+        Arc::clone(&store),
         Arc::new(SystemClock),
         Arc::new(Projections::new()),
         ServeOptions {
@@ -246,10 +249,29 @@ pub async fn run(
         oversold,
         incoherent_pools,
         elapsed_ms: clock.now().0.saturating_sub(started.0),
+        audit_events: 0,
+        audit_violations: 0,
     };
     drop(tally);
     service.shutdown().await?;
-    Ok(report)
+    // The auditor's view of the same log: every record-clearable check, signatures included.
+    let bar = crate::inspect::progress_bar(None, "auditing");
+    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    let findings = crate::inspect::audit(
+        store.as_ref(),
+        &crate::inspect::AuditRequest {
+            verify_signatures: true,
+            ..Default::default()
+        },
+        &bar,
+    )
+    .await
+    .map_err(|e| DemoError::Setup(format!("audit: {e}")))?;
+    Ok(DemoReport {
+        audit_events: findings.report.events,
+        audit_violations: findings.report.violations_total(),
+        ..report
+    })
 }
 
 /// Checks every pool: allocated equals the units of its live reservations, and confirmed units
@@ -390,6 +412,11 @@ impl std::fmt::Display for DemoReport {
             self.allocated, self.live_reservations
         )?;
         writeln!(f, "  pools out of coherence   {}", self.incoherent_pools)?;
-        write!(f, "  oversold seats           {}", self.oversold)
+        writeln!(f, "  oversold seats           {}", self.oversold)?;
+        write!(
+            f,
+            "  audit of the log         {} events, {} violations",
+            self.audit_events, self.audit_violations
+        )
     }
 }

@@ -68,6 +68,8 @@ pub fn router(ledger: Ledger) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .with_state(state)
 }
@@ -678,7 +680,14 @@ async fn actor_change_inner(
             action: action.to_owned(),
         }));
     }
-    if matches!(change, ActorChange::Revoked) && ledger.actors().current(&target).is_none() {
+    let retry = ledger
+        .actors()
+        .token(&envelope.actor, &envelope.token, now)
+        .is_some();
+    if !retry
+        && matches!(change, ActorChange::Revoked)
+        && ledger.actors().current(&target).is_none()
+    {
         return Err(Problem::new(
             StatusCode::NOT_FOUND,
             "not-known",
@@ -693,18 +702,28 @@ async fn actor_change_inner(
         attestation: envelope.attestation,
         at: now,
     };
-    ledger.record_actor_event(event).await.map_err(|error| {
-        Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "recording-failure",
-            error.to_string(),
-        )
-    })?;
-    Ok((
+    let replayed = ledger
+        .record_actor_event(event)
+        .await
+        .map_err(|error| match error {
+            SubmitError::Rejected(rejection) => Problem::from_rejection(&rejection),
+            other => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "recording-failure",
+                other.to_string(),
+            ),
+        })?;
+    let mut response = (
         StatusCode::OK,
         Json(json!({"outcome": action, "actor": target})),
     )
-        .into_response())
+        .into_response();
+    if replayed {
+        response
+            .headers_mut()
+            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+    }
+    Ok(response)
 }
 
 async fn register_actor(
@@ -739,6 +758,22 @@ async fn revoke_actor(
     headers: HeaderMap,
 ) -> Response {
     actor_change(&state, &headers, &actor, ActorChange::Revoked).await
+}
+
+async fn unknown_route() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-known",
+        "no such route; see /openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> Problem {
+    Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid-request",
+        "method not allowed on this route; see /openapi.json",
+    )
 }
 
 async fn healthz() -> impl IntoResponse {

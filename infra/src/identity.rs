@@ -116,6 +116,20 @@ impl ActorDirectory {
         registry.apply(event);
     }
 
+    /// The change `by` recorded under `token` within the actor-token window, if any.
+    pub fn token(
+        &self,
+        by: &ActorId,
+        token: &IdempotencyToken,
+        now: Timestamp,
+    ) -> Option<allot_domain::actor::ActorTokenRecord> {
+        self.registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .token(by, token, now)
+            .cloned()
+    }
+
     pub fn current(&self, actor: &ActorId) -> Option<ActorKey> {
         self.registry
             .read()

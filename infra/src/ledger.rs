@@ -490,10 +490,26 @@ impl Ledger {
         }
     }
 
-    /// Appends an actor registration or revocation and applies it to the directory.
-    pub async fn record_actor_event(&self, event: ActorEvent) -> Result<(), SubmitError> {
+    /// Appends an actor registration or revocation and applies it to the directory, unless the
+    /// admin's token was already used within its window: the same change replays (returns
+    /// `Ok(true)`, nothing appended), another change is `token-collision`.
+    pub async fn record_actor_event(&self, event: ActorEvent) -> Result<bool, SubmitError> {
         let mut version = self.shared.actors_version.lock().await;
         for _ in 0..CONFLICT_RETRIES_MAX {
+            // Checked under the lock, after folding other instances' events, so two identical
+            // requests cannot both append.
+            if let Some(record) = self.shared.actors.token(&event.by, &event.token, event.at) {
+                if record.actor == event.actor && record.change == event.change {
+                    return Ok(true);
+                }
+                return Err(SubmitError::Rejected(Rejection::TokenCollision {
+                    recorded_action: match record.change {
+                        allot_domain::ActorChange::Registered { .. } => "register_actor",
+                        allot_domain::ActorChange::Revoked => "revoke_actor",
+                    }
+                    .to_owned(),
+                }));
+            }
             let expected = match *version {
                 None => ExpectedVersion::NoStream,
                 Some(v) => ExpectedVersion::Exact(v),
@@ -512,7 +528,7 @@ impl Ledger {
                 Ok(appended) => {
                     *version = Some(appended.last_version);
                     self.shared.actors.apply(&event);
-                    return Ok(());
+                    return Ok(false);
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) => {
                     // Another instance registered an actor: fold what it wrote, then retry.

@@ -6,11 +6,13 @@
 //!
 //! Must not: decide commands itself; every decision goes through `allot_domain::decide`.
 
+pub mod bench;
 pub mod client;
 pub mod clock;
 pub mod demo;
 pub mod http;
 pub mod identity;
+pub mod inspect;
 pub mod ledger;
 pub mod metrics;
 pub mod openapi;

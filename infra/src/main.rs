@@ -4,12 +4,15 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use allot_domain::{Action, ActorId, PoolId, ReservationId, Role, Timestamp};
+use allot_infra::bench;
 use allot_infra::client::{Answer, Client};
 use allot_infra::clock::{Clock, SystemClock};
 use allot_infra::demo::{self, DemoOptions};
 use allot_infra::identity::KeyFile;
+use allot_infra::inspect;
 use allot_infra::server::{ServeOptions, Service};
 use allot_infra::store::{self, EventStore};
 use allot_projections::Projections;
@@ -114,10 +117,136 @@ enum Command {
         #[arg(long, env = "ALLOT_SERVER", default_value = "http://127.0.0.1:7878")]
         server: String,
     },
+    /// Verify the seed's guarantees from the log alone; exits non-zero on any violation.
+    Audit {
+        /// An embedded data directory or a connection string. Run it on a copy, or while the
+        /// service is stopped: it takes the directory's lock.
+        source: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        /// Skip ed25519 and digest verification (faster; arithmetic and state checks only).
+        #[arg(long)]
+        no_signatures: bool,
+        /// Write a visual report (allocated and capacity over time per pool) to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
+        /// Who held what at this instant (ms since the epoch, or RFC 3339 UTC).
+        #[arg(long)]
+        as_of: Option<String>,
+        /// List stranded slots (terminal reservations whose slot was never returned).
+        #[arg(long)]
+        stranded: bool,
+        /// The disputed-double-booking view of this pool.
+        #[arg(long)]
+        dispute: Option<String>,
+        /// The contention window of this pool around --around (default: its cutoff).
+        #[arg(long)]
+        contention: Option<String>,
+        #[arg(long)]
+        around: Option<String>,
+        /// Half-width of the contention window, in seconds.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    /// Rebuild every projection from the log and write a checkpoint the service starts from.
+    Rebuild {
+        /// An embedded data directory or a connection string.
+        source: String,
+        /// Checkpoint file (default: DATA/projections.checkpoint for a data directory).
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// Start over instead of resuming from the existing checkpoint.
+        #[arg(long)]
+        full: bool,
+    },
+    /// Performance scenarios (see BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        scenario: BenchScenario,
+    },
     /// Actor keys and registrations.
     Actor {
         #[command(subcommand)]
         command: ActorCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchScenario {
+    /// Many pools, random reserve then confirm/cancel, durable, in-process command path.
+    Uniform {
+        #[arg(long, default_value_t = 1_000)]
+        pools: usize,
+        #[arg(long, default_value_t = 1_024)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Data directory (default: a temporary directory on the same disk as /tmp).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Use the in-memory store (not durable): isolates the command path from the disk.
+        #[arg(long)]
+        in_memory: bool,
+    },
+    /// One pool with a cutoff under a reserve storm, durable, in-process command path.
+    HotPool {
+        #[arg(long, default_value_t = 500)]
+        seats: u64,
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Use the in-memory store (not durable): isolates the command path from the disk.
+        #[arg(long)]
+        in_memory: bool,
+    },
+    /// Signed commands over loopback HTTP from a separate load process.
+    Http {
+        #[arg(long, default_value_t = 100)]
+        pools: usize,
+        #[arg(long, default_value_t = 256)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// The load side of `http` (run by it as a child process).
+    #[command(hide = true)]
+    HttpLoad {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        pools: usize,
+        #[arg(long)]
+        clients: usize,
+        #[arg(long)]
+        seconds: u64,
+    },
+    /// Rebuild, audit (with and without signatures) and start-up on a large log.
+    Replay {
+        /// Events in the generated log.
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Where the log lives; generated there if it has none (keep it to re-run quickly).
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// Memory per live reservation and per cached token.
+    Memory {
+        #[arg(long, default_value_t = 200_000)]
+        count: u64,
+        #[arg(long)]
+        data: Option<PathBuf>,
     },
 }
 
@@ -201,6 +330,23 @@ async fn open_store(data: &Path, url: Option<&str>) -> Result<Arc<dyn EventStore
     }
 }
 
+fn is_connection_string(source: &str) -> bool {
+    source.contains("://")
+}
+
+/// Opens an audit or rebuild source: a connection string or an embedded data directory, which
+/// must already exist (auditing a mistyped path must not create an empty store).
+async fn open_source(source: &str) -> Result<Arc<dyn EventStore>, String> {
+    if is_connection_string(source) {
+        return open_store(Path::new("."), Some(source)).await;
+    }
+    let dir = Path::new(source);
+    if !dir.is_dir() {
+        return Err(format!("{source}: no such data directory"));
+    }
+    open_store(dir, None).await
+}
+
 fn client(args: &ClientArgs) -> Result<(Client, String), String> {
     let (file, key) = KeyFile::read(&args.key).map_err(|e| e.to_string())?;
     let token = args.token.clone().unwrap_or_else(random_token);
@@ -273,10 +419,24 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         } => {
             let keys_dir = keys.unwrap_or_else(|| data.join("keys"));
             let event_store = open_store(&data, store.as_deref()).await?;
+            // Start from the checkpoint `allot rebuild` wrote, replaying only the tail.
+            let projections = match store {
+                Some(_) => Projections::new(),
+                None => match inspect::read_checkpoint(&data.join(inspect::CHECKPOINT_FILE)) {
+                    Ok(Some(checkpoint)) => Projections::from_snapshot(&checkpoint.projections),
+                    Ok(None) => Projections::new(),
+                    Err(error) => {
+                        eprintln!(
+                            "warning: ignoring checkpoint ({error}); replaying the whole log"
+                        );
+                        Projections::new()
+                    }
+                },
+            };
             let service = Service::start(
                 event_store,
                 Arc::new(SystemClock),
-                Arc::new(Projections::new()),
+                Arc::new(projections),
                 ServeOptions {
                     listen,
                     keys_dir,
@@ -321,7 +481,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             .map_err(|e| e.to_string())?;
             println!("{report}");
             println!("log: {}", dir.display());
-            if report.oversold == 0 && report.incoherent_pools == 0 {
+            if report.oversold == 0 && report.incoherent_pools == 0 && report.audit_violations == 0
+            {
                 Ok(ExitCode::SUCCESS)
             } else {
                 Ok(ExitCode::FAILURE)
@@ -437,6 +598,223 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             }
             .map_err(|e| e.to_string())?;
             Ok(print_answer(&answer))
+        }
+        Command::Audit {
+            source,
+            json,
+            no_signatures,
+            html,
+            as_of,
+            stranded,
+            dispute,
+            contention,
+            around,
+            seconds,
+        } => {
+            let time = |text: &str| {
+                inspect::parse_time(text)
+                    .ok_or_else(|| format!("{text}: give milliseconds or RFC 3339 UTC"))
+            };
+            let contention = match contention {
+                Some(pool) => {
+                    let around = match around {
+                        Some(text) => time(&text)?,
+                        None => return Err("--contention needs --around TIME".to_owned()),
+                    };
+                    Some((PoolId::new(pool), around, seconds))
+                }
+                None => None,
+            };
+            let request = inspect::AuditRequest {
+                verify_signatures: !no_signatures,
+                as_of: as_of.as_deref().map(time).transpose()?,
+                stranded,
+                dispute: dispute.map(PoolId::new),
+                contention,
+                html_title: html.as_ref().map(|_| format!("allot audit of {source}")),
+            };
+            let event_store = open_source(&source).await?;
+            let bar = inspect::progress_bar(None, "auditing");
+            let findings = inspect::audit(event_store.as_ref(), &request, &bar)
+                .await
+                .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            if let (Some(path), Some(page)) = (&html, &findings.html) {
+                inspect::write_atomically(path, page.as_bytes()).map_err(|e| e.to_string())?;
+                eprintln!("report: {}", path.display());
+            }
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&findings).map_err(|e| e.to_string())?
+                );
+            } else {
+                println!("{}", findings.report);
+                for (name, value) in [
+                    ("as of", findings.as_of.as_ref().map(serde_json::to_value)),
+                    (
+                        "stranded slots",
+                        findings.stranded_slots.as_ref().map(serde_json::to_value),
+                    ),
+                    (
+                        "dispute",
+                        findings.dispute.as_ref().map(serde_json::to_value),
+                    ),
+                    (
+                        "contention window",
+                        findings.contention.as_ref().map(serde_json::to_value),
+                    ),
+                ] {
+                    if let Some(Ok(value)) = value {
+                        println!(
+                            "\n{name}:\n{}",
+                            serde_json::to_string_pretty(&value).unwrap_or_default()
+                        );
+                    }
+                }
+            }
+            Ok(if findings.report.is_clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
+        }
+        Command::Rebuild {
+            source,
+            checkpoint,
+            full,
+        } => {
+            let path = match checkpoint {
+                Some(path) => path,
+                None if is_connection_string(&source) => {
+                    return Err("give --checkpoint FILE for a connection string".to_owned());
+                }
+                None => Path::new(&source).join(inspect::CHECKPOINT_FILE),
+            };
+            let existing = if full {
+                None
+            } else {
+                inspect::read_checkpoint(&path).map_err(|e| e.to_string())?
+            };
+            let event_store = open_source(&source).await?;
+            let started = std::time::Instant::now();
+            let bar = inspect::progress_bar(None, "rebuilding");
+            let rebuild = inspect::rebuild(event_store.as_ref(), existing.as_ref(), &bar)
+                .await
+                .map_err(|e| e.to_string())?;
+            bar.finish_and_clear();
+            let checkpoint = rebuild.checkpoint();
+            let bytes = checkpoint.to_bytes().map_err(|e| e.to_string())?;
+            inspect::write_atomically(&path, &bytes).map_err(|e| e.to_string())?;
+            println!(
+                "rebuilt {} events in {:.2} s{}; checkpoint at position {:?} written to {}",
+                rebuild.events_done(),
+                started.elapsed().as_secs_f64(),
+                if existing.is_some() {
+                    " (after the previous checkpoint)"
+                } else {
+                    ""
+                },
+                checkpoint.position,
+                path.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { scenario } => {
+            let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let result = match scenario {
+                BenchScenario::Uniform {
+                    pools,
+                    clients,
+                    seconds,
+                    data,
+                    seed,
+                    in_memory,
+                } => {
+                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let store = bench::store(&dir, in_memory).await?;
+                    bench::uniform(store, pools, clients, Duration::from_secs(seconds), seed)
+                        .await?
+                }
+                BenchScenario::HotPool {
+                    seats,
+                    clients,
+                    seconds,
+                    data,
+                    seed,
+                    in_memory,
+                } => {
+                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let store = bench::store(&dir, in_memory).await?;
+                    bench::hot_pool(store, seats, clients, Duration::from_secs(seconds), seed)
+                        .await?
+                }
+                BenchScenario::Http {
+                    pools,
+                    clients,
+                    seconds,
+                    data,
+                } => {
+                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    bench::http(&dir, pools, async |server, key: PathBuf| {
+                        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+                        let output = tokio::process::Command::new(exe)
+                            .args(["bench", "http-load", "--server", &server])
+                            .arg("--key")
+                            .arg(&key)
+                            .args(["--pools", &pools.to_string()])
+                            .args(["--clients", &clients.to_string()])
+                            .args(["--seconds", &seconds.to_string()])
+                            .output()
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        let stdout = String::from_utf8_lossy(&output.stdout);
+                        let line = stdout.lines().last().unwrap_or_default();
+                        serde_json::from_str(line)
+                            .map_err(|e| format!("load process said {stdout:?}: {e}"))
+                    })
+                    .await?
+                }
+                BenchScenario::HttpLoad {
+                    server,
+                    key,
+                    pools,
+                    clients,
+                    seconds,
+                } => {
+                    let (file, signing_key) = KeyFile::read(&key).map_err(|e| e.to_string())?;
+                    let result = bench::http_load(
+                        &server,
+                        ActorId::new(file.actor),
+                        signing_key,
+                        pools,
+                        clients,
+                        Duration::from_secs(seconds),
+                        1,
+                    )
+                    .await?;
+                    println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                BenchScenario::Replay { events, data } => {
+                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let result = bench::replay(&dir, events).await?;
+                    println!("{result}");
+                    println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                BenchScenario::Memory { count, data } => {
+                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let store = bench::store(&dir, false).await?;
+                    let result = bench::memory(store, count).await?;
+                    println!("{result}");
+                    println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            println!("{result}");
+            println!("{}", serde_json::to_string(&result).unwrap_or_default());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Actor { command } => match command {
             ActorCommand::Keygen { actor, role, out } => {

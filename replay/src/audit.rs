@@ -20,18 +20,22 @@
 //! - `state-transition`: each event's prior/new state match the reconstruction, the change
 //!   follows from the action, transitions are legal (confirm and cancel from Held, expire from
 //!   Held at or after `expires_at`, reserve sequences 1, 2, 3...), the stream's events all name
-//!   one pool, declared once, before anything else.
+//!   one pool, no other stream records that pool, its times never go backwards, it is
+//!   declared once before anything else, and a capacity adjustment's `capacity_before` is the
+//!   capacity in force.
 //! - `no-lapsed-confirmation`: every Confirmed event's `at` is before the hold's `expires_at`
 //!   (Invariant 4).
 //! - `idempotency`: no (actor, token) is recorded twice within the pool's idempotency window,
 //!   which also means no two reservations share a token within it (Invariant 5). Outside the
 //!   window a token is forgotten, as the service forgets it.
-//! - `attribution`: each pool event's actor had a key valid at `signed_at` whose role may perform
-//!   the action; with [`AuditOptions::verify_signatures`], its parameters digest is blake3 of the
-//!   canonical parameters and its ed25519 signature verifies over `signing::signing_bytes` under
-//!   that key. Actor events are signed (over `signing::actor_signing_bytes`, action
+//! - `attribution`: each pool event's actor had a key valid at `signed_at` (or, for a client
+//!   whose clock ran behind its registration, at the event's `at`), still valid at the event's
+//!   `at` (a revoked key stops working at once, whatever `signed_at` it claims), whose role may
+//!   perform the action; with [`AuditOptions::verify_signatures`], its parameters digest is
+//!   blake3 of the canonical parameters and its ed25519 signature verifies over
+//!   `signing::signing_bytes` under that key. Actor events are signed (over `signing::actor_signing_bytes`, action
 //!   `register_actor` with params `role` and `public_key` in lowercase hex, or `revoke_actor`
-//!   with none) by `by`, who must hold an admin key valid at `signed_at`. The one exception is
+//!   with none) by `by`, who must hold an admin key valid as above. The one exception is
 //!   bootstrap: until the first actor event made by someone else (`by != actor`), an admin or
 //!   sweeper may register itself (`by == actor`, no earlier key), signing with the key it
 //!   registers (Invariant 6).
@@ -46,7 +50,6 @@
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::Arc;
 
 use allot_domain::{
     Action, ActorChange, ActorEvent, ActorId, ActorKey, ActorRegistry, Change, Event, Pool, PoolId,
@@ -62,6 +65,8 @@ pub const VIOLATIONS_MAX: usize = 1_000;
 /// Reservations whose sequence number is out of order that are still tracked per pool; beyond it
 /// they are only reported (a log no writer produced must not grow the audit without bound).
 pub const OUT_OF_SEQUENCE_RESERVATIONS_MAX: usize = 65_536;
+/// Forgotten token key buffers kept per pool for reuse.
+const SPARE_TOKEN_KEYS_MAX: usize = 1_024;
 
 /// The seed's record-clearable checks, each with a stable name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -296,6 +301,7 @@ struct PoolAudit {
     pool: PoolId,
     next_version: u64,
     last_allocated_after: u64,
+    last_at: Timestamp,
     declared: bool,
     capacity: u64,
     window_ms: u64,
@@ -304,8 +310,10 @@ struct PoolAudit {
     /// Reservation `seq` at index `seq - 1`.
     reservations: Vec<Reservation>,
     out_of_sequence: FastMap<u64, Reservation>,
-    tokens: FastMap<Arc<[u8]>, TokenUse>,
-    token_order: VecDeque<(Timestamp, Arc<[u8]>)>,
+    tokens: FastMap<Vec<u8>, TokenUse>,
+    token_order: VecDeque<(Timestamp, Vec<u8>)>,
+    /// Key buffers of forgotten tokens, reused so a steady window allocates nothing per event.
+    spare_keys: Vec<Vec<u8>>,
     /// The domain's aggregate, while `evolve` accepts this pool's events.
     fold: Option<Pool>,
 }
@@ -358,10 +366,43 @@ impl PoolAudit {
             let Some((at, key)) = self.token_order.pop_front() else {
                 break;
             };
-            if self.tokens.get(&key).is_some_and(|used| used.at == at) {
-                self.tokens.remove(&key);
+            if self.tokens.get(&key).is_some_and(|used| used.at == at)
+                && let Some((map_key, _)) = self.tokens.remove_entry(&key)
+            {
+                self.spare_key(map_key);
+            }
+            self.spare_key(key);
+        }
+    }
+
+    fn spare_key(&mut self, key: Vec<u8>) {
+        if self.spare_keys.len() < SPARE_TOKEN_KEYS_MAX {
+            self.spare_keys.push(key);
+        }
+    }
+
+    fn key_copy(&mut self, bytes: &[u8]) -> Vec<u8> {
+        let mut key = self.spare_keys.pop().unwrap_or_default();
+        key.clear();
+        key.extend_from_slice(bytes);
+        key
+    }
+
+    /// Records that (actor, token) `key` was used at `at`, making reservation `made` (0: none).
+    fn record_token(&mut self, key: &[u8], at: Timestamp, made: u64) {
+        let used = TokenUse {
+            at,
+            reservation: made,
+        };
+        match self.tokens.get_mut(key) {
+            Some(slot) => *slot = used,
+            None => {
+                let map_key = self.key_copy(key);
+                self.tokens.insert(map_key, used);
             }
         }
+        let order_key = self.key_copy(key);
+        self.token_order.push_back((at, order_key));
     }
 }
 
@@ -387,6 +428,8 @@ impl Findings {
 pub struct Audit {
     options: AuditOptions,
     streams: FastMap<String, usize>,
+    /// Pool id → the first stream that recorded it.
+    pool_streams: FastMap<PoolId, usize>,
     pools: Vec<PoolAudit>,
     actors: ActorRegistry,
     actors_next_version: u64,
@@ -421,6 +464,7 @@ impl Audit {
         Audit {
             options,
             streams: FastMap::default(),
+            pool_streams: FastMap::default(),
             pools: Vec::new(),
             actors: ActorRegistry::default(),
             actors_next_version: 0,
@@ -520,6 +564,22 @@ impl Audit {
         let index = match self.streams.get(recorded.stream.as_str()) {
             Some(index) => *index,
             None => {
+                if let Some(other) = self
+                    .pool_streams
+                    .get(&event.pool)
+                    .and_then(|other| self.pools.get(*other))
+                {
+                    findings.add(
+                        Check::StateTransition,
+                        format!(
+                            "pool {} already has its events in stream {}",
+                            event.pool, other.stream
+                        ),
+                    );
+                } else {
+                    self.pool_streams
+                        .insert(event.pool.clone(), self.pools.len());
+                }
                 self.streams
                     .insert(recorded.stream.clone(), self.pools.len());
                 self.pools.push(PoolAudit {
@@ -527,6 +587,7 @@ impl Audit {
                     pool: event.pool.clone(),
                     next_version: 0,
                     last_allocated_after: 0,
+                    last_at: Timestamp(0),
                     declared: false,
                     capacity: 0,
                     window_ms: 0,
@@ -536,6 +597,7 @@ impl Audit {
                     out_of_sequence: FastMap::default(),
                     tokens: FastMap::default(),
                     token_order: VecDeque::new(),
+                    spare_keys: Vec::new(),
                     fold: self.options.check_fold.then(Pool::default),
                 });
                 self.pools.len() - 1
@@ -566,6 +628,16 @@ impl Audit {
                 ),
             );
         }
+        if event.at < pool.last_at {
+            findings.add(
+                Check::StateTransition,
+                format!(
+                    "time goes backwards in the stream: {} after {}",
+                    event.at, pool.last_at
+                ),
+            );
+        }
+        pool.last_at = pool.last_at.max(event.at);
         if event.allocated_before != pool.last_allocated_after {
             findings.add(
                 Check::AllocatedChain,
@@ -606,7 +678,7 @@ impl Audit {
                     )
                 }
                 _ => format!(
-                    "token {} of {} recorded again {} ms after its first use, within the {} ms window",
+                    "token {} of {} recorded again {} ms after its previous use, within the {} ms window",
                     event.token,
                     event.actor,
                     event.at.0.saturating_sub(earlier.at.0),
@@ -615,19 +687,11 @@ impl Audit {
             };
             findings.add(Check::Idempotency, detail);
         }
-        let key: Arc<[u8]> = Arc::from(key_buffer.as_slice());
         let made = match event.change {
             Change::Reserved { reservation, .. } => reservation,
             _ => 0,
         };
-        pool.token_order.push_back((event.at, Arc::clone(&key)));
-        pool.tokens.insert(
-            key,
-            TokenUse {
-                at: event.at,
-                reservation: made,
-            },
-        );
+        pool.record_token(key_buffer, event.at, made);
 
         if event.allocated_after != pool.live_units() {
             findings.add(
@@ -691,30 +755,35 @@ impl Audit {
         }
     }
 
+    /// The key `actor` held at `at`, through a one-entry cache (pool events of one actor tend to
+    /// come in runs).
+    fn key_at(&mut self, actor: &ActorId, at: Timestamp) -> Option<ActorKey> {
+        if let Some((cached_actor, Some(key))) = &self.last_key
+            && cached_actor == actor
+            && key.valid_at(at)
+        {
+            return Some(key.clone());
+        }
+        let key = self.actors.key_at(actor, at).cloned();
+        self.last_key = Some((actor.clone(), key.clone()));
+        key
+    }
+
     /// Key, role and (queued) signature and digest checks of a pool event.
     fn check_attribution(&mut self, recorded: &RecordedPoolEvent, findings: &mut Findings) {
         let event = &recorded.event;
         let signed_at = event.attestation.signed_at;
-        let cached = match &self.last_key {
-            Some((actor, key)) if *actor == event.actor => {
-                key.as_ref().filter(|key| key.valid_at(signed_at)).cloned()
-            }
-            _ => None,
-        };
-        let key = match cached {
-            Some(key) => Some(key),
-            None => {
-                let key = self.actors.key_at(&event.actor, signed_at).cloned();
-                self.last_key = Some((event.actor.clone(), key.clone()));
-                key
-            }
-        };
+        // The key valid when the actor signed; failing that (a client clock behind its
+        // registration), the key valid when the service recorded the event.
+        let key = self
+            .key_at(&event.actor, signed_at)
+            .or_else(|| self.key_at(&event.actor, event.at));
         match &key {
             None => findings.add(
                 Check::Attribution,
                 format!(
-                    "actor {} had no key valid at signed_at {signed_at}",
-                    event.actor
+                    "actor {} had no key valid at signed_at {signed_at} nor at {}",
+                    event.actor, event.at
                 ),
             ),
             Some(key) if !key.role.may(event.action.kind()) => findings.add(
@@ -724,6 +793,13 @@ impl Audit {
                     event.actor,
                     key.role,
                     event.action.kind()
+                ),
+            ),
+            Some(key) if !key.valid_at(event.at) => findings.add(
+                Check::Attribution,
+                format!(
+                    "actor {}'s key was no longer valid when the event was recorded at {} (signed_at {signed_at})",
+                    event.actor, event.at
                 ),
             ),
             Some(_) => {}
@@ -790,7 +866,20 @@ impl Audit {
             }
         } else {
             self.bootstrap = false;
-            match self.actors.key_at(&event.by, signed_at) {
+            let key = self
+                .key_at(&event.by, signed_at)
+                .or_else(|| self.key_at(&event.by, event.at));
+            match key {
+                Some(key) if !key.valid_at(event.at) => {
+                    findings.add(
+                        Check::Attribution,
+                        format!(
+                            "{}'s key was no longer valid when the change was recorded at {}",
+                            event.by, event.at
+                        ),
+                    );
+                    Some(key.public_key)
+                }
                 Some(key) if key.role.may_manage_actors() => Some(key.public_key),
                 Some(key) => {
                     findings.add(
@@ -805,7 +894,10 @@ impl Audit {
                 None => {
                     findings.add(
                         Check::Attribution,
-                        format!("{} had no key valid at signed_at {signed_at}", event.by),
+                        format!(
+                            "{} had no key valid at signed_at {signed_at} nor at {}",
+                            event.by, event.at
+                        ),
                     );
                     None
                 }

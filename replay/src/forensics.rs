@@ -5,12 +5,14 @@
 //! - [`stranded_slots`]: terminal reservations whose slot the pool arithmetic never got back.
 //! - [`disputed_double_booking`]: a pool's confirmations against its capacity history, saying
 //!   for each moment above the declared capacity whether an `adjust_capacity` raised it (an
-//!   overbooking choice) or coherence was violated.
+//!   overbooking choice) or coherence was violated, and naming a named unit (a seat) taken
+//!   while another reservation held it.
 //! - [`contention_window`]: per second around a deadline, reserve attempts, successes and
 //!   rejections by code.
 //!
-//! Each keeps only live state while folding (live reservations, per-second buckets) and caps
-//! what it lists with a named limit.
+//! Each is a push-based query (`new`, `observe` each record in position order, `finish`) with a
+//! function that runs it over an iterator. Each keeps only live state while folding (live
+//! reservations, per-second buckets) and caps what it lists with a named limit.
 
 use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap};
@@ -84,21 +86,31 @@ struct PoolFold {
     live: BTreeMap<u64, LiveReservation>,
 }
 
-/// Who held what in every pool at `at` (events with `at` later than it are ignored).
-pub fn as_of<I, R>(records: I, at: Timestamp) -> AsOf
-where
-    I: IntoIterator<Item = R>,
-    R: Borrow<Recorded>,
-{
-    let mut pools: BTreeMap<PoolId, PoolFold> = BTreeMap::new();
-    for record in records {
-        let Recorded::Pool(recorded) = record.borrow() else {
-            continue;
+/// Who held what in every pool at an instant, folded one record at a time.
+#[derive(Default)]
+pub struct AsOfQuery {
+    at: Timestamp,
+    pools: BTreeMap<PoolId, PoolFold>,
+}
+
+impl AsOfQuery {
+    pub fn new(at: Timestamp) -> AsOfQuery {
+        AsOfQuery {
+            at,
+            pools: BTreeMap::new(),
+        }
+    }
+
+    /// Folds one record (events with `at` later than the instant are ignored).
+    pub fn observe(&mut self, record: &Recorded) {
+        let Recorded::Pool(recorded) = record else {
+            return;
         };
         let event = &recorded.event;
-        if event.at > at {
-            continue;
+        if event.at > self.at {
+            return;
         }
+        let pools = &mut self.pools;
         let fold = pools.entry(event.pool.clone()).or_default();
         fold.allocated = event.allocated_after;
         match (&event.change, &event.action) {
@@ -158,35 +170,53 @@ where
             _ => {}
         }
     }
-    AsOf {
-        at,
-        pools: pools
-            .into_iter()
-            .filter(|(_, fold)| fold.declared)
-            .map(|(pool, fold)| {
-                let total = fold.live.len();
-                let live: Vec<LiveReservation> = fold
-                    .live
-                    .into_values()
-                    .take(FORENSIC_ITEMS_MAX)
-                    .map(|mut live| {
-                        live.window_elapsed =
-                            live.state == ReservationState::Held && at >= live.expires_at;
-                        live
-                    })
-                    .collect();
-                PoolAsOf {
-                    pool,
-                    capacity: fold.capacity,
-                    allocated: fold.allocated,
-                    closed: fold.closed,
-                    closes_at: fold.closes_at,
-                    live_omitted: (total - live.len()) as u64,
-                    live,
-                }
-            })
-            .collect(),
+
+    pub fn finish(self) -> AsOf {
+        let at = self.at;
+        let pools = self.pools;
+        AsOf {
+            at,
+            pools: pools
+                .into_iter()
+                .filter(|(_, fold)| fold.declared)
+                .map(|(pool, fold)| {
+                    let total = fold.live.len();
+                    let live: Vec<LiveReservation> = fold
+                        .live
+                        .into_values()
+                        .take(FORENSIC_ITEMS_MAX)
+                        .map(|mut live| {
+                            live.window_elapsed =
+                                live.state == ReservationState::Held && at >= live.expires_at;
+                            live
+                        })
+                        .collect();
+                    PoolAsOf {
+                        pool,
+                        capacity: fold.capacity,
+                        allocated: fold.allocated,
+                        closed: fold.closed,
+                        closes_at: fold.closes_at,
+                        live_omitted: (total - live.len()) as u64,
+                        live,
+                    }
+                })
+                .collect(),
+        }
     }
+}
+
+/// Who held what in every pool at `at` (events with `at` later than it are ignored).
+pub fn as_of<I, R>(records: I, at: Timestamp) -> AsOf
+where
+    I: IntoIterator<Item = R>,
+    R: Borrow<Recorded>,
+{
+    let mut query = AsOfQuery::new(at);
+    for record in records {
+        query.observe(record.borrow());
+    }
+    query.finish()
 }
 
 /// A reservation in a terminal state whose slot never came back to the pool.
@@ -200,35 +230,64 @@ pub struct StrandedSlot {
     pub detail: String,
 }
 
+/// The stranded-slot finder, folded one record at a time (the audit's reconstruction, keeping
+/// only its `stranded-slot` findings).
+pub struct StrandedSlotsQuery {
+    audit: Audit,
+}
+
+impl Default for StrandedSlotsQuery {
+    fn default() -> Self {
+        StrandedSlotsQuery::new()
+    }
+}
+
+impl StrandedSlotsQuery {
+    pub fn new() -> StrandedSlotsQuery {
+        let options = AuditOptions {
+            violations_max: FORENSIC_ITEMS_MAX,
+            ..AuditOptions::records_only()
+        };
+        StrandedSlotsQuery {
+            audit: Audit::keeping_only(options, Check::StrandedSlot),
+        }
+    }
+
+    pub fn observe(&mut self, record: &Recorded) {
+        self.audit.observe(record);
+    }
+
+    /// Every stranded slot (at most [`FORENSIC_ITEMS_MAX`]), in position order.
+    pub fn finish(self) -> Vec<StrandedSlot> {
+        self.audit
+            .finish()
+            .violations
+            .into_iter()
+            .filter(|violation| violation.check == Check::StrandedSlot)
+            .filter_map(|violation| {
+                Some(StrandedSlot {
+                    reservation: violation.reservation?,
+                    stream: violation.stream,
+                    version: violation.version,
+                    position: violation.position,
+                    detail: violation.detail,
+                })
+            })
+            .collect()
+    }
+}
+
 /// Every stranded slot of the log (at most [`FORENSIC_ITEMS_MAX`]), in position order.
 pub fn stranded_slots<I, R>(records: I) -> Vec<StrandedSlot>
 where
     I: IntoIterator<Item = R>,
     R: Borrow<Recorded>,
 {
-    let options = AuditOptions {
-        violations_max: FORENSIC_ITEMS_MAX,
-        ..AuditOptions::records_only()
-    };
-    let mut audit = Audit::keeping_only(options, Check::StrandedSlot);
+    let mut query = StrandedSlotsQuery::new();
     for record in records {
-        audit.observe(record.borrow());
+        query.observe(record.borrow());
     }
-    audit
-        .finish()
-        .violations
-        .into_iter()
-        .filter(|violation| violation.check == Check::StrandedSlot)
-        .filter_map(|violation| {
-            Some(StrandedSlot {
-                reservation: violation.reservation?,
-                stream: violation.stream,
-                version: violation.version,
-                position: violation.position,
-                detail: violation.detail,
-            })
-        })
-        .collect()
+    query.finish()
 }
 
 /// A change of a pool's capacity.
@@ -335,34 +394,63 @@ struct DisputeLive {
     state: ReservationState,
 }
 
-/// Confirmed reservations of `pool` against its capacity history.
-pub fn disputed_double_booking<I, R>(records: I, pool: &PoolId) -> DoubleBookingView
-where
-    I: IntoIterator<Item = R>,
-    R: Borrow<Recorded>,
-{
-    let mut view = DoubleBookingView {
-        pool: pool.clone(),
-        declared_capacity: None,
-        capacity_history: Vec::new(),
-        confirmations: Vec::new(),
-        moments: Vec::new(),
-        repeat_requests: Vec::new(),
-        omitted: 0,
-    };
-    let mut capacity = 0u64;
-    let mut last_raise: Option<CapacityChange> = None;
-    let mut live: HashMap<u64, DisputeLive> = HashMap::new();
-    let mut live_units = 0u64;
-    let mut confirmed_units = 0u64;
-    let mut holder_of: HashMap<(String, String), u64> = HashMap::new();
-    for record in records {
-        let Recorded::Pool(recorded) = record.borrow() else {
-            continue;
+/// The dispute view of one pool, folded one record at a time.
+pub struct DisputeQuery {
+    pool: PoolId,
+    view: DoubleBookingView,
+    capacity: u64,
+    last_raise: Option<CapacityChange>,
+    live: HashMap<u64, DisputeLive>,
+    live_units: u64,
+    confirmed_units: u64,
+    /// (requester, resource) → the live reservation holding it.
+    holder_of: HashMap<(String, String), u64>,
+    /// Whether the pool declared named units (a seat map).
+    named_units: bool,
+    /// Named unit → the live reservation holding it.
+    unit_holders: HashMap<String, u64>,
+}
+
+impl DisputeQuery {
+    pub fn new(pool: &PoolId) -> DisputeQuery {
+        DisputeQuery {
+            pool: pool.clone(),
+            view: DoubleBookingView {
+                pool: pool.clone(),
+                declared_capacity: None,
+                capacity_history: Vec::new(),
+                confirmations: Vec::new(),
+                moments: Vec::new(),
+                repeat_requests: Vec::new(),
+                omitted: 0,
+            },
+            capacity: 0,
+            last_raise: None,
+            live: HashMap::new(),
+            live_units: 0,
+            confirmed_units: 0,
+            holder_of: HashMap::new(),
+            named_units: false,
+            unit_holders: HashMap::new(),
+        }
+    }
+
+    pub fn observe(&mut self, record: &Recorded) {
+        let pool = &self.pool;
+        let view = &mut self.view;
+        let last_raise = &mut self.last_raise;
+        let live = &mut self.live;
+        let holder_of = &mut self.holder_of;
+        let unit_holders = &mut self.unit_holders;
+        let mut capacity = self.capacity;
+        let mut live_units = self.live_units;
+        let mut confirmed_units = self.confirmed_units;
+        let Recorded::Pool(recorded) = record else {
+            return;
         };
         let event = &recorded.event;
         if event.pool != *pool {
-            continue;
+            return;
         }
         let id = |seq: u64| ReservationId {
             pool: pool.clone(),
@@ -373,9 +461,12 @@ where
             (
                 Change::PoolDeclared,
                 Action::DeclarePool {
-                    capacity: declared, ..
+                    capacity: declared,
+                    units,
+                    ..
                 },
             ) => {
+                self.named_units = !units.is_empty();
                 capacity = *declared;
                 view.declared_capacity = Some(*declared);
                 let change = CapacityChange {
@@ -398,7 +489,7 @@ where
                     capacity: *adjusted,
                 };
                 if *adjusted > capacity {
-                    last_raise = Some(change.clone());
+                    *last_raise = Some(change.clone());
                 }
                 capacity = *adjusted;
                 push_capped(&mut view.capacity_history, change, &mut view.omitted);
@@ -424,6 +515,16 @@ where
                     push_capped(&mut view.repeat_requests, repeat, &mut view.omitted);
                 }
                 holder_of.insert(key, *reservation);
+                if self.named_units {
+                    if let Some(holder) = unit_holders.get(resource)
+                        && live.contains_key(holder)
+                    {
+                        finding = Some(format!(
+                            "unit {resource} taken by reservation {reservation} while reservation {holder} holds it"
+                        ));
+                    }
+                    unit_holders.insert(resource.clone(), *reservation);
+                }
                 live_units += u64::from(*count);
                 live.insert(
                     *reservation,
@@ -466,6 +567,9 @@ where
                         if hold.state == ReservationState::Confirmed {
                             confirmed_units = confirmed_units.saturating_sub(u64::from(hold.count));
                         }
+                        if unit_holders.get(&hold.resource) == Some(reservation) {
+                            unit_holders.remove(&hold.resource);
+                        }
                         let key = (hold.requester, hold.resource);
                         if holder_of.get(&key) == Some(reservation) {
                             holder_of.remove(&key);
@@ -494,7 +598,7 @@ where
         let declared = view.declared_capacity.unwrap_or(0);
         let above_declared =
             confirmed_units > declared && matches!(event.change, Change::Confirmed { .. });
-        let verdict = match (finding, above_declared, &last_raise) {
+        let verdict = match (finding, above_declared, last_raise.as_ref()) {
             (Some(detail), _, _) => Some(Verdict::CoherenceViolated { detail }),
             (None, true, Some(raise)) => Some(Verdict::CapacityRaised {
                 adjusted_at: raise.at,
@@ -522,8 +626,28 @@ where
             };
             push_capped(&mut view.moments, moment, &mut view.omitted);
         }
+
+        self.capacity = capacity;
+        self.live_units = live_units;
+        self.confirmed_units = confirmed_units;
     }
-    view
+
+    pub fn finish(self) -> DoubleBookingView {
+        self.view
+    }
+}
+
+/// Confirmed reservations of `pool` against its capacity history.
+pub fn disputed_double_booking<I, R>(records: I, pool: &PoolId) -> DoubleBookingView
+where
+    I: IntoIterator<Item = R>,
+    R: Borrow<Recorded>,
+{
+    let mut query = DisputeQuery::new(pool);
+    for record in records {
+        query.observe(record.borrow());
+    }
+    query.finish()
 }
 
 /// One second of a contention window.
@@ -552,68 +676,77 @@ pub struct ContentionWindow {
     pub rejections: BTreeMap<RejectionCode, u64>,
 }
 
-/// Per second in `[around - seconds, around + seconds)`: reserve attempts, successes,
-/// rejections by code, and releases, for `pool`.
-pub fn contention_window<I, R>(
-    records: I,
-    pool: &PoolId,
-    around: Timestamp,
-    seconds: u64,
-) -> Result<ContentionWindow, ForensicsError>
-where
-    I: IntoIterator<Item = R>,
-    R: Borrow<Recorded>,
-{
-    if seconds == 0 {
-        return Err(ForensicsError::WindowEmpty);
+/// Milliseconds per bucket of a contention window.
+const MS_PER_SECOND: u64 = 1_000;
+
+/// A contention window, folded one record at a time.
+pub struct ContentionQuery {
+    start: u64,
+    end: u64,
+    window: ContentionWindow,
+}
+
+impl ContentionQuery {
+    /// Per second in `[around - seconds, around + seconds)`, for `pool`.
+    pub fn new(
+        pool: &PoolId,
+        around: Timestamp,
+        seconds: u64,
+    ) -> Result<ContentionQuery, ForensicsError> {
+        if seconds == 0 {
+            return Err(ForensicsError::WindowEmpty);
+        }
+        if seconds > CONTENTION_SECONDS_MAX {
+            return Err(ForensicsError::WindowTooWide { seconds });
+        }
+        let start = around.0.saturating_sub(seconds * MS_PER_SECOND);
+        let end = around.0.saturating_add(seconds * MS_PER_SECOND);
+        let buckets = (end - start).div_ceil(MS_PER_SECOND);
+        let before = ((around.0 - start) / MS_PER_SECOND) as i64;
+        Ok(ContentionQuery {
+            start,
+            end,
+            window: ContentionWindow {
+                pool: pool.clone(),
+                around,
+                closes_at: None,
+                seconds: (0..buckets)
+                    .map(|i| ContentionSecond {
+                        second_start: Timestamp(start + i * MS_PER_SECOND),
+                        offset_seconds: i as i64 - before,
+                        attempts: 0,
+                        successes: 0,
+                        rejections: BTreeMap::new(),
+                        releases: 0,
+                    })
+                    .collect(),
+                attempts: 0,
+                successes: 0,
+                rejections: BTreeMap::new(),
+            },
+        })
     }
-    if seconds > CONTENTION_SECONDS_MAX {
-        return Err(ForensicsError::WindowTooWide { seconds });
-    }
-    const MS_PER_SECOND: u64 = 1_000;
-    let start = around.0.saturating_sub(seconds * MS_PER_SECOND);
-    let end = around.0.saturating_add(seconds * MS_PER_SECOND);
-    let buckets = (end - start).div_ceil(MS_PER_SECOND);
-    let mut window = ContentionWindow {
-        pool: pool.clone(),
-        around,
-        closes_at: None,
-        seconds: (0..buckets)
-            .map(|i| {
-                let second_start = start + i * MS_PER_SECOND;
-                ContentionSecond {
-                    second_start: Timestamp(second_start),
-                    offset_seconds: (i as i64) - ((around.0 - start) / MS_PER_SECOND) as i64,
-                    attempts: 0,
-                    successes: 0,
-                    rejections: BTreeMap::new(),
-                    releases: 0,
-                }
-            })
-            .collect(),
-        attempts: 0,
-        successes: 0,
-        rejections: BTreeMap::new(),
-    };
-    for record in records {
-        let Recorded::Pool(recorded) = record.borrow() else {
-            continue;
+
+    pub fn observe(&mut self, record: &Recorded) {
+        let Recorded::Pool(recorded) = record else {
+            return;
         };
         let event = &recorded.event;
-        if event.pool != *pool {
-            continue;
+        let window = &mut self.window;
+        if event.pool != window.pool {
+            return;
         }
         if let Action::DeclarePool { closes_at, .. } = &event.action
             && matches!(event.change, Change::PoolDeclared)
         {
             window.closes_at = *closes_at;
         }
-        if event.at.0 < start || event.at.0 >= end {
-            continue;
+        if event.at.0 < self.start || event.at.0 >= self.end {
+            return;
         }
-        let index = ((event.at.0 - start) / MS_PER_SECOND) as usize;
+        let index = ((event.at.0 - self.start) / MS_PER_SECOND) as usize;
         let Some(second) = window.seconds.get_mut(index) else {
-            continue;
+            return;
         };
         match (&event.change, &event.action) {
             (Change::Reserved { .. }, _) => {
@@ -632,5 +765,27 @@ where
             _ => {}
         }
     }
-    Ok(window)
+
+    pub fn finish(self) -> ContentionWindow {
+        self.window
+    }
+}
+
+/// Per second in `[around - seconds, around + seconds)`: reserve attempts, successes,
+/// rejections by code, and releases, for `pool`.
+pub fn contention_window<I, R>(
+    records: I,
+    pool: &PoolId,
+    around: Timestamp,
+    seconds: u64,
+) -> Result<ContentionWindow, ForensicsError>
+where
+    I: IntoIterator<Item = R>,
+    R: Borrow<Recorded>,
+{
+    let mut query = ContentionQuery::new(pool, around, seconds)?;
+    for record in records {
+        query.observe(record.borrow());
+    }
+    Ok(query.finish())
 }

@@ -4,6 +4,7 @@
 //! `allot_domain::codec` and feed the values here, one at a time. Nothing in this crate reads a
 //! store.
 
+use allot_domain::codec::{self, CodecError};
 use allot_domain::{ActorEvent, Event};
 
 /// The name of the stream holding [`ActorEvent`]s (the store's convention, reported in
@@ -36,6 +37,31 @@ pub enum Recorded {
 }
 
 impl Recorded {
+    /// Decodes a stored payload with `allot_domain::codec`: the [`ACTORS_STREAM`] holds actor
+    /// events, every other stream pool events. The caller reports a failure with the record's
+    /// stream, version and position.
+    pub fn decode(
+        stream: &str,
+        version: u64,
+        position: u64,
+        payload: &[u8],
+    ) -> Result<Recorded, CodecError> {
+        if stream == ACTORS_STREAM {
+            Ok(Recorded::Actor(RecordedActorEvent {
+                version,
+                position,
+                event: codec::decode_actor_event(payload)?,
+            }))
+        } else {
+            Ok(Recorded::Pool(RecordedPoolEvent {
+                stream: stream.to_owned(),
+                version,
+                position,
+                event: codec::decode_event(payload)?,
+            }))
+        }
+    }
+
     pub fn position(&self) -> u64 {
         match self {
             Recorded::Pool(recorded) => recorded.position,

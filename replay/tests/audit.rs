@@ -469,3 +469,106 @@ fn the_violation_list_is_capped_but_counting_goes_on() {
         report.violations.len() as u64 + report.violations_omitted
     );
 }
+
+#[test]
+fn state_transition_names_a_pool_recorded_in_two_streams() {
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("pool_ga", 0);
+    let mut copy = ledger.pool_event_mut(index).clone();
+    copy.stream = "pool-pool_ga-copy".to_owned();
+    copy.version = 0;
+    copy.position = ledger.records.last().map_or(0, Recorded::position) + 1;
+    ledger.records.push(Recorded::Pool(copy.clone()));
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(&report, Check::StateTransition, copy.position, &[]);
+}
+
+#[test]
+fn the_audit_and_rebuild_can_move_to_a_blocking_thread() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Audit>();
+    assert_send::<allot_replay::Rebuild>();
+    assert_send::<allot_replay::HtmlReport>();
+    assert_send::<allot_replay::AsOfQuery>();
+    assert_send::<allot_replay::StrandedSlotsQuery>();
+    assert_send::<allot_replay::DisputeQuery>();
+    assert_send::<allot_replay::ContentionQuery>();
+}
+
+#[test]
+fn the_json_report_carries_each_counterexample_location() {
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("pool_vip", 4);
+    ledger.pool_event_mut(index).event.allocated_before += 1;
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    let json: serde_json::Value = serde_json::to_value(&report).expect("serializes");
+    let violation = &json["violations"][0];
+    assert_eq!(violation["check"], "allocated-chain");
+    assert_eq!(violation["stream"], "pool-pool_vip");
+    assert_eq!(violation["version"], 4);
+    assert_eq!(violation["position"], position_of(&ledger, index));
+    assert_eq!(violation["reservation"], "pool_vip:1");
+    assert_eq!(json["checks"][1]["violations"], 1);
+}
+
+#[test]
+fn attribution_names_a_revoked_key_that_backdates_its_signature() {
+    let mut ledger = walkthrough();
+    ledger.revoke(20 * MINUTE, "shop", "admin");
+    ledger.reserve(
+        21 * MINUTE,
+        "pool_vip",
+        "late",
+        "vip-tier",
+        "after-revocation",
+    );
+    let index = ledger.records.len() - 1;
+    let mut event = ledger.pool_event_mut(index).event.clone();
+    ledger.resign(&mut event, "shop", common::at(19 * MINUTE));
+    ledger.pool_event_mut(index).event = event;
+    let report = audit(&ledger.records, AuditOptions::default());
+    assert_names(
+        &report,
+        Check::Attribution,
+        position_of(&ledger, index),
+        &[],
+    );
+    assert!(
+        report.violations[0].detail.contains("no longer valid"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_client_clock_behind_its_registration_is_not_a_violation() {
+    let mut ledger = walkthrough();
+    // Registered at T0 - 1 s; this client's clock said T0 - 5 s when it signed.
+    let index = ledger.index_of("pool_vip", 1);
+    let mut event = ledger.pool_event_mut(index).event.clone();
+    ledger.resign(&mut event, "shop", Timestamp(common::T0 - 5 * SECOND));
+    ledger.pool_event_mut(index).event = event;
+    let report = audit(&ledger.records, AuditOptions::default());
+    assert!(report.is_clean(), "{report}");
+}
+
+#[test]
+fn state_transition_names_time_going_backwards_in_a_stream() {
+    let mut ledger = walkthrough();
+    let index = ledger.index_of("pool_ga", 2);
+    let previous = ledger
+        .pool_event_mut(ledger.index_of("pool_ga", 1))
+        .event
+        .at;
+    ledger.pool_event_mut(index).event.at = Timestamp(previous.0 - 1);
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    assert_names(
+        &report,
+        Check::StateTransition,
+        position_of(&ledger, index),
+        &[],
+    );
+    assert!(
+        report.violations[0].detail.contains("backwards"),
+        "{report}"
+    );
+}

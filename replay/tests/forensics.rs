@@ -191,3 +191,33 @@ fn the_contention_window_counts_attempts_around_the_cutoff() {
         Err(ForensicsError::WindowTooWide { .. })
     ));
 }
+
+#[test]
+fn two_students_holding_one_seat_is_a_coherence_violation() {
+    let mut ledger = Ledger::new();
+    ledger.declare(0, "seats", 2, None, &["s1", "s2"]);
+    ledger.reserve(SECOND, "seats", "student_a", "s1", "a");
+    ledger.reserve(2 * SECOND, "seats", "student_b", "s2", "b");
+    ledger.confirm(3 * SECOND, "seats", 1, "ac");
+    ledger.confirm(4 * SECOND, "seats", 2, "bc");
+    assert!(
+        disputed_double_booking(&ledger.records, &PoolId::new("seats"))
+            .moments
+            .is_empty()
+    );
+
+    // The record says student_b took s1 too.
+    let index = ledger.index_of("seats", 2);
+    let forged = ledger.pool_event_mut(index);
+    if let allot_domain::Action::Reserve { resource, .. } = &mut forged.event.action {
+        *resource = "s1".to_owned();
+    }
+    let position = forged.position;
+    let view = disputed_double_booking(&ledger.records, &PoolId::new("seats"));
+    assert_eq!(view.moments.len(), 1, "{view:?}");
+    assert_eq!(view.moments[0].position, position);
+    match &view.moments[0].verdict {
+        Verdict::CoherenceViolated { detail } => assert!(detail.contains("unit s1"), "{detail}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -109,3 +109,19 @@ fn a_checkpoint_of_another_format_is_refused() {
         Err(RebuildError::CheckpointMalformed(_))
     ));
 }
+
+#[test]
+fn records_decode_from_stored_payloads() {
+    use allot_domain::codec;
+    let ledger = walkthrough();
+    for record in &ledger.records {
+        let (stream, payload) = match record {
+            Recorded::Pool(p) => (p.stream.as_str(), codec::encode_event(&p.event)),
+            Recorded::Actor(a) => ("actors", codec::encode_actor_event(&a.event)),
+        };
+        let decoded = Recorded::decode(stream, record.version(), record.position(), &payload)
+            .expect("decodes");
+        assert_eq!(&decoded, record);
+    }
+    assert!(Recorded::decode("pool-x", 0, 0, &[]).is_err());
+}

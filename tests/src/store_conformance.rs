@@ -42,8 +42,9 @@ macro_rules! store_conformance_cases {
     };
 }
 
-/// Defines one `#[tokio::test]` per conformance case. `$make` is an async closure returning
-/// `(store, guard)`; the guard (e.g. a temporary directory) lives until the case ends.
+/// Defines one `#[tokio::test]` per conformance case. `$make` is an async function or closure
+/// returning `(store, guard)`; the guard (e.g. a temporary directory) lives until the case ends.
+/// The calling crate needs `tokio` with its `macros` and `rt-multi-thread` features.
 #[macro_export]
 macro_rules! store_conformance_tests {
     ($make:expr) => {

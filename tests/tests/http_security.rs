@@ -634,6 +634,12 @@ async fn absurd_numbers_and_ids_are_refused() {
         "invalid-request",
     );
     refusals.expect(
+        "empty token",
+        &shop.send("s1", &action, "").await,
+        &[400],
+        "invalid-request",
+    );
+    refusals.expect(
         "token of 256 bytes",
         &shop.send("s1", &action, &"t".repeat(256)).await,
         &[400],
@@ -658,5 +664,87 @@ async fn absurd_numbers_and_ids_are_refused() {
         );
     }
     refusals.finish(&h, &["s1", "s9"], &[&rsv], &before).await;
+    h.shutdown().await;
+}
+
+// Actor-registry changes (`POST /v1/actors/{actor}`, `/revoke`) carry an Idempotency-Key and a
+// signature like pool commands; the admin's token is remembered for a day (folded from the
+// `actors` stream), so a retry replays, another change under it collides, and a captured request
+// cannot be replayed into a second change.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_registration_retry_replays() {
+    let h = Harness::start().await;
+    let key = SigningKey::from_bytes(&[71; 32]).verifying_key().to_bytes();
+    let (path, headers, body) =
+        h.admin_raw
+            .actor_change_request("retried", Some((Role::Client, key)), "reg-retried");
+    let first = h.admin_raw.post_raw(&path, &headers, body.clone()).await;
+    first.expect_ok(200);
+    let events = h.event_count().await;
+    let again = h.admin_raw.post_raw(&path, &headers, body).await;
+    again.expect_ok(200);
+    assert!(again.replayed, "retry not marked replayed: {again:?}");
+    assert_eq!(again.body, first.body);
+    assert_eq!(h.event_count().await, events, "a retry appended an event");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actor_registration_token_reuse_with_other_key_is_a_collision() {
+    let h = Harness::start().await;
+    let key_a = SigningKey::from_bytes(&[72; 32]).verifying_key().to_bytes();
+    let key_b = SigningKey::from_bytes(&[73; 32]).verifying_key().to_bytes();
+    h.admin_raw
+        .actor_change("twice", Some((Role::Client, key_a)), "reg-twice")
+        .await
+        .expect_ok(200);
+    let events = h.event_count().await;
+    h.admin_raw
+        .actor_change("twice", Some((Role::Client, key_b)), "reg-twice")
+        .await
+        .expect_problem(422, "token-collision");
+    assert_eq!(h.event_count().await, events);
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn captured_registration_cannot_reinstate_a_revoked_actor() {
+    let h = Harness::start().await;
+    h.admin_raw
+        .send("cap", &declare(3), "declare-cap")
+        .await
+        .expect_ok(201);
+    let key = SigningKey::from_bytes(&[74; 32]);
+    let (path, headers, body) = h.admin_raw.actor_change_request(
+        "fired",
+        Some((Role::Client, key.verifying_key().to_bytes())),
+        "reg-fired",
+    );
+    h.admin_raw
+        .post_raw(&path, &headers, body.clone())
+        .await
+        .expect_ok(200);
+    h.admin_raw
+        .actor_change("fired", None, "revoke-fired")
+        .await
+        .expect_ok(200);
+    let fired = h.actor("fired", key);
+    fired
+        .send("cap", &reserve("x", 600_000), "fired-1")
+        .await
+        .expect_problem(401, "invalid-request");
+
+    // An eavesdropper re-sends the captured registration, byte for byte, a moment later.
+    let replay = h.admin_raw.post_raw(&path, &headers, body).await;
+    assert!(
+        replay.status != 200 || replay.replayed,
+        "captured registration applied again: {replay:?}"
+    );
+    fired
+        .send("cap", &reserve("x", 600_000), "fired-2")
+        .await
+        .expect_problem(401, "invalid-request");
+    assert_eq!(h.allocated("cap").await, 0);
     h.shutdown().await;
 }

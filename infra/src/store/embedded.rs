@@ -1,20 +1,22 @@
 //! The embedded backend: a durable append-only log in a data directory.
 //!
-//! Layout of the directory: `events.log` (the log, format in [`format`]) and `LOCK` (held with an
-//! exclusive `flock` by the owning process for as long as the store is open).
+//! Layout of the directory: `events.log` (the log; format in `format.rs` and `docs/store.md`)
+//! and `LOCK` (held with an exclusive `flock` by the owning process while the store is open).
 //!
 //! How it works:
-//! - [`writer`]: one thread owns the file for writing and group-commits the bounded queue of
+//! - `writer`: one thread owns the file for writing and group-commits the bounded queue of
 //!   appends ([`APPEND_QUEUE_MAX`]): one write and one fdatasync per batch; an append resolves
 //!   only after its bytes are durable.
-//! - [`index`]: in memory, position → file offset and stream → positions, holding durable events
+//! - `index`: in memory, position → file offset and stream → positions, holding durable events
 //!   only; `read_stream` costs what the stream's events cost, not the log.
-//! - [`recovery`]: open verifies every checksum, truncates a torn last batch, and reports any
+//! - `recovery`: open verifies every checksum, truncates a torn last batch, and reports any
 //!   other damage as [`StoreError::Corrupt`].
 //! - Reads use their own file handle and positional reads on the blocking pool, so they never
 //!   wait for the writer's fdatasync; they hold the index lock only to copy locations.
 //! - Positions are the global sequence number of events, 0-based and contiguous.
 
+#[cfg(test)]
+mod crash_tests;
 mod format;
 mod index;
 mod recovery;
@@ -32,8 +34,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use format::{BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES, FRAME_BYTES_MAX};
 use index::{EventLoc, Index};
-pub use writer::BATCH_APPENDS_MAX;
 use writer::{AppendRequest, LogDevice, Request, Writer};
+pub use writer::{BATCH_APPENDS_MAX, WriterCounters};
 
 use super::{
     AppendOutcome, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
@@ -69,6 +71,7 @@ pub struct EmbeddedStore {
     requests: Option<mpsc::Sender<Request>>,
     head: watch::Receiver<u64>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    counters: Arc<WriterCounters>,
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> StoreError {
@@ -149,6 +152,7 @@ impl EmbeddedStore {
         let index = Arc::new(RwLock::new(recovered.index));
         let (head_tx, head_rx) = watch::channel(next_position);
         let (requests_tx, requests_rx) = mpsc::channel(APPEND_QUEUE_MAX);
+        let counters = Arc::new(WriterCounters::default());
         let writer = Writer {
             log: device(log),
             log_path: log_path.clone(),
@@ -157,6 +161,7 @@ impl EmbeddedStore {
             index: index.clone(),
             head: head_tx,
             requests: requests_rx,
+            counters: counters.clone(),
         };
         let handle = std::thread::Builder::new()
             .name("allot-log-writer".to_owned())
@@ -170,6 +175,7 @@ impl EmbeddedStore {
             }),
             requests: Some(requests_tx),
             head: head_rx,
+            counters,
             writer: Mutex::new(Some(handle)),
         })
     }
@@ -177,6 +183,11 @@ impl EmbeddedStore {
     /// Number of durable events, which is also the position the next event will get.
     pub fn next_position(&self) -> u64 {
         *self.head.borrow()
+    }
+
+    /// Batches synced and appends acknowledged since open.
+    pub fn counters(&self) -> &WriterCounters {
+        &self.counters
     }
 
     /// Finishes the queued appends, stops the writer and releases the directory. Later appends

@@ -109,6 +109,58 @@ impl Ledger {
         self.actors_version += 1;
     }
 
+    /// `by` revokes `actor`'s key at `ms` after T0.
+    pub fn revoke(&mut self, ms: u64, actor: &str, by: &str) {
+        let when = at(ms);
+        let token = IdempotencyToken::new(format!("revoke-{actor}-{ms}"));
+        let message = actor_signing_bytes(
+            "revoke_actor",
+            &ActorId::new(actor),
+            &[],
+            &token,
+            &ActorId::new(by),
+            when,
+        );
+        let signature = self.keys[by].sign(&message).to_bytes().to_vec();
+        let event = ActorEvent {
+            actor: ActorId::new(actor),
+            change: ActorChange::Revoked,
+            by: ActorId::new(by),
+            token,
+            attestation: Attestation {
+                signed_at: when,
+                signature,
+            },
+            at: when,
+        };
+        let position = self.position();
+        self.records.push(Recorded::Actor(RecordedActorEvent {
+            version: self.actors_version,
+            position,
+            event,
+        }));
+        self.actors_version += 1;
+    }
+
+    /// Signs `event` again as `actor`, claiming `signed_at`.
+    pub fn resign(&self, event: &mut allot_domain::Event, actor: &str, signed_at: Timestamp) {
+        let target = match event.action.reservation() {
+            Some(seq) => format!("{}:{seq}", event.pool),
+            None => event.pool.to_string(),
+        };
+        event.attestation.signed_at = signed_at;
+        event.attestation.signature = self.keys[actor]
+            .sign(&signing_bytes(
+                &event.action,
+                &target,
+                &event.token,
+                &event.actor,
+                signed_at,
+            ))
+            .to_bytes()
+            .to_vec();
+    }
+
     /// Runs `action` on `pool` as `actor` with `token` at `ms` after T0. Appended events are
     /// recorded; replays and unrecorded rejections are returned as they are.
     pub fn run(

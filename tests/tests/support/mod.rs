@@ -296,13 +296,25 @@ impl Actor {
     }
 
     /// Signs (as this actor) and sends an actor-registry change: registering `target` with
-    /// `role` and `public_key`, or revoking it when `role` is `None`.
+    /// `role` and `public_key`, or revoking it when `change` is `None`.
     pub async fn actor_change(
         &self,
         target: &str,
         change: Option<(Role, [u8; 32])>,
         token: &str,
     ) -> Resp {
+        let (path, headers, body) = self.actor_change_request(target, change, token);
+        self.post_raw(&path, &headers, body).await
+    }
+
+    /// The path, headers and body of a signed actor-registry change (see
+    /// [`Actor::actor_change`]), so tests can send it again verbatim.
+    pub fn actor_change_request(
+        &self,
+        target: &str,
+        change: Option<(Role, [u8; 32])>,
+        token: &str,
+    ) -> (String, Vec<(&'static str, String)>, String) {
         let (change, path, body) = match change {
             Some((role, public_key)) => (
                 ActorChange::Registered { role, public_key },
@@ -334,7 +346,7 @@ impl Actor {
                 hex::encode(self.key.sign(&bytes).to_bytes()),
             ),
         ];
-        self.post_raw(&path, &headers, body.to_string()).await
+        (path, headers, body.to_string())
     }
 
     /// POSTs `body` as JSON with exactly `headers` (plus content type).
@@ -344,6 +356,19 @@ impl Actor {
         headers: &[(&str, String)],
         body: impl Into<reqwest::Body>,
     ) -> Resp {
+        self.try_post_raw(path, headers, body)
+            .await
+            .expect("send request")
+    }
+
+    /// As [`Actor::post_raw`], but a transport failure (refused or dropped connection) is an
+    /// `Err` instead of a panic.
+    pub async fn try_post_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> Result<Resp, reqwest::Error> {
         let mut request = self
             .http
             .post(format!("{}{path}", self.base))
@@ -352,13 +377,15 @@ impl Actor {
         for (name, value) in headers {
             request = request.header(*name, value);
         }
-        into_resp(request.send().await.expect("send request")).await
+        Ok(into_resp(request.send().await?).await)
     }
 }
 
 /// A running service and everything the tests need to talk to it.
 pub struct Harness {
     pub dir: tempfile::TempDir,
+    pub clock: Arc<dyn Clock>,
+    pub sweeper: bool,
     pub service: Option<Service>,
     pub base: String,
     pub http: reqwest::Client,
@@ -377,26 +404,31 @@ impl Harness {
         dir.join("keys")
     }
 
-    async fn start_service(dir: &Path) -> Service {
+    async fn start_service(dir: &Path, clock: Arc<dyn Clock>, sweeper: bool) -> Service {
         let store = open_store(&Self::store_dir(dir)).await;
         Service::start(
             store,
-            Arc::new(SystemClock),
+            clock,
             Arc::new(Projections::new()),
             ServeOptions {
                 listen: "127.0.0.1:0".parse().expect("loopback address"),
                 keys_dir: Self::keys_dir(dir),
-                sweeper: true,
+                sweeper,
             },
         )
         .await
         .expect("start service")
     }
 
-    /// Starts a service over a fresh store and key directory.
+    /// Starts a service on the system clock, with its sweeper, over a fresh store and keys.
     pub async fn start() -> Harness {
+        Self::start_with(Arc::new(SystemClock), true).await
+    }
+
+    /// Starts a service on `clock`, with or without its sweeper, over a fresh store and keys.
+    pub async fn start_with(clock: Arc<dyn Clock>, sweeper: bool) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let service = Self::start_service(dir.path()).await;
+        let service = Self::start_service(dir.path(), clock.clone(), sweeper).await;
         let base = format!("http://{}", service.addr);
         let (file, key) =
             KeyFile::read(&key_path(&Self::keys_dir(dir.path()), FIRST_ADMIN)).expect("admin.key");
@@ -412,6 +444,8 @@ impl Harness {
         };
         Harness {
             dir,
+            clock,
+            sweeper,
             service: Some(service),
             base,
             http,
@@ -427,12 +461,23 @@ impl Harness {
     /// Drains and stops the service, then starts a new one over the same store and keys.
     /// Returns the projections snapshot of the stopped service.
     pub async fn restart(&mut self) -> Snapshot {
+        let before = self.stop().await;
+        self.resume().await;
+        before
+    }
+
+    /// Drains and stops the service; returns its projections snapshot.
+    pub async fn stop(&mut self) -> Snapshot {
         let service = self.service.take().expect("service running");
         let ledger = service.ledger.clone();
         service.shutdown().await.expect("graceful shutdown");
-        let before = ledger.projections().snapshot();
-        drop(ledger);
-        let service = Self::start_service(self.dir.path()).await;
+        ledger.projections().snapshot()
+    }
+
+    /// Starts a new service over the same store and keys (after [`Harness::stop`]).
+    pub async fn resume(&mut self) {
+        assert!(self.service.is_none(), "service still running");
+        let service = Self::start_service(self.dir.path(), self.clock.clone(), self.sweeper).await;
         self.base = format!("http://{}", service.addr);
         self.admin = Client::new(
             self.base.clone(),
@@ -441,7 +486,6 @@ impl Harness {
         );
         self.admin_raw.base = self.base.clone();
         self.service = Some(service);
-        before
     }
 
     /// A raw actor with `key` (registered or not).
@@ -463,7 +507,7 @@ impl Harness {
                 &ActorId::new(name),
                 role,
                 key.verifying_key().to_bytes(),
-                &format!("register-{name}"),
+                &format!("register-{name}-{seed}"),
             )
             .await
             .expect("register request");

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -27,7 +28,8 @@ use crate::store::{ActualVersion, AppendOutcome, ExpectedVersion, ProposedEvent,
 /// Most appends one batch (one write, one fdatasync) carries.
 pub const BATCH_APPENDS_MAX: usize = 4096;
 /// Times the writer yields its CPU, waiting for more appends, before it syncs a batch less than
-/// half the size of the previous one. No timer: a lone appender never waits.
+/// half the size of the previous one (callers it just answered are on their way back). No
+/// timer: a lone appender (previous batch of one) never waits.
 const LINGER_YIELDS_MAX: u32 = 4;
 
 pub(crate) struct AppendRequest {
@@ -70,6 +72,16 @@ pub(crate) struct Writer {
     pub index: Arc<RwLock<Index>>,
     pub head: watch::Sender<u64>,
     pub requests: mpsc::Receiver<Request>,
+    pub counters: Arc<WriterCounters>,
+}
+
+/// Running totals of the writer, for metrics and the benchmark.
+#[derive(Debug, Default)]
+pub struct WriterCounters {
+    /// Batches written and synced (one fdatasync each).
+    pub batches: AtomicU64,
+    /// Appends acknowledged as durable.
+    pub appends: AtomicU64,
 }
 
 /// One append of the current batch, accepted or already answered with its rejection.
@@ -118,8 +130,8 @@ impl Writer {
                         batch.push(req);
                     }
                     Ok(Request::Close(reply)) => close = Some(reply),
-                    // Callers answered by the last batch are still coming back: give them the
-                    // CPU a few times rather than sync a fraction of them.
+                    // Callers answered by the last batch are still coming back: a few yields
+                    // spent waiting for them can save a whole fdatasync.
                     Err(mpsc::error::TryRecvError::Empty)
                         if batch.len() < previous_batch / 2 && yields < LINGER_YIELDS_MAX =>
                     {
@@ -232,6 +244,10 @@ impl Writer {
             };
             match written {
                 Ok(()) => {
+                    self.counters.batches.fetch_add(1, Ordering::Relaxed);
+                    self.counters
+                        .appends
+                        .fetch_add(u64::from(frame_count), Ordering::Relaxed);
                     self.publish(&pending, encoded, next_position);
                     self.end += buf.len() as u64;
                 }

@@ -1,0 +1,942 @@
+//! `allot bench`: named, reproducible performance scenarios. Each prints one human line and one
+//! JSON line; figures and the commands that produced them live in `BENCHMARKS.md`.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use allot_domain::{
+    Action, ActorId, Attestation, Command, IdempotencyToken, Outcome, PoolId, Timestamp,
+};
+use allot_projections::Projections;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::clock::{Clock, SystemClock};
+use crate::identity::params_digest;
+use crate::ledger::{Ledger, SubmitError};
+use crate::metrics::Metrics;
+use crate::store::EventStore;
+
+/// One scenario's result.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct BenchResult {
+    pub scenario: String,
+    pub commands: u64,
+    pub seconds: f64,
+    pub commands_per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub errors: u64,
+    pub oversold: u64,
+    pub notes: String,
+}
+
+impl std::fmt::Display for BenchResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {:.0} commands/s ({} in {:.1} s), p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, errors {}, oversold {}{}",
+            self.scenario,
+            self.commands_per_sec,
+            self.commands,
+            self.seconds,
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.errors,
+            self.oversold,
+            if self.notes.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.notes)
+            }
+        )
+    }
+}
+
+/// Per-client latency samples, merged at the end.
+#[derive(Default)]
+struct Samples {
+    latencies_us: Vec<u32>,
+    errors: u64,
+}
+
+fn percentile(sorted: &[u32], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    f64::from(sorted[rank.min(sorted.len() - 1)])
+}
+
+fn result(
+    scenario: &str,
+    samples: Vec<Samples>,
+    elapsed: Duration,
+    oversold: u64,
+    notes: String,
+) -> BenchResult {
+    let mut all: Vec<u32> = Vec::new();
+    let mut errors = 0;
+    for sample in samples {
+        all.extend(sample.latencies_us);
+        errors += sample.errors;
+    }
+    all.sort_unstable();
+    let seconds = elapsed.as_secs_f64();
+    BenchResult {
+        scenario: scenario.to_owned(),
+        commands: all.len() as u64,
+        seconds,
+        commands_per_sec: all.len() as f64 / seconds,
+        p50_us: percentile(&all, 0.50),
+        p99_us: percentile(&all, 0.99),
+        p999_us: percentile(&all, 0.999),
+        errors,
+        oversold,
+        notes,
+    }
+}
+
+/// A command as the in-process path receives it: authenticated already (the HTTP scenario
+/// covers signatures), with a signature-sized attestation so events have their real size.
+fn command(
+    pool: &PoolId,
+    actor: &ActorId,
+    token: String,
+    action: Action,
+    now: Timestamp,
+) -> Command {
+    Command {
+        pool: pool.clone(),
+        actor: actor.clone(),
+        attestation: Attestation {
+            signed_at: now,
+            signature: vec![0x5a; 64],
+        },
+        token: IdempotencyToken::new(token),
+        digest: params_digest(&action),
+        action,
+    }
+}
+
+async fn open(store: Arc<dyn EventStore>) -> Result<Ledger, String> {
+    Ledger::open(
+        store,
+        Arc::new(SystemClock),
+        Arc::new(Projections::new()),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .map_err(|e| e.to_string())
+}
+
+async fn declare(
+    ledger: &Ledger,
+    pool: &PoolId,
+    capacity: u64,
+    closes_at: Option<Timestamp>,
+) -> Result<(), String> {
+    let admin = ActorId::new("admin");
+    let action = Action::DeclarePool {
+        capacity,
+        closes_at,
+        units: vec![],
+        idempotency_window_ms: 600_000,
+    };
+    let now = SystemClock.now();
+    match ledger
+        .submit(command(
+            pool,
+            &admin,
+            format!("declare-{pool}"),
+            action,
+            now,
+        ))
+        .await
+    {
+        Ok(reply) if matches!(reply.outcome, Outcome::PoolDeclared { .. }) => Ok(()),
+        other => Err(format!("declare {pool}: {other:?}")),
+    }
+}
+
+async fn timed(ledger: &Ledger, command: Command, samples: &mut Samples) -> Option<Outcome> {
+    let started = Instant::now();
+    let reply = ledger.submit(command).await;
+    samples
+        .latencies_us
+        .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+    match reply {
+        Ok(reply) => Some(reply.outcome),
+        Err(SubmitError::Rejected(rejection)) => Some(Outcome::Rejected(rejection)),
+        Err(_) => {
+            samples.errors += 1;
+            None
+        }
+    }
+}
+
+/// (a) `uniform`: many pools, each client reserves in a random pool then confirms or cancels.
+pub async fn uniform(
+    store: Arc<dyn EventStore>,
+    pools: usize,
+    clients: usize,
+    duration: Duration,
+    seed: u64,
+) -> Result<BenchResult, String> {
+    let ledger = open(store).await?;
+    let pool_ids: Vec<PoolId> = (0..pools).map(|i| PoolId::new(format!("u{i}"))).collect();
+    for pool in &pool_ids {
+        declare(&ledger, pool, 1_000_000_000, None).await?;
+    }
+    let pool_ids = Arc::new(pool_ids);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for client in 0..clients {
+        let ledger = ledger.clone();
+        let pool_ids = Arc::clone(&pool_ids);
+        let stop = Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ client as u64);
+            let actor = ActorId::new(format!("client{client}"));
+            let mut samples = Samples::default();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let pool = &pool_ids[rng.gen_range(0..pool_ids.len())];
+                let now = SystemClock.now();
+                let reserve = Action::Reserve {
+                    resource: "unit".into(),
+                    requester: format!("r{client}"),
+                    duration_ms: 600_000,
+                    count: 1,
+                };
+                n += 1;
+                let outcome = timed(
+                    &ledger,
+                    command(pool, &actor, format!("{n}"), reserve, now),
+                    &mut samples,
+                )
+                .await;
+                let Some(Outcome::Reserved { reservation, .. }) = outcome else {
+                    continue;
+                };
+                let follow = if rng.gen_bool(0.5) {
+                    Action::ConfirmReservation {
+                        reservation: reservation.seq,
+                    }
+                } else {
+                    Action::CancelReservation {
+                        reservation: reservation.seq,
+                    }
+                };
+                n += 1;
+                timed(
+                    &ledger,
+                    command(pool, &actor, format!("{n}"), follow, now),
+                    &mut samples,
+                )
+                .await;
+            }
+            samples
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.push(task.await.map_err(|e| e.to_string())?);
+    }
+    let elapsed = started.elapsed();
+    let (_, oversold) = crate::demo::coherence(ledger.projections());
+    ledger.close().await;
+    Ok(result(
+        "uniform",
+        samples,
+        elapsed,
+        oversold,
+        format!("{pools} pools, {clients} clients, durable, in-process"),
+    ))
+}
+
+/// (b) `hot-pool`: one pool, many clients: a reserve storm until the cutoff, then each holder
+/// confirms or cancels and reserves again.
+pub async fn hot_pool(
+    store: Arc<dyn EventStore>,
+    seats: u64,
+    clients: usize,
+    duration: Duration,
+    seed: u64,
+) -> Result<BenchResult, String> {
+    let ledger = open(store).await?;
+    let pool = PoolId::new("hot");
+    let cutoff = Timestamp(SystemClock.now().0 + duration.as_millis() as u64);
+    declare(&ledger, &pool, seats, Some(cutoff)).await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for client in 0..clients {
+        let ledger = ledger.clone();
+        let pool = pool.clone();
+        let stop = Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ client as u64);
+            let actor = ActorId::new(format!("client{client}"));
+            let mut samples = Samples::default();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let now = SystemClock.now();
+                let reserve = Action::Reserve {
+                    resource: "seat".into(),
+                    requester: format!("student{client}"),
+                    duration_ms: 600_000,
+                    count: 1,
+                };
+                n += 1;
+                let outcome = timed(
+                    &ledger,
+                    command(&pool, &actor, format!("{n}"), reserve, now),
+                    &mut samples,
+                )
+                .await;
+                let Some(Outcome::Reserved { reservation, .. }) = outcome else {
+                    continue;
+                };
+                let follow = if rng.gen_bool(0.5) {
+                    Action::ConfirmReservation {
+                        reservation: reservation.seq,
+                    }
+                } else {
+                    Action::CancelReservation {
+                        reservation: reservation.seq,
+                    }
+                };
+                n += 1;
+                timed(
+                    &ledger,
+                    command(&pool, &actor, format!("{n}"), follow, now),
+                    &mut samples,
+                )
+                .await;
+            }
+            samples
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.push(task.await.map_err(|e| e.to_string())?);
+    }
+    let elapsed = started.elapsed();
+    let (incoherent, oversold) = crate::demo::coherence(ledger.projections());
+    let count = ledger.projections().counts.get(&pool).unwrap_or_default();
+    ledger.close().await;
+    Ok(result(
+        "hot-pool",
+        samples,
+        elapsed,
+        oversold + incoherent,
+        format!(
+            "{seats} seats, {clients} clients, durable; confirmed {}, capacity {}, allocated {}",
+            count.confirmed, count.capacity, count.allocated
+        ),
+    ))
+}
+
+/// Opens a fresh embedded store in `dir`, or the in-memory store.
+pub async fn store(dir: &Path, in_memory: bool) -> Result<Arc<dyn EventStore>, String> {
+    if in_memory {
+        return Ok(Arc::new(crate::store::memory::MemoryStore::new()));
+    }
+    crate::store::embedded::EmbeddedStore::open(dir)
+        .await
+        .map(|store| Arc::new(store) as Arc<dyn EventStore>)
+        .map_err(|e| e.to_string())
+}
+
+/// Resident set size of this process, in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|line| line.starts_with("VmRSS:"))
+                .and_then(|line| line.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Memory figures of the live service.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryResult {
+    pub scenario: String,
+    pub live_reservations: u64,
+    pub bytes_per_live_reservation: f64,
+    pub cached_tokens: u64,
+    pub bytes_per_cached_token: f64,
+}
+
+impl std::fmt::Display for MemoryResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "memory: {:.0} bytes per live reservation (aggregate + projections, {} holds), {:.0} bytes per cached token ({} tokens)",
+            self.bytes_per_live_reservation,
+            self.live_reservations,
+            self.bytes_per_cached_token,
+            self.cached_tokens
+        )
+    }
+}
+
+/// (f) memory per live reservation and per cached token: RSS growth of the live service while
+/// `count` holds are placed (each also caches its token), then while `count` rejected commands
+/// cache only their tokens.
+pub async fn memory(store: Arc<dyn EventStore>, count: u64) -> Result<MemoryResult, String> {
+    let ledger = open(store).await?;
+    let pool = PoolId::new("memory");
+    declare(&ledger, &pool, 1_000_000_000, None).await?;
+    let actor = ActorId::new("checkout");
+    // Warm the allocator and the pool task so the first measurement is not start-up noise.
+    let wave = |from: u64, to: u64, reserve: bool| {
+        let ledger = ledger.clone();
+        let pool = pool.clone();
+        let actor = actor.clone();
+        async move {
+            let mut pending = Vec::with_capacity(1024);
+            for i in from..to {
+                let now = SystemClock.now();
+                let action = if reserve {
+                    Action::Reserve {
+                        resource: "seat".into(),
+                        requester: format!("student-{i:08}"),
+                        duration_ms: 3_600_000,
+                        count: 1,
+                    }
+                } else {
+                    // A confirm of a reservation that does not exist: a cached rejection.
+                    Action::ConfirmReservation {
+                        reservation: 4_000_000_000 + i,
+                    }
+                };
+                let token = format!("t{}-{i:08}", u8::from(reserve));
+                pending.push(ledger.submit(command(&pool, &actor, token, action, now)));
+                if pending.len() == 1024 {
+                    futures::future::join_all(pending.drain(..)).await;
+                }
+            }
+            futures::future::join_all(pending.drain(..)).await;
+        }
+    };
+    wave(0, count / 10, true).await;
+    let before = rss_bytes();
+    wave(count / 10, count, true).await;
+    let after_holds = rss_bytes();
+    wave(0, count, false).await;
+    let after_tokens = rss_bytes();
+    let holds = count - count / 10;
+    let per_token = after_tokens.saturating_sub(after_holds) as f64 / count as f64;
+    let per_hold_with_token = after_holds.saturating_sub(before) as f64 / holds as f64;
+    ledger.close().await;
+    Ok(MemoryResult {
+        scenario: "memory".to_owned(),
+        live_reservations: holds,
+        bytes_per_live_reservation: (per_hold_with_token - per_token).max(0.0),
+        cached_tokens: count,
+        bytes_per_cached_token: per_token,
+    })
+}
+
+/// Figures of the replay scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayResult {
+    pub scenario: String,
+    pub events: u64,
+    pub generate_seconds: Option<f64>,
+    pub rebuild_events_per_sec: f64,
+    pub audit_events_per_sec: f64,
+    pub audit_signatures_events_per_sec: f64,
+    pub startup_seconds_without_checkpoint: f64,
+    pub startup_seconds_with_checkpoint: f64,
+    pub audit_clean: bool,
+}
+
+impl std::fmt::Display for ReplayResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "replay: {} events; rebuild {:.0} events/s; audit {:.0} events/s without signatures, {:.0} events/s with every signature verified ({}); startup {:.2} s without checkpoint, {:.2} s with",
+            self.events,
+            self.rebuild_events_per_sec,
+            self.audit_events_per_sec,
+            self.audit_signatures_events_per_sec,
+            if self.audit_clean {
+                "clean"
+            } else {
+                "VIOLATIONS"
+            },
+            self.startup_seconds_without_checkpoint,
+            self.startup_seconds_with_checkpoint
+        )
+    }
+}
+
+/// Pools the replay log spreads its events over.
+const REPLAY_POOLS: u64 = 1_000;
+/// Events generated per pool append.
+const REPLAY_APPEND_EVENTS: usize = 2_048;
+
+/// Writes a valid, signed log of about `events` events into `store`: actors, pools, and a
+/// reserve → confirm/cancel mix, decided by the domain and signed like real requests.
+pub async fn generate_log(
+    store: &crate::store::embedded::EmbeddedStore,
+    events: u64,
+) -> Result<(), String> {
+    use allot_domain::{
+        ActorChange, ActorEvent, Decision, Event, Pool, Role, codec, decide, evolve, signing,
+    };
+    use ed25519_dalek::{Signer, SigningKey};
+
+    use crate::store::{ExpectedVersion, ProposedEvent};
+
+    let start = Timestamp(1_767_225_600_000);
+    let admin_key = SigningKey::from_bytes(&[1; 32]);
+    let client_key = SigningKey::from_bytes(&[2; 32]);
+    let admin = ActorId::new("admin");
+    let client = ActorId::new("checkout");
+    let mut actor_events = Vec::new();
+    for (actor, key, role) in [
+        (&admin, &admin_key, Role::Admin),
+        (&client, &client_key, Role::Client),
+    ] {
+        let change = ActorChange::Registered {
+            role,
+            public_key: key.verifying_key().to_bytes(),
+        };
+        let (action, params) = crate::http::actor_change_params(&change);
+        let token = IdempotencyToken::new(format!("register-{actor}"));
+        let by = if role == Role::Admin { actor } else { &admin };
+        let bytes = signing::actor_signing_bytes(action, actor, &params, &token, by, start);
+        let signer = if role == Role::Admin { key } else { &admin_key };
+        actor_events.push(ProposedEvent {
+            id: [0; 16],
+            kind: "Actor".into(),
+            payload: codec::encode_actor_event(&ActorEvent {
+                actor: actor.clone(),
+                change,
+                by: by.clone(),
+                token,
+                attestation: Attestation {
+                    signed_at: start,
+                    signature: signer.sign(&bytes).to_bytes().to_vec(),
+                },
+                at: start,
+            }),
+        });
+    }
+    let mut ids = 0u64;
+    let mut next_id = move || {
+        ids += 1;
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&ids.to_le_bytes());
+        id
+    };
+    for event in &mut actor_events {
+        event.id = next_id();
+    }
+    store
+        .append(
+            crate::ledger::ACTORS_STREAM,
+            ExpectedVersion::NoStream,
+            actor_events,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+
+    // Two generator threads, each owning half the pools, feed appends through a bounded channel.
+    let per_pool = events.div_ceil(REPLAY_POOLS);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(PoolId, u64, Vec<Event>)>(64);
+    let mut threads = Vec::new();
+    for half in 0..2u64 {
+        let tx = tx.clone();
+        let admin_key = admin_key.clone();
+        let client_key = client_key.clone();
+        let admin = admin.clone();
+        let client = client.clone();
+        threads.push(std::thread::spawn(move || {
+            let sign = |key: &SigningKey,
+                        actor: &ActorId,
+                        pool: &PoolId,
+                        action: Action,
+                        token: String,
+                        at: Timestamp| {
+                let token = IdempotencyToken::new(token);
+                Command {
+                    pool: pool.clone(),
+                    actor: actor.clone(),
+                    attestation: crate::identity::sign_command(
+                        key, actor, pool, &action, &token, at,
+                    ),
+                    token,
+                    digest: params_digest(&action),
+                    action,
+                }
+            };
+            for p in (half..REPLAY_POOLS).step_by(2) {
+                let pool_id = PoolId::new(format!("r{p}"));
+                let mut pool = Pool::default();
+                let mut batch = Vec::with_capacity(REPLAY_APPEND_EVENTS);
+                let mut version = 0u64;
+                let mut at = start;
+                let mut n = 0u64;
+                let decide_one =
+                    |pool: &mut Pool, command: Command, at: Timestamp, batch: &mut Vec<Event>| {
+                        if let Ok(Decision::Append(event)) = decide(pool, &command, at)
+                            && evolve(pool, &event).is_ok()
+                        {
+                            batch.push(event);
+                        }
+                    };
+                let declare = Action::DeclarePool {
+                    capacity: 1_000_000_000,
+                    closes_at: None,
+                    units: vec![],
+                    idempotency_window_ms: 600_000,
+                };
+                decide_one(
+                    &mut pool,
+                    sign(
+                        &admin_key,
+                        &admin,
+                        &pool_id,
+                        declare,
+                        format!("declare-{p}"),
+                        at,
+                    ),
+                    at,
+                    &mut batch,
+                );
+                while (pool.events_applied()) < per_pool {
+                    at = at.plus_ms(1);
+                    n += 1;
+                    let reserve = Action::Reserve {
+                        resource: "seat".into(),
+                        requester: format!("student-{n}"),
+                        duration_ms: 600_000,
+                        count: 1,
+                    };
+                    decide_one(
+                        &mut pool,
+                        sign(&client_key, &client, &pool_id, reserve, format!("r{n}"), at),
+                        at,
+                        &mut batch,
+                    );
+                    let seq = pool.reservations_made();
+                    let follow = if n.is_multiple_of(2) {
+                        Action::ConfirmReservation { reservation: seq }
+                    } else {
+                        Action::CancelReservation { reservation: seq }
+                    };
+                    decide_one(
+                        &mut pool,
+                        sign(&client_key, &client, &pool_id, follow, format!("f{n}"), at),
+                        at,
+                        &mut batch,
+                    );
+                    if batch.len() >= REPLAY_APPEND_EVENTS {
+                        let events = std::mem::take(&mut batch);
+                        let count = events.len() as u64;
+                        if tx
+                            .blocking_send((pool_id.clone(), version, events))
+                            .is_err()
+                        {
+                            return;
+                        }
+                        version += count;
+                    }
+                }
+                if !batch.is_empty() && tx.blocking_send((pool_id.clone(), version, batch)).is_err()
+                {
+                    return;
+                }
+            }
+        }));
+    }
+    drop(tx);
+    while let Some((pool, version, events)) = rx.recv().await {
+        let expected = match version.checked_sub(1) {
+            None => ExpectedVersion::NoStream,
+            Some(v) => ExpectedVersion::Exact(v),
+        };
+        let proposed = events
+            .iter()
+            .map(|event| ProposedEvent {
+                id: next_id(),
+                kind: event.kind_name().to_owned(),
+                payload: codec::encode_event(event),
+            })
+            .collect();
+        store
+            .append(&crate::ledger::pool_stream(&pool), expected, proposed)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    for thread in threads {
+        thread
+            .join()
+            .map_err(|_| "generator thread panicked".to_owned())?;
+    }
+    Ok(())
+}
+
+/// (d, e) replay and start-up on a large log in `dir` (generated first if the directory has no
+/// log): rebuild and audit throughput, with and without signature verification, and the time
+/// to open the service with and without a checkpoint.
+pub async fn replay(dir: &Path, events: u64) -> Result<ReplayResult, String> {
+    use crate::inspect;
+    use crate::store::embedded::EmbeddedStore;
+
+    let hidden = || {
+        let bar = inspect::progress_bar(None, "");
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        bar
+    };
+    let fresh = !dir.join("events.log").exists();
+    let mut generate_seconds = None;
+    if fresh {
+        let store = EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        generate_log(&store, events).await?;
+        generate_seconds = Some(started.elapsed().as_secs_f64());
+        store.close().await.map_err(|e| e.to_string())?;
+    }
+    let _ = std::fs::remove_file(dir.join(inspect::CHECKPOINT_FILE));
+
+    // Start-up without a checkpoint: open the log, fold every event into the projections.
+    let started = Instant::now();
+    let store: Arc<dyn EventStore> =
+        Arc::new(EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?);
+    let ledger = open(Arc::clone(&store)).await?;
+    let startup_without = started.elapsed().as_secs_f64();
+    let total = ledger.projections().applied() + 2;
+    ledger.close().await;
+    drop(ledger);
+
+    let started = Instant::now();
+    let rebuild = inspect::rebuild(store.as_ref(), None, &hidden())
+        .await
+        .map_err(|e| e.to_string())?;
+    let rebuild_rate = rebuild.events_done() as f64 / started.elapsed().as_secs_f64();
+    let checkpoint = rebuild.checkpoint().to_bytes().map_err(|e| e.to_string())?;
+    inspect::write_atomically(&dir.join(inspect::CHECKPOINT_FILE), &checkpoint)
+        .map_err(|e| e.to_string())?;
+
+    let started = Instant::now();
+    let plain = inspect::audit(store.as_ref(), &inspect::AuditRequest::default(), &hidden())
+        .await
+        .map_err(|e| e.to_string())?;
+    let audit_rate = plain.report.events as f64 / started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let signed = inspect::audit(
+        store.as_ref(),
+        &inspect::AuditRequest {
+            verify_signatures: true,
+            ..Default::default()
+        },
+        &hidden(),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let signed_rate = signed.report.events as f64 / started.elapsed().as_secs_f64();
+    drop(store);
+
+    // Start-up with the checkpoint: open the log, restore projections, fold only the tail.
+    let started = Instant::now();
+    let store: Arc<dyn EventStore> =
+        Arc::new(EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?);
+    let restored = inspect::read_checkpoint(&dir.join(inspect::CHECKPOINT_FILE))
+        .map_err(|e| e.to_string())?
+        .map(|checkpoint| Projections::from_snapshot(&checkpoint.projections))
+        .unwrap_or_default();
+    let ledger = Ledger::open(
+        store,
+        Arc::new(SystemClock),
+        Arc::new(restored),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let startup_with = started.elapsed().as_secs_f64();
+    ledger.close().await;
+
+    Ok(ReplayResult {
+        scenario: "replay".to_owned(),
+        events: total,
+        generate_seconds,
+        rebuild_events_per_sec: rebuild_rate,
+        audit_events_per_sec: audit_rate,
+        audit_signatures_events_per_sec: signed_rate,
+        startup_seconds_without_checkpoint: startup_without,
+        startup_seconds_with_checkpoint: startup_with,
+        audit_clean: plain.report.is_clean() && signed.report.is_clean(),
+    })
+}
+
+/// (c) `http`, the load side: `clients` connections each reserve in a random pool then confirm
+/// or cancel, every request signed, against `server`, for `duration`.
+pub async fn http_load(
+    server: &str,
+    actor: ActorId,
+    key: ed25519_dalek::SigningKey,
+    pools: usize,
+    clients: usize,
+    duration: Duration,
+    seed: u64,
+) -> Result<BenchResult, String> {
+    let base = crate::client::Client::new(server, actor, key);
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(clients);
+    for client in 0..clients {
+        let base = base.clone();
+        let stop = Arc::clone(&stop);
+        tasks.push(tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed ^ client as u64);
+            let mut samples = Samples::default();
+            let mut n = 0u64;
+            let send = async |pool: &PoolId, action: Action, n: u64, samples: &mut Samples| {
+                let started = Instant::now();
+                let answer = base.send(pool, &action, &format!("c{client}-{n}")).await;
+                samples
+                    .latencies_us
+                    .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+                match answer {
+                    Ok(answer) if answer.status < 500 => Some(answer),
+                    _ => {
+                        samples.errors += 1;
+                        None
+                    }
+                }
+            };
+            while !stop.load(Ordering::Relaxed) {
+                let pool = PoolId::new(format!("h{}", rng.gen_range(0..pools)));
+                let reserve = Action::Reserve {
+                    resource: "seat".into(),
+                    requester: format!("r{client}"),
+                    duration_ms: 600_000,
+                    count: 1,
+                };
+                n += 1;
+                let Some(answer) = send(&pool, reserve, n, &mut samples).await else {
+                    continue;
+                };
+                let Some(seq) = answer
+                    .body
+                    .get("reservation_id")
+                    .and_then(serde_json::Value::as_str)
+                    .and_then(allot_domain::ReservationId::parse)
+                    .map(|id| id.seq)
+                else {
+                    continue;
+                };
+                let follow = if rng.gen_bool(0.5) {
+                    Action::ConfirmReservation { reservation: seq }
+                } else {
+                    Action::CancelReservation { reservation: seq }
+                };
+                n += 1;
+                send(&pool, follow, n, &mut samples).await;
+            }
+            samples
+        }));
+    }
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.push(task.await.map_err(|e| e.to_string())?);
+    }
+    Ok(result(
+        "http",
+        samples,
+        started.elapsed(),
+        0,
+        format!("{pools} pools, {clients} connections, signed, separate load process"),
+    ))
+}
+
+/// (c) `http`, the service side: an in-process service on loopback over the embedded store, a
+/// registered client, `pools` pools; then the load runs in a separate process (`load`), whose
+/// result line is returned.
+pub async fn http(
+    dir: &Path,
+    pools: usize,
+    load: impl AsyncFnOnce(String, std::path::PathBuf) -> Result<BenchResult, String>,
+) -> Result<BenchResult, String> {
+    use crate::identity::KeyFile;
+    use crate::server::{FIRST_ADMIN, ServeOptions, Service, key_path};
+
+    let store = store(dir, false).await?;
+    let keys = dir.join("keys");
+    let service = Service::start(
+        Arc::clone(&store),
+        Arc::new(SystemClock),
+        Arc::new(Projections::new()),
+        ServeOptions {
+            listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+            keys_dir: keys.clone(),
+            sweeper: true,
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let server = format!("http://{}", service.addr);
+    let (admin_file, admin_key) =
+        KeyFile::read(&key_path(&keys, FIRST_ADMIN)).map_err(|e| e.to_string())?;
+    let admin = crate::client::Client::new(&server, ActorId::new(admin_file.actor), admin_key);
+    let (load_file, load_key) = KeyFile::generate("load", allot_domain::Role::Client);
+    let load_path = keys.join("load.key");
+    load_file.write_new(&load_path).map_err(|e| e.to_string())?;
+    let registered = admin
+        .register_actor(
+            &ActorId::new("load"),
+            allot_domain::Role::Client,
+            load_key.verifying_key().to_bytes(),
+            "register-load",
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    if !registered.is_success() {
+        return Err(format!("register load actor: {}", registered.body));
+    }
+    for p in 0..pools {
+        let action = Action::DeclarePool {
+            capacity: 1_000_000_000,
+            closes_at: None,
+            units: vec![],
+            idempotency_window_ms: 600_000,
+        };
+        let answer = admin
+            .send(
+                &PoolId::new(format!("h{p}")),
+                &action,
+                &format!("declare-h{p}"),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if !answer.is_success() {
+            return Err(format!("declare h{p}: {}", answer.body));
+        }
+    }
+    let result = load(server, load_path).await;
+    let (_, oversold) = crate::demo::coherence(service.ledger.projections());
+    service.shutdown().await.map_err(|e| e.to_string())?;
+    result.map(|result| BenchResult { oversold, ..result })
+}
