@@ -17,7 +17,7 @@ use std::process::Command;
 /// The client crate whose protocol the in-test server implements.
 const CLIENT_CRATE: &str = "kurrentdb";
 /// The protos the server implements; their imports (shared, status, code) come along.
-const PROTOS: [&str; 2] = ["streams.proto", "serverfeatures.proto"];
+const PROTOS: [&str; 3] = ["streams.proto", "serverfeatures.proto", "gossip.proto"];
 
 fn main() -> Result<(), Box<dyn Error>> {
     println!("cargo:rerun-if-env-changed=ALLOT_KURRENTDB_PROTOS");

@@ -4,6 +4,8 @@
 //! files that ship inside the client crate (compiled by `tests/build.rs`):
 //! - `ServerFeatures.GetSupportedMethods` (so the client knows which protocol to speak; no
 //!   batch append is announced, so appends use `Streams.Append`);
+//! - `Gossip.Read`, answering with this one node as the alive leader, so the cluster forms of the
+//!   connection string (`esdb+discover://…`) work too;
 //! - `Streams.Append` with every expected-revision case (any, no stream, stream exists, exact),
 //!   the `WrongExpectedVersion` result, and idempotent retries by event id (the same ids right
 //!   after the expected revision answer success without writing again, as the real server does);
@@ -48,6 +50,9 @@ pub mod proto {
             pub mod streams {
                 include!(concat!(env!("OUT_DIR"), "/event_store.client.streams.rs"));
             }
+            pub mod gossip {
+                include!(concat!(env!("OUT_DIR"), "/event_store.client.gossip.rs"));
+            }
             pub mod server_features {
                 include!(concat!(
                     env!("OUT_DIR"),
@@ -63,6 +68,8 @@ pub mod proto {
     }
 }
 
+use proto::event_store::client::gossip::gossip_server::{Gossip, GossipServer};
+use proto::event_store::client::gossip::{ClusterInfo, EndPoint, MemberInfo, member_info};
 use proto::event_store::client::server_features::server_features_server::{
     ServerFeatures, ServerFeaturesServer,
 };
@@ -188,6 +195,7 @@ struct State {
     fail_after_write: AtomicU32,
     appends_served: AtomicU64,
     subscriptions_opened: AtomicU64,
+    gossip_reads: AtomicU64,
 }
 
 impl State {
@@ -243,6 +251,7 @@ impl EsdbTestServer {
             fail_after_write: AtomicU32::new(0),
             appends_served: AtomicU64::new(0),
             subscriptions_opened: AtomicU64::new(0),
+            gossip_reads: AtomicU64::new(0),
         });
         state.append_raw("$settings", "$settings", b"{}");
         state.append_raw("$stats-127.0.0.1:2113", "$statsCollected", b"{}");
@@ -250,11 +259,14 @@ impl EsdbTestServer {
         let (shutdown, stop) = oneshot::channel::<()>();
         let service = Service {
             state: Arc::clone(&state),
+            addr,
+            instance: ::uuid::Uuid::new_v4(),
         };
         tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(StreamsServer::new(service.clone()))
-                .add_service(ServerFeaturesServer::new(service))
+                .add_service(ServerFeaturesServer::new(service.clone()))
+                .add_service(GossipServer::new(service))
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),
                     async {
@@ -330,6 +342,11 @@ impl EsdbTestServer {
         self.state.appends_served.load(Ordering::SeqCst)
     }
 
+    /// Gossip reads answered (cluster discovery).
+    pub fn gossip_reads(&self) -> u64 {
+        self.state.gossip_reads.load(Ordering::SeqCst)
+    }
+
     /// Subscriptions opened so far (resubscriptions included).
     pub fn subscriptions_opened(&self) -> u64 {
         self.state.subscriptions_opened.load(Ordering::SeqCst)
@@ -345,6 +362,8 @@ impl Drop for EsdbTestServer {
 #[derive(Debug, Clone)]
 struct Service {
     state: Arc<State>,
+    addr: SocketAddr,
+    instance: ::uuid::Uuid,
 }
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -373,6 +392,29 @@ impl ServerFeatures for Service {
                 method("append", &[]),
             ],
             event_store_server_version: SERVER_VERSION.to_owned(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Gossip for Service {
+    async fn read(&self, _request: Request<Empty>) -> Result<Response<ClusterInfo>, Status> {
+        self.state.gossip_reads.fetch_add(1, Ordering::SeqCst);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let leader = MemberInfo {
+            instance_id: Some(uuid_to_proto(self.instance, true)),
+            time_stamp: now.as_millis() as i64,
+            state: member_info::VNodeState::Leader as i32,
+            is_alive: true,
+            http_end_point: Some(EndPoint {
+                address: self.addr.ip().to_string(),
+                port: u32::from(self.addr.port()),
+            }),
+        };
+        Ok(Response::new(ClusterInfo {
+            members: vec![leader],
         }))
     }
 }

@@ -373,3 +373,25 @@ async fn subscription_survives_a_short_outage() {
     assert!(second.position > first.position);
     assert!(server.subscriptions_opened() > opened, "never resubscribed");
 }
+
+/// The cluster form of the connection string (gossip discovery) reaches the same node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_connection_string_discovers_the_leader_by_gossip() {
+    let server = EsdbTestServer::start().await;
+    let url = format!(
+        "esdb+discover://127.0.0.1:{}?tls=false&discoveryInterval=1&maxDiscoverAttempts=3",
+        server.addr().port()
+    );
+    let store = open_esdb(&url).await.unwrap();
+    store
+        .append("pool-c", ExpectedVersion::NoStream, vec![event("E", "c0")])
+        .await
+        .unwrap();
+    let all = store.read_all(None, 10).await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].stream, "pool-c");
+    assert!(
+        server.gossip_reads() > 0,
+        "the client never asked for gossip"
+    );
+}
