@@ -31,9 +31,14 @@ use super::model::{Intent, Model, Purpose, Status};
 use super::store::{FaultRates, FaultyStore};
 use super::{Failure, Options, Summary, TRACE_LINES_MAX};
 
-/// The clock at the start; actors are registered then, and the clock never goes below it (a
-/// command signed before its actor's key existed is an attribution failure, not a test).
+/// When the actors are registered.
 const START: Timestamp = Timestamp(1_700_000_000_000);
+/// The simulation clock starts here and never goes below it, so no instance's clock (skewed by
+/// at most [`SKEW_MS_MAX`]) records an event before its actor's key existed (an attribution
+/// failure the audit rightly reports, not a test of the command path).
+const CLOCK_FLOOR: Timestamp = Timestamp(START.0 + 2 * SKEW_MS_MAX);
+/// Largest skew of a second instance's clock.
+const SKEW_MS_MAX: u64 = 1_500;
 /// Times `Ledger::open` is tried under faults before it is opened with faults paused.
 const OPEN_ATTEMPTS_MAX: u32 = 8;
 /// Passes over the unanswered commands at the finish (faults are off: one should do).
@@ -80,8 +85,28 @@ type Answers = Rc<RefCell<Vec<(usize, Result<Reply, SubmitError>)>>>;
 /// What one round runs at once.
 #[derive(Debug, Clone, Copy)]
 enum Planned {
+    /// A command, on an instance the dice pick.
     Submit(usize),
+    /// A command on this instance.
+    SubmitOn {
+        index: usize,
+        instance: usize,
+    },
     Sweep,
+}
+
+/// An instance's clock: the simulation clock moved by a fixed skew (never below zero).
+#[derive(Debug)]
+struct SkewedClock {
+    base: Arc<ManualClock>,
+    ahead_ms: i64,
+}
+
+impl Clock for SkewedClock {
+    fn now(&self) -> Timestamp {
+        let now = i128::from(self.base.now().0) + i128::from(self.ahead_ms);
+        Timestamp(u64::try_from(now.max(0)).unwrap_or(u64::MAX))
+    }
 }
 
 /// The swarm parameters the seed picks.
@@ -93,6 +118,9 @@ struct Swarm {
     sweep_percent: u32,
     race_percent: u32,
     round_commands_max: usize,
+    /// Skew of each ledger instance's clock (the first is the simulation clock itself).
+    instance_skews_ms: [i64; 2],
+    instances: usize,
 }
 
 struct World {
@@ -103,7 +131,9 @@ struct World {
     store: Arc<FaultyStore>,
     clock: Arc<ManualClock>,
     metrics: Arc<Metrics>,
-    ledger: Ledger,
+    /// Ledger instances over the one store (a second one writes the same pools).
+    ledgers: Vec<Ledger>,
+    instance_clocks: Vec<Arc<dyn Clock>>,
     sweeper: SweeperKey,
     admin: ActorId,
     clients: Vec<Client>,
@@ -128,7 +158,7 @@ pub(super) async fn run(seed: u64, options: Options) -> Result<Summary, Failure>
             step: 0,
             violation,
             trace: Vec::new(),
-            domain_fault: options.domain_fault,
+            options,
         })?;
     let mut result = Ok(());
     for step in 1..=options.steps {
@@ -152,7 +182,7 @@ pub(super) async fn run(seed: u64, options: Options) -> Result<Summary, Failure>
             step: world.step,
             violation,
             trace: world.trace.iter().cloned().collect(),
-            domain_fault: options.domain_fault,
+            options,
         }),
     }
 }
@@ -205,14 +235,42 @@ impl World {
             sweep_percent: rng.gen_range(5..=40),
             race_percent: rng.gen_range(5..=30),
             round_commands_max: rng.gen_range(1..=8),
+            instance_skews_ms: [
+                0,
+                *pick(&mut rng, &[0i64, SKEW_MS_MAX as i64, -(SKEW_MS_MAX as i64)]).unwrap_or(&0),
+            ],
+            instances: if options.instances && rng.gen_bool(0.4) {
+                2
+            } else {
+                1
+            },
         };
         let store = Arc::new(FaultyStore::new(rng.r#gen(), rates));
         store.pause(true);
         let clock = Arc::new(ManualClock::new(START));
         let metrics = Arc::new(Metrics::new());
-        let ledger = open(&store, &clock, &metrics)
-            .await
-            .map_err(|error| format!("cannot open the ledger: {error}"))?;
+        let instance_clocks: Vec<Arc<dyn Clock>> = swarm.instance_skews_ms[..swarm.instances]
+            .iter()
+            .map(|&ahead_ms| -> Arc<dyn Clock> {
+                if ahead_ms == 0 {
+                    clock.clone()
+                } else {
+                    Arc::new(SkewedClock {
+                        base: Arc::clone(&clock),
+                        ahead_ms,
+                    })
+                }
+            })
+            .collect();
+        let mut ledgers = Vec::new();
+        for instance_clock in &instance_clocks {
+            ledgers.push(
+                open(&store, instance_clock, &metrics)
+                    .await
+                    .map_err(|error| format!("cannot open the ledger: {error}"))?,
+            );
+        }
+        let ledger = ledgers[0].clone();
 
         let mut key_bytes = [0u8; 32];
         rng.fill(&mut key_bytes);
@@ -294,6 +352,11 @@ impl World {
             });
         }
         let mut model = Model::default();
+        model.skew_ms = swarm.instance_skews_ms[..swarm.instances]
+            .iter()
+            .map(|skew| skew.unsigned_abs())
+            .max()
+            .unwrap_or(0);
         for pool in &pools {
             model.windows.insert(pool.id.clone(), pool.window_ms);
             if let Some(cutoff) = pool.closes_at {
@@ -301,6 +364,7 @@ impl World {
             }
         }
         store.pause(!options.store_faults);
+        clock.set(CLOCK_FLOOR);
         let mut world = World {
             seed,
             options,
@@ -309,14 +373,15 @@ impl World {
             store,
             clock,
             metrics,
-            ledger,
+            ledgers,
+            instance_clocks,
             sweeper,
             admin,
             clients,
             pools,
             model,
             mirror: Mirror::default(),
-            high_water: START,
+            high_water: CLOCK_FLOOR,
             step: 0,
             trace: VecDeque::new(),
             line: String::new(),
@@ -385,13 +450,13 @@ impl World {
             Timestamp(
                 now.0
                     .saturating_sub(self.rng.gen_range(1..=20_000))
-                    .max(START.0),
+                    .max(CLOCK_FLOOR.0),
             )
         } else if draw < 90 {
             // Exactly onto a recent hold's expires_at, or a millisecond either side of it.
             let recent = self.model.known.len().saturating_sub(8);
             match pick(&mut self.rng, &self.model.known[recent..]).map(|k| k.expires_at) {
-                Some(at) => Timestamp((at.0 + self.rng.gen_range(0..=2) - 1).max(START.0)),
+                Some(at) => Timestamp((at.0 + self.rng.gen_range(0..=2) - 1).max(CLOCK_FLOOR.0)),
                 None => now.plus_ms(1_000),
             }
         } else if draw < 120 {
@@ -475,6 +540,7 @@ impl World {
             first_clock: None,
             status: Status::Unresolved,
             unverified: false,
+            fresh_answers: 0,
         })
     }
 
@@ -679,6 +745,7 @@ impl World {
             first_clock: None,
             status: Status::Unresolved,
             unverified: false,
+            fresh_answers: 0,
             ..original
         }))
     }
@@ -778,12 +845,17 @@ impl World {
         let answers: Answers = Rc::default();
         let mut work: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
         for item in &planned {
+            let instance = self.rng.gen_range(0..self.ledgers.len());
             match *item {
-                Planned::Submit(index) => {
+                Planned::Submit(index) | Planned::SubmitOn { index, .. } => {
+                    let instance = match *item {
+                        Planned::SubmitOn { instance, .. } => instance,
+                        _ => instance,
+                    };
                     self.model.attempted(index, clock);
                     self.attempts += 1;
                     let command = self.command(index);
-                    let ledger = self.ledger.clone();
+                    let ledger = self.ledgers[instance].clone();
                     let answers = Rc::clone(&answers);
                     work.push(Box::pin(async move {
                         let answer = ledger.submit(command).await;
@@ -792,7 +864,7 @@ impl World {
                 }
                 Planned::Sweep => {
                     self.sweeps += 1;
-                    let ledger = self.ledger.clone();
+                    let ledger = self.ledgers[instance].clone();
                     let sweeper = self.sweeper.clone();
                     work.push(Box::pin(async move {
                         sweep_once(&ledger, &sweeper).await;
@@ -833,7 +905,9 @@ impl World {
         }
         for item in planned {
             match item {
-                Planned::Submit(index) if !answered.contains(&index) => {
+                Planned::Submit(index) | Planned::SubmitOn { index, .. }
+                    if !answered.contains(&index) =>
+                {
                     let intent = &mut self.model.intents[index];
                     if intent.purpose != Purpose::Fresh && intent.status == Status::Unresolved {
                         intent.status = Status::Abandoned;
@@ -852,14 +926,15 @@ impl World {
     /// same store: the projections are rebuilt from the log.
     async fn crash(&mut self) -> Result<(), String> {
         self.crashes += 1;
-        self.ledger.close().await;
+        let instance = self.rng.gen_range(0..self.ledgers.len());
+        self.ledgers[instance].close().await;
         let mut attempts = 0;
         let ledger = loop {
             attempts += 1;
             if attempts == OPEN_ATTEMPTS_MAX {
                 self.store.pause(true);
             }
-            match open(&self.store, &self.clock, &self.metrics).await {
+            match open(&self.store, &self.instance_clocks[instance], &self.metrics).await {
                 Ok(ledger) => break ledger,
                 Err(error) if attempts < OPEN_ATTEMPTS_MAX => {
                     self.note(&format!("open failed: {error}"));
@@ -870,8 +945,10 @@ impl World {
             }
         };
         self.store.pause(!self.options.store_faults);
-        self.ledger = ledger;
-        self.note(&format!("CRASH, reopened after {attempts} attempt(s)"));
+        self.ledgers[instance] = ledger;
+        self.note(&format!(
+            "CRASH of instance {instance}, reopened after {attempts} attempt(s)"
+        ));
         Ok(())
     }
 
@@ -888,7 +965,10 @@ impl World {
     async fn check_paused(&mut self, load_pools: bool) -> Result<(), String> {
         self.mirror.catch_up(self.store.inner()).await?;
         self.mirror.check_pools()?;
-        self.mirror.check_projections(self.ledger.projections())?;
+        for (instance, ledger) in self.ledgers.iter().enumerate() {
+            self.mirror
+                .check_projections(instance, ledger.projections())?;
+        }
         // Invariant 6: every acknowledged outcome is in the log.
         for intent in self
             .model
@@ -917,8 +997,7 @@ impl World {
             Vec::new()
         };
         for (id, folded) in pools {
-            let loaded = self
-                .ledger
+            let loaded = self.ledgers[0]
                 .load_pool(id)
                 .await
                 .map_err(|error| format!("load_pool {id}: {error}"))?;
@@ -960,37 +1039,38 @@ impl World {
         }
         self.execute(vec![Planned::Sweep], None).await?;
         // One more command on every pool, so each has appended since the store healed.
+        // One more command on every pool from each instance in turn, the store healthy: an
+        // instance that appends to a pool has every earlier event of that pool in its
+        // projections (whoever wrote it), so right after its round it is current.
         let client = self.clients[0].actor.clone();
-        let mut touch = Vec::new();
-        for pool in self.pools.clone() {
-            let action = self.reserve_action(&pool, &client);
-            let token = IdempotencyToken::new(format!("finish-{}", pool.id));
-            touch.push(Planned::Submit(self.fresh(
-                client.clone(),
-                pool.id,
-                token,
-                action,
-            )));
+        for instance in 0..self.ledgers.len() {
+            let mut touch = Vec::new();
+            for pool in self.pools.clone() {
+                let action = self.reserve_action(&pool, &client);
+                let token = IdempotencyToken::new(format!("finish-{instance}-{}", pool.id));
+                let index = self.fresh(client.clone(), pool.id, token, action);
+                touch.push(Planned::SubmitOn { index, instance });
+            }
+            self.execute(touch, None).await?;
+            self.check(true).await?;
+            self.mirror
+                .check_projections_current(instance, self.ledgers[instance].projections())?;
         }
-        self.execute(touch, None).await?;
-        self.check(true).await?;
-        self.mirror
-            .check_projections_current(self.ledger.projections())?;
         self.check_no_half_applied()?;
 
-        // Replay from nothing equals the live state.
+        // Replay from nothing equals the live state (of the instance that wrote last).
         let (pools, projections) = replay_from_scratch(self.store.inner()).await?;
-        if let Some(difference) = snapshot_difference(
-            &self.ledger.projections().snapshot(),
-            &projections.snapshot(),
-        ) {
+        let replayed = projections.snapshot();
+        let last = self.ledgers.len() - 1;
+        if let Some(difference) =
+            snapshot_difference(&self.ledgers[last].projections().snapshot(), &replayed)
+        {
             return Err(format!(
-                "replay from scratch differs from the live projections: {difference}"
+                "replay from scratch differs from the projections of instance {last}: {difference}"
             ));
         }
         for (id, pool) in &pools {
-            let loaded = self
-                .ledger
+            let loaded = self.ledgers[last]
                 .load_pool(id)
                 .await
                 .map_err(|error| format!("load_pool {id}: {error}"))?;
@@ -999,16 +1079,17 @@ impl World {
             }
         }
         // A restart rebuilds the same projections.
-        let before = self.ledger.projections().snapshot();
-        self.ledger.close().await;
-        self.ledger = open(&self.store, &self.clock, &self.metrics)
+        for ledger in &self.ledgers {
+            ledger.close().await;
+        }
+        let restarted = open(&self.store, &self.instance_clocks[0], &self.metrics)
             .await
             .map_err(|error| format!("cannot reopen at the finish: {error}"))?;
         if let Some(difference) =
-            snapshot_difference(&self.ledger.projections().snapshot(), &before)
+            snapshot_difference(&restarted.projections().snapshot(), &replayed)
         {
             return Err(format!(
-                "projections after a restart differ from before it: {difference}"
+                "projections after a restart differ from the replay: {difference}"
             ));
         }
         audit_passes(self.mirror.records())
@@ -1078,14 +1159,13 @@ impl World {
 
 async fn open(
     store: &Arc<FaultyStore>,
-    clock: &Arc<ManualClock>,
+    clock: &Arc<dyn Clock>,
     metrics: &Arc<Metrics>,
 ) -> Result<Ledger, allot_infra::ledger::LoadError> {
     let store: Arc<dyn EventStore> = store.clone();
-    let clock: Arc<dyn Clock> = clock.clone();
     Ledger::open(
         store,
-        clock,
+        Arc::clone(clock),
         Arc::new(Projections::new()),
         Arc::clone(metrics),
     )

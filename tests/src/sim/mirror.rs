@@ -71,8 +71,8 @@ pub struct Mirror {
     records: Vec<Recorded>,
     /// Each pool's events in stream order, to fold a prefix of the log.
     history: BTreeMap<PoolId, Vec<(u64, Event)>>,
-    /// The fold of each pool's log up to where the live projections are.
-    lagging: Projections,
+    /// Per ledger instance, the fold of each pool's log up to where its projections are.
+    lagging: BTreeMap<usize, Projections>,
 }
 
 impl Mirror {
@@ -289,19 +289,20 @@ impl Mirror {
     /// The live projections are the fold of a prefix of each pool's log: never ahead of it,
     /// never different from it, and they hold invariants 1 and 2. They may lag behind events
     /// whose append was not acknowledged (see [`Mirror::check_projections_current`]).
-    pub fn check_projections(&mut self, live: &Projections) -> Result<(), String> {
+    pub fn check_projections(&mut self, instance: usize, live: &Projections) -> Result<(), String> {
+        let lagging = self.lagging.entry(instance).or_default();
         for (pool, events) in &self.history {
             let target = live.next_version(pool);
-            let done = self.lagging.next_version(pool);
+            let done = lagging.next_version(pool);
             if target as usize > events.len() {
                 return Err(format!(
-                    "pool {pool}: live projections at version {target}, the log has {} events",
+                    "pool {pool}: live projections of instance {instance} at version {target}, the log has {} events",
                     events.len()
                 ));
             }
             if target < done {
                 return Err(format!(
-                    "pool {pool}: live projections went back from version {done} to {target}"
+                    "pool {pool}: live projections of instance {instance} went back from version {done} to {target}"
                 ));
             }
             for (version, (position, event)) in events
@@ -310,16 +311,18 @@ impl Mirror {
                 .take(target as usize)
                 .skip(done as usize)
             {
-                self.lagging.apply(version as u64, *position, event);
+                lagging.apply(version as u64, *position, event);
             }
         }
-        let live = live.snapshot();
-        let mut folded = self.lagging.snapshot();
+        let mut live = live.snapshot();
+        // A pool whose first event was skipped as a gap reads as version 0, as if unseen.
+        live.next_version.retain(|_, version| *version > 0);
+        let mut folded = lagging.snapshot();
         folded.last_position = live.last_position;
         folded.applied = live.applied;
         if let Some(difference) = snapshot_difference(&live, &folded) {
             return Err(format!(
-                "live projections differ from the fold of the log up to their versions: {difference}"
+                "live projections of instance {instance} differ from the fold of the log up to their versions: {difference}"
             ));
         }
         check_binding(&live)
@@ -327,11 +330,15 @@ impl Mirror {
 
     /// The live projections are the fold of the whole log (after the store is healthy again and
     /// every pool has taken a command).
-    pub fn check_projections_current(&self, live: &Projections) -> Result<(), String> {
+    pub fn check_projections_current(
+        &self,
+        instance: usize,
+        live: &Projections,
+    ) -> Result<(), String> {
         let live = live.snapshot();
         if let Some(difference) = snapshot_difference(&live, &self.projections.snapshot()) {
             return Err(format!(
-                "live projections differ from the fold of the whole log: {difference}"
+                "live projections of instance {instance} differ from the fold of the whole log: {difference}"
             ));
         }
         for (id, pool) in &self.pools {

@@ -7,7 +7,9 @@
 //!   submissions (batched per pool by the ledger) is a function of the seed alone, and so is the
 //!   order in which the store draws its faults.
 //! - Each seed picks its own "swarm" parameters: pools (capacity, named units, cutoff, token
-//!   window), clients, fault rates, crash rate, sweep rate, concurrency.
+//!   window), clients, fault rates, crash rate, sweep rate, concurrency, and one or two ledger
+//!   instances over the one store (the second's clock possibly skewed by 1.5 s), each command
+//!   and sweep going to an instance the dice pick (version conflicts, stale instances).
 //! - Each step moves a [`ManualClock`](allot_infra::clock::ManualClock) (small advances, jumps
 //!   past holds, exactly onto an `expires_at` or a cutoff, occasionally backwards), then runs a
 //!   round: several commands submitted at once in seeded order (`join_all`), sometimes with
@@ -18,7 +20,10 @@
 //!   collide with them on purpose.
 //! - [`model`] judges every answer against what the clients know; [`mirror`] folds the log three
 //!   ways (the domain's `evolve`, the projections' `apply`, its own arithmetic) and compares the
-//!   result with the live projections and `Ledger::load_pool`.
+//!   result with `Ledger::load_pool` and with each instance's live projections (which must be
+//!   the fold of a prefix of each pool's log: never ahead, never different; they may lag behind
+//!   an append whose acknowledgement was lost or another instance's writes until that instance
+//!   next appends to the pool, after which they must be current).
 //! - At the end: faults off, every unanswered command retried until answered, the log replayed
 //!   from nothing and compared with the live state, a restart compared with the state before it,
 //!   and the `allot-replay` audit run over the whole log.
@@ -57,6 +62,9 @@ pub struct Options {
     pub lost_acks: bool,
     /// Crash and reopen the ledger (at a rate the seed picks).
     pub crashes: bool,
+    /// Let the seed run a second ledger instance over the same store, its clock possibly
+    /// skewed, writing the same pools (version conflicts, stale instances).
+    pub instances: bool,
     /// A test-only domain bug to switch on for this run (the vacuity guard).
     pub domain_fault: Option<Fault>,
 }
@@ -68,6 +76,7 @@ impl Default for Options {
             store_faults: true,
             lost_acks: true,
             crashes: true,
+            instances: true,
             domain_fault: None,
         }
     }
@@ -96,13 +105,14 @@ pub struct Failure {
     pub step: u32,
     pub violation: String,
     pub trace: Vec<String>,
-    pub domain_fault: Option<Fault>,
+    /// The options of the run (part of what reproduces it).
+    pub options: Options,
 }
 
 impl Failure {
     /// The one-line command that runs this seed again.
     pub fn reproduce(&self) -> String {
-        reproduce_command(self.seed, self.domain_fault)
+        reproduce_command(self.seed, &self.options)
     }
 }
 
@@ -136,12 +146,29 @@ pub fn parse_fault(name: &str) -> Option<Fault> {
         .find(|fault| fault_name(*fault) == name)
 }
 
-/// The command that reruns `seed` (with `fault` switched on, if any).
-pub fn reproduce_command(seed: u64, fault: Option<Fault>) -> String {
-    let fault = fault.map_or(String::new(), |fault| {
-        format!("SIM_FAULT={} ", fault_name(fault))
-    });
-    format!("SIM_SEED={seed} {fault}cargo test -p allot-tests --test simulation -- --nocapture")
+/// The command that reruns `seed` with `options` (the environment `tests/simulation.rs` reads).
+pub fn reproduce_command(seed: u64, options: &Options) -> String {
+    let defaults = Options::default();
+    let mut env = format!("SIM_SEED={seed} ");
+    if let Some(fault) = options.domain_fault {
+        env.push_str(&format!("SIM_FAULT={} ", fault_name(fault)));
+    }
+    if options.steps != defaults.steps {
+        env.push_str(&format!("SIM_STEPS={} ", options.steps));
+    }
+    if !options.store_faults {
+        env.push_str("SIM_STORE_FAULTS=0 ");
+    }
+    if !options.lost_acks {
+        env.push_str("SIM_LOST_ACKS=0 ");
+    }
+    if !options.crashes {
+        env.push_str("SIM_CRASHES=0 ");
+    }
+    if !options.instances {
+        env.push_str("SIM_INSTANCES=1 ");
+    }
+    format!("{env}cargo test -p allot-tests --test simulation -- --nocapture")
 }
 
 /// Runs one seed to the end on a fresh current-thread runtime on this thread.
@@ -153,7 +180,7 @@ pub fn run(seed: u64, options: &Options) -> Result<Summary, Failure> {
             step: 0,
             violation: format!("cannot build a runtime: {error}"),
             trace: Vec::new(),
-            domain_fault: options.domain_fault,
+            options: *options,
         })?;
     allot_domain::fault::set(options.domain_fault);
     let result = runtime.block_on(driver::run(seed, *options));

@@ -58,6 +58,8 @@ pub struct Intent {
     pub status: Status,
     /// Acknowledged but not yet looked up in the log.
     pub unverified: bool,
+    /// Answers that were decided afresh (not replayed).
+    pub fresh_answers: u32,
 }
 
 impl Intent {
@@ -95,6 +97,9 @@ pub struct Model {
     closed: BTreeMap<PoolId, u64>,
     /// Rounds run so far (each round's commands are in flight together).
     round: u64,
+    /// How far an instance's clock may be from the simulation clock, either way: decisions are
+    /// made at most this much before or after the clock readings the model sees.
+    pub skew_ms: u64,
 }
 
 /// The command an outcome was recorded for: a reuse stands for its original.
@@ -119,7 +124,7 @@ impl Model {
         let window = self.windows.get(&intent.pool).copied().unwrap_or(0);
         intent
             .first_clock
-            .is_some_and(|first| high_water < first.plus_ms(window))
+            .is_some_and(|first| high_water.plus_ms(2 * self.skew_ms) < first.plus_ms(window))
     }
 
     /// Starts a round of commands sent together.
@@ -171,13 +176,11 @@ impl Model {
                         describe(&self.intents)
                     ));
                 }
-                if self.intents[index].reply().is_some() {
-                    return Err(format!(
-                        "{}: refused with {rejection} after it was acknowledged",
-                        describe(&self.intents)
-                    ));
+                // A copy in flight with an acknowledged one may have been refused before the
+                // other was decided (another instance had not seen the pool declared yet).
+                if self.intents[index].reply().is_none() {
+                    self.intents[index].status = Status::Refused(code);
                 }
-                self.intents[index].status = Status::Refused(code);
                 return Ok(());
             }
             Err(_) => {
@@ -190,14 +193,26 @@ impl Model {
             Ok(reply) => reply,
         };
 
+        // Copies of one command in flight together: all answer the same outcome, and at most
+        // one of them decided it (the others replay it), whichever answer arrives first.
+        let in_window = self.certainly_in_window(index, high_water);
         if let Some(earlier) = self.intents[index].reply()
-            && self.certainly_in_window(index, high_water)
-            && (earlier.outcome != reply.outcome || !reply.replayed)
+            && in_window
+            && earlier.outcome != reply.outcome
         {
             return Err(format!(
                 "{}: answered {reply:?} after it was acknowledged as {earlier:?} within its window (invariant 5)",
                 describe(&self.intents)
             ));
+        }
+        if !reply.replayed {
+            self.intents[index].fresh_answers += 1;
+            if self.intents[index].fresh_answers > 1 && in_window {
+                return Err(format!(
+                    "{}: decided afresh twice within its window, the second time {reply:?} (invariant 5)",
+                    describe(&self.intents)
+                ));
+            }
         }
         match purpose {
             Purpose::Reuse { of } if self.certainly_in_window(of, high_water) => {
@@ -270,7 +285,9 @@ impl Model {
                 },
             ) => {
                 reservation.pool == intent.pool
-                    && earliest.is_some_and(|first| *expires_at >= first.plus_ms(*duration_ms))
+                    && earliest.is_some_and(|first| {
+                        expires_at.plus_ms(self.skew_ms) >= first.plus_ms(*duration_ms)
+                    })
             }
             (
                 Action::ConfirmReservation { reservation },
@@ -312,11 +329,13 @@ impl Model {
         };
         // A fresh answer was decided at this attempt's clock or later; a replay at the earliest
         // attempt's clock or later.
-        let decided_no_earlier_than = if reply.replayed {
+        let read = if reply.replayed {
             self.earliest_clock(index).unwrap_or(clock)
         } else {
             clock
         };
+        let decided_no_earlier_than = Timestamp(read.0.saturating_sub(self.skew_ms));
+        let high_water = high_water.plus_ms(self.skew_ms);
         match &reply.outcome {
             Outcome::Confirmed { .. } if decided_no_earlier_than >= known.expires_at => {
                 Err(format!(
@@ -349,9 +368,9 @@ impl Model {
                     ));
                 }
                 match self.cutoffs.get(&pool) {
-                    Some(cutoff) if clock >= *cutoff => Err(format!(
-                        "a new hold at clock {clock}, at/after the pool's cutoff {cutoff}"
-                    )),
+                    Some(cutoff) if clock.0.saturating_sub(self.skew_ms) >= cutoff.0 => Err(
+                        format!("a new hold at clock {clock}, at/after the pool's cutoff {cutoff}"),
+                    ),
                     _ => Ok(()),
                 }
             }
