@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use futures::Stream;
 
 pub mod embedded;
+pub mod esdb;
 pub mod memory;
 
 /// Largest number of events one `append` may carry.
