@@ -320,8 +320,12 @@ enum ActorCommand {
 /// Opens the store named by a connection string, or the embedded store in `data`.
 async fn open_store(data: &Path, url: Option<&str>) -> Result<Arc<dyn EventStore>, String> {
     match url {
+        Some(url) if store::esdb::is_esdb_url(url) => store::esdb::open_esdb(url)
+            .await
+            .map(|store| Arc::new(store) as Arc<dyn EventStore>)
+            .map_err(|error| error.to_string()),
         Some(url) => Err(format!(
-            "store {url}: only the embedded store is available in this build"
+            "{url}: a store is an esdb://, esdb+discover://, kurrentdb:// or kurrentdb+discover:// connection string"
         )),
         None => store::embedded::EmbeddedStore::open(data)
             .await
