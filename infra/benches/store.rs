@@ -6,6 +6,11 @@
 //! `ALLOT_BENCH_DIR` (default: the system temporary directory); it must be on a real disk, since
 //! on tmpfs fdatasync costs nothing and group commit has nothing to amortize.
 //! Prints one line per result, then one JSON line with every figure.
+//!
+//! With `ALLOT_BENCH_OPEN_EVENTS=N` it runs only the start-up scenario instead: it writes a log
+//! of N events (~250-byte payloads, 1,000 streams) to `$ALLOT_BENCH_DIR/allot-open-N` (kept, and
+//! reused by later runs), then times `open` with the index snapshot and with a full scan,
+//! `OPEN_RUNS` times each, and prints the medians, the index's memory and the snapshot's size.
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
@@ -14,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use allot_infra::store::embedded::EmbeddedStore;
+use allot_infra::store::embedded::{EmbeddedStore, LOG_FILE_NAME, SNAPSHOT_FILE_NAME};
 use allot_infra::store::{EventStore, ExpectedVersion, ProposedEvent, StoreError};
 
 type BenchResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -26,6 +31,13 @@ const SYNC_PHASE: Duration = Duration::from_secs(2);
 const APPENDERS: [usize; 3] = [1, 16, 256];
 const PAYLOAD_BYTES: usize = 100;
 const READ_PAGE_EVENTS: usize = 1024;
+/// Start-up scenario: streams of the generated log, events per append, payload size, timed
+/// opens per variant.
+const OPEN_STREAMS: usize = 1000;
+const OPEN_EVENTS_PER_APPEND: usize = 1000;
+const OPEN_PAYLOAD_BYTES: usize = 230;
+const OPEN_APPENDERS: usize = 8;
+const OPEN_RUNS: usize = 3;
 
 fn bench_root() -> PathBuf {
     std::env::var_os("ALLOT_BENCH_DIR")
@@ -139,11 +151,132 @@ async fn read_everything(store: &EmbeddedStore) -> BenchResult<(usize, f64)> {
     Ok((events, events as f64 / start.elapsed().as_secs_f64()))
 }
 
+/// Writes `events` events to the store in `dir` with a few concurrent appenders.
+async fn generate(store: Arc<EmbeddedStore>, events: u64) -> BenchResult<()> {
+    let appends = events.div_ceil(OPEN_EVENTS_PER_APPEND as u64);
+    let mut tasks = Vec::new();
+    for a in 0..OPEN_APPENDERS as u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut i = a;
+            while i < appends {
+                let count =
+                    (events - i * OPEN_EVENTS_PER_APPEND as u64).min(OPEN_EVENTS_PER_APPEND as u64);
+                let batch = (0..count)
+                    .map(|e| {
+                        let mut payload = vec![0x61u8; OPEN_PAYLOAD_BYTES];
+                        payload[..8].copy_from_slice(&(i * 10_000 + e).to_le_bytes());
+                        ProposedEvent {
+                            id: [(e % 251) as u8; 16],
+                            kind: "Generated".to_owned(),
+                            payload,
+                        }
+                    })
+                    .collect();
+                let stream = format!("pool-{}", i % OPEN_STREAMS as u64);
+                store.append(&stream, ExpectedVersion::Any, batch).await?;
+                i += OPEN_APPENDERS as u64;
+            }
+            Ok::<_, StoreError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Opens `dir` and returns (milliseconds, events, index bytes).
+fn timed_open(runtime: &tokio::runtime::Runtime, dir: &Path) -> BenchResult<(f64, u64, usize)> {
+    let start = Instant::now();
+    let store = runtime.block_on(EmbeddedStore::open(dir))?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let events = store.next_position();
+    let index_bytes = store.index_bytes();
+    runtime.block_on(store.close())?;
+    Ok((ms, events, index_bytes))
+}
+
+/// The start-up scenario (see the module comment).
+fn open_scenario(runtime: &tokio::runtime::Runtime, events: u64) -> BenchResult<()> {
+    let dir = bench_root().join(format!("allot-open-{events}"));
+    let snapshot = dir.join(SNAPSHOT_FILE_NAME);
+    if !dir.join(LOG_FILE_NAME).exists() {
+        let store = Arc::new(runtime.block_on(EmbeddedStore::open(&dir))?);
+        let start = Instant::now();
+        runtime.block_on(generate(store.clone(), events))?;
+        // Close writes the final snapshot.
+        runtime.block_on(store.close())?;
+        println!(
+            "generated {events} events in {:.1} s ({} periodic + closing snapshots)",
+            start.elapsed().as_secs_f64(),
+            store.counters().snapshots.load(Ordering::Relaxed)
+        );
+    }
+    let log_bytes = std::fs::metadata(dir.join(LOG_FILE_NAME))?.len();
+    let aside = dir.join("index.snapshot.bench-aside");
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    let (mut opened_events, mut index_bytes, mut snapshot_bytes) = (0, 0, 0);
+    for _ in 0..OPEN_RUNS {
+        if !snapshot.exists() {
+            // A full-scan open closed without a new snapshot: write one.
+            let store = runtime.block_on(EmbeddedStore::open(&dir))?;
+            runtime.block_on(store.write_index_snapshot())?;
+            runtime.block_on(store.close())?;
+        }
+        snapshot_bytes = std::fs::metadata(&snapshot)?.len();
+        let (ms, n, bytes) = timed_open(runtime, &dir)?;
+        with.push(ms);
+        (opened_events, index_bytes) = (n, bytes);
+        std::fs::rename(&snapshot, &aside)?;
+        let (ms, n, _) = timed_open(runtime, &dir)?;
+        assert_eq!(n, opened_events, "full scan and snapshot disagree");
+        without.push(ms);
+        // The full-scan open closed with a snapshot of its own; use the earlier one again.
+        std::fs::rename(&aside, &snapshot)?;
+    }
+    let (with_ms, without_ms) = (median(with.clone()), median(without.clone()));
+    let per_event = index_bytes as f64 / opened_events.max(1) as f64;
+    println!(
+        "open with snapshot: {with_ms:.0} ms (runs {with:.0?}); full scan: {without_ms:.0} ms (runs {without:.0?}); {opened_events} events, {:.2} GiB log",
+        log_bytes as f64 / (1024.0 * 1024.0 * 1024.0)
+    );
+    println!(
+        "index: {:.0} MiB in memory ({per_event:.1} bytes/event); snapshot file {:.0} MiB",
+        index_bytes as f64 / (1024.0 * 1024.0),
+        snapshot_bytes as f64 / (1024.0 * 1024.0)
+    );
+    let json = serde_json::json!({
+        "bench": "store-open",
+        "events": opened_events,
+        "log_bytes": log_bytes,
+        "open_with_snapshot_ms": with_ms.round(),
+        "open_full_scan_ms": without_ms.round(),
+        "index_bytes": index_bytes,
+        "index_bytes_per_event": (per_event * 10.0).round() / 10.0,
+        "snapshot_bytes": snapshot_bytes,
+    });
+    println!("{json}");
+    Ok(())
+}
+
 fn main() -> BenchResult<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if let Some(events) = std::env::var_os("ALLOT_BENCH_OPEN_EVENTS") {
+        let events: u64 = events
+            .to_str()
+            .and_then(|e| e.parse().ok())
+            .ok_or("ALLOT_BENCH_OPEN_EVENTS must be a number of events")?;
+        return open_scenario(&runtime, events);
+    }
     let root = tempfile::tempdir_in(bench_root())?;
     println!("data directory: {}", root.path().display());
 

@@ -1,10 +1,11 @@
 //! The embedded store against a reference model: seeded random sequences of appends (with right,
 //! stale, future and absent expectations), stream reads, paged reads and reopens, each result
-//! compared with what a plain in-memory map says it must be. A failure prints its seed.
+//! compared with what a plain in-memory map says it must be; reopens load an index snapshot
+//! (fresh or stale) or scan the whole log. A failure prints its seed.
 
 use std::collections::HashMap;
 
-use allot_infra::store::embedded::EmbeddedStore;
+use allot_infra::store::embedded::{EmbeddedStore, SNAPSHOT_FILE_NAME};
 use allot_infra::store::{
     ActualVersion, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
 };
@@ -151,6 +152,13 @@ async fn run_seed(seed: u64) {
                 assert_eq!(got, want, "{at}: read_all({after:?}, {max})");
             }
             _ => {
+                // Half the reopens load an index snapshot (taken now or at an earlier reopen,
+                // so also stale ones with a tail to scan), the others find none.
+                if rng.below(2) == 0 {
+                    store.write_index_snapshot().await.unwrap();
+                } else if rng.below(2) == 0 {
+                    let _ = std::fs::remove_file(dir.path().join(SNAPSHOT_FILE_NAME));
+                }
                 store.close().await.unwrap();
                 drop(store);
                 store = EmbeddedStore::open(dir.path()).await.unwrap();

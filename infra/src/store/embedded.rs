@@ -11,6 +11,9 @@
 //!   only; `read_stream` costs what the stream's events cost, not the log.
 //! - `recovery`: open verifies every checksum, truncates a torn last batch, and reports any
 //!   other damage as [`StoreError::Corrupt`].
+//! - `snapshot`: `index.snapshot` holds the index up to a batch boundary; when it matches the
+//!   log, open loads it and verifies only the tail after it. [`EmbeddedStore::verify`] checks
+//!   the whole log (every checksum) against the live index.
 //! - Reads use their own file handle and positional reads on the blocking pool, so they never
 //!   wait for the writer's fdatasync; they hold the index lock only to copy locations.
 //! - Positions are the global sequence number of events, 0-based and contiguous.
@@ -20,6 +23,7 @@ mod crash_tests;
 mod format;
 mod index;
 mod recovery;
+mod snapshot;
 mod writer;
 
 use std::collections::VecDeque;
@@ -34,8 +38,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use format::{BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES, FRAME_BYTES_MAX};
 use index::{EventLoc, Index};
+pub use snapshot::{SNAPSHOT_FILE_NAME, SNAPSHOT_TEMP_FILE_NAME, SnapshotInfo};
 use writer::{AppendRequest, LogDevice, Request, Writer};
-pub use writer::{BATCH_APPENDS_MAX, WriterCounters};
+pub use writer::{
+    BATCH_APPENDS_MAX, SNAPSHOT_CLOSE_TAIL_BYTES_MIN, SNAPSHOT_TAIL_BYTES_MIN, WriterCounters,
+};
 
 use super::{
     AppendOutcome, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
@@ -50,6 +57,8 @@ pub const SUBSCRIPTION_PAGE_EVENTS: usize = 512;
 const READ_GAP_BYTES_MAX: u64 = 4096;
 /// Largest single positional read.
 const READ_RUN_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Events compared per hold of the index read lock in [`EmbeddedStore::verify`].
+const VERIFY_CHUNK_EVENTS: u64 = 64 * 1024;
 
 /// Name of the log file inside the data directory.
 pub const LOG_FILE_NAME: &str = "events.log";
@@ -139,13 +148,40 @@ impl EmbeddedStore {
                 .and_then(|d| d.sync_all())
                 .map_err(|e| io_error(dir, e))?;
         }
-        let recovered = recovery::recover(&log, &log_path)?;
+        // A temporary snapshot is what a crash left mid-write: never complete, never used.
+        snapshot::remove(dir, SNAPSHOT_TEMP_FILE_NAME);
+        let loaded = if existed {
+            match snapshot::load(dir, &log, &log_path) {
+                Ok(index) => Some(index),
+                Err(snapshot::SnapshotError::Missing) => None,
+                Err(e) => {
+                    tracing::warn!(
+                        file = %dir.join(SNAPSHOT_FILE_NAME).display(),
+                        reason = %e,
+                        "index snapshot not used; scanning the whole log"
+                    );
+                    if matches!(e, snapshot::SnapshotError::Invalid(_)) {
+                        snapshot::remove(dir, SNAPSHOT_FILE_NAME);
+                    }
+                    None
+                }
+            }
+        } else {
+            // A new log: any snapshot here describes some other log.
+            snapshot::remove(dir, SNAPSHOT_FILE_NAME);
+            None
+        };
+        let snapshot_end = loaded.as_ref().map_or(0, |index| index.covered().1);
+        let recovered = recovery::recover(&log, &log_path, loaded)?;
         let reader = File::open(&log_path).map_err(|e| io_error(&log_path, e))?;
         let next_position = recovered.index.len();
         tracing::info!(
             file = %log_path.display(),
             events = next_position,
             bytes = recovered.end,
+            snapshot_bytes = snapshot_end,
+            scanned_bytes = recovered.end - snapshot_end.max(FILE_HEADER_BYTES).min(recovered.end),
+            index_bytes = recovered.index.heap_bytes(),
             "event log opened"
         );
 
@@ -155,6 +191,7 @@ impl EmbeddedStore {
         let counters = Arc::new(WriterCounters::default());
         let writer = Writer {
             log: device(log),
+            dir: dir.to_path_buf(),
             log_path: log_path.clone(),
             lock,
             end: recovered.end,
@@ -162,6 +199,8 @@ impl EmbeddedStore {
             head: head_tx,
             requests: requests_rx,
             counters: counters.clone(),
+            snapshot_end,
+            snapshotting: None,
         };
         let handle = std::thread::Builder::new()
             .name("allot-log-writer".to_owned())
@@ -188,6 +227,39 @@ impl EmbeddedStore {
     /// Batches synced and appends acknowledged since open.
     pub fn counters(&self) -> &WriterCounters {
         &self.counters
+    }
+
+    /// Heap bytes of the in-memory index (locations and stream table).
+    pub fn index_bytes(&self) -> usize {
+        self.shared.index().heap_bytes()
+    }
+
+    /// Writes `index.snapshot` now, covering every append queued before this call, so the next
+    /// open reads only what is appended after it. Runs on a helper thread while appends go on.
+    /// `Ok(None)` when the log holds no event yet. The writer also does this by itself as the
+    /// log grows and on a clean close (see `docs/store.md`).
+    pub async fn write_index_snapshot(&self) -> Result<Option<SnapshotInfo>, StoreError> {
+        let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
+        let (reply, written) = oneshot::channel();
+        requests
+            .send(Request::Snapshot(reply))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        written.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Reads the whole durable log and verifies it as a full-scan open would (file header, every
+    /// batch header and frame checksum, positions and versions), and checks that the in-memory
+    /// index (loaded from a snapshot or not) agrees with it event by event. Read-only; appends go
+    /// on meanwhile. Costs a full read of the log and a second index in memory while it runs.
+    pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.verify())
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                reason: format!("verify task failed: {e}"),
+                maybe_written: false,
+            })?
     }
 
     /// Finishes the queued appends, stops the writer and releases the directory. Later appends
@@ -234,7 +306,55 @@ impl EmbeddedStore {
     }
 }
 
+/// What [`EmbeddedStore::verify`] checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub events: u64,
+    pub log_bytes: u64,
+}
+
 impl Shared {
+    fn verify(&self) -> Result<VerifyReport, StoreError> {
+        let (_, end) = self.index().covered();
+        let file = File::open(&self.log_path).map_err(|e| io_error(&self.log_path, e))?;
+        recovery::check_file_header(&file, &self.log_path)?;
+        let fresh = recovery::scan(
+            &file,
+            &self.log_path,
+            Index::new(FILE_HEADER_BYTES),
+            end,
+            recovery::Mode::Verify,
+        )?;
+        let events = fresh.len();
+        let mut from = 0;
+        while from < events {
+            let to = (from + VERIFY_CHUNK_EVENTS).min(events);
+            let live = self.index();
+            for position in from..to {
+                let want = fresh.loc(position);
+                let have = live.loc(position);
+                let same_stream = match (want, have) {
+                    (Some(w), Some(h)) => fresh.stream_name(w.stream) == live.stream_name(h.stream),
+                    _ => false,
+                };
+                if want != have || !same_stream {
+                    return Err(StoreError::Corrupt {
+                        file: self.log_path.display().to_string(),
+                        offset: want.map_or(end, |w| w.offset),
+                        reason: format!(
+                            "in-memory index disagrees with the log at position {position}"
+                        ),
+                    });
+                }
+            }
+            from = to;
+        }
+        Ok(VerifyReport {
+            events,
+            log_bytes: end,
+        })
+    }
+
     fn index(&self) -> std::sync::RwLockReadGuard<'_, Index> {
         match self.index.read() {
             Ok(index) => index,

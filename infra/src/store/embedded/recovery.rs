@@ -9,6 +9,9 @@
 //! - a damaged header after which no valid batch header appears.
 //!
 //! Anything else is [`StoreError::Corrupt`] with the offset of the damaged batch header or frame.
+//!
+//! With a valid index snapshot (`snapshot.rs`) the scan starts where the snapshot ends, with its
+//! index preloaded: the same rules apply to the tail.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -44,36 +47,70 @@ fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> StoreError {
     }
 }
 
-/// Verifies the log in `file` (opened read-write) and returns its index.
-pub(crate) fn recover(file: &File, path: &Path) -> Result<Recovered, StoreError> {
+/// How damage is handled by [`scan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// Opening: a torn tail is truncated, anything else is [`StoreError::Corrupt`].
+    Open,
+    /// Verifying a durable range read-only: any damage is [`StoreError::Corrupt`].
+    Verify,
+}
+
+/// Verifies the log in `file` (opened read-write) and returns its index. With `start` (an index
+/// loaded from the snapshot and the log offset it covers), only the bytes after that offset are
+/// read and verified; the caller has checked that the snapshot belongs to this log.
+pub(crate) fn recover(
+    file: &File,
+    path: &Path,
+    start: Option<Index>,
+) -> Result<Recovered, StoreError> {
     let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
     if file_len < FILE_HEADER_BYTES {
         return init_header(file, path, file_len);
     }
+    check_file_header(file, path)?;
+    let index = start.unwrap_or_else(|| Index::new(FILE_HEADER_BYTES));
+    let index = scan(file, path, index, file_len, Mode::Open)?;
+    let (_, end) = index.covered();
+    Ok(Recovered { index, end })
+}
+
+pub(crate) fn check_file_header(file: &File, path: &Path) -> Result<(), StoreError> {
     let mut header = [0u8; FILE_HEADER_BYTES as usize];
     file.read_exact_at(&mut header, 0)
         .map_err(|e| io_error(path, e))?;
     if header != format::file_header() {
         return Err(corrupt(path, 0, "not an allot log (bad file header)"));
     }
+    Ok(())
+}
 
-    let mut index = Index::default();
-    let mut offset = FILE_HEADER_BYTES;
+/// Verifies and indexes the batches from where `index` ends up to `file_len`. In
+/// [`Mode::Open`] a torn tail is truncated (the file shrinks to the returned index's end).
+pub(crate) fn scan(
+    file: &File,
+    path: &Path,
+    mut index: Index,
+    file_len: u64,
+    mode: Mode,
+) -> Result<Index, StoreError> {
+    let (_, mut offset) = index.covered();
     let mut body = Vec::new();
+    // In Verify mode every byte up to `file_len` is durable: what looks torn is damage.
+    let cut = |file: &File, offset: u64, reason: &str, index: Index| match mode {
+        Mode::Open => truncate_tail(file, path, offset, file_len, reason, index),
+        Mode::Verify => Err(corrupt(path, offset, reason.to_owned())),
+    };
     loop {
         if offset == file_len {
-            return Ok(Recovered { index, end: offset });
+            return Ok(index);
+        }
+        if offset > file_len {
+            return Err(corrupt(path, file_len, "log shorter than its index"));
         }
         let remaining = file_len - offset;
         if remaining < BATCH_HEADER_BYTES as u64 {
-            return truncate_tail(
-                file,
-                path,
-                offset,
-                file_len,
-                "incomplete batch header",
-                index,
-            );
+            return cut(file, offset, "incomplete batch header", index);
         }
         let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
         file.read_exact_at(&mut header_bytes, offset)
@@ -90,7 +127,7 @@ pub(crate) fn recover(file: &File, path: &Path) -> Result<Recovered, StoreError>
                         format!("{reason}; a valid batch follows at offset {next}"),
                     ));
                 }
-                return truncate_tail(file, path, offset, file_len, reason, index);
+                return cut(file, offset, reason, index);
             }
         };
         if header.first_position != index.len() {
@@ -107,7 +144,7 @@ pub(crate) fn recover(file: &File, path: &Path) -> Result<Recovered, StoreError>
         let body_offset = offset + BATCH_HEADER_BYTES as u64;
         let batch_end = body_offset + u64::from(header.body_len);
         if batch_end > file_len {
-            return truncate_tail(file, path, offset, file_len, "incomplete batch", index);
+            return cut(file, offset, "incomplete batch", index);
         }
         body.resize(header.body_len as usize, 0);
         file.read_exact_at(&mut body, body_offset)
@@ -115,20 +152,18 @@ pub(crate) fn recover(file: &File, path: &Path) -> Result<Recovered, StoreError>
         match verify_batch(&body, body_offset, header, &index) {
             Ok(frames) => {
                 for frame in frames {
-                    for (i, (event_offset, len)) in frame.events.into_iter().enumerate() {
-                        index.push(
-                            &frame.stream,
-                            event_offset,
-                            len,
-                            frame.first_version + i as u64,
-                        );
+                    for (event_offset, len) in frame.events {
+                        index.push(&frame.stream, event_offset, len);
                     }
                 }
+                index.set_covered(offset, batch_end);
                 offset = batch_end;
             }
             Err((at, FrameError::Damaged(reason))) => {
-                if batch_end == file_len || only_zeros_after(file, path, batch_end, file_len)? {
-                    return truncate_tail(file, path, offset, file_len, &reason, index);
+                if mode == Mode::Open
+                    && (batch_end == file_len || only_zeros_after(file, path, batch_end, file_len)?)
+                {
+                    return cut(file, offset, &reason, index);
                 }
                 return Err(corrupt(path, at, reason));
             }
@@ -139,7 +174,6 @@ pub(crate) fn recover(file: &File, path: &Path) -> Result<Recovered, StoreError>
 
 struct VerifiedFrame {
     stream: String,
-    first_version: u64,
     /// File offset and length of each event record.
     events: Vec<(u64, u32)>,
 }
@@ -182,7 +216,6 @@ fn verify_batch(
         batch_heads.insert(frame.stream.to_owned(), head + count);
         frames_out.push(VerifiedFrame {
             stream: frame.stream.to_owned(),
-            first_version: frame.first_version,
             events: frame
                 .events
                 .iter()
@@ -264,7 +297,7 @@ fn truncate_tail(
     file_len: u64,
     reason: &str,
     index: Index,
-) -> Result<Recovered, StoreError> {
+) -> Result<Index, StoreError> {
     tracing::warn!(
         file = %path.display(),
         offset,
@@ -274,7 +307,7 @@ fn truncate_tail(
     );
     file.set_len(offset).map_err(|e| io_error(path, e))?;
     file.sync_all().map_err(|e| io_error(path, e))?;
-    Ok(Recovered { index, end: offset })
+    Ok(index)
 }
 
 /// A file shorter than its header was torn while being created: start it again.
@@ -295,7 +328,7 @@ fn init_header(file: &File, path: &Path, file_len: u64) -> Result<Recovered, Sto
         .map_err(|e| io_error(path, e))?;
     file.sync_all().map_err(|e| io_error(path, e))?;
     Ok(Recovered {
-        index: Index::default(),
+        index: Index::new(FILE_HEADER_BYTES),
         end: FILE_HEADER_BYTES,
     })
 }

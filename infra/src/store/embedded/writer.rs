@@ -8,6 +8,13 @@
 //! append writes nothing and does not affect the others. Answers wait for the sync, rejections
 //! included, so no caller learns of a version that might not survive a crash.
 //!
+//! Index snapshots (`snapshot.rs`) are written by a helper thread the writer starts when the log
+//! has grown by [`SNAPSHOT_TAIL_BYTES_MIN`] and by a quarter since the last one, or when asked
+//! ([`Request::Snapshot`]); the helper copies the index a chunk at a time under the read lock, so
+//! appends go on meanwhile. On a clean stop the writer waits for the helper, then writes a last
+//! snapshot itself if [`SNAPSHOT_CLOSE_TAIL_BYTES_MIN`] or more were appended since the last one,
+//! and only then releases the directory.
+//!
 //! After a failed write or sync the writer stops for good: what reached the disk is unknown (and
 //! a failed fdatasync may have dropped dirty pages), so the store closes and the next open
 //! decides from the file.
@@ -18,11 +25,13 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::format::{self, BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, BatchHeader, EncodedEvent};
 use super::index::Index;
+use super::snapshot::{self, SnapshotInfo};
 use crate::store::{ActualVersion, AppendOutcome, ExpectedVersion, ProposedEvent, StoreError};
 
 /// Most appends one batch (one write, one fdatasync) carries.
@@ -31,6 +40,17 @@ pub const BATCH_APPENDS_MAX: usize = 4096;
 /// half the size of the previous one (callers it just answered are on their way back). No
 /// timer: a lone appender (previous batch of one) never waits.
 const LINGER_YIELDS_MAX: u32 = 4;
+/// Log growth since the last index snapshot after which the writer starts a new one in the
+/// background (also at least a quarter of the log, so snapshot writes stay a bounded fraction
+/// of log writes however large the log grows). Bounds the tail a restart after a crash reads.
+pub const SNAPSHOT_TAIL_BYTES_MIN: u64 = 256 * 1024 * 1024;
+/// The periodic snapshot also waits for the log to grow by `1 / SNAPSHOT_TAIL_FRACTION`.
+const SNAPSHOT_TAIL_FRACTION: u64 = 4;
+/// A clean stop writes a snapshot only if at least this much was appended since the last one:
+/// a smaller tail is scanned at the next open in a few milliseconds.
+pub const SNAPSHOT_CLOSE_TAIL_BYTES_MIN: u64 = 1024 * 1024;
+
+type SnapshotReply = oneshot::Sender<Result<Option<SnapshotInfo>, StoreError>>;
 
 pub(crate) struct AppendRequest {
     pub stream: String,
@@ -44,6 +64,8 @@ pub(crate) enum Request {
     Append(AppendRequest),
     /// Finish what is queued before this, then stop and release the data directory.
     Close(oneshot::Sender<()>),
+    /// Write an index snapshot (in the background) and answer when it is durable.
+    Snapshot(SnapshotReply),
 }
 
 /// Where the writer's bytes go: the log file, or a test double that fails on cue.
@@ -64,6 +86,7 @@ impl LogDevice for File {
 
 pub(crate) struct Writer {
     pub log: Box<dyn LogDevice>,
+    pub dir: PathBuf,
     pub log_path: PathBuf,
     /// Locked; closing it when the writer ends releases the directory.
     #[allow(dead_code)]
@@ -73,6 +96,10 @@ pub(crate) struct Writer {
     pub head: watch::Sender<u64>,
     pub requests: mpsc::Receiver<Request>,
     pub counters: Arc<WriterCounters>,
+    /// Log bytes covered by the newest index snapshot (loaded or written).
+    pub snapshot_end: u64,
+    /// The background snapshot, returning what it covered on success.
+    pub snapshotting: Option<JoinHandle<Option<u64>>>,
 }
 
 /// Running totals of the writer, for metrics and the benchmark.
@@ -82,6 +109,8 @@ pub struct WriterCounters {
     pub batches: AtomicU64,
     /// Appends acknowledged as durable.
     pub appends: AtomicU64,
+    /// Index snapshots written.
+    pub snapshots: AtomicU64,
 }
 
 /// One append of the current batch, accepted or already answered with its rejection.
@@ -100,6 +129,16 @@ struct Accepted {
 
 impl Writer {
     pub fn run(mut self) {
+        let (clean, close) = self.serve();
+        self.finish(clean);
+        if let Some(reply) = close {
+            let _ = reply.send(());
+        }
+    }
+
+    /// Serves requests until closed, dropped or broken. Returns whether the log is healthy, and
+    /// the close request to answer once the writer has finished.
+    fn serve(&mut self) -> (bool, Option<oneshot::Sender<()>>) {
         let mut buf: Vec<u8> = Vec::new();
         let mut encoded: Vec<EncodedEvent> = Vec::new();
         let mut batch: Vec<AppendRequest> = Vec::new();
@@ -114,6 +153,7 @@ impl Writer {
                     batch.push(req);
                 }
                 Request::Close(reply) => close = Some(reply),
+                Request::Snapshot(reply) => self.start_snapshot(Some(reply)),
             }
             while close.is_none() && batch.len() < BATCH_APPENDS_MAX {
                 // Peek by receiving; an append that would overflow the batch opens the next one.
@@ -122,7 +162,7 @@ impl Writer {
                         if bytes + req.frame_len > BATCH_BODY_BYTES_MAX {
                             let healthy = self.commit(&mut batch, &mut buf, &mut encoded);
                             if !healthy {
-                                return;
+                                return (false, None);
                             }
                             bytes = 0;
                         }
@@ -130,6 +170,14 @@ impl Writer {
                         batch.push(req);
                     }
                     Ok(Request::Close(reply)) => close = Some(reply),
+                    // Answered once the appends queued before it are in the index.
+                    Ok(Request::Snapshot(reply)) => {
+                        if !self.commit(&mut batch, &mut buf, &mut encoded) {
+                            return (false, None);
+                        }
+                        bytes = 0;
+                        self.start_snapshot(Some(reply));
+                    }
                     // Callers answered by the last batch are still coming back: a few yields
                     // spent waiting for them can save a whole fdatasync.
                     Err(mpsc::error::TryRecvError::Empty)
@@ -145,14 +193,101 @@ impl Writer {
             let healthy = self.commit(&mut batch, &mut buf, &mut encoded);
             if let Some(reply) = close {
                 tracing::debug!(file = %self.log_path.display(), "event log writer closing");
-                let _ = reply.send(());
-                return;
+                return (healthy, Some(reply));
             }
             if !healthy {
-                return;
+                return (false, None);
+            }
+            if self.snapshot_due() {
+                self.start_snapshot(None);
             }
         }
         tracing::debug!(file = %self.log_path.display(), "event log writer stopped: store dropped");
+        (true, None)
+    }
+
+    /// Whether the log has grown enough since the last snapshot for a periodic one.
+    fn snapshot_due(&mut self) -> bool {
+        self.reap_snapshot(false);
+        let tail = self.end.saturating_sub(self.snapshot_end);
+        self.snapshotting.is_none()
+            && tail >= SNAPSHOT_TAIL_BYTES_MIN.max(self.snapshot_end / SNAPSHOT_TAIL_FRACTION)
+    }
+
+    /// Collects the background snapshot if it finished (or, with `wait`, once it finishes).
+    fn reap_snapshot(&mut self, wait: bool) {
+        let finished = self.snapshotting.as_ref().is_some_and(|h| h.is_finished());
+        if !(wait || finished) {
+            return;
+        }
+        if let Some(handle) = self.snapshotting.take() {
+            match handle.join() {
+                Ok(Some(end)) => self.snapshot_end = self.snapshot_end.max(end),
+                Ok(None) => {}
+                Err(_) => tracing::error!(
+                    file = %self.log_path.display(),
+                    "index snapshot thread panicked"
+                ),
+            }
+        }
+    }
+
+    /// Starts a snapshot of the index as it is now on a helper thread (after the previous one).
+    fn start_snapshot(&mut self, reply: Option<SnapshotReply>) {
+        self.reap_snapshot(true);
+        let dir = self.dir.clone();
+        let log_path = self.log_path.clone();
+        let index = self.index.clone();
+        let counters = self.counters.clone();
+        let spawned = std::thread::Builder::new()
+            .name("allot-index-snapshot".to_owned())
+            .spawn(move || {
+                let written = snapshot::write(&dir, &log_path, &index);
+                let end = match &written {
+                    Ok(Some(info)) => {
+                        counters.snapshots.fetch_add(1, Ordering::Relaxed);
+                        Some(info.log_bytes)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::warn!(file = %log_path.display(), error = %e, "index snapshot failed");
+                        None
+                    }
+                };
+                if let Some(reply) = reply {
+                    let _ = reply.send(written);
+                }
+                end
+            });
+        match spawned {
+            Ok(handle) => self.snapshotting = Some(handle),
+            Err(e) => tracing::warn!(
+                file = %self.log_path.display(),
+                error = %e,
+                "cannot start the index snapshot thread"
+            ),
+        }
+    }
+
+    /// Before the directory is released: wait for a background snapshot, and on a clean stop
+    /// write a last one if enough was appended since.
+    fn finish(&mut self, clean: bool) {
+        self.reap_snapshot(true);
+        // After a failed write or fdatasync the page cache may hold bytes the disk lost: no
+        // snapshot may be taken over them.
+        if !clean || self.end.saturating_sub(self.snapshot_end) < SNAPSHOT_CLOSE_TAIL_BYTES_MIN {
+            return;
+        }
+        match snapshot::write(&self.dir, &self.log_path, &self.index) {
+            Ok(Some(info)) => {
+                self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
+                self.snapshot_end = info.log_bytes;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(file = %self.log_path.display(), error = %e, "index snapshot failed")
+            }
+        }
     }
 
     /// Decides, writes and syncs one batch, then answers its callers. Returns false when the log
@@ -248,7 +383,7 @@ impl Writer {
                     self.counters
                         .appends
                         .fetch_add(u64::from(frame_count), Ordering::Relaxed);
-                    self.publish(&pending, encoded, next_position);
+                    self.publish(&pending, encoded, next_position, buf.len() as u64);
                     self.end += buf.len() as u64;
                 }
                 Err(source) => {
@@ -281,7 +416,13 @@ impl Writer {
 
     /// Makes a synced batch visible: index first, then the head watch, so a reader woken by the
     /// watch always finds the events.
-    fn publish(&self, pending: &[Pending], encoded: &[EncodedEvent], next_position: u64) {
+    fn publish(
+        &self,
+        pending: &[Pending],
+        encoded: &[EncodedEvent],
+        next_position: u64,
+        batch_len: u64,
+    ) {
         {
             let mut index = match self.index.write() {
                 Ok(index) => index,
@@ -289,14 +430,14 @@ impl Writer {
             };
             for accepted in pending.iter().filter_map(|p| p.result.as_ref().ok()) {
                 for (i, event) in encoded[accepted.events.clone()].iter().enumerate() {
-                    index.push(
-                        &accepted.stream,
-                        self.end + event.offset as u64,
-                        event.len,
-                        accepted.first_version + i as u64,
+                    debug_assert_eq!(
+                        index.stream_len(&accepted.stream).unwrap_or(0),
+                        accepted.first_version + i as u64
                     );
+                    index.push(&accepted.stream, self.end + event.offset as u64, event.len);
                 }
             }
+            index.set_covered(self.end, self.end + batch_len);
         }
         self.head.send_replace(next_position);
     }

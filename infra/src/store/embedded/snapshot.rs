@@ -1,0 +1,480 @@
+//! The index snapshot, `index.snapshot` beside `events.log`: the in-memory index up to a batch
+//! boundary of the log, so `open` reads and verifies only the log's tail after it.
+//!
+//! ```text
+//! snapshot := header names bases entries trailer
+//!
+//! header (64 bytes)
+//!    0   8  magic              b"ALLOTIDX"
+//!    8   4  format_version     u32, = 1
+//!   12   4  block_events       u32, = OFFSET_BLOCK_EVENTS of the index that wrote it
+//!   16   8  log_end            u64, the snapshot covers events.log[0..log_end), a batch end
+//!   24   8  last_batch_offset  u64, offset of the batch that ends at log_end
+//!   32   8  event_count        u64, events in the covered log (positions 0..event_count)
+//!   40   4  stream_count       u32
+//!   44   4  reserved           u32, = 0
+//!   48  16  log_digest         blake3(file header ‖ first batch ‖ last batch), first 16 bytes
+//!
+//! names   := { name_len u16, name UTF-8 }{stream_count}       stream id = index in this list
+//! bases   := u64{ceil(event_count / block_events)}           offset of each block's first event
+//! entries := { delta u32, len u32, stream u32 }{event_count} by position
+//! trailer := blake3(everything before), first 16 bytes
+//! ```
+//!
+//! A snapshot is used only if its own checksum holds and the log still has, at the recorded
+//! offsets, the very batches the digest was taken over (the first and the last covered batch,
+//! whose headers must also agree on the position count). Otherwise it is ignored (and removed)
+//! and `open` scans the whole log. It is written to a temporary file, fsynced, renamed over the
+//! old one and the directory fsynced, so a crash leaves the old snapshot or the new one, each a
+//! true description of a durable prefix of the log.
+
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use super::format::{self, BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES};
+use super::index::{Entry, Index, OFFSET_BLOCK_EVENTS};
+use crate::store::StoreError;
+
+/// Name of the index snapshot inside the data directory.
+pub const SNAPSHOT_FILE_NAME: &str = "index.snapshot";
+/// The snapshot being written; renamed to [`SNAPSHOT_FILE_NAME`] once complete and synced.
+pub const SNAPSHOT_TEMP_FILE_NAME: &str = "index.snapshot.tmp";
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"ALLOTIDX";
+const SNAPSHOT_VERSION: u32 = 1;
+const HEADER_BYTES: usize = 64;
+const SUM_BYTES: usize = 16;
+const ENTRY_BYTES: usize = 12;
+/// Entries encoded or decoded per step; also how many the writer copies per hold of the index
+/// read lock, so a snapshot delays the writer's publish by at most one chunk's copy.
+const CHUNK_EVENTS: usize = 64 * 1024;
+/// I/O buffer of the snapshot file.
+const IO_BUFFER_BYTES: usize = 1024 * 1024;
+
+/// Why a snapshot was not used.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SnapshotError {
+    #[error("no snapshot")]
+    Missing,
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Damaged, from another format, or not describing this log.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io_error(path: &Path, source: std::io::Error) -> StoreError {
+    StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn invalid(reason: impl Into<String>) -> SnapshotError {
+    SnapshotError::Invalid(reason.into())
+}
+
+/// What a written snapshot covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Events covered (positions `0..events`).
+    pub events: u64,
+    /// Bytes of `events.log` covered.
+    pub log_bytes: u64,
+    /// Size of the snapshot file.
+    pub snapshot_bytes: u64,
+}
+
+struct Header {
+    log_end: u64,
+    last_batch_offset: u64,
+    event_count: u64,
+    stream_count: u32,
+    log_digest: [u8; SUM_BYTES],
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_BYTES] {
+        let mut b = [0u8; HEADER_BYTES];
+        b[0..8].copy_from_slice(SNAPSHOT_MAGIC);
+        b[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+        b[12..16].copy_from_slice(&(OFFSET_BLOCK_EVENTS as u32).to_le_bytes());
+        b[16..24].copy_from_slice(&self.log_end.to_le_bytes());
+        b[24..32].copy_from_slice(&self.last_batch_offset.to_le_bytes());
+        b[32..40].copy_from_slice(&self.event_count.to_le_bytes());
+        b[40..44].copy_from_slice(&self.stream_count.to_le_bytes());
+        b[48..64].copy_from_slice(&self.log_digest);
+        b
+    }
+
+    fn decode(b: &[u8; HEADER_BYTES]) -> Result<Self, SnapshotError> {
+        if &b[0..8] != SNAPSHOT_MAGIC {
+            return Err(invalid("bad snapshot magic"));
+        }
+        if le_u32(&b[8..12]) != SNAPSHOT_VERSION {
+            return Err(invalid("unknown snapshot format version"));
+        }
+        if le_u32(&b[12..16]) as usize != OFFSET_BLOCK_EVENTS {
+            return Err(invalid("snapshot from an index with another block size"));
+        }
+        let mut log_digest = [0u8; SUM_BYTES];
+        log_digest.copy_from_slice(&b[48..64]);
+        Ok(Self {
+            log_end: le_u64(&b[16..24]),
+            last_batch_offset: le_u64(&b[24..32]),
+            event_count: le_u64(&b[32..40]),
+            stream_count: le_u32(&b[40..44]),
+            log_digest,
+        })
+    }
+}
+
+/// Digest of the log's file header, its first batch and the batch at `last_batch_offset`, after
+/// checking that the last one ends at `log_end` and completes `event_count` positions. Reads at
+/// most two batches, whatever the log's size.
+fn log_digest(
+    log: &File,
+    log_path: &Path,
+    last_batch_offset: u64,
+    log_end: u64,
+    event_count: u64,
+) -> Result<[u8; SUM_BYTES], SnapshotError> {
+    let read = |buf: &mut [u8], at: u64| {
+        log.read_exact_at(buf, at).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => invalid("log shorter than the snapshot covers"),
+            _ => SnapshotError::Io {
+                path: log_path.display().to_string(),
+                source: e,
+            },
+        })
+    };
+    let log_len = log
+        .metadata()
+        .map_err(|e| SnapshotError::Io {
+            path: log_path.display().to_string(),
+            source: e,
+        })?
+        .len();
+    if log_len < log_end {
+        return Err(invalid(format!(
+            "log is {log_len} bytes, the snapshot covers {log_end}"
+        )));
+    }
+    let mut hasher = blake3::Hasher::new();
+    let mut file_header = [0u8; FILE_HEADER_BYTES as usize];
+    read(&mut file_header, 0)?;
+    hasher.update(&file_header);
+    let mut batch = Vec::new();
+    for (which, at) in [("first", FILE_HEADER_BYTES), ("last", last_batch_offset)] {
+        let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
+        read(&mut header_bytes, at)?;
+        let header = format::decode_batch_header(&header_bytes)
+            .map_err(|reason| invalid(format!("{which} covered batch at {at}: {reason}")))?;
+        let end = at + BATCH_HEADER_BYTES as u64 + u64::from(header.body_len);
+        if which == "first" && (header.first_position != 0 || end > log_end) {
+            return Err(invalid("first batch of the log does not match"));
+        }
+        if which == "last"
+            && (end != log_end
+                || header.first_position + u64::from(header.event_count) != event_count)
+        {
+            return Err(invalid(format!(
+                "batch at {at} does not end the covered log at {log_end} with {event_count} events"
+            )));
+        }
+        debug_assert!(u64::from(header.body_len) <= BATCH_BODY_BYTES_MAX);
+        batch.resize(BATCH_HEADER_BYTES + header.body_len as usize, 0);
+        read(&mut batch, at)?;
+        hasher.update(&batch);
+    }
+    let mut digest = [0u8; SUM_BYTES];
+    digest.copy_from_slice(&hasher.finalize().as_bytes()[..SUM_BYTES]);
+    Ok(digest)
+}
+
+fn read_index(index: &RwLock<Index>) -> std::sync::RwLockReadGuard<'_, Index> {
+    match index.read() {
+        Ok(index) => index,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Writes a snapshot of `index` as it is now. Returns `None` when the index covers no event.
+/// Holds the index read lock only to copy one chunk of entries at a time.
+pub(crate) fn write(
+    dir: &Path,
+    log_path: &Path,
+    index: &RwLock<Index>,
+) -> Result<Option<SnapshotInfo>, StoreError> {
+    // Everything below `count` is immutable once published, so chunked copies are consistent.
+    let (count, (last_batch_offset, log_end), names, bases) = {
+        let index = read_index(index);
+        (
+            index.len(),
+            index.covered(),
+            index.stream_names().to_vec(),
+            index.bases().to_vec(),
+        )
+    };
+    if count == 0 {
+        return Ok(None);
+    }
+    let log = File::open(log_path).map_err(|e| io_error(log_path, e))?;
+    let log_digest =
+        log_digest(&log, log_path, last_batch_offset, log_end, count).map_err(|e| match e {
+            SnapshotError::Io { path, source } => StoreError::Io { path, source },
+            other => StoreError::Corrupt {
+                file: log_path.display().to_string(),
+                offset: last_batch_offset,
+                reason: format!("cannot snapshot the index: {other}"),
+            },
+        })?;
+    let header = Header {
+        log_end,
+        last_batch_offset,
+        event_count: count,
+        stream_count: u32::try_from(names.len()).map_err(|_| StoreError::Unavailable {
+            reason: "too many streams for an index snapshot".to_owned(),
+            maybe_written: false,
+        })?,
+        log_digest,
+    };
+
+    let temp = dir.join(SNAPSHOT_TEMP_FILE_NAME);
+    let file = File::create(&temp).map_err(|e| io_error(&temp, e))?;
+    let mut out = BufWriter::with_capacity(IO_BUFFER_BYTES, file);
+    let mut hasher = blake3::Hasher::new();
+    put(&mut out, &mut hasher, &temp, &header.encode())?;
+    let mut buf = Vec::with_capacity(CHUNK_EVENTS * ENTRY_BYTES);
+    for name in &names {
+        // Stream names are at most STREAM_NAME_BYTES_MAX, far below u16::MAX.
+        buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        buf.extend_from_slice(name.as_bytes());
+    }
+    for base in bases
+        .iter()
+        .take((count as usize).div_ceil(OFFSET_BLOCK_EVENTS))
+    {
+        buf.extend_from_slice(&base.to_le_bytes());
+    }
+    put(&mut out, &mut hasher, &temp, &buf)?;
+    let mut from = 0usize;
+    while (from as u64) < count {
+        let to = (from + CHUNK_EVENTS).min(count as usize);
+        buf.clear();
+        {
+            let index = read_index(index);
+            for entry in &index.entries()[from..to] {
+                buf.extend_from_slice(&entry.delta.to_le_bytes());
+                buf.extend_from_slice(&entry.len.to_le_bytes());
+                buf.extend_from_slice(&entry.stream.to_le_bytes());
+            }
+        }
+        put(&mut out, &mut hasher, &temp, &buf)?;
+        from = to;
+    }
+    let sum = hasher.finalize();
+    out.write_all(&sum.as_bytes()[..SUM_BYTES])
+        .map_err(|e| io_error(&temp, e))?;
+    let file = out
+        .into_inner()
+        .map_err(|e| io_error(&temp, e.into_error()))?;
+    file.sync_all().map_err(|e| io_error(&temp, e))?;
+    let snapshot_bytes = file.metadata().map_err(|e| io_error(&temp, e))?.len();
+    drop(file);
+    let path = dir.join(SNAPSHOT_FILE_NAME);
+    std::fs::rename(&temp, &path).map_err(|e| io_error(&path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io_error(dir, e))?;
+    tracing::info!(
+        file = %path.display(),
+        events = count,
+        log_bytes = log_end,
+        snapshot_bytes,
+        "index snapshot written"
+    );
+    Ok(Some(SnapshotInfo {
+        events: count,
+        log_bytes: log_end,
+        snapshot_bytes,
+    }))
+}
+
+/// Writes `bytes` to the snapshot and its checksum.
+fn put(
+    out: &mut BufWriter<File>,
+    hasher: &mut blake3::Hasher,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    hasher.update(bytes);
+    out.write_all(bytes).map_err(|e| io_error(path, e))
+}
+
+/// Reads that also feed the checksum.
+struct Hashing<R> {
+    inner: R,
+    hasher: blake3::Hasher,
+    path: PathBuf,
+}
+
+impl<R: Read> Hashing<R> {
+    fn fill(&mut self, buf: &mut [u8]) -> Result<(), SnapshotError> {
+        self.inner.read_exact(buf).map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => invalid("snapshot shorter than its header says"),
+            _ => SnapshotError::Io {
+                path: self.path.display().to_string(),
+                source: e,
+            },
+        })?;
+        self.hasher.update(buf);
+        Ok(())
+    }
+}
+
+/// Loads the snapshot in `dir` if it is intact and describes `log` (checked as the module
+/// comment says). The index it returns covers the log up to its `covered()` end.
+pub(crate) fn load(dir: &Path, log: &File, log_path: &Path) -> Result<Index, SnapshotError> {
+    let path = dir.join(SNAPSHOT_FILE_NAME);
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SnapshotError::Missing),
+        Err(source) => {
+            return Err(SnapshotError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    let file_len = file
+        .metadata()
+        .map_err(|source| SnapshotError::Io {
+            path: path.display().to_string(),
+            source,
+        })?
+        .len();
+    let mut reader = Hashing {
+        inner: BufReader::with_capacity(IO_BUFFER_BYTES, file),
+        hasher: blake3::Hasher::new(),
+        path: path.clone(),
+    };
+    let mut header_bytes = [0u8; HEADER_BYTES];
+    reader.fill(&mut header_bytes)?;
+    let header = Header::decode(&header_bytes)?;
+    // The sizes the header implies must fit the file before anything is allocated for them.
+    let count = usize::try_from(header.event_count).map_err(|_| invalid("event count"))?;
+    let blocks = count.div_ceil(OFFSET_BLOCK_EVENTS);
+    let fixed = (HEADER_BYTES + SUM_BYTES) as u64
+        + (blocks as u64) * 8
+        + (count as u64) * ENTRY_BYTES as u64
+        + u64::from(header.stream_count) * 2;
+    if count == 0 || fixed > file_len {
+        return Err(invalid("snapshot size does not match its header"));
+    }
+    // Cheap and decisive: does the log still hold the batches this snapshot was taken over?
+    let digest = log_digest(
+        log,
+        log_path,
+        header.last_batch_offset,
+        header.log_end,
+        header.event_count,
+    )?;
+    if digest != header.log_digest {
+        return Err(invalid("snapshot belongs to another log (digest mismatch)"));
+    }
+
+    let mut names = Vec::with_capacity(header.stream_count as usize);
+    let mut name = Vec::new();
+    for _ in 0..header.stream_count {
+        let mut len = [0u8; 2];
+        reader.fill(&mut len)?;
+        name.resize(usize::from(u16::from_le_bytes(len)), 0);
+        reader.fill(&mut name)?;
+        let text = std::str::from_utf8(&name).map_err(|_| invalid("stream name not UTF-8"))?;
+        names.push(Arc::<str>::from(text));
+    }
+    let mut bases = Vec::with_capacity(blocks);
+    let mut buf = vec![0u8; CHUNK_EVENTS * ENTRY_BYTES];
+    let mut left = blocks;
+    while left > 0 {
+        let n = left.min(buf.len() / 8);
+        reader.fill(&mut buf[..n * 8])?;
+        bases.extend(buf[..n * 8].chunks_exact(8).map(le_u64));
+        left -= n;
+    }
+    let mut entries = Vec::with_capacity(count);
+    let mut left = count;
+    while left > 0 {
+        let n = left.min(CHUNK_EVENTS);
+        reader.fill(&mut buf[..n * ENTRY_BYTES])?;
+        entries.extend(
+            buf[..n * ENTRY_BYTES]
+                .chunks_exact(ENTRY_BYTES)
+                .map(|e| Entry {
+                    delta: le_u32(&e[0..4]),
+                    len: le_u32(&e[4..8]),
+                    stream: le_u32(&e[8..12]),
+                }),
+        );
+        left -= n;
+    }
+    let expected = reader.hasher.finalize();
+    let mut trailer = [0u8; SUM_BYTES];
+    reader
+        .inner
+        .read_exact(&mut trailer)
+        .map_err(|_| invalid("snapshot trailer missing"))?;
+    if trailer != expected.as_bytes()[..SUM_BYTES] {
+        return Err(invalid("snapshot checksum mismatch"));
+    }
+    let mut rest = [0u8; 1];
+    if reader
+        .inner
+        .read(&mut rest)
+        .map_err(|source| SnapshotError::Io {
+            path: path.display().to_string(),
+            source,
+        })?
+        != 0
+    {
+        return Err(invalid("bytes after the snapshot trailer"));
+    }
+    Index::from_parts(
+        names,
+        bases,
+        entries,
+        header.last_batch_offset,
+        header.log_end,
+    )
+    .map_err(invalid)
+}
+
+/// Removes a snapshot that must not be used again, and a temporary file left by a crash.
+pub(crate) fn remove(dir: &Path, which: &str) {
+    let path = dir.join(which);
+    match std::fs::remove_file(&path) {
+        Ok(()) => tracing::debug!(file = %path.display(), "removed"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove"),
+    }
+}
+
+fn le_u32(bytes: &[u8]) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[..4]);
+    u32::from_le_bytes(b)
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(b)
+}

@@ -1,0 +1,538 @@
+//! The embedded store's index snapshot (`index.snapshot`): a reopen that loads it reads exactly
+//! what a full scan reads; a stale one is used and the tail scanned (torn-tail and corruption
+//! rules unchanged there); one from another log, over a truncated or rewritten log, or damaged
+//! itself is rejected and the whole log scanned; SIGKILL while one is written never leaves a
+//! store that opens wrong.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use allot_infra::store::embedded::{
+    EmbeddedStore, LOG_FILE_NAME, SNAPSHOT_CLOSE_TAIL_BYTES_MIN, SNAPSHOT_FILE_NAME,
+    SNAPSHOT_TEMP_FILE_NAME,
+};
+use allot_infra::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError};
+
+const STREAMS: [&str; 5] = ["pool-a", "pool-b", "pool-c", "actors", "p"];
+/// Environment variable that turns `snapshot_writer_child` into the killed child process.
+const CHILD_DIR_ENV: &str = "ALLOT_SNAPSHOT_CHILD_DIR";
+const KILL_ROUNDS: u64 = 12;
+const KILL_SEED: u64 = 0x5a9_5407;
+
+/// One test at a time: a child spawned by the kill test holds copies of this process's
+/// descriptors (another test's directory lock included) until it execs.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// splitmix64.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Appends `count` appends one at a time (one batch each) to random streams; returns the log
+/// length after each append (so `lengths[i]..lengths[i + 1]` is append `i + 1`'s batch).
+async fn append_some(store: &EmbeddedStore, dir: &Path, seed: u64, count: usize) -> Vec<u64> {
+    let mut rng = Rng(seed);
+    let log = dir.join(LOG_FILE_NAME);
+    let mut lengths = vec![std::fs::metadata(&log).unwrap().len()];
+    for i in 0..count {
+        let stream = STREAMS[rng.below(STREAMS.len() as u64) as usize];
+        let events: Vec<ProposedEvent> = (0..1 + rng.below(3))
+            .map(|e| ProposedEvent {
+                id: [(i % 251) as u8; 16],
+                kind: format!("K{e}"),
+                payload: format!("{seed}/{i}/{e}|")
+                    .repeat(1 + rng.below(30) as usize)
+                    .into_bytes(),
+            })
+            .collect();
+        store
+            .append(stream, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+        lengths.push(std::fs::metadata(&log).unwrap().len());
+    }
+    lengths
+}
+
+/// Everything a reader can see: all events, each stream whole and from a middle version, and
+/// `read_all` in small pages.
+async fn reads(store: &EmbeddedStore) -> Vec<Vec<RecordedEvent>> {
+    let mut out = vec![store.read_all(None, usize::MAX).await.unwrap()];
+    for stream in STREAMS {
+        let whole = store.read_stream(stream, 0, usize::MAX).await.unwrap();
+        let middle = store
+            .read_stream(stream, whole.len() as u64 / 2, 3)
+            .await
+            .unwrap();
+        out.push(whole);
+        out.push(middle);
+    }
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.read_all(after, 7).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.position);
+        paged.extend(page);
+    }
+    out.push(paged);
+    out
+}
+
+async fn open(dir: &Path) -> EmbeddedStore {
+    EmbeddedStore::open(dir).await.unwrap()
+}
+
+/// Reads of a copy of `dir` opened with a full scan (no snapshot).
+async fn full_scan_reads(dir: &Path) -> Vec<Vec<RecordedEvent>> {
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join(LOG_FILE_NAME), scratch.path().join(LOG_FILE_NAME)).unwrap();
+    let store = open(scratch.path()).await;
+    let out = reads(&store).await;
+    store.close().await.unwrap();
+    out
+}
+
+fn flip_byte(file: &Path, at: u64) {
+    let mut bytes = std::fs::read(file).unwrap();
+    bytes[at as usize] ^= 0x20;
+    std::fs::write(file, bytes).unwrap();
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for name in [LOG_FILE_NAME, SNAPSHOT_FILE_NAME] {
+        if from.join(name).exists() {
+            std::fs::copy(from.join(name), to.join(name)).unwrap();
+        }
+    }
+}
+
+/// A store of 60 appends with a snapshot of all of them; returns the batch boundaries.
+async fn snapshotted_store(dir: &Path, seed: u64) -> Vec<u64> {
+    let store = open(dir).await;
+    let lengths = append_some(&store, dir, seed, 60).await;
+    let info = store.write_index_snapshot().await.unwrap().unwrap();
+    assert_eq!(info.log_bytes, *lengths.last().unwrap());
+    assert_eq!(info.events, store.next_position());
+    store.close().await.unwrap();
+    assert!(dir.join(SNAPSHOT_FILE_NAME).exists());
+    lengths
+}
+
+fn expect_corrupt(result: Result<EmbeddedStore, StoreError>, offset: u64, what: &str) {
+    match result {
+        Err(StoreError::Corrupt { offset: at, .. }) => assert_eq!(at, offset, "{what}"),
+        Err(other) => panic!("{what}: expected Corrupt at {offset}, got {other}"),
+        Ok(_) => panic!("{what}: expected Corrupt at {offset}, the store opened"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_with_a_snapshot_reads_exactly_what_a_full_scan_reads() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lengths = snapshotted_store(dir.path(), 1).await;
+    let store = open(dir.path()).await;
+    let with_snapshot = reads(&store).await;
+    assert_eq!(with_snapshot, full_scan_reads(dir.path()).await);
+    let report = store.verify().await.unwrap();
+    assert_eq!(report.log_bytes, *lengths.last().unwrap());
+    assert_eq!(report.events, with_snapshot[0].len() as u64);
+    // Appends go on from where the snapshot left every stream.
+    let head = store
+        .read_stream("pool-a", 0, usize::MAX)
+        .await
+        .unwrap()
+        .len() as u64;
+    store
+        .append(
+            "pool-a",
+            ExpectedVersion::Exact(head - 1),
+            vec![ProposedEvent {
+                id: [9; 16],
+                kind: "After".to_owned(),
+                payload: b"after".to_vec(),
+            }],
+        )
+        .await
+        .unwrap();
+    store.close().await.unwrap();
+    drop(store);
+    let store = open(dir.path()).await;
+    assert_eq!(reads(&store).await, full_scan_reads(dir.path()).await);
+    store.verify().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_snapshot_is_used_so_covered_bytes_are_not_rechecked_at_open_but_verify_finds_them() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let lengths = snapshotted_store(dir.path(), 2).await;
+    // A payload byte of batch 30 of 60: covered by the snapshot, neither first nor last batch.
+    let damaged = lengths[30] - 2;
+    flip_byte(&dir.path().join(LOG_FILE_NAME), damaged);
+    let store = open(dir.path()).await;
+    match store.verify().await {
+        Err(StoreError::Corrupt { offset, .. }) => {
+            assert!(
+                (lengths[29]..lengths[30]).contains(&offset),
+                "{offset} outside the damaged batch"
+            );
+        }
+        other => panic!("verify missed the damage: {other:?}"),
+    }
+    store.close().await.unwrap();
+    drop(store);
+    // Without the snapshot the same log does not open.
+    std::fs::remove_file(dir.path().join(SNAPSHOT_FILE_NAME)).unwrap();
+    assert!(matches!(
+        EmbeddedStore::open(dir.path()).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_snapshot_is_used_and_the_tail_scanned() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let covered = snapshotted_store(dir.path(), 3).await;
+    let store = open(dir.path()).await;
+    let tail = append_some(&store, dir.path(), 33, 20).await;
+    store.close().await.unwrap();
+    drop(store);
+    // Too small a tail for close to write a new snapshot: this one is stale.
+    assert!(tail.last().unwrap() - covered.last().unwrap() < SNAPSHOT_CLOSE_TAIL_BYTES_MIN);
+    // Proof it is used: damage it cannot see (inside its range) does not stop the open.
+    let log = dir.path().join(LOG_FILE_NAME);
+    let pristine = std::fs::read(&log).unwrap();
+    flip_byte(&log, covered[20] - 2);
+    let store = open(dir.path()).await;
+    assert!(store.verify().await.is_err());
+    store.close().await.unwrap();
+    drop(store);
+    std::fs::write(&log, &pristine).unwrap();
+
+    let store = open(dir.path()).await;
+    let all = reads(&store).await;
+    assert_eq!(all, full_scan_reads(dir.path()).await);
+    store.close().await.unwrap();
+    drop(store);
+
+    let scratch = tempfile::tempdir().unwrap();
+    // The tail follows the usual rules: a torn last batch is cut at every offset...
+    let (start, end) = (tail[tail.len() - 2], tail[tail.len() - 1]);
+    let before = full_scan_reads_of_prefix(&pristine, start).await;
+    for cut in (start..end).step_by(7) {
+        let case = scratch.path().join(format!("cut-{cut}"));
+        copy_dir(dir.path(), &case);
+        std::fs::write(case.join(LOG_FILE_NAME), &pristine[..cut as usize]).unwrap();
+        let store = open(&case).await;
+        assert_eq!(reads(&store).await[0], before, "cut at {cut}");
+        store.verify().await.unwrap();
+    }
+    // ...and damage in the tail before its last batch is reported at its offset.
+    let case = scratch.path().join("tail-damage");
+    copy_dir(dir.path(), &case);
+    let frame = tail[5] + 32;
+    flip_byte(&case.join(LOG_FILE_NAME), frame + 4);
+    expect_corrupt(
+        EmbeddedStore::open(&case).await,
+        frame,
+        "tail frame checksum",
+    );
+}
+
+async fn full_scan_reads_of_prefix(log: &[u8], len: u64) -> Vec<RecordedEvent> {
+    let scratch = tempfile::tempdir().unwrap();
+    std::fs::write(scratch.path().join(LOG_FILE_NAME), &log[..len as usize]).unwrap();
+    let store = open(scratch.path()).await;
+    let all = store.read_all(None, usize::MAX).await.unwrap();
+    store.close().await.unwrap();
+    all
+}
+
+/// Opens `dir` expecting its snapshot to be rejected: the reads are a full scan's, and the
+/// snapshot file is gone.
+async fn expect_rejected(dir: &Path, what: &str) {
+    let expected = full_scan_reads(dir).await;
+    let store = open(dir).await;
+    assert_eq!(reads(&store).await, expected, "{what}");
+    assert!(
+        !dir.join(SNAPSHOT_FILE_NAME).exists(),
+        "{what}: rejected snapshot left in place"
+    );
+    store.verify().await.unwrap();
+    store.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_of_another_or_rewritten_log_is_rejected() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let a = scratch.path().join("a");
+    let b = scratch.path().join("b");
+    snapshotted_store(&a, 4).await;
+    snapshotted_store(&b, 5).await;
+    std::fs::copy(a.join(SNAPSHOT_FILE_NAME), b.join(SNAPSHOT_FILE_NAME)).unwrap();
+    expect_rejected(&b, "snapshot of another log").await;
+
+    // Same shape, different bytes: every batch header equal, one payload byte different.
+    let c = scratch.path().join("c");
+    let lengths = snapshotted_store(&c, 6).await;
+    let d = scratch.path().join("d");
+    copy_dir(&c, &d);
+    let last_payload = lengths[lengths.len() - 1] - 2;
+    flip_byte(&d.join(LOG_FILE_NAME), last_payload);
+    let first_payload = lengths[1] - 2;
+    let e = scratch.path().join("e");
+    copy_dir(&c, &e);
+    flip_byte(&e.join(LOG_FILE_NAME), first_payload);
+    // The damaged batch is the log's last one: a full scan cuts it as a torn tail.
+    expect_rejected(&d, "last covered batch differs").await;
+    assert!(matches!(
+        EmbeddedStore::open(&e).await,
+        Err(StoreError::Corrupt { .. })
+    ));
+    assert!(!e.join(SNAPSHOT_FILE_NAME).exists());
+
+    // The log replaced by a shorter one then grown past the snapshot's end with other appends.
+    let f = scratch.path().join("f");
+    copy_dir(&c, &f);
+    let log = std::fs::read(f.join(LOG_FILE_NAME)).unwrap();
+    std::fs::write(f.join(LOG_FILE_NAME), &log[..lengths[40] as usize]).unwrap();
+    let snapshot = std::fs::read(f.join(SNAPSHOT_FILE_NAME)).unwrap();
+    std::fs::remove_file(f.join(SNAPSHOT_FILE_NAME)).unwrap();
+    let store = open(&f).await;
+    let grown = append_some(&store, &f, 66, 40).await;
+    store.close().await.unwrap();
+    drop(store);
+    assert!(grown.last().unwrap() > lengths.last().unwrap());
+    std::fs::write(f.join(SNAPSHOT_FILE_NAME), snapshot).unwrap();
+    expect_rejected(&f, "log rewritten past the snapshot").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_over_a_truncated_log_is_rejected() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("base");
+    let lengths = snapshotted_store(&dir, 7).await;
+    let log = std::fs::read(dir.join(LOG_FILE_NAME)).unwrap();
+    // At a batch boundary (a shorter but valid log), inside the last batch, and inside an
+    // earlier one.
+    let cuts = [
+        lengths[59],
+        lengths[60] - 5,
+        lengths[10] + 40,
+        lengths[0] + 3,
+    ];
+    for cut in cuts {
+        let case = scratch.path().join(format!("cut-{cut}"));
+        copy_dir(&dir, &case);
+        std::fs::write(case.join(LOG_FILE_NAME), &log[..cut as usize]).unwrap();
+        expect_rejected(&case, &format!("log cut at {cut}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_is_rejected_at_every_byte() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("base");
+    snapshotted_store(&dir, 8).await;
+    let expected = full_scan_reads(&dir).await;
+    let snapshot = std::fs::read(dir.join(SNAPSHOT_FILE_NAME)).unwrap();
+    let mut cases: Vec<(String, Vec<u8>)> = Vec::new();
+    for at in 0..snapshot.len() {
+        let mut bytes = snapshot.clone();
+        bytes[at] ^= 0x04;
+        cases.push((format!("flip at {at}"), bytes));
+    }
+    for len in [0, 1, 63, 64, snapshot.len() / 2, snapshot.len() - 1] {
+        cases.push((format!("cut to {len}"), snapshot[..len].to_vec()));
+    }
+    let mut longer = snapshot.clone();
+    longer.push(0);
+    cases.push(("one byte more".to_owned(), longer));
+    let case = scratch.path().join("case");
+    copy_dir(&dir, &case);
+    for (what, bytes) in cases {
+        std::fs::write(case.join(SNAPSHOT_FILE_NAME), &bytes).unwrap();
+        let store = open(&case).await;
+        assert_eq!(reads(&store).await, expected, "{what}");
+        assert!(
+            !case.join(SNAPSHOT_FILE_NAME).exists(),
+            "{what}: not removed"
+        );
+        store.close().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_in_the_last_covered_batch_is_still_reported() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let covered = snapshotted_store(dir.path(), 9).await;
+    let store = open(dir.path()).await;
+    append_some(&store, dir.path(), 99, 5).await;
+    store.close().await.unwrap();
+    drop(store);
+    // The digest catches it, the full scan reports it: a valid batch follows.
+    let last = covered[covered.len() - 2];
+    flip_byte(&dir.path().join(LOG_FILE_NAME), last + 32 + 4);
+    expect_corrupt(
+        EmbeddedStore::open(dir.path()).await,
+        last + 32,
+        "last covered batch",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_and_drop_write_a_snapshot_after_enough_appends() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path()).await;
+    let big = |i: u64| ProposedEvent {
+        id: [1; 16],
+        kind: "Big".to_owned(),
+        payload: vec![(i % 200) as u8; 8 * 1024],
+    };
+    let mut appended = 0u64;
+    while appended < SNAPSHOT_CLOSE_TAIL_BYTES_MIN + 64 * 1024 {
+        let events = (0..4).map(big).collect();
+        store
+            .append("big", ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+        appended += 4 * 8 * 1024;
+    }
+    store.close().await.unwrap();
+    assert_eq!(
+        store
+            .counters()
+            .snapshots
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(dir.path().join(SNAPSHOT_FILE_NAME).exists());
+    let expected = reads(&store).await;
+    drop(store);
+    let store = open(dir.path()).await;
+    assert_eq!(reads(&store).await, expected);
+    // Drop (no close) writes one too.
+    let mut i = 0;
+    while i < 40 {
+        store
+            .append("big", ExpectedVersion::Any, (0..4).map(big).collect())
+            .await
+            .unwrap();
+        i += 1;
+    }
+    let first_snapshot = std::fs::read(dir.path().join(SNAPSHOT_FILE_NAME)).unwrap();
+    let expected = reads(&store).await;
+    drop(store);
+    let second_snapshot = std::fs::read(dir.path().join(SNAPSHOT_FILE_NAME)).unwrap();
+    assert!(
+        second_snapshot.len() > first_snapshot.len(),
+        "drop wrote no snapshot"
+    );
+    let store = open(dir.path()).await;
+    assert_eq!(reads(&store).await, expected);
+    store.verify().await.unwrap();
+}
+
+/// The killed child of `sigkill_while_writing_snapshots_never_opens_wrong`: appends and writes
+/// snapshots in a loop, printing `snap EVENTS` after each durable one. Does nothing unless run
+/// by that test (it sets the environment variable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "child process of the SIGKILL test"]
+async fn snapshot_writer_child() {
+    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+        return;
+    };
+    let dir = PathBuf::from(dir);
+    let store = open(&dir).await;
+    let mut round = 0u64;
+    loop {
+        round += 1;
+        // Enough events that a snapshot takes a while to write.
+        let events: Vec<ProposedEvent> = (0..2000)
+            .map(|i| ProposedEvent {
+                id: [(round % 256) as u8; 16],
+                kind: "K".to_owned(),
+                payload: format!("{round}/{i}").into_bytes(),
+            })
+            .collect();
+        store
+            .append(STREAMS[(round % 5) as usize], ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+        if let Some(info) = store.write_index_snapshot().await.unwrap() {
+            println!("snap {}", info.events);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_writing_snapshots_never_opens_wrong() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(KILL_SEED);
+    let mut temp_left = 0;
+    for round in 0..KILL_ROUNDS {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "snapshot_writer_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_DIR_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let snaps = 1 + rng.below(4);
+        let mut seen = 0;
+        let mut line = String::new();
+        while seen < snaps {
+            line.clear();
+            assert!(stdout.read_line(&mut line).unwrap() > 0, "child exited");
+            if line.starts_with("snap ") {
+                seen += 1;
+            }
+        }
+        // Lands anywhere in the next append or snapshot write.
+        std::thread::sleep(Duration::from_micros(rng.below(30_000)));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if dir.path().join(SNAPSHOT_TEMP_FILE_NAME).exists() {
+            temp_left += 1;
+        }
+        eprintln!("seed {KILL_SEED:#x} round {round}: killed after {snaps} snapshots");
+        let expected = full_scan_reads(dir.path()).await;
+        let store = open(dir.path()).await;
+        assert_eq!(reads(&store).await, expected, "round {round}");
+        store.verify().await.unwrap();
+        assert!(!dir.path().join(SNAPSHOT_TEMP_FILE_NAME).exists());
+        store.close().await.unwrap();
+    }
+    eprintln!("{temp_left} of {KILL_ROUNDS} kills left a half-written snapshot");
+}
