@@ -1,6 +1,6 @@
 //! Embedded event store benchmark: durable appends under 1, 16 and 256 concurrent appenders,
-//! then `read_all` over the written log and reopening it (verify + index), plus an fdatasync
-//! baseline of the same disk.
+//! then `read_all` over the written log and reopening it (with the index snapshot written at
+//! close, and with a full scan: verify + index), plus an fdatasync baseline of the same disk.
 //!
 //! `cargo bench -p allot-infra --bench store`. The data directory is a temporary directory under
 //! `ALLOT_BENCH_DIR` (default: the system temporary directory); it must be on a real disk, since
@@ -310,16 +310,23 @@ fn main() -> BenchResult<()> {
 
     runtime.block_on(store.close())?;
     drop(store);
-    let log_bytes = std::fs::metadata(root.path().join("store").join("events.log"))?.len();
+    let store_dir = root.path().join("store");
+    let log_bytes = std::fs::metadata(store_dir.join(LOG_FILE_NAME))?.len();
+    // Close wrote an index snapshot (the tail was over SNAPSHOT_CLOSE_TAIL_BYTES_MIN): time the
+    // open with it, then without it (the full scan, comparable with runs before snapshots).
+    let had_snapshot = store_dir.join(SNAPSHOT_FILE_NAME).exists();
+    let (snapshot_ms, _, _) = timed_open(&runtime, &store_dir)?;
+    let _ = std::fs::remove_file(store_dir.join(SNAPSHOT_FILE_NAME));
     let start = Instant::now();
-    let reopened = runtime.block_on(EmbeddedStore::open(&root.path().join("store")))?;
+    let reopened = runtime.block_on(EmbeddedStore::open(&store_dir))?;
     let open_time = start.elapsed();
     let open_rate = reopened.next_position() as f64 / open_time.as_secs_f64();
     println!(
-        "open (verify + index): {:.0} ms for {} events, {:.1} MiB ({open_rate:.0} events/s)",
+        "open (full scan: verify + index): {:.0} ms for {} events, {:.1} MiB ({open_rate:.0} events/s); with the index snapshot{}: {snapshot_ms:.0} ms",
         open_time.as_secs_f64() * 1e3,
         reopened.next_position(),
-        log_bytes as f64 / (1024.0 * 1024.0)
+        log_bytes as f64 / (1024.0 * 1024.0),
+        if had_snapshot { "" } else { " (none written)" },
     );
     runtime.block_on(reopened.close())?;
 
@@ -340,7 +347,7 @@ fn main() -> BenchResult<()> {
         })).collect::<Vec<_>>(),
         "speedup_256_vs_1": (speedup * 10.0).round() / 10.0,
         "read_all": { "events": events, "per_sec": read_rate.round() },
-        "open": { "events": events, "log_bytes": log_bytes, "ms": (open_time.as_secs_f64() * 1e3).round() },
+        "open": { "events": events, "log_bytes": log_bytes, "ms": (open_time.as_secs_f64() * 1e3).round(), "with_snapshot_ms": snapshot_ms.round() },
     });
     println!("{json}");
     Ok(())
