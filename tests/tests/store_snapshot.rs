@@ -536,3 +536,64 @@ async fn sigkill_while_writing_snapshots_never_opens_wrong() {
     }
     eprintln!("{temp_left} of {KILL_ROUNDS} kills left a half-written snapshot");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_under_concurrent_appends_describes_a_prefix() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(open(dir.path()).await);
+    // Over 64 Ki events, so the snapshot copies the index in several chunks while the writer
+    // publishes between them.
+    let mut tasks = Vec::new();
+    for t in 0..4u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..40u64 {
+                let events = (0..1000u64)
+                    .map(|e| ProposedEvent {
+                        id: [t as u8; 16],
+                        kind: "K".to_owned(),
+                        payload: format!("{t}/{i}/{e}").into_bytes(),
+                    })
+                    .collect();
+                store
+                    .append(
+                        STREAMS[((t + i) % 5) as usize],
+                        ExpectedVersion::Any,
+                        events,
+                    )
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    let saved = dir.path().join("saved.snapshot");
+    let mut taken = Vec::new();
+    while taken.len() < 6 && !tasks.iter().all(|t| t.is_finished()) {
+        if store.next_position() < 70_000 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            continue;
+        }
+        if let Some(info) = store.write_index_snapshot().await.unwrap() {
+            std::fs::copy(dir.path().join(SNAPSHOT_FILE_NAME), &saved).unwrap();
+            taken.push(info.events);
+        }
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert!(!taken.is_empty(), "no snapshot taken while appending");
+    store.close().await.unwrap();
+    let total = store.next_position();
+    drop(store);
+    eprintln!("snapshots at {taken:?} of {total} events");
+    std::fs::copy(&saved, dir.path().join(SNAPSHOT_FILE_NAME)).unwrap();
+    let expected = full_scan_reads(dir.path()).await;
+    let store = open(dir.path()).await;
+    assert!(
+        dir.path().join(SNAPSHOT_FILE_NAME).exists(),
+        "the snapshot was rejected"
+    );
+    assert_eq!(reads(&store).await, expected);
+    store.verify().await.unwrap();
+}
