@@ -5,16 +5,16 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use allot_domain::{PoolId, Timestamp};
+use allot_domain::{PoolId, Timestamp, codec};
 use allot_replay::{
-    AsOf, AsOfQuery, Audit, AuditOptions, AuditReport, Checkpoint, ContentionQuery,
+    ACTORS_STREAM, AsOf, AsOfQuery, Audit, AuditOptions, AuditReport, Checkpoint, ContentionQuery,
     ContentionWindow, DisputeQuery, DoubleBookingView, HtmlReport, Rebuild, RebuildError,
-    RebuildOptions, Recorded, StrandedSlot, StrandedSlotsQuery,
+    RebuildOptions, Recorded, RecordedPoolEvent, StrandedSlot, StrandedSlotsQuery,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::store::{EventStore, StoreError};
+use crate::store::{EventStore, RecordedEvent, StoreError};
 
 /// Events read per page.
 pub const INSPECT_PAGE_EVENTS: usize = 8_192;
@@ -64,38 +64,153 @@ pub fn progress_bar(total: Option<u64>, what: &str) -> ProgressBar {
 }
 
 /// Feeds every record after `after` to `visit`, in position order, with progress.
+///
+/// A three-stage pipeline keeps both cores busy: while `visit` folds page `n` on this task, page
+/// `n + 1` is decoded on a blocking thread and page `n + 2` is read by the store. At most three
+/// pages are in flight, so memory stays bounded by the page size, not the log.
 pub async fn for_each_record(
     store: &dyn EventStore,
     after: Option<u64>,
     bar: &ProgressBar,
     mut visit: impl FnMut(&Recorded) -> Result<(), InspectError>,
 ) -> Result<u64, InspectError> {
-    let mut cursor = after;
+    let offload = tokio::runtime::Handle::try_current().is_ok();
     let mut seen = 0u64;
+    let mut read = Some(start_read(store, after).await);
+    let mut decoding: Option<Decoding> = None;
+    // The page folded last, dropped by the next decoding task rather than on this thread (freeing
+    // a page's strings costs about as much as folding it).
+    let mut folded: Vec<Recorded> = Vec::new();
     loop {
-        let page = store.read_all(cursor, INSPECT_PAGE_EVENTS).await?;
-        for stored in &page {
-            cursor = Some(stored.position);
-            let recorded = Recorded::decode(
-                &stored.stream,
-                stored.version,
-                stored.position,
-                &stored.payload,
-            )
-            .map_err(|error| InspectError::Decode {
-                stream: stored.stream.clone(),
-                version: stored.version,
-                position: stored.position,
-                reason: error.to_string(),
-            })?;
-            visit(&recorded)?;
+        let next = match read.take() {
+            Some(pending) => {
+                let page = pending.finish().await?;
+                // A short page is the last one: nothing more to read after it.
+                if page.len() == INSPECT_PAGE_EVENTS
+                    && let Some(last) = page.last()
+                {
+                    read = Some(start_read(store, Some(last.position)).await);
+                }
+                Some(if offload {
+                    let garbage = std::mem::take(&mut folded);
+                    Decoding::Spawned(tokio::task::spawn_blocking(move || {
+                        drop(garbage);
+                        decode_page(page)
+                    }))
+                } else {
+                    Decoding::Done(decode_page(page))
+                })
+            }
+            None => None,
+        };
+        if let Some(previous) = decoding.take() {
+            let (records, failure) = previous.finish().await?;
+            for recorded in &records {
+                visit(recorded)?;
+            }
+            seen += records.len() as u64;
+            bar.inc(records.len() as u64);
+            if let Some(failure) = failure {
+                return Err(failure);
+            }
+            folded = records;
         }
-        seen += page.len() as u64;
-        bar.inc(page.len() as u64);
-        if page.len() < INSPECT_PAGE_EVENTS {
-            return Ok(seen);
+        match next {
+            Some(next) => decoding = Some(next),
+            None => return Ok(seen),
         }
     }
+}
+
+type ReadFuture<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send + 'a>,
+>;
+
+/// A page read under way (polled once, so the store has started it) or already finished.
+enum PendingRead<'a> {
+    Running(ReadFuture<'a>),
+    Finished(Result<Vec<RecordedEvent>, StoreError>),
+}
+
+impl PendingRead<'_> {
+    async fn finish(self) -> Result<Vec<RecordedEvent>, StoreError> {
+        match self {
+            PendingRead::Running(future) => future.await,
+            PendingRead::Finished(result) => result,
+        }
+    }
+}
+
+async fn start_read(store: &dyn EventStore, after: Option<u64>) -> PendingRead<'_> {
+    let mut future = store.read_all(after, INSPECT_PAGE_EVENTS);
+    match futures::poll!(&mut future) {
+        std::task::Poll::Ready(result) => PendingRead::Finished(result),
+        std::task::Poll::Pending => PendingRead::Running(future),
+    }
+}
+
+/// A page's records, decoded in order, and the decoding failure that ended the page early.
+type DecodedPage = (Vec<Recorded>, Option<InspectError>);
+
+enum Decoding {
+    Spawned(tokio::task::JoinHandle<DecodedPage>),
+    Done(DecodedPage),
+}
+
+impl Decoding {
+    async fn finish(self) -> Result<DecodedPage, InspectError> {
+        match self {
+            Decoding::Spawned(handle) => handle.await.map_err(|error| InspectError::Decode {
+                stream: String::new(),
+                version: 0,
+                position: 0,
+                reason: format!("decoding task failed: {error}"),
+            }),
+            Decoding::Done(page) => Ok(page),
+        }
+    }
+}
+
+/// Decodes a page as [`Recorded::decode`] does, taking each record's stream name rather than
+/// copying it; stops at the first record that does not decode.
+fn decode_page(page: Vec<RecordedEvent>) -> DecodedPage {
+    let mut records = Vec::with_capacity(page.len());
+    for stored in page {
+        let RecordedEvent {
+            stream,
+            version,
+            position,
+            payload,
+            ..
+        } = stored;
+        // A pool event keeps the store's stream name (moved, not copied).
+        let decoded = if stream == ACTORS_STREAM {
+            Recorded::decode(&stream, version, position, &payload).map_err(|error| (stream, error))
+        } else {
+            match codec::decode_event(&payload) {
+                Ok(event) => Ok(Recorded::Pool(RecordedPoolEvent {
+                    stream,
+                    version,
+                    position,
+                    event,
+                })),
+                Err(error) => Err((stream, error)),
+            }
+        };
+        match decoded {
+            Ok(recorded) => records.push(recorded),
+            Err((stream, error)) => {
+                let failure = InspectError::Decode {
+                    stream,
+                    version,
+                    position,
+                    reason: error.to_string(),
+                };
+                return (records, Some(failure));
+            }
+        }
+    }
+    (records, None)
 }
 
 /// What `allot audit` is asked for besides the checks.

@@ -1,10 +1,13 @@
 //! The binding: every reservation → its pool, state, units and whether its slot was returned.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
-use allot_domain::{Action, Change, Event, ReservationId, ReservationState, Timestamp};
+use allot_domain::{Action, Change, Event, PoolId, ReservationId, ReservationState, Timestamp};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
+
+use crate::SeqMap;
 
 /// One reservation as the binding knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,9 +31,12 @@ impl BindingEntry {
     }
 }
 
+/// Reservations grouped by pool, so applying an event finds its entry by the event's pool id
+/// (`&str`) and sequence without building a `ReservationId` (no pool id copy per event).
 #[derive(Debug, Default)]
 pub struct Binding {
-    entries: DashMap<ReservationId, BindingEntry>,
+    pools: DashMap<PoolId, SeqMap<BindingEntry>>,
+    entries: AtomicUsize,
 }
 
 impl Binding {
@@ -48,22 +54,17 @@ impl Binding {
                     ..
                 },
             ) => {
-                self.entries.insert(
-                    ReservationId {
-                        pool: event.pool.clone(),
-                        seq: *reservation,
-                    },
-                    BindingEntry {
-                        state: ReservationState::Held,
-                        count: *count,
-                        resource: resource.clone(),
-                        requester: requester.clone(),
-                        reserved_at: event.at,
-                        expires_at: *expires_at,
-                        slot_released: false,
-                        released_twice: false,
-                    },
-                );
+                let entry = BindingEntry {
+                    state: ReservationState::Held,
+                    count: *count,
+                    resource: resource.clone(),
+                    requester: requester.clone(),
+                    reserved_at: event.at,
+                    expires_at: *expires_at,
+                    slot_released: false,
+                    released_twice: false,
+                };
+                self.insert(&event.pool, *reservation, entry);
             }
             (Change::Confirmed { reservation }, _) => {
                 self.update(event, *reservation, |entry| {
@@ -88,46 +89,68 @@ impl Binding {
         }
     }
 
-    fn update(&self, event: &Event, seq: u64, change: impl FnOnce(&mut BindingEntry)) {
-        let id = ReservationId {
-            pool: event.pool.clone(),
-            seq,
+    fn insert(&self, pool: &PoolId, seq: u64, entry: BindingEntry) {
+        let replaced = match self.pools.get_mut(pool.as_str()) {
+            Some(mut entries) => entries.insert(seq, entry).is_some(),
+            None => self
+                .pools
+                .entry(pool.clone())
+                .or_default()
+                .insert(seq, entry)
+                .is_some(),
         };
-        if let Some(mut entry) = self.entries.get_mut(&id) {
-            change(&mut entry);
+        if !replaced {
+            self.entries.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    fn update(&self, event: &Event, seq: u64, change: impl FnOnce(&mut BindingEntry)) {
+        if let Some(mut entries) = self.pools.get_mut(event.pool.as_str())
+            && let Some(entry) = entries.get_mut(&seq)
+        {
+            change(entry);
         }
     }
 
     pub fn get(&self, reservation: &ReservationId) -> Option<BindingEntry> {
-        self.entries.get(reservation).map(|entry| entry.clone())
+        self.pools
+            .get(reservation.pool.as_str())
+            .and_then(|entries| entries.get(&reservation.seq).cloned())
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
     /// Calls `visit` for every reservation (no order).
     pub fn for_each(&self, mut visit: impl FnMut(&ReservationId, &BindingEntry)) {
-        for entry in self.entries.iter() {
-            visit(entry.key(), entry.value());
+        for pool in self.pools.iter() {
+            for (seq, entry) in pool.value() {
+                let id = ReservationId {
+                    pool: pool.key().clone(),
+                    seq: *seq,
+                };
+                visit(&id, entry);
+            }
         }
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, BindingEntry> {
-        self.entries
-            .iter()
-            .map(|entry| (entry.key().to_string(), entry.value().clone()))
-            .collect()
+        let mut snapshot = BTreeMap::new();
+        self.for_each(|id, entry| {
+            snapshot.insert(id.to_string(), entry.clone());
+        });
+        snapshot
     }
 
     pub fn restore(&self, snapshot: &BTreeMap<String, BindingEntry>) {
         for (id, entry) in snapshot {
             if let Some(id) = ReservationId::parse(id) {
-                self.entries.insert(id, entry.clone());
+                self.insert(&id.pool, id.seq, entry.clone());
             }
         }
     }

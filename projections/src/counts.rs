@@ -36,7 +36,10 @@ pub struct PoolCounts {
 
 impl PoolCounts {
     pub fn apply(&self, event: &Event) {
-        let mut count = self.pools.entry(event.pool.clone()).or_default();
+        let mut count = match self.pools.get_mut(event.pool.as_str()) {
+            Some(count) => count,
+            None => self.pools.entry(event.pool.clone()).or_default(),
+        };
         count.allocated = event.allocated_after;
         count.last_at = event.at;
         match (&event.change, &event.action) {

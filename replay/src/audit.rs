@@ -311,7 +311,12 @@ struct PoolAudit {
     reservations: Vec<Reservation>,
     out_of_sequence: FastMap<u64, Reservation>,
     tokens: FastMap<Vec<u8>, TokenUse>,
-    token_order: VecDeque<(Timestamp, Vec<u8>)>,
+    /// Each recorded token's time and key length, oldest first; the keys' bytes are in
+    /// `token_bytes`, back to back in the same order (no allocation per event).
+    token_order: VecDeque<(Timestamp, usize)>,
+    token_bytes: VecDeque<u8>,
+    /// Scratch for the key being forgotten.
+    forget_key: Vec<u8>,
     /// Key buffers of forgotten tokens, reused so a steady window allocates nothing per event.
     spare_keys: Vec<Vec<u8>>,
     /// The domain's aggregate, while `evolve` accepts this pool's events.
@@ -363,15 +368,22 @@ impl PoolAudit {
             if now < at.plus_ms(self.window_ms) {
                 break;
             }
-            let Some((at, key)) = self.token_order.pop_front() else {
+            let Some((at, len)) = self.token_order.pop_front() else {
                 break;
             };
-            if self.tokens.get(&key).is_some_and(|used| used.at == at)
-                && let Some((map_key, _)) = self.tokens.remove_entry(&key)
+            let len = len.min(self.token_bytes.len());
+            let mut key = std::mem::take(&mut self.forget_key);
+            key.clear();
+            key.extend(self.token_bytes.drain(..len));
+            if self
+                .tokens
+                .get(key.as_slice())
+                .is_some_and(|used| used.at == at)
+                && let Some((map_key, _)) = self.tokens.remove_entry(key.as_slice())
             {
                 self.spare_key(map_key);
             }
-            self.spare_key(key);
+            self.forget_key = key;
         }
     }
 
@@ -401,8 +413,8 @@ impl PoolAudit {
                 self.tokens.insert(map_key, used);
             }
         }
-        let order_key = self.key_copy(key);
-        self.token_order.push_back((at, order_key));
+        self.token_order.push_back((at, key.len()));
+        self.token_bytes.extend(key);
     }
 }
 
@@ -431,6 +443,8 @@ pub struct Audit {
     /// Pool id → the first stream that recorded it.
     pool_streams: FastMap<PoolId, usize>,
     pools: Vec<PoolAudit>,
+    /// The stream of the last pool event (index in `pools`).
+    last_stream: Option<usize>,
     actors: ActorRegistry,
     actors_next_version: u64,
     /// Until an actor event made by someone else, admins and sweepers may register themselves.
@@ -466,6 +480,7 @@ impl Audit {
             streams: FastMap::default(),
             pool_streams: FastMap::default(),
             pools: Vec::new(),
+            last_stream: None,
             actors: ActorRegistry::default(),
             actors_next_version: 0,
             bootstrap: true,
@@ -561,8 +576,17 @@ impl Audit {
         if let Some(problem) = self.check_position(recorded.position) {
             findings.add(Check::ContiguousVersions, problem);
         }
-        let index = match self.streams.get(recorded.stream.as_str()) {
-            Some(index) => *index,
+        // Pool events come in runs of one stream: try the last one before hashing the name.
+        let known = self
+            .last_stream
+            .filter(|last| {
+                self.pools
+                    .get(*last)
+                    .is_some_and(|pool| pool.stream == recorded.stream)
+            })
+            .or_else(|| self.streams.get(recorded.stream.as_str()).copied());
+        let index = match known {
+            Some(index) => index,
             None => {
                 if let Some(other) = self
                     .pool_streams
@@ -597,6 +621,8 @@ impl Audit {
                     out_of_sequence: FastMap::default(),
                     tokens: FastMap::default(),
                     token_order: VecDeque::new(),
+                    token_bytes: VecDeque::new(),
+                    forget_key: Vec::new(),
                     spare_keys: Vec::new(),
                     fold: self.options.check_fold.then(Pool::default),
                 });
@@ -604,6 +630,7 @@ impl Audit {
             }
         };
 
+        self.last_stream = Some(index);
         self.check_attribution(recorded, &mut findings);
 
         let Some(pool) = self.pools.get_mut(index) else {

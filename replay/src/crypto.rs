@@ -19,6 +19,8 @@ use crate::audit::{Check, Violation};
 
 /// Signatures verified together in one `verify_batch` call.
 pub const SIGNATURE_BATCH: usize = 128;
+/// Distinct signer keys remembered per batch.
+const VERIFYING_KEYS_CACHED: usize = 16;
 /// Batches queued for the workers before the audit loop waits.
 pub const VERIFY_QUEUE_BATCHES: usize = 8;
 /// Most verification threads (the audit loop itself is one more).
@@ -201,6 +203,21 @@ pub(crate) fn params_digest(event: &Event) -> ParamsDigest {
     ParamsDigest(*blake3::hash(&signing::params_bytes(&event.action)).as_bytes())
 }
 
+/// The key for `bytes` (`None`: not a valid ed25519 key), decompressed once per batch.
+fn verifying_key(
+    keys: &mut Vec<([u8; 32], Option<VerifyingKey>)>,
+    bytes: [u8; 32],
+) -> Option<VerifyingKey> {
+    if let Some((_, key)) = keys.iter().find(|(known, _)| *known == bytes) {
+        return *key;
+    }
+    let key = VerifyingKey::from_bytes(&bytes).ok();
+    if keys.len() < VERIFYING_KEYS_CACHED {
+        keys.push((bytes, key));
+    }
+    key
+}
+
 struct Candidate {
     job: usize,
     message: Vec<u8>,
@@ -211,6 +228,9 @@ struct Candidate {
 fn verify_batch(jobs: Vec<Job>) -> Outcome {
     let mut outcome = Outcome::default();
     let mut candidates = Vec::with_capacity(jobs.len());
+    // A batch's signers are few: decompress each key once, not once per signature (the
+    // decompression costs about as much as a signature's share of the batch check).
+    let mut keys: Vec<([u8; 32], Option<VerifyingKey>)> = Vec::new();
     for (index, job) in jobs.iter().enumerate() {
         let (message, signature) = match &job.work {
             Work::Pool(event) => {
@@ -243,9 +263,9 @@ fn verify_batch(jobs: Vec<Job>) -> Outcome {
                 continue;
             }
         };
-        let key = match VerifyingKey::from_bytes(&key) {
-            Ok(key) => key,
-            Err(_) => {
+        let key = match verifying_key(&mut keys, key) {
+            Some(key) => key,
+            None => {
                 outcome.violations.push(
                     job.location
                         .violation("the registered public key is not a valid ed25519 key".into()),
