@@ -416,15 +416,22 @@ impl Ledger {
                 .observe(events.len() as f64);
             match self.shared.store.append(&stream, expected, proposed).await {
                 Ok(appended) => {
-                    let mut placed_hold = false;
-                    for (i, event) in events.iter().enumerate() {
-                        let version = base_version + i as u64;
-                        let position = appended
-                            .last_position
-                            .saturating_sub((events.len() - 1 - i) as u64);
-                        self.shared.projections.apply(version, position, event);
-                        placed_hold |=
-                            matches!(event.change, allot_domain::Change::Reserved { .. });
+                    let placed_hold = events
+                        .iter()
+                        .any(|event| matches!(event.change, allot_domain::Change::Reserved { .. }));
+                    if self.shared.projections.next_version(pool_id) == base_version {
+                        for (i, event) in events.iter().enumerate() {
+                            let version = base_version + i as u64;
+                            let position = appended
+                                .last_position
+                                .saturating_sub((events.len() - 1 - i) as u64);
+                            self.shared.projections.apply(version, position, event);
+                        }
+                    } else {
+                        // The projections missed events before this batch (an append whose ack
+                        // was lost, or another instance's writes after a reload): read them, and
+                        // this batch, from the stream.
+                        self.catch_up_projections(pool_id).await;
                     }
                     if placed_hold {
                         self.shared.holds_placed.notify_one();
@@ -447,7 +454,19 @@ impl Ledger {
                 }
                 Err(error) => {
                     tracing::warn!(pool = %pool_id, %error, "append failed");
+                    let maybe_written = matches!(
+                        error,
+                        StoreError::Unavailable {
+                            maybe_written: true,
+                            ..
+                        }
+                    );
                     fail_all(batch, &SubmitError::Recording(error.to_string()));
+                    if maybe_written {
+                        // Events that landed must reach the projections even though nobody was
+                        // told; a retry of their tokens replays them.
+                        self.catch_up_projections(pool_id).await;
+                    }
                     return false;
                 }
             }
