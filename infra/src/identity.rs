@@ -104,16 +104,32 @@ pub fn verify_signature(
 /// The live registry of actors, folded from the `actors` stream.
 #[derive(Debug, Default)]
 pub struct ActorDirectory {
-    registry: RwLock<ActorRegistry>,
+    registry: RwLock<(ActorRegistry, u64)>,
 }
 
 impl ActorDirectory {
-    pub fn apply(&self, event: &ActorEvent) {
-        let mut registry = self
+    /// Applies the event at `version` of the `actors` stream, once: both the writer and a
+    /// follower of the store may offer it. Returns false if it was already applied.
+    pub fn apply(&self, version: u64, event: &ActorEvent) -> bool {
+        let mut guard = self
             .registry
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (registry, next) = &mut *guard;
+        if version != *next {
+            return false;
+        }
         registry.apply(event);
+        *next += 1;
+        true
+    }
+
+    /// The next `actors` stream version this directory expects.
+    pub fn next_version(&self) -> u64 {
+        self.registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .1
     }
 
     /// The change `by` recorded under `token` within the actor-token window, if any.
@@ -126,6 +142,7 @@ impl ActorDirectory {
         self.registry
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
             .token(by, token, now)
             .cloned()
     }
@@ -134,6 +151,7 @@ impl ActorDirectory {
         self.registry
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
             .current(actor)
             .cloned()
     }
@@ -142,6 +160,7 @@ impl ActorDirectory {
         self.registry
             .read()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
             .actors()
             .next()
             .is_none()
@@ -163,6 +182,7 @@ impl ActorDirectory {
                     .registry
                     .read()
                     .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .0
                     .actors()
                     .any(|(id, _)| id == actor);
                 return Err(if ever {

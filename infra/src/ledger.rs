@@ -106,6 +106,8 @@ struct Shared {
     accepting: AtomicBool,
     /// Pool tasks, awaited on close so every queued command is answered first.
     tasks: std::sync::Mutex<JoinSet<()>>,
+    /// The task following a shared store, if any; aborted on close.
+    follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// The command path. Cheap to clone.
@@ -162,7 +164,7 @@ impl Ledger {
                 .await?;
             for recorded in &page {
                 let event = decode_actor(recorded)?;
-                actors.apply(&event);
+                actors.apply(recorded.version, &event);
                 actors_version = Some(recorded.version);
             }
             if page.len() < READ_PAGE_EVENTS {
@@ -197,6 +199,7 @@ impl Ledger {
                 holds_placed: Notify::new(),
                 accepting: AtomicBool::new(true),
                 tasks: std::sync::Mutex::new(JoinSet::new()),
+                follower: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -235,6 +238,15 @@ impl Ledger {
     /// (they hold the store; after this the store can be closed).
     pub async fn close(&self) {
         self.stop_accepting();
+        let follower = self
+            .shared
+            .follower
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(follower) = follower {
+            follower.abort();
+        }
         // Dropping the senders ends each pool task once its queue is empty.
         self.shared.pools.clear();
         let mut tasks = {
@@ -300,6 +312,63 @@ impl Ledger {
                 tx
             })
             .clone()
+    }
+
+    /// Follows the store from its current end so writes of other instances reach this one's
+    /// projections and actor keys (a revocation anywhere holds everywhere at once). Only needed
+    /// when the store is shared; ends when the subscription fails for good or on `close`.
+    pub async fn follow_store(&self) -> Result<(), StoreError> {
+        let after = self.shared.projections.last_position();
+        let mut feed = self.shared.store.subscribe_all(after).await?;
+        let ledger = self.clone();
+        let follower = tokio::spawn(async move {
+            use futures::StreamExt;
+            while ledger.shared.accepting.load(Ordering::SeqCst) {
+                let Some(next) = feed.next().await else { break };
+                let recorded = match next {
+                    Ok(recorded) => recorded,
+                    Err(error) => {
+                        tracing::error!(%error, "following the store stopped");
+                        break;
+                    }
+                };
+                if recorded.stream == ACTORS_STREAM {
+                    match decode_actor(&recorded) {
+                        Ok(event) => {
+                            ledger.shared.actors.apply(recorded.version, &event);
+                        }
+                        Err(error) => tracing::error!(%error, "cannot decode actor event"),
+                    }
+                } else if let Some(pool) = stream_pool(&recorded.stream) {
+                    match decode_pool(&recorded) {
+                        Ok(event) => {
+                            let applied = ledger.shared.projections.apply(
+                                recorded.version,
+                                recorded.position,
+                                &event,
+                            );
+                            if matches!(applied, allot_projections::Applied::Gap { .. }) {
+                                ledger.catch_up_projections(&pool).await;
+                            }
+                            if matches!(event.change, allot_domain::Change::Reserved { .. }) {
+                                ledger.shared.holds_placed.notify_one();
+                            }
+                        }
+                        Err(error) => tracing::error!(%error, "cannot decode pool event"),
+                    }
+                }
+            }
+        });
+        let previous = self
+            .shared
+            .follower
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .replace(follower);
+        if let Some(previous) = previous {
+            previous.abort();
+        }
+        Ok(())
     }
 
     /// Loads a pool aggregate from its stream.
@@ -529,7 +598,9 @@ impl Ledger {
                     .to_owned(),
                 }));
             }
-            let expected = match *version {
+            // The directory may be ahead of `version` (a follower applied another instance's
+            // registration): it is the truth.
+            let expected = match self.shared.actors.next_version().checked_sub(1) {
                 None => ExpectedVersion::NoStream,
                 Some(v) => ExpectedVersion::Exact(v),
             };
@@ -546,12 +617,12 @@ impl Ledger {
             {
                 Ok(appended) => {
                     *version = Some(appended.last_version);
-                    self.shared.actors.apply(&event);
+                    self.shared.actors.apply(appended.last_version, &event);
                     return Ok(false);
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) => {
                     // Another instance registered an actor: fold what it wrote, then retry.
-                    let from = version.map_or(0, |v| v + 1);
+                    let from = self.shared.actors.next_version();
                     let page = self
                         .shared
                         .store
@@ -561,7 +632,7 @@ impl Ledger {
                     for recorded in &page {
                         let other = decode_actor(recorded)
                             .map_err(|e| SubmitError::Recording(e.to_string()))?;
-                        self.shared.actors.apply(&other);
+                        self.shared.actors.apply(recorded.version, &other);
                         *version = Some(recorded.version);
                     }
                 }

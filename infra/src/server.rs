@@ -134,7 +134,16 @@ impl Service {
         options: ServeOptions,
     ) -> Result<Service, ServeError> {
         let metrics = Arc::new(Metrics::new());
+        let shared = store.shared_with_other_writers();
         let ledger = Ledger::open(store, clock, projections, metrics).await?;
+        if shared {
+            // Other instances write to this store: follow it so their writes (and actor
+            // revocations) reach this instance at once.
+            ledger
+                .follow_store()
+                .await
+                .map_err(|error| ServeError::Load(LoadError::Store(error)))?;
+        }
         if bootstrap_actors(&ledger, &options.keys_dir).await? {
             println!(
                 "first start: created keys {} (admin) and {} (sweeper), mode 0600",

@@ -286,6 +286,10 @@ impl EsdbStore {
 
 #[async_trait]
 impl EventStore for EsdbStore {
+    fn shared_with_other_writers(&self) -> bool {
+        true
+    }
+
     async fn append(
         &self,
         stream: &str,

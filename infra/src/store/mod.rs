@@ -185,4 +185,10 @@ pub trait EventStore: Send + Sync + 'static {
     /// Every event with position > `after`, then every event appended later, each exactly once,
     /// in position order.
     async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError>;
+
+    /// Whether other processes may append to this store (a shared server), so a service must
+    /// follow the store to keep its projections and actor keys current.
+    fn shared_with_other_writers(&self) -> bool {
+        false
+    }
 }
