@@ -637,7 +637,24 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 contention,
                 html_title: html.as_ref().map(|_| format!("allot audit of {source}")),
             };
-            let event_store = open_source(&source).await?;
+            let event_store = if is_connection_string(&source) {
+                open_source(&source).await?
+            } else {
+                // Re-checksum every byte of the log first: opening trusts the part an index
+                // snapshot covers, an audit must not.
+                let dir = Path::new(&source);
+                if !dir.is_dir() {
+                    return Err(format!("{source}: no such data directory"));
+                }
+                let embedded = store::embedded::EmbeddedStore::open(dir)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                embedded
+                    .verify()
+                    .await
+                    .map_err(|e| format!("log verification failed: {e}"))?;
+                Arc::new(embedded) as Arc<dyn EventStore>
+            };
             let bar = inspect::progress_bar(None, "auditing");
             let findings = inspect::audit(event_store.as_ref(), &request, &bar)
                 .await
