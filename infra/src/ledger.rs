@@ -124,26 +124,34 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-/// A deterministic event id from pool, actor, token and time, so a retried append of the same
-/// decision carries the same id (EventStoreDB deduplicates by it).
-pub fn event_id(event: &Event) -> [u8; 16] {
+/// A UUID (RFC 9562 version 8) from a domain tag, the parts and a time: the same decision always
+/// gets the same id, so a retried append is recognised by backends that deduplicate by id.
+fn derived_id(tag: &[u8], parts: [&str; 3], at: u64) -> [u8; 16] {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(b"allot-event-id-v1\n");
-    for part in [
-        event.pool.as_str(),
-        event.actor.as_str(),
-        event.token.as_str(),
-    ] {
+    hasher.update(tag);
+    for part in parts {
         hasher.update(&(part.len() as u64).to_le_bytes());
         hasher.update(part.as_bytes());
     }
-    hasher.update(&event.at.0.to_le_bytes());
+    hasher.update(&at.to_le_bytes());
     let mut id = [0u8; 16];
     id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-    // RFC 9562 version 8 (custom) and variant bits, so the id is a valid UUID.
     id[6] = (id[6] & 0x0f) | 0x80;
     id[8] = (id[8] & 0x3f) | 0x80;
     id
+}
+
+/// A pool event's id, from pool, actor, token and time.
+pub fn event_id(event: &Event) -> [u8; 16] {
+    derived_id(
+        b"allot-event-id-v1\n",
+        [
+            event.pool.as_str(),
+            event.actor.as_str(),
+            event.token.as_str(),
+        ],
+        event.at.0,
+    )
 }
 
 impl Ledger {
@@ -276,8 +284,8 @@ impl Ledger {
                 Ok(()) => {
                     return answer.await.unwrap_or(Err(SubmitError::ShuttingDown));
                 }
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    return Err(SubmitError::Overloaded(sender_pool_name(&sender)));
+                Err(mpsc::error::TrySendError::Full(job)) => {
+                    return Err(SubmitError::Overloaded(job.command.pool.to_string()));
                 }
                 Err(mpsc::error::TrySendError::Closed(job)) => {
                     // The pool task retired (its pool was never declared); start a new one.
@@ -646,26 +654,15 @@ impl Ledger {
 }
 
 fn actor_event_id(event: &ActorEvent) -> [u8; 16] {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"allot-actor-event-id-v1\n");
-    for part in [
-        event.actor.as_str(),
-        event.by.as_str(),
-        event.token.as_str(),
-    ] {
-        hasher.update(&(part.len() as u64).to_le_bytes());
-        hasher.update(part.as_bytes());
-    }
-    hasher.update(&event.at.0.to_le_bytes());
-    let mut id = [0u8; 16];
-    id.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
-    id[6] = (id[6] & 0x0f) | 0x80;
-    id[8] = (id[8] & 0x3f) | 0x80;
-    id
-}
-
-fn sender_pool_name(_sender: &mpsc::Sender<Job>) -> String {
-    "pool queue".to_owned()
+    derived_id(
+        b"allot-actor-event-id-v1\n",
+        [
+            event.actor.as_str(),
+            event.by.as_str(),
+            event.token.as_str(),
+        ],
+        event.at.0,
+    )
 }
 
 /// Decodes a pool event record.
