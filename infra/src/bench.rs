@@ -180,26 +180,22 @@ async fn timed(ledger: &Ledger, command: Command, samples: &mut Samples) -> Opti
     }
 }
 
-/// (a) `uniform`: many pools, each client reserves in a random pool then confirms or cancels.
-pub async fn uniform(
-    store: Arc<dyn EventStore>,
-    pools: usize,
+/// `clients` tasks, each looping for `duration`: reserve in a random pool of `pools`, then
+/// confirm or cancel what it got. Returns every client's samples and the time taken.
+async fn run_clients(
+    ledger: &Ledger,
+    pools: Vec<PoolId>,
     clients: usize,
     duration: Duration,
     seed: u64,
-) -> Result<BenchResult, String> {
-    let ledger = open(store).await?;
-    let pool_ids: Vec<PoolId> = (0..pools).map(|i| PoolId::new(format!("u{i}"))).collect();
-    for pool in &pool_ids {
-        declare(&ledger, pool, 1_000_000_000, None).await?;
-    }
-    let pool_ids = Arc::new(pool_ids);
+) -> Result<(Vec<Samples>, Duration), String> {
+    let pools = Arc::new(pools);
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
     for client in 0..clients {
         let ledger = ledger.clone();
-        let pool_ids = Arc::clone(&pool_ids);
+        let pools = Arc::clone(&pools);
         let stop = Arc::clone(&stop);
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ client as u64);
@@ -207,11 +203,11 @@ pub async fn uniform(
             let mut samples = Samples::default();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let pool = &pool_ids[rng.gen_range(0..pool_ids.len())];
+                let pool = &pools[rng.gen_range(0..pools.len())];
                 let now = SystemClock.now();
                 let reserve = Action::Reserve {
-                    resource: "unit".into(),
-                    requester: format!("r{client}"),
+                    resource: "seat".into(),
+                    requester: format!("requester{client}"),
                     duration_ms: 600_000,
                     count: 1,
                 };
@@ -251,7 +247,23 @@ pub async fn uniform(
     for task in tasks {
         samples.push(task.await.map_err(|e| e.to_string())?);
     }
-    let elapsed = started.elapsed();
+    Ok((samples, started.elapsed()))
+}
+
+/// (a) `uniform`: many pools, each client reserves in a random pool then confirms or cancels.
+pub async fn uniform(
+    store: Arc<dyn EventStore>,
+    pools: usize,
+    clients: usize,
+    duration: Duration,
+    seed: u64,
+) -> Result<BenchResult, String> {
+    let ledger = open(store).await?;
+    let pool_ids: Vec<PoolId> = (0..pools).map(|i| PoolId::new(format!("u{i}"))).collect();
+    for pool in &pool_ids {
+        declare(&ledger, pool, 1_000_000_000, None).await?;
+    }
+    let (samples, elapsed) = run_clients(&ledger, pool_ids, clients, duration, seed).await?;
     let (_, oversold) = crate::demo::coherence(ledger.projections());
     ledger.close().await;
     Ok(result(
@@ -276,63 +288,8 @@ pub async fn hot_pool(
     let pool = PoolId::new("hot");
     let cutoff = Timestamp(SystemClock.now().0 + duration.as_millis() as u64);
     declare(&ledger, &pool, seats, Some(cutoff)).await?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(clients);
-    for client in 0..clients {
-        let ledger = ledger.clone();
-        let pool = pool.clone();
-        let stop = Arc::clone(&stop);
-        tasks.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed ^ client as u64);
-            let actor = ActorId::new(format!("client{client}"));
-            let mut samples = Samples::default();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let now = SystemClock.now();
-                let reserve = Action::Reserve {
-                    resource: "seat".into(),
-                    requester: format!("student{client}"),
-                    duration_ms: 600_000,
-                    count: 1,
-                };
-                n += 1;
-                let outcome = timed(
-                    &ledger,
-                    command(&pool, &actor, format!("{n}"), reserve, now),
-                    &mut samples,
-                )
-                .await;
-                let Some(Outcome::Reserved { reservation, .. }) = outcome else {
-                    continue;
-                };
-                let follow = if rng.gen_bool(0.5) {
-                    Action::ConfirmReservation {
-                        reservation: reservation.seq,
-                    }
-                } else {
-                    Action::CancelReservation {
-                        reservation: reservation.seq,
-                    }
-                };
-                n += 1;
-                timed(
-                    &ledger,
-                    command(&pool, &actor, format!("{n}"), follow, now),
-                    &mut samples,
-                )
-                .await;
-            }
-            samples
-        }));
-    }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut samples = Vec::new();
-    for task in tasks {
-        samples.push(task.await.map_err(|e| e.to_string())?);
-    }
-    let elapsed = started.elapsed();
+    let (samples, elapsed) =
+        run_clients(&ledger, vec![pool.clone()], clients, duration, seed).await?;
     let (incoherent, oversold) = crate::demo::coherence(ledger.projections());
     let count = ledger.projections().counts.get(&pool).unwrap_or_default();
     ledger.close().await;
