@@ -68,19 +68,40 @@ pub struct Checkpoint {
     pub projections: Snapshot,
 }
 
+/// First bytes of a binary checkpoint; a checkpoint starting with `{` is read as JSON (the
+/// first format, still accepted).
+const CHECKPOINT_MAGIC: &[u8; 8] = b"ALLOTCP1";
+
 impl Checkpoint {
-    /// The checkpoint as JSON bytes (what the binary writes to its checkpoint file).
+    /// The checkpoint as bytes (what the binary writes to its checkpoint file): a magic, then
+    /// bincode 2 over the serde shape, several times faster to load than JSON at millions of
+    /// reservations.
     pub fn to_bytes(&self) -> Result<Vec<u8>, RebuildError> {
-        serde_json::to_vec(self)
-            .map_err(|error| RebuildError::CheckpointMalformed(error.to_string()))
+        let mut out = CHECKPOINT_MAGIC.to_vec();
+        bincode::serde::encode_into_std_write(self, &mut out, bincode::config::standard())
+            .map_err(|error| RebuildError::CheckpointMalformed(error.to_string()))?;
+        Ok(out)
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Checkpoint, RebuildError> {
         if bytes.len() > CHECKPOINT_BYTES_MAX {
             return Err(RebuildError::CheckpointTooLarge(bytes.len()));
         }
-        let checkpoint: Checkpoint = serde_json::from_slice(bytes)
-            .map_err(|error| RebuildError::CheckpointMalformed(error.to_string()))?;
+        let checkpoint: Checkpoint = if let Some(body) = bytes.strip_prefix(CHECKPOINT_MAGIC) {
+            let config = bincode::config::standard().with_limit::<CHECKPOINT_BYTES_MAX>();
+            let (checkpoint, read) = bincode::serde::decode_from_slice(body, config)
+                .map_err(|error| RebuildError::CheckpointMalformed(error.to_string()))?;
+            if read != body.len() {
+                return Err(RebuildError::CheckpointMalformed(format!(
+                    "{} trailing bytes",
+                    body.len() - read
+                )));
+            }
+            checkpoint
+        } else {
+            serde_json::from_slice(bytes)
+                .map_err(|error| RebuildError::CheckpointMalformed(error.to_string()))?
+        };
         if checkpoint.format_version != CHECKPOINT_FORMAT_VERSION {
             return Err(RebuildError::CheckpointFormat {
                 found: checkpoint.format_version,
@@ -262,5 +283,26 @@ impl Rebuild {
     /// The rebuilt state: projections, pool aggregates and the actor registry.
     pub fn into_parts(self) -> (Projections, HashMap<PoolId, Pool>, ActorRegistry) {
         (self.projections, self.pools, self.actors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_read_back_in_both_formats() {
+        let checkpoint = Rebuild::default().checkpoint();
+        let binary = checkpoint.to_bytes().expect("encode");
+        assert!(binary.starts_with(CHECKPOINT_MAGIC));
+        assert_eq!(Checkpoint::from_bytes(&binary), Ok(checkpoint.clone()));
+        let json = serde_json::to_vec(&checkpoint).expect("json");
+        assert_eq!(Checkpoint::from_bytes(&json), Ok(checkpoint));
+        let mut damaged = binary;
+        damaged.truncate(damaged.len() - 1);
+        assert!(matches!(
+            Checkpoint::from_bytes(&damaged),
+            Err(RebuildError::CheckpointMalformed(_))
+        ));
     }
 }
