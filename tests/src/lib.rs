@@ -13,5 +13,6 @@
 //!   (against a reference model), `tests/store_durability.rs` (kill -9, torn tails, corruption).
 
 pub mod esdb_server;
+pub mod seeded;
 pub mod sim;
 pub mod store_conformance;

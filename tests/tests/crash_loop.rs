@@ -42,6 +42,7 @@ use allot_domain::{Action, ActorId, PoolId, ReservationId, Role};
 use allot_infra::client::{Answer, Client};
 use allot_infra::identity::KeyFile;
 use allot_process::{Server, locate_allot, reader};
+use allot_tests::seeded::Rng;
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 
@@ -58,27 +59,6 @@ const OLDER_REPLAYS_PER_ROUND: usize = 64;
 const POOLS: [(&str, u64); 3] = [("crash-a", 1_000_000), ("crash-b", 1_000_000), ("tight", 3)];
 /// Attempts to resolve a pending command that keeps answering 503.
 const RESOLVE_ATTEMPTS_MAX: u32 = 50;
-
-/// splitmix64: deterministic kill moments and load choices from one seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn between(&mut self, low: u64, high: u64) -> u64 {
-        low + self.below(high - low + 1)
-    }
-}
 
 /// What we believe about a reservation from acknowledged answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use allot_infra::store::embedded::{BATCH_HEADER_BYTES, EmbeddedStore, LOG_FILE_NAME};
 use allot_infra::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError};
+use allot_tests::seeded::Rng;
 
 /// Kill/reopen rounds in the crash test, on one growing data directory.
 const KILL_ROUNDS: u64 = 20;
@@ -18,23 +19,6 @@ const KILL_SEED: u64 = 0x5eed_a110;
 /// descriptors until its exec, the directory lock of another test's open store included, so a
 /// reopen in that window would see `Locked`.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// splitmix64: a tiny deterministic generator, enough to vary kill points.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 fn event(payload: &str) -> ProposedEvent {
     ProposedEvent {

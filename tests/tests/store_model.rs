@@ -9,27 +9,11 @@ use allot_infra::store::embedded::{EmbeddedStore, SNAPSHOT_FILE_NAME};
 use allot_infra::store::{
     ActualVersion, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
 };
+use allot_tests::seeded::Rng;
 
 const SEEDS: u64 = 10;
 const STEPS: usize = 150;
 const STREAMS: [&str; 4] = ["pool-a", "pool-b", "pool-c", "actors"];
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// What the store must hold: every event in position order.
 #[derive(Default)]

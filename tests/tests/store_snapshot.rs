@@ -14,6 +14,7 @@ use allot_infra::store::embedded::{
     SNAPSHOT_TEMP_FILE_NAME,
 };
 use allot_infra::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError};
+use allot_tests::seeded::Rng;
 
 const STREAMS: [&str; 5] = ["pool-a", "pool-b", "pool-c", "actors", "p"];
 /// Environment variable that turns `snapshot_writer_child` into the killed child process.
@@ -24,23 +25,6 @@ const KILL_SEED: u64 = 0x5a9_5407;
 /// One test at a time: a child spawned by the kill test holds copies of this process's
 /// descriptors (another test's directory lock included) until it execs.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// splitmix64.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// Appends `count` appends one at a time (one batch each) to random streams; returns the log
 /// length after each append (so `lengths[i]..lengths[i + 1]` is append `i + 1`'s batch).

@@ -35,6 +35,7 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 
 use allot_process::{Server, locate_allot};
+use allot_tests::seeded::Rng;
 
 /// The shortest window the HTTP API accepts (twice the signature skew).
 const WINDOW_MS: u64 = 240_000;
@@ -83,23 +84,6 @@ fn parse_options() -> Result<Options, String> {
         return Err("--minutes, --rate and --pools must be positive".to_owned());
     }
     Ok(options)
-}
-
-/// splitmix64, enough to vary the load.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// A command that was answered, kept to be retried.
