@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use allot_domain::{
     ActorEvent, Command, Decision, Event, Outcome, Pool, PoolId, Rejection, codec, decide, evolve,
@@ -99,8 +98,8 @@ struct Shared {
     actors: Arc<ActorDirectory>,
     metrics: Arc<Metrics>,
     pools: DashMap<PoolId, mpsc::Sender<Job>>,
-    /// Serializes appends to the `actors` stream and remembers its version.
-    actors_version: Mutex<Option<u64>>,
+    /// Serializes appends to the `actors` stream (its version is the directory's).
+    actor_appends: Mutex<()>,
     /// Woken after a hold is placed, so the sweeper can re-plan its next wake-up.
     holds_placed: Notify,
     accepting: AtomicBool,
@@ -164,7 +163,6 @@ impl Ledger {
         metrics: Arc<Metrics>,
     ) -> Result<Ledger, LoadError> {
         let actors = Arc::new(ActorDirectory::default());
-        let mut actors_version = None;
         let mut from = 0;
         loop {
             let page = store
@@ -173,7 +171,6 @@ impl Ledger {
             for recorded in &page {
                 let event = decode_actor(recorded)?;
                 actors.apply(recorded.version, &event);
-                actors_version = Some(recorded.version);
             }
             if page.len() < READ_PAGE_EVENTS {
                 break;
@@ -203,7 +200,7 @@ impl Ledger {
                 actors,
                 metrics,
                 pools: DashMap::new(),
-                actors_version: Mutex::new(actors_version),
+                actor_appends: Mutex::new(()),
                 holds_placed: Notify::new(),
                 accepting: AtomicBool::new(true),
                 tasks: std::sync::Mutex::new(JoinSet::new()),
@@ -590,7 +587,7 @@ impl Ledger {
     /// admin's token was already used within its window: the same change replays (returns
     /// `Ok(true)`, nothing appended), another change is `token-collision`.
     pub async fn record_actor_event(&self, event: ActorEvent) -> Result<bool, SubmitError> {
-        let mut version = self.shared.actors_version.lock().await;
+        let _serialized = self.shared.actor_appends.lock().await;
         for _ in 0..CONFLICT_RETRIES_MAX {
             // Checked under the lock, after folding other instances' events, so two identical
             // requests cannot both append.
@@ -606,8 +603,8 @@ impl Ledger {
                     .to_owned(),
                 }));
             }
-            // The directory may be ahead of `version` (a follower applied another instance's
-            // registration): it is the truth.
+            // The directory's version is the truth: a follower may have applied another
+            // instance's registration.
             let expected = match self.shared.actors.next_version().checked_sub(1) {
                 None => ExpectedVersion::NoStream,
                 Some(v) => ExpectedVersion::Exact(v),
@@ -624,7 +621,6 @@ impl Ledger {
                 .await
             {
                 Ok(appended) => {
-                    *version = Some(appended.last_version);
                     self.shared.actors.apply(appended.last_version, &event);
                     return Ok(false);
                 }
@@ -641,7 +637,6 @@ impl Ledger {
                         let other = decode_actor(recorded)
                             .map_err(|e| SubmitError::Recording(e.to_string()))?;
                         self.shared.actors.apply(recorded.version, &other);
-                        *version = Some(recorded.version);
                     }
                 }
                 Err(error) => return Err(SubmitError::Recording(error.to_string())),
@@ -694,9 +689,4 @@ fn send_replies(batch: Vec<Job>, replies: Vec<Result<Reply, SubmitError>>) {
         // The caller may have gone away (timeout, disconnect); the outcome is recorded anyway.
         let _ = job.reply.send(reply);
     }
-}
-
-/// Measures a command from receipt to answer.
-pub fn elapsed_seconds(started: Instant) -> f64 {
-    started.elapsed().as_secs_f64()
 }

@@ -743,6 +743,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Command::Bench { scenario } => {
             let temp = tempfile::tempdir().map_err(|e| e.to_string())?;
+            let dir_or_temp =
+                |data: Option<PathBuf>| data.unwrap_or_else(|| temp.path().to_owned());
             let result = match scenario {
                 BenchScenario::Uniform {
                     pools,
@@ -752,7 +754,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     seed,
                     in_memory,
                 } => {
-                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let dir = dir_or_temp(data);
                     let store = bench::store(&dir, in_memory).await?;
                     bench::uniform(store, pools, clients, Duration::from_secs(seconds), seed)
                         .await?
@@ -765,7 +767,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     seed,
                     in_memory,
                 } => {
-                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let dir = dir_or_temp(data);
                     let store = bench::store(&dir, in_memory).await?;
                     bench::hot_pool(store, seats, clients, Duration::from_secs(seconds), seed)
                         .await?
@@ -776,7 +778,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     seconds,
                     data,
                 } => {
-                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let dir = dir_or_temp(data);
                     bench::http(&dir, pools, async |server, key: PathBuf| {
                         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
                         let output = tokio::process::Command::new(exe)
@@ -818,14 +820,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 BenchScenario::Replay { events, data } => {
-                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let dir = dir_or_temp(data);
                     let result = bench::replay(&dir, events).await?;
                     println!("{result}");
                     println!("{}", serde_json::to_string(&result).unwrap_or_default());
                     return Ok(ExitCode::SUCCESS);
                 }
                 BenchScenario::Memory { count, data } => {
-                    let dir = data.unwrap_or_else(|| temp.path().to_owned());
+                    let dir = dir_or_temp(data);
                     let store = bench::store(&dir, false).await?;
                     let result = bench::memory(store, count).await?;
                     println!("{result}");
