@@ -6,6 +6,7 @@
 //! shape here as `v1` types, bump [`SCHEMA_VERSION`] and upcast on decode.
 
 use crate::actor::ActorEvent;
+use crate::command::Action;
 use crate::event::Event;
 
 /// Schema of newly written pool and actor events.
@@ -73,4 +74,101 @@ pub fn encode_actor_event(event: &ActorEvent) -> Vec<u8> {
 
 pub fn decode_actor_event(bytes: &[u8]) -> Result<ActorEvent, CodecError> {
     decode(bytes)
+}
+
+/// The pool id of an encoded pool event, read without decoding the rest (it is the event's
+/// first field). Replay uses it to route events to workers before decoding them; a payload whose
+/// pool cannot be read also fails [`decode_event`].
+pub fn peek_pool(bytes: &[u8]) -> Result<&str, CodecError> {
+    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
+    if version != SCHEMA_VERSION {
+        return Err(CodecError::UnknownSchema(version));
+    }
+    let (pool, _): (&str, usize) = bincode::borrow_decode_from_slice(body, config())
+        .map_err(|error| CodecError::Malformed(error.to_string()))?;
+    Ok(pool)
+}
+
+/// Decodes a pool event into `event`, reusing the buffers of its strings and signature: a
+/// replay decoding millions of events into one value allocates nothing per event. The result
+/// equals [`decode_event`]'s, error included (any payload this path does not take is decoded by
+/// [`decode_event`]); on an error `event` holds some mix of old and new fields.
+pub fn decode_event_into(bytes: &[u8], event: &mut Event) -> Result<(), CodecError> {
+    if bytes.len() <= DECODE_BYTES_MAX && decode_in_place(bytes, event).is_some() {
+        return Ok(());
+    }
+    *event = decode_event(bytes)?;
+    Ok(())
+}
+
+/// Variant index of `Action::Reserve` in the encoding (bincode numbers variants in declaration
+/// order; the golden bytes in `tests/codec.rs` freeze it).
+const RESERVE_VARIANT: u32 = 3;
+
+/// The fields of `Event`, in declaration order (the derived encoding's order); `None` for
+/// anything unexpected, which [`decode_event_into`] leaves to [`decode_event`].
+fn decode_in_place(bytes: &[u8], event: &mut Event) -> Option<()> {
+    let (&version, mut rest) = bytes.split_first()?;
+    if version != SCHEMA_VERSION {
+        return None;
+    }
+    copy_str(&mut rest, &mut event.pool.0)?;
+    event.at = field(&mut rest)?;
+    copy_str(&mut rest, &mut event.actor.0)?;
+    event.attestation.signed_at = field(&mut rest)?;
+    let signature: &[u8] = borrowed(&mut rest)?;
+    event.attestation.signature.clear();
+    event.attestation.signature.extend_from_slice(signature);
+    copy_str(&mut rest, &mut event.token.0)?;
+    event.digest = field(&mut rest)?;
+    decode_action(&mut rest, &mut event.action)?;
+    event.allocated_before = field(&mut rest)?;
+    event.allocated_after = field(&mut rest)?;
+    event.prior_state = field(&mut rest)?;
+    event.new_state = field(&mut rest)?;
+    event.change = field(&mut rest)?;
+    rest.is_empty().then_some(())
+}
+
+/// Reserve (nearly every other event) reuses its two strings; other actions decode whole.
+fn decode_action(rest: &mut &[u8], action: &mut Action) -> Option<()> {
+    let (variant, read): (u32, usize) = bincode::decode_from_slice(rest, config()).ok()?;
+    if let (
+        RESERVE_VARIANT,
+        Action::Reserve {
+            resource,
+            requester,
+            duration_ms,
+            count,
+        },
+    ) = (variant, &mut *action)
+    {
+        *rest = rest.get(read..)?;
+        copy_str(rest, resource)?;
+        copy_str(rest, requester)?;
+        *duration_ms = field(rest)?;
+        *count = field(rest)?;
+    } else {
+        *action = field(rest)?;
+    }
+    Some(())
+}
+
+fn field<T: bincode::Decode<()>>(rest: &mut &[u8]) -> Option<T> {
+    let (value, read) = bincode::decode_from_slice(rest, config()).ok()?;
+    *rest = rest.get(read..)?;
+    Some(value)
+}
+
+fn borrowed<'a, T: bincode::BorrowDecode<'a, ()>>(rest: &mut &'a [u8]) -> Option<T> {
+    let (value, read) = bincode::borrow_decode_from_slice(rest, config()).ok()?;
+    *rest = rest.get(read..)?;
+    Some(value)
+}
+
+fn copy_str(rest: &mut &[u8], into: &mut String) -> Option<()> {
+    let text: &str = borrowed(rest)?;
+    into.clear();
+    into.push_str(text);
+    Some(())
 }

@@ -51,6 +51,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use allot_domain::codec;
 use allot_domain::{
     Action, ActorChange, ActorEvent, ActorId, ActorKey, ActorRegistry, Change, Event, Pool, PoolId,
     ReservationId, ReservationState, Role, Timestamp, evolve, signing,
@@ -298,6 +299,8 @@ struct TokenUse {
 #[derive(Debug)]
 struct PoolAudit {
     stream: String,
+    /// Ordinal of the stream's first record in the whole log (orders pools across partitions).
+    first_ordinal: u64,
     pool: PoolId,
     next_version: u64,
     last_allocated_after: u64,
@@ -465,6 +468,23 @@ pub struct Audit {
     last_key: Option<(ActorId, Option<ActorKey>)>,
     /// Keep only violations of this check (forensics reuse the audit's reconstruction).
     keep_only: Option<Check>,
+    /// Ordinal (0-based, in the whole log) of the record being observed.
+    ordinal: u64,
+    /// The ordinal of each kept violation's record, so partitions merge in log order.
+    violation_ordinals: Vec<u64>,
+    /// Whether this audit sees the whole log or one partition of it.
+    scope: Scope,
+}
+
+/// What part of the log an [`Audit`] observes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Whole,
+    /// Some pool streams and every actor event; the primary partition checks and counts the
+    /// actor events, the others only follow the actor registry.
+    Partition {
+        primary: bool,
+    },
 }
 
 impl Default for Audit {
@@ -497,6 +517,9 @@ impl Audit {
             key_buffer: Vec::new(),
             last_key: None,
             keep_only: None,
+            ordinal: 0,
+            violation_ordinals: Vec::new(),
+            scope: Scope::Whole,
         }
     }
 
@@ -527,9 +550,22 @@ impl Audit {
     }
 
     pub fn observe(&mut self, recorded: &Recorded) {
+        self.ordinal = self.events;
         match recorded {
-            Recorded::Pool(pool) => self.observe_pool(pool),
-            Recorded::Actor(actor) => self.observe_actor(actor),
+            Recorded::Pool(pool) => {
+                let mut findings = Findings::default();
+                if let Some(problem) = self.check_position(pool.position) {
+                    findings.add(Check::ContiguousVersions, problem);
+                }
+                self.observe_pool(pool, findings);
+            }
+            Recorded::Actor(actor) => {
+                let mut findings = Findings::default();
+                if let Some(problem) = self.check_position(actor.position) {
+                    findings.add(Check::ContiguousVersions, problem);
+                }
+                self.observe_actor(actor, findings);
+            }
         }
         self.collect_ready();
     }
@@ -540,6 +576,7 @@ impl Audit {
             && self.violations.len() < self.options.violations_max
         {
             self.violations.push(violation);
+            self.violation_ordinals.push(self.ordinal);
         }
     }
 
@@ -557,79 +594,85 @@ impl Audit {
     }
 
     fn check_position(&mut self, position: u64) -> Option<String> {
-        let problem = match self.last_position {
-            Some(last) if position <= last => Some(format!(
-                "position {position} does not increase (previous {last})"
-            )),
-            _ => None,
-        };
-        self.last_position = Some(self.last_position.map_or(position, |l| l.max(position)));
-        problem
+        position_problem(&mut self.last_position, position)
     }
 
-    fn observe_pool(&mut self, recorded: &RecordedPoolEvent) {
-        self.events += 1;
-        self.pool_events += 1;
-        let event = &recorded.event;
-        let mut findings = Findings::default();
+    /// Observes a pool event; `findings` already holds what was found about its position.
+    fn observe_pool(&mut self, recorded: &RecordedPoolEvent, mut findings: Findings) {
+        let index = match self.known_stream(&recorded.stream) {
+            Some(index) => index,
+            None => {
+                if self.scope == Scope::Whole {
+                    let first = self
+                        .pool_streams
+                        .get(&recorded.event.pool)
+                        .and_then(|other| self.pools.get(*other))
+                        .map(|other| other.stream.as_str());
+                    match first {
+                        Some(other) => findings.add(
+                            Check::StateTransition,
+                            pool_claimed(recorded.event.pool.as_str(), other),
+                        ),
+                        None => {
+                            self.pool_streams
+                                .insert(recorded.event.pool.clone(), self.pools.len());
+                        }
+                    }
+                }
+                self.add_stream(recorded)
+            }
+        };
+        self.observe_pool_at(index, recorded, findings);
+    }
 
-        if let Some(problem) = self.check_position(recorded.position) {
-            findings.add(Check::ContiguousVersions, problem);
-        }
-        // Pool events come in runs of one stream: try the last one before hashing the name.
-        let known = self
-            .last_stream
+    /// The index of `stream` in `pools`, if it was seen. Pool events come in runs of one
+    /// stream: try the last one before hashing the name.
+    fn known_stream(&self, stream: &str) -> Option<usize> {
+        self.last_stream
             .filter(|last| {
                 self.pools
                     .get(*last)
-                    .is_some_and(|pool| pool.stream == recorded.stream)
+                    .is_some_and(|pool| pool.stream == stream)
             })
-            .or_else(|| self.streams.get(recorded.stream.as_str()).copied());
-        let index = match known {
-            Some(index) => index,
-            None => {
-                if let Some(other) = self
-                    .pool_streams
-                    .get(&event.pool)
-                    .and_then(|other| self.pools.get(*other))
-                {
-                    findings.add(
-                        Check::StateTransition,
-                        format!(
-                            "pool {} already has its events in stream {}",
-                            event.pool, other.stream
-                        ),
-                    );
-                } else {
-                    self.pool_streams
-                        .insert(event.pool.clone(), self.pools.len());
-                }
-                self.streams
-                    .insert(recorded.stream.clone(), self.pools.len());
-                self.pools.push(PoolAudit {
-                    stream: recorded.stream.clone(),
-                    pool: event.pool.clone(),
-                    next_version: 0,
-                    last_allocated_after: 0,
-                    last_at: Timestamp(0),
-                    declared: false,
-                    capacity: 0,
-                    window_ms: 0,
-                    held_units: 0,
-                    confirmed_units: 0,
-                    reservations: Vec::new(),
-                    out_of_sequence: FastMap::default(),
-                    tokens: FastMap::default(),
-                    token_order: VecDeque::new(),
-                    token_bytes: VecDeque::new(),
-                    forget_key: Vec::new(),
-                    spare_keys: Vec::new(),
-                    fold: self.options.check_fold.then(Pool::default),
-                });
-                self.pools.len() - 1
-            }
-        };
+            .or_else(|| self.streams.get(stream).copied())
+    }
 
+    fn add_stream(&mut self, recorded: &RecordedPoolEvent) -> usize {
+        self.streams
+            .insert(recorded.stream.clone(), self.pools.len());
+        self.pools.push(PoolAudit {
+            stream: recorded.stream.clone(),
+            first_ordinal: self.ordinal,
+            pool: recorded.event.pool.clone(),
+            next_version: 0,
+            last_allocated_after: 0,
+            last_at: Timestamp(0),
+            declared: false,
+            capacity: 0,
+            window_ms: 0,
+            held_units: 0,
+            confirmed_units: 0,
+            reservations: Vec::new(),
+            out_of_sequence: FastMap::default(),
+            tokens: FastMap::default(),
+            token_order: VecDeque::new(),
+            token_bytes: VecDeque::new(),
+            forget_key: Vec::new(),
+            spare_keys: Vec::new(),
+            fold: self.options.check_fold.then(Pool::default),
+        });
+        self.pools.len() - 1
+    }
+
+    fn observe_pool_at(
+        &mut self,
+        index: usize,
+        recorded: &RecordedPoolEvent,
+        mut findings: Findings,
+    ) {
+        self.events += 1;
+        self.pool_events += 1;
+        let event = &recorded.event;
         self.last_stream = Some(index);
         self.check_attribution(recorded, &mut findings);
 
@@ -850,14 +893,10 @@ impl Audit {
         }
     }
 
-    fn observe_actor(&mut self, recorded: &RecordedActorEvent) {
+    fn observe_actor(&mut self, recorded: &RecordedActorEvent, mut findings: Findings) {
         self.events += 1;
         self.actor_events += 1;
         let event = &recorded.event;
-        let mut findings = Findings::default();
-        if let Some(problem) = self.check_position(recorded.position) {
-            findings.add(Check::ContiguousVersions, problem);
-        }
         if recorded.version != self.actors_next_version {
             findings.add(
                 Check::ContiguousVersions,
@@ -970,6 +1009,16 @@ impl Audit {
             self.ready.extend(verifier.finish());
             self.collect_ready();
         }
+        for (_, violation) in self.stranded_slots() {
+            self.report(violation);
+        }
+        let totals = Totals::of(&self);
+        totals.report(self.options, self.counts, self.violations)
+    }
+
+    /// Every stranded slot, with the ordinal of its pool stream's first record, in the order
+    /// pools were first seen.
+    fn stranded_slots(&self) -> Vec<(u64, Violation)> {
         let mut stranded = Vec::new();
         for pool in &self.pools {
             let all = pool
@@ -980,50 +1029,360 @@ impl Audit {
                 .chain(pool.out_of_sequence.iter().map(|(seq, r)| (*seq, r)));
             for (seq, reservation) in all {
                 if !reservation.state.holds_slot() && !reservation.slot_released {
-                    stranded.push(Violation {
-                        check: Check::StrandedSlot,
-                        pool: Some(pool.pool.clone()),
-                        reservation: Some(ReservationId {
-                            pool: pool.pool.clone(),
-                            seq,
-                        }),
-                        stream: pool.stream.clone(),
-                        version: reservation.terminal_version,
-                        position: reservation.terminal_position,
-                        detail: format!(
-                            "{} without a release of its {} unit(s) in the pool arithmetic",
-                            reservation.state, reservation.count
-                        ),
-                    });
+                    stranded.push((
+                        pool.first_ordinal,
+                        Violation {
+                            check: Check::StrandedSlot,
+                            pool: Some(pool.pool.clone()),
+                            reservation: Some(ReservationId {
+                                pool: pool.pool.clone(),
+                                seq,
+                            }),
+                            stream: pool.stream.clone(),
+                            version: reservation.terminal_version,
+                            position: reservation.terminal_position,
+                            detail: format!(
+                                "{} without a release of its {} unit(s) in the pool arithmetic",
+                                reservation.state, reservation.count
+                            ),
+                        },
+                    ));
                 }
             }
         }
-        for violation in stranded {
-            self.report(violation);
+        stranded
+    }
+
+    /// An audit split into `count` partitions of the log's pool streams, for a caller that
+    /// folds them on several threads. Route every record with one [`AuditRouter`] of as many
+    /// partitions, feed each partition, in log order, the records routed to it
+    /// ([`Routed::is_for`]) with [`Audit::observe_routed`], then merge them with
+    /// [`Audit::finish_partitions`]: the report is the one a single [`Audit`] makes of the log.
+    ///
+    /// Signatures are not verified (`verify_signatures` is ignored): the verifier's results
+    /// arrive out of log order, and it already spreads its work over the cores.
+    pub fn partitions(options: AuditOptions, count: usize) -> Vec<Audit> {
+        let options = AuditOptions {
+            verify_signatures: false,
+            ..options
+        };
+        (0..count.max(1))
+            .map(|index| Audit {
+                scope: Scope::Partition {
+                    primary: index == 0,
+                },
+                ..Audit::new(options)
+            })
+            .collect()
+    }
+
+    /// Observes a record routed to this partition (see [`Audit::partitions`]).
+    pub fn observe_routed(&mut self, recorded: &Recorded, routed: &Routed) {
+        self.ordinal = routed.ordinal;
+        let mut findings = Findings::default();
+        if let Some(problem) = &routed.position_problem {
+            findings.add(Check::ContiguousVersions, problem.clone());
         }
-        self.violations.sort_by_key(|v| (v.position, v.check));
-        let kept = self.violations.len() as u64;
+        match recorded {
+            Recorded::Pool(pool) => {
+                if let Some(claimed) = &routed.pool_claimed {
+                    findings.add(Check::StateTransition, claimed.clone());
+                }
+                self.observe_pool(pool, findings);
+            }
+            // Every partition follows the actor registry (attribution needs it as of each pool
+            // event); only the primary one checks and counts actor events.
+            Recorded::Actor(actor) => match self.scope {
+                Scope::Partition { primary: false } => {
+                    self.actors.apply(&actor.event);
+                    self.last_key = None;
+                }
+                Scope::Whole | Scope::Partition { primary: true } => {
+                    self.observe_actor(actor, findings);
+                }
+            },
+        }
+        self.collect_ready();
+    }
+
+    /// Merges the partitions of [`Audit::partitions`] into the report one audit of the whole
+    /// log makes: the same counts, and the same violations kept, in the same order.
+    pub fn finish_partitions(partitions: Vec<Audit>) -> AuditReport {
+        Audit::merge_partitions(partitions.into_iter().map(Audit::end_partition).collect())
+    }
+
+    /// Ends one partition: what [`Audit::merge_partitions`] needs of it, without its state
+    /// (so each worker frees its own state, in parallel).
+    pub fn end_partition(mut self) -> PartitionEnd {
+        if let Some(verifier) = self.verifier.take() {
+            self.ready.extend(verifier.finish());
+            self.collect_ready();
+        }
+        PartitionEnd {
+            options: self.options,
+            totals: Totals::of(&self),
+            counts: self.counts,
+            stranded: self.stranded_slots(),
+            found: std::mem::take(&mut self.violation_ordinals)
+                .into_iter()
+                .zip(std::mem::take(&mut self.violations))
+                .collect(),
+        }
+    }
+
+    /// The report of the ended partitions of [`Audit::partitions`], in partition order: the
+    /// report one audit of the whole log makes.
+    pub fn merge_partitions(partitions: Vec<PartitionEnd>) -> AuditReport {
+        let options = partitions
+            .first()
+            .map_or_else(AuditOptions::records_only, |first| first.options);
+        let mut totals = Totals::default();
+        let mut counts = [0u64; Check::ALL.len()];
+        // (ordinal, partition, index in partition): the order one audit would have found them.
+        let mut found = Vec::new();
+        let mut stranded = Vec::new();
+        for (index, partition) in partitions.into_iter().enumerate() {
+            stranded.extend(
+                partition
+                    .stranded
+                    .into_iter()
+                    .enumerate()
+                    .map(|(order, (ordinal, violation))| ((ordinal, order), violation)),
+            );
+            totals.add(&partition.totals);
+            for (count, more) in counts.iter_mut().zip(partition.counts) {
+                *count += more;
+            }
+            found.extend(
+                partition
+                    .found
+                    .into_iter()
+                    .enumerate()
+                    .map(|(order, (ordinal, violation))| ((ordinal, index, order), violation)),
+            );
+        }
+        found.sort_by_key(|(key, _)| *key);
+        let mut violations: Vec<Violation> = found
+            .into_iter()
+            .take(options.violations_max)
+            .map(|(_, violation)| violation)
+            .collect();
+        stranded.sort_by_key(|(key, _)| *key);
+        for (_, violation) in stranded {
+            counts[Check::StrandedSlot.index()] += 1;
+            if violations.len() < options.violations_max {
+                violations.push(violation);
+            }
+        }
+        totals.report(options, counts, violations)
+    }
+}
+
+/// What an ended partition of an audit contributes to the report.
+#[derive(Debug)]
+pub struct PartitionEnd {
+    options: AuditOptions,
+    totals: Totals,
+    counts: [u64; Check::ALL.len()],
+    /// Stranded slots, with the ordinal of their pool stream's first record.
+    stranded: Vec<(u64, Violation)>,
+    /// Kept violations, with the ordinal of their record.
+    found: Vec<(u64, Violation)>,
+}
+
+/// An audit's tallies besides violations.
+#[derive(Debug, Default, Clone, Copy)]
+struct Totals {
+    events: u64,
+    pool_events: u64,
+    actor_events: u64,
+    pools: u64,
+    reservations: u64,
+    signatures_verified: u64,
+}
+
+impl Totals {
+    fn of(audit: &Audit) -> Totals {
+        Totals {
+            events: audit.events,
+            pool_events: audit.pool_events,
+            actor_events: audit.actor_events,
+            pools: audit.pools.len() as u64,
+            reservations: audit.reservations,
+            signatures_verified: audit.signatures_verified,
+        }
+    }
+
+    fn add(&mut self, other: &Totals) {
+        self.events += other.events;
+        self.pool_events += other.pool_events;
+        self.actor_events += other.actor_events;
+        self.pools += other.pools;
+        self.reservations += other.reservations;
+        self.signatures_verified += other.signatures_verified;
+    }
+
+    /// The report of these totals and `violations` (the kept ones, in the order found).
+    fn report(
+        self,
+        options: AuditOptions,
+        counts: [u64; Check::ALL.len()],
+        mut violations: Vec<Violation>,
+    ) -> AuditReport {
+        violations.sort_by_key(|v| (v.position, v.check));
+        let kept = violations.len() as u64;
         let checks: Vec<CheckCount> = Check::ALL
             .iter()
             .map(|check| CheckCount {
                 check: *check,
-                violations: self.counts[check.index()],
+                violations: counts[check.index()],
             })
             .collect();
         let total: u64 = checks.iter().map(|c| c.violations).sum();
         AuditReport {
-            options: self.options,
+            options,
             events: self.events,
             pool_events: self.pool_events,
             actor_events: self.actor_events,
-            pools: self.pools.len() as u64,
+            pools: self.pools,
             reservations: self.reservations,
             signatures_verified: self.signatures_verified,
             checks,
-            violations: self.violations,
+            violations,
             violations_omitted: total.saturating_sub(kept),
         }
     }
+}
+
+/// Where a partitioned audit sends one record, and what the router found about it that a
+/// partition cannot see: the log's position order and the streams of other partitions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routed {
+    /// The record's ordinal in the log (0-based).
+    pub ordinal: u64,
+    /// The partition of a pool event; `None` for an actor event, which every partition observes.
+    pub partition: Option<usize>,
+    position_problem: Option<String>,
+    pool_claimed: Option<String>,
+}
+
+impl Routed {
+    /// Whether `partition` observes this record.
+    pub fn is_for(&self, partition: usize) -> bool {
+        self.partition.is_none_or(|own| own == partition)
+    }
+}
+
+/// Routes the records of a log, in order, to the partitions of [`Audit::partitions`]: each pool
+/// stream to one partition (streams are dealt out in the order they first appear), actor
+/// events to all. It also does the audit's checks that span partitions.
+#[derive(Debug)]
+pub struct AuditRouter {
+    partitions: usize,
+    next_ordinal: u64,
+    next_partition: usize,
+    last_position: Option<u64>,
+    streams: FastMap<String, usize>,
+    /// The last pool event's stream and partition (pool events come in runs of one stream).
+    last_stream: Option<(String, usize)>,
+    /// Pool id → the first stream that recorded it.
+    pool_streams: FastMap<String, String>,
+}
+
+impl AuditRouter {
+    pub fn new(partitions: usize) -> AuditRouter {
+        AuditRouter {
+            partitions: partitions.max(1),
+            next_ordinal: 0,
+            next_partition: 0,
+            last_position: None,
+            streams: FastMap::default(),
+            last_stream: None,
+            pool_streams: FastMap::default(),
+        }
+    }
+
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    /// Routes the log's next record; `payload` (its stored bytes) is read only for the pool id
+    /// of a stream's first event.
+    pub fn route(&mut self, stream: &str, position: u64, payload: &[u8]) -> Routed {
+        let ordinal = self.next_ordinal;
+        self.next_ordinal += 1;
+        let position_problem = position_problem(&mut self.last_position, position);
+        if stream == ACTORS_STREAM {
+            return Routed {
+                ordinal,
+                partition: None,
+                position_problem,
+                pool_claimed: None,
+            };
+        }
+        if let Some((last, partition)) = &self.last_stream
+            && last == stream
+        {
+            return Routed {
+                ordinal,
+                partition: Some(*partition),
+                position_problem,
+                pool_claimed: None,
+            };
+        }
+        let (partition, pool_claimed) = match self.streams.get(stream) {
+            Some(partition) => (*partition, None),
+            None => {
+                let partition = self.next_partition;
+                self.next_partition = (partition + 1) % self.partitions;
+                self.streams.insert(stream.to_owned(), partition);
+                // A payload whose pool cannot be read does not decode either, which ends the
+                // audit before this record is observed.
+                let claimed = match codec::peek_pool(payload) {
+                    Ok(pool) => match self.pool_streams.get(pool) {
+                        Some(first) => Some(pool_claimed(pool, first)),
+                        None => {
+                            self.pool_streams.insert(pool.to_owned(), stream.to_owned());
+                            None
+                        }
+                    },
+                    Err(_) => None,
+                };
+                (partition, claimed)
+            }
+        };
+        match &mut self.last_stream {
+            Some((last, last_partition)) => {
+                last.clear();
+                last.push_str(stream);
+                *last_partition = partition;
+            }
+            None => self.last_stream = Some((stream.to_owned(), partition)),
+        }
+        Routed {
+            ordinal,
+            partition: Some(partition),
+            position_problem,
+            pool_claimed,
+        }
+    }
+}
+
+/// Notes `position` after `last`; says what is wrong if it does not increase.
+fn position_problem(last: &mut Option<u64>, position: u64) -> Option<String> {
+    let problem = match *last {
+        Some(previous) if position <= previous => Some(format!(
+            "position {position} does not increase (previous {previous})"
+        )),
+        _ => None,
+    };
+    *last = Some(last.map_or(position, |previous| previous.max(position)));
+    problem
+}
+
+/// A new stream's pool that an earlier stream already records.
+fn pool_claimed(pool: &str, first_stream: &str) -> String {
+    format!("pool {pool} already has its events in stream {first_stream}")
 }
 
 /// `(actor, token)` as one unambiguous key: the actor's length, then both.

@@ -34,7 +34,10 @@ pub mod html;
 pub mod rebuild;
 pub mod record;
 
-pub use audit::{Audit, AuditOptions, AuditReport, Check, CheckCount, VIOLATIONS_MAX, Violation};
+pub use audit::{
+    Audit, AuditOptions, AuditReport, AuditRouter, Check, CheckCount, PartitionEnd, Routed,
+    VIOLATIONS_MAX, Violation,
+};
 pub use forensics::{
     AsOf, AsOfQuery, CONTENTION_SECONDS_MAX, CapacityChange, Confirmation, ContentionQuery,
     ContentionSecond, ContentionWindow, DisputeQuery, DoubleBookingMoment, DoubleBookingView,

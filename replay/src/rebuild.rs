@@ -13,12 +13,13 @@
 //! the checkpoint's position.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use allot_domain::{ActorRegistry, Pool, PoolId, evolve};
 use allot_projections::{Applied, Projections, Snapshot};
 use serde::{Deserialize, Serialize};
 
-use crate::record::{Recorded, RecordedPoolEvent};
+use crate::record::{Recorded, RecordedActorEvent, RecordedPoolEvent};
 
 /// The checkpoint format this build writes and reads.
 pub const CHECKPOINT_FORMAT_VERSION: u32 = 1;
@@ -129,7 +130,8 @@ impl Default for RebuildOptions {
 #[derive(Debug)]
 pub struct Rebuild {
     options: RebuildOptions,
-    projections: Projections,
+    /// Shared with the workers of a partitioned rebuild ([`Rebuild::shared_projections`]).
+    projections: Arc<Projections>,
     pools: HashMap<PoolId, Pool>,
     actors: ActorRegistry,
     /// Projections already hold every event at or before this position.
@@ -149,7 +151,7 @@ impl Rebuild {
     pub fn new(options: RebuildOptions) -> Rebuild {
         Rebuild {
             options,
-            projections: Projections::new(),
+            projections: Arc::new(Projections::new()),
             pools: HashMap::new(),
             actors: ActorRegistry::default(),
             resume_after: None,
@@ -170,7 +172,7 @@ impl Rebuild {
             });
         }
         Ok(Rebuild {
-            projections: Projections::from_snapshot(&checkpoint.projections),
+            projections: Arc::new(Projections::from_snapshot(&checkpoint.projections)),
             resume_after: checkpoint.position,
             ..Rebuild::new(options)
         })
@@ -217,10 +219,47 @@ impl Rebuild {
     }
 
     fn project(&mut self, recorded: &RecordedPoolEvent) -> Result<(), RebuildError> {
-        match self
-            .projections
-            .apply(recorded.version, recorded.position, &recorded.event)
+        Rebuild::project_into(&self.projections, recorded)
+    }
+
+    /// The projections, for workers that apply pool events on other threads: a partitioned
+    /// rebuild. `None` when this rebuild folds pool aggregates (those stay on one thread).
+    ///
+    /// Projections take each pool's events in stream order and pools in any interleaving, so
+    /// the caller routes every event of one pool to one worker (e.g. by the pool id,
+    /// `allot_domain::codec::peek_pool`), hands every record's position to [`Rebuild::admit`]
+    /// and actor events to [`Rebuild::apply_actor`] in log order, and applies the pool events
+    /// [`Rebuild::admit`] accepts with [`Rebuild::project_into`].
+    pub fn shared_projections(&self) -> Option<Arc<Projections>> {
+        (!self.options.fold_pools).then(|| Arc::clone(&self.projections))
+    }
+
+    /// Checks that the record at `position` follows the last one and counts it (a partitioned
+    /// rebuild; see [`Rebuild::shared_projections`]). Returns whether a pool event there is
+    /// still to be projected (it is not when the checkpoint already holds it).
+    pub fn admit(&mut self, position: u64) -> Result<bool, RebuildError> {
+        if let Some(previous) = self.last_position
+            && position <= previous
         {
+            return Err(RebuildError::OutOfOrder { position, previous });
+        }
+        self.last_position = Some(position);
+        self.events_done += 1;
+        Ok(self.resume_after.is_none_or(|after| position > after))
+    }
+
+    /// Folds an actor event already admitted with [`Rebuild::admit`].
+    pub fn apply_actor(&mut self, recorded: &RecordedActorEvent) {
+        self.actors.apply(&recorded.event);
+    }
+
+    /// Applies one pool event to `projections` (from [`Rebuild::shared_projections`]), as
+    /// [`Rebuild::apply`] does.
+    pub fn project_into(
+        projections: &Projections,
+        recorded: &RecordedPoolEvent,
+    ) -> Result<(), RebuildError> {
+        match projections.apply(recorded.version, recorded.position, &recorded.event) {
             Applied::Applied | Applied::Skipped => Ok(()),
             Applied::Gap { expected } => Err(RebuildError::Gap {
                 stream: recorded.stream.clone(),
@@ -282,7 +321,10 @@ impl Rebuild {
 
     /// The rebuilt state: projections, pool aggregates and the actor registry.
     pub fn into_parts(self) -> (Projections, HashMap<PoolId, Pool>, ActorRegistry) {
-        (self.projections, self.pools, self.actors)
+        // Workers of a partitioned rebuild may still hold the projections: copy them then.
+        let projections = Arc::try_unwrap(self.projections)
+            .unwrap_or_else(|shared| Projections::from_snapshot(&shared.snapshot()));
+        (projections, self.pools, self.actors)
     }
 }
 
