@@ -4,12 +4,15 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use allot_domain::{PoolId, Timestamp, codec};
+use allot_projections::Projections;
 use allot_replay::{
-    ACTORS_STREAM, AsOf, AsOfQuery, Audit, AuditOptions, AuditReport, Checkpoint, ContentionQuery,
-    ContentionWindow, DisputeQuery, DoubleBookingView, HtmlReport, Rebuild, RebuildError,
-    RebuildOptions, Recorded, RecordedPoolEvent, StrandedSlot, StrandedSlotsQuery,
+    ACTORS_STREAM, AsOf, AsOfQuery, Audit, AuditOptions, AuditReport, AuditRouter, Checkpoint,
+    ContentionQuery, ContentionWindow, DisputeQuery, DoubleBookingView, HtmlReport, PartitionEnd,
+    Rebuild, RebuildError, RebuildOptions, Recorded, RecordedActorEvent, RecordedPoolEvent, Routed,
+    StrandedSlot, StrandedSlotsQuery,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -18,6 +21,10 @@ use crate::store::{EventStore, RecordedEvent, StoreError};
 
 /// Events read per page.
 pub const INSPECT_PAGE_EVENTS: usize = 8_192;
+/// Most workers of a partitioned audit or rebuild (one per core, up to this).
+pub const PARTITIONS_MAX: usize = 4;
+/// Pages queued per worker before the reader waits (memory stays bounded by pages).
+const PARTITION_QUEUE_PAGES: usize = 2;
 /// The checkpoint file's name in an embedded data directory.
 pub const CHECKPOINT_FILE: &str = "projections.checkpoint";
 
@@ -262,6 +269,23 @@ pub async fn audit(
         None => None,
     };
     let mut html = request.html_title.as_deref().map(HtmlReport::new);
+    let forensics = as_of.is_some()
+        || stranded.is_some()
+        || dispute.is_some()
+        || contention.is_some()
+        || html.is_some();
+    // Signatures keep the one-thread audit (its verifier already fills the cores), and so do
+    // forensic views (they follow the whole log in order).
+    if !options.verify_signatures && !forensics {
+        return Ok(AuditFindings {
+            report: audit_partitioned(store, options, bar).await?,
+            as_of: None,
+            stranded_slots: None,
+            dispute: None,
+            contention: None,
+            html: None,
+        });
+    }
     for_each_record(store, None, bar, |recorded| {
         audit.observe(recorded);
         if let Some(query) = as_of.as_mut() {
@@ -309,11 +333,339 @@ pub async fn rebuild(
         }
         None => (Rebuild::new(options), None),
     };
+    if let Some(projections) = rebuild.shared_projections() {
+        rebuild_partitioned(store, &mut rebuild, projections, after, bar).await?;
+        return Ok(rebuild);
+    }
     for_each_record(store, after, bar, |recorded| {
         rebuild.apply(recorded).map_err(InspectError::from)
     })
     .await?;
     Ok(rebuild)
+}
+
+/// Workers to split a fold over: one per core, at most [`PARTITIONS_MAX`].
+fn partition_count() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, PARTITIONS_MAX)
+}
+
+/// One worker of a partitioned fold: it visits, in log order, the records routed to it.
+trait PartitionWorker: Send + 'static {
+    type Route: Send + Sync + 'static;
+    /// What the worker hands back at the end (its state is dropped on its own thread).
+    type Output: Send + 'static;
+    fn wants(&self, route: &Self::Route) -> bool;
+    fn visit(&mut self, stored: &RecordedEvent, route: &Self::Route) -> Result<(), InspectError>;
+    fn finish(self) -> Self::Output;
+}
+
+/// A page as read, with each record's route; `first_ordinal` is its first record's ordinal in
+/// the log.
+struct RoutedPage<R> {
+    records: Vec<RecordedEvent>,
+    routes: Vec<R>,
+    first_ordinal: u64,
+}
+
+/// A worker's output after the log, and the first record it failed on (with its ordinal).
+type WorkerEnd<W> = (<W as PartitionWorker>::Output, Option<(u64, InspectError)>);
+
+/// Feeds every record after `after` to `workers` on their own threads: this task reads page
+/// `n + 1` while the workers fold page `n`, and `route` (called here, in log order) says which
+/// workers get each record. Returns the workers' outputs once all have folded everything; on
+/// failure, the error of the first record (in log order) that failed to route or to fold.
+async fn for_each_partitioned<W: PartitionWorker>(
+    store: &dyn EventStore,
+    after: Option<u64>,
+    bar: &ProgressBar,
+    workers: Vec<W>,
+    mut route: impl FnMut(&RecordedEvent) -> Result<W::Route, InspectError>,
+) -> Result<Vec<W::Output>, InspectError> {
+    let mut senders = Vec::with_capacity(workers.len());
+    let mut handles = Vec::with_capacity(workers.len());
+    for (index, worker) in workers.into_iter().enumerate() {
+        let (sender, pages) = tokio::sync::mpsc::channel(PARTITION_QUEUE_PAGES);
+        let handle = std::thread::Builder::new()
+            .name(format!("replay-part-{index}"))
+            .spawn(move || fold_partition(worker, pages))
+            .map_err(|source| InspectError::Io {
+                path: PathBuf::from("replay worker thread"),
+                source,
+            })?;
+        senders.push(sender);
+        handles.push(handle);
+    }
+    let mut ordinal = 0u64;
+    let mut failure: Option<(u64, InspectError)> = None;
+    let mut read = Some(start_read(store, after).await);
+    while let Some(pending) = read.take() {
+        let mut records = pending.finish().await?;
+        // A short page is the last one: nothing more to read after it.
+        if records.len() == INSPECT_PAGE_EVENTS
+            && let Some(last) = records.last()
+        {
+            read = Some(start_read(store, Some(last.position)).await);
+        }
+        let mut routes = Vec::with_capacity(records.len());
+        for stored in &records {
+            match route(stored) {
+                Ok(routed) => routes.push(routed),
+                Err(error) => {
+                    failure = Some((ordinal + routes.len() as u64, error));
+                    break;
+                }
+            }
+        }
+        records.truncate(routes.len());
+        let count = routes.len() as u64;
+        let page = Arc::new(RoutedPage {
+            records,
+            routes,
+            first_ordinal: ordinal,
+        });
+        for sender in &senders {
+            // A worker gone early panicked; its join below reports it.
+            let _ = sender.send(Arc::clone(&page)).await;
+        }
+        ordinal += count;
+        bar.inc(count);
+        if failure.is_some() {
+            break;
+        }
+    }
+    drop(senders);
+    let mut done = Vec::with_capacity(handles.len());
+    for handle in handles {
+        let joined = tokio::task::spawn_blocking(move || handle.join())
+            .await
+            .ok()
+            .and_then(|joined| joined.ok());
+        let Some((worker, failed)) = joined else {
+            return Err(InspectError::Decode {
+                stream: String::new(),
+                version: 0,
+                position: 0,
+                reason: "a replay worker thread failed".to_owned(),
+            });
+        };
+        if let Some((at, error)) = failed
+            && failure.as_ref().is_none_or(|(first, _)| at < *first)
+        {
+            failure = Some((at, error));
+        }
+        done.push(worker);
+    }
+    match failure {
+        Some((_, error)) => Err(error),
+        None => Ok(done),
+    }
+}
+
+/// A worker thread's loop: fold its records of every page until the reader is done, stopping
+/// (but still draining) at its first failure.
+fn fold_partition<W: PartitionWorker>(
+    mut worker: W,
+    mut pages: tokio::sync::mpsc::Receiver<Arc<RoutedPage<W::Route>>>,
+) -> WorkerEnd<W> {
+    let mut failure = None;
+    while let Some(page) = pages.blocking_recv() {
+        if failure.is_some() {
+            continue;
+        }
+        for (offset, (stored, route)) in page.records.iter().zip(&page.routes).enumerate() {
+            if !worker.wants(route) {
+                continue;
+            }
+            if let Err(error) = worker.visit(stored, route) {
+                failure = Some((page.first_ordinal + offset as u64, error));
+                break;
+            }
+        }
+    }
+    (worker.finish(), failure)
+}
+
+fn decode_failure(stored: &RecordedEvent, error: codec::CodecError) -> InspectError {
+    InspectError::Decode {
+        stream: stored.stream.clone(),
+        version: stored.version,
+        position: stored.position,
+        reason: error.to_string(),
+    }
+}
+
+/// One partition of a records-only audit.
+struct AuditWorker {
+    audit: Audit,
+    partition: usize,
+    /// The pool event being observed, decoded into the same value every time.
+    scratch: Option<Recorded>,
+}
+
+impl PartitionWorker for AuditWorker {
+    type Route = Routed;
+    type Output = PartitionEnd;
+
+    fn wants(&self, route: &Routed) -> bool {
+        route.is_for(self.partition)
+    }
+
+    fn visit(&mut self, stored: &RecordedEvent, route: &Routed) -> Result<(), InspectError> {
+        if stored.stream == ACTORS_STREAM {
+            let recorded = Recorded::decode(
+                &stored.stream,
+                stored.version,
+                stored.position,
+                &stored.payload,
+            )
+            .map_err(|error| decode_failure(stored, error))?;
+            self.audit.observe_routed(&recorded, route);
+            return Ok(());
+        }
+        let recorded = decode_pool_event(&mut self.scratch, stored)?;
+        self.audit.observe_routed(recorded, route);
+        Ok(())
+    }
+
+    fn finish(self) -> PartitionEnd {
+        self.audit.end_partition()
+    }
+}
+
+/// Decodes a stored pool event into `scratch`, reusing its buffers (no allocation per event).
+fn decode_pool_event<'a>(
+    scratch: &'a mut Option<Recorded>,
+    stored: &RecordedEvent,
+) -> Result<&'a Recorded, InspectError> {
+    if let Some(Recorded::Pool(recorded)) = scratch.as_mut() {
+        codec::decode_event_into(&stored.payload, &mut recorded.event)
+            .map_err(|error| decode_failure(stored, error))?;
+        recorded.stream.clear();
+        recorded.stream.push_str(&stored.stream);
+        recorded.version = stored.version;
+        recorded.position = stored.position;
+    } else {
+        let event =
+            codec::decode_event(&stored.payload).map_err(|error| decode_failure(stored, error))?;
+        *scratch = Some(Recorded::Pool(RecordedPoolEvent {
+            stream: stored.stream.clone(),
+            version: stored.version,
+            position: stored.position,
+            event,
+        }));
+    }
+    scratch
+        .as_ref()
+        .ok_or_else(|| decode_failure(stored, codec::CodecError::Empty))
+}
+
+/// The records-only audit with its pool streams split over the cores; the report is the one
+/// [`Audit`] makes on one thread.
+async fn audit_partitioned(
+    store: &dyn EventStore,
+    options: AuditOptions,
+    bar: &ProgressBar,
+) -> Result<AuditReport, InspectError> {
+    let count = partition_count();
+    let workers = Audit::partitions(options, count)
+        .into_iter()
+        .enumerate()
+        .map(|(partition, audit)| AuditWorker {
+            audit,
+            partition,
+            scratch: None,
+        })
+        .collect();
+    let mut router = AuditRouter::new(count);
+    let ends = for_each_partitioned(store, None, bar, workers, |stored| {
+        Ok(router.route(&stored.stream, stored.position, &stored.payload))
+    })
+    .await?;
+    Ok(Audit::merge_partitions(ends))
+}
+
+/// One partition of a rebuild: the pools whose id hashes to it.
+struct RebuildWorker {
+    projections: Arc<Projections>,
+    partition: usize,
+    /// The pool event being applied, decoded into the same value every time.
+    scratch: Option<Recorded>,
+}
+
+impl PartitionWorker for RebuildWorker {
+    /// The partition of a pool event still to project; `None` for a record folded by the reader.
+    type Route = Option<usize>;
+    type Output = ();
+
+    fn wants(&self, route: &Option<usize>) -> bool {
+        *route == Some(self.partition)
+    }
+
+    fn visit(&mut self, stored: &RecordedEvent, _: &Option<usize>) -> Result<(), InspectError> {
+        if let Recorded::Pool(recorded) = decode_pool_event(&mut self.scratch, stored)? {
+            Rebuild::project_into(&self.projections, recorded)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self) {}
+}
+
+/// A pool id's partition: FNV-1a of its bytes (stable, and cheap for short ids).
+fn pool_partition(pool: &str, partitions: usize) -> usize {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in pool.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % partitions.max(1) as u64) as usize
+}
+
+/// The rebuild with pools split over the cores by pool id (each pool's events stay in order on
+/// one worker); order checks and actor events stay on this task, in log order.
+async fn rebuild_partitioned(
+    store: &dyn EventStore,
+    rebuild: &mut Rebuild,
+    projections: Arc<Projections>,
+    after: Option<u64>,
+    bar: &ProgressBar,
+) -> Result<(), InspectError> {
+    let count = partition_count();
+    let workers = (0..count)
+        .map(|partition| RebuildWorker {
+            projections: Arc::clone(&projections),
+            partition,
+            scratch: None,
+        })
+        .collect();
+    for_each_partitioned(store, after, bar, workers, |stored| {
+        let project = rebuild.admit(stored.position)?;
+        if stored.stream == ACTORS_STREAM {
+            let event = codec::decode_actor_event(&stored.payload)
+                .map_err(|error| decode_failure(stored, error))?;
+            rebuild.apply_actor(&RecordedActorEvent {
+                version: stored.version,
+                position: stored.position,
+                event,
+            });
+            return Ok(None);
+        }
+        if !project {
+            return Ok(None);
+        }
+        match codec::peek_pool(&stored.payload) {
+            Ok(pool) => Ok(Some(pool_partition(pool, count))),
+            // Not an event: report what decoding it says, as the one-thread rebuild would.
+            Err(peek) => Err(decode_failure(
+                stored,
+                codec::decode_event(&stored.payload).err().unwrap_or(peek),
+            )),
+        }
+    })
+    .await?;
+    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file, fsync, rename, fsync of the directory.
@@ -403,6 +755,90 @@ pub fn parse_time(text: &str) -> Option<Timestamp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::embedded::EmbeddedStore;
+    use crate::store::{ExpectedVersion, ProposedEvent};
+
+    /// Every record of `store`, decoded, in log order.
+    async fn records(store: &dyn EventStore) -> Vec<Recorded> {
+        let bar = progress_bar(None, "");
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+        let mut all = Vec::new();
+        for_each_record(store, None, &bar, |recorded| {
+            all.push(recorded.clone());
+            Ok(())
+        })
+        .await
+        .expect("reads");
+        all
+    }
+
+    async fn append_copy(store: &EmbeddedStore, stream: &str, event: &allot_domain::Event) {
+        store
+            .append(
+                stream,
+                ExpectedVersion::Any,
+                vec![ProposedEvent {
+                    id: [9; 16],
+                    kind: event.kind_name().to_owned(),
+                    payload: codec::encode_event(event),
+                }],
+            )
+            .await
+            .expect("appends");
+    }
+
+    /// On a real store, with worker threads: the partitioned audit and rebuild give what the
+    /// one-thread audit and rebuild give, on a log damaged in several ways.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn partitioned_audit_and_rebuild_equal_the_one_thread_ones() {
+        let dir = std::env::temp_dir().join(format!("allot-inspect-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store = EmbeddedStore::open(&dir).await.expect("opens");
+        crate::bench::generate_log(&store, 20_000)
+            .await
+            .expect("generates");
+        let clean = records(&store).await;
+        let pool_events: Vec<&RecordedPoolEvent> =
+            clean.iter().filter_map(Recorded::pool_event).collect();
+        // A miscounted event at the end of a stream, a pool recorded in a second stream, and a
+        // repeated token.
+        let mut miscounted = pool_events[40].event.clone();
+        miscounted.allocated_after += 5;
+        append_copy(&store, &pool_events[40].stream, &miscounted).await;
+        append_copy(&store, "pool-elsewhere", &pool_events[7].event).await;
+        let last = pool_events[pool_events.len() - 1];
+        append_copy(&store, &last.stream, &last.event).await;
+        let all = records(&store).await;
+
+        let bar = progress_bar(None, "");
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+        let found = audit(&store, &AuditRequest::default(), &bar)
+            .await
+            .expect("audits");
+        let options = AuditOptions {
+            verify_signatures: false,
+            ..AuditOptions::default()
+        };
+        let expected = Audit::run(options, &all);
+        assert!(expected.violations_total() >= 3, "{expected}");
+        assert_eq!(found.report, expected);
+
+        let rebuilt = rebuild(&store, None, &bar).await;
+        let mut one_thread = Rebuild::new(RebuildOptions { fold_pools: false });
+        let expected = one_thread.run(&all, |_| {}).map(|_| ());
+        match (rebuilt, expected) {
+            (Ok(rebuilt), Ok(())) => {
+                assert_eq!(rebuilt.checkpoint(), one_thread.checkpoint());
+            }
+            (Err(found), Err(expected)) => {
+                assert_eq!(found.to_string(), InspectError::from(expected).to_string());
+            }
+            (found, expected) => panic!("{:?} but {expected:?}", found.map(|_| ())),
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn times_parse_as_milliseconds_or_rfc3339() {
