@@ -19,12 +19,14 @@
 //! Layout:
 //! - `record`: the input model, [`Recorded`] pool and actor events in global position order,
 //!   and [`Recorded::decode`] from stored payloads.
-//! - `audit`: [`Audit`] (push-based), [`Check`], [`Violation`], [`AuditReport`].
+//! - `audit`: [`Audit`] (push-based), [`Check`], [`Violation`], [`AuditReport`]; split over
+//!   workers by pool stream with [`Audit::partitions`] and [`AuditRouter`] (same report).
 //! - `crypto`: batch ed25519 verification and digest checks on worker threads.
 //! - `forensics`: [`as_of`], [`stranded_slots`], [`disputed_double_booking`],
 //!   [`contention_window`], each also a push-based query ([`AsOfQuery`],
 //!   [`StrandedSlotsQuery`], [`DisputeQuery`], [`ContentionQuery`]) for paged reads.
-//! - `rebuild`: [`Rebuild`] of projections and pool aggregates, [`Checkpoint`].
+//! - `rebuild`: [`Rebuild`] of projections and pool aggregates, [`Checkpoint`]; projections
+//!   can be applied by workers per pool ([`Rebuild::shared_projections`]).
 //! - `html`: [`html_report`], inline SVG per pool.
 
 pub mod audit;
