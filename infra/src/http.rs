@@ -25,6 +25,7 @@ use tokio::sync::Semaphore;
 
 use crate::identity::{self, AuthError};
 use crate::ledger::{Ledger, Reply, SubmitError};
+use crate::verifier::{SignatureVerifier, VERIFY_WORKERS};
 
 /// Largest request body, in bytes.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -46,6 +47,7 @@ pub const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("allot-signatur
 struct AppState {
     ledger: Ledger,
     in_flight: Arc<Semaphore>,
+    verifier: SignatureVerifier,
 }
 
 /// The application router.
@@ -53,6 +55,7 @@ pub fn router(ledger: Ledger) -> Router {
     let state = AppState {
         ledger,
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT_MAX)),
+        verifier: SignatureVerifier::start(VERIFY_WORKERS),
     };
     Router::new()
         .route("/v1/pools/{pool}", post(declare_pool).get(show_pool))
@@ -157,6 +160,13 @@ pub fn status_for(code: RejectionCode) -> StatusCode {
 fn auth_problem(error: &AuthError) -> Problem {
     if error.is_forbidden() {
         Problem::new(StatusCode::FORBIDDEN, "forbidden", error.to_string())
+    } else if let AuthError::Unavailable(_) = error {
+        // Nothing was checked: the client may retry, the credential is not at fault.
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            error.to_string(),
+        )
     } else {
         // The seed maps an invalid credential to invalid-request; 401 says it is the credential.
         Problem::new(
@@ -291,12 +301,14 @@ async fn submit(
     );
     let role = ledger
         .actors()
-        .authenticate(
+        .authenticate_batched(
+            &state.verifier,
             &command.actor,
-            &bytes,
+            bytes,
             &command.attestation,
             ledger.clock().now(),
         )
+        .await
         .map_err(|error| auth_problem(&error))?;
     let kind = command.action.kind();
     if !role.may(kind) {
@@ -672,7 +684,14 @@ async fn actor_change_inner(
     let now = ledger.clock().now();
     let role = ledger
         .actors()
-        .authenticate(&envelope.actor, &bytes, &envelope.attestation, now)
+        .authenticate_batched(
+            &state.verifier,
+            &envelope.actor,
+            bytes,
+            &envelope.attestation,
+            now,
+        )
+        .await
         .map_err(|error| auth_problem(&error))?;
     if !role.may_manage_actors() {
         return Err(auth_problem(&AuthError::Forbidden {
