@@ -746,8 +746,180 @@ pub async fn replay(dir: &Path, events: u64) -> Result<ReplayResult, String> {
     })
 }
 
+/// One keep-alive HTTP/1.1 connection of the load process. It writes each signed request in
+/// one buffer and reads back only the status and body: a general client (reqwest over hyper)
+/// cost the load process as much CPU as the server spent answering, on the same two cores.
+struct LoadConnection {
+    stream: tokio::net::TcpStream,
+    request: Vec<u8>,
+    body: Vec<u8>,
+    response: Vec<u8>,
+}
+
+/// The JSON body of a reserve, as the API documents it.
+#[derive(Serialize)]
+struct ReserveBody<'a> {
+    resource: &'a str,
+    requester: &'a str,
+    duration_ms: u64,
+    count: u32,
+}
+
+/// What the load process needs of an answer.
+struct LoadAnswer {
+    status: u16,
+    /// The sequence of the reservation a reserve made, if it made one.
+    reservation: Option<u64>,
+}
+
+impl LoadConnection {
+    async fn connect(addr: &str) -> std::io::Result<LoadConnection> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(LoadConnection {
+            stream,
+            request: Vec::with_capacity(1024),
+            body: Vec::with_capacity(256),
+            response: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Signs `action` on `pool` now, as `actor`, with `token`; sends it and reads the answer.
+    async fn send(
+        &mut self,
+        identity: &LoadIdentity,
+        pool: &PoolId,
+        action: &Action,
+        token: &str,
+    ) -> std::io::Result<LoadAnswer> {
+        use std::io::Write as _;
+        use tokio::io::AsyncWriteExt as _;
+
+        let signed_at = SystemClock.now();
+        let bytes = allot_domain::signing::signing_bytes(
+            action,
+            &crate::identity::command_target(pool, action),
+            &IdempotencyToken::new(token),
+            &identity.actor,
+            signed_at,
+        );
+        let signature = ed25519_dalek::Signer::sign(&identity.key, &bytes).to_bytes();
+        let mut signature_hex = [0u8; 128];
+        hex::encode_to_slice(signature, &mut signature_hex).map_err(std::io::Error::other)?;
+        let signature_hex = std::str::from_utf8(&signature_hex).map_err(std::io::Error::other)?;
+
+        let request = &mut self.request;
+        request.clear();
+        let body = &mut self.body;
+        body.clear();
+        match action {
+            Action::Reserve {
+                resource,
+                requester,
+                duration_ms,
+                count,
+            } => {
+                write!(request, "POST /v1/pools/{pool}/reservations HTTP/1.1\r\n")?;
+                let reserve = ReserveBody {
+                    resource,
+                    requester,
+                    duration_ms: *duration_ms,
+                    count: *count,
+                };
+                serde_json::to_writer(&mut *body, &reserve)?;
+            }
+            Action::ConfirmReservation { reservation } => write!(
+                request,
+                "POST /v1/reservations/{pool}:{reservation}/confirm HTTP/1.1\r\n"
+            )?,
+            Action::CancelReservation { reservation } => write!(
+                request,
+                "POST /v1/reservations/{pool}:{reservation}/cancel HTTP/1.1\r\n"
+            )?,
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "the load process does not send {}",
+                    other.kind()
+                )));
+            }
+        }
+        write!(
+            request,
+            "host: {host}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\
+             idempotency-key: {token}\r\nallot-actor: {actor}\r\nallot-signed-at: {signed_at}\r\n\
+             allot-signature: {signature_hex}\r\n\r\n",
+            host = identity.host,
+            length = body.len(),
+            actor = identity.actor,
+            signed_at = signed_at.0,
+        )?;
+        request.extend_from_slice(body);
+        self.stream.write_all(&self.request).await?;
+        self.read_answer().await
+    }
+
+    /// Reads one response: the head up to the blank line, then `content-length` bytes of body.
+    async fn read_answer(&mut self) -> std::io::Result<LoadAnswer> {
+        use tokio::io::AsyncReadExt as _;
+
+        let malformed = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        self.response.clear();
+        let (head_end, status, length) = loop {
+            if let Some(end) = find(&self.response, b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.response[..end])
+                    .map_err(|_| malformed("response head is not UTF-8"))?;
+                let status = head
+                    .get(9..12)
+                    .and_then(|code| code.parse::<u16>().ok())
+                    .ok_or_else(|| malformed("no status code"))?;
+                let length = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .ok_or_else(|| malformed("no content-length"))?;
+                break (end + 4, status, length);
+            }
+            if self.stream.read_buf(&mut self.response).await? == 0 {
+                return Err(malformed("connection closed mid-response"));
+            }
+        };
+        while self.response.len() < head_end + length {
+            if self.stream.read_buf(&mut self.response).await? == 0 {
+                return Err(malformed("connection closed mid-body"));
+            }
+        }
+        let body = &self.response[head_end..head_end + length];
+        let reservation = find(body, b"\"reservation_id\":\"").and_then(|at| {
+            let id = &body[at + 18..];
+            let id = &id[..find(id, b"\"")?];
+            let id = allot_domain::ReservationId::parse(std::str::from_utf8(id).ok()?)?;
+            Some(id.seq)
+        });
+        Ok(LoadAnswer {
+            status,
+            reservation,
+        })
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// Who the load process signs as, and the server it talks to.
+struct LoadIdentity {
+    actor: ActorId,
+    key: ed25519_dalek::SigningKey,
+    host: String,
+}
+
 /// (c) `http`, the load side: `clients` connections each reserve in a random pool then confirm
-/// or cancel, every request signed, against `server`, for `duration`.
+/// or cancel, every request signed when it is sent, against `server`, for `duration`.
 pub async fn http_load(
     server: &str,
     actor: ActorId,
@@ -757,50 +929,52 @@ pub async fn http_load(
     duration: Duration,
     seed: u64,
 ) -> Result<BenchResult, String> {
-    let base = crate::client::Client::new(server, actor, key);
+    let host = server
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("server {server} is not an http:// address"))?
+        .trim_end_matches('/')
+        .to_owned();
+    let identity = Arc::new(LoadIdentity { actor, key, host });
+    let mut connections = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connections.push(
+            LoadConnection::connect(&identity.host)
+                .await
+                .map_err(|e| format!("connect to {}: {e}", identity.host))?,
+        );
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
-    for client in 0..clients {
-        let base = base.clone();
+    for (client, mut connection) in connections.into_iter().enumerate() {
+        let identity = Arc::clone(&identity);
         let stop = Arc::clone(&stop);
         tasks.push(tokio::spawn(async move {
             let mut rng = StdRng::seed_from_u64(seed ^ client as u64);
             let mut samples = Samples::default();
+            let mut token = String::with_capacity(32);
             let mut n = 0u64;
-            let send = async |pool: &PoolId, action: Action, n: u64, samples: &mut Samples| {
-                let started = Instant::now();
-                let answer = base.send(pool, &action, &format!("c{client}-{n}")).await;
-                samples
-                    .latencies_us
-                    .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
-                match answer {
-                    Ok(answer) if answer.status < 500 => Some(answer),
-                    _ => {
-                        samples.errors += 1;
-                        None
-                    }
-                }
-            };
+            let requester = format!("r{client}");
             while !stop.load(Ordering::Relaxed) {
                 let pool = PoolId::new(format!("h{}", rng.gen_range(0..pools)));
                 let reserve = Action::Reserve {
                     resource: "seat".into(),
-                    requester: format!("r{client}"),
+                    requester: requester.clone(),
                     duration_ms: 600_000,
                     count: 1,
                 };
                 n += 1;
-                let Some(answer) = send(&pool, reserve, n, &mut samples).await else {
-                    continue;
-                };
-                let Some(seq) = answer
-                    .body
-                    .get("reservation_id")
-                    .and_then(serde_json::Value::as_str)
-                    .and_then(allot_domain::ReservationId::parse)
-                    .map(|id| id.seq)
-                else {
+                let Some(seq) = load_command(
+                    &mut connection,
+                    &identity,
+                    &pool,
+                    &reserve,
+                    &mut token,
+                    (client, n),
+                    &mut samples,
+                )
+                .await
+                .and_then(|answer| answer.reservation) else {
                     continue;
                 };
                 let follow = if rng.gen_bool(0.5) {
@@ -809,7 +983,16 @@ pub async fn http_load(
                     Action::CancelReservation { reservation: seq }
                 };
                 n += 1;
-                send(&pool, follow, n, &mut samples).await;
+                load_command(
+                    &mut connection,
+                    &identity,
+                    &pool,
+                    &follow,
+                    &mut token,
+                    (client, n),
+                    &mut samples,
+                )
+                .await;
             }
             samples
         }));
@@ -825,8 +1008,37 @@ pub async fn http_load(
         samples,
         started.elapsed(),
         0,
-        format!("{pools} pools, {clients} connections, signed, separate load process"),
+        format!("{pools} pools, {clients} connections, signed when sent, separate load process"),
     ))
+}
+
+/// Sends one command, timing it from signing to the last byte of the answer.
+async fn load_command(
+    connection: &mut LoadConnection,
+    identity: &LoadIdentity,
+    pool: &PoolId,
+    action: &Action,
+    token: &mut String,
+    (client, n): (usize, u64),
+    samples: &mut Samples,
+) -> Option<LoadAnswer> {
+    use std::fmt::Write as _;
+
+    token.clear();
+    // Writing into a String cannot fail.
+    let _ = write!(token, "c{client}-{n}");
+    let started = Instant::now();
+    let answer = connection.send(identity, pool, action, token).await;
+    samples
+        .latencies_us
+        .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+    match answer {
+        Ok(answer) if answer.status < 500 => Some(answer),
+        _ => {
+            samples.errors += 1;
+            None
+        }
+    }
 }
 
 /// (c) `http`, the service side: an in-process service on loopback over the embedded store, a
