@@ -6,6 +6,8 @@
 //! `Idempotent-Replayed: true`. The rejection-code → status mapping is [`status_for`], the one
 //! place it lives.
 
+use std::borrow::Cow;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,13 +16,14 @@ use allot_domain::{
     Outcome, PoolId, Rejection, RejectionCode, ReservationId, Role, Timestamp, command, signing,
 };
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::identity::{self, AuthError};
@@ -184,21 +187,44 @@ struct Envelope {
     attestation: Attestation,
 }
 
-fn header_text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Problem> {
-    headers
-        .get(name)
+/// The headers of a signed request, moved out of the request rather than copied (the
+/// `HeaderMap` extractor clones every header of every request). Missing ones are refused where
+/// the envelope is read, so the order of checks stays that of the handler.
+struct SignedHeaders {
+    token: Option<HeaderValue>,
+    actor: Option<HeaderValue>,
+    signed_at: Option<HeaderValue>,
+    signature: Option<HeaderValue>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SignedHeaders {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        // `remove` yields the first value of a repeated header, as `get` does.
+        Ok(SignedHeaders {
+            token: parts.headers.remove(IDEMPOTENCY_KEY),
+            actor: parts.headers.remove(ACTOR_HEADER),
+            signed_at: parts.headers.remove(SIGNED_AT_HEADER),
+            signature: parts.headers.remove(SIGNATURE_HEADER),
+        })
+    }
+}
+
+fn header_text<'a>(value: Option<&'a HeaderValue>, name: &HeaderName) -> Result<&'a str, Problem> {
+    value
         .ok_or_else(|| Problem::invalid(format!("{name} header is required")))?
         .to_str()
         .map_err(|_| Problem::invalid(format!("{name} header must be visible ASCII")))
 }
 
-fn envelope(headers: &HeaderMap) -> Result<Envelope, Problem> {
-    let token = header_text(headers, &IDEMPOTENCY_KEY)?;
-    let actor = header_text(headers, &ACTOR_HEADER)?;
-    let signed_at = header_text(headers, &SIGNED_AT_HEADER)?
+fn envelope(headers: &SignedHeaders) -> Result<Envelope, Problem> {
+    let token = header_text(headers.token.as_ref(), &IDEMPOTENCY_KEY)?;
+    let actor = header_text(headers.actor.as_ref(), &ACTOR_HEADER)?;
+    let signed_at = header_text(headers.signed_at.as_ref(), &SIGNED_AT_HEADER)?
         .parse::<u64>()
         .map_err(|_| Problem::invalid("allot-signed-at must be milliseconds since the epoch"))?;
-    let signature = hex::decode(header_text(headers, &SIGNATURE_HEADER)?)
+    let signature = hex::decode(header_text(headers.signature.as_ref(), &SIGNATURE_HEADER)?)
         .map_err(|_| Problem::invalid("allot-signature must be hex"))?;
     Ok(Envelope {
         actor: ActorId::new(actor),
@@ -232,7 +258,7 @@ fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
 }
 
 /// Authenticates, authorizes and submits one pool command; renders the answer.
-async fn run(state: &AppState, headers: &HeaderMap, pool: PoolId, action: Action) -> Response {
+async fn run(state: &AppState, headers: &SignedHeaders, pool: PoolId, action: Action) -> Response {
     let started = Instant::now();
     let kind = action.kind();
     let response = match submit(state, headers, pool, action).await {
@@ -252,7 +278,7 @@ async fn run(state: &AppState, headers: &HeaderMap, pool: PoolId, action: Action
             state
                 .ledger
                 .metrics()
-                .count_command(kind.as_str(), &problem.code);
+                .count_command(kind.as_str(), problem.code.clone());
             problem.into_response()
         }
     };
@@ -266,7 +292,7 @@ async fn run(state: &AppState, headers: &HeaderMap, pool: PoolId, action: Action
 
 async fn submit(
     state: &AppState,
-    headers: &HeaderMap,
+    headers: &SignedHeaders,
     pool: PoolId,
     action: Action,
 ) -> Result<(Reply, StatusCode), Problem> {
@@ -354,33 +380,71 @@ async fn submit(
     }
 }
 
-/// The JSON body of a successful outcome.
-pub fn outcome_body(outcome: &Outcome) -> Value {
+/// The JSON body of an outcome, serialized straight from the outcome (no intermediate
+/// `serde_json::Value`). Members are in alphabetical order, as they always were.
+#[derive(Debug, Default, Serialize)]
+pub struct OutcomeBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<RejectionCode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<Timestamp>,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool_id: Option<&'a PoolId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reservation_id: Option<&'a ReservationId>,
+}
+
+/// The JSON body of an outcome.
+pub fn outcome_body(outcome: &Outcome) -> OutcomeBody<'_> {
     match outcome {
-        Outcome::PoolDeclared { pool } => json!({"outcome": "pool_declared", "pool_id": pool}),
-        Outcome::CapacityAdjusted { capacity } => {
-            json!({"outcome": "capacity_adjusted", "capacity": capacity})
-        }
-        Outcome::PoolClosed { pool } => json!({"outcome": "pool_closed", "pool_id": pool}),
+        Outcome::PoolDeclared { pool } => OutcomeBody {
+            outcome: "pool_declared",
+            pool_id: Some(pool),
+            ..OutcomeBody::default()
+        },
+        Outcome::CapacityAdjusted { capacity } => OutcomeBody {
+            outcome: "capacity_adjusted",
+            capacity: Some(*capacity),
+            ..OutcomeBody::default()
+        },
+        Outcome::PoolClosed { pool } => OutcomeBody {
+            outcome: "pool_closed",
+            pool_id: Some(pool),
+            ..OutcomeBody::default()
+        },
         Outcome::Reserved {
             reservation,
             expires_at,
-        } => json!({
-            "outcome": "reserved",
-            "reservation_id": reservation,
-            "pool_id": reservation.pool,
-            "expires_at": expires_at,
-        }),
-        Outcome::Confirmed { reservation } => {
-            json!({"outcome": "confirmed", "reservation_id": reservation})
-        }
-        Outcome::Released { reservation } => {
-            json!({"outcome": "released", "reservation_id": reservation})
-        }
-        Outcome::Expired { reservation } => {
-            json!({"outcome": "expired", "reservation_id": reservation})
-        }
-        Outcome::Rejected(rejection) => json!({"outcome": "rejected", "code": rejection.code()}),
+        } => OutcomeBody {
+            outcome: "reserved",
+            reservation_id: Some(reservation),
+            pool_id: Some(&reservation.pool),
+            expires_at: Some(*expires_at),
+            ..OutcomeBody::default()
+        },
+        Outcome::Confirmed { reservation } => OutcomeBody {
+            outcome: "confirmed",
+            reservation_id: Some(reservation),
+            ..OutcomeBody::default()
+        },
+        Outcome::Released { reservation } => OutcomeBody {
+            outcome: "released",
+            reservation_id: Some(reservation),
+            ..OutcomeBody::default()
+        },
+        Outcome::Expired { reservation } => OutcomeBody {
+            outcome: "expired",
+            reservation_id: Some(reservation),
+            ..OutcomeBody::default()
+        },
+        Outcome::Rejected(rejection) => OutcomeBody {
+            outcome: "rejected",
+            code: Some(rejection.code()),
+            ..OutcomeBody::default()
+        },
     }
 }
 
@@ -416,7 +480,7 @@ struct DeclareBody {
 async fn declare_pool(
     State(state): State<AppState>,
     Path(pool): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
     payload: Result<Json<DeclareBody>, JsonRejection>,
 ) -> Response {
     let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
@@ -444,7 +508,7 @@ struct CapacityBody {
 async fn adjust_capacity(
     State(state): State<AppState>,
     Path(pool): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
     payload: Result<Json<CapacityBody>, JsonRejection>,
 ) -> Response {
     let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
@@ -462,7 +526,7 @@ async fn adjust_capacity(
 async fn close_pool(
     State(state): State<AppState>,
     Path(pool): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
 ) -> Response {
     match pool_id(&pool) {
         Ok(pool) => run(&state, &headers, pool, Action::ClosePool).await,
@@ -487,7 +551,7 @@ fn one() -> u32 {
 async fn reserve(
     State(state): State<AppState>,
     Path(pool): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
     payload: Result<Json<ReserveBody>, JsonRejection>,
 ) -> Response {
     let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
@@ -507,7 +571,7 @@ async fn reserve(
 
 async fn reservation_action(
     state: &AppState,
-    headers: &HeaderMap,
+    headers: &SignedHeaders,
     reservation: &str,
     action: fn(u64) -> Action,
 ) -> Response {
@@ -520,7 +584,7 @@ async fn reservation_action(
 async fn confirm(
     State(state): State<AppState>,
     Path(reservation): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
 ) -> Response {
     reservation_action(&state, &headers, &reservation, |reservation| {
         Action::ConfirmReservation { reservation }
@@ -531,7 +595,7 @@ async fn confirm(
 async fn cancel(
     State(state): State<AppState>,
     Path(reservation): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
 ) -> Response {
     reservation_action(&state, &headers, &reservation, |reservation| {
         Action::CancelReservation { reservation }
@@ -542,7 +606,7 @@ async fn cancel(
 async fn expire(
     State(state): State<AppState>,
     Path(reservation): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
 ) -> Response {
     reservation_action(&state, &headers, &reservation, |reservation| {
         Action::ExpireReservation { reservation }
@@ -621,15 +685,15 @@ struct RegisterBody {
 /// Admin-signed change to the actor registry.
 async fn actor_change(
     state: &AppState,
-    headers: &HeaderMap,
+    headers: &SignedHeaders,
     target: &str,
     change: ActorChange,
 ) -> Response {
     let started = Instant::now();
     let result = actor_change_inner(state, headers, target, change).await;
     let label = match &result {
-        Ok(_) => "ok",
-        Err(problem) => problem.code.as_str(),
+        Ok(_) => Cow::Borrowed("ok"),
+        Err(problem) => Cow::Owned(problem.code.clone()),
     };
     state.ledger.metrics().count_command("actor_change", label);
     state
@@ -659,7 +723,7 @@ pub fn actor_change_params(change: &ActorChange) -> (&'static str, Vec<(&'static
 
 async fn actor_change_inner(
     state: &AppState,
-    headers: &HeaderMap,
+    headers: &SignedHeaders,
     target: &str,
     change: ActorChange,
 ) -> Result<Response, Problem> {
@@ -748,7 +812,7 @@ async fn actor_change_inner(
 async fn register_actor(
     State(state): State<AppState>,
     Path(actor): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
     payload: Result<Json<RegisterBody>, JsonRejection>,
 ) -> Response {
     let change = body(payload).and_then(|register| {
@@ -774,7 +838,7 @@ async fn register_actor(
 async fn revoke_actor(
     State(state): State<AppState>,
     Path(actor): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
 ) -> Response {
     actor_change(&state, &headers, &actor, ActorChange::Revoked).await
 }

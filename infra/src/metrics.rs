@@ -1,5 +1,6 @@
 //! Prometheus metrics of the service, served at `/metrics`.
 
+use std::borrow::Cow;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -11,8 +12,9 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CommandLabels {
-    pub action: String,
-    pub outcome: String,
+    // Borrowed when static (the usual case), so counting a command does not allocate.
+    pub action: Cow<'static, str>,
+    pub outcome: Cow<'static, str>,
 }
 
 /// Every metric the service exports.
@@ -88,11 +90,11 @@ impl Metrics {
         }
     }
 
-    pub fn count_command(&self, action: &str, outcome: &str) {
+    pub fn count_command(&self, action: &'static str, outcome: impl Into<Cow<'static, str>>) {
         self.commands
             .get_or_create(&CommandLabels {
-                action: action.to_owned(),
-                outcome: outcome.to_owned(),
+                action: Cow::Borrowed(action),
+                outcome: outcome.into(),
             })
             .inc();
     }
