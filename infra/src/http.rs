@@ -55,10 +55,11 @@ struct AppState {
 
 /// The application router.
 pub fn router(ledger: Ledger) -> Router {
+    let verifier = SignatureVerifier::start(VERIFY_WORKERS, Arc::clone(ledger.metrics()));
     let state = AppState {
         ledger,
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT_MAX)),
-        verifier: SignatureVerifier::start(VERIFY_WORKERS),
+        verifier,
     };
     Router::new()
         .route("/v1/pools/{pool}", post(declare_pool).get(show_pool))

@@ -26,6 +26,7 @@ pub struct Metrics {
     pub append_batch_events: Histogram,
     pub sweeper_lag_seconds: Histogram,
     pub sweeper_expired: Counter<u64, AtomicU64>,
+    pub signature_batch_signatures: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -79,6 +80,12 @@ impl Metrics {
             "Holds the sweeper expired",
             sweeper_expired.clone(),
         );
+        let signature_batch_signatures = Histogram::new(exponential_buckets(1.0, 2.0, 7));
+        registry.register(
+            "signature_batch_signatures",
+            "Request signatures verified together in one batch",
+            signature_batch_signatures.clone(),
+        );
         Metrics {
             registry,
             commands,
@@ -87,6 +94,7 @@ impl Metrics {
             append_batch_events,
             sweeper_lag_seconds,
             sweeper_expired,
+            signature_batch_signatures,
         }
     }
 

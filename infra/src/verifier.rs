@@ -25,6 +25,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use ed25519_dalek::{Signature, SignatureError, VerifyingKey};
 use tokio::sync::oneshot;
 
+use crate::metrics::Metrics;
+
 /// Most signatures checked in one `verify_batch` call. Past a few dozen the cost per signature
 /// barely falls, while the last request of a batch waits for all of it.
 pub const SIGNATURE_BATCH: usize = 64;
@@ -80,15 +82,16 @@ impl std::fmt::Debug for SignatureVerifier {
 }
 
 impl SignatureVerifier {
-    /// Starts `workers` verification threads.
-    pub fn start(workers: usize) -> SignatureVerifier {
+    /// Starts `workers` verification threads, recording batch sizes in `metrics`.
+    pub fn start(workers: usize, metrics: Arc<Metrics>) -> SignatureVerifier {
         let (queue, jobs) = channel::<SignatureJob>();
         let jobs = Arc::new(Mutex::new(jobs));
         for index in 0..workers.max(1) {
             let jobs = Arc::clone(&jobs);
+            let metrics = Arc::clone(&metrics);
             let spawned = std::thread::Builder::new()
                 .name(format!("allot-verify-{index}"))
-                .spawn(move || run_worker(&jobs));
+                .spawn(move || run_worker(&jobs, &metrics));
             if let Err(error) = spawned {
                 // With no worker at all, `verify` checks on tokio's blocking pool instead.
                 tracing::error!(%error, "cannot start a signature verification thread");
@@ -160,7 +163,7 @@ impl SignatureVerifier {
 pub struct VerifierUnavailable;
 
 /// A worker: takes what is queued (waiting only when nothing is), checks it, answers.
-fn run_worker(jobs: &Mutex<Receiver<SignatureJob>>) {
+fn run_worker(jobs: &Mutex<Receiver<SignatureJob>>, metrics: &Metrics) {
     let mut batch = Vec::with_capacity(SIGNATURE_BATCH);
     loop {
         {
@@ -177,6 +180,9 @@ fn run_worker(jobs: &Mutex<Receiver<SignatureJob>>) {
                 }
             }
         }
+        metrics
+            .signature_batch_signatures
+            .observe(batch.len() as f64);
         let verdicts = verify_jobs(&batch);
         for (job, valid) in batch.drain(..).zip(verdicts) {
             // The request may have been abandoned by its client; nobody to tell then.
@@ -337,7 +343,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_requests_get_exactly_their_own_verdicts() {
-        let verifier = SignatureVerifier::start(VERIFY_WORKERS);
+        let verifier = SignatureVerifier::start(VERIFY_WORKERS, Arc::new(Metrics::new()));
         let alice = signing_key(1);
         let mut tasks = tokio::task::JoinSet::new();
         for n in 0..500u32 {
@@ -365,7 +371,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_lone_request_is_answered_without_waiting_for_a_batch() {
-        let verifier = SignatureVerifier::start(VERIFY_WORKERS);
+        let verifier = SignatureVerifier::start(VERIFY_WORKERS, Arc::new(Metrics::new()));
         let alice = signing_key(1);
         let key = verifier
             .key(&alice.verifying_key().to_bytes())
@@ -387,7 +393,7 @@ mod tests {
 
     #[test]
     fn an_invalid_public_key_is_refused_when_decompressed() {
-        let verifier = SignatureVerifier::start(1);
+        let verifier = SignatureVerifier::start(1, Arc::new(Metrics::new()));
         // y = 2 is not the y-coordinate of a curve point.
         let mut not_a_point = [0u8; 32];
         not_a_point[0] = 2;
