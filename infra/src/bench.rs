@@ -1106,6 +1106,31 @@ pub async fn http(
     }
     let result = load(server, load_path).await;
     let (_, oversold) = crate::demo::coherence(service.ledger.projections());
+    let batching = signature_batching(&service.ledger.metrics().render());
     service.shutdown().await.map_err(|e| e.to_string())?;
-    result.map(|result| BenchResult { oversold, ..result })
+    result.map(|result| BenchResult {
+        oversold,
+        notes: format!("{}; {batching}", result.notes),
+        ..result
+    })
+}
+
+/// How the server's signature verifier batched, from its metrics text.
+fn signature_batching(metrics: &str) -> String {
+    let sample = |name: &str| {
+        metrics.lines().find_map(|line| {
+            let (sample, value) = line.split_once(' ')?;
+            (sample == name).then(|| value.trim().parse::<f64>().ok())?
+        })
+    };
+    match (
+        sample("allot_signature_batch_signatures_sum"),
+        sample("allot_signature_batch_signatures_count"),
+    ) {
+        (Some(signatures), Some(batches)) if batches > 0.0 => format!(
+            "{signatures:.0} signatures verified in {batches:.0} batches, {:.1} per batch",
+            signatures / batches
+        ),
+        _ => "no signature batches recorded".to_owned(),
+    }
 }
