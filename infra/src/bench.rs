@@ -920,6 +920,9 @@ struct LoadIdentity {
 
 /// (c) `http`, the load side: `clients` connections each reserve in a random pool then confirm
 /// or cancel, every request signed when it is sent, against `server`, for `duration`.
+///
+/// One single-threaded runtime per core drives its share of the connections, so the load
+/// process spends nothing on work stealing or on waking tasks across threads.
 pub async fn http_load(
     server: &str,
     actor: ActorId,
@@ -935,73 +938,69 @@ pub async fn http_load(
         .trim_end_matches('/')
         .to_owned();
     let identity = Arc::new(LoadIdentity { actor, key, host });
-    let mut connections = Vec::with_capacity(clients);
-    for _ in 0..clients {
-        connections.push(
-            LoadConnection::connect(&identity.host)
-                .await
-                .map_err(|e| format!("connect to {}: {e}", identity.host))?,
-        );
-    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, clients.max(1));
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(clients);
-    for (client, mut connection) in connections.into_iter().enumerate() {
-        let identity = Arc::clone(&identity);
-        let stop = Arc::clone(&stop);
-        tasks.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed ^ client as u64);
-            let mut samples = Samples::default();
-            let mut token = String::with_capacity(32);
-            let mut n = 0u64;
-            let requester = format!("r{client}");
-            while !stop.load(Ordering::Relaxed) {
-                let pool = PoolId::new(format!("h{}", rng.gen_range(0..pools)));
-                let reserve = Action::Reserve {
-                    resource: "seat".into(),
-                    requester: requester.clone(),
-                    duration_ms: 600_000,
-                    count: 1,
-                };
-                n += 1;
-                let Some(seq) = load_command(
-                    &mut connection,
-                    &identity,
-                    &pool,
-                    &reserve,
-                    &mut token,
-                    (client, n),
-                    &mut samples,
-                )
-                .await
-                .and_then(|answer| answer.reservation) else {
-                    continue;
-                };
-                let follow = if rng.gen_bool(0.5) {
-                    Action::ConfirmReservation { reservation: seq }
-                } else {
-                    Action::CancelReservation { reservation: seq }
-                };
-                n += 1;
-                load_command(
-                    &mut connection,
-                    &identity,
-                    &pool,
-                    &follow,
-                    &mut token,
-                    (client, n),
-                    &mut samples,
-                )
-                .await;
+    let (go, go_signal) = tokio::sync::watch::channel(false);
+    let mut connected = Vec::with_capacity(threads);
+    let mut drivers = Vec::with_capacity(threads);
+    for thread in 0..threads {
+        let share = LoadShare {
+            identity: Arc::clone(&identity),
+            clients: (thread..clients).step_by(threads).collect(),
+            pools,
+            seed,
+            stop: Arc::clone(&stop),
+            go: go_signal.clone(),
+        };
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        connected.push(is_ready);
+        let driver = std::thread::Builder::new()
+            .name(format!("allot-load-{thread}"))
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("load runtime: {e}"))
+                    .and_then(|runtime| runtime.block_on(share.drive(ready)))
+            });
+        match driver {
+            Ok(driver) => drivers.push(driver),
+            Err(error) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = go.send(true);
+                return Err(format!("cannot start a load thread: {error}"));
             }
-            samples
-        }));
+        }
     }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
+    let mut failure = None;
+    for is_ready in connected {
+        match is_ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failure = Some(error),
+            Err(_) => failure = Some("a load thread stopped before connecting".to_owned()),
+        }
+    }
+    if failure.is_some() {
+        stop.store(true, Ordering::Relaxed);
+    }
+    let started = Instant::now();
+    let _ = go.send(true);
+    if failure.is_none() {
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+    }
     let mut samples = Vec::new();
-    for task in tasks {
-        samples.push(task.await.map_err(|e| e.to_string())?);
+    for driver in drivers {
+        let finished = tokio::task::spawn_blocking(move || driver.join())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "a load thread panicked".to_owned())?;
+        samples.extend(finished?);
+    }
+    if let Some(failure) = failure {
+        return Err(failure);
     }
     Ok(result(
         "http",
@@ -1010,6 +1009,111 @@ pub async fn http_load(
         0,
         format!("{pools} pools, {clients} connections, signed when sent, separate load process"),
     ))
+}
+
+/// The connections one load thread drives.
+struct LoadShare {
+    identity: Arc<LoadIdentity>,
+    clients: Vec<usize>,
+    pools: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    go: tokio::sync::watch::Receiver<bool>,
+}
+
+impl LoadShare {
+    /// Connects every client, says so on `ready`, waits for the start, runs until stopped.
+    async fn drive(
+        mut self,
+        ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+    ) -> Result<Vec<Samples>, String> {
+        let mut connections = Vec::with_capacity(self.clients.len());
+        for &client in &self.clients {
+            match LoadConnection::connect(&self.identity.host).await {
+                Ok(connection) => connections.push((client, connection)),
+                Err(error) => {
+                    let error = format!("connect to {}: {error}", self.identity.host);
+                    let _ = ready.send(Err(error.clone()));
+                    return Err(error);
+                }
+            }
+        }
+        let _ = ready.send(Ok(()));
+        // The sender only goes away once the run is over; either way, start (or stop) now.
+        let _ = self.go.wait_for(|go| *go).await;
+        let mut tasks = Vec::with_capacity(connections.len());
+        for (client, connection) in connections {
+            tasks.push(tokio::spawn(run_client(
+                connection,
+                Arc::clone(&self.identity),
+                client,
+                self.pools,
+                self.seed,
+                Arc::clone(&self.stop),
+            )));
+        }
+        let mut samples = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            samples.push(task.await.map_err(|e| e.to_string())?);
+        }
+        Ok(samples)
+    }
+}
+
+/// One client: reserve in a random pool, then confirm or cancel, until `stop`.
+async fn run_client(
+    mut connection: LoadConnection,
+    identity: Arc<LoadIdentity>,
+    client: usize,
+    pools: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> Samples {
+    let mut rng = StdRng::seed_from_u64(seed ^ client as u64);
+    let mut samples = Samples::default();
+    let mut token = String::with_capacity(32);
+    let mut n = 0u64;
+    let requester = format!("r{client}");
+    while !stop.load(Ordering::Relaxed) {
+        let pool = PoolId::new(format!("h{}", rng.gen_range(0..pools)));
+        let reserve = Action::Reserve {
+            resource: "seat".into(),
+            requester: requester.clone(),
+            duration_ms: 600_000,
+            count: 1,
+        };
+        n += 1;
+        let Some(seq) = load_command(
+            &mut connection,
+            &identity,
+            &pool,
+            &reserve,
+            &mut token,
+            (client, n),
+            &mut samples,
+        )
+        .await
+        .and_then(|answer| answer.reservation) else {
+            continue;
+        };
+        let follow = if rng.gen_bool(0.5) {
+            Action::ConfirmReservation { reservation: seq }
+        } else {
+            Action::CancelReservation { reservation: seq }
+        };
+        n += 1;
+        load_command(
+            &mut connection,
+            &identity,
+            &pool,
+            &follow,
+            &mut token,
+            (client, n),
+            &mut samples,
+        )
+        .await;
+    }
+    samples
 }
 
 /// Sends one command, timing it from signing to the last byte of the answer.
