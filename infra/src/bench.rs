@@ -746,8 +746,183 @@ pub async fn replay(dir: &Path, events: u64) -> Result<ReplayResult, String> {
     })
 }
 
+/// One keep-alive HTTP/1.1 connection of the load process. It writes each signed request in
+/// one buffer and reads back only the status and body: a general client (reqwest over hyper)
+/// cost the load process as much CPU as the server spent answering, on the same two cores.
+struct LoadConnection {
+    stream: tokio::net::TcpStream,
+    request: Vec<u8>,
+    body: Vec<u8>,
+    response: Vec<u8>,
+}
+
+/// The JSON body of a reserve, as the API documents it.
+#[derive(Serialize)]
+struct ReserveBody<'a> {
+    resource: &'a str,
+    requester: &'a str,
+    duration_ms: u64,
+    count: u32,
+}
+
+/// What the load process needs of an answer.
+struct LoadAnswer {
+    status: u16,
+    /// The sequence of the reservation a reserve made, if it made one.
+    reservation: Option<u64>,
+}
+
+impl LoadConnection {
+    async fn connect(addr: &str) -> std::io::Result<LoadConnection> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(LoadConnection {
+            stream,
+            request: Vec::with_capacity(1024),
+            body: Vec::with_capacity(256),
+            response: Vec::with_capacity(4096),
+        })
+    }
+
+    /// Signs `action` on `pool` now, as `actor`, with `token`; sends it and reads the answer.
+    async fn send(
+        &mut self,
+        identity: &LoadIdentity,
+        pool: &PoolId,
+        action: &Action,
+        token: &str,
+    ) -> std::io::Result<LoadAnswer> {
+        use std::io::Write as _;
+        use tokio::io::AsyncWriteExt as _;
+
+        let signed_at = SystemClock.now();
+        let bytes = allot_domain::signing::signing_bytes(
+            action,
+            &crate::identity::command_target(pool, action),
+            &IdempotencyToken::new(token),
+            &identity.actor,
+            signed_at,
+        );
+        let signature = ed25519_dalek::Signer::sign(&identity.key, &bytes).to_bytes();
+        let mut signature_hex = [0u8; 128];
+        hex::encode_to_slice(signature, &mut signature_hex).map_err(std::io::Error::other)?;
+        let signature_hex = std::str::from_utf8(&signature_hex).map_err(std::io::Error::other)?;
+
+        let request = &mut self.request;
+        request.clear();
+        let body = &mut self.body;
+        body.clear();
+        match action {
+            Action::Reserve {
+                resource,
+                requester,
+                duration_ms,
+                count,
+            } => {
+                write!(request, "POST /v1/pools/{pool}/reservations HTTP/1.1\r\n")?;
+                let reserve = ReserveBody {
+                    resource,
+                    requester,
+                    duration_ms: *duration_ms,
+                    count: *count,
+                };
+                serde_json::to_writer(&mut *body, &reserve)?;
+            }
+            Action::ConfirmReservation { reservation } => write!(
+                request,
+                "POST /v1/reservations/{pool}:{reservation}/confirm HTTP/1.1\r\n"
+            )?,
+            Action::CancelReservation { reservation } => write!(
+                request,
+                "POST /v1/reservations/{pool}:{reservation}/cancel HTTP/1.1\r\n"
+            )?,
+            other => {
+                return Err(std::io::Error::other(format!(
+                    "the load process does not send {}",
+                    other.kind()
+                )));
+            }
+        }
+        write!(
+            request,
+            "host: {host}\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\
+             idempotency-key: {token}\r\nallot-actor: {actor}\r\nallot-signed-at: {signed_at}\r\n\
+             allot-signature: {signature_hex}\r\n\r\n",
+            host = identity.host,
+            length = body.len(),
+            actor = identity.actor,
+            signed_at = signed_at.0,
+        )?;
+        request.extend_from_slice(body);
+        self.stream.write_all(&self.request).await?;
+        self.read_answer().await
+    }
+
+    /// Reads one response: the head up to the blank line, then `content-length` bytes of body.
+    async fn read_answer(&mut self) -> std::io::Result<LoadAnswer> {
+        use tokio::io::AsyncReadExt as _;
+
+        let malformed = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+        self.response.clear();
+        let (head_end, status, length) = loop {
+            if let Some(end) = find(&self.response, b"\r\n\r\n") {
+                let head = std::str::from_utf8(&self.response[..end])
+                    .map_err(|_| malformed("response head is not UTF-8"))?;
+                let status = head
+                    .get(9..12)
+                    .and_then(|code| code.parse::<u16>().ok())
+                    .ok_or_else(|| malformed("no status code"))?;
+                let length = head
+                    .lines()
+                    .find_map(|line| {
+                        let (name, value) = line.split_once(':')?;
+                        name.eq_ignore_ascii_case("content-length")
+                            .then(|| value.trim().parse::<usize>().ok())?
+                    })
+                    .ok_or_else(|| malformed("no content-length"))?;
+                break (end + 4, status, length);
+            }
+            if self.stream.read_buf(&mut self.response).await? == 0 {
+                return Err(malformed("connection closed mid-response"));
+            }
+        };
+        while self.response.len() < head_end + length {
+            if self.stream.read_buf(&mut self.response).await? == 0 {
+                return Err(malformed("connection closed mid-body"));
+            }
+        }
+        let body = &self.response[head_end..head_end + length];
+        let reservation = find(body, b"\"reservation_id\":\"").and_then(|at| {
+            let id = &body[at + 18..];
+            let id = &id[..find(id, b"\"")?];
+            let id = allot_domain::ReservationId::parse(std::str::from_utf8(id).ok()?)?;
+            Some(id.seq)
+        });
+        Ok(LoadAnswer {
+            status,
+            reservation,
+        })
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack
+        .windows(needle.len())
+        .position(|window| window == needle)
+}
+
+/// Who the load process signs as, and the server it talks to.
+struct LoadIdentity {
+    actor: ActorId,
+    key: ed25519_dalek::SigningKey,
+    host: String,
+}
+
 /// (c) `http`, the load side: `clients` connections each reserve in a random pool then confirm
-/// or cancel, every request signed, against `server`, for `duration`.
+/// or cancel, every request signed when it is sent, against `server`, for `duration`.
+///
+/// One single-threaded runtime per core drives its share of the connections, so the load
+/// process spends nothing on work stealing or on waking tasks across threads.
 pub async fn http_load(
     server: &str,
     actor: ActorId,
@@ -757,76 +932,217 @@ pub async fn http_load(
     duration: Duration,
     seed: u64,
 ) -> Result<BenchResult, String> {
-    let base = crate::client::Client::new(server, actor, key);
+    let host = server
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("server {server} is not an http:// address"))?
+        .trim_end_matches('/')
+        .to_owned();
+    let identity = Arc::new(LoadIdentity { actor, key, host });
+    let threads = std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, clients.max(1));
     let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let mut tasks = Vec::with_capacity(clients);
-    for client in 0..clients {
-        let base = base.clone();
-        let stop = Arc::clone(&stop);
-        tasks.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed ^ client as u64);
-            let mut samples = Samples::default();
-            let mut n = 0u64;
-            let send = async |pool: &PoolId, action: Action, n: u64, samples: &mut Samples| {
-                let started = Instant::now();
-                let answer = base.send(pool, &action, &format!("c{client}-{n}")).await;
-                samples
-                    .latencies_us
-                    .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
-                match answer {
-                    Ok(answer) if answer.status < 500 => Some(answer),
-                    _ => {
-                        samples.errors += 1;
-                        None
-                    }
-                }
-            };
-            while !stop.load(Ordering::Relaxed) {
-                let pool = PoolId::new(format!("h{}", rng.gen_range(0..pools)));
-                let reserve = Action::Reserve {
-                    resource: "seat".into(),
-                    requester: format!("r{client}"),
-                    duration_ms: 600_000,
-                    count: 1,
-                };
-                n += 1;
-                let Some(answer) = send(&pool, reserve, n, &mut samples).await else {
-                    continue;
-                };
-                let Some(seq) = answer
-                    .body
-                    .get("reservation_id")
-                    .and_then(serde_json::Value::as_str)
-                    .and_then(allot_domain::ReservationId::parse)
-                    .map(|id| id.seq)
-                else {
-                    continue;
-                };
-                let follow = if rng.gen_bool(0.5) {
-                    Action::ConfirmReservation { reservation: seq }
-                } else {
-                    Action::CancelReservation { reservation: seq }
-                };
-                n += 1;
-                send(&pool, follow, n, &mut samples).await;
+    let (go, go_signal) = tokio::sync::watch::channel(false);
+    let mut connected = Vec::with_capacity(threads);
+    let mut drivers = Vec::with_capacity(threads);
+    for thread in 0..threads {
+        let share = LoadShare {
+            identity: Arc::clone(&identity),
+            clients: (thread..clients).step_by(threads).collect(),
+            pools,
+            seed,
+            stop: Arc::clone(&stop),
+            go: go_signal.clone(),
+        };
+        let (ready, is_ready) = tokio::sync::oneshot::channel();
+        connected.push(is_ready);
+        let driver = std::thread::Builder::new()
+            .name(format!("allot-load-{thread}"))
+            .spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| format!("load runtime: {e}"))
+                    .and_then(|runtime| runtime.block_on(share.drive(ready)))
+            });
+        match driver {
+            Ok(driver) => drivers.push(driver),
+            Err(error) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = go.send(true);
+                return Err(format!("cannot start a load thread: {error}"));
             }
-            samples
-        }));
+        }
     }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
+    let mut failure = None;
+    for is_ready in connected {
+        match is_ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => failure = Some(error),
+            Err(_) => failure = Some("a load thread stopped before connecting".to_owned()),
+        }
+    }
+    if failure.is_some() {
+        stop.store(true, Ordering::Relaxed);
+    }
+    let started = Instant::now();
+    let _ = go.send(true);
+    if failure.is_none() {
+        tokio::time::sleep(duration).await;
+        stop.store(true, Ordering::Relaxed);
+    }
     let mut samples = Vec::new();
-    for task in tasks {
-        samples.push(task.await.map_err(|e| e.to_string())?);
+    for driver in drivers {
+        let finished = tokio::task::spawn_blocking(move || driver.join())
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|_| "a load thread panicked".to_owned())?;
+        samples.extend(finished?);
+    }
+    if let Some(failure) = failure {
+        return Err(failure);
     }
     Ok(result(
         "http",
         samples,
         started.elapsed(),
         0,
-        format!("{pools} pools, {clients} connections, signed, separate load process"),
+        format!("{pools} pools, {clients} connections, signed when sent, separate load process"),
     ))
+}
+
+/// The connections one load thread drives.
+struct LoadShare {
+    identity: Arc<LoadIdentity>,
+    clients: Vec<usize>,
+    pools: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    go: tokio::sync::watch::Receiver<bool>,
+}
+
+impl LoadShare {
+    /// Connects every client, says so on `ready`, waits for the start, runs until stopped.
+    async fn drive(
+        mut self,
+        ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+    ) -> Result<Vec<Samples>, String> {
+        let mut connections = Vec::with_capacity(self.clients.len());
+        for &client in &self.clients {
+            match LoadConnection::connect(&self.identity.host).await {
+                Ok(connection) => connections.push((client, connection)),
+                Err(error) => {
+                    let error = format!("connect to {}: {error}", self.identity.host);
+                    let _ = ready.send(Err(error.clone()));
+                    return Err(error);
+                }
+            }
+        }
+        let _ = ready.send(Ok(()));
+        // The sender only goes away once the run is over; either way, start (or stop) now.
+        let _ = self.go.wait_for(|go| *go).await;
+        let mut tasks = Vec::with_capacity(connections.len());
+        for (client, connection) in connections {
+            tasks.push(tokio::spawn(run_client(
+                connection,
+                Arc::clone(&self.identity),
+                client,
+                self.pools,
+                self.seed,
+                Arc::clone(&self.stop),
+            )));
+        }
+        let mut samples = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            samples.push(task.await.map_err(|e| e.to_string())?);
+        }
+        Ok(samples)
+    }
+}
+
+/// One client: reserve in a random pool, then confirm or cancel, until `stop`.
+async fn run_client(
+    mut connection: LoadConnection,
+    identity: Arc<LoadIdentity>,
+    client: usize,
+    pools: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+) -> Samples {
+    let mut rng = StdRng::seed_from_u64(seed ^ client as u64);
+    let mut samples = Samples::default();
+    let mut token = String::with_capacity(32);
+    let mut n = 0u64;
+    let requester = format!("r{client}");
+    while !stop.load(Ordering::Relaxed) {
+        let pool = PoolId::new(format!("h{}", rng.gen_range(0..pools)));
+        let reserve = Action::Reserve {
+            resource: "seat".into(),
+            requester: requester.clone(),
+            duration_ms: 600_000,
+            count: 1,
+        };
+        n += 1;
+        let Some(seq) = load_command(
+            &mut connection,
+            &identity,
+            &pool,
+            &reserve,
+            &mut token,
+            (client, n),
+            &mut samples,
+        )
+        .await
+        .and_then(|answer| answer.reservation) else {
+            continue;
+        };
+        let follow = if rng.gen_bool(0.5) {
+            Action::ConfirmReservation { reservation: seq }
+        } else {
+            Action::CancelReservation { reservation: seq }
+        };
+        n += 1;
+        load_command(
+            &mut connection,
+            &identity,
+            &pool,
+            &follow,
+            &mut token,
+            (client, n),
+            &mut samples,
+        )
+        .await;
+    }
+    samples
+}
+
+/// Sends one command, timing it from signing to the last byte of the answer.
+async fn load_command(
+    connection: &mut LoadConnection,
+    identity: &LoadIdentity,
+    pool: &PoolId,
+    action: &Action,
+    token: &mut String,
+    (client, n): (usize, u64),
+    samples: &mut Samples,
+) -> Option<LoadAnswer> {
+    use std::fmt::Write as _;
+
+    token.clear();
+    // Writing into a String cannot fail.
+    let _ = write!(token, "c{client}-{n}");
+    let started = Instant::now();
+    let answer = connection.send(identity, pool, action, token).await;
+    samples
+        .latencies_us
+        .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+    match answer {
+        Ok(answer) if answer.status < 500 => Some(answer),
+        _ => {
+            samples.errors += 1;
+            None
+        }
+    }
 }
 
 /// (c) `http`, the service side: an in-process service on loopback over the embedded store, a
@@ -894,6 +1210,31 @@ pub async fn http(
     }
     let result = load(server, load_path).await;
     let (_, oversold) = crate::demo::coherence(service.ledger.projections());
+    let batching = signature_batching(&service.ledger.metrics().render());
     service.shutdown().await.map_err(|e| e.to_string())?;
-    result.map(|result| BenchResult { oversold, ..result })
+    result.map(|result| BenchResult {
+        oversold,
+        notes: format!("{}; {batching}", result.notes),
+        ..result
+    })
+}
+
+/// How the server's signature verifier batched, from its metrics text.
+fn signature_batching(metrics: &str) -> String {
+    let sample = |name: &str| {
+        metrics.lines().find_map(|line| {
+            let (sample, value) = line.split_once(' ')?;
+            (sample == name).then(|| value.trim().parse::<f64>().ok())?
+        })
+    };
+    match (
+        sample("allot_signature_batch_signatures_sum"),
+        sample("allot_signature_batch_signatures_count"),
+    ) {
+        (Some(signatures), Some(batches)) if batches > 0.0 => format!(
+            "{signatures:.0} signatures verified in {batches:.0} batches, {:.1} per batch",
+            signatures / batches
+        ),
+        _ => "no signature batches recorded".to_owned(),
+    }
 }

@@ -6,6 +6,8 @@
 //! `Idempotent-Replayed: true`. The rejection-code → status mapping is [`status_for`], the one
 //! place it lives.
 
+use std::borrow::Cow;
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -14,17 +16,19 @@ use allot_domain::{
     Outcome, PoolId, Rejection, RejectionCode, ReservationId, Role, Timestamp, command, signing,
 };
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::Semaphore;
 
 use crate::identity::{self, AuthError};
 use crate::ledger::{Ledger, Reply, SubmitError};
+use crate::verifier::{SignatureVerifier, VERIFY_WORKERS};
 
 /// Largest request body, in bytes.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
@@ -46,13 +50,16 @@ pub const SIGNATURE_HEADER: HeaderName = HeaderName::from_static("allot-signatur
 struct AppState {
     ledger: Ledger,
     in_flight: Arc<Semaphore>,
+    verifier: SignatureVerifier,
 }
 
 /// The application router.
 pub fn router(ledger: Ledger) -> Router {
+    let verifier = SignatureVerifier::start(VERIFY_WORKERS, Arc::clone(ledger.metrics()));
     let state = AppState {
         ledger,
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT_MAX)),
+        verifier,
     };
     Router::new()
         .route("/v1/pools/{pool}", post(declare_pool).get(show_pool))
@@ -157,6 +164,13 @@ pub fn status_for(code: RejectionCode) -> StatusCode {
 fn auth_problem(error: &AuthError) -> Problem {
     if error.is_forbidden() {
         Problem::new(StatusCode::FORBIDDEN, "forbidden", error.to_string())
+    } else if let AuthError::Unavailable(_) = error {
+        // Nothing was checked: the client may retry, the credential is not at fault.
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            error.to_string(),
+        )
     } else {
         // The seed maps an invalid credential to invalid-request; 401 says it is the credential.
         Problem::new(
@@ -174,21 +188,44 @@ struct Envelope {
     attestation: Attestation,
 }
 
-fn header_text<'a>(headers: &'a HeaderMap, name: &HeaderName) -> Result<&'a str, Problem> {
-    headers
-        .get(name)
+/// The headers of a signed request, moved out of the request rather than copied (the
+/// `HeaderMap` extractor clones every header of every request). Missing ones are refused where
+/// the envelope is read, so the order of checks stays that of the handler.
+struct SignedHeaders {
+    token: Option<HeaderValue>,
+    actor: Option<HeaderValue>,
+    signed_at: Option<HeaderValue>,
+    signature: Option<HeaderValue>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SignedHeaders {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Infallible> {
+        // `remove` yields the first value of a repeated header, as `get` does.
+        Ok(SignedHeaders {
+            token: parts.headers.remove(IDEMPOTENCY_KEY),
+            actor: parts.headers.remove(ACTOR_HEADER),
+            signed_at: parts.headers.remove(SIGNED_AT_HEADER),
+            signature: parts.headers.remove(SIGNATURE_HEADER),
+        })
+    }
+}
+
+fn header_text<'a>(value: Option<&'a HeaderValue>, name: &HeaderName) -> Result<&'a str, Problem> {
+    value
         .ok_or_else(|| Problem::invalid(format!("{name} header is required")))?
         .to_str()
         .map_err(|_| Problem::invalid(format!("{name} header must be visible ASCII")))
 }
 
-fn envelope(headers: &HeaderMap) -> Result<Envelope, Problem> {
-    let token = header_text(headers, &IDEMPOTENCY_KEY)?;
-    let actor = header_text(headers, &ACTOR_HEADER)?;
-    let signed_at = header_text(headers, &SIGNED_AT_HEADER)?
+fn envelope(headers: &SignedHeaders) -> Result<Envelope, Problem> {
+    let token = header_text(headers.token.as_ref(), &IDEMPOTENCY_KEY)?;
+    let actor = header_text(headers.actor.as_ref(), &ACTOR_HEADER)?;
+    let signed_at = header_text(headers.signed_at.as_ref(), &SIGNED_AT_HEADER)?
         .parse::<u64>()
         .map_err(|_| Problem::invalid("allot-signed-at must be milliseconds since the epoch"))?;
-    let signature = hex::decode(header_text(headers, &SIGNATURE_HEADER)?)
+    let signature = hex::decode(header_text(headers.signature.as_ref(), &SIGNATURE_HEADER)?)
         .map_err(|_| Problem::invalid("allot-signature must be hex"))?;
     Ok(Envelope {
         actor: ActorId::new(actor),
@@ -222,7 +259,7 @@ fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
 }
 
 /// Authenticates, authorizes and submits one pool command; renders the answer.
-async fn run(state: &AppState, headers: &HeaderMap, pool: PoolId, action: Action) -> Response {
+async fn run(state: &AppState, headers: &SignedHeaders, pool: PoolId, action: Action) -> Response {
     let started = Instant::now();
     let kind = action.kind();
     let response = match submit(state, headers, pool, action).await {
@@ -242,7 +279,7 @@ async fn run(state: &AppState, headers: &HeaderMap, pool: PoolId, action: Action
             state
                 .ledger
                 .metrics()
-                .count_command(kind.as_str(), &problem.code);
+                .count_command(kind.as_str(), problem.code.clone());
             problem.into_response()
         }
     };
@@ -256,7 +293,7 @@ async fn run(state: &AppState, headers: &HeaderMap, pool: PoolId, action: Action
 
 async fn submit(
     state: &AppState,
-    headers: &HeaderMap,
+    headers: &SignedHeaders,
     pool: PoolId,
     action: Action,
 ) -> Result<(Reply, StatusCode), Problem> {
@@ -291,12 +328,14 @@ async fn submit(
     );
     let role = ledger
         .actors()
-        .authenticate(
+        .authenticate_batched(
+            &state.verifier,
             &command.actor,
-            &bytes,
+            bytes,
             &command.attestation,
             ledger.clock().now(),
         )
+        .await
         .map_err(|error| auth_problem(&error))?;
     let kind = command.action.kind();
     if !role.may(kind) {
@@ -342,33 +381,71 @@ async fn submit(
     }
 }
 
-/// The JSON body of a successful outcome.
-pub fn outcome_body(outcome: &Outcome) -> Value {
+/// The JSON body of an outcome, serialized straight from the outcome (no intermediate
+/// `serde_json::Value`). Members are in alphabetical order, as they always were.
+#[derive(Debug, Default, Serialize)]
+pub struct OutcomeBody<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    capacity: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<RejectionCode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<Timestamp>,
+    outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool_id: Option<&'a PoolId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reservation_id: Option<&'a ReservationId>,
+}
+
+/// The JSON body of an outcome.
+pub fn outcome_body(outcome: &Outcome) -> OutcomeBody<'_> {
     match outcome {
-        Outcome::PoolDeclared { pool } => json!({"outcome": "pool_declared", "pool_id": pool}),
-        Outcome::CapacityAdjusted { capacity } => {
-            json!({"outcome": "capacity_adjusted", "capacity": capacity})
-        }
-        Outcome::PoolClosed { pool } => json!({"outcome": "pool_closed", "pool_id": pool}),
+        Outcome::PoolDeclared { pool } => OutcomeBody {
+            outcome: "pool_declared",
+            pool_id: Some(pool),
+            ..OutcomeBody::default()
+        },
+        Outcome::CapacityAdjusted { capacity } => OutcomeBody {
+            outcome: "capacity_adjusted",
+            capacity: Some(*capacity),
+            ..OutcomeBody::default()
+        },
+        Outcome::PoolClosed { pool } => OutcomeBody {
+            outcome: "pool_closed",
+            pool_id: Some(pool),
+            ..OutcomeBody::default()
+        },
         Outcome::Reserved {
             reservation,
             expires_at,
-        } => json!({
-            "outcome": "reserved",
-            "reservation_id": reservation,
-            "pool_id": reservation.pool,
-            "expires_at": expires_at,
-        }),
-        Outcome::Confirmed { reservation } => {
-            json!({"outcome": "confirmed", "reservation_id": reservation})
-        }
-        Outcome::Released { reservation } => {
-            json!({"outcome": "released", "reservation_id": reservation})
-        }
-        Outcome::Expired { reservation } => {
-            json!({"outcome": "expired", "reservation_id": reservation})
-        }
-        Outcome::Rejected(rejection) => json!({"outcome": "rejected", "code": rejection.code()}),
+        } => OutcomeBody {
+            outcome: "reserved",
+            reservation_id: Some(reservation),
+            pool_id: Some(&reservation.pool),
+            expires_at: Some(*expires_at),
+            ..OutcomeBody::default()
+        },
+        Outcome::Confirmed { reservation } => OutcomeBody {
+            outcome: "confirmed",
+            reservation_id: Some(reservation),
+            ..OutcomeBody::default()
+        },
+        Outcome::Released { reservation } => OutcomeBody {
+            outcome: "released",
+            reservation_id: Some(reservation),
+            ..OutcomeBody::default()
+        },
+        Outcome::Expired { reservation } => OutcomeBody {
+            outcome: "expired",
+            reservation_id: Some(reservation),
+            ..OutcomeBody::default()
+        },
+        Outcome::Rejected(rejection) => OutcomeBody {
+            outcome: "rejected",
+            code: Some(rejection.code()),
+            ..OutcomeBody::default()
+        },
     }
 }
 
@@ -404,7 +481,7 @@ struct DeclareBody {
 async fn declare_pool(
     State(state): State<AppState>,
     Path(pool): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
     payload: Result<Json<DeclareBody>, JsonRejection>,
 ) -> Response {
     let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
@@ -432,7 +509,7 @@ struct CapacityBody {
 async fn adjust_capacity(
     State(state): State<AppState>,
     Path(pool): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
     payload: Result<Json<CapacityBody>, JsonRejection>,
 ) -> Response {
     let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
@@ -450,7 +527,7 @@ async fn adjust_capacity(
 async fn close_pool(
     State(state): State<AppState>,
     Path(pool): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
 ) -> Response {
     match pool_id(&pool) {
         Ok(pool) => run(&state, &headers, pool, Action::ClosePool).await,
@@ -475,7 +552,7 @@ fn one() -> u32 {
 async fn reserve(
     State(state): State<AppState>,
     Path(pool): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
     payload: Result<Json<ReserveBody>, JsonRejection>,
 ) -> Response {
     let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
@@ -495,7 +572,7 @@ async fn reserve(
 
 async fn reservation_action(
     state: &AppState,
-    headers: &HeaderMap,
+    headers: &SignedHeaders,
     reservation: &str,
     action: fn(u64) -> Action,
 ) -> Response {
@@ -508,7 +585,7 @@ async fn reservation_action(
 async fn confirm(
     State(state): State<AppState>,
     Path(reservation): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
 ) -> Response {
     reservation_action(&state, &headers, &reservation, |reservation| {
         Action::ConfirmReservation { reservation }
@@ -519,7 +596,7 @@ async fn confirm(
 async fn cancel(
     State(state): State<AppState>,
     Path(reservation): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
 ) -> Response {
     reservation_action(&state, &headers, &reservation, |reservation| {
         Action::CancelReservation { reservation }
@@ -530,7 +607,7 @@ async fn cancel(
 async fn expire(
     State(state): State<AppState>,
     Path(reservation): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
 ) -> Response {
     reservation_action(&state, &headers, &reservation, |reservation| {
         Action::ExpireReservation { reservation }
@@ -609,15 +686,15 @@ struct RegisterBody {
 /// Admin-signed change to the actor registry.
 async fn actor_change(
     state: &AppState,
-    headers: &HeaderMap,
+    headers: &SignedHeaders,
     target: &str,
     change: ActorChange,
 ) -> Response {
     let started = Instant::now();
     let result = actor_change_inner(state, headers, target, change).await;
     let label = match &result {
-        Ok(_) => "ok",
-        Err(problem) => problem.code.as_str(),
+        Ok(_) => Cow::Borrowed("ok"),
+        Err(problem) => Cow::Owned(problem.code.clone()),
     };
     state.ledger.metrics().count_command("actor_change", label);
     state
@@ -647,7 +724,7 @@ pub fn actor_change_params(change: &ActorChange) -> (&'static str, Vec<(&'static
 
 async fn actor_change_inner(
     state: &AppState,
-    headers: &HeaderMap,
+    headers: &SignedHeaders,
     target: &str,
     change: ActorChange,
 ) -> Result<Response, Problem> {
@@ -672,7 +749,14 @@ async fn actor_change_inner(
     let now = ledger.clock().now();
     let role = ledger
         .actors()
-        .authenticate(&envelope.actor, &bytes, &envelope.attestation, now)
+        .authenticate_batched(
+            &state.verifier,
+            &envelope.actor,
+            bytes,
+            &envelope.attestation,
+            now,
+        )
+        .await
         .map_err(|error| auth_problem(&error))?;
     if !role.may_manage_actors() {
         return Err(auth_problem(&AuthError::Forbidden {
@@ -729,7 +813,7 @@ async fn actor_change_inner(
 async fn register_actor(
     State(state): State<AppState>,
     Path(actor): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
     payload: Result<Json<RegisterBody>, JsonRejection>,
 ) -> Response {
     let change = body(payload).and_then(|register| {
@@ -755,7 +839,7 @@ async fn register_actor(
 async fn revoke_actor(
     State(state): State<AppState>,
     Path(actor): Path<String>,
-    headers: HeaderMap,
+    headers: SignedHeaders,
 ) -> Response {
     actor_change(&state, &headers, &actor, ActorChange::Revoked).await
 }

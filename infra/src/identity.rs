@@ -20,6 +20,8 @@ use allot_domain::{
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 
+use crate::verifier::{SignatureVerifier, VerifierUnavailable};
+
 /// How far `signed_at` may be from the server's clock, either way.
 pub const SIGNED_AT_SKEW_MS: u64 = 120_000;
 
@@ -42,6 +44,8 @@ pub enum AuthError {
     },
     #[error("role {role} may not {action}")]
     Forbidden { role: Role, action: String },
+    #[error(transparent)]
+    Unavailable(#[from] VerifierUnavailable),
 }
 
 impl AuthError {
@@ -166,15 +170,14 @@ impl ActorDirectory {
             .is_none()
     }
 
-    /// Checks that `actor` is registered and not revoked, that `signed_at` is fresh, and that
-    /// the signature verifies over `bytes`. Returns the actor's role.
-    pub fn authenticate(
+    /// Checks that `actor` is registered and not revoked and that `signed_at` is fresh. Returns
+    /// the actor's key in force; the signature is the caller's to check.
+    pub fn credential(
         &self,
         actor: &ActorId,
-        bytes: &[u8],
         attestation: &Attestation,
         now: Timestamp,
-    ) -> Result<Role, AuthError> {
+    ) -> Result<ActorKey, AuthError> {
         let key = match self.current(actor) {
             Some(key) => key,
             None => {
@@ -198,8 +201,44 @@ impl ActorDirectory {
                 now,
             });
         }
+        Ok(key)
+    }
+
+    /// Checks that `actor` is registered and not revoked, that `signed_at` is fresh, and that
+    /// the signature verifies over `bytes`. Returns the actor's role.
+    pub fn authenticate(
+        &self,
+        actor: &ActorId,
+        bytes: &[u8],
+        attestation: &Attestation,
+        now: Timestamp,
+    ) -> Result<Role, AuthError> {
+        let key = self.credential(actor, attestation, now)?;
         verify_signature(&key.public_key, bytes, &attestation.signature, actor)?;
         Ok(key.role)
+    }
+
+    /// As [`ActorDirectory::authenticate`], with the signature checked by `verifier` in a batch
+    /// with other requests' signatures.
+    pub async fn authenticate_batched(
+        &self,
+        verifier: &SignatureVerifier,
+        actor: &ActorId,
+        bytes: Vec<u8>,
+        attestation: &Attestation,
+        now: Timestamp,
+    ) -> Result<Role, AuthError> {
+        let key = self.credential(actor, attestation, now)?;
+        let verifying_key = verifier
+            .key(&key.public_key)
+            .map_err(|error| AuthError::MalformedSignature(format!("public key: {error}")))?;
+        let signature = Signature::from_slice(&attestation.signature)
+            .map_err(|error| AuthError::MalformedSignature(error.to_string()))?;
+        if verifier.verify(bytes, signature, verifying_key).await? {
+            Ok(key.role)
+        } else {
+            Err(AuthError::BadSignature(actor.to_string()))
+        }
     }
 }
 

@@ -19,3 +19,4 @@ pub mod openapi;
 pub mod server;
 pub mod store;
 pub mod sweeper;
+pub mod verifier;
