@@ -556,16 +556,16 @@ async fn show_reservation(
     };
     // The binding keeps state and slot; the labels and the window are read from the event.
     match reserved_event(&state.ledger, &id, entry.reserved_version).await {
-        Ok((reserved_at, expires_at, resource, requester)) => Json(json!({
+        Ok(reserved) => Json(json!({
             "reservation_id": id,
             "pool_id": id.pool,
             "state": entry.state,
             "slot_held": entry.slot_held(),
-            "resource": resource,
-            "requester": requester,
+            "resource": reserved.resource,
+            "requester": reserved.requester,
             "count": entry.count,
-            "reserved_at": reserved_at,
-            "expires_at": expires_at,
+            "reserved_at": reserved.at,
+            "expires_at": reserved.expires_at,
         }))
         .into_response(),
         Err(reason) => {
@@ -575,13 +575,20 @@ async fn show_reservation(
     }
 }
 
-/// The `Reserved` event of `id` at `version` of its pool's stream: (reserved_at, expires_at,
-/// resource, requester).
+/// What a reservation's `Reserved` event says that the binding does not keep.
+struct Reserved {
+    at: Timestamp,
+    expires_at: Timestamp,
+    resource: String,
+    requester: String,
+}
+
+/// The `Reserved` event of `id`, at `version` of its pool's stream.
 async fn reserved_event(
     ledger: &Ledger,
     id: &ReservationId,
     version: u64,
-) -> Result<(Timestamp, Timestamp, String, String), String> {
+) -> Result<Reserved, String> {
     let stream = crate::ledger::pool_stream(&id.pool);
     let page = ledger
         .store()
@@ -604,7 +611,12 @@ async fn reserved_event(
                 requester,
                 ..
             },
-        ) if reservation == id.seq => Ok((event.at, expires_at, resource, requester)),
+        ) if reservation == id.seq => Ok(Reserved {
+            at: event.at,
+            expires_at,
+            resource,
+            requester,
+        }),
         _ => Err(format!("{stream}@{version} is not the hold of {id}")),
     }
 }

@@ -178,7 +178,8 @@ impl Projections {
         }
     }
 
-    /// Rebuilds live projections from a checkpoint's image.
+    /// Rebuilds live projections from a checkpoint's image (`checkpoint.projections`; the name
+    /// is the one start-up code has always called).
     pub fn from_snapshot(image: &Image) -> Self {
         let projections = Projections::new();
         projections.binding.restore(&image.binding);
