@@ -234,3 +234,44 @@ async fn reservations_answer_the_same_after_restarts_from_checkpoints() {
     assert_eq!(answers(&client, &ids).await, after_tail);
     service.shutdown().await.expect("shutdown");
 }
+
+/// Where start-up with a checkpoint spends its time, on a data directory left by
+/// `allot bench replay --data DIR` (which ends with a checkpoint of the whole log):
+/// `ALLOT_STARTUP_DIR=DIR cargo test --release -p allot-infra --test checkpoint_start -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ALLOT_STARTUP_DIR, a data directory with a large log and its checkpoint"]
+async fn startup_phases_on_a_large_log() {
+    let Some(dir) = std::env::var_os("ALLOT_STARTUP_DIR") else {
+        eprintln!("ALLOT_STARTUP_DIR is not set; nothing to measure");
+        return;
+    };
+    let dir = Path::new(&dir);
+    let started = std::time::Instant::now();
+    let store: Arc<dyn EventStore> = Arc::new(EmbeddedStore::open(dir).await.expect("store"));
+    let opened = started.elapsed();
+    let checkpoint = inspect::read_checkpoint(&dir.join(inspect::CHECKPOINT_FILE))
+        .expect("readable checkpoint")
+        .expect("a checkpoint");
+    let read = started.elapsed();
+    let projections = Projections::from_snapshot(&checkpoint.projections);
+    let restored = started.elapsed();
+    let ledger = allot_infra::ledger::Ledger::open(
+        store,
+        Arc::new(SystemClock),
+        Arc::new(projections),
+        Arc::new(allot_infra::metrics::Metrics::new()),
+    )
+    .await
+    .expect("ledger");
+    let serving = started.elapsed();
+    eprintln!(
+        "store open {:.3} s, checkpoint read+decode {:.3} s, restore {:.3} s, ledger open (actors, tail) {:.3} s, total {:.3} s; {} reservations",
+        opened.as_secs_f64(),
+        (read - opened).as_secs_f64(),
+        (restored - read).as_secs_f64(),
+        (serving - restored).as_secs_f64(),
+        serving.as_secs_f64(),
+        checkpoint.projections.binding.len(),
+    );
+    ledger.close().await;
+}
