@@ -22,7 +22,10 @@ use std::collections::{HashMap, HashSet};
 
 use crate::command::{Action, ActionKind, Command};
 use crate::event::{Change, Event, Outcome, ReservationState};
-use crate::ids::{ActorId, IdempotencyToken, ParamsDigest, PoolId, ReservationId, Timestamp};
+use crate::ids::{
+    ActorId, IdempotencyToken, ParamsDigest, PoolId, RESERVATION_ID_SEPARATOR, ReservationId,
+    Timestamp,
+};
 use crate::rejection::Rejection;
 
 /// Open for new reservations, or closed by an administrator.
@@ -33,9 +36,7 @@ pub enum PoolStatus {
     Closed,
 }
 
-/// What the aggregate keeps of a live reservation (Held or Confirmed): only what decisions
-/// need. Terminal reservations keep only their state byte; labels such as the requester live
-/// in the binding projection and the events.
+/// A live reservation (Held or Confirmed) as [`Pool::live`] and [`Pool::query`] show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hold {
     /// The named unit held, in pools with named units.
@@ -45,6 +46,21 @@ pub struct Hold {
     pub reserved_at: Timestamp,
     pub expires_at: Timestamp,
 }
+
+/// What the aggregate keeps of a live reservation: only what decisions need, in three words
+/// (the state is in `Pool::states`, the unit is an index into the pool's sorted unit names).
+/// Terminal reservations keep only their state byte; labels such as the requester live in the
+/// events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LiveHold {
+    reserved_at: Timestamp,
+    expires_at: Timestamp,
+    count: u32,
+    unit: u32,
+}
+
+/// `LiveHold::unit` of a hold in a pool without named units.
+const NO_UNIT: u32 = u32::MAX;
 
 /// What `query_reservation` answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,13 +81,145 @@ pub struct TokenRecord {
     pub recorded_at: Timestamp,
 }
 
+/// A cached outcome without the pool id every outcome of a pool repeats: the common outcomes are
+/// numbers; any other rejection is kept whole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CachedOutcome {
+    PoolDeclared,
+    CapacityAdjusted(u64),
+    PoolClosed,
+    Reserved {
+        seq: u64,
+        expires_at: Timestamp,
+    },
+    Confirmed(u64),
+    Released(u64),
+    Expired(u64),
+    /// `not-known` for reservation `seq` of this pool.
+    NotKnownReservation(u64),
+    NotHeld(ReservationState),
+    WindowElapsed(Timestamp),
+    WindowNotElapsed(Timestamp),
+    Rejected(Box<Rejection>),
+}
+
+/// Whether `id` is exactly the text of reservation `seq` of `pool` (`pool:seq`, no leading zero).
+fn names_reservation(id: &str, pool: &PoolId, seq: u64) -> bool {
+    let Some(digits) = id
+        .strip_prefix(pool.as_str())
+        .and_then(|rest| rest.strip_prefix(RESERVATION_ID_SEPARATOR))
+    else {
+        return false;
+    };
+    !digits.starts_with('0')
+        && digits.bytes().all(|byte| byte.is_ascii_digit())
+        && digits.parse::<u64>() == Ok(seq)
+}
+
+impl CachedOutcome {
+    /// `event.outcome()`, compacted. `outcome(pool)` gives back exactly `event.outcome()`.
+    fn of(event: &Event) -> CachedOutcome {
+        match &event.change {
+            Change::PoolDeclared => CachedOutcome::PoolDeclared,
+            Change::CapacityAdjusted { .. } => {
+                CachedOutcome::CapacityAdjusted(match event.action {
+                    Action::AdjustCapacity { capacity } => capacity,
+                    _ => 0,
+                })
+            }
+            Change::PoolClosed => CachedOutcome::PoolClosed,
+            Change::Reserved {
+                reservation,
+                expires_at,
+            } => CachedOutcome::Reserved {
+                seq: *reservation,
+                expires_at: *expires_at,
+            },
+            Change::Confirmed { reservation } => CachedOutcome::Confirmed(*reservation),
+            Change::Released { reservation } => CachedOutcome::Released(*reservation),
+            Change::Expired { reservation, .. } => CachedOutcome::Expired(*reservation),
+            Change::Rejected(rejection) => match (rejection, event.action.reservation()) {
+                (Rejection::NotKnown { what, id }, Some(seq))
+                    if what == "reservation" && names_reservation(id, &event.pool, seq) =>
+                {
+                    CachedOutcome::NotKnownReservation(seq)
+                }
+                (Rejection::NotHeld { state }, _) => CachedOutcome::NotHeld(*state),
+                (Rejection::WindowElapsed { expires_at }, _) => {
+                    CachedOutcome::WindowElapsed(*expires_at)
+                }
+                (Rejection::WindowNotElapsed { expires_at }, _) => {
+                    CachedOutcome::WindowNotElapsed(*expires_at)
+                }
+                (other, _) => CachedOutcome::Rejected(Box::new(other.clone())),
+            },
+        }
+    }
+
+    fn outcome(&self, pool: &PoolId) -> Outcome {
+        let reservation = |seq: u64| ReservationId {
+            pool: pool.clone(),
+            seq,
+        };
+        match self {
+            CachedOutcome::PoolDeclared => Outcome::PoolDeclared { pool: pool.clone() },
+            CachedOutcome::CapacityAdjusted(capacity) => Outcome::CapacityAdjusted {
+                capacity: *capacity,
+            },
+            CachedOutcome::PoolClosed => Outcome::PoolClosed { pool: pool.clone() },
+            CachedOutcome::Reserved { seq, expires_at } => Outcome::Reserved {
+                reservation: reservation(*seq),
+                expires_at: *expires_at,
+            },
+            CachedOutcome::Confirmed(seq) => Outcome::Confirmed {
+                reservation: reservation(*seq),
+            },
+            CachedOutcome::Released(seq) => Outcome::Released {
+                reservation: reservation(*seq),
+            },
+            CachedOutcome::Expired(seq) => Outcome::Expired {
+                reservation: reservation(*seq),
+            },
+            CachedOutcome::NotKnownReservation(seq) => Outcome::Rejected(Rejection::NotKnown {
+                what: "reservation".to_owned(),
+                id: reservation(*seq).to_string(),
+            }),
+            CachedOutcome::NotHeld(state) => {
+                Outcome::Rejected(Rejection::NotHeld { state: *state })
+            }
+            CachedOutcome::WindowElapsed(expires_at) => {
+                Outcome::Rejected(Rejection::WindowElapsed {
+                    expires_at: *expires_at,
+                })
+            }
+            CachedOutcome::WindowNotElapsed(expires_at) => {
+                Outcome::Rejected(Rejection::WindowNotElapsed {
+                    expires_at: *expires_at,
+                })
+            }
+            CachedOutcome::Rejected(rejection) => Outcome::Rejected((**rejection).clone()),
+        }
+    }
+}
+
+/// A token's record as the cache keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct CachedToken {
+    digest: ParamsDigest,
+    recorded_at: Timestamp,
+    outcome: CachedOutcome,
+    action: ActionKind,
+}
+
 /// Token outcomes of one pool, by actor then token. A token is answered only within `window`
 /// of its recording (`lookup` checks the time); records past it are dropped by a sweep every
 /// half window of event time, so memory holds at most 1.5 windows of tokens and the sweeps fall
 /// at the same events in live service and replay.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenCache {
-    records: HashMap<ActorId, HashMap<IdempotencyToken, TokenRecord>>,
+    /// The pool's id, which every outcome names (kept once, not per record).
+    pool: PoolId,
+    records: HashMap<ActorId, HashMap<Box<str>, CachedToken>>,
     len: usize,
     next_sweep_at: Timestamp,
 }
@@ -83,8 +231,8 @@ impl TokenCache {
         token: &IdempotencyToken,
         now: Timestamp,
         window_ms: u64,
-    ) -> Option<&TokenRecord> {
-        let record = self.get(actor, token)?;
+    ) -> Option<&CachedToken> {
+        let record = self.records.get(actor.as_str())?.get(token.as_str())?;
         (now < record.recorded_at.plus_ms(window_ms)).then_some(record)
     }
 
@@ -102,13 +250,28 @@ impl TokenCache {
         self.len = len;
     }
 
-    fn record(&mut self, actor: &ActorId, token: &IdempotencyToken, record: TokenRecord) {
-        let tokens = match self.records.get_mut(actor.as_str()) {
-            Some(tokens) => tokens,
-            None => self.records.entry(actor.clone()).or_default(),
+    fn record(&mut self, event: &Event) {
+        let record = CachedToken {
+            digest: event.digest,
+            recorded_at: event.at,
+            outcome: CachedOutcome::of(event),
+            action: event.action.kind(),
         };
-        if tokens.insert(token.clone(), record).is_none() {
+        let tokens = match self.records.get_mut(event.actor.as_str()) {
+            Some(tokens) => tokens,
+            None => self.records.entry(event.actor.clone()).or_default(),
+        };
+        if tokens.insert(event.token.as_str().into(), record).is_none() {
             self.len += 1;
+        }
+    }
+
+    fn view(&self, record: &CachedToken) -> TokenRecord {
+        TokenRecord {
+            action: record.action,
+            digest: record.digest,
+            outcome: record.outcome.outcome(&self.pool),
+            recorded_at: record.recorded_at,
         }
     }
 
@@ -120,16 +283,17 @@ impl TokenCache {
         self.len == 0
     }
 
-    pub fn get(&self, actor: &ActorId, token: &IdempotencyToken) -> Option<&TokenRecord> {
-        self.records.get(actor.as_str())?.get(token.as_str())
+    pub fn get(&self, actor: &ActorId, token: &IdempotencyToken) -> Option<TokenRecord> {
+        let record = self.records.get(actor.as_str())?.get(token.as_str())?;
+        Some(self.view(record))
     }
 
     /// Every remembered (actor, token) and its record, in no order.
-    pub fn iter(&self) -> impl Iterator<Item = (&ActorId, &IdempotencyToken, &TokenRecord)> {
-        self.records.iter().flat_map(|(actor, tokens)| {
+    pub fn iter(&self) -> impl Iterator<Item = (&ActorId, &str, TokenRecord)> {
+        self.records.iter().flat_map(move |(actor, tokens)| {
             tokens
                 .iter()
-                .map(move |(token, record)| (actor, token, record))
+                .map(move |(token, record)| (actor, &**token, self.view(record)))
         })
     }
 }
@@ -163,12 +327,14 @@ pub struct Pool {
     closes_at: Option<Timestamp>,
     idempotency_window_ms: u64,
     units: HashSet<String>,
+    /// The named units, sorted: a live hold names its unit by index here.
+    unit_names: Vec<Box<str>>,
     /// Named unit → the live reservation holding it.
     unit_holders: HashMap<String, u64>,
     /// State of reservation `seq` at index `seq - 1`: one byte per reservation ever made.
     states: Vec<ReservationState>,
     /// Held and Confirmed reservations.
-    live: HashMap<u64, Hold>,
+    live: HashMap<u64, LiveHold>,
     tokens: TokenCache,
     last_at: Timestamp,
     events_applied: u64,
@@ -214,19 +380,33 @@ impl Pool {
     pub fn tokens(&self) -> &TokenCache {
         &self.tokens
     }
-    pub fn live(&self) -> impl Iterator<Item = (u64, &Hold)> {
-        self.live.iter().map(|(seq, hold)| (*seq, hold))
+    /// Live reservations (Held and Confirmed), in no order.
+    pub fn live(&self) -> impl Iterator<Item = (u64, Hold)> + '_ {
+        self.live
+            .iter()
+            .map(|(seq, hold)| (*seq, self.hold_view(*seq, hold)))
     }
     pub fn live_count(&self) -> usize {
         self.live.len()
     }
 
+    fn hold_view(&self, seq: u64, hold: &LiveHold) -> Hold {
+        Hold {
+            unit: usize::try_from(hold.unit)
+                .ok()
+                .and_then(|index| self.unit_names.get(index))
+                .cloned(),
+            count: hold.count,
+            state: self.state_of(seq).unwrap_or(ReservationState::Held),
+            reserved_at: hold.reserved_at,
+            expires_at: hold.expires_at,
+        }
+    }
+
     /// `query_reservation`: read-only, no event.
     pub fn query(&self, seq: u64) -> Option<ReservationStatus> {
         let id = self.id.as_ref()?;
-        let state = *self
-            .states
-            .get(usize::try_from(seq.checked_sub(1)?).ok()?)?;
+        let state = self.state_of(seq)?;
         Some(ReservationStatus {
             reservation: ReservationId {
                 pool: id.clone(),
@@ -234,7 +414,7 @@ impl Pool {
             },
             state,
             slot_held: state.holds_slot(),
-            hold: self.live.get(&seq).cloned(),
+            hold: self.live.get(&seq).map(|hold| self.hold_view(seq, hold)),
         })
     }
 
@@ -243,7 +423,7 @@ impl Pool {
         self.states.get(index).copied()
     }
 
-    fn live_hold(&self, seq: u64) -> Result<&Hold, Rejection> {
+    fn live_hold(&self, seq: u64) -> Result<&LiveHold, Rejection> {
         let pool = self.id.as_ref().map(PoolId::as_str).unwrap_or_default();
         let state = self.state_of(seq).ok_or_else(|| Rejection::NotKnown {
             what: "reservation".to_owned(),
@@ -312,7 +492,7 @@ pub fn decide(pool: &Pool, command: &Command, now: Timestamp) -> Result<Decision
         pool.idempotency_window_ms,
     ) {
         if record.action == command.action.kind() && record.digest == command.digest {
-            return Ok(Decision::Replay(record.outcome.clone()));
+            return Ok(Decision::Replay(record.outcome.outcome(id)));
         }
         return Err(Rejection::TokenCollision {
             recorded_action: record.action.as_str().to_owned(),
@@ -533,10 +713,15 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
                 return Err(fail("pool declared twice".to_owned()));
             }
             pool.id = Some(event.pool.clone());
+            pool.tokens.pool = event.pool.clone();
             pool.capacity = *capacity;
             pool.closes_at = *closes_at;
             pool.idempotency_window_ms = *idempotency_window_ms;
             pool.units = units.iter().cloned().collect();
+            let mut names: Vec<Box<str>> =
+                pool.units.iter().map(|unit| unit.as_str().into()).collect();
+            names.sort_unstable();
+            pool.unit_names = names;
         }
         (Change::CapacityAdjusted { .. }, Action::AdjustCapacity { capacity }) => {
             if *capacity < pool.allocated {
@@ -570,23 +755,30 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
                     pool.capacity
                 )));
             }
-            if !pool.units.is_empty() {
+            let unit = if pool.units.is_empty() {
+                NO_UNIT
+            } else {
                 if pool.unit_holders.contains_key(resource) {
                     return Err(fail(format!("unit {resource} held twice")));
                 }
+                let unit = pool
+                    .unit_names
+                    .binary_search_by(|name| (**name).cmp(resource.as_str()))
+                    .ok()
+                    .and_then(|index| u32::try_from(index).ok())
+                    .ok_or_else(|| fail(format!("{resource} is not a unit of this pool")))?;
                 pool.unit_holders.insert(resource.clone(), *reservation);
-            }
+                unit
+            };
             pool.allocated = allocated;
             pool.states.push(ReservationState::Held);
-            let unit = (!pool.units.is_empty()).then(|| resource.as_str().into());
             pool.live.insert(
                 *reservation,
-                Hold {
-                    unit,
-                    count: *count,
+                LiveHold {
                     reserved_at: event.at,
                     expires_at: *expires_at,
-                    state: ReservationState::Held,
+                    count: *count,
+                    unit,
                 },
             );
         }
@@ -597,7 +789,6 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
                     "reservation {reservation} confirmed after its window"
                 )));
             }
-            hold.state = ReservationState::Confirmed;
             pool.states[(*reservation - 1) as usize] = ReservationState::Confirmed;
         }
         (Change::Released { reservation }, Action::CancelReservation { .. }) => {
@@ -626,26 +817,18 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
             event.allocated_after, pool.allocated
         )));
     }
-    pool.tokens.record(
-        &event.actor,
-        &event.token,
-        TokenRecord {
-            action: event.action.kind(),
-            digest: event.digest,
-            outcome: event.outcome(),
-            recorded_at: event.at,
-        },
-    );
+    pool.tokens.record(event);
     pool.last_at = event.at;
     pool.events_applied += 1;
     Ok(())
 }
 
-fn held(pool: &mut Pool, seq: u64) -> Result<&mut Hold, String> {
-    match pool.live.get_mut(&seq) {
-        Some(hold) if hold.state == ReservationState::Held => Ok(hold),
-        Some(hold) => Err(format!("reservation {seq} is {}, not held", hold.state)),
-        None => Err(format!("reservation {seq} is not live")),
+/// The live hold of `seq`, if it is Held.
+fn held(pool: &Pool, seq: u64) -> Result<LiveHold, String> {
+    match (pool.live.get(&seq), pool.state_of(seq)) {
+        (Some(hold), Some(ReservationState::Held)) => Ok(*hold),
+        (Some(_), Some(state)) => Err(format!("reservation {seq} is {state}, not held")),
+        _ => Err(format!("reservation {seq} is not live")),
     }
 }
 
@@ -654,7 +837,10 @@ fn release(pool: &mut Pool, seq: u64, terminal: ReservationState) -> Result<(), 
     let Some(hold) = pool.live.remove(&seq) else {
         return Err(format!("reservation {seq} is not live"));
     };
-    if let Some(unit) = &hold.unit {
+    if let Some(unit) = usize::try_from(hold.unit)
+        .ok()
+        .and_then(|index| pool.unit_names.get(index))
+    {
         pool.unit_holders.remove(unit.as_ref());
     }
     pool.allocated = pool
@@ -667,7 +853,7 @@ fn release(pool: &mut Pool, seq: u64, terminal: ReservationState) -> Result<(), 
 
 /// Units a terminal transition returns to the pool: all of the hold's, unless a test-only bug
 /// switch says otherwise.
-fn released_units(hold: &Hold, terminal: ReservationState) -> u64 {
+fn released_units(hold: &LiveHold, terminal: ReservationState) -> u64 {
     #[cfg(feature = "fault-injection")]
     {
         use crate::fault::{Fault, is_on};
@@ -679,4 +865,109 @@ fn released_units(hold: &Hold, terminal: ReservationState) -> u64 {
     }
     let _ = terminal;
     u64::from(hold.count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::Attestation;
+
+    fn event(action: Action, change: Change) -> Event {
+        Event {
+            pool: PoolId::new("hall"),
+            at: Timestamp(5),
+            actor: ActorId::new("a"),
+            attestation: Attestation::default(),
+            token: IdempotencyToken::new("t"),
+            digest: ParamsDigest::default(),
+            action,
+            allocated_before: 0,
+            allocated_after: 0,
+            prior_state: None,
+            new_state: None,
+            change,
+        }
+    }
+
+    #[test]
+    fn cached_outcomes_give_back_exactly_the_recorded_outcome() {
+        let confirm = Action::ConfirmReservation { reservation: 7 };
+        let not_known = |id: &str| {
+            Change::Rejected(Rejection::NotKnown {
+                what: "reservation".to_owned(),
+                id: id.to_owned(),
+            })
+        };
+        let cases = [
+            (Action::ClosePool, Change::PoolClosed),
+            (
+                Action::AdjustCapacity { capacity: 9 },
+                Change::CapacityAdjusted { capacity_before: 3 },
+            ),
+            (
+                Action::Reserve {
+                    resource: "r".to_owned(),
+                    requester: "q".to_owned(),
+                    duration_ms: 1_000,
+                    count: 1,
+                },
+                Change::Reserved {
+                    reservation: 7,
+                    expires_at: Timestamp(1_005),
+                },
+            ),
+            (confirm.clone(), Change::Confirmed { reservation: 7 }),
+            (confirm.clone(), not_known("hall:7")),
+            // Not the canonical text of reservation 7 of this pool: kept whole.
+            (confirm.clone(), not_known("hall:07")),
+            (confirm.clone(), not_known("hall:8")),
+            (confirm.clone(), not_known("hallway:7")),
+            (confirm.clone(), not_known("hall:+7")),
+            (
+                confirm.clone(),
+                Change::Rejected(Rejection::NotKnown {
+                    what: "pool".to_owned(),
+                    id: "hall:7".to_owned(),
+                }),
+            ),
+            (
+                confirm.clone(),
+                Change::Rejected(Rejection::NotHeld {
+                    state: ReservationState::Released,
+                }),
+            ),
+            (
+                confirm.clone(),
+                Change::Rejected(Rejection::WindowElapsed {
+                    expires_at: Timestamp(4),
+                }),
+            ),
+            (
+                Action::ExpireReservation { reservation: 7 },
+                Change::Rejected(Rejection::WindowNotElapsed {
+                    expires_at: Timestamp(6),
+                }),
+            ),
+            (
+                Action::ClosePool,
+                Change::Rejected(Rejection::PoolClosed {
+                    reason: "already closed".to_owned(),
+                }),
+            ),
+        ];
+        let pool = PoolId::new("hall");
+        for (action, change) in cases {
+            let event = event(action, change);
+            let cached = CachedOutcome::of(&event);
+            assert_eq!(cached.outcome(&pool), event.outcome(), "{cached:?}");
+        }
+        assert!(matches!(
+            CachedOutcome::of(&event(confirm.clone(), not_known("hall:7"))),
+            CachedOutcome::NotKnownReservation(7)
+        ));
+        assert!(matches!(
+            CachedOutcome::of(&event(confirm, not_known("hall:07"))),
+            CachedOutcome::Rejected(_)
+        ));
+    }
 }

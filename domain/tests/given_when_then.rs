@@ -273,7 +273,7 @@ impl Then<'_> {
         assert_eq!(live(after), live(before));
         assert_eq!(event.outcome(), Outcome::Rejected(rejection.clone()));
         let record = after.tokens().get(&event.actor, &event.token);
-        assert_eq!(record.map(|record| &record.outcome), Some(&event.outcome()));
+        assert_eq!(record.map(|record| record.outcome), Some(event.outcome()));
         rejection
     }
 

@@ -332,32 +332,88 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// Bytes the allocator has handed out and not taken back: glibc's `mallinfo2` (bytes in use in
+/// every arena plus mmapped chunks). Unlike RSS it counts neither freed memory the allocator
+/// keeps nor pages touched once, so growth is what the structures hold.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn allocated_bytes() -> Option<u64> {
+    #[repr(C)]
+    struct MallInfo2 {
+        arena: usize,
+        ordblks: usize,
+        smblks: usize,
+        hblks: usize,
+        hblkhd: usize,
+        usmblks: usize,
+        fsmblks: usize,
+        uordblks: usize,
+        fordblks: usize,
+        keepcost: usize,
+    }
+    unsafe extern "C" {
+        fn mallinfo2() -> MallInfo2;
+    }
+    // SAFETY: `mallinfo2` (glibc 2.33+) takes no arguments, only reads the allocator's own
+    // counters under its locks, and returns this plain struct by value.
+    let info = unsafe { mallinfo2() };
+    u64::try_from(info.uordblks.saturating_add(info.hblkhd)).ok()
+}
+
+/// Not available off glibc: the memory scenario falls back to RSS.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn allocated_bytes() -> Option<u64> {
+    None
+}
+
 /// Memory figures of the live service.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryResult {
     pub scenario: String,
+    /// What the per-item figures are: `allocator` (bytes in use, `mallinfo2`) or `rss`.
+    pub method: String,
     pub live_reservations: u64,
     pub bytes_per_live_reservation: f64,
     pub cached_tokens: u64,
     pub bytes_per_cached_token: f64,
+    /// The same waves measured by resident set growth, for comparison with earlier figures.
+    pub rss_bytes_per_live_reservation: f64,
+    pub rss_bytes_per_cached_token: f64,
 }
 
 impl std::fmt::Display for MemoryResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "memory: {:.0} bytes per live reservation (aggregate + projections, {} holds), {:.0} bytes per cached token ({} tokens)",
+            "memory ({}): {:.0} bytes per live reservation (aggregate + projections, {} holds), {:.0} bytes per cached token ({} tokens); by RSS growth {:.0} and {:.0}",
+            self.method,
             self.bytes_per_live_reservation,
             self.live_reservations,
             self.bytes_per_cached_token,
-            self.cached_tokens
+            self.cached_tokens,
+            self.rss_bytes_per_live_reservation,
+            self.rss_bytes_per_cached_token,
         )
     }
 }
 
-/// (f) memory per live reservation and per cached token: RSS growth of the live service while
-/// `count` holds are placed (each also caches its token), then while `count` rejected commands
-/// cache only their tokens.
+/// Per-item growth over two waves: (per live reservation, per cached token). A hold's wave also
+/// caches its token (and appends one event), so the token wave's figure is taken out of it.
+fn per_item(
+    before: u64,
+    after_holds: u64,
+    after_tokens: u64,
+    holds: u64,
+    tokens: u64,
+) -> (f64, f64) {
+    let per_token = after_tokens.saturating_sub(after_holds) as f64 / tokens as f64;
+    let per_hold_with_token = after_holds.saturating_sub(before) as f64 / holds as f64;
+    ((per_hold_with_token - per_token).max(0.0), per_token)
+}
+
+/// (f) memory per live reservation and per cached token: growth of the live service's
+/// allocated bytes (and RSS) while `count` holds are placed (each also caches its token), then
+/// while `count` rejected commands cache only their tokens. Both figures include the embedded
+/// store's index entry of their event (~16 bytes).
 pub async fn memory(store: Arc<dyn EventStore>, count: u64) -> Result<MemoryResult, String> {
     let ledger = open(store).await?;
     let pool = PoolId::new("memory");
@@ -394,22 +450,36 @@ pub async fn memory(store: Arc<dyn EventStore>, count: u64) -> Result<MemoryResu
             futures::future::join_all(pending.drain(..)).await;
         }
     };
+    let measure = || (allocated_bytes(), rss_bytes());
     wave(0, count / 10, true).await;
-    let before = rss_bytes();
+    let before = measure();
     wave(count / 10, count, true).await;
-    let after_holds = rss_bytes();
+    let after_holds = measure();
     wave(0, count, false).await;
-    let after_tokens = rss_bytes();
+    let after_tokens = measure();
     let holds = count - count / 10;
-    let per_token = after_tokens.saturating_sub(after_holds) as f64 / count as f64;
-    let per_hold_with_token = after_holds.saturating_sub(before) as f64 / holds as f64;
+    let (rss_per_hold, rss_per_token) =
+        per_item(before.1, after_holds.1, after_tokens.1, holds, count);
+    let allocator = match (before.0, after_holds.0, after_tokens.0) {
+        (Some(before), Some(after_holds), Some(after_tokens)) => {
+            Some(per_item(before, after_holds, after_tokens, holds, count))
+        }
+        _ => None,
+    };
     ledger.close().await;
+    let (method, (per_hold, per_token)) = match allocator {
+        Some(figures) => ("allocator", figures),
+        None => ("rss", (rss_per_hold, rss_per_token)),
+    };
     Ok(MemoryResult {
         scenario: "memory".to_owned(),
+        method: method.to_owned(),
         live_reservations: holds,
-        bytes_per_live_reservation: (per_hold_with_token - per_token).max(0.0),
+        bytes_per_live_reservation: per_hold,
         cached_tokens: count,
         bytes_per_cached_token: per_token,
+        rss_bytes_per_live_reservation: rss_per_hold,
+        rss_bytes_per_cached_token: rss_per_token,
     })
 }
 

@@ -623,25 +623,78 @@ async fn show_reservation(
         Ok(id) => id,
         Err(problem) => return problem.into_response(),
     };
-    match state.ledger.projections().binding.get(&id) {
-        Some(entry) => Json(json!({
-            "reservation_id": id,
-            "pool_id": id.pool,
-            "state": entry.state,
-            "slot_held": entry.slot_held(),
-            "resource": entry.resource,
-            "requester": entry.requester,
-            "count": entry.count,
-            "reserved_at": entry.reserved_at,
-            "expires_at": entry.expires_at,
-        }))
-        .into_response(),
-        None => Problem::new(
+    let Some(entry) = state.ledger.projections().binding.get(&id) else {
+        return Problem::new(
             StatusCode::NOT_FOUND,
             "not-known",
             format!("reservation {id} is not known"),
         )
+        .into_response();
+    };
+    // The binding keeps state and slot; the labels and the window are read from the event.
+    match reserved_event(&state.ledger, &id, entry.reserved_version).await {
+        Ok(reserved) => Json(json!({
+            "reservation_id": id,
+            "pool_id": id.pool,
+            "state": entry.state,
+            "slot_held": entry.slot_held(),
+            "resource": reserved.resource,
+            "requester": reserved.requester,
+            "count": entry.count,
+            "reserved_at": reserved.at,
+            "expires_at": reserved.expires_at,
+        }))
         .into_response(),
+        Err(reason) => {
+            tracing::error!(reservation = %id, %reason, "cannot read the reservation's event");
+            Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", reason).into_response()
+        }
+    }
+}
+
+/// What a reservation's `Reserved` event says that the binding does not keep.
+struct Reserved {
+    at: Timestamp,
+    expires_at: Timestamp,
+    resource: String,
+    requester: String,
+}
+
+/// The `Reserved` event of `id`, at `version` of its pool's stream.
+async fn reserved_event(
+    ledger: &Ledger,
+    id: &ReservationId,
+    version: u64,
+) -> Result<Reserved, String> {
+    let stream = crate::ledger::pool_stream(&id.pool);
+    let page = ledger
+        .store()
+        .read_stream(&stream, version, 1)
+        .await
+        .map_err(|error| error.to_string())?;
+    let recorded = page
+        .first()
+        .filter(|recorded| recorded.version == version)
+        .ok_or_else(|| format!("{stream}@{version} is missing"))?;
+    let event = crate::ledger::decode_pool(recorded).map_err(|error| error.to_string())?;
+    match (event.change, event.action) {
+        (
+            allot_domain::Change::Reserved {
+                reservation,
+                expires_at,
+            },
+            Action::Reserve {
+                resource,
+                requester,
+                ..
+            },
+        ) if reservation == id.seq => Ok(Reserved {
+            at: event.at,
+            expires_at,
+            resource,
+            requester,
+        }),
+        _ => Err(format!("{stream}@{version} is not the hold of {id}")),
     }
 }
 

@@ -107,6 +107,33 @@ pub async fn bootstrap_actors(ledger: &Ledger, keys_dir: &Path) -> Result<bool, 
     Ok(true)
 }
 
+/// The projections `allot serve` starts from: those of the checkpoint `allot rebuild` wrote at
+/// `path` (the ledger then replays only the log after it), or empty ones, i.e. a replay of the
+/// whole log, when there is none or it cannot be used. A checkpoint of another format or a
+/// damaged one is never partly trusted.
+pub fn projections_at_start(path: &Path) -> Projections {
+    match crate::inspect::read_checkpoint(path) {
+        Ok(Some(checkpoint)) => {
+            tracing::info!(
+                path = %path.display(),
+                position = ?checkpoint.position,
+                reservations = checkpoint.projections.binding.len(),
+                "starting from checkpoint"
+            );
+            Projections::from_snapshot(&checkpoint.projections)
+        }
+        Ok(None) => Projections::new(),
+        Err(error) => {
+            tracing::warn!(
+                path = %path.display(),
+                %error,
+                "ignoring checkpoint; replaying the whole log"
+            );
+            Projections::new()
+        }
+    }
+}
+
 /// A running service.
 pub struct Service {
     pub ledger: Ledger,

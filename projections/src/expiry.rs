@@ -1,59 +1,66 @@
 //! The expiry index: Held reservations ordered by `expires_at`, for the sweeper.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
 
 use allot_domain::{Change, Event, PoolId, ReservationId, Timestamp};
 
 use crate::SeqMap;
 
-/// Held reservations by time and by id. A pool's id is stored once (shared `Arc<str>`), so
-/// indexing or removing a reservation copies no string; `(Timestamp, pool, seq)` orders exactly
-/// as `(Timestamp, ReservationId)` does.
+/// Held reservations by time and by id. A pool is a small handle (its index in `pools`), so an
+/// entry is three words and indexing or removing one copies no string.
 #[derive(Debug, Default)]
 struct Index {
-    by_time: BTreeSet<(Timestamp, Arc<str>, u64)>,
-    by_pool: HashMap<Arc<str>, PoolHeld>,
+    by_time: BTreeSet<(Timestamp, usize, u64)>,
+    pools: Vec<PoolHeld>,
+    handles: HashMap<PoolId, usize>,
     len: usize,
 }
 
 #[derive(Debug)]
 struct PoolHeld {
-    name: Arc<str>,
+    pool: PoolId,
     by_seq: SeqMap<Timestamp>,
 }
 
 impl Index {
+    fn handle(&mut self, pool: &str) -> usize {
+        if let Some(handle) = self.handles.get(pool) {
+            return *handle;
+        }
+        let handle = self.pools.len();
+        self.pools.push(PoolHeld {
+            pool: PoolId::new(pool),
+            by_seq: SeqMap::default(),
+        });
+        self.handles.insert(PoolId::new(pool), handle);
+        handle
+    }
+
     fn insert(&mut self, pool: &str, seq: u64, expires_at: Timestamp) {
-        let held = match self.by_pool.get_mut(pool) {
-            Some(held) => held,
-            None => {
-                let name: Arc<str> = Arc::from(pool);
-                self.by_pool
-                    .entry(Arc::clone(&name))
-                    .or_insert_with(|| PoolHeld {
-                        name,
-                        by_seq: SeqMap::default(),
-                    })
-            }
-        };
-        let name = Arc::clone(&held.name);
-        match held.by_seq.insert(seq, expires_at) {
+        let handle = self.handle(pool);
+        match self.pools[handle].by_seq.insert(seq, expires_at) {
             Some(previous) => {
-                self.by_time.remove(&(previous, Arc::clone(&name), seq));
+                self.by_time.remove(&(previous, handle, seq));
             }
             None => self.len += 1,
         }
-        self.by_time.insert((expires_at, name, seq));
+        self.by_time.insert((expires_at, handle, seq));
     }
 
     fn remove(&mut self, pool: &str, seq: u64) {
-        if let Some(held) = self.by_pool.get_mut(pool)
-            && let Some(expires_at) = held.by_seq.remove(&seq)
+        if let Some(handle) = self.handles.get(pool).copied()
+            && let Some(expires_at) = self.pools[handle].by_seq.remove(&seq)
         {
             self.len -= 1;
-            self.by_time
-                .remove(&(expires_at, Arc::clone(&held.name), seq));
+            self.by_time.remove(&(expires_at, handle, seq));
+        }
+    }
+
+    fn reservation(&self, handle: usize, seq: u64) -> ReservationId {
+        ReservationId {
+            pool: self.pools[handle].pool.clone(),
+            seq,
         }
     }
 }
@@ -63,12 +70,9 @@ pub struct ExpiryIndex {
     index: Mutex<Index>,
 }
 
-fn reservation_id(pool: &str, seq: u64) -> ReservationId {
-    ReservationId {
-        pool: PoolId::new(pool),
-        seq,
-    }
-}
+/// Held reservations of every pool, as (sequence, `expires_at`) by sequence: what checkpoints
+/// store.
+pub type ExpiryImage = BTreeMap<String, Vec<(u64, u64)>>;
 
 impl ExpiryIndex {
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
@@ -104,12 +108,13 @@ impl ExpiryIndex {
 
     /// Up to `limit` Held reservations whose window has elapsed at `now`, earliest first.
     pub fn due(&self, now: Timestamp, limit: usize) -> Vec<(Timestamp, ReservationId)> {
-        self.lock()
+        let index = self.lock();
+        index
             .by_time
             .iter()
             .take_while(|(at, _, _)| *at <= now)
             .take(limit)
-            .map(|(at, pool, seq)| (*at, reservation_id(pool, *seq)))
+            .map(|(at, handle, seq)| (*at, index.reservation(*handle, *seq)))
             .collect()
     }
 
@@ -121,19 +126,47 @@ impl ExpiryIndex {
         self.len() == 0
     }
 
+    /// Every Held reservation as (`expires_at`, id), ordered by time, then pool id, then
+    /// sequence (pool handles depend on arrival order; this order does not).
     pub fn snapshot(&self) -> Vec<(u64, String)> {
-        self.lock()
+        let index = self.lock();
+        let mut held: Vec<(Timestamp, &str, u64)> = index
             .by_time
             .iter()
-            .map(|(at, pool, seq)| (at.0, reservation_id(pool, *seq).to_string()))
+            .map(|(at, handle, seq)| (*at, index.pools[*handle].pool.as_str(), *seq))
+            .collect();
+        held.sort_unstable();
+        held.into_iter()
+            .map(|(at, pool, seq)| {
+                let id = ReservationId {
+                    pool: PoolId::new(pool),
+                    seq,
+                };
+                (at.0, id.to_string())
+            })
             .collect()
     }
 
-    pub fn restore(&self, snapshot: &[(u64, String)]) {
+    pub fn image(&self) -> ExpiryImage {
+        let index = self.lock();
+        index
+            .pools
+            .iter()
+            .filter(|held| !held.by_seq.is_empty())
+            .map(|held| {
+                let mut entries: Vec<(u64, u64)> =
+                    held.by_seq.iter().map(|(seq, at)| (*seq, at.0)).collect();
+                entries.sort_unstable();
+                (held.pool.to_string(), entries)
+            })
+            .collect()
+    }
+
+    pub fn restore(&self, image: &ExpiryImage) {
         let mut index = self.lock();
-        for (at, id) in snapshot {
-            if let Some(id) = ReservationId::parse(id) {
-                index.insert(id.pool.as_str(), id.seq, Timestamp(*at));
+        for (pool, entries) in image {
+            for (seq, at) in entries {
+                index.insert(pool, *seq, Timestamp(*at));
             }
         }
     }

@@ -25,9 +25,9 @@ use allot_domain::{Event, PoolId};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-pub use binding::{Binding, BindingEntry};
+pub use binding::{Binding, BindingEntry, BindingImage, PoolBinding, PoolBindingImage, Words};
 pub use counts::{PoolCount, PoolCounts};
-pub use expiry::ExpiryIndex;
+pub use expiry::{ExpiryImage, ExpiryIndex};
 
 /// A map keyed by a pool's reservation sequence. Sequences are assigned by the pool, one after
 /// the other, so a multiply-shift hash spreads them well at a fraction of SipHash's cost.
@@ -91,6 +91,18 @@ pub struct Snapshot {
     pub applied: u64,
 }
 
+/// The projections in the compact form checkpoints store: the binding as its packed words,
+/// Held reservations as numbers. Loading one copies blocks; it parses no reservation ids.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub binding: BindingImage,
+    pub counts: BTreeMap<String, PoolCount>,
+    pub expiry: ExpiryImage,
+    pub next_version: BTreeMap<String, u64>,
+    pub last_position: Option<u64>,
+    pub applied: u64,
+}
+
 impl Projections {
     pub fn new() -> Self {
         Self::default()
@@ -111,7 +123,7 @@ impl Projections {
         }
         *next = version + 1;
         drop(next);
-        self.binding.apply(event);
+        self.binding.apply(version, event);
         self.counts.apply(event);
         self.expiry.apply(event);
         self.last_position
@@ -150,24 +162,39 @@ impl Projections {
         }
     }
 
-    /// Rebuilds live projections from a checkpoint snapshot.
-    pub fn from_snapshot(snapshot: &Snapshot) -> Self {
+    /// The compact image a checkpoint stores.
+    pub fn image(&self) -> Image {
+        Image {
+            binding: self.binding.image(),
+            counts: self.counts.snapshot(),
+            expiry: self.expiry.image(),
+            next_version: self
+                .next_version
+                .iter()
+                .map(|entry| (entry.key().to_string(), *entry.value()))
+                .collect(),
+            last_position: self.last_position(),
+            applied: self.applied(),
+        }
+    }
+
+    /// Rebuilds live projections from a checkpoint's image (`checkpoint.projections`; the name
+    /// is the one start-up code has always called).
+    pub fn from_snapshot(image: &Image) -> Self {
         let projections = Projections::new();
-        projections.binding.restore(&snapshot.binding);
-        projections.counts.restore(&snapshot.counts);
-        projections.expiry.restore(&snapshot.expiry);
-        for (pool, version) in &snapshot.next_version {
+        projections.binding.restore(&image.binding);
+        projections.counts.restore(&image.counts);
+        projections.expiry.restore(&image.expiry);
+        for (pool, version) in &image.next_version {
             projections
                 .next_version
                 .insert(PoolId::new(pool.clone()), *version);
         }
         projections.last_position.store(
-            snapshot.last_position.map_or(0, |p| p.saturating_add(1)),
+            image.last_position.map_or(0, |p| p.saturating_add(1)),
             Ordering::Release,
         );
-        projections
-            .applied
-            .store(snapshot.applied, Ordering::Release);
+        projections.applied.store(image.applied, Ordering::Release);
         projections
     }
 }
