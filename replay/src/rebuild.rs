@@ -346,7 +346,7 @@ impl Rebuild {
     pub fn into_parts(self) -> (Projections, HashMap<PoolId, Pool>, ActorRegistry) {
         // Workers of a partitioned rebuild may still hold the projections: copy them then.
         let projections = Arc::try_unwrap(self.projections)
-            .unwrap_or_else(|shared| Projections::from_snapshot(&shared.snapshot()));
+            .unwrap_or_else(|shared| Projections::from_snapshot(&shared.image()));
         (projections, self.pools, self.actors)
     }
 }
