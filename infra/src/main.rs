@@ -426,16 +426,9 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             // Start from the checkpoint `allot rebuild` wrote, replaying only the tail.
             let projections = match store {
                 Some(_) => Projections::new(),
-                None => match inspect::read_checkpoint(&data.join(inspect::CHECKPOINT_FILE)) {
-                    Ok(Some(checkpoint)) => Projections::from_snapshot(&checkpoint.projections),
-                    Ok(None) => Projections::new(),
-                    Err(error) => {
-                        eprintln!(
-                            "warning: ignoring checkpoint ({error}); replaying the whole log"
-                        );
-                        Projections::new()
-                    }
-                },
+                None => {
+                    allot_infra::server::projections_at_start(&data.join(inspect::CHECKPOINT_FILE))
+                }
             };
             let service = Service::start(
                 event_store,
