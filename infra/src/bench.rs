@@ -818,6 +818,105 @@ pub async fn replay(dir: &Path, events: u64) -> Result<ReplayResult, String> {
     })
 }
 
+/// Figures of the start-up scenario: medians over `runs` restarts of each kind.
+#[derive(Debug, Clone, Serialize)]
+pub struct StartupResult {
+    pub scenario: String,
+    pub events: u64,
+    pub runs: usize,
+    pub seconds_without_checkpoint: f64,
+    pub seconds_with_checkpoint: f64,
+    pub checkpoint_bytes: u64,
+}
+
+impl std::fmt::Display for StartupResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "startup: {} events; ready to serve in {:.2} s without a checkpoint, {:.2} s with one ({} bytes); medians of {} restarts",
+            self.events,
+            self.seconds_without_checkpoint,
+            self.seconds_with_checkpoint,
+            self.checkpoint_bytes,
+            self.runs
+        )
+    }
+}
+
+/// (e) start-up on the log in `dir` (generated with `events` events if it has none): the time
+/// from opening the store to a ledger ready to decide, replaying the whole log, and starting
+/// from a checkpoint (written by a rebuild first if the directory has none) plus the tail.
+pub async fn startup(dir: &Path, events: u64, runs: usize) -> Result<StartupResult, String> {
+    use crate::inspect;
+    use crate::store::embedded::EmbeddedStore;
+
+    if !dir.join("events.log").exists() {
+        let store = EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?;
+        generate_log(&store, events).await?;
+        store.close().await.map_err(|e| e.to_string())?;
+    }
+    let checkpoint_path = dir.join(inspect::CHECKPOINT_FILE);
+    let current = matches!(inspect::read_checkpoint(&checkpoint_path), Ok(Some(_)));
+    if !current {
+        let store = EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?;
+        let bar = inspect::progress_bar(None, "");
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        let rebuild = inspect::rebuild(&store, None, &bar)
+            .await
+            .map_err(|e| e.to_string())?;
+        let bytes = rebuild.checkpoint().to_bytes().map_err(|e| e.to_string())?;
+        inspect::write_atomically(&checkpoint_path, &bytes).map_err(|e| e.to_string())?;
+        store.close().await.map_err(|e| e.to_string())?;
+    }
+    let checkpoint_bytes = std::fs::metadata(&checkpoint_path)
+        .map_err(|e| format!("{}: {e}", checkpoint_path.display()))?
+        .len();
+
+    let runs = runs.max(1);
+    let (mut without, mut with) = (Vec::with_capacity(runs), Vec::with_capacity(runs));
+    let mut total = 0;
+    for _ in 0..runs {
+        for from_checkpoint in [false, true] {
+            let started = Instant::now();
+            let store: Arc<dyn EventStore> =
+                Arc::new(EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?);
+            let projections = if from_checkpoint {
+                crate::server::projections_at_start(&checkpoint_path)
+            } else {
+                Projections::new()
+            };
+            let ledger = Ledger::open(
+                store,
+                Arc::new(SystemClock),
+                Arc::new(projections),
+                Arc::new(Metrics::new()),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+            let seconds = started.elapsed().as_secs_f64();
+            total = ledger.projections().applied();
+            ledger.close().await;
+            if from_checkpoint {
+                with.push(seconds);
+            } else {
+                without.push(seconds);
+            }
+        }
+    }
+    let median = |mut runs: Vec<f64>| {
+        runs.sort_by(f64::total_cmp);
+        runs[runs.len() / 2]
+    };
+    Ok(StartupResult {
+        scenario: "startup".to_owned(),
+        events: total,
+        runs,
+        seconds_without_checkpoint: median(without),
+        seconds_with_checkpoint: median(with),
+        checkpoint_bytes,
+    })
+}
+
 /// One keep-alive HTTP/1.1 connection of the load process, on hyper's connection-level client:
 /// a pooled general client (reqwest) cost the load process as much CPU as the server spent
 /// answering, on the same two cores.

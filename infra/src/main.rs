@@ -241,6 +241,18 @@ enum BenchScenario {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+    /// Time to be ready to serve after a restart on a large log, with and without a checkpoint.
+    Startup {
+        /// Events in the generated log (when the directory has none).
+        #[arg(long, default_value_t = 10_000_000)]
+        events: u64,
+        /// Where the log lives (`bench replay` leaves one there).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Restarts of each kind; the median is reported.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// Memory per live reservation and per cached token.
     Memory {
         #[arg(long, default_value_t = 200_000)]
@@ -815,6 +827,13 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 BenchScenario::Replay { events, data } => {
                     let dir = dir_or_temp(data);
                     let result = bench::replay(&dir, events).await?;
+                    println!("{result}");
+                    println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    return Ok(ExitCode::SUCCESS);
+                }
+                BenchScenario::Startup { events, data, runs } => {
+                    let dir = dir_or_temp(data);
+                    let result = bench::startup(&dir, events, runs).await?;
                     println!("{result}");
                     println!("{}", serde_json::to_string(&result).unwrap_or_default());
                     return Ok(ExitCode::SUCCESS);
