@@ -39,6 +39,9 @@ pub const BATCH_COMMANDS_MAX: usize = 1024;
 /// ones before it leave and answered in order once durable. Bounds what a failed append takes
 /// with it.
 pub const PIPELINE_BATCHES_MAX: usize = 4;
+/// A pool task that just decided a batch of at least this many commands yields once before
+/// collecting the next, if fewer than half as many are queued.
+pub const LINGER_BATCH_MIN: usize = 8;
 /// Commands queued per pool before new ones are refused as overloaded.
 pub const POOL_QUEUE_MAX: usize = 8192;
 /// Times a batch is decided again after version conflicts before giving up.
@@ -433,6 +436,7 @@ impl Ledger {
         let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::with_capacity(depth);
         let mut open = true;
         let mut retiring = false;
+        let mut previous_batch = 0usize;
         loop {
             let first = if in_flight.is_empty() {
                 if !open {
@@ -459,6 +463,13 @@ impl Ledger {
                     },
                 }
             };
+            // The callers the last big batch answered are on their way back; the first of them
+            // wakes this task at once. One yield lets the others queue their commands too, so
+            // they share a batch (and the next fdatasync) instead of waiting a whole cycle behind
+            // a batch of one.
+            if previous_batch >= LINGER_BATCH_MIN && jobs.len() < previous_batch / 2 {
+                tokio::task::yield_now().await;
+            }
             let mut batch = Vec::with_capacity(16);
             batch.push(first);
             while batch.len() < BATCH_COMMANDS_MAX {
@@ -477,6 +488,7 @@ impl Ledger {
                     }
                 }
             }
+            previous_batch = batch.len();
             let Some(pool) = state.as_mut() else { continue };
             let decided = match decide_jobs(&pool_id, pool, batch, self.shared.clock.now()) {
                 Ok(decided) => decided,
