@@ -3,7 +3,18 @@
 //! pool's expected version. Replies are sent only after the append is durable, so nothing is
 //! acknowledged that could be lost. On a version conflict (another instance wrote) the task
 //! reloads the stream and decides the batch again.
+//!
+//! Where the store decides appends in submission order and nobody else writes, the task keeps
+//! up to [`PIPELINE_BATCHES_MAX`] batches in flight: while one is being made durable it decides
+//! the next on the already evolved state and submits it with the version after it. Batches are
+//! answered in decision order, each only once its own append (and every earlier one) is
+//! durable. If an append fails, no batch behind it is answered from its decision: the task
+//! waits for their appends to settle, reloads the pool, then decides them again (conflict) or
+//! fails them (store failure; tokens that landed replay on retry).
 
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -18,10 +29,19 @@ use tokio::task::JoinSet;
 use crate::clock::Clock;
 use crate::identity::ActorDirectory;
 use crate::metrics::Metrics;
-use crate::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError};
+use crate::store::{
+    AppendOutcome, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
+};
 
 /// Commands decided back to back into one append.
 pub const BATCH_COMMANDS_MAX: usize = 1024;
+/// Batches of one pool whose appends may be in flight at once, each decided on the state the
+/// ones before it leave and answered in order once durable. Bounds what a failed append takes
+/// with it.
+pub const PIPELINE_BATCHES_MAX: usize = 4;
+/// A pool task that just decided a batch of at least this many commands yields once before
+/// collecting the next, if fewer than half as many are queued.
+pub const LINGER_BATCH_MIN: usize = 8;
 /// Commands queued per pool before new ones are refused as overloaded.
 pub const POOL_QUEUE_MAX: usize = 8192;
 /// Times a batch is decided again after version conflicts before giving up.
@@ -401,9 +421,55 @@ impl Ledger {
     }
 
     async fn run_pool(self, pool_id: PoolId, mut jobs: mpsc::Receiver<Job>) {
+        let store = self.shared.store.clone();
+        let stream = pool_stream(&pool_id);
+        // Several appends of one pool may be in flight only where the store decides them in
+        // submission order and no other process writes in between.
+        let depth = if store.orders_appends_by_submission() && !store.shared_with_other_writers() {
+            PIPELINE_BATCHES_MAX
+        } else {
+            1
+        };
+        // Evolved through every decided batch, durable or in flight. `None` (reload before
+        // the next batch) only while nothing is in flight.
         let mut state: Option<Pool> = None;
+        let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::with_capacity(depth);
+        let mut open = true;
         let mut retiring = false;
-        while let Some(first) = jobs.recv().await {
+        let mut previous_batch = 0usize;
+        loop {
+            let first = if in_flight.is_empty() {
+                if !open {
+                    break;
+                }
+                match jobs.recv().await {
+                    Some(job) => job,
+                    None => break,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    settled = std::future::poll_fn(|cx| poll_in_flight(&mut in_flight, cx)) => {
+                        self.settle(&pool_id, &stream, settled, &mut in_flight, &mut state)
+                            .await;
+                        continue;
+                    }
+                    job = jobs.recv(), if open && in_flight.len() < depth => match job {
+                        Some(job) => job,
+                        None => {
+                            open = false;
+                            continue;
+                        }
+                    },
+                }
+            };
+            // The callers the last big batch answered are on their way back; the first of them
+            // wakes this task at once. One yield lets the others queue their commands too, so
+            // they share a batch (and the next fdatasync) instead of waiting a whole cycle behind
+            // a batch of one.
+            if previous_batch >= LINGER_BATCH_MIN && jobs.len() < previous_batch / 2 {
+                tokio::task::yield_now().await;
+            }
             let mut batch = Vec::with_capacity(16);
             batch.push(first);
             while batch.len() < BATCH_COMMANDS_MAX {
@@ -422,11 +488,41 @@ impl Ledger {
                     }
                 }
             }
+            previous_batch = batch.len();
             let Some(pool) = state.as_mut() else { continue };
-            let keep = self.decide_batch(&pool_id, pool, batch).await;
-            if !keep {
-                state = None;
-            }
+            let decided = match decide_jobs(&pool_id, pool, batch, self.shared.clock.now()) {
+                Ok(decided) => decided,
+                Err(()) => {
+                    // The state took part of a refused batch: let the batches before it finish,
+                    // then reload.
+                    while !in_flight.is_empty() {
+                        let settled =
+                            std::future::poll_fn(|cx| poll_in_flight(&mut in_flight, cx)).await;
+                        self.settle(&pool_id, &stream, settled, &mut in_flight, &mut state)
+                            .await;
+                    }
+                    state = None;
+                    continue;
+                }
+            };
+            let append = if decided.events.is_empty() {
+                Append::Nothing
+            } else {
+                let expected = expected_before(decided.base_version);
+                let proposed = propose(&decided.events);
+                self.shared
+                    .metrics
+                    .append_batch_events
+                    .observe(decided.events.len() as f64);
+                let mut future = store.append(&stream, expected, proposed);
+                // Polled once now, so the store sees this pool's appends in the order they were
+                // decided; later polls only wait for durability.
+                match futures::poll!(future.as_mut()) {
+                    std::task::Poll::Ready(result) => Append::Done(result),
+                    std::task::Poll::Pending => Append::Pending(future),
+                }
+            };
+            in_flight.push_back(InFlight { decided, append });
             // A pool that was never declared keeps no task: retire, then answer what was queued.
             if !retiring && state.as_ref().is_some_and(|pool| !pool.is_declared()) {
                 retiring = true;
@@ -436,107 +532,169 @@ impl Ledger {
         }
     }
 
-    /// Decides and appends one batch. Returns false if the in-memory pool must be reloaded.
-    async fn decide_batch(&self, pool_id: &PoolId, pool: &mut Pool, batch: Vec<Job>) -> bool {
-        let stream = pool_stream(pool_id);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let now = self.shared.clock.now();
-            let base_version = pool.events_applied();
-            let mut events = Vec::new();
-            let mut replies = Vec::with_capacity(batch.len());
-            for job in &batch {
-                match decide(pool, &job.command, now) {
-                    Ok(Decision::Append(event)) => {
-                        if let Err(error) = evolve(pool, &event) {
-                            // decide and evolve disagree: a domain bug. Refuse the batch.
-                            tracing::error!(pool = %pool_id, %error, "decided event does not apply");
-                            fail_all(batch, &SubmitError::Recording(error.to_string()));
-                            return false;
-                        }
-                        replies.push(Ok(Reply {
-                            outcome: event.outcome(),
-                            replayed: false,
-                        }));
-                        events.push(event);
+    /// Answers the oldest batch once its append settled. A failed append takes every later
+    /// batch of the pool with it, since they were decided on top of it.
+    async fn settle<'a>(
+        &self,
+        pool_id: &PoolId,
+        stream: &str,
+        settled: Settled,
+        in_flight: &mut VecDeque<InFlight<'a>>,
+        state: &mut Option<Pool>,
+    ) {
+        match settled.result {
+            None => send_replies(settled.decided.jobs, settled.decided.replies),
+            Some(Ok(appended)) => {
+                self.record_appended(pool_id, settled.decided, appended)
+                    .await
+            }
+            Some(Err(error)) => {
+                self.recover(pool_id, stream, settled.decided, error, in_flight, state)
+                    .await
+            }
+        }
+    }
+
+    /// After the append of `failed` failed: waits for the appends in flight behind it (so the
+    /// reload sees everything that landed), answers none of their decisions, and reloads. On a
+    /// version conflict every batch is decided again on the reloaded pool, in order; on any
+    /// other failure all of them fail (their tokens replay if something landed after all).
+    async fn recover<'a>(
+        &self,
+        pool_id: &PoolId,
+        stream: &str,
+        failed: Decided,
+        error: StoreError,
+        in_flight: &mut VecDeque<InFlight<'a>>,
+        state: &mut Option<Pool>,
+    ) {
+        let mut later = Vec::with_capacity(in_flight.len());
+        let mut later_maybe_written = false;
+        while let Some(next) = in_flight.pop_front() {
+            let result = match next.append {
+                Append::Nothing => None,
+                Append::Pending(future) => Some(future.await),
+                Append::Done(result) => Some(result),
+            };
+            later_maybe_written |= result.as_ref().is_some_and(maybe_written);
+            later.push(next.decided.jobs);
+        }
+        *state = None;
+        self.shared
+            .metrics
+            .pipeline_redone_batches
+            .inc_by(later.len() as u64);
+        if let StoreError::WrongExpectedVersion { .. } = error {
+            self.shared.metrics.version_conflicts.inc();
+            tracing::debug!(pool = %pool_id, "version conflict; reloading");
+            let mut pool = match self.load_pool(pool_id).await {
+                Ok(pool) => pool,
+                Err(error) => {
+                    let error = SubmitError::Recording(error.to_string());
+                    fail_all(failed.jobs, &error);
+                    for jobs in later {
+                        fail_all(jobs, &error);
                     }
-                    Ok(Decision::Replay(outcome)) => replies.push(Ok(Reply {
-                        outcome,
-                        replayed: true,
-                    })),
-                    Err(rejection) => replies.push(Err(SubmitError::Rejected(rejection))),
+                    return;
+                }
+            };
+            // Events another writer appended must reach the projections too.
+            self.catch_up_projections(pool_id).await;
+            let mut healthy = true;
+            for jobs in std::iter::once(failed.jobs).chain(later) {
+                if healthy {
+                    healthy = self.decide_batch(pool_id, stream, &mut pool, jobs, 2).await;
+                } else {
+                    fail_all(
+                        jobs,
+                        &SubmitError::Recording(
+                            "an earlier batch of this pool failed; retry".to_owned(),
+                        ),
+                    );
                 }
             }
-            if events.is_empty() {
-                send_replies(batch, replies);
+            if healthy {
+                *state = Some(pool);
+            }
+            return;
+        }
+        tracing::warn!(pool = %pool_id, %error, "append failed");
+        let failed_maybe_written = matches!(
+            error,
+            StoreError::Unavailable {
+                maybe_written: true,
+                ..
+            }
+        );
+        let reply = SubmitError::Recording(error.to_string());
+        fail_all(failed.jobs, &reply);
+        for jobs in later {
+            fail_all(jobs, &reply);
+        }
+        if failed_maybe_written || later_maybe_written {
+            // Events that landed must reach the projections even though nobody was told; a
+            // retry of their tokens replays them.
+            self.catch_up_projections(pool_id).await;
+        }
+    }
+
+    /// Decides and appends one batch, waiting for its append; on a version conflict reloads and
+    /// decides it again. Returns false if the in-memory pool must be reloaded.
+    async fn decide_batch(
+        &self,
+        pool_id: &PoolId,
+        stream: &str,
+        pool: &mut Pool,
+        mut batch: Vec<Job>,
+        first_attempt: usize,
+    ) -> bool {
+        let mut attempt = first_attempt;
+        loop {
+            let decided = match decide_jobs(pool_id, pool, batch, self.shared.clock.now()) {
+                Ok(decided) => decided,
+                Err(()) => return false,
+            };
+            if decided.events.is_empty() {
+                send_replies(decided.jobs, decided.replies);
                 return true;
             }
-            let expected = match base_version.checked_sub(1) {
-                None => ExpectedVersion::NoStream,
-                Some(version) => ExpectedVersion::Exact(version),
-            };
-            let proposed = events
-                .iter()
-                .map(|event| ProposedEvent {
-                    id: event_id(event),
-                    kind: event.kind_name().to_owned(),
-                    payload: codec::encode_event(event),
-                })
-                .collect();
+            let expected = expected_before(decided.base_version);
+            let proposed = propose(&decided.events);
             self.shared
                 .metrics
                 .append_batch_events
-                .observe(events.len() as f64);
-            match self.shared.store.append(&stream, expected, proposed).await {
+                .observe(decided.events.len() as f64);
+            match self.shared.store.append(stream, expected, proposed).await {
                 Ok(appended) => {
-                    let placed_hold = events
-                        .iter()
-                        .any(|event| matches!(event.change, allot_domain::Change::Reserved { .. }));
-                    if self.shared.projections.next_version(pool_id) == base_version {
-                        for (i, event) in events.iter().enumerate() {
-                            let version = base_version + i as u64;
-                            let position = appended
-                                .last_position
-                                .saturating_sub((events.len() - 1 - i) as u64);
-                            self.shared.projections.apply(version, position, event);
-                        }
-                    } else {
-                        // The projections missed events before this batch (an append whose ack
-                        // was lost, or another instance's writes after a reload): read them, and
-                        // this batch, from the stream.
-                        self.catch_up_projections(pool_id).await;
-                    }
-                    if placed_hold {
-                        self.shared.holds_placed.notify_one();
-                    }
-                    send_replies(batch, replies);
+                    self.record_appended(pool_id, decided, appended).await;
                     return true;
                 }
                 Err(StoreError::WrongExpectedVersion { .. }) if attempt < CONFLICT_RETRIES_MAX => {
+                    attempt += 1;
                     self.shared.metrics.version_conflicts.inc();
                     tracing::debug!(pool = %pool_id, attempt, "version conflict; reloading");
                     match self.load_pool(pool_id).await {
                         Ok(fresh) => *pool = fresh,
                         Err(error) => {
-                            fail_all(batch, &SubmitError::Recording(error.to_string()));
+                            fail_all(decided.jobs, &SubmitError::Recording(error.to_string()));
                             return false;
                         }
                     }
                     // Events another writer appended must reach the projections too.
                     self.catch_up_projections(pool_id).await;
+                    batch = decided.jobs;
                 }
                 Err(error) => {
                     tracing::warn!(pool = %pool_id, %error, "append failed");
-                    let maybe_written = matches!(
+                    let landed = matches!(
                         error,
                         StoreError::Unavailable {
                             maybe_written: true,
                             ..
                         }
                     );
-                    fail_all(batch, &SubmitError::Recording(error.to_string()));
-                    if maybe_written {
+                    fail_all(decided.jobs, &SubmitError::Recording(error.to_string()));
+                    if landed {
                         // Events that landed must reach the projections even though nobody was
                         // told; a retry of their tokens replays them.
                         self.catch_up_projections(pool_id).await;
@@ -545,6 +703,37 @@ impl Ledger {
                 }
             }
         }
+    }
+
+    /// A batch's append is durable: feed the projections, then answer its commands.
+    async fn record_appended(&self, pool_id: &PoolId, decided: Decided, appended: AppendOutcome) {
+        let Decided {
+            jobs,
+            replies,
+            events,
+            base_version,
+        } = decided;
+        let placed_hold = events
+            .iter()
+            .any(|event| matches!(event.change, allot_domain::Change::Reserved { .. }));
+        if self.shared.projections.next_version(pool_id) == base_version {
+            for (i, event) in events.iter().enumerate() {
+                let version = base_version + i as u64;
+                let position = appended
+                    .last_position
+                    .saturating_sub((events.len() - 1 - i) as u64);
+                self.shared.projections.apply(version, position, event);
+            }
+        } else {
+            // The projections missed events before this batch (an append whose ack was lost,
+            // or another instance's writes after a reload): read them, and this batch, from the
+            // stream.
+            self.catch_up_projections(pool_id).await;
+        }
+        if placed_hold {
+            self.shared.holds_placed.notify_one();
+        }
+        send_replies(jobs, replies);
     }
 
     /// Applies events of `pool` that the projections have not seen (written by another instance).
@@ -678,6 +867,140 @@ pub fn decode_actor(recorded: &RecordedEvent) -> Result<ActorEvent, LoadError> {
     })
 }
 
+/// A batch decided against the pool's state, answered once its append (if any) is durable.
+struct Decided {
+    jobs: Vec<Job>,
+    /// One per job, in order.
+    replies: Vec<Result<Reply, SubmitError>>,
+    events: Vec<Event>,
+    /// Version of the batch's first event: the pool's event count before the batch.
+    base_version: u64,
+}
+
+type AppendFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<AppendOutcome, StoreError>> + Send + 'a>>;
+
+/// Where a decided batch's append stands.
+enum Append<'a> {
+    /// Nothing to write (replays, uncached rejections). Still answered in turn: a replay may
+    /// name an outcome whose append is in flight.
+    Nothing,
+    Pending(AppendFuture<'a>),
+    Done(Result<AppendOutcome, StoreError>),
+}
+
+/// A decided batch of one pool, in the order it was decided.
+struct InFlight<'a> {
+    decided: Decided,
+    append: Append<'a>,
+}
+
+/// The oldest batch, taken off once its append settled (`result` is `None` when it had none).
+struct Settled {
+    decided: Decided,
+    result: Option<Result<AppendOutcome, StoreError>>,
+}
+
+/// Polls every pending append, oldest first (so each keeps its place in the store's queue), and
+/// yields the oldest batch once it settled.
+fn poll_in_flight(
+    in_flight: &mut VecDeque<InFlight<'_>>,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Settled> {
+    for batch in in_flight.iter_mut() {
+        if let Append::Pending(future) = &mut batch.append
+            && let std::task::Poll::Ready(result) = future.as_mut().poll(cx)
+        {
+            batch.append = Append::Done(result);
+        }
+    }
+    if in_flight
+        .front()
+        .is_some_and(|front| matches!(front.append, Append::Pending(_)))
+    {
+        return std::task::Poll::Pending;
+    }
+    match in_flight.pop_front() {
+        Some(InFlight { decided, append }) => std::task::Poll::Ready(Settled {
+            decided,
+            result: match append {
+                Append::Done(result) => Some(result),
+                Append::Nothing | Append::Pending(_) => None,
+            },
+        }),
+        None => std::task::Poll::Pending,
+    }
+}
+
+/// Decides `batch` back to back against `pool`, evolving it. `Err` (every command answered
+/// with a recording failure) if decide and evolve disagree: a domain bug; the pool must be
+/// reloaded.
+fn decide_jobs(
+    pool_id: &PoolId,
+    pool: &mut Pool,
+    batch: Vec<Job>,
+    now: allot_domain::Timestamp,
+) -> Result<Decided, ()> {
+    let base_version = pool.events_applied();
+    let mut events = Vec::new();
+    let mut replies = Vec::with_capacity(batch.len());
+    for job in &batch {
+        match decide(pool, &job.command, now) {
+            Ok(Decision::Append(event)) => {
+                if let Err(error) = evolve(pool, &event) {
+                    tracing::error!(pool = %pool_id, %error, "decided event does not apply");
+                    fail_all(batch, &SubmitError::Recording(error.to_string()));
+                    return Err(());
+                }
+                replies.push(Ok(Reply {
+                    outcome: event.outcome(),
+                    replayed: false,
+                }));
+                events.push(event);
+            }
+            Ok(Decision::Replay(outcome)) => replies.push(Ok(Reply {
+                outcome,
+                replayed: true,
+            })),
+            Err(rejection) => replies.push(Err(SubmitError::Rejected(rejection))),
+        }
+    }
+    Ok(Decided {
+        jobs: batch,
+        replies,
+        events,
+        base_version,
+    })
+}
+
+/// The expected version of an append whose first event gets `base_version`.
+fn expected_before(base_version: u64) -> ExpectedVersion {
+    match base_version.checked_sub(1) {
+        None => ExpectedVersion::NoStream,
+        Some(version) => ExpectedVersion::Exact(version),
+    }
+}
+
+fn propose(events: &[Event]) -> Vec<ProposedEvent> {
+    events
+        .iter()
+        .map(|event| ProposedEvent {
+            id: event_id(event),
+            kind: event.kind_name().to_owned(),
+            payload: codec::encode_event(event),
+        })
+        .collect()
+}
+
+/// Whether a settled append may have landed.
+fn maybe_written(result: &Result<AppendOutcome, StoreError>) -> bool {
+    match result {
+        Ok(_) => true,
+        Err(StoreError::Unavailable { maybe_written, .. }) => *maybe_written,
+        Err(_) => false,
+    }
+}
+
 fn fail_all(batch: Vec<Job>, error: &SubmitError) {
     for job in batch {
         let _ = job.reply.send(Err(error.clone()));
@@ -688,5 +1011,347 @@ fn send_replies(batch: Vec<Job>, replies: Vec<Result<Reply, SubmitError>>) {
     for (job, reply) in batch.into_iter().zip(replies) {
         // The caller may have gone away (timeout, disconnect); the outcome is recorded anyway.
         let _ = job.reply.send(reply);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+    use std::time::Duration;
+
+    use allot_domain::{Action, ActorId, Attestation, IdempotencyToken, Timestamp};
+    use async_trait::async_trait;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::identity::params_digest;
+    use crate::store::Subscription;
+    use crate::store::memory::MemoryStore;
+
+    /// How the held append ends once released.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Fate {
+        /// Nothing written; `Unavailable { maybe_written: false }`.
+        NotWritten,
+        /// Written, acknowledgement lost; `Unavailable { maybe_written: true }`.
+        AckLost,
+        /// Nothing written; refused as if another writer had moved the stream.
+        Conflict,
+    }
+
+    struct Hold {
+        fate: Fate,
+        release: tokio::sync::oneshot::Receiver<()>,
+    }
+
+    /// The memory store, except that the next append after [`GatedStore::hold_next`] waits for
+    /// a release and then ends as its [`Fate`] says; every other append passes straight through.
+    /// Like the embedded store, it decides appends in submission order, so the ledger pipelines.
+    struct GatedStore {
+        inner: MemoryStore,
+        hold: StdMutex<Option<Hold>>,
+        appends: std::sync::atomic::AtomicUsize,
+    }
+
+    impl GatedStore {
+        fn new() -> Self {
+            GatedStore {
+                inner: MemoryStore::new(),
+                hold: StdMutex::new(None),
+                appends: std::sync::atomic::AtomicUsize::new(0),
+            }
+        }
+
+        fn hold_next(&self, fate: Fate) -> tokio::sync::oneshot::Sender<()> {
+            let (release, wait) = tokio::sync::oneshot::channel();
+            *self.hold.lock().unwrap() = Some(Hold {
+                fate,
+                release: wait,
+            });
+            release
+        }
+
+        fn appends(&self) -> usize {
+            self.appends.load(Ordering::SeqCst)
+        }
+    }
+
+    #[async_trait]
+    impl EventStore for GatedStore {
+        async fn append(
+            &self,
+            stream: &str,
+            expected: ExpectedVersion,
+            events: Vec<ProposedEvent>,
+        ) -> Result<AppendOutcome, StoreError> {
+            let hold = self.hold.lock().unwrap().take();
+            self.appends.fetch_add(1, Ordering::SeqCst);
+            let Some(hold) = hold else {
+                return self.inner.append(stream, expected, events).await;
+            };
+            // Decided now, in submission order; the answer waits for the release.
+            if hold.fate == Fate::AckLost {
+                self.inner.append(stream, expected, events).await?;
+            }
+            let _ = hold.release.await;
+            match hold.fate {
+                Fate::NotWritten => Err(StoreError::Unavailable {
+                    reason: "injected: failed before durable".to_owned(),
+                    maybe_written: false,
+                }),
+                Fate::AckLost => Err(StoreError::Unavailable {
+                    reason: "injected: acknowledgement lost".to_owned(),
+                    maybe_written: true,
+                }),
+                Fate::Conflict => Err(StoreError::WrongExpectedVersion {
+                    stream: stream.to_owned(),
+                    expected,
+                    actual: crate::store::ActualVersion::Exact(0),
+                }),
+            }
+        }
+
+        async fn read_stream(
+            &self,
+            stream: &str,
+            from_version: u64,
+            max_count: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner
+                .read_stream(stream, from_version, max_count)
+                .await
+        }
+
+        async fn read_all(
+            &self,
+            after: Option<u64>,
+            max_count: usize,
+        ) -> Result<Vec<RecordedEvent>, StoreError> {
+            self.inner.read_all(after, max_count).await
+        }
+
+        async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError> {
+            self.inner.subscribe_all(after).await
+        }
+
+        fn orders_appends_by_submission(&self) -> bool {
+            true
+        }
+    }
+
+    const START: Timestamp = Timestamp(1_800_000_000_000);
+
+    fn command(pool: &PoolId, actor: &str, token: &str, action: Action) -> Command {
+        Command {
+            pool: pool.clone(),
+            actor: ActorId::new(actor),
+            attestation: Attestation {
+                signed_at: START,
+                signature: vec![7; 64],
+            },
+            token: IdempotencyToken::new(token.to_owned()),
+            digest: params_digest(&action),
+            action,
+        }
+    }
+
+    fn reserve(pool: &PoolId, token: &str) -> Command {
+        let action = Action::Reserve {
+            resource: "seat".into(),
+            requester: format!("requester-{token}"),
+            duration_ms: 60_000,
+            count: 1,
+        };
+        command(pool, "client", token, action)
+    }
+
+    async fn ledger_with_pool(store: Arc<GatedStore>) -> (Ledger, PoolId) {
+        let ledger = Ledger::open(
+            store,
+            Arc::new(ManualClock::new(START)),
+            Arc::new(Projections::new()),
+            Arc::new(Metrics::new()),
+        )
+        .await
+        .unwrap();
+        let pool = PoolId::new("p1");
+        let declare = Action::DeclarePool {
+            capacity: 10,
+            closes_at: None,
+            units: vec![],
+            idempotency_window_ms: 600_000,
+        };
+        let declared = ledger
+            .submit(command(&pool, "admin", "declare", declare))
+            .await
+            .unwrap();
+        assert!(matches!(declared.outcome, Outcome::PoolDeclared { .. }));
+        (ledger, pool)
+    }
+
+    /// Submits `a`, whose append the store holds with `fate`, then `b`, which the pool decides
+    /// on top of `a` and appends while `a` is still in flight; then releases `a`. Returns both
+    /// answers.
+    async fn two_pipelined(
+        store: &Arc<GatedStore>,
+        ledger: &Ledger,
+        a: Command,
+        b: Command,
+        fate: Fate,
+    ) -> (Result<Reply, SubmitError>, Result<Reply, SubmitError>) {
+        let release = store.hold_next(fate);
+        let before = store.appends();
+        let first = tokio::spawn({
+            let ledger = ledger.clone();
+            async move { ledger.submit(a).await }
+        });
+        let second = tokio::spawn({
+            let ledger = ledger.clone();
+            let store = store.clone();
+            async move {
+                while store.appends() < before + 1 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                ledger.submit(b).await
+            }
+        });
+        // The second batch reaches the store while the first is held: the pool pipelines.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while store.appends() < before + 2 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        })
+        .await
+        .expect("the second batch was not appended while the first was in flight");
+        assert!(
+            !second.is_finished(),
+            "answered before the batch ahead settled"
+        );
+        release.send(()).unwrap();
+        (first.await.unwrap(), second.await.unwrap())
+    }
+
+    fn reserved_seq(reply: &Result<Reply, SubmitError>) -> u64 {
+        match reply {
+            Ok(Reply {
+                outcome: Outcome::Reserved { reservation, .. },
+                ..
+            }) => reservation.seq,
+            other => panic!("expected a reservation, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_append_fails_the_batch_pipelined_behind_it() {
+        let store = Arc::new(GatedStore::new());
+        let (ledger, pool) = ledger_with_pool(store.clone()).await;
+        let (a, b) = two_pipelined(
+            &store,
+            &ledger,
+            reserve(&pool, "a"),
+            reserve(&pool, "b"),
+            Fate::NotWritten,
+        )
+        .await;
+        assert!(matches!(a, Err(SubmitError::Recording(_))), "{a:?}");
+        assert!(matches!(b, Err(SubmitError::Recording(_))), "{b:?}");
+        // Only the declaration is in the log, and the pool was reloaded from it.
+        assert_eq!(store.inner.len(), 1);
+        assert_eq!(ledger.metrics().pipeline_redone_batches.get(), 1);
+        let retried_b = ledger.submit(reserve(&pool, "b")).await;
+        let retried_a = ledger.submit(reserve(&pool, "a")).await;
+        assert!(!retried_b.as_ref().unwrap().replayed);
+        assert!(!retried_a.as_ref().unwrap().replayed);
+        assert_ne!(reserved_seq(&retried_a), reserved_seq(&retried_b));
+        let count = ledger.projections().counts.get(&pool).unwrap();
+        assert_eq!(count.allocated, 2);
+        assert_eq!(store.inner.len(), 3);
+        ledger.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_ack_is_not_answered_for_the_batch_behind_it_and_retries_replay() {
+        let store = Arc::new(GatedStore::new());
+        let (ledger, pool) = ledger_with_pool(store.clone()).await;
+        let (a, b) = two_pipelined(
+            &store,
+            &ledger,
+            reserve(&pool, "a"),
+            reserve(&pool, "b"),
+            Fate::AckLost,
+        )
+        .await;
+        assert!(matches!(a, Err(SubmitError::Recording(_))), "{a:?}");
+        // Its append landed on top of the first, but it is answered only as the first is.
+        assert!(matches!(b, Err(SubmitError::Recording(_))), "{b:?}");
+        assert_eq!(store.inner.len(), 3);
+        // Both landed: retries replay the recorded outcomes, nothing is applied twice, and the
+        // projections caught up with events nobody was told about.
+        let retried_a = ledger.submit(reserve(&pool, "a")).await.unwrap();
+        let retried_b = ledger.submit(reserve(&pool, "b")).await.unwrap();
+        assert!(retried_a.replayed && retried_b.replayed);
+        assert_eq!(store.inner.len(), 3);
+        let count = ledger.projections().counts.get(&pool).unwrap();
+        assert_eq!(count.allocated, 2);
+        // The reloaded pool appends after both.
+        let c = ledger.submit(reserve(&pool, "c")).await.unwrap();
+        assert!(!c.replayed);
+        assert_eq!(store.inner.len(), 4);
+        ledger.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_conflict_decides_the_pipelined_batches_again_in_order() {
+        let store = Arc::new(GatedStore::new());
+        let (ledger, pool) = ledger_with_pool(store.clone()).await;
+        let (a, b) = two_pipelined(
+            &store,
+            &ledger,
+            reserve(&pool, "a"),
+            reserve(&pool, "b"),
+            Fate::Conflict,
+        )
+        .await;
+        let (a, b) = (reserved_seq(&a), reserved_seq(&b));
+        assert!(a < b, "decided again in their original order: {a} then {b}");
+        assert_eq!(store.inner.len(), 3);
+        assert_eq!(ledger.metrics().version_conflicts.get(), 1);
+        let count = ledger.projections().counts.get(&pool).unwrap();
+        assert_eq!(count.allocated, 2);
+        ledger.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_replay_of_an_outcome_in_flight_waits_for_it_to_be_durable() {
+        let store = Arc::new(GatedStore::new());
+        let (ledger, pool) = ledger_with_pool(store.clone()).await;
+        let release = store.hold_next(Fate::NotWritten);
+        let first = tokio::spawn({
+            let ledger = ledger.clone();
+            let a = reserve(&pool, "a");
+            async move { ledger.submit(a).await }
+        });
+        while store.appends() < 2 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // The same token again: decided as a replay of the held outcome, so it has nothing to
+        // append, yet it must not be answered before that outcome is durable.
+        let retry = tokio::spawn({
+            let ledger = ledger.clone();
+            let a = reserve(&pool, "a");
+            async move { ledger.submit(a).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !retry.is_finished(),
+            "a replay was answered before its outcome was durable"
+        );
+        release.send(()).unwrap();
+        let first = first.await.unwrap();
+        let retry = retry.await.unwrap();
+        assert!(matches!(first, Err(SubmitError::Recording(_))), "{first:?}");
+        assert!(matches!(retry, Err(SubmitError::Recording(_))), "{retry:?}");
+        assert_eq!(store.inner.len(), 1);
+        ledger.close().await;
     }
 }

@@ -18,6 +18,11 @@ use allot_infra::store::{self, EventStore};
 use allot_projections::Projections;
 use clap::{Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: the command path allocates and frees small objects across
+/// threads, where glibc's free-list consolidation cost a fifth of the CPU (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// allot: a reservation ledger that never oversells and never loses a slot.
 #[derive(Debug, Parser)]
 #[command(name = "allot", version, about)]

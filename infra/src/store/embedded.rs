@@ -496,6 +496,12 @@ impl EventStore for EmbeddedStore {
         self.read_locs(locs).await
     }
 
+    /// One writer thread takes appends from a FIFO queue (its bounded channel hands out room in
+    /// request order) and checks each against the heads its earlier appends left.
+    fn orders_appends_by_submission(&self) -> bool {
+        true
+    }
+
     async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError> {
         // Past the last possible position: a subscription that never yields.
         let next = after.map_or(0, |after| after.saturating_add(1));

@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::{
-    APPEND_EVENTS_MAX, ActualVersion, AppendOutcome, EventStore, ExpectedVersion, ProposedEvent,
-    RecordedEvent, StoreError, Subscription,
+    ActualVersion, AppendOutcome, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent,
+    StoreError, Subscription, validate_append,
 };
 
 /// Subscription wake-up channel depth; a lagging subscriber re-reads from the log.
@@ -37,7 +37,10 @@ impl Shared {
 
     fn read_after(&self, after: Option<u64>, max_count: usize) -> Vec<RecordedEvent> {
         let log = self.lock();
-        let start = after.map_or(0, |p| p as usize + 1);
+        // Past the last possible position reads nothing.
+        let start = after.map_or(0, |p| {
+            usize::try_from(p).map_or(usize::MAX, |p| p.saturating_add(1))
+        });
         log.events
             .iter()
             .skip(start)
@@ -87,11 +90,7 @@ impl EventStore for MemoryStore {
         expected: ExpectedVersion,
         events: Vec<ProposedEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        if events.is_empty() || events.len() > APPEND_EVENTS_MAX {
-            return Err(StoreError::InvalidAppend(format!(
-                "an append carries 1..={APPEND_EVENTS_MAX} events"
-            )));
-        }
+        validate_append(stream, &events)?;
         let outcome = {
             let mut log = self.shared.lock();
             let head = log
@@ -166,6 +165,11 @@ impl EventStore for MemoryStore {
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
         Ok(self.shared.read_after(after, max_count))
+    }
+
+    /// An append is decided whole on its first poll.
+    fn orders_appends_by_submission(&self) -> bool {
+        true
     }
 
     async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError> {
