@@ -332,44 +332,16 @@ pub fn rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Bytes the allocator has handed out and not taken back: glibc's `mallinfo2` (bytes in use in
-/// every arena plus mmapped chunks). Unlike RSS it counts neither freed memory the allocator
-/// keeps nor pages touched once, so growth is what the structures hold.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
+/// Live heap bytes, if the binary counts them (`crate::allocation`).
 pub fn allocated_bytes() -> Option<u64> {
-    #[repr(C)]
-    struct MallInfo2 {
-        arena: usize,
-        ordblks: usize,
-        smblks: usize,
-        hblks: usize,
-        hblkhd: usize,
-        usmblks: usize,
-        fsmblks: usize,
-        uordblks: usize,
-        fordblks: usize,
-        keepcost: usize,
-    }
-    unsafe extern "C" {
-        fn mallinfo2() -> MallInfo2;
-    }
-    // SAFETY: `mallinfo2` (glibc 2.33+) takes no arguments, only reads the allocator's own
-    // counters under its locks, and returns this plain struct by value.
-    let info = unsafe { mallinfo2() };
-    u64::try_from(info.uordblks.saturating_add(info.hblkhd)).ok()
-}
-
-/// Not available off glibc: the memory scenario falls back to RSS.
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn allocated_bytes() -> Option<u64> {
-    None
+    crate::allocation::live_bytes().map(|bytes| bytes.max(0).unsigned_abs())
 }
 
 /// Memory figures of the live service.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemoryResult {
     pub scenario: String,
-    /// What the per-item figures are: `allocator` (bytes in use, `mallinfo2`) or `rss`.
+    /// What the per-item figures are: `allocator` (live heap bytes counted by `crate::allocation`) or `rss`.
     pub method: String,
     pub live_reservations: u64,
     pub bytes_per_live_reservation: f64,
@@ -415,6 +387,7 @@ fn per_item(
 /// while `count` rejected commands cache only their tokens. Both figures include the embedded
 /// store's index entry of their event (~16 bytes).
 pub async fn memory(store: Arc<dyn EventStore>, count: u64) -> Result<MemoryResult, String> {
+    crate::allocation::start_counting();
     let ledger = open(store).await?;
     let pool = PoolId::new("memory");
     declare(&ledger, &pool, 1_000_000_000, None).await?;

@@ -6,6 +6,7 @@
 //!
 //! Must not: decide commands itself; every decision goes through `allot_domain::decide`.
 
+pub mod allocation;
 pub mod bench;
 pub mod client;
 pub mod clock;

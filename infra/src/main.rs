@@ -20,8 +20,10 @@ use clap::{Parser, Subcommand};
 
 /// mimalloc instead of glibc malloc: the command path allocates and frees small objects across
 /// threads, where glibc's free-list consolidation cost a fifth of the CPU (see BENCHMARKS.md).
+/// Wrapped to count live bytes for `allot bench memory` (off otherwise).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: allot_infra::allocation::CountingAllocator<mimalloc::MiMalloc> =
+    allot_infra::allocation::CountingAllocator(mimalloc::MiMalloc);
 
 /// allot: a reservation ledger that never oversells and never loses a slot.
 #[derive(Debug, Parser)]
