@@ -215,14 +215,52 @@ struct CachedToken {
 /// of its recording (`lookup` checks the time); records past it are dropped by a sweep every
 /// half window of event time, so memory holds at most 1.5 windows of tokens and the sweeps fall
 /// at the same events in live service and replay.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct TokenCache {
     /// The pool's id, which every outcome names (kept once, not per record).
     pool: PoolId,
-    records: HashMap<ActorId, HashMap<Box<str>, CachedToken>>,
+    records: HashMap<ActorId, ActorTokens>,
     len: usize,
     next_sweep_at: Timestamp,
 }
+
+/// One actor's tokens. A map the sweep empties is kept until the next sweep, so an actor that
+/// keeps coming back reuses its table instead of freeing and regrowing it every half window.
+#[derive(Debug, Clone, Default)]
+struct ActorTokens {
+    tokens: HashMap<Box<str>, CachedToken>,
+    /// Already empty at the last sweep: the next sweep drops it if it is still empty.
+    idle: bool,
+}
+
+/// Equal when the remembered tokens are: emptied tables kept for reuse do not count.
+impl PartialEq for TokenCache {
+    fn eq(&self, other: &TokenCache) -> bool {
+        let held = |cache: &TokenCache| {
+            cache
+                .records
+                .values()
+                .filter(|actor| !actor.tokens.is_empty())
+                .count()
+        };
+        self.pool == other.pool
+            && self.len == other.len
+            && self.next_sweep_at == other.next_sweep_at
+            && held(self) == held(other)
+            && self
+                .records
+                .iter()
+                .filter(|(_, actor)| !actor.tokens.is_empty())
+                .all(|(id, actor)| {
+                    other
+                        .records
+                        .get(id)
+                        .is_some_and(|theirs| theirs.tokens == actor.tokens)
+                })
+    }
+}
+
+impl Eq for TokenCache {}
 
 impl TokenCache {
     fn lookup(
@@ -232,7 +270,11 @@ impl TokenCache {
         now: Timestamp,
         window_ms: u64,
     ) -> Option<&CachedToken> {
-        let record = self.records.get(actor.as_str())?.get(token.as_str())?;
+        let record = self
+            .records
+            .get(actor.as_str())?
+            .tokens
+            .get(token.as_str())?;
         (now < record.recorded_at.plus_ms(window_ms)).then_some(record)
     }
 
@@ -242,10 +284,14 @@ impl TokenCache {
         }
         self.next_sweep_at = now.plus_ms(window_ms / 2);
         let mut len = 0;
-        self.records.retain(|_, tokens| {
-            tokens.retain(|_, record| now < record.recorded_at.plus_ms(window_ms));
-            len += tokens.len();
-            !tokens.is_empty()
+        self.records.retain(|_, actor| {
+            actor
+                .tokens
+                .retain(|_, record| now < record.recorded_at.plus_ms(window_ms));
+            len += actor.tokens.len();
+            let keep = !actor.tokens.is_empty() || !actor.idle;
+            actor.idle = actor.tokens.is_empty();
+            keep
         });
         self.len = len;
     }
@@ -257,12 +303,17 @@ impl TokenCache {
             outcome: CachedOutcome::of(event),
             action: event.action.kind(),
         };
-        let tokens = match self.records.get_mut(event.actor.as_str()) {
-            Some(tokens) => tokens,
+        let actor = match self.records.get_mut(event.actor.as_str()) {
+            Some(actor) => actor,
             None => self.records.entry(event.actor.clone()).or_default(),
         };
-        if tokens.insert(event.token.as_str().into(), record).is_none() {
-            self.len += 1;
+        // A token recorded again after its window keeps its key: allocate only for a new one.
+        match actor.tokens.get_mut(event.token.as_str()) {
+            Some(existing) => *existing = record,
+            None => {
+                actor.tokens.insert(event.token.as_str().into(), record);
+                self.len += 1;
+            }
         }
     }
 
@@ -284,7 +335,11 @@ impl TokenCache {
     }
 
     pub fn get(&self, actor: &ActorId, token: &IdempotencyToken) -> Option<TokenRecord> {
-        let record = self.records.get(actor.as_str())?.get(token.as_str())?;
+        let record = self
+            .records
+            .get(actor.as_str())?
+            .tokens
+            .get(token.as_str())?;
         Some(self.view(record))
     }
 
@@ -292,6 +347,7 @@ impl TokenCache {
     pub fn iter(&self) -> impl Iterator<Item = (&ActorId, &str, TokenRecord)> {
         self.records.iter().flat_map(move |(actor, tokens)| {
             tokens
+                .tokens
                 .iter()
                 .map(move |(token, record)| (actor, &**token, self.view(record)))
         })
