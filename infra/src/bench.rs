@@ -987,15 +987,32 @@ impl LoadConnection {
                 )));
             }
         };
-        let request = hyper::Request::post(path)
-            .header(hyper::header::HOST, identity.host.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header("idempotency-key", token)
-            .header("allot-actor", identity.actor.as_str())
-            .header("allot-signed-at", signed_at.0)
-            .header("allot-signature", hex::encode(signature))
-            .body(Full::new(Bytes::copy_from_slice(&self.body)))
-            .map_err(std::io::Error::other)?;
+        let mut signature_hex = [0u8; 128];
+        hex::encode_to_slice(signature, &mut signature_hex).map_err(std::io::Error::other)?;
+        let mut request = hyper::Request::new(Full::new(Bytes::copy_from_slice(&self.body)));
+        *request.method_mut() = hyper::Method::POST;
+        *request.uri_mut() = hyper::Uri::try_from(path).map_err(std::io::Error::other)?;
+        // The headers that are the same on every request are built once, in `LoadIdentity`.
+        let headers = request.headers_mut();
+        headers.insert(hyper::header::HOST, identity.host_header.clone());
+        headers.insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("application/json"),
+        );
+        headers.insert(
+            crate::http::IDEMPOTENCY_KEY,
+            hyper::header::HeaderValue::from_str(token).map_err(std::io::Error::other)?,
+        );
+        headers.insert(crate::http::ACTOR_HEADER, identity.actor_header.clone());
+        headers.insert(
+            crate::http::SIGNED_AT_HEADER,
+            hyper::header::HeaderValue::from(signed_at.0),
+        );
+        headers.insert(
+            crate::http::SIGNATURE_HEADER,
+            hyper::header::HeaderValue::from_bytes(&signature_hex)
+                .map_err(std::io::Error::other)?,
+        );
         self.sender.ready().await.map_err(std::io::Error::other)?;
         let response = self
             .sender
@@ -1026,6 +1043,9 @@ struct LoadIdentity {
     actor: ActorId,
     key: ed25519_dalek::SigningKey,
     host: String,
+    /// `host` and `actor` as header values, built once rather than parsed per request.
+    host_header: hyper::header::HeaderValue,
+    actor_header: hyper::header::HeaderValue,
 }
 
 /// (c) `http`, the load side: `clients` connections each reserve in a random pool then confirm
@@ -1047,7 +1067,17 @@ pub async fn http_load(
         .ok_or_else(|| format!("server {server} is not an http:// address"))?
         .trim_end_matches('/')
         .to_owned();
-    let identity = Arc::new(LoadIdentity { actor, key, host });
+    let host_header = hyper::header::HeaderValue::from_str(&host)
+        .map_err(|e| format!("server {server} is not a header value: {e}"))?;
+    let actor_header = hyper::header::HeaderValue::from_str(actor.as_str())
+        .map_err(|e| format!("actor {actor} is not a header value: {e}"))?;
+    let identity = Arc::new(LoadIdentity {
+        actor,
+        key,
+        host,
+        host_header,
+        actor_header,
+    });
     let threads = std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .clamp(1, clients.max(1));
@@ -1346,5 +1376,77 @@ fn signature_batching(metrics: &str) -> String {
             signatures / batches
         ),
         _ => "no signature batches recorded".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The load process's requests (headers built once per identity, signature hex on the
+    /// stack) are accepted as signed: a reserve makes a reservation, its confirm confirms it,
+    /// and a request whose signature does not match is refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn load_connection_requests_pass_authentication() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let result = http(dir.path(), 1, async |server, key_path| {
+            let (file, key) =
+                crate::identity::KeyFile::read(&key_path).map_err(|e| e.to_string())?;
+            let host = server.trim_start_matches("http://").to_owned();
+            let actor = ActorId::new(file.actor);
+            let identity = LoadIdentity {
+                host_header: hyper::header::HeaderValue::from_str(&host)
+                    .map_err(|e| e.to_string())?,
+                actor_header: hyper::header::HeaderValue::from_str(actor.as_str())
+                    .map_err(|e| e.to_string())?,
+                actor,
+                key,
+                host,
+            };
+            let mut connection = LoadConnection::connect(&identity.host)
+                .await
+                .map_err(|e| e.to_string())?;
+            let pool = PoolId::new("h0");
+            let reserve = Action::Reserve {
+                resource: "seat".into(),
+                requester: "r0".into(),
+                duration_ms: 600_000,
+                count: 1,
+            };
+            let reserved = connection
+                .send(&identity, &pool, &reserve, "t-1")
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(reserved.status, 201);
+            let seq = reserved.reservation.ok_or("no reservation id")?;
+            let confirm = Action::ConfirmReservation { reservation: seq };
+            let confirmed = connection
+                .send(&identity, &pool, &confirm, "t-2")
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(confirmed.status, 200);
+            // Signed by another key under the same actor name: the server must refuse it.
+            let impostor = LoadIdentity {
+                key: ed25519_dalek::SigningKey::from_bytes(&[7; 32]),
+                host_header: identity.host_header.clone(),
+                actor_header: identity.actor_header.clone(),
+                actor: identity.actor.clone(),
+                host: identity.host.clone(),
+            };
+            let forged = connection
+                .send(&impostor, &pool, &reserve, "t-3")
+                .await
+                .map_err(|e| e.to_string())?;
+            assert_eq!(forged.status, 401);
+            Ok(result(
+                "http",
+                Vec::new(),
+                Duration::from_secs(1),
+                0,
+                String::new(),
+            ))
+        })
+        .await;
+        assert!(result.is_ok(), "{result:?}");
     }
 }
