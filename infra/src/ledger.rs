@@ -108,7 +108,15 @@ pub enum LoadError {
 
 struct Job {
     command: Command,
-    reply: oneshot::Sender<Result<Reply, SubmitError>>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// What a pool task tells a submitter.
+enum Answer {
+    Decided(Result<Reply, SubmitError>),
+    /// The task retired (its pool was never declared) before deciding this command: submit it
+    /// again, to a task that starts only once this one writes nothing more.
+    Resubmit(Command),
 }
 
 struct Shared {
@@ -295,12 +303,16 @@ impl Ledger {
         command.validate().map_err(SubmitError::Rejected)?;
         let mut command = command;
         loop {
-            let sender = self.pool_sender(&command.pool);
+            let Some(sender) = self.pool_sender(&command.pool) else {
+                return Err(SubmitError::ShuttingDown);
+            };
             let (reply, answer) = oneshot::channel();
             match sender.try_send(Job { command, reply }) {
-                Ok(()) => {
-                    return answer.await.unwrap_or(Err(SubmitError::ShuttingDown));
-                }
+                Ok(()) => match answer.await {
+                    Ok(Answer::Decided(result)) => return result,
+                    Ok(Answer::Resubmit(returned)) => command = returned,
+                    Err(_) => return Err(SubmitError::ShuttingDown),
+                },
                 Err(mpsc::error::TrySendError::Full(job)) => {
                     return Err(SubmitError::Overloaded(job.command.pool.to_string()));
                 }
@@ -315,13 +327,19 @@ impl Ledger {
         }
     }
 
-    fn pool_sender(&self, pool: &PoolId) -> mpsc::Sender<Job> {
+    /// The queue of `pool`'s task, starting one if it has none; `None` once closing, so no task
+    /// starts beside one that `close` is draining (two writers to one stream would let a
+    /// pipelined append land on the other's events).
+    fn pool_sender(&self, pool: &PoolId) -> Option<mpsc::Sender<Job>> {
         if let Some(sender) = self.shared.pools.get(pool) {
-            return sender.clone();
+            return Some(sender.clone());
         }
-        self.shared
-            .pools
-            .entry(pool.clone())
+        let entry = self.shared.pools.entry(pool.clone());
+        // Checked under the map's lock: `close` stops accepting before it clears the map.
+        if !self.shared.accepting.load(Ordering::SeqCst) {
+            return None;
+        }
+        let sender = entry
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(POOL_QUEUE_MAX);
                 let ledger = self.clone();
@@ -336,7 +354,8 @@ impl Ledger {
                 tasks.spawn(async move { ledger.run_pool(pool, rx).await });
                 tx
             })
-            .clone()
+            .clone();
+        Some(sender)
     }
 
     /// Follows the store from its current end so writes of other instances reach this one's
@@ -523,11 +542,23 @@ impl Ledger {
                 }
             };
             in_flight.push_back(InFlight { decided, append });
-            // A pool that was never declared keeps no task: retire, then answer what was queued.
+            // A pool that was never declared keeps no task: take no more commands, settle what
+            // is in flight, then retire.
             if !retiring && state.as_ref().is_some_and(|pool| !pool.is_declared()) {
                 retiring = true;
-                self.shared.pools.remove(&pool_id);
-                jobs.close();
+                open = false;
+            }
+        }
+        if retiring {
+            // Nothing of this task is in flight any more. Close the queue first, so the next
+            // task for this pool starts only after this one has written its last event; commands
+            // still queued go back to their submitters, who send them to that task.
+            jobs.close();
+            self.shared
+                .pools
+                .remove_if(&pool_id, |_, tx| tx.is_closed());
+            while let Ok(job) = jobs.try_recv() {
+                let _ = job.reply.send(Answer::Resubmit(job.command));
             }
         }
     }
@@ -1003,14 +1034,14 @@ fn maybe_written(result: &Result<AppendOutcome, StoreError>) -> bool {
 
 fn fail_all(batch: Vec<Job>, error: &SubmitError) {
     for job in batch {
-        let _ = job.reply.send(Err(error.clone()));
+        let _ = job.reply.send(Answer::Decided(Err(error.clone())));
     }
 }
 
 fn send_replies(batch: Vec<Job>, replies: Vec<Result<Reply, SubmitError>>) {
     for (job, reply) in batch.into_iter().zip(replies) {
         // The caller may have gone away (timeout, disconnect); the outcome is recorded anyway.
-        let _ = job.reply.send(reply);
+        let _ = job.reply.send(Answer::Decided(reply));
     }
 }
 
@@ -1187,6 +1218,58 @@ mod tests {
             .unwrap();
         assert!(matches!(declared.outcome, Outcome::PoolDeclared { .. }));
         (ledger, pool)
+    }
+
+    /// Commands racing a pool's declaration: the task of the undeclared pool retires while
+    /// declarations and reserves queue behind it. Exactly one declaration wins, and the stream
+    /// stays one writer's (it loads, and allocated never passes the winner's capacity).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn commands_racing_a_declaration_meet_one_pool_task() {
+        let store = Arc::new(MemoryStore::new());
+        let ledger = Ledger::open(
+            store,
+            Arc::new(ManualClock::new(START)),
+            Arc::new(Projections::new()),
+            Arc::new(Metrics::new()),
+        )
+        .await
+        .unwrap();
+        for round in 0..100 {
+            let pool = PoolId::new(format!("race{round}"));
+            let mut answers = Vec::new();
+            for i in 0..24 {
+                let command = match i {
+                    6 | 12 => command(
+                        &pool,
+                        "admin",
+                        &format!("declare-{i}"),
+                        Action::DeclarePool {
+                            capacity: if i == 6 { 1 } else { 10 },
+                            closes_at: None,
+                            units: vec![],
+                            idempotency_window_ms: 600_000,
+                        },
+                    ),
+                    _ => reserve(&pool, &format!("r{i}")),
+                };
+                let ledger = ledger.clone();
+                answers.push(tokio::spawn(async move { ledger.submit(command).await }));
+            }
+            let mut declared = 0;
+            for answer in answers {
+                if let Ok(Reply {
+                    outcome: Outcome::PoolDeclared { .. },
+                    ..
+                }) = answer.await.unwrap()
+                {
+                    declared += 1;
+                }
+            }
+            assert_eq!(declared, 1, "round {round}");
+            let loaded = ledger.load_pool(&pool).await.expect("the stream folds");
+            assert!(loaded.allocated() <= loaded.capacity(), "round {round}");
+        }
+        ledger.close().await;
     }
 
     /// Submits `a`, whose append the store holds with `fate`, then `b`, which the pool decides
