@@ -1222,7 +1222,9 @@ mod tests {
 
     /// Commands racing a pool's declaration: the task of the undeclared pool retires while
     /// declarations and reserves queue behind it. Exactly one declaration wins, and the stream
-    /// stays one writer's (it loads, and allocated never passes the winner's capacity).
+    /// stays one writer's (it loads, and allocated never passes the winner's capacity). A guard
+    /// of the outcome, not a reproduction: the two-task interleaving it guards against needs a
+    /// scheduling this test does not force.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn commands_racing_a_declaration_meet_one_pool_task() {
         let store = Arc::new(MemoryStore::new());
