@@ -157,11 +157,7 @@ impl PoolBinding {
     }
 
     pub fn len(&self) -> usize {
-        self.dense
-            .iter()
-            .filter(|word| *word & PRESENT != 0)
-            .count()
-            + self.wide.len()
+        present(&self.dense) + self.wide.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -198,12 +194,7 @@ pub struct PoolBindingImage {
 impl PoolBindingImage {
     /// Reservations in the image.
     pub fn len(&self) -> usize {
-        self.words
-            .0
-            .iter()
-            .filter(|word| *word & PRESENT != 0)
-            .count()
-            + self.wide.len()
+        present(&self.words.0) + self.wide.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -399,6 +390,11 @@ impl Binding {
             self.pools.insert(PoolId::new(pool.clone()), entries);
         }
     }
+}
+
+/// Reservations among packed words (a word may be an unused slot).
+fn present(words: &[u64]) -> usize {
+    words.iter().filter(|word| *word & PRESENT != 0).count()
 }
 
 #[cfg(test)]

@@ -295,13 +295,13 @@ fn le_u16(bytes: &[u8]) -> u16 {
     u16::from_le_bytes(b)
 }
 
-fn le_u32(bytes: &[u8]) -> u32 {
+pub(super) fn le_u32(bytes: &[u8]) -> u32 {
     let mut b = [0u8; 4];
     b.copy_from_slice(&bytes[..4]);
     u32::from_le_bytes(b)
 }
 
-fn le_u64(bytes: &[u8]) -> u64 {
+pub(super) fn le_u64(bytes: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&bytes[..8]);
     u64::from_le_bytes(b)

@@ -34,7 +34,9 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use super::format::{self, BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES};
+use super::format::{
+    self, BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES, le_u32, le_u64,
+};
 use super::index::{Entry, Index, OFFSET_BLOCK_EVENTS};
 use crate::store::StoreError;
 
@@ -465,16 +467,4 @@ pub(crate) fn remove(dir: &Path, which: &str) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove"),
     }
-}
-
-fn le_u32(bytes: &[u8]) -> u32 {
-    let mut b = [0u8; 4];
-    b.copy_from_slice(&bytes[..4]);
-    u32::from_le_bytes(b)
-}
-
-fn le_u64(bytes: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(b)
 }
