@@ -90,6 +90,40 @@ fn io_error(path: &Path, source: std::io::Error) -> StoreError {
     }
 }
 
+/// The offset and bytes of the log's last batch, if it has one.
+fn read_last_batch(
+    file: &File,
+    path: &Path,
+    (last_batch, end): (u64, u64),
+) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
+    if end <= last_batch || last_batch < FILE_HEADER_BYTES {
+        return Ok(None);
+    }
+    let mut bytes = vec![0u8; (end - last_batch) as usize];
+    file.read_exact_at(&mut bytes, last_batch)
+        .map_err(|e| io_error(path, e))?;
+    Ok(Some((last_batch, bytes)))
+}
+
+/// Writes the log's last batch again, as it reads back, and syncs it before anything is
+/// served. After a failed fdatasync the kernel may keep that batch in the page cache, marked
+/// clean, while the disk never got it: recovery in the same boot would read it back as valid
+/// and the service would decide on bytes a power loss can still take. Rewriting makes them
+/// durable, or fails the open. Only the last batch can be in that state (the writer stops at
+/// its first failed write or sync); the bytes are identical, so a crash mid-rewrite leaves the
+/// batch as it was.
+fn resync_last_batch(
+    device: &mut dyn LogDevice,
+    path: &Path,
+    offset: u64,
+    bytes: &[u8],
+) -> Result<(), StoreError> {
+    device
+        .write_all_at(bytes, offset)
+        .and_then(|()| device.sync_data())
+        .map_err(|e| io_error(path, e))
+}
+
 /// Opens (creating if needed) the store in `dir`, recovering the log.
 pub async fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
     EmbeddedStore::open(dir).await
@@ -185,12 +219,17 @@ impl EmbeddedStore {
             "event log opened"
         );
 
+        let last_batch = read_last_batch(&log, &log_path, recovered.index.covered())?;
         let index = Arc::new(RwLock::new(recovered.index));
         let (head_tx, head_rx) = watch::channel(next_position);
         let (requests_tx, requests_rx) = mpsc::channel(APPEND_QUEUE_MAX);
         let counters = Arc::new(WriterCounters::default());
+        let mut log = device(log);
+        if let Some((offset, bytes)) = last_batch {
+            resync_last_batch(log.as_mut(), &log_path, offset, &bytes)?;
+        }
         let writer = Writer {
-            log: device(log),
+            log,
             dir: dir.to_path_buf(),
             log_path: log_path.clone(),
             lock,
@@ -714,5 +753,100 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn failed_sync_closes_the_store_and_the_append_may_survive_whole() {
         failing_write_closes_the_store(Fault::Sync).await;
+    }
+
+    /// Passes everything to the file and records each write and sync.
+    struct RecordingLog {
+        file: File,
+        record: Arc<Mutex<Vec<(u64, Option<Vec<u8>>)>>>,
+        fail_sync: bool,
+    }
+
+    impl LogDevice for RecordingLog {
+        fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            self.record.lock().unwrap().push((offset, Some(buf.to_vec())));
+            FileExt::write_all_at(&self.file, buf, offset)
+        }
+
+        fn sync_data(&mut self) -> std::io::Result<()> {
+            self.record.lock().unwrap().push((0, None));
+            if self.fail_sync {
+                return Err(std::io::Error::other("injected fdatasync failure"));
+            }
+            self.file.sync_data()
+        }
+    }
+
+    fn open_recording(
+        dir: &Path,
+        fail_sync: bool,
+    ) -> (
+        Result<EmbeddedStore, StoreError>,
+        Arc<Mutex<Vec<(u64, Option<Vec<u8>>)>>>,
+    ) {
+        let record = Arc::new(Mutex::new(Vec::new()));
+        let seen = record.clone();
+        let opened = EmbeddedStore::open_blocking(dir, move |file| {
+            Box::new(RecordingLog {
+                file,
+                record,
+                fail_sync,
+            })
+        });
+        (opened, seen)
+    }
+
+    /// A batch whose fdatasync failed can read back valid from the page cache in the same boot;
+    /// so on open the last batch is written again, as read, and synced before the store serves
+    /// anything, and an open whose sync fails does not serve at all. An empty log writes nothing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn opening_rewrites_and_syncs_the_last_batch_before_serving() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let (store, record) = tokio::task::spawn_blocking(move || open_recording(&path, false))
+            .await
+            .unwrap();
+        let store = store.unwrap();
+        assert!(record.lock().unwrap().is_empty(), "an empty log rewrites nothing");
+        store
+            .append("s", ExpectedVersion::NoStream, vec![event("first")])
+            .await
+            .unwrap();
+        store
+            .append("s", ExpectedVersion::Exact(0), vec![event("second")])
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+
+        let log = std::fs::read(dir.path().join(LOG_FILE_NAME)).unwrap();
+        let path = dir.path().to_path_buf();
+        let (store, record) = tokio::task::spawn_blocking(move || open_recording(&path, false))
+            .await
+            .unwrap();
+        let store = store.unwrap();
+        {
+            let record = record.lock().unwrap();
+            assert_eq!(record.len(), 2, "one write, then one sync: {record:?}");
+            let (offset, Some(bytes)) = &record[0] else {
+                panic!("the first call is a write");
+            };
+            assert!(record[1].1.is_none(), "the write is synced");
+            // The last batch exactly: a batch header, up to the end of the log, as it reads.
+            assert_eq!(*offset as usize + bytes.len(), log.len());
+            assert_eq!(&bytes[..4], format::BATCH_MAGIC.as_slice());
+            assert_eq!(bytes.as_slice(), &log[*offset as usize..]);
+            let text = String::from_utf8_lossy(bytes);
+            assert!(text.contains("second") && !text.contains("first"));
+        }
+        assert_eq!(store.read_all(None, 10).await.unwrap().len(), 2);
+        drop(store);
+
+        let path = dir.path().to_path_buf();
+        let (failed, _) = tokio::task::spawn_blocking(move || open_recording(&path, true))
+            .await
+            .unwrap();
+        assert!(matches!(failed, Err(StoreError::Io { .. })), "{:?}", failed.err());
+        assert_eq!(std::fs::read(dir.path().join(LOG_FILE_NAME)).unwrap(), log);
     }
 }
