@@ -755,16 +755,22 @@ mod tests {
         failing_write_closes_the_store(Fault::Sync).await;
     }
 
+    /// Each device call in order: a write (offset, bytes) or a sync (`None` bytes).
+    type DeviceCalls = Arc<Mutex<Vec<(u64, Option<Vec<u8>>)>>>;
+
     /// Passes everything to the file and records each write and sync.
     struct RecordingLog {
         file: File,
-        record: Arc<Mutex<Vec<(u64, Option<Vec<u8>>)>>>,
+        record: DeviceCalls,
         fail_sync: bool,
     }
 
     impl LogDevice for RecordingLog {
         fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
-            self.record.lock().unwrap().push((offset, Some(buf.to_vec())));
+            self.record
+                .lock()
+                .unwrap()
+                .push((offset, Some(buf.to_vec())));
             FileExt::write_all_at(&self.file, buf, offset)
         }
 
@@ -780,10 +786,7 @@ mod tests {
     fn open_recording(
         dir: &Path,
         fail_sync: bool,
-    ) -> (
-        Result<EmbeddedStore, StoreError>,
-        Arc<Mutex<Vec<(u64, Option<Vec<u8>>)>>>,
-    ) {
+    ) -> (Result<EmbeddedStore, StoreError>, DeviceCalls) {
         let record = Arc::new(Mutex::new(Vec::new()));
         let seen = record.clone();
         let opened = EmbeddedStore::open_blocking(dir, move |file| {
@@ -807,7 +810,10 @@ mod tests {
             .await
             .unwrap();
         let store = store.unwrap();
-        assert!(record.lock().unwrap().is_empty(), "an empty log rewrites nothing");
+        assert!(
+            record.lock().unwrap().is_empty(),
+            "an empty log rewrites nothing"
+        );
         store
             .append("s", ExpectedVersion::NoStream, vec![event("first")])
             .await
@@ -846,7 +852,11 @@ mod tests {
         let (failed, _) = tokio::task::spawn_blocking(move || open_recording(&path, true))
             .await
             .unwrap();
-        assert!(matches!(failed, Err(StoreError::Io { .. })), "{:?}", failed.err());
+        assert!(
+            matches!(failed, Err(StoreError::Io { .. })),
+            "{:?}",
+            failed.err()
+        );
         assert_eq!(std::fs::read(dir.path().join(LOG_FILE_NAME)).unwrap(), log);
     }
 }
