@@ -3,7 +3,9 @@
 //! Keys are registered and revoked by admins; a revoked key stops working at once and stays on
 //! record so auditors can verify what it signed before its revocation.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::HashMap;
 use std::fmt;
 
 use bincode::{Decode, Encode};

@@ -18,7 +18,7 @@
 //!
 //! `recording-failure` is never decided here: it is what the edge answers when the store fails.
 
-use std::collections::{HashMap, HashSet};
+use foldhash::{HashMap, HashSet};
 
 use crate::command::{Action, ActionKind, Command};
 use crate::event::{Change, Event, Outcome, ReservationState};

@@ -125,7 +125,7 @@ struct Shared {
     projections: Arc<Projections>,
     actors: Arc<ActorDirectory>,
     metrics: Arc<Metrics>,
-    pools: DashMap<PoolId, mpsc::Sender<Job>>,
+    pools: DashMap<PoolId, mpsc::Sender<Job>, foldhash::fast::RandomState>,
     /// Serializes appends to the `actors` stream (its version is the directory's).
     actor_appends: Mutex<()>,
     /// Woken after a hold is placed, so the sweeper can re-plan its next wake-up.
@@ -227,7 +227,7 @@ impl Ledger {
                 projections,
                 actors,
                 metrics,
-                pools: DashMap::new(),
+                pools: DashMap::default(),
                 actor_appends: Mutex::new(()),
                 holds_placed: Notify::new(),
                 accepting: AtomicBool::new(true),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use allot_domain::{Change, Event, PoolId, ReservationId, ReservationState};
-use dashmap::DashMap;
+use crate::PoolMap;
 use serde::{Deserialize, Serialize};
 
 /// One reservation as the binding knows it.
@@ -274,7 +274,7 @@ impl BindingImage {
 /// (`&str`) and sequence without building a `ReservationId` (no pool id copy per event).
 #[derive(Debug, Default)]
 pub struct Binding {
-    pools: DashMap<PoolId, PoolBinding>,
+    pools: PoolMap<PoolBinding>,
     entries: AtomicUsize,
 }
 

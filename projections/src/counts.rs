@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use allot_domain::{Action, Change, Event, PoolId, RejectionCode, Timestamp};
-use dashmap::DashMap;
+use crate::PoolMap;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,7 +31,7 @@ impl PoolCount {
 
 #[derive(Debug, Default)]
 pub struct PoolCounts {
-    pools: DashMap<PoolId, PoolCount>,
+    pools: PoolMap<PoolCount>,
 }
 
 impl PoolCounts {

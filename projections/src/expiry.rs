@@ -1,6 +1,8 @@
 //! The expiry index: Held reservations ordered by `expires_at`, for the sweeper.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use foldhash::HashMap;
 use std::sync::Mutex;
 
 use allot_domain::{Change, Event, PoolId, ReservationId, Timestamp};

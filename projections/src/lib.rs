@@ -18,7 +18,6 @@ pub mod counts;
 pub mod expiry;
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use allot_domain::{Event, PoolId};
@@ -29,31 +28,11 @@ pub use binding::{Binding, BindingEntry, BindingImage, PoolBinding, PoolBindingI
 pub use counts::{PoolCount, PoolCounts};
 pub use expiry::{ExpiryImage, ExpiryIndex};
 
-/// A map keyed by a pool's reservation sequence. Sequences are assigned by the pool, one after
-/// the other, so a multiply-shift hash spreads them well at a fraction of SipHash's cost.
-pub(crate) type SeqMap<V> = HashMap<u64, V, BuildHasherDefault<SeqHasher>>;
+/// A map keyed by a pool's reservation sequence.
+pub(crate) type SeqMap<V> = HashMap<u64, V, foldhash::fast::RandomState>;
 
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct SeqHasher(u64);
-
-impl Hasher for SeqHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*byte)).wrapping_mul(SEQ_HASH_MULTIPLIER);
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.0 = (self.0 ^ value).wrapping_mul(SEQ_HASH_MULTIPLIER);
-    }
-
-    fn finish(&self) -> u64 {
-        // The table indexes with the low bits and tags with the high ones: mix both.
-        self.0 ^ (self.0 >> 32)
-    }
-}
-
-const SEQ_HASH_MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
+/// A concurrent map keyed by pool id (read by the HTTP handlers, written by the pool tasks).
+pub(crate) type PoolMap<V> = DashMap<PoolId, V, foldhash::fast::RandomState>;
 
 /// What happened when an event was offered to the projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,7 +52,7 @@ pub struct Projections {
     pub binding: Binding,
     pub counts: PoolCounts,
     pub expiry: ExpiryIndex,
-    next_version: DashMap<PoolId, u64>,
+    next_version: PoolMap<u64>,
     /// Highest global position applied so far (a checkpoint is valid only when every event at or
     /// below it has been applied, which holds for replay in position order).
     last_position: AtomicU64,

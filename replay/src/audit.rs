@@ -47,9 +47,8 @@
 //! Memory: per pool, one small record per reservation ever made (like the aggregate's state
 //! vector), the tokens within the window, and with `check_fold` the aggregate itself.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 
 use allot_domain::codec;
 use allot_domain::{
@@ -1393,46 +1392,8 @@ fn token_key(out: &mut Vec<u8>, actor: &ActorId, token: &str) {
     out.extend_from_slice(token.as_bytes());
 }
 
-/// A multiply-rotate hasher for the audit's hot maps (stream names, token keys). The audit reads
-/// a log, not requests, so collision flooding is not a concern worth SipHash's cost per event.
-#[derive(Debug, Default, Clone, Copy)]
-struct FastHasher(u64);
-
-impl FastHasher {
-    const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
-
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(Self::SEED);
-    }
-}
-
-impl Hasher for FastHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
-        }
-    }
-
-    fn write_u64(&mut self, value: u64) {
-        self.add(value);
-    }
-
-    fn finish(&self) -> u64 {
-        // Fold the high bits down: the table indexes with the low ones.
-        self.0 ^ (self.0 >> 29)
-    }
-}
-
-type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FastHasher>>;
+/// The audit's hot maps (stream names, token keys), hashed with foldhash rather than SipHash.
+type FastMap<K, V> = foldhash::HashMap<K, V>;
 
 /// The bytes the signer of an actor event signed.
 pub(crate) fn actor_message(event: &ActorEvent) -> Vec<u8> {

@@ -15,7 +15,9 @@
 //! reservations, per-second buckets) and caps what it lists with a named limit.
 
 use std::borrow::Borrow;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use foldhash::HashMap;
 
 use allot_domain::{
     Action, ActorId, Change, PoolId, RejectionCode, ReservationId, ReservationState, Timestamp,
@@ -426,12 +428,12 @@ impl DisputeQuery {
             },
             capacity: 0,
             last_raise: None,
-            live: HashMap::new(),
+            live: HashMap::default(),
             live_units: 0,
             confirmed_units: 0,
-            holder_of: HashMap::new(),
+            holder_of: HashMap::default(),
             named_units: false,
-            unit_holders: HashMap::new(),
+            unit_holders: HashMap::default(),
         }
     }
 

@@ -11,7 +11,7 @@
 //!   widened to `u64` for that stream once one does not;
 //! - an event's version is its rank in its stream's positions (a binary search), not stored.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Arc;
 
 use super::format::{BATCH_HEADER_BYTES, FRAME_BYTES_MAX};
@@ -123,7 +123,7 @@ impl Index {
         Self {
             entries: Vec::new(),
             bases: Vec::new(),
-            stream_ids: HashMap::new(),
+            stream_ids: HashMap::default(),
             stream_names: Vec::new(),
             stream_positions: Vec::new(),
             last_batch_offset: 0,
@@ -143,7 +143,7 @@ impl Index {
         if bases.len() != entries.len().div_ceil(OFFSET_BLOCK_EVENTS) {
             return Err("block count does not match event count");
         }
-        let mut stream_ids = HashMap::with_capacity(names.len());
+        let mut stream_ids = HashMap::with_capacity_and_hasher(names.len(), Default::default());
         for (id, name) in names.iter().enumerate() {
             let id = u32::try_from(id).map_err(|_| "too many streams")?;
             if stream_ids.insert(name.clone(), id).is_some() {
