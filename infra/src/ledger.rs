@@ -1075,13 +1075,100 @@ mod tests {
         release: tokio::sync::oneshot::Receiver<()>,
     }
 
+    /// The next `read_stream` of one stream, held until released.
+    struct ReadHold {
+        stream: String,
+        arrived: tokio::sync::oneshot::Sender<()>,
+        release: tokio::sync::oneshot::Receiver<()>,
+    }
+
+    /// An append the store has been handed and not yet answered: the versions its events would
+    /// take (`None` for `ExpectedVersion::Any`).
+    struct Flight {
+        id: usize,
+        stream: String,
+        base: Option<u64>,
+        next: Option<u64>,
+    }
+
+    /// Run once by the next append that passes the closed gate, before it is written.
+    type PassHook = Box<dyn FnOnce() + Send>;
+
     /// The memory store, except that the next append after [`GatedStore::hold_next`] waits for
-    /// a release and then ends as its [`Fate`] says; every other append passes straight through.
-    /// Like the embedded store, it decides appends in submission order, so the ledger pipelines.
+    /// a release and then ends as its [`Fate`] says; while the gate is closed
+    /// ([`GatedStore::close_gate`]) every other append waits, in submission order, until
+    /// [`GatedStore::open_gate`] and is then written as usual; and the next read of a stream
+    /// named in [`GatedStore::hold_next_read`] waits for a release. Other calls pass straight
+    /// through. Like the embedded store, it decides appends in submission order, so the ledger
+    /// pipelines.
+    ///
+    /// It also watches the appends in flight: per stream, how many at once at most, and whether
+    /// an append arrived that does not continue the one in flight before it (two writers of one
+    /// stream at once, as two tasks of one pool would be).
     struct GatedStore {
         inner: MemoryStore,
         hold: StdMutex<Option<Hold>>,
         appends: std::sync::atomic::AtomicUsize,
+        read_hold: StdMutex<Option<ReadHold>>,
+        line: StdMutex<Line>,
+        on_pass: StdMutex<Option<PassHook>>,
+        flights: StdMutex<Vec<Flight>>,
+        max_in_flight: StdMutex<std::collections::HashMap<String, usize>>,
+        overlaps: StdMutex<Vec<String>>,
+        /// Woken whenever the appends in flight change.
+        changed: Notify,
+    }
+
+    /// The queue of appends (other than a [`GatedStore::hold_next`] one): each takes a ticket on
+    /// arrival and is written only once every earlier ticket was (so in arrival order, however
+    /// they are polled), and while the gate is closed only if it arrived before it closed.
+    #[derive(Default)]
+    struct Line {
+        next: u64,
+        /// Tickets below this may pass; `None` while the gate is open.
+        released: Option<u64>,
+        /// Every ticket below this is done.
+        frontier: u64,
+        done: std::collections::BTreeSet<u64>,
+    }
+
+    /// A place in the [`Line`]; done when written, or dropped unwritten.
+    struct Ticket<'a> {
+        store: &'a GatedStore,
+        number: u64,
+    }
+
+    impl Drop for Ticket<'_> {
+        fn drop(&mut self) {
+            let mut line = self.store.line.lock().unwrap();
+            line.done.insert(self.number);
+            loop {
+                let frontier = line.frontier;
+                if !line.done.remove(&frontier) {
+                    break;
+                }
+                line.frontier += 1;
+            }
+            drop(line);
+            self.store.changed.notify_waiters();
+        }
+    }
+
+    /// Takes an append off the in-flight list when it is answered (or dropped).
+    struct Landing<'a> {
+        store: &'a GatedStore,
+        id: usize,
+    }
+
+    impl Drop for Landing<'_> {
+        fn drop(&mut self) {
+            self.store
+                .flights
+                .lock()
+                .unwrap()
+                .retain(|flight| flight.id != self.id);
+            self.store.changed.notify_waiters();
+        }
     }
 
     impl GatedStore {
@@ -1090,6 +1177,13 @@ mod tests {
                 inner: MemoryStore::new(),
                 hold: StdMutex::new(None),
                 appends: std::sync::atomic::AtomicUsize::new(0),
+                read_hold: StdMutex::new(None),
+                line: StdMutex::new(Line::default()),
+                on_pass: StdMutex::new(None),
+                flights: StdMutex::new(Vec::new()),
+                max_in_flight: StdMutex::new(std::collections::HashMap::new()),
+                overlaps: StdMutex::new(Vec::new()),
+                changed: Notify::new(),
             }
         }
 
@@ -1102,8 +1196,146 @@ mod tests {
             release
         }
 
+        /// Holds the next read of `stream`. Returns a receiver that resolves once that read
+        /// arrived, and the release.
+        fn hold_next_read(
+            &self,
+            stream: &str,
+        ) -> (
+            tokio::sync::oneshot::Receiver<()>,
+            tokio::sync::oneshot::Sender<()>,
+        ) {
+            let (arrived, arrival) = tokio::sync::oneshot::channel();
+            let (release, wait) = tokio::sync::oneshot::channel();
+            *self.read_hold.lock().unwrap() = Some(ReadHold {
+                stream: stream.to_owned(),
+                arrived,
+                release: wait,
+            });
+            (arrival, release)
+        }
+
+        /// Appends from now on wait (in submission order) until the gate opens.
+        fn close_gate(&self) {
+            let mut line = self.line.lock().unwrap();
+            line.released = Some(line.next);
+        }
+
+        /// Lets every waiting append through, in submission order, and no longer holds any.
+        fn open_gate(&self) {
+            self.line.lock().unwrap().released = None;
+            self.changed.notify_waiters();
+        }
+
+        /// A place in the line, taken on arrival.
+        fn ticket(&self) -> Ticket<'_> {
+            let mut line = self.line.lock().unwrap();
+            let number = line.next;
+            line.next += 1;
+            Ticket {
+                store: self,
+                number,
+            }
+        }
+
+        /// Waits until `ticket` may be written: the gate lets it through and every earlier one
+        /// is done. Returns whether the gate held it.
+        async fn turn(&self, ticket: &Ticket<'_>) -> bool {
+            let mut held = false;
+            loop {
+                let changed = self.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                {
+                    let line = self.line.lock().unwrap();
+                    let released = line.released.is_none_or(|upto| ticket.number < upto);
+                    held |= !released;
+                    if released && line.frontier == ticket.number {
+                        return held;
+                    }
+                }
+                changed.await;
+            }
+        }
+
+        /// Runs `hook` when the next append passes the closed gate, before it is written.
+        fn on_next_pass(&self, hook: impl FnOnce() + Send + 'static) {
+            *self.on_pass.lock().unwrap() = Some(Box::new(hook));
+        }
+
         fn appends(&self) -> usize {
             self.appends.load(Ordering::SeqCst)
+        }
+
+        /// Appends of `stream` handed to the store and not yet answered.
+        fn in_flight(&self, stream: &str) -> usize {
+            let flights = self.flights.lock().unwrap();
+            flights.iter().filter(|f| f.stream == stream).count()
+        }
+
+        /// The most appends of `stream` that were in flight at once.
+        fn max_in_flight(&self, stream: &str) -> usize {
+            let max = self.max_in_flight.lock().unwrap();
+            max.get(stream).copied().unwrap_or(0)
+        }
+
+        /// Appends that arrived while another writer's append of the same stream was in flight.
+        fn overlaps(&self) -> Vec<String> {
+            self.overlaps.lock().unwrap().clone()
+        }
+
+        /// Waits until `done` holds of the appends in flight (re-checked whenever they change).
+        /// Panics after a generous time: the condition is one the ledger must reach.
+        async fn wait_until(&self, what: &str, done: impl Fn(&GatedStore) -> bool) {
+            let wait = async {
+                loop {
+                    let changed = self.changed.notified();
+                    tokio::pin!(changed);
+                    changed.as_mut().enable();
+                    if done(self) {
+                        return;
+                    }
+                    changed.await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(30), wait)
+                .await
+                .unwrap_or_else(|_| panic!("never reached: {what}"));
+        }
+
+        fn take_off(&self, stream: &str, expected: ExpectedVersion, count: usize) -> Landing<'_> {
+            let id = self.appends.fetch_add(1, Ordering::SeqCst);
+            let base = match expected {
+                ExpectedVersion::NoStream => Some(0),
+                ExpectedVersion::Exact(version) => Some(version + 1),
+                ExpectedVersion::Any => None,
+            };
+            let next = base.map(|base| base + count as u64);
+            let mut flights = self.flights.lock().unwrap();
+            let ahead = flights.iter().rev().find(|f| f.stream == stream);
+            if let Some(ahead) = ahead
+                && base.is_some()
+                && ahead.next != base
+            {
+                self.overlaps.lock().unwrap().push(format!(
+                    "append to {stream} expecting {expected:?} arrived while one for versions \
+                     {:?}..{:?} was in flight",
+                    ahead.base, ahead.next
+                ));
+            }
+            flights.push(Flight {
+                id,
+                stream: stream.to_owned(),
+                base,
+                next,
+            });
+            let now = flights.iter().filter(|f| f.stream == stream).count();
+            drop(flights);
+            let mut max = self.max_in_flight.lock().unwrap();
+            let max = max.entry(stream.to_owned()).or_default();
+            *max = (*max).max(now);
+            self.changed.notify_waiters();
+            Landing { store: self, id }
         }
     }
 
@@ -1116,10 +1348,20 @@ mod tests {
             events: Vec<ProposedEvent>,
         ) -> Result<AppendOutcome, StoreError> {
             let hold = self.hold.lock().unwrap().take();
-            self.appends.fetch_add(1, Ordering::SeqCst);
             let Some(hold) = hold else {
+                // In line before the append shows as in flight, so nothing a test does on
+                // seeing it lets it pass ahead of the appends before it.
+                let ticket = self.ticket();
+                let _landing = self.take_off(stream, expected, events.len());
+                if self.turn(&ticket).await {
+                    let hook = self.on_pass.lock().unwrap().take();
+                    if let Some(hook) = hook {
+                        hook();
+                    }
+                }
                 return self.inner.append(stream, expected, events).await;
             };
+            let _landing = self.take_off(stream, expected, events.len());
             // Decided now, in submission order; the answer waits for the release.
             if hold.fate == Fate::AckLost {
                 self.inner.append(stream, expected, events).await?;
@@ -1148,6 +1390,18 @@ mod tests {
             from_version: u64,
             max_count: usize,
         ) -> Result<Vec<RecordedEvent>, StoreError> {
+            let hold = {
+                let mut hold = self.read_hold.lock().unwrap();
+                if hold.as_ref().is_some_and(|hold| hold.stream == stream) {
+                    hold.take()
+                } else {
+                    None
+                }
+            };
+            if let Some(hold) = hold {
+                let _ = hold.arrived.send(());
+                let _ = hold.release.await;
+            }
             self.inner
                 .read_stream(stream, from_version, max_count)
                 .await
@@ -1224,7 +1478,8 @@ mod tests {
     /// declarations and reserves queue behind it. Exactly one declaration wins, and the stream
     /// stays one writer's (it loads, and allocated never passes the winner's capacity). A guard
     /// of the outcome, not a reproduction: the two-task interleaving it guards against needs a
-    /// scheduling this test does not force.
+    /// scheduling this test does not force (`a_retiring_pool_task_hands_queued_commands_to_one_next_task`
+    /// forces one).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn commands_racing_a_declaration_meet_one_pool_task() {
         let store = Arc::new(MemoryStore::new());
@@ -1438,5 +1693,474 @@ mod tests {
         assert!(matches!(retry, Err(SubmitError::Recording(_))), "{retry:?}");
         assert_eq!(store.inner.len(), 1);
         ledger.close().await;
+    }
+
+    type Submission = Pin<Box<dyn Future<Output = Result<Reply, SubmitError>> + Send>>;
+
+    /// Submits `command` and polls it once, so that when this returns the command is in its pool
+    /// task's queue (or already answered). The rest of the submission is the returned future.
+    async fn enqueue(ledger: &Ledger, command: Command) -> Submission {
+        let ledger = ledger.clone();
+        let mut submission: Submission = Box::pin(async move { ledger.submit(command).await });
+        match futures::poll!(submission.as_mut()) {
+            std::task::Poll::Ready(answer) => Box::pin(std::future::ready(answer)),
+            std::task::Poll::Pending => submission,
+        }
+    }
+
+    /// Every submission's answer; panics if one never comes.
+    async fn answers(
+        submissions: Vec<tokio::task::JoinHandle<Result<Reply, SubmitError>>>,
+    ) -> Vec<Result<Reply, SubmitError>> {
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            futures::future::join_all(submissions),
+        )
+        .await
+        .expect("a submitter got no answer")
+        .into_iter()
+        .map(|joined| joined.unwrap())
+        .collect()
+    }
+
+    async fn open_ledger(store: Arc<GatedStore>) -> Ledger {
+        Ledger::open(
+            store,
+            Arc::new(ManualClock::new(START)),
+            Arc::new(Projections::new()),
+            Arc::new(Metrics::new()),
+        )
+        .await
+        .unwrap()
+    }
+
+    fn declare(pool: &PoolId, token: &str, capacity: u64) -> Command {
+        let action = Action::DeclarePool {
+            capacity,
+            closes_at: None,
+            units: vec![],
+            idempotency_window_ms: 600_000,
+        };
+        command(pool, "admin", token, action)
+    }
+
+    /// Each answer against the pool's stream: an outcome answered (decided or replayed) is the
+    /// outcome of the event its token recorded; a command refused before it was decided, or
+    /// turned away at shutdown, recorded nothing. (A recording failure may or may not have
+    /// landed; callers that know say so.)
+    async fn assert_answers_match_stream(
+        store: &GatedStore,
+        pool: &PoolId,
+        answered: &[(Command, Result<Reply, SubmitError>)],
+    ) {
+        let recorded = store
+            .inner
+            .read_stream(&pool_stream(pool), 0, usize::MAX)
+            .await
+            .unwrap();
+        let mut outcomes = std::collections::HashMap::new();
+        for recorded in &recorded {
+            let event = decode_pool(recorded).unwrap();
+            let key = (
+                event.actor.as_str().to_owned(),
+                event.token.as_str().to_owned(),
+            );
+            assert!(
+                outcomes.insert(key, event.outcome()).is_none(),
+                "a token recorded twice"
+            );
+        }
+        for (command, answer) in answered {
+            let key = (
+                command.actor.as_str().to_owned(),
+                command.token.as_str().to_owned(),
+            );
+            match answer {
+                Ok(reply) => assert_eq!(
+                    outcomes.get(&key),
+                    Some(&reply.outcome),
+                    "answered {reply:?} to {key:?}, which the stream does not hold"
+                ),
+                Err(SubmitError::Recording(_)) => {}
+                Err(refused) => assert!(
+                    !outcomes.contains_key(&key),
+                    "{key:?} refused with {refused:?} but recorded"
+                ),
+            }
+        }
+    }
+
+    /// The deterministic form of the racing-declaration test. The read gate holds the first task
+    /// of an undeclared pool in `load_pool`, after it took its first batch (one reserve) and
+    /// before it knows the pool is undeclared; while it is held, declarations (capacity 1, then
+    /// 10) and reserves queue behind it, and the append gate closes. Released, the task finds
+    /// the pool undeclared and retires. Once some task's declaration is held at the store, a
+    /// second wave (a declaration of capacity 5 and reserves) is submitted, and the test waits
+    /// until a second append of the pool is in flight before opening the gate.
+    ///
+    /// What fails if a second task decides on the pool while the first still does: before the
+    /// fix, the retiring task removed its map entry, then decided the queued commands itself
+    /// (declaring with capacity 1, its append held here), so the second wave started another
+    /// task, which loaded the still empty stream and appended its own declaration expecting no
+    /// stream, beside the first task's: the store sees two appends of the stream in flight that
+    /// are not one chain, and `overlaps` is not empty. (With appends decided in order, the first
+    /// of them lands and the other conflicts, so in this interleaving the outcome assertions
+    /// below still hold; they are what a second writer's pipelined batch landing on the other's
+    /// events would break.) With the fix every command reaches one task at a time, so the
+    /// appends in flight always continue each other.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retiring_pool_task_hands_queued_commands_to_one_next_task() {
+        let store = Arc::new(GatedStore::new());
+        let ledger = open_ledger(store.clone()).await;
+        for round in 0..20 {
+            let pool = PoolId::new(format!("race{round}"));
+            let stream = pool_stream(&pool);
+            let (arrived, release_read) = store.hold_next_read(&stream);
+            let first = enqueue(&ledger, reserve(&pool, "r0")).await;
+            arrived.await.unwrap();
+            // The pool's task took [r0] and is loading the pool: these queue behind it.
+            store.close_gate();
+            let mut sent = Vec::new();
+            let mut submissions = Vec::new();
+            for command in [
+                declare(&pool, "declare-1", 1),
+                reserve(&pool, "q1"),
+                reserve(&pool, "q2"),
+                declare(&pool, "declare-10", 10),
+                reserve(&pool, "q3"),
+                reserve(&pool, "q4"),
+            ] {
+                sent.push(command.clone());
+                submissions.push(tokio::spawn(enqueue(&ledger, command).await));
+            }
+            release_read.send(()).unwrap();
+            let r0 = first.await;
+            assert!(
+                matches!(r0, Err(SubmitError::Rejected(Rejection::NotKnown { .. }))),
+                "round {round}: {r0:?}"
+            );
+            store
+                .wait_until("a declaration's append is held", |s| {
+                    s.in_flight(&stream) >= 1
+                })
+                .await;
+            for command in [
+                declare(&pool, "declare-5", 5),
+                reserve(&pool, "w1"),
+                reserve(&pool, "w2"),
+            ] {
+                sent.push(command.clone());
+                submissions.push(tokio::spawn(enqueue(&ledger, command).await));
+            }
+            store
+                .wait_until("a second append is held", |s| s.in_flight(&stream) >= 2)
+                .await;
+            store.open_gate();
+            let answered: Vec<_> = sent.into_iter().zip(answers(submissions).await).collect();
+            assert_eq!(store.overlaps(), Vec::<String>::new(), "round {round}");
+            let winners: Vec<u64> = answered
+                .iter()
+                .filter_map(|(command, answer)| match (&command.action, answer) {
+                    (
+                        Action::DeclarePool { capacity, .. },
+                        Ok(Reply {
+                            outcome: Outcome::PoolDeclared { .. },
+                            ..
+                        }),
+                    ) => Some(*capacity),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(winners.len(), 1, "round {round}: {answered:?}");
+            let loaded = ledger.load_pool(&pool).await.expect("the stream folds");
+            assert_eq!(loaded.capacity(), winners[0], "round {round}");
+            assert!(loaded.allocated() <= loaded.capacity(), "round {round}");
+            let reserved = answered
+                .iter()
+                .filter(|(_, answer)| {
+                    matches!(
+                        answer,
+                        Ok(Reply {
+                            outcome: Outcome::Reserved { .. },
+                            ..
+                        })
+                    )
+                })
+                .count() as u64;
+            assert_eq!(reserved, loaded.allocated(), "round {round}");
+            assert_answers_match_stream(&store, &pool, &answered).await;
+        }
+        ledger.close().await;
+    }
+
+    /// Appends `count` reserves of another writer straight to the pool's stream, on what it
+    /// holds now.
+    async fn write_foreign(store: &GatedStore, ledger: &Ledger, pool: &PoolId, count: usize) {
+        let mut state = ledger.load_pool(pool).await.unwrap();
+        let base = state.events_applied();
+        let mut events = Vec::new();
+        for i in 0..count {
+            let command = reserve(pool, &format!("foreign-{i}"));
+            let Ok(Decision::Append(event)) = decide(&state, &command, START) else {
+                panic!("a foreign reserve was not decided");
+            };
+            evolve(&mut state, &event).unwrap();
+            events.push(event);
+        }
+        store
+            .inner
+            .append(&pool_stream(pool), expected_before(base), propose(&events))
+            .await
+            .unwrap();
+    }
+
+    /// A submission the test polls itself, keeping the answer if a peek found it.
+    struct Watched {
+        submission: Submission,
+        answer: Option<Result<Reply, SubmitError>>,
+    }
+
+    impl Watched {
+        /// Whether the answer is there, without waiting for it.
+        fn peek(&mut self) -> bool {
+            if self.answer.is_none() {
+                let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
+                if let std::task::Poll::Ready(answer) = self.submission.as_mut().poll(&mut cx) {
+                    self.answer = Some(answer);
+                }
+            }
+            self.answer.is_some()
+        }
+    }
+
+    /// Batch N (reserve `a`) is held with `fate`; batch N+1 (reserve `b`, decided on top of it)
+    /// waits at the closed gate; `foreign` events of another writer land meanwhile. N is
+    /// released and its append returns while N+1's is still pending, so `recover` must drain
+    /// N+1 before it answers anything. Asserts that `b` was not answered while its append was
+    /// pending (peeked once N's append returned, and again when N+1's passes the gate, before
+    /// it is written), that the stream folds into what the projections hold, and that each
+    /// answer is what the stream holds; returns the answers of `a` and `b`.
+    async fn later_append_pending_in_recover(
+        fate: Fate,
+        foreign: usize,
+    ) -> (
+        Arc<GatedStore>,
+        Ledger,
+        PoolId,
+        Vec<(Command, Result<Reply, SubmitError>)>,
+    ) {
+        let store = Arc::new(GatedStore::new());
+        let (ledger, pool) = ledger_with_pool(store.clone()).await;
+        let stream = pool_stream(&pool);
+        let release_a = store.hold_next(fate);
+        store.close_gate();
+        let (a, b) = (reserve(&pool, "a"), reserve(&pool, "b"));
+        let first = tokio::spawn(enqueue(&ledger, a.clone()).await);
+        store
+            .wait_until("a's append is held", |s| s.in_flight(&stream) >= 1)
+            .await;
+        let second = Arc::new(StdMutex::new(Watched {
+            submission: enqueue(&ledger, b.clone()).await,
+            answer: None,
+        }));
+        store
+            .wait_until("b's append is pipelined behind a's", |s| {
+                s.in_flight(&stream) >= 2
+            })
+            .await;
+        if foreign > 0 {
+            write_foreign(&store, &ledger, &pool, foreign).await;
+        }
+        let answered_before_settled = Arc::new(AtomicBool::new(false));
+        store.on_next_pass({
+            let second = second.clone();
+            let answered_before_settled = answered_before_settled.clone();
+            move || {
+                if second.lock().unwrap().peek() {
+                    answered_before_settled.store(true, Ordering::SeqCst);
+                }
+            }
+        });
+        release_a.send(()).unwrap();
+        store
+            .wait_until("a's append returned", |s| s.in_flight(&stream) <= 1)
+            .await;
+        assert!(
+            !second.lock().unwrap().peek(),
+            "b answered while its append is still pending"
+        );
+        store.open_gate();
+        let a_answer = first.await.unwrap();
+        let b_answer = tokio::time::timeout(
+            Duration::from_secs(30),
+            std::future::poll_fn(|cx| {
+                let mut second = second.lock().unwrap();
+                match second.answer.take() {
+                    Some(answer) => std::task::Poll::Ready(answer),
+                    None => second.submission.as_mut().poll(cx),
+                }
+            }),
+        )
+        .await
+        .expect("b got no answer");
+        assert!(
+            !answered_before_settled.load(Ordering::SeqCst),
+            "b was answered before its append settled: {b_answer:?}"
+        );
+        let loaded = ledger.load_pool(&pool).await.expect("the stream folds");
+        let count = ledger.projections().counts.get(&pool).unwrap();
+        assert_eq!(count.allocated, loaded.allocated());
+        drop(count);
+        let answered = vec![(a, a_answer), (b, b_answer)];
+        assert_answers_match_stream(&store, &pool, &answered).await;
+        (store, ledger, pool, answered)
+    }
+
+    /// A failed append (nothing written) while the batch behind it is still pending: that batch
+    /// is not answered from its decision (it would name a reservation that is not in the log)
+    /// before its own append settled (here as a conflict), and both fail; the log holds only
+    /// the declaration.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_append_drains_the_pending_batch_behind_it_before_answering() {
+        let (store, ledger, _, answered) =
+            later_append_pending_in_recover(Fate::NotWritten, 0).await;
+        for (command, answer) in &answered {
+            assert!(
+                matches!(answer, Err(SubmitError::Recording(_))),
+                "{}: {answer:?}",
+                command.token.as_str()
+            );
+        }
+        assert_eq!(store.inner.len(), 1);
+        ledger.close().await;
+    }
+
+    /// A conflict on batch N while N+1 is pending, after another writer appended: with one
+    /// foreign event N+1's append lands after all (on the other writer's event) and `b` is
+    /// answered only then, as a replay of what landed, while `a` is decided again after it;
+    /// with two, N+1 conflicts as well and both are decided again, in order. Either way each
+    /// answer is what the log holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_conflict_drains_the_pending_batch_behind_it_before_deciding_again() {
+        let (store, ledger, _, answered) = later_append_pending_in_recover(Fate::Conflict, 1).await;
+        let [(_, a), (_, b)] = &answered[..] else {
+            unreachable!()
+        };
+        assert!(!a.as_ref().unwrap().replayed, "{a:?}");
+        assert!(b.as_ref().unwrap().replayed, "{b:?}");
+        assert!(reserved_seq(b) < reserved_seq(a));
+        // Declaration, the foreign reserve, b, and a decided again.
+        assert_eq!(store.inner.len(), 4);
+        ledger.close().await;
+
+        let (store, ledger, _, answered) = later_append_pending_in_recover(Fate::Conflict, 2).await;
+        let [(_, a), (_, b)] = &answered[..] else {
+            unreachable!()
+        };
+        assert!(!a.as_ref().unwrap().replayed && !b.as_ref().unwrap().replayed);
+        assert!(reserved_seq(a) < reserved_seq(b));
+        assert_eq!(store.inner.len(), 5);
+        ledger.close().await;
+    }
+
+    /// The pipeline depth: with every append held, one command is submitted and then more than
+    /// three batches' worth, so the pool task could decide many batches. It keeps
+    /// `PIPELINE_BATCHES_MAX` appends in flight (it does pipeline) and no more, leaving the rest
+    /// queued; once the appends go through, every command is answered with what the log holds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_than_the_pipeline_depth_of_appends_is_in_flight() {
+        let store = Arc::new(GatedStore::new());
+        let (ledger, pool) = ledger_with_pool(store.clone()).await;
+        let stream = pool_stream(&pool);
+        store.close_gate();
+        let mut sent = vec![reserve(&pool, "c0")];
+        let mut submissions = vec![tokio::spawn(enqueue(&ledger, sent[0].clone()).await)];
+        store
+            .wait_until("the first append is held", |s| s.in_flight(&stream) >= 1)
+            .await;
+        let more = 3 * BATCH_COMMANDS_MAX + 8;
+        for i in 1..=more {
+            let command = reserve(&pool, &format!("c{i}"));
+            sent.push(command.clone());
+            submissions.push(tokio::spawn(enqueue(&ledger, command).await));
+        }
+        store
+            .wait_until("the pipeline is full", |s| {
+                s.in_flight(&stream) >= PIPELINE_BATCHES_MAX
+            })
+            .await;
+        // At most 1 + 3 * BATCH_COMMANDS_MAX commands fit in the appends in flight.
+        let queued = POOL_QUEUE_MAX - ledger.shared.pools.get(&pool).unwrap().capacity();
+        assert!(queued >= 8, "only {queued} commands left queued");
+        assert_eq!(store.max_in_flight(&stream), PIPELINE_BATCHES_MAX);
+        store.open_gate();
+        let answered: Vec<_> = sent.into_iter().zip(answers(submissions).await).collect();
+        assert_eq!(store.max_in_flight(&stream), PIPELINE_BATCHES_MAX);
+        for (command, answer) in &answered {
+            assert!(answer.is_ok(), "{}: {answer:?}", command.token.as_str());
+        }
+        assert_eq!(store.inner.len(), 1 + answered.len());
+        assert_answers_match_stream(&store, &pool, &answered).await;
+        assert_eq!(store.overlaps(), Vec::<String>::new());
+        ledger.close().await;
+    }
+
+    /// `close` while a full pipeline of appends is held (the first with `first_fate`) and two
+    /// more commands are queued: `close` is polled once (it stops accepting and drops the
+    /// pools' queues) before the appends are released. A command submitted then is turned away;
+    /// every other one is answered, and each outcome answered as decided is in the log.
+    async fn close_with_batches_in_flight(first_fate: Option<Fate>) -> Arc<GatedStore> {
+        let store = Arc::new(GatedStore::new());
+        let (ledger, pool) = ledger_with_pool(store.clone()).await;
+        let stream = pool_stream(&pool);
+        let release_first = first_fate.map(|fate| store.hold_next(fate));
+        store.close_gate();
+        let mut sent = Vec::new();
+        let mut submissions = Vec::new();
+        for i in 0..PIPELINE_BATCHES_MAX + 2 {
+            let command = reserve(&pool, &format!("c{i}"));
+            sent.push(command.clone());
+            submissions.push(tokio::spawn(enqueue(&ledger, command).await));
+            if i < PIPELINE_BATCHES_MAX {
+                store
+                    .wait_until("one more append is held", |s| s.in_flight(&stream) > i)
+                    .await;
+            }
+        }
+        let mut closing = Box::pin(ledger.close());
+        assert!(futures::poll!(closing.as_mut()).is_pending());
+        let late = reserve(&pool, "late");
+        let late_answer = ledger.submit(late.clone()).await;
+        assert_eq!(late_answer, Err(SubmitError::ShuttingDown));
+        if let Some(release) = release_first {
+            release.send(()).unwrap();
+        }
+        store.open_gate();
+        tokio::time::timeout(Duration::from_secs(30), closing)
+            .await
+            .expect("close did not end");
+        let mut answered: Vec<_> = sent.into_iter().zip(answers(submissions).await).collect();
+        answered.push((late, late_answer));
+        assert_answers_match_stream(&store, &pool, &answered).await;
+        let appended = store.appends();
+        assert!(ledger.submit(reserve(&pool, "later")).await == Err(SubmitError::ShuttingDown));
+        assert_eq!(store.appends(), appended);
+        store
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_answers_every_command_with_what_the_log_holds() {
+        // Everything in flight lands: the four held batches and the two queued commands.
+        let store = close_with_batches_in_flight(None).await;
+        assert_eq!(store.inner.len(), 1 + PIPELINE_BATCHES_MAX + 2);
+        // The first append fails: the three behind it fail with it, the queued two are decided
+        // on the reloaded pool.
+        let store = close_with_batches_in_flight(Some(Fate::NotWritten)).await;
+        assert_eq!(store.inner.len(), 1 + 2);
+        // The first append lands but its acknowledgement is lost: the three behind it land on
+        // it and are still answered as failures (retries replay), nothing is answered as shut
+        // down that landed, and the queued two are decided after them.
+        let store = close_with_batches_in_flight(Some(Fate::AckLost)).await;
+        assert_eq!(store.inner.len(), 1 + PIPELINE_BATCHES_MAX + 2);
     }
 }
