@@ -17,7 +17,7 @@ use allot_replay::{
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
-use crate::store::{EventStore, RecordedEvent, StoreError};
+use crate::store::{EventStore, LogPage, LogRecord, RecordedEvent, StoreError};
 
 /// Events read per page.
 pub const INSPECT_PAGE_EVENTS: usize = 8_192;
@@ -129,18 +129,24 @@ pub async fn for_each_record(
     }
 }
 
-type ReadFuture<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Vec<RecordedEvent>, StoreError>> + Send + 'a>,
->;
+type ReadFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// A page read under way (polled once, so the store has started it) or already finished.
-enum PendingRead<'a> {
-    Running(ReadFuture<'a>),
-    Finished(Result<Vec<RecordedEvent>, StoreError>),
+enum PendingRead<'a, T> {
+    Running(ReadFuture<'a, T>),
+    Finished(Result<T, StoreError>),
 }
 
-impl PendingRead<'_> {
-    async fn finish(self) -> Result<Vec<RecordedEvent>, StoreError> {
+impl<'a, T> PendingRead<'a, T> {
+    async fn start(mut future: ReadFuture<'a, T>) -> PendingRead<'a, T> {
+        match futures::poll!(&mut future) {
+            std::task::Poll::Ready(result) => PendingRead::Finished(result),
+            std::task::Poll::Pending => PendingRead::Running(future),
+        }
+    }
+
+    async fn finish(self) -> Result<T, StoreError> {
         match self {
             PendingRead::Running(future) => future.await,
             PendingRead::Finished(result) => result,
@@ -148,12 +154,15 @@ impl PendingRead<'_> {
     }
 }
 
-async fn start_read(store: &dyn EventStore, after: Option<u64>) -> PendingRead<'_> {
-    let mut future = store.read_all(after, INSPECT_PAGE_EVENTS);
-    match futures::poll!(&mut future) {
-        std::task::Poll::Ready(result) => PendingRead::Finished(result),
-        std::task::Poll::Pending => PendingRead::Running(future),
-    }
+async fn start_read(
+    store: &dyn EventStore,
+    after: Option<u64>,
+) -> PendingRead<'_, Vec<RecordedEvent>> {
+    PendingRead::start(store.read_all(after, INSPECT_PAGE_EVENTS)).await
+}
+
+async fn start_page_read(store: &dyn EventStore, after: Option<u64>) -> PendingRead<'_, LogPage> {
+    PendingRead::start(store.read_all_page(after, INSPECT_PAGE_EVENTS)).await
 }
 
 /// A page's records, decoded in order, and the decoding failure that ended the page early.
@@ -358,14 +367,14 @@ trait PartitionWorker: Send + 'static {
     /// What the worker hands back at the end (its state is dropped on its own thread).
     type Output: Send + 'static;
     fn wants(&self, route: &Self::Route) -> bool;
-    fn visit(&mut self, stored: &RecordedEvent, route: &Self::Route) -> Result<(), InspectError>;
+    fn visit(&mut self, stored: LogRecord<'_>, route: &Self::Route) -> Result<(), InspectError>;
     fn finish(self) -> Self::Output;
 }
 
 /// A page as read, with each record's route; `first_ordinal` is its first record's ordinal in
 /// the log.
 struct RoutedPage<R> {
-    records: Vec<RecordedEvent>,
+    records: LogPage,
     routes: Vec<R>,
     first_ordinal: u64,
 }
@@ -382,7 +391,7 @@ async fn for_each_partitioned<W: PartitionWorker>(
     after: Option<u64>,
     bar: &ProgressBar,
     workers: Vec<W>,
-    mut route: impl FnMut(&RecordedEvent) -> Result<W::Route, InspectError>,
+    mut route: impl FnMut(LogRecord<'_>) -> Result<W::Route, InspectError>,
 ) -> Result<Vec<W::Output>, InspectError> {
     let mut senders = Vec::with_capacity(workers.len());
     let mut handles = Vec::with_capacity(workers.len());
@@ -400,17 +409,17 @@ async fn for_each_partitioned<W: PartitionWorker>(
     }
     let mut ordinal = 0u64;
     let mut failure: Option<(u64, InspectError)> = None;
-    let mut read = Some(start_read(store, after).await);
+    let mut read = Some(start_page_read(store, after).await);
     while let Some(pending) = read.take() {
         let mut records = pending.finish().await?;
         // A short page is the last one: nothing more to read after it.
         if records.len() == INSPECT_PAGE_EVENTS
             && let Some(last) = records.last()
         {
-            read = Some(start_read(store, Some(last.position)).await);
+            read = Some(start_page_read(store, Some(last.position)).await);
         }
         let mut routes = Vec::with_capacity(records.len());
-        for stored in &records {
+        for stored in records.iter() {
             match route(stored) {
                 Ok(routed) => routes.push(routed),
                 Err(error) => {
@@ -488,9 +497,9 @@ fn fold_partition<W: PartitionWorker>(
     (worker.finish(), failure)
 }
 
-fn decode_failure(stored: &RecordedEvent, error: codec::CodecError) -> InspectError {
+fn decode_failure(stored: LogRecord<'_>, error: codec::CodecError) -> InspectError {
     InspectError::Decode {
-        stream: stored.stream.clone(),
+        stream: stored.stream.to_owned(),
         version: stored.version,
         position: stored.position,
         reason: error.to_string(),
@@ -513,13 +522,13 @@ impl PartitionWorker for AuditWorker {
         route.is_for(self.partition)
     }
 
-    fn visit(&mut self, stored: &RecordedEvent, route: &Routed) -> Result<(), InspectError> {
+    fn visit(&mut self, stored: LogRecord<'_>, route: &Routed) -> Result<(), InspectError> {
         if stored.stream == ACTORS_STREAM {
             let recorded = Recorded::decode(
-                &stored.stream,
+                stored.stream,
                 stored.version,
                 stored.position,
-                &stored.payload,
+                stored.payload,
             )
             .map_err(|error| decode_failure(stored, error))?;
             self.audit.observe_routed(&recorded, route);
@@ -538,20 +547,20 @@ impl PartitionWorker for AuditWorker {
 /// Decodes a stored pool event into `scratch`, reusing its buffers (no allocation per event).
 fn decode_pool_event<'a>(
     scratch: &'a mut Option<Recorded>,
-    stored: &RecordedEvent,
+    stored: LogRecord<'_>,
 ) -> Result<&'a Recorded, InspectError> {
     if let Some(Recorded::Pool(recorded)) = scratch.as_mut() {
-        codec::decode_event_into(&stored.payload, &mut recorded.event)
+        codec::decode_event_into(stored.payload, &mut recorded.event)
             .map_err(|error| decode_failure(stored, error))?;
         recorded.stream.clear();
-        recorded.stream.push_str(&stored.stream);
+        recorded.stream.push_str(stored.stream);
         recorded.version = stored.version;
         recorded.position = stored.position;
     } else {
         let event =
-            codec::decode_event(&stored.payload).map_err(|error| decode_failure(stored, error))?;
+            codec::decode_event(stored.payload).map_err(|error| decode_failure(stored, error))?;
         *scratch = Some(Recorded::Pool(RecordedPoolEvent {
-            stream: stored.stream.clone(),
+            stream: stored.stream.to_owned(),
             version: stored.version,
             position: stored.position,
             event,
@@ -581,7 +590,7 @@ async fn audit_partitioned(
         .collect();
     let mut router = AuditRouter::new(count);
     let ends = for_each_partitioned(store, None, bar, workers, |stored| {
-        Ok(router.route(&stored.stream, stored.position, &stored.payload))
+        Ok(router.route(stored.stream, stored.position, stored.payload))
     })
     .await?;
     Ok(Audit::merge_partitions(ends))
@@ -604,7 +613,7 @@ impl PartitionWorker for RebuildWorker {
         *route == Some(self.partition)
     }
 
-    fn visit(&mut self, stored: &RecordedEvent, _: &Option<usize>) -> Result<(), InspectError> {
+    fn visit(&mut self, stored: LogRecord<'_>, _: &Option<usize>) -> Result<(), InspectError> {
         if let Recorded::Pool(recorded) = decode_pool_event(&mut self.scratch, stored)? {
             Rebuild::project_into(&self.projections, recorded)?;
         }
@@ -643,7 +652,7 @@ async fn rebuild_partitioned(
     for_each_partitioned(store, after, bar, workers, |stored| {
         let project = rebuild.admit(stored.position)?;
         if stored.stream == ACTORS_STREAM {
-            let event = codec::decode_actor_event(&stored.payload)
+            let event = codec::decode_actor_event(stored.payload)
                 .map_err(|error| decode_failure(stored, error))?;
             rebuild.apply_actor(&RecordedActorEvent {
                 version: stored.version,
@@ -655,12 +664,12 @@ async fn rebuild_partitioned(
         if !project {
             return Ok(None);
         }
-        match codec::peek_pool(&stored.payload) {
+        match codec::peek_pool(stored.payload) {
             Ok(pool) => Ok(Some(pool_partition(pool, count))),
             // Not an event: report what decoding it says, as the one-thread rebuild would.
             Err(peek) => Err(decode_failure(
                 stored,
-                codec::decode_event(&stored.payload).err().unwrap_or(peek),
+                codec::decode_event(stored.payload).err().unwrap_or(peek),
             )),
         }
     })

@@ -9,8 +9,8 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use allot_domain::{Change, Event, PoolId, ReservationId, ReservationState};
 use crate::PoolMap;
+use allot_domain::{Change, Event, PoolId, ReservationId, ReservationState};
 use serde::{Deserialize, Serialize};
 
 /// One reservation as the binding knows it.

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use allot_domain::{Action, Change, Event, PoolId, RejectionCode, Timestamp};
 use crate::PoolMap;
+use allot_domain::{Action, Change, Event, PoolId, RejectionCode, Timestamp};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -34,6 +34,7 @@ macro_rules! store_conformance_cases {
             positions_increase_across_streams,
             read_stream_from_a_middle_version,
             read_all_pages_without_gaps_or_duplicates,
+            log_pages_hold_what_read_all_returns,
             subscription_from_the_start_then_live,
             subscription_mid_stream_under_concurrent_appends,
             empty_append_is_rejected_without_writing,
@@ -397,6 +398,46 @@ pub async fn read_all_pages_without_gaps_or_duplicates<S: EventStore>(store: Arc
             .is_empty()
     );
     assert!(store.read_all(Some(u64::MAX), 10).await.unwrap().is_empty());
+}
+
+/// `read_all_page` (the bulk readers' borrowed pages) gives exactly `read_all`'s records, field
+/// by field, for any start and size: small and large payloads, several streams, several events
+/// per append, and starts at, inside and past the end.
+pub async fn log_pages_hold_what_read_all_returns<S: EventStore>(store: Arc<S>) {
+    for i in 0..30u64 {
+        let events = (0..(i % 3 + 1))
+            .map(|j| {
+                let mut event = event(if j == 0 { "Big" } else { "P" }, format!("{i}.{j}"));
+                if i % 7 == 0 {
+                    event.payload.resize(10_000 + i as usize, b'x');
+                }
+                event
+            })
+            .collect();
+        store
+            .append(&format!("pool-{}", i % 5), ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    let all = read_everything(&*store).await;
+    let last = all.last().unwrap().position;
+    let starts = [
+        None,
+        Some(0),
+        Some(3),
+        Some(last - 1),
+        Some(last),
+        Some(u64::MAX),
+    ];
+    for after in starts {
+        for max in [1, 4, 17, 1000] {
+            let records = store.read_all(after, max).await.unwrap();
+            let page = store.read_all_page(after, max).await.unwrap();
+            assert_eq!(page.len(), records.len(), "after {after:?}, max {max}");
+            let from_page: Vec<_> = page.iter().map(|record| record.to_recorded()).collect();
+            assert_eq!(from_page, records, "after {after:?}, max {max}");
+        }
+    }
 }
 
 pub async fn subscription_from_the_start_then_live<S: EventStore>(store: Arc<S>) {

@@ -45,7 +45,7 @@ pub use writer::{
 };
 
 use super::{
-    AppendOutcome, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
+    AppendOutcome, EventStore, ExpectedVersion, LogPage, ProposedEvent, RecordedEvent, StoreError,
     Subscription, validate_append,
 };
 
@@ -87,6 +87,14 @@ fn io_error(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
         path: path.display().to_string(),
         source,
+    }
+}
+
+/// The first position a read after `after` starts at; `None` past the last possible one.
+fn first_position_after(after: Option<u64>) -> Option<u64> {
+    match after {
+        None => Some(0),
+        Some(after) => after.checked_add(1),
     }
 }
 
@@ -403,14 +411,22 @@ impl Shared {
 
     /// Reads the records at `locs`, coalescing nearby ones into one positional read.
     fn read_events(&self, locs: &[(u64, EventLoc)]) -> Result<Vec<RecordedEvent>, StoreError> {
+        let page = self.read_page(locs)?;
+        Ok(page.iter().map(|record| record.to_recorded()).collect())
+    }
+
+    /// Reads the events at `locs` into one page: each run of nearby events is one `pread`
+    /// straight into the page's buffer, and the records point into it.
+    fn read_page(&self, locs: &[(u64, EventLoc)]) -> Result<LogPage, StoreError> {
         let names: Vec<Arc<str>> = {
             let index = self.index();
             locs.iter()
                 .map(|(_, loc)| index.stream_name(loc.stream).clone())
                 .collect()
         };
-        let mut out = Vec::with_capacity(locs.len());
-        let mut buf = Vec::new();
+        // The records' own bytes; the frame headers between them grow the buffer a little.
+        let bytes = locs.iter().map(|(_, loc)| loc.len as usize).sum();
+        let mut page = LogPage::with_capacity(locs.len(), bytes);
         let mut run_start = 0;
         while run_start < locs.len() {
             let first = locs[run_start].1.offset;
@@ -428,33 +444,30 @@ impl Shared {
                 end = next_end;
                 run_end += 1;
             }
-            buf.resize((end - first) as usize, 0);
-            self.reader
-                .read_exact_at(&mut buf, first)
+            let base = page
+                .read_into((end - first) as usize, |buf| {
+                    self.reader.read_exact_at(buf, first)
+                })
                 .map_err(|e| io_error(&self.log_path, e))?;
-            for i in run_start..run_end {
-                let (position, loc) = locs[i];
-                let at = (loc.offset - first) as usize;
-                let record =
-                    format::decode_event(&buf[at..at + loc.len as usize]).map_err(|reason| {
-                        StoreError::Corrupt {
+            for (i, &(position, loc)) in locs.iter().enumerate().take(run_end).skip(run_start) {
+                let at = base + (loc.offset - first) as usize;
+                let record_end = at + loc.len as usize;
+                let (id, kind_len, payload_len) =
+                    format::decode_event(&page.bytes()[at..record_end])
+                        .map(|record| (record.id, record.kind.len(), record.payload.len()))
+                        .map_err(|reason| StoreError::Corrupt {
                             file: self.log_path.display().to_string(),
                             offset: loc.offset,
                             reason: reason.to_owned(),
-                        }
-                    })?;
-                out.push(RecordedEvent {
-                    stream: names[i].to_string(),
-                    version: loc.version,
-                    position,
-                    id: record.id,
-                    kind: record.kind.to_owned(),
-                    payload: record.payload.to_vec(),
-                });
+                        })?;
+                // A record ends with its kind, then its payload (checked by `decode_event`).
+                let payload = record_end - payload_len..record_end;
+                let kind = payload.start - kind_len..payload.start;
+                page.push_in_place(names[i].clone(), loc.version, position, id, kind, payload);
             }
             run_start = run_end;
         }
-        Ok(out)
+        Ok(page)
     }
 }
 
@@ -524,15 +537,32 @@ impl EventStore for EmbeddedStore {
         after: Option<u64>,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        let from = match after {
-            None => 0,
-            Some(after) => match after.checked_add(1) {
-                Some(from) => from,
-                None => return Ok(Vec::new()),
-            },
+        let Some(from) = first_position_after(after) else {
+            return Ok(Vec::new());
         };
         let locs = self.shared.index().range(from, max_count);
         self.read_locs(locs).await
+    }
+
+    async fn read_all_page(
+        &self,
+        after: Option<u64>,
+        max_count: usize,
+    ) -> Result<LogPage, StoreError> {
+        let Some(from) = first_position_after(after) else {
+            return Ok(LogPage::default());
+        };
+        let locs = self.shared.index().range(from, max_count);
+        if locs.is_empty() {
+            return Ok(LogPage::default());
+        }
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || shared.read_page(&locs))
+            .await
+            .map_err(|e| StoreError::Unavailable {
+                reason: format!("read task failed: {e}"),
+                maybe_written: false,
+            })?
     }
 
     /// One writer thread takes appends from a FIFO queue (its bounded channel hands out room in

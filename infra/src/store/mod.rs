@@ -7,6 +7,7 @@
 //! all streams, not necessarily contiguous (EventStoreDB positions are byte offsets).
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::Stream;
@@ -62,6 +63,159 @@ pub struct RecordedEvent {
     pub id: [u8; 16],
     pub kind: String,
     pub payload: Vec<u8>,
+}
+
+/// A page of the log in one buffer: bulk readers (audit, rebuild) walk its records by borrowing
+/// instead of owning a stream name, kind and payload per event.
+#[derive(Debug, Default)]
+pub struct LogPage {
+    bytes: Vec<u8>,
+    records: Vec<PageRecord>,
+}
+
+#[derive(Debug)]
+struct PageRecord {
+    stream: Arc<str>,
+    version: u64,
+    position: u64,
+    id: [u8; 16],
+    kind: std::ops::Range<usize>,
+    payload: std::ops::Range<usize>,
+}
+
+/// One record of a [`LogPage`], borrowed from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRecord<'a> {
+    pub stream: &'a str,
+    pub version: u64,
+    pub position: u64,
+    pub id: [u8; 16],
+    pub kind: &'a str,
+    pub payload: &'a [u8],
+}
+
+impl LogRecord<'_> {
+    /// An owned copy.
+    pub fn to_recorded(&self) -> RecordedEvent {
+        RecordedEvent {
+            stream: self.stream.to_owned(),
+            version: self.version,
+            position: self.position,
+            id: self.id,
+            kind: self.kind.to_owned(),
+            payload: self.payload.to_vec(),
+        }
+    }
+}
+
+impl LogPage {
+    pub fn with_capacity(records: usize, bytes: usize) -> LogPage {
+        LogPage {
+            bytes: Vec::with_capacity(bytes),
+            records: Vec::with_capacity(records),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn get(&self, index: usize) -> Option<LogRecord<'_>> {
+        self.records.get(index).map(|record| self.view(record))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = LogRecord<'_>> {
+        self.records.iter().map(|record| self.view(record))
+    }
+
+    pub fn last(&self) -> Option<LogRecord<'_>> {
+        self.records.last().map(|record| self.view(record))
+    }
+
+    /// Keeps the first `len` records.
+    pub fn truncate(&mut self, len: usize) {
+        self.records.truncate(len);
+    }
+
+    /// Adds a record, copying its kind and payload into the page.
+    pub fn push(
+        &mut self,
+        stream: Arc<str>,
+        version: u64,
+        position: u64,
+        id: [u8; 16],
+        kind: &str,
+        payload: &[u8],
+    ) {
+        let kind_start = self.bytes.len();
+        self.bytes.extend_from_slice(kind.as_bytes());
+        let payload_start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.records.push(PageRecord {
+            stream,
+            version,
+            position,
+            id,
+            kind: kind_start..payload_start,
+            payload: payload_start..self.bytes.len(),
+        });
+    }
+
+    /// Reads `len` bytes into the end of the page's buffer with `read` and returns where they
+    /// start; [`LogPage::push_in_place`] then adds records that lie inside them.
+    pub(crate) fn read_into<E>(
+        &mut self,
+        len: usize,
+        read: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Result<usize, E> {
+        let start = self.bytes.len();
+        self.bytes.resize(start + len, 0);
+        read(&mut self.bytes[start..])?;
+        Ok(start)
+    }
+
+    /// The page's buffer, for finding records read by [`LogPage::read_into`].
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Adds a record whose kind and payload are already in the buffer, at these ranges.
+    pub(crate) fn push_in_place(
+        &mut self,
+        stream: Arc<str>,
+        version: u64,
+        position: u64,
+        id: [u8; 16],
+        kind: std::ops::Range<usize>,
+        payload: std::ops::Range<usize>,
+    ) {
+        debug_assert!(std::str::from_utf8(&self.bytes[kind.clone()]).is_ok());
+        debug_assert!(payload.end <= self.bytes.len());
+        self.records.push(PageRecord {
+            stream,
+            version,
+            position,
+            id,
+            kind,
+            payload,
+        });
+    }
+
+    fn view<'a>(&'a self, record: &'a PageRecord) -> LogRecord<'a> {
+        LogRecord {
+            stream: &record.stream,
+            version: record.version,
+            position: record.position,
+            id: record.id,
+            // Ranges are only ever made from a `&str` (push) or checked text (push_in_place).
+            kind: std::str::from_utf8(&self.bytes[record.kind.clone()]).unwrap_or_default(),
+            payload: &self.bytes[record.payload.clone()],
+        }
+    }
 }
 
 /// Where an append landed: the version and global position of its last event.
@@ -181,6 +335,30 @@ pub trait EventStore: Send + Sync + 'static {
         after: Option<u64>,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// [`EventStore::read_all`] as one [`LogPage`], for readers of the whole log. The default
+    /// copies `read_all`'s records in; a backend that reads its log in bulk fills the page
+    /// directly.
+    async fn read_all_page(
+        &self,
+        after: Option<u64>,
+        max_count: usize,
+    ) -> Result<LogPage, StoreError> {
+        let events = self.read_all(after, max_count).await?;
+        let bytes = events.iter().map(|e| e.kind.len() + e.payload.len()).sum();
+        let mut page = LogPage::with_capacity(events.len(), bytes);
+        for event in &events {
+            page.push(
+                Arc::from(event.stream.as_str()),
+                event.version,
+                event.position,
+                event.id,
+                &event.kind,
+                &event.payload,
+            );
+        }
+        Ok(page)
+    }
 
     /// Every event with position > `after`, then every event appended later, each exactly once,
     /// in position order.
