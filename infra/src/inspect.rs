@@ -368,6 +368,8 @@ trait PartitionWorker: Send + 'static {
     type Output: Send + 'static;
     fn wants(&self, route: &Self::Route) -> bool;
     fn visit(&mut self, stored: LogRecord<'_>, route: &Self::Route) -> Result<(), InspectError>;
+    /// Called after each page (a place to publish what was batched over it).
+    fn end_page(&mut self) {}
     fn finish(self) -> Self::Output;
 }
 
@@ -484,15 +486,19 @@ fn fold_partition<W: PartitionWorker>(
         if failure.is_some() {
             continue;
         }
-        for (offset, (stored, route)) in page.records.iter().zip(&page.routes).enumerate() {
+        for (offset, route) in page.routes.iter().enumerate() {
             if !worker.wants(route) {
                 continue;
             }
+            let Some(stored) = page.records.get(offset) else {
+                break;
+            };
             if let Err(error) = worker.visit(stored, route) {
                 failure = Some((page.first_ordinal + offset as u64, error));
                 break;
             }
         }
+        worker.end_page();
     }
     (worker.finish(), failure)
 }
@@ -596,12 +602,16 @@ async fn audit_partitioned(
     Ok(Audit::merge_partitions(ends))
 }
 
-/// One partition of a rebuild: the pools whose id hashes to it.
+/// One partition of a rebuild: the pools whose projection shard maps to it.
 struct RebuildWorker {
     projections: Arc<Projections>,
     partition: usize,
     /// The pool event being applied, decoded into the same value every time.
     scratch: Option<Recorded>,
+    /// Events applied since the last page, and the position of the last of them: added to the
+    /// projections' totals once per page.
+    applied: u64,
+    last_position: u64,
 }
 
 impl PartitionWorker for RebuildWorker {
@@ -614,22 +624,23 @@ impl PartitionWorker for RebuildWorker {
     }
 
     fn visit(&mut self, stored: LogRecord<'_>, _: &Option<usize>) -> Result<(), InspectError> {
-        if let Recorded::Pool(recorded) = decode_pool_event(&mut self.scratch, stored)? {
-            Rebuild::project_into(&self.projections, recorded)?;
+        if let Recorded::Pool(recorded) = decode_pool_event(&mut self.scratch, stored)?
+            && Rebuild::project_uncounted(&self.projections, recorded)?
+        {
+            self.applied += 1;
+            self.last_position = recorded.position;
         }
         Ok(())
     }
 
-    fn finish(self) {}
-}
-
-/// A pool id's partition: FNV-1a of its bytes (stable, and cheap for short ids).
-fn pool_partition(pool: &str, partitions: usize) -> usize {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in pool.bytes() {
-        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    fn end_page(&mut self) {
+        self.projections.account(self.applied, self.last_position);
+        self.applied = 0;
     }
-    (hash % partitions.max(1) as u64) as usize
+
+    fn finish(mut self) {
+        self.end_page();
+    }
 }
 
 /// The rebuild with pools split over the cores by pool id (each pool's events stay in order on
@@ -647,6 +658,8 @@ async fn rebuild_partitioned(
             projections: Arc::clone(&projections),
             partition,
             scratch: None,
+            applied: 0,
+            last_position: 0,
         })
         .collect();
     for_each_partitioned(store, after, bar, workers, |stored| {
@@ -665,7 +678,8 @@ async fn rebuild_partitioned(
             return Ok(None);
         }
         match codec::peek_pool(stored.payload) {
-            Ok(pool) => Ok(Some(pool_partition(pool, count))),
+            // Whole shards per worker: two workers never write one shard's lock.
+            Ok(pool) => Ok(Some(projections.pool_shard(pool) % count)),
             // Not an event: report what decoding it says, as the one-thread rebuild would.
             Err(peek) => Err(decode_failure(
                 stored,

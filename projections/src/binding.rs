@@ -7,9 +7,8 @@
 //! back from that event when someone asks for them; they are never held in memory.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::PoolMap;
+use crate::{POOL_SHARDS, PoolHasher, PoolMap};
 use allot_domain::{Change, Event, PoolId, ReservationId, ReservationState};
 use serde::{Deserialize, Serialize};
 
@@ -275,10 +274,17 @@ impl BindingImage {
 #[derive(Debug, Default)]
 pub struct Binding {
     pools: PoolMap<PoolBinding>,
-    entries: AtomicUsize,
 }
 
 impl Binding {
+    /// An empty binding whose pool map hashes with `hasher` (shared with the other projections,
+    /// so a pool falls in the same shard of each).
+    pub(crate) fn with_hasher(hasher: PoolHasher) -> Binding {
+        Binding {
+            pools: PoolMap::with_hasher_and_shard_amount(hasher, POOL_SHARDS),
+        }
+    }
+
     /// Applies the event recorded at `version` of its pool's stream.
     pub fn apply(&self, version: u64, event: &Event) {
         match &event.change {
@@ -320,7 +326,7 @@ impl Binding {
     }
 
     fn insert(&self, pool: &PoolId, seq: u64, entry: BindingEntry) {
-        let replaced = match self.pools.get_mut(pool.as_str()) {
+        match self.pools.get_mut(pool.as_str()) {
             Some(mut entries) => entries.insert(seq, entry),
             None => self
                 .pools
@@ -328,9 +334,6 @@ impl Binding {
                 .or_default()
                 .insert(seq, entry),
         };
-        if !replaced {
-            self.entries.fetch_add(1, Ordering::AcqRel);
-        }
     }
 
     fn update(&self, event: &Event, seq: u64, change: impl FnOnce(&mut BindingEntry)) {
@@ -345,8 +348,9 @@ impl Binding {
             .and_then(|entries| entries.get(reservation.seq))
     }
 
+    /// Reservations bound, over every pool (counts each pool's words: for reports and tests).
     pub fn len(&self) -> usize {
-        self.entries.load(Ordering::Acquire)
+        self.pools.iter().map(|entries| entries.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -385,7 +389,6 @@ impl Binding {
 
     pub fn restore(&self, image: &BindingImage) {
         for (pool, entries) in &image.0 {
-            self.entries.fetch_add(entries.len(), Ordering::AcqRel);
             let entries = PoolBinding::from_image(entries);
             self.pools.insert(PoolId::new(pool.clone()), entries);
         }

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::PoolMap;
+use crate::{POOL_SHARDS, PoolHasher, PoolMap};
 use allot_domain::{Action, Change, Event, PoolId, RejectionCode, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +35,13 @@ pub struct PoolCounts {
 }
 
 impl PoolCounts {
+    /// Empty counts whose pool map hashes with `hasher` (see [`crate::Projections::pool_shard`]).
+    pub(crate) fn with_hasher(hasher: PoolHasher) -> PoolCounts {
+        PoolCounts {
+            pools: PoolMap::with_hasher_and_shard_amount(hasher, POOL_SHARDS),
+        }
+    }
+
     pub fn apply(&self, event: &Event) {
         let mut count = match self.pools.get_mut(event.pool.as_str()) {
             Some(count) => count,

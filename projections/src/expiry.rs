@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use allot_domain::{Change, Event, PoolId, ReservationId, Timestamp};
 
-use crate::SeqMap;
+use crate::{POOL_SHARDS, SeqMap};
 
 /// Held reservations by time and by id. A pool is a small handle (its index in `pools`), so an
 /// entry is three words and indexing or removing one copies no string.
@@ -67,9 +67,20 @@ impl Index {
     }
 }
 
-#[derive(Debug, Default)]
+/// Held reservations in shards by pool: the shard of a pool is the one it has in the other
+/// projections' maps ([`crate::Projections::pool_shard`]), so writers of different shards never
+/// take one lock, and the sweeper's questions ask every shard.
+#[derive(Debug)]
 pub struct ExpiryIndex {
-    index: Mutex<Index>,
+    shards: Box<[Mutex<Index>]>,
+}
+
+impl Default for ExpiryIndex {
+    fn default() -> Self {
+        ExpiryIndex {
+            shards: (0..POOL_SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
 }
 
 /// Held reservations of every pool, as (sequence, `expires_at`) by sequence: what checkpoints
@@ -77,27 +88,32 @@ pub struct ExpiryIndex {
 pub type ExpiryImage = BTreeMap<String, Vec<(u64, u64)>>;
 
 impl ExpiryIndex {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Index> {
         // A panic while holding this lock leaves a consistent index (each operation is a pair of
         // inserts or removes), so a poisoned lock is still usable.
-        self.index
+        self.shards[shard % self.shards.len()]
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    pub fn apply(&self, event: &Event) {
+    fn each_shard(&self) -> impl Iterator<Item = std::sync::MutexGuard<'_, Index>> {
+        (0..self.shards.len()).map(|shard| self.lock(shard))
+    }
+
+    /// Applies `event` of a pool in `shard`.
+    pub fn apply(&self, shard: usize, event: &Event) {
         match &event.change {
             Change::Reserved {
                 reservation,
                 expires_at,
             } => {
-                self.lock()
+                self.lock(shard)
                     .insert(event.pool.as_str(), *reservation, *expires_at);
             }
             Change::Confirmed { reservation }
             | Change::Released { reservation }
             | Change::Expired { reservation, .. } => {
-                self.lock().remove(event.pool.as_str(), *reservation);
+                self.lock(shard).remove(event.pool.as_str(), *reservation);
             }
             _ => {}
         }
@@ -105,23 +121,34 @@ impl ExpiryIndex {
 
     /// The earliest `expires_at` among Held reservations.
     pub fn earliest(&self) -> Option<Timestamp> {
-        self.lock().by_time.first().map(|(at, _, _)| *at)
+        self.each_shard()
+            .filter_map(|index| index.by_time.first().map(|(at, _, _)| *at))
+            .min()
     }
 
-    /// Up to `limit` Held reservations whose window has elapsed at `now`, earliest first.
+    /// Up to `limit` Held reservations whose window has elapsed at `now`, earliest first (then
+    /// by pool id and sequence).
     pub fn due(&self, now: Timestamp, limit: usize) -> Vec<(Timestamp, ReservationId)> {
-        let index = self.lock();
-        index
-            .by_time
-            .iter()
-            .take_while(|(at, _, _)| *at <= now)
-            .take(limit)
-            .map(|(at, handle, seq)| (*at, index.reservation(*handle, *seq)))
-            .collect()
+        let mut due: Vec<(Timestamp, ReservationId)> = Vec::new();
+        for index in self.each_shard() {
+            due.extend(
+                index
+                    .by_time
+                    .iter()
+                    .take_while(|(at, _, _)| *at <= now)
+                    .take(limit)
+                    .map(|(at, handle, seq)| (*at, index.reservation(*handle, *seq))),
+            );
+        }
+        due.sort_unstable_by(|(a, x), (b, y)| {
+            (a, x.pool.as_str(), x.seq).cmp(&(b, y.pool.as_str(), y.seq))
+        });
+        due.truncate(limit);
+        due
     }
 
     pub fn len(&self) -> usize {
-        self.lock().len
+        self.each_shard().map(|index| index.len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -131,42 +158,38 @@ impl ExpiryIndex {
     /// Every Held reservation as (`expires_at`, id), ordered by time, then pool id, then
     /// sequence (pool handles depend on arrival order; this order does not).
     pub fn snapshot(&self) -> Vec<(u64, String)> {
-        let index = self.lock();
-        let mut held: Vec<(Timestamp, &str, u64)> = index
-            .by_time
-            .iter()
-            .map(|(at, handle, seq)| (*at, index.pools[*handle].pool.as_str(), *seq))
-            .collect();
-        held.sort_unstable();
+        let mut held: Vec<(Timestamp, PoolId, u64)> = Vec::new();
+        for index in self.each_shard() {
+            held.extend(
+                index
+                    .by_time
+                    .iter()
+                    .map(|(at, handle, seq)| (*at, index.pools[*handle].pool.clone(), *seq)),
+            );
+        }
+        held.sort_unstable_by(|(a, p, s), (b, q, t)| (a, p.as_str(), s).cmp(&(b, q.as_str(), t)));
         held.into_iter()
-            .map(|(at, pool, seq)| {
-                let id = ReservationId {
-                    pool: PoolId::new(pool),
-                    seq,
-                };
-                (at.0, id.to_string())
-            })
+            .map(|(at, pool, seq)| (at.0, ReservationId { pool, seq }.to_string()))
             .collect()
     }
 
     pub fn image(&self) -> ExpiryImage {
-        let index = self.lock();
-        index
-            .pools
-            .iter()
-            .filter(|held| !held.by_seq.is_empty())
-            .map(|held| {
+        let mut image = ExpiryImage::new();
+        for index in self.each_shard() {
+            for held in index.pools.iter().filter(|held| !held.by_seq.is_empty()) {
                 let mut entries: Vec<(u64, u64)> =
                     held.by_seq.iter().map(|(seq, at)| (*seq, at.0)).collect();
                 entries.sort_unstable();
-                (held.pool.to_string(), entries)
-            })
-            .collect()
+                image.insert(held.pool.to_string(), entries);
+            }
+        }
+        image
     }
 
-    pub fn restore(&self, image: &ExpiryImage) {
-        let mut index = self.lock();
+    /// Loads `image`, each pool into the shard `shard_of` names.
+    pub fn restore(&self, image: &ExpiryImage, shard_of: impl Fn(&str) -> usize) {
         for (pool, entries) in image {
+            let mut index = self.lock(shard_of(pool));
             for (seq, at) in entries {
                 index.insert(pool, *seq, Timestamp(*at));
             }

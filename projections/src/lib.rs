@@ -32,7 +32,15 @@ pub use expiry::{ExpiryImage, ExpiryIndex};
 pub(crate) type SeqMap<V> = HashMap<u64, V, foldhash::fast::RandomState>;
 
 /// A concurrent map keyed by pool id (read by the HTTP handlers, written by the pool tasks).
-pub(crate) type PoolMap<V> = DashMap<PoolId, V, foldhash::fast::RandomState>;
+pub(crate) type PoolMap<V> = DashMap<PoolId, V, PoolHasher>;
+
+/// The hasher of every [`PoolMap`] of one [`Projections`]: one seed for all of them, so a pool
+/// is in the same shard of each.
+pub(crate) type PoolHasher = foldhash::fast::RandomState;
+
+/// Shards of each pool map (a power of two). Enough that workers folding different pools
+/// rarely meet on one shard's lock.
+pub(crate) const POOL_SHARDS: usize = 64;
 
 /// What happened when an event was offered to the projections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +55,7 @@ pub enum Applied {
 }
 
 /// All live read models, fed by the same apply code in the service and in replay.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Projections {
     pub binding: Binding,
     pub counts: PoolCounts,
@@ -82,13 +90,45 @@ pub struct Image {
     pub applied: u64,
 }
 
+impl Default for Projections {
+    fn default() -> Self {
+        let hasher = PoolHasher::default();
+        Projections {
+            binding: Binding::with_hasher(hasher.clone()),
+            counts: PoolCounts::with_hasher(hasher.clone()),
+            expiry: ExpiryIndex::default(),
+            next_version: PoolMap::with_hasher_and_shard_amount(hasher, POOL_SHARDS),
+            last_position: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Projections {
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The shard `pool` falls in, the same in every pool map of these projections. Workers
+    /// applying events side by side that split pools by shard never touch one shard's lock
+    /// from two threads.
+    pub fn pool_shard(&self, pool: &str) -> usize {
+        self.next_version.determine_map(pool)
+    }
+
     /// Applies the event recorded at `version` of its pool stream and global `position`.
     pub fn apply(&self, version: u64, position: u64, event: &Event) -> Applied {
+        let applied = self.apply_uncounted(version, event);
+        if applied == Applied::Applied {
+            self.account(1, position);
+        }
+        applied
+    }
+
+    /// [`Projections::apply`] without adding to the totals (events applied, last position):
+    /// workers applying partitions of one log side by side add theirs once in a while with
+    /// [`Projections::account`], instead of all writing the same two counters every event.
+    pub fn apply_uncounted(&self, version: u64, event: &Event) -> Applied {
         // Looked up by `&str`: the pool id is copied only the first time a pool is seen.
         let mut next = match self.next_version.get_mut(event.pool.as_str()) {
             Some(next) => next,
@@ -104,11 +144,19 @@ impl Projections {
         drop(next);
         self.binding.apply(version, event);
         self.counts.apply(event);
-        self.expiry.apply(event);
-        self.last_position
-            .fetch_max(position.saturating_add(1), Ordering::AcqRel);
-        self.applied.fetch_add(1, Ordering::AcqRel);
+        self.expiry
+            .apply(self.pool_shard(event.pool.as_str()), event);
         Applied::Applied
+    }
+
+    /// Adds `applied` events to the total, the last of them at `last_position` or earlier.
+    pub fn account(&self, applied: u64, last_position: u64) {
+        if applied == 0 {
+            return;
+        }
+        self.last_position
+            .fetch_max(last_position.saturating_add(1), Ordering::AcqRel);
+        self.applied.fetch_add(applied, Ordering::AcqRel);
     }
 
     /// Highest global position applied, if any.
@@ -163,7 +211,9 @@ impl Projections {
         let projections = Projections::new();
         projections.binding.restore(&image.binding);
         projections.counts.restore(&image.counts);
-        projections.expiry.restore(&image.expiry);
+        projections
+            .expiry
+            .restore(&image.expiry, |pool| projections.pool_shard(pool));
         for (pool, version) in &image.next_version {
             projections
                 .next_version

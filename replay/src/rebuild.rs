@@ -282,8 +282,21 @@ impl Rebuild {
         projections: &Projections,
         recorded: &RecordedPoolEvent,
     ) -> Result<(), RebuildError> {
-        match projections.apply(recorded.version, recorded.position, &recorded.event) {
-            Applied::Applied | Applied::Skipped => Ok(()),
+        if Self::project_uncounted(projections, recorded)? {
+            projections.account(1, recorded.position);
+        }
+        Ok(())
+    }
+
+    /// [`Rebuild::project_into`] without adding to the projections' totals; returns whether the
+    /// event was applied, for the caller to [`Projections::account`] for later.
+    pub fn project_uncounted(
+        projections: &Projections,
+        recorded: &RecordedPoolEvent,
+    ) -> Result<bool, RebuildError> {
+        match projections.apply_uncounted(recorded.version, &recorded.event) {
+            Applied::Applied => Ok(true),
+            Applied::Skipped => Ok(false),
             Applied::Gap { expected } => Err(RebuildError::Gap {
                 stream: recorded.stream.clone(),
                 version: recorded.version,

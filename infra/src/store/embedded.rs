@@ -424,8 +424,16 @@ impl Shared {
                 .map(|(_, loc)| index.stream_name(loc.stream).clone())
                 .collect()
         };
-        // The records' own bytes; the frame headers between them grow the buffer a little.
-        let bytes = locs.iter().map(|(_, loc)| loc.len as usize).sum();
+        // Room for the runs read: from the first record to the last when they lie together (a
+        // page of the log: frame headers between them), about their own size when scattered.
+        let records: u64 = locs.iter().map(|(_, loc)| u64::from(loc.len)).sum();
+        let span = match (locs.first(), locs.last()) {
+            (Some((_, first)), Some((_, last))) => {
+                (last.offset + u64::from(last.len)).saturating_sub(first.offset)
+            }
+            _ => 0,
+        };
+        let bytes = span.min(2 * records + READ_GAP_BYTES_MAX) as usize;
         let mut page = LogPage::with_capacity(locs.len(), bytes);
         let mut run_start = 0;
         while run_start < locs.len() {

@@ -90,11 +90,17 @@ pub struct LogRecord<'a> {
     pub version: u64,
     pub position: u64,
     pub id: [u8; 16],
-    pub kind: &'a str,
+    /// The kind's UTF-8 bytes (checked when the page was filled); [`LogRecord::kind`] reads them.
+    kind: &'a [u8],
     pub payload: &'a [u8],
 }
 
-impl LogRecord<'_> {
+impl<'a> LogRecord<'a> {
+    /// The event's type name. Bulk readers rarely need it, so it is only read on request.
+    pub fn kind(&self) -> &'a str {
+        std::str::from_utf8(self.kind).unwrap_or_default()
+    }
+
     /// An owned copy.
     pub fn to_recorded(&self) -> RecordedEvent {
         RecordedEvent {
@@ -102,7 +108,7 @@ impl LogRecord<'_> {
             version: self.version,
             position: self.position,
             id: self.id,
-            kind: self.kind.to_owned(),
+            kind: self.kind().to_owned(),
             payload: self.payload.to_vec(),
         }
     }
@@ -211,8 +217,7 @@ impl LogPage {
             version: record.version,
             position: record.position,
             id: record.id,
-            // Ranges are only ever made from a `&str` (push) or checked text (push_in_place).
-            kind: std::str::from_utf8(&self.bytes[record.kind.clone()]).unwrap_or_default(),
+            kind: &self.bytes[record.kind.clone()],
             payload: &self.bytes[record.payload.clone()],
         }
     }
