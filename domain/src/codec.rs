@@ -8,6 +8,7 @@
 use crate::actor::ActorEvent;
 use crate::command::Action;
 use crate::event::Event;
+use crate::{ParamsDigest, Timestamp};
 
 /// Schema of newly written pool and actor events.
 pub const SCHEMA_VERSION: u8 = 1;
@@ -99,6 +100,71 @@ pub fn decode_event_into(bytes: &[u8], event: &mut Event) -> Result<(), CodecErr
     }
     *event = decode_event(bytes)?;
     Ok(())
+}
+
+/// Decodes into `event` what the read models (`allot-projections`) read: pool, time, action,
+/// allocated counts, states and change. The actor, attestation, token, and a reserve's resource
+/// and requester are stepped over (their lengths read, their bytes neither checked nor copied)
+/// and keep whatever `event` held, so the result is for projecting only; audits and aggregates
+/// decode whole events. A payload this path does not take is decoded whole by
+/// [`decode_event_into`], so its errors are that function's.
+pub fn decode_event_for_projections(bytes: &[u8], event: &mut Event) -> Result<(), CodecError> {
+    if bytes.len() <= DECODE_BYTES_MAX && decode_projected(bytes, event).is_some() {
+        return Ok(());
+    }
+    decode_event_into(bytes, event)
+}
+
+fn decode_projected(bytes: &[u8], event: &mut Event) -> Option<()> {
+    let (&version, mut rest) = bytes.split_first()?;
+    if version != SCHEMA_VERSION {
+        return None;
+    }
+    copy_str(&mut rest, &mut event.pool.0)?;
+    event.at = field(&mut rest)?;
+    skip_bytes(&mut rest)?; // actor
+    let _signed_at: Timestamp = field(&mut rest)?;
+    skip_bytes(&mut rest)?; // signature
+    skip_bytes(&mut rest)?; // token
+    let _digest: ParamsDigest = field(&mut rest)?;
+    let (variant, read): (u32, usize) = bincode::decode_from_slice(rest, config()).ok()?;
+    if variant == RESERVE_VARIANT {
+        rest = rest.get(read..)?;
+        skip_bytes(&mut rest)?; // resource
+        skip_bytes(&mut rest)?; // requester
+        let reserve_duration_ms: u64 = field(&mut rest)?;
+        let reserve_count: u32 = field(&mut rest)?;
+        match &mut event.action {
+            Action::Reserve {
+                duration_ms, count, ..
+            } => {
+                *duration_ms = reserve_duration_ms;
+                *count = reserve_count;
+            }
+            other => {
+                *other = Action::Reserve {
+                    resource: String::new(),
+                    requester: String::new(),
+                    duration_ms: reserve_duration_ms,
+                    count: reserve_count,
+                }
+            }
+        }
+    } else {
+        event.action = field(&mut rest)?;
+    }
+    event.allocated_before = field(&mut rest)?;
+    event.allocated_after = field(&mut rest)?;
+    event.prior_state = field(&mut rest)?;
+    event.new_state = field(&mut rest)?;
+    event.change = field(&mut rest)?;
+    rest.is_empty().then_some(())
+}
+
+/// Steps over a length-prefixed string or byte string.
+fn skip_bytes(rest: &mut &[u8]) -> Option<()> {
+    let _: &[u8] = borrowed(rest)?;
+    Some(())
 }
 
 /// Variant index of `Action::Reserve` in the encoding (bincode numbers variants in declaration

@@ -540,7 +540,7 @@ impl PartitionWorker for AuditWorker {
             self.audit.observe_routed(&recorded, route);
             return Ok(());
         }
-        let recorded = decode_pool_event(&mut self.scratch, stored)?;
+        let recorded = decode_pool_event(&mut self.scratch, stored, Decode::Whole)?;
         self.audit.observe_routed(recorded, route);
         Ok(())
     }
@@ -550,14 +550,28 @@ impl PartitionWorker for AuditWorker {
     }
 }
 
+/// How much of a pool event a fold reads.
+#[derive(Clone, Copy)]
+enum Decode {
+    Whole,
+    /// What projections read ([`codec::decode_event_for_projections`]).
+    ForProjections,
+}
+
 /// Decodes a stored pool event into `scratch`, reusing its buffers (no allocation per event).
 fn decode_pool_event<'a>(
     scratch: &'a mut Option<Recorded>,
     stored: LogRecord<'_>,
+    decode: Decode,
 ) -> Result<&'a Recorded, InspectError> {
     if let Some(Recorded::Pool(recorded)) = scratch.as_mut() {
-        codec::decode_event_into(stored.payload, &mut recorded.event)
-            .map_err(|error| decode_failure(stored, error))?;
+        match decode {
+            Decode::Whole => codec::decode_event_into(stored.payload, &mut recorded.event),
+            Decode::ForProjections => {
+                codec::decode_event_for_projections(stored.payload, &mut recorded.event)
+            }
+        }
+        .map_err(|error| decode_failure(stored, error))?;
         recorded.stream.clear();
         recorded.stream.push_str(stored.stream);
         recorded.version = stored.version;
@@ -624,7 +638,8 @@ impl PartitionWorker for RebuildWorker {
     }
 
     fn visit(&mut self, stored: LogRecord<'_>, _: &Option<usize>) -> Result<(), InspectError> {
-        if let Recorded::Pool(recorded) = decode_pool_event(&mut self.scratch, stored)?
+        if let Recorded::Pool(recorded) =
+            decode_pool_event(&mut self.scratch, stored, Decode::ForProjections)?
             && Rebuild::project_uncounted(&self.projections, recorded)?
         {
             self.applied += 1;

@@ -48,3 +48,73 @@ fn decoding_into_a_reused_event_equals_decoding_afresh() {
         }
     }
 }
+
+/// `codec::decode_event_for_projections` gives every field a read model reads exactly as
+/// `codec::decode_event` does (a reserve's count and duration, every other action whole),
+/// whatever the reused event held, and a damaged payload's error is the whole decode's.
+#[test]
+fn decoding_for_projections_gives_what_projections_read() {
+    use allot_domain::Action;
+    let ledger = walkthrough();
+    let payloads: Vec<Vec<u8>> = ledger
+        .records
+        .iter()
+        .filter_map(Recorded::pool_event)
+        .map(|recorded| codec::encode_event(&recorded.event))
+        .collect();
+    let mut reused = codec::decode_event(&payloads[0]).expect("decodes");
+    let mut reserves = 0;
+    let mut stepped_over = 0;
+    for before in &payloads {
+        for payload in &payloads {
+            codec::decode_event_into(before, &mut reused).expect("decodes");
+            let before_actor = reused.actor.clone();
+            codec::decode_event_for_projections(payload, &mut reused).expect("decodes");
+            let whole = codec::decode_event(payload).expect("decodes");
+            // The fast path ran: the actor is stepped over, not decoded.
+            assert_eq!(reused.actor, before_actor);
+            if whole.actor != before_actor {
+                stepped_over += 1;
+            }
+            assert_eq!(reused.pool, whole.pool);
+            assert_eq!(reused.at, whole.at);
+            assert_eq!(reused.allocated_before, whole.allocated_before);
+            assert_eq!(reused.allocated_after, whole.allocated_after);
+            assert_eq!(reused.prior_state, whole.prior_state);
+            assert_eq!(reused.new_state, whole.new_state);
+            assert_eq!(reused.change, whole.change);
+            match (&reused.action, &whole.action) {
+                (
+                    Action::Reserve {
+                        duration_ms, count, ..
+                    },
+                    Action::Reserve {
+                        duration_ms: whole_duration,
+                        count: whole_count,
+                        ..
+                    },
+                ) => {
+                    reserves += 1;
+                    assert_eq!((duration_ms, count), (whole_duration, whole_count));
+                }
+                (action, whole_action) => assert_eq!(action, whole_action),
+            }
+        }
+    }
+    assert!(reserves > 0, "the walkthrough reserves");
+    assert!(stepped_over > 0, "the walkthrough has several actors");
+    for payload in &payloads {
+        for damaged in [
+            payload[..payload.len() - 1].to_vec(),
+            [payload.as_slice(), &[0]].concat(),
+            payload[..payload.len() / 2].to_vec(),
+            [&[codec::SCHEMA_VERSION + 1], &payload[1..]].concat(),
+            Vec::new(),
+        ] {
+            let expected = codec::decode_event(&damaged).err();
+            let mut event = reused.clone();
+            let got = codec::decode_event_for_projections(&damaged, &mut event).err();
+            assert_eq!(got, expected);
+        }
+    }
+}
