@@ -95,7 +95,7 @@ pub fn peek_pool(bytes: &[u8]) -> Result<&str, CodecError> {
 /// equals [`decode_event`]'s, error included (any payload this path does not take is decoded by
 /// [`decode_event`]); on an error `event` holds some mix of old and new fields.
 pub fn decode_event_into(bytes: &[u8], event: &mut Event) -> Result<(), CodecError> {
-    if bytes.len() <= DECODE_BYTES_MAX && decode_in_place(bytes, event).is_some() {
+    if bytes.len() <= DECODE_BYTES_MAX && decode_in_place(bytes, event, Fields::All).is_some() {
         return Ok(());
     }
     *event = decode_event(bytes)?;
@@ -109,56 +109,11 @@ pub fn decode_event_into(bytes: &[u8], event: &mut Event) -> Result<(), CodecErr
 /// decode whole events. A payload this path does not take is decoded whole by
 /// [`decode_event_into`], so its errors are that function's.
 pub fn decode_event_for_projections(bytes: &[u8], event: &mut Event) -> Result<(), CodecError> {
-    if bytes.len() <= DECODE_BYTES_MAX && decode_projected(bytes, event).is_some() {
+    if bytes.len() <= DECODE_BYTES_MAX && decode_in_place(bytes, event, Fields::Projected).is_some()
+    {
         return Ok(());
     }
     decode_event_into(bytes, event)
-}
-
-fn decode_projected(bytes: &[u8], event: &mut Event) -> Option<()> {
-    let (&version, mut rest) = bytes.split_first()?;
-    if version != SCHEMA_VERSION {
-        return None;
-    }
-    copy_str(&mut rest, &mut event.pool.0)?;
-    event.at = field(&mut rest)?;
-    skip_bytes(&mut rest)?; // actor
-    let _signed_at: Timestamp = field(&mut rest)?;
-    skip_bytes(&mut rest)?; // signature
-    skip_bytes(&mut rest)?; // token
-    let _digest: ParamsDigest = field(&mut rest)?;
-    let (variant, read): (u32, usize) = bincode::decode_from_slice(rest, config()).ok()?;
-    if variant == RESERVE_VARIANT {
-        rest = rest.get(read..)?;
-        skip_bytes(&mut rest)?; // resource
-        skip_bytes(&mut rest)?; // requester
-        let reserve_duration_ms: u64 = field(&mut rest)?;
-        let reserve_count: u32 = field(&mut rest)?;
-        match &mut event.action {
-            Action::Reserve {
-                duration_ms, count, ..
-            } => {
-                *duration_ms = reserve_duration_ms;
-                *count = reserve_count;
-            }
-            other => {
-                *other = Action::Reserve {
-                    resource: String::new(),
-                    requester: String::new(),
-                    duration_ms: reserve_duration_ms,
-                    count: reserve_count,
-                }
-            }
-        }
-    } else {
-        event.action = field(&mut rest)?;
-    }
-    event.allocated_before = field(&mut rest)?;
-    event.allocated_after = field(&mut rest)?;
-    event.prior_state = field(&mut rest)?;
-    event.new_state = field(&mut rest)?;
-    event.change = field(&mut rest)?;
-    rest.is_empty().then_some(())
 }
 
 /// Steps over a length-prefixed string or byte string.
@@ -171,29 +126,81 @@ fn skip_bytes(rest: &mut &[u8]) -> Option<()> {
 /// order; the golden bytes in `tests/codec.rs` freeze it).
 const RESERVE_VARIANT: u32 = 3;
 
+/// Which fields [`decode_in_place`] decodes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fields {
+    All,
+    /// What read models read; the rest is stepped over ([`decode_event_for_projections`]).
+    Projected,
+}
+
 /// The fields of `Event`, in declaration order (the derived encoding's order); `None` for
-/// anything unexpected, which [`decode_event_into`] leaves to [`decode_event`].
-fn decode_in_place(bytes: &[u8], event: &mut Event) -> Option<()> {
+/// anything unexpected, which the callers leave to a whole decode.
+fn decode_in_place(bytes: &[u8], event: &mut Event, fields: Fields) -> Option<()> {
     let (&version, mut rest) = bytes.split_first()?;
     if version != SCHEMA_VERSION {
         return None;
     }
     copy_str(&mut rest, &mut event.pool.0)?;
     event.at = field(&mut rest)?;
-    copy_str(&mut rest, &mut event.actor.0)?;
-    event.attestation.signed_at = field(&mut rest)?;
-    let signature: &[u8] = borrowed(&mut rest)?;
-    event.attestation.signature.clear();
-    event.attestation.signature.extend_from_slice(signature);
-    copy_str(&mut rest, &mut event.token.0)?;
-    event.digest = field(&mut rest)?;
-    decode_action(&mut rest, &mut event.action)?;
+    match fields {
+        Fields::All => {
+            copy_str(&mut rest, &mut event.actor.0)?;
+            event.attestation.signed_at = field(&mut rest)?;
+            let signature: &[u8] = borrowed(&mut rest)?;
+            event.attestation.signature.clear();
+            event.attestation.signature.extend_from_slice(signature);
+            copy_str(&mut rest, &mut event.token.0)?;
+            event.digest = field(&mut rest)?;
+            decode_action(&mut rest, &mut event.action)?;
+        }
+        Fields::Projected => {
+            skip_bytes(&mut rest)?; // actor
+            let _signed_at: Timestamp = field(&mut rest)?;
+            skip_bytes(&mut rest)?; // signature
+            skip_bytes(&mut rest)?; // token
+            let _digest: ParamsDigest = field(&mut rest)?;
+            decode_action_counts(&mut rest, &mut event.action)?;
+        }
+    }
     event.allocated_before = field(&mut rest)?;
     event.allocated_after = field(&mut rest)?;
     event.prior_state = field(&mut rest)?;
     event.new_state = field(&mut rest)?;
     event.change = field(&mut rest)?;
     rest.is_empty().then_some(())
+}
+
+/// A reserve's duration and count (its resource and requester stepped over); other actions
+/// decode whole.
+fn decode_action_counts(rest: &mut &[u8], action: &mut Action) -> Option<()> {
+    let (variant, read): (u32, usize) = bincode::decode_from_slice(rest, config()).ok()?;
+    if variant != RESERVE_VARIANT {
+        *action = field(rest)?;
+        return Some(());
+    }
+    *rest = rest.get(read..)?;
+    skip_bytes(rest)?; // resource
+    skip_bytes(rest)?; // requester
+    let reserve_duration_ms: u64 = field(rest)?;
+    let reserve_count: u32 = field(rest)?;
+    match action {
+        Action::Reserve {
+            duration_ms, count, ..
+        } => {
+            *duration_ms = reserve_duration_ms;
+            *count = reserve_count;
+        }
+        other => {
+            *other = Action::Reserve {
+                resource: String::new(),
+                requester: String::new(),
+                duration_ms: reserve_duration_ms,
+                count: reserve_count,
+            }
+        }
+    }
+    Some(())
 }
 
 /// Reserve (nearly every other event) reuses its two strings; other actions decode whole.

@@ -7,16 +7,32 @@ use allot_domain::codec;
 use allot_replay::Recorded;
 use common::walkthrough;
 
-#[test]
-fn decoding_into_a_reused_event_equals_decoding_afresh() {
-    let ledger = walkthrough();
-    let payloads: Vec<Vec<u8>> = ledger
+/// The walkthrough's pool events, encoded.
+fn walkthrough_payloads() -> Vec<Vec<u8>> {
+    let payloads: Vec<Vec<u8>> = walkthrough()
         .records
         .iter()
         .filter_map(Recorded::pool_event)
         .map(|recorded| codec::encode_event(&recorded.event))
         .collect();
     assert!(payloads.len() > 20);
+    payloads
+}
+
+/// Truncated, extended, halved, wrong schema, empty: each decode must fail as the whole one.
+fn damaged(payload: &[u8]) -> [Vec<u8>; 5] {
+    [
+        payload[..payload.len() - 1].to_vec(),
+        [payload, &[0]].concat(),
+        payload[..payload.len() / 2].to_vec(),
+        [&[codec::SCHEMA_VERSION + 1], &payload[1..]].concat(),
+        Vec::new(),
+    ]
+}
+
+#[test]
+fn decoding_into_a_reused_event_equals_decoding_afresh() {
+    let payloads = walkthrough_payloads();
     let mut reused = codec::decode_event(&payloads[0]).expect("decodes");
     // Every event after every other: each variant of the action and change replaces each one.
     for before in &payloads {
@@ -34,13 +50,7 @@ fn decoding_into_a_reused_event_equals_decoding_afresh() {
         assert_eq!(buffers, (reused.pool.0.as_ptr(), reused.token.0.as_ptr()));
     }
     for payload in &payloads {
-        for damaged in [
-            payload[..payload.len() - 1].to_vec(),
-            [payload.as_slice(), &[0]].concat(),
-            payload[..payload.len() / 2].to_vec(),
-            [&[codec::SCHEMA_VERSION + 1], &payload[1..]].concat(),
-            Vec::new(),
-        ] {
+        for damaged in damaged(payload) {
             let expected = codec::decode_event(&damaged);
             let mut event = reused.clone();
             let got = codec::decode_event_into(&damaged, &mut event).map(|()| event);
@@ -55,13 +65,7 @@ fn decoding_into_a_reused_event_equals_decoding_afresh() {
 #[test]
 fn decoding_for_projections_gives_what_projections_read() {
     use allot_domain::Action;
-    let ledger = walkthrough();
-    let payloads: Vec<Vec<u8>> = ledger
-        .records
-        .iter()
-        .filter_map(Recorded::pool_event)
-        .map(|recorded| codec::encode_event(&recorded.event))
-        .collect();
+    let payloads = walkthrough_payloads();
     let mut reused = codec::decode_event(&payloads[0]).expect("decodes");
     let mut reserves = 0;
     let mut stepped_over = 0;
@@ -104,13 +108,7 @@ fn decoding_for_projections_gives_what_projections_read() {
     assert!(reserves > 0, "the walkthrough reserves");
     assert!(stepped_over > 0, "the walkthrough has several actors");
     for payload in &payloads {
-        for damaged in [
-            payload[..payload.len() - 1].to_vec(),
-            [payload.as_slice(), &[0]].concat(),
-            payload[..payload.len() / 2].to_vec(),
-            [&[codec::SCHEMA_VERSION + 1], &payload[1..]].concat(),
-            Vec::new(),
-        ] {
+        for damaged in damaged(payload) {
             let expected = codec::decode_event(&damaged).err();
             let mut event = reused.clone();
             let got = codec::decode_event_for_projections(&damaged, &mut event).err();

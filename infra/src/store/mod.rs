@@ -161,14 +161,15 @@ impl LogPage {
         self.bytes.extend_from_slice(kind.as_bytes());
         let payload_start = self.bytes.len();
         self.bytes.extend_from_slice(payload);
-        self.records.push(PageRecord {
+        let payload = payload_start..self.bytes.len();
+        self.push_in_place(
             stream,
             version,
             position,
             id,
-            kind: kind_start..payload_start,
-            payload: payload_start..self.bytes.len(),
-        });
+            kind_start..payload_start,
+            payload,
+        );
     }
 
     /// Reads `len` bytes into the end of the page's buffer with `read` and returns where they
