@@ -513,6 +513,9 @@ impl EventStore for EmbeddedStore {
         }
         let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
         let (reply, outcome) = oneshot::channel();
+        // The first poll of this future reaches `send`; tokio's bounded channel completes sends
+        // in the order they were first polled, even while the queue is full, which is the
+        // submission order `orders_appends_by_submission` promises.
         requests
             .send(Request::Append(AppendRequest {
                 stream: stream.to_owned(),
