@@ -104,8 +104,8 @@ pub fn decode_event_into(bytes: &[u8], event: &mut Event) -> Result<(), CodecErr
 
 /// Decodes into `event` what the read models (`allot-projections`) read: pool, time, action,
 /// allocated counts, states and change. The actor, attestation, token, and a reserve's resource
-/// and requester are stepped over (their lengths read, their bytes neither checked nor copied)
-/// and keep whatever `event` held, so the result is for projecting only; audits and aggregates
+/// and requester are checked as the whole decode checks them but not copied, and keep whatever
+/// `event` held, so the result is for projecting only; audits and aggregates
 /// decode whole events. A payload this path does not take is decoded whole by
 /// [`decode_event_into`], so its errors are that function's.
 pub fn decode_event_for_projections(bytes: &[u8], event: &mut Event) -> Result<(), CodecError> {
@@ -116,9 +116,16 @@ pub fn decode_event_for_projections(bytes: &[u8], event: &mut Event) -> Result<(
     decode_event_into(bytes, event)
 }
 
-/// Steps over a length-prefixed string or byte string.
+/// Steps over a length-prefixed byte string.
 fn skip_bytes(rest: &mut &[u8]) -> Option<()> {
     let _: &[u8] = borrowed(rest)?;
+    Some(())
+}
+
+/// Steps over a string, checking it is UTF-8 as the whole decode does (so a payload either path
+/// refuses, both refuse), without copying it.
+fn skip_str(rest: &mut &[u8]) -> Option<()> {
+    let _: &str = borrowed(rest)?;
     Some(())
 }
 
@@ -155,10 +162,10 @@ fn decode_in_place(bytes: &[u8], event: &mut Event, fields: Fields) -> Option<()
             decode_action(&mut rest, &mut event.action)?;
         }
         Fields::Projected => {
-            skip_bytes(&mut rest)?; // actor
+            skip_str(&mut rest)?; // actor
             let _signed_at: Timestamp = field(&mut rest)?;
             skip_bytes(&mut rest)?; // signature
-            skip_bytes(&mut rest)?; // token
+            skip_str(&mut rest)?; // token
             let _digest: ParamsDigest = field(&mut rest)?;
             decode_action_counts(&mut rest, &mut event.action)?;
         }
@@ -180,8 +187,8 @@ fn decode_action_counts(rest: &mut &[u8], action: &mut Action) -> Option<()> {
         return Some(());
     }
     *rest = rest.get(read..)?;
-    skip_bytes(rest)?; // resource
-    skip_bytes(rest)?; // requester
+    skip_str(rest)?; // resource
+    skip_str(rest)?; // requester
     let reserve_duration_ms: u64 = field(rest)?;
     let reserve_count: u32 = field(rest)?;
     match action {

@@ -126,8 +126,9 @@ impl ExpiryIndex {
             .min()
     }
 
-    /// Up to `limit` Held reservations whose window has elapsed at `now`, earliest first (then
-    /// by pool id and sequence).
+    /// Up to `limit` Held reservations whose window has elapsed at `now`, earliest first. Which
+    /// of several due at the same instant come first (when more than `limit` are due) is not
+    /// specified: the sweeper takes the rest on its next pass.
     pub fn due(&self, now: Timestamp, limit: usize) -> Vec<(Timestamp, ReservationId)> {
         let mut due: Vec<(Timestamp, ReservationId)> = Vec::new();
         for index in self.each_shard() {

@@ -1020,12 +1020,20 @@ impl Audit {
     fn stranded_slots(&self) -> Vec<(u64, Violation)> {
         let mut stranded = Vec::new();
         for pool in &self.pools {
+            // By sequence: the report is cut at `violations_max`, so which ones are kept must
+            // not depend on a map's order.
+            let mut out_of_sequence: Vec<(u64, &Reservation)> = pool
+                .out_of_sequence
+                .iter()
+                .map(|(seq, r)| (*seq, r))
+                .collect();
+            out_of_sequence.sort_unstable_by_key(|(seq, _)| *seq);
             let all = pool
                 .reservations
                 .iter()
                 .enumerate()
                 .map(|(index, r)| (index as u64 + 1, r))
-                .chain(pool.out_of_sequence.iter().map(|(seq, r)| (*seq, r)));
+                .chain(out_of_sequence);
             for (seq, reservation) in all {
                 if !reservation.state.holds_slot() && !reservation.slot_released {
                     stranded.push((

@@ -107,6 +107,35 @@ fn decoding_for_projections_gives_what_projections_read() {
     }
     assert!(reserves > 0, "the walkthrough reserves");
     assert!(stepped_over > 0, "the walkthrough has several actors");
+    // A string it steps over that is not UTF-8 fails it as it fails the whole decode.
+    let mut not_utf8 = 0;
+    for payload in &payloads {
+        let whole = codec::decode_event(payload).expect("decodes");
+        let mut labels = vec![
+            whole.actor.as_str().to_owned(),
+            whole.token.as_str().to_owned(),
+        ];
+        if let Action::Reserve { requester, .. } = &whole.action {
+            labels.push(requester.clone());
+        }
+        for label in labels.iter().filter(|label| !label.is_empty()) {
+            let Some(at) = payload
+                .windows(label.len())
+                .position(|window| window == label.as_bytes())
+            else {
+                continue;
+            };
+            let mut damaged = payload.clone();
+            damaged[at] = 0xff;
+            let expected = codec::decode_event(&damaged).err();
+            assert!(expected.is_some(), "{label} made not UTF-8 must fail");
+            let mut event = reused.clone();
+            let got = codec::decode_event_for_projections(&damaged, &mut event).err();
+            assert_eq!(got, expected, "{label}");
+            not_utf8 += 1;
+        }
+    }
+    assert!(not_utf8 > 0);
     for payload in &payloads {
         for damaged in damaged(payload) {
             let expected = codec::decode_event(&damaged).err();
