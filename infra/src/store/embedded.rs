@@ -45,8 +45,8 @@ pub use writer::{
 };
 
 use super::{
-    AppendOutcome, EventStore, ExpectedVersion, LogPage, ProposedEvent, RecordedEvent, StoreError,
-    Subscription, validate_append,
+    AppendOutcome, EventStore, ExpectedVersion, LogPage, PageRecord, ProposedEvent, RecordedEvent,
+    StoreError, Subscription, validate_append,
 };
 
 /// Appends waiting for the writer; callers beyond it wait for room (backpressure).
@@ -471,7 +471,14 @@ impl Shared {
                 // A record ends with its kind, then its payload (checked by `decode_event`).
                 let payload = record_end - payload_len..record_end;
                 let kind = payload.start - kind_len..payload.start;
-                page.push_in_place(names[i].clone(), loc.version, position, id, kind, payload);
+                page.push_in_place(PageRecord {
+                    stream: names[i].clone(),
+                    version: loc.version,
+                    position,
+                    id,
+                    kind,
+                    payload,
+                });
             }
             run_start = run_end;
         }

@@ -73,14 +73,15 @@ pub struct LogPage {
     records: Vec<PageRecord>,
 }
 
+/// A record of a page: its kind and payload as ranges of the page's buffer.
 #[derive(Debug)]
-struct PageRecord {
-    stream: Arc<str>,
-    version: u64,
-    position: u64,
-    id: [u8; 16],
-    kind: std::ops::Range<usize>,
-    payload: std::ops::Range<usize>,
+pub(crate) struct PageRecord {
+    pub stream: Arc<str>,
+    pub version: u64,
+    pub position: u64,
+    pub id: [u8; 16],
+    pub kind: std::ops::Range<usize>,
+    pub payload: std::ops::Range<usize>,
 }
 
 /// One record of a [`LogPage`], borrowed from it.
@@ -162,14 +163,14 @@ impl LogPage {
         let payload_start = self.bytes.len();
         self.bytes.extend_from_slice(payload);
         let payload = payload_start..self.bytes.len();
-        self.push_in_place(
+        self.push_in_place(PageRecord {
             stream,
             version,
             position,
             id,
-            kind_start..payload_start,
+            kind: kind_start..payload_start,
             payload,
-        );
+        });
     }
 
     /// Reads `len` bytes into the end of the page's buffer with `read` and returns where they
@@ -190,26 +191,11 @@ impl LogPage {
         &self.bytes
     }
 
-    /// Adds a record whose kind and payload are already in the buffer, at these ranges.
-    pub(crate) fn push_in_place(
-        &mut self,
-        stream: Arc<str>,
-        version: u64,
-        position: u64,
-        id: [u8; 16],
-        kind: std::ops::Range<usize>,
-        payload: std::ops::Range<usize>,
-    ) {
-        debug_assert!(std::str::from_utf8(&self.bytes[kind.clone()]).is_ok());
-        debug_assert!(payload.end <= self.bytes.len());
-        self.records.push(PageRecord {
-            stream,
-            version,
-            position,
-            id,
-            kind,
-            payload,
-        });
+    /// Adds a record whose kind and payload are already in the buffer, at its ranges.
+    pub(crate) fn push_in_place(&mut self, record: PageRecord) {
+        debug_assert!(std::str::from_utf8(&self.bytes[record.kind.clone()]).is_ok());
+        debug_assert!(record.payload.end <= self.bytes.len());
+        self.records.push(record);
     }
 
     fn view<'a>(&'a self, record: &'a PageRecord) -> LogRecord<'a> {
