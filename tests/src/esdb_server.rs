@@ -537,8 +537,11 @@ impl Streams for Service {
         let (tx, rx) = mpsc::channel(RESPONSE_BUFFER);
         let state = Arc::clone(&self.state);
         if read.subscription {
+            // Watching before the subscription counts as opened: a test that drops
+            // subscriptions once it sees one open must end this one.
+            let watches = (state.appended.subscribe(), state.drops.subscribe());
             state.subscriptions_opened.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(serve_subscription(state, read, tx));
+            tokio::spawn(serve_subscription(state, read, tx, watches));
         } else {
             tokio::spawn(serve_read(state, read, tx));
         }
@@ -948,10 +951,14 @@ async fn serve_read(state: Arc<State>, read: ReadPlan, tx: ReadSender) {
     }
 }
 
-async fn serve_subscription(state: Arc<State>, read: ReadPlan, tx: ReadSender) {
-    // Watch before reading so nothing appended in between is missed.
-    let mut appended = state.appended.subscribe();
-    let mut drops = state.drops.subscribe();
+/// Serves one subscription. The watches of appends and drops were taken before it counted as
+/// opened and before its first read, so nothing appended or dropped in between is missed.
+async fn serve_subscription(
+    state: Arc<State>,
+    read: ReadPlan,
+    tx: ReadSender,
+    (mut appended, mut drops): (watch::Receiver<usize>, watch::Receiver<u64>),
+) {
     let confirmation = read_resp::SubscriptionConfirmation {
         subscription_id: ::uuid::Uuid::new_v4().to_string(),
     };

@@ -151,6 +151,15 @@ async fn dropped_subscription_resumes_without_gap_or_duplicate() {
             .unwrap();
     }
     let mut subscription = store.subscribe_all(None).await.unwrap();
+    // Open on the server before the first drop, so that every drop ends a subscription (a drop
+    // before it opened would end none, and the count at the end would be one short).
+    tokio::time::timeout(ITEM_TIMEOUT, async {
+        while server.subscriptions_opened() == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the subscription never opened");
     let writer = {
         let (server, store) = (Arc::clone(&server), Arc::clone(&store));
         tokio::spawn(async move {
