@@ -14,6 +14,8 @@
 //! - `event`: `Event`, `Change`, `Outcome`, `ReservationState`.
 //! - `rejection`: `Rejection` and its stable `RejectionCode`.
 //! - `pool`: the `Pool` aggregate, `decide`, `evolve`, the token cache.
+//! - `token_index`: tokens by (actor, token) in recording order, grown and forgotten a little
+//!   per event.
 //! - `actor`: roles and the actor registry folded from the `actors` stream.
 //! - `signing`: the canonical encoding actors sign.
 //! - `codec`: the versioned stored encoding (bincode 2).
@@ -28,6 +30,7 @@ pub mod ids;
 pub mod pool;
 pub mod rejection;
 pub mod signing;
+pub mod token_index;
 
 pub use actor::{ActorChange, ActorEvent, ActorKey, ActorRegistry, Role};
 pub use command::{Action, ActionKind, Command};
@@ -40,3 +43,4 @@ pub use pool::{
     decide, evolve,
 };
 pub use rejection::{Rejection, RejectionCode};
+pub use token_index::TokenIndex;

@@ -20,6 +20,8 @@
 
 use foldhash::{HashMap, HashSet};
 
+use crate::token_index::TokenIndex;
+
 use crate::command::{Action, ActionKind, Command};
 use crate::event::{Change, Event, Outcome, ReservationState};
 use crate::ids::{
@@ -202,65 +204,24 @@ impl CachedOutcome {
     }
 }
 
-/// A token's record as the cache keeps it.
+/// A token's record as the cache keeps it (its time is the index's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct CachedToken {
     digest: ParamsDigest,
-    recorded_at: Timestamp,
     outcome: CachedOutcome,
     action: ActionKind,
 }
 
-/// Token outcomes of one pool, by actor then token. A token is answered only within `window`
-/// of its recording (`lookup` checks the time); records past it are dropped by a sweep every
-/// half window of event time, so memory holds at most 1.5 windows of tokens and the sweeps fall
-/// at the same events in live service and replay.
-#[derive(Debug, Clone, Default)]
+/// Token outcomes of one pool, keyed by (actor, token) in recording order. A token is answered
+/// only within `window` of its recording (`lookup` checks the time); every event forgets the
+/// oldest records past it, so memory follows the window, at the same events in live service and
+/// replay. See [`TokenIndex`] for why it is not a plain map.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenCache {
     /// The pool's id, which every outcome names (kept once, not per record).
     pool: PoolId,
-    records: HashMap<ActorId, ActorTokens>,
-    len: usize,
-    next_sweep_at: Timestamp,
+    records: TokenIndex<CachedToken>,
 }
-
-/// One actor's tokens. A map the sweep empties is kept until the next sweep, so an actor that
-/// keeps coming back reuses its table instead of freeing and regrowing it every half window.
-#[derive(Debug, Clone, Default)]
-struct ActorTokens {
-    tokens: HashMap<Box<str>, CachedToken>,
-    /// Already empty at the last sweep: the next sweep drops it if it is still empty.
-    idle: bool,
-}
-
-/// Equal when the remembered tokens are: emptied tables kept for reuse do not count.
-impl PartialEq for TokenCache {
-    fn eq(&self, other: &TokenCache) -> bool {
-        let held = |cache: &TokenCache| {
-            cache
-                .records
-                .values()
-                .filter(|actor| !actor.tokens.is_empty())
-                .count()
-        };
-        self.pool == other.pool
-            && self.len == other.len
-            && self.next_sweep_at == other.next_sweep_at
-            && held(self) == held(other)
-            && self
-                .records
-                .iter()
-                .filter(|(_, actor)| !actor.tokens.is_empty())
-                .all(|(id, actor)| {
-                    other
-                        .records
-                        .get(id)
-                        .is_some_and(|theirs| theirs.tokens == actor.tokens)
-                })
-    }
-}
-
-impl Eq for TokenCache {}
 
 impl TokenCache {
     fn lookup(
@@ -270,87 +231,51 @@ impl TokenCache {
         now: Timestamp,
         window_ms: u64,
     ) -> Option<&CachedToken> {
-        let record = self
-            .records
-            .get(actor.as_str())?
-            .tokens
-            .get(token.as_str())?;
-        (now < record.recorded_at.plus_ms(window_ms)).then_some(record)
+        let (recorded_at, record) = self.records.get(actor.as_str(), token.as_str())?;
+        (now < recorded_at.plus_ms(window_ms)).then_some(record)
     }
 
     fn forget_before(&mut self, now: Timestamp, window_ms: u64) {
-        if now < self.next_sweep_at {
-            return;
-        }
-        self.next_sweep_at = now.plus_ms(window_ms / 2);
-        let mut len = 0;
-        self.records.retain(|_, actor| {
-            actor
-                .tokens
-                .retain(|_, record| now < record.recorded_at.plus_ms(window_ms));
-            len += actor.tokens.len();
-            let keep = !actor.tokens.is_empty() || !actor.idle;
-            actor.idle = actor.tokens.is_empty();
-            keep
-        });
-        self.len = len;
+        self.records.forget_expired(now, window_ms);
     }
 
     fn record(&mut self, event: &Event) {
         let record = CachedToken {
             digest: event.digest,
-            recorded_at: event.at,
             outcome: CachedOutcome::of(event),
             action: event.action.kind(),
         };
-        let actor = match self.records.get_mut(event.actor.as_str()) {
-            Some(actor) => actor,
-            None => self.records.entry(event.actor.clone()).or_default(),
-        };
-        // A token recorded again after its window keeps its key: allocate only for a new one.
-        match actor.tokens.get_mut(event.token.as_str()) {
-            Some(existing) => *existing = record,
-            None => {
-                actor.tokens.insert(event.token.as_str().into(), record);
-                self.len += 1;
-            }
-        }
+        self.records
+            .record(event.actor.as_str(), event.token.as_str(), event.at, record);
     }
 
-    fn view(&self, record: &CachedToken) -> TokenRecord {
+    fn view(&self, recorded_at: Timestamp, record: &CachedToken) -> TokenRecord {
         TokenRecord {
             action: record.action,
             digest: record.digest,
             outcome: record.outcome.outcome(&self.pool),
-            recorded_at: record.recorded_at,
+            recorded_at,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.len
+        self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.records.is_empty()
     }
 
     pub fn get(&self, actor: &ActorId, token: &IdempotencyToken) -> Option<TokenRecord> {
-        let record = self
-            .records
-            .get(actor.as_str())?
-            .tokens
-            .get(token.as_str())?;
-        Some(self.view(record))
+        let (recorded_at, record) = self.records.get(actor.as_str(), token.as_str())?;
+        Some(self.view(recorded_at, record))
     }
 
-    /// Every remembered (actor, token) and its record, in no order.
-    pub fn iter(&self) -> impl Iterator<Item = (&ActorId, &str, TokenRecord)> {
-        self.records.iter().flat_map(move |(actor, tokens)| {
-            tokens
-                .tokens
-                .iter()
-                .map(move |(token, record)| (actor, &**token, self.view(record)))
-        })
+    /// Every remembered (actor, token) and its record, oldest first.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, TokenRecord)> {
+        self.records
+            .iter()
+            .map(move |(actor, token, at, record)| (actor, token, self.view(at, record)))
     }
 }
 

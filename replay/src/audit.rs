@@ -47,13 +47,12 @@
 //! Memory: per pool, one small record per reservation ever made (like the aggregate's state
 //! vector), the tokens within the window, and with `check_fold` the aggregate itself.
 
-use std::collections::VecDeque;
 use std::fmt;
 
 use allot_domain::codec;
 use allot_domain::{
     Action, ActorChange, ActorEvent, ActorId, ActorKey, ActorRegistry, Change, Event, Pool, PoolId,
-    ReservationId, ReservationState, Role, Timestamp, evolve, signing,
+    ReservationId, ReservationState, Role, Timestamp, TokenIndex, evolve, signing,
 };
 use serde::Serialize;
 
@@ -65,8 +64,6 @@ pub const VIOLATIONS_MAX: usize = 1_000;
 /// Reservations whose sequence number is out of order that are still tracked per pool; beyond it
 /// they are only reported (a log no writer produced must not grow the audit without bound).
 pub const OUT_OF_SEQUENCE_RESERVATIONS_MAX: usize = 65_536;
-/// Forgotten token key buffers kept per pool for reuse.
-const SPARE_TOKEN_KEYS_MAX: usize = 1_024;
 
 /// The seed's record-clearable checks, each with a stable name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -287,13 +284,6 @@ struct Reservation {
     terminal_position: u64,
 }
 
-/// One token within its window: when it was recorded and the reservation it produced (0: none).
-#[derive(Debug, Clone, Copy)]
-struct TokenUse {
-    at: Timestamp,
-    reservation: u64,
-}
-
 /// A pool stream as the audit reconstructs it.
 #[derive(Debug)]
 struct PoolAudit {
@@ -312,15 +302,8 @@ struct PoolAudit {
     /// Reservation `seq` at index `seq - 1`.
     reservations: Vec<Reservation>,
     out_of_sequence: FastMap<u64, Reservation>,
-    tokens: FastMap<Vec<u8>, TokenUse>,
-    /// Each recorded token's time and key length, oldest first; the keys' bytes are in
-    /// `token_bytes`, back to back in the same order (no allocation per event).
-    token_order: VecDeque<(Timestamp, usize)>,
-    token_bytes: VecDeque<u8>,
-    /// Scratch for the key being forgotten.
-    forget_key: Vec<u8>,
-    /// Key buffers of forgotten tokens, reused so a steady window allocates nothing per event.
-    spare_keys: Vec<Vec<u8>>,
+    /// Tokens within the window: the reservation each made (0: none), by (actor, token).
+    tokens: TokenIndex<u64>,
     /// The domain's aggregate, while `evolve` accepts this pool's events.
     fold: Option<Pool>,
 }
@@ -366,57 +349,7 @@ impl PoolAudit {
     }
 
     fn forget_tokens_before(&mut self, now: Timestamp) {
-        while let Some((at, _)) = self.token_order.front() {
-            if now < at.plus_ms(self.window_ms) {
-                break;
-            }
-            let Some((at, len)) = self.token_order.pop_front() else {
-                break;
-            };
-            let len = len.min(self.token_bytes.len());
-            let mut key = std::mem::take(&mut self.forget_key);
-            key.clear();
-            key.extend(self.token_bytes.drain(..len));
-            if self
-                .tokens
-                .get(key.as_slice())
-                .is_some_and(|used| used.at == at)
-                && let Some((map_key, _)) = self.tokens.remove_entry(key.as_slice())
-            {
-                self.spare_key(map_key);
-            }
-            self.forget_key = key;
-        }
-    }
-
-    fn spare_key(&mut self, key: Vec<u8>) {
-        if self.spare_keys.len() < SPARE_TOKEN_KEYS_MAX {
-            self.spare_keys.push(key);
-        }
-    }
-
-    fn key_copy(&mut self, bytes: &[u8]) -> Vec<u8> {
-        let mut key = self.spare_keys.pop().unwrap_or_default();
-        key.clear();
-        key.extend_from_slice(bytes);
-        key
-    }
-
-    /// Records that (actor, token) `key` was used at `at`, making reservation `made` (0: none).
-    fn record_token(&mut self, key: &[u8], at: Timestamp, made: u64) {
-        let used = TokenUse {
-            at,
-            reservation: made,
-        };
-        match self.tokens.get_mut(key) {
-            Some(slot) => *slot = used,
-            None => {
-                let map_key = self.key_copy(key);
-                self.tokens.insert(map_key, used);
-            }
-        }
-        self.token_order.push_back((at, key.len()));
-        self.token_bytes.extend(key);
+        self.tokens.forget_expired(now, self.window_ms);
     }
 }
 
@@ -461,7 +394,6 @@ pub struct Audit {
     violations: Vec<Violation>,
     verifier: Option<Verifier>,
     ready: Vec<Outcome>,
-    key_buffer: Vec<u8>,
     /// The last pool event's actor key lookup: (actor, key), reused while the actor repeats and
     /// its key is valid (cleared by every actor event).
     last_key: Option<(ActorId, Option<ActorKey>)>,
@@ -513,7 +445,6 @@ impl Audit {
             violations: Vec::new(),
             verifier: options.verify_signatures.then(Verifier::start),
             ready: Vec::new(),
-            key_buffer: Vec::new(),
             last_key: None,
             keep_only: None,
             ordinal: 0,
@@ -653,11 +584,7 @@ impl Audit {
             confirmed_units: 0,
             reservations: Vec::new(),
             out_of_sequence: FastMap::default(),
-            tokens: FastMap::default(),
-            token_order: VecDeque::new(),
-            token_bytes: VecDeque::new(),
-            forget_key: Vec::new(),
-            spare_keys: Vec::new(),
+            tokens: TokenIndex::default(),
             fold: self.options.check_fold.then(Pool::default),
         });
         self.pools.len() - 1
@@ -719,14 +646,11 @@ impl Audit {
 
         // Tokens: forget what left the window, then look this one up, as the service does.
         pool.forget_tokens_before(event.at);
-        let key_buffer = &mut self.key_buffer;
-        key_buffer.clear();
-        token_key(key_buffer, &event.actor, event.token.as_str());
         let earlier = if pool.declared {
             pool.tokens
-                .get(key_buffer.as_slice())
-                .filter(|used| event.at < used.at.plus_ms(pool.window_ms))
-                .copied()
+                .get(event.actor.as_str(), event.token.as_str())
+                .filter(|(at, _)| event.at < at.plus_ms(pool.window_ms))
+                .map(|(at, made)| (at, *made))
         } else {
             None
         };
@@ -736,8 +660,8 @@ impl Audit {
             self.reservations += 1;
         }
 
-        if let Some(earlier) = earlier {
-            let detail = match (earlier.reservation, seq) {
+        if let Some((earlier_at, earlier_made)) = earlier {
+            let detail = match (earlier_made, seq) {
                 (first, Some(second))
                     if first != 0 && matches!(event.change, Change::Reserved { .. }) =>
                 {
@@ -750,7 +674,7 @@ impl Audit {
                     "token {} of {} recorded again {} ms after its previous use, within the {} ms window",
                     event.token,
                     event.actor,
-                    event.at.0.saturating_sub(earlier.at.0),
+                    event.at.0.saturating_sub(earlier_at.0),
                     pool.window_ms
                 ),
             };
@@ -760,7 +684,8 @@ impl Audit {
             Change::Reserved { reservation, .. } => reservation,
             _ => 0,
         };
-        pool.record_token(key_buffer, event.at, made);
+        pool.tokens
+            .record(event.actor.as_str(), event.token.as_str(), event.at, made);
 
         if event.allocated_after != pool.live_units() {
             findings.add(
@@ -1392,15 +1317,7 @@ fn pool_claimed(pool: &str, first_stream: &str) -> String {
     format!("pool {pool} already has its events in stream {first_stream}")
 }
 
-/// `(actor, token)` as one unambiguous key: the actor's length, then both.
-fn token_key(out: &mut Vec<u8>, actor: &ActorId, token: &str) {
-    let actor = actor.as_str().as_bytes();
-    out.extend_from_slice(&(actor.len() as u64).to_le_bytes());
-    out.extend_from_slice(actor);
-    out.extend_from_slice(token.as_bytes());
-}
-
-/// The audit's hot maps (stream names, token keys), hashed with foldhash rather than SipHash.
+/// The audit's hot maps (stream names), hashed with foldhash rather than SipHash.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 
 /// The bytes the signer of an actor event signed.

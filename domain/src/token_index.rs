@@ -1,0 +1,562 @@
+//! One pool's idempotency tokens, keyed by (actor, token), in the order they were recorded.
+//!
+//! Two costs of a plain hash map showed as latency spikes on a hot pool and in replay:
+//! - Growth: doubling a table of millions of tokens rehashed (and dereferenced) every key in
+//!   one call, stalling the pool's serial stage for tens of milliseconds. Here the table grows
+//!   incrementally: a full table is set aside and a twice-as-large one takes new entries, and
+//!   each insert moves the entries of the next [`BUCKETS_PER_INSERT`] buckets of the old table
+//!   across (a sequential walk, so only the new table's writes miss the cache).
+//! - Forgetting: a sweep over every token dropped those past the window. Here tokens are kept
+//!   in recording order (event time never goes back within a pool), so each event forgets the
+//!   few oldest that left the window, and memory follows the window without a sweep.
+//!
+//! Records live in chunks of [`SLOTS_PER_CHUNK`] that are never reallocated; the tables hold
+//! only a (hash, slot) pair each, so moving or rehashing an entry touches no key.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+
+use hashbrown::HashTable;
+
+use crate::ids::Timestamp;
+
+/// Records per chunk of the recording-order log.
+pub const SLOTS_PER_CHUNK: usize = 1024;
+/// Buckets of the set-aside table walked per insert while it drains. A full table of `n`
+/// entries has about `8n / 7` buckets, so it is empty after `2n / 7` inserts at 4 per insert,
+/// long before its successor (sized `2n`) fills; should it fill first, the rest moves at once.
+pub const BUCKETS_PER_INSERT: usize = 4;
+/// Capacity of the first table.
+const TABLE_CAPACITY_MIN: usize = 64;
+
+/// A recorded token: its key (`actor length | actor | token`), time and value. `value` is
+/// `None` once the record was forgotten or replaced by a later record of the same key.
+#[derive(Clone)]
+struct Slot<V> {
+    hash: u64,
+    at: Timestamp,
+    key: Box<[u8]>,
+    value: Option<V>,
+}
+
+/// A table entry: the key's hash (so moving and rehashing never read the key) and the slot.
+#[derive(Clone, Copy)]
+struct Entry {
+    hash: u64,
+    slot: u64,
+}
+
+/// Tokens of one pool, keyed by (actor, token), in recording order. See the module doc.
+#[derive(Clone)]
+pub struct TokenIndex<V> {
+    hasher: foldhash::fast::RandomState,
+    /// The recording-order log: every chunk but the last holds [`SLOTS_PER_CHUNK`] slots.
+    chunks: VecDeque<Vec<Slot<V>>>,
+    /// Slot number of `chunks[0][0]`.
+    first: u64,
+    /// The oldest slot not yet forgotten.
+    front: u64,
+    /// The slot the next record takes.
+    next: u64,
+    /// Indexes every live slot not still in `draining`.
+    table: HashTable<Entry>,
+    /// The table set aside at the last growth, emptied from bucket `draining_bucket` on.
+    draining: HashTable<Entry>,
+    draining_bucket: usize,
+    live: usize,
+}
+
+impl<V> Default for TokenIndex<V> {
+    fn default() -> Self {
+        TokenIndex {
+            hasher: foldhash::fast::RandomState::default(),
+            chunks: VecDeque::new(),
+            first: 0,
+            front: 0,
+            next: 0,
+            table: HashTable::new(),
+            draining: HashTable::new(),
+            draining_bucket: 0,
+            live: 0,
+        }
+    }
+}
+
+impl<V> fmt::Debug for TokenIndex<V> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenIndex")
+            .field("live", &self.live)
+            .field("slots", &(self.next - self.front))
+            .finish()
+    }
+}
+
+/// Equal when the same tokens are remembered, with the same times and values, recorded in the
+/// same order; forgotten and replaced records do not count.
+impl<V: PartialEq> PartialEq for TokenIndex<V> {
+    fn eq(&self, other: &TokenIndex<V>) -> bool {
+        self.live == other.live && self.iter().eq(other.iter())
+    }
+}
+
+impl<V: Eq> Eq for TokenIndex<V> {}
+
+impl<V> TokenIndex<V> {
+    /// Tokens remembered.
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    fn hash(&self, actor: &str, token: &str) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write_usize(actor.len());
+        hasher.write(actor.as_bytes());
+        hasher.write(token.as_bytes());
+        hasher.finish()
+    }
+
+    fn slot(&self, slot: u64) -> Option<&Slot<V>> {
+        let offset = usize::try_from(slot.checked_sub(self.first)?).ok()?;
+        self.chunks
+            .get(offset / SLOTS_PER_CHUNK)?
+            .get(offset % SLOTS_PER_CHUNK)
+    }
+
+    fn slot_mut(&mut self, slot: u64) -> Option<&mut Slot<V>> {
+        let offset = usize::try_from(slot.checked_sub(self.first)?).ok()?;
+        self.chunks
+            .get_mut(offset / SLOTS_PER_CHUNK)?
+            .get_mut(offset % SLOTS_PER_CHUNK)
+    }
+
+    /// The live entry of (actor, token), in either table.
+    fn find(&self, hash: u64, actor: &str, token: &str) -> Option<Entry> {
+        let matches = |entry: &Entry| {
+            entry.hash == hash
+                && self
+                    .slot(entry.slot)
+                    .is_some_and(|slot| key_is(&slot.key, actor, token))
+        };
+        self.table
+            .find(hash, matches)
+            .or_else(|| self.draining.find(hash, matches))
+            .copied()
+    }
+
+    /// The record of (actor, token) and when it was recorded, if remembered.
+    pub fn get(&self, actor: &str, token: &str) -> Option<(Timestamp, &V)> {
+        let entry = self.find(self.hash(actor, token), actor, token)?;
+        let slot = self.slot(entry.slot)?;
+        Some((slot.at, slot.value.as_ref()?))
+    }
+
+    /// Records (actor, token) at `at`, replacing any earlier record of it. `at` must not be
+    /// earlier than the previous record's (within a pool, event time never goes back); an
+    /// earlier one only delays forgetting, never loses a record.
+    pub fn record(&mut self, actor: &str, token: &str, at: Timestamp, value: V) {
+        let hash = self.hash(actor, token);
+        if let Some(entry) = self.find(hash, actor, token) {
+            self.unindex(entry);
+            if let Some(slot) = self.slot_mut(entry.slot) {
+                slot.value = None;
+                slot.key = Box::default();
+            }
+            self.live -= 1;
+        }
+        if self.table.len() >= self.table.capacity() {
+            self.grow();
+        }
+        let slot = self.next;
+        if self
+            .chunks
+            .back()
+            .is_none_or(|chunk| chunk.len() == SLOTS_PER_CHUNK)
+        {
+            self.chunks.push_back(Vec::with_capacity(SLOTS_PER_CHUNK));
+        }
+        if let Some(chunk) = self.chunks.back_mut() {
+            chunk.push(Slot {
+                hash,
+                at,
+                key: key_bytes(actor, token),
+                value: Some(value),
+            });
+        }
+        self.next += 1;
+        self.table
+            .insert_unique(hash, Entry { hash, slot }, |entry| entry.hash);
+        self.live += 1;
+        self.move_some(BUCKETS_PER_INSERT);
+    }
+
+    /// Forgets, oldest first, the records `now` is no longer within `window_ms` of. Stops at the
+    /// first record still within it.
+    pub fn forget_expired(&mut self, now: Timestamp, window_ms: u64) {
+        while self.front < self.next {
+            let Some(slot) = self.slot(self.front) else {
+                break;
+            };
+            let live = slot.value.is_some();
+            if live && now < slot.at.plus_ms(window_ms) {
+                break;
+            }
+            if live {
+                let entry = Entry {
+                    hash: slot.hash,
+                    slot: self.front,
+                };
+                self.unindex(entry);
+                self.live -= 1;
+            }
+            // Drop the record now rather than with its chunk.
+            let front = self.front;
+            if let Some(slot) = self.slot_mut(front) {
+                slot.value = None;
+                slot.key = Box::default();
+            }
+            self.front += 1;
+            if self.front - self.first == SLOTS_PER_CHUNK as u64 {
+                self.chunks.pop_front();
+                self.first = self.front;
+            }
+        }
+        if self.front == self.next && self.live == 0 {
+            // Nothing left: start the next record in a fresh chunk.
+            self.chunks.clear();
+            self.first = self.front;
+        }
+    }
+
+    /// Live records, oldest first: (actor, token, recorded at, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, Timestamp, &V)> + '_ {
+        let skip = usize::try_from(self.front - self.first).unwrap_or(usize::MAX);
+        self.chunks.iter().flatten().skip(skip).filter_map(|slot| {
+            let value = slot.value.as_ref()?;
+            let (actor, token) = split_key(&slot.key)?;
+            Some((actor, token, slot.at, value))
+        })
+    }
+
+    /// Removes the entry of `entry.slot` from whichever table holds it.
+    fn unindex(&mut self, entry: Entry) {
+        match self.table.find_entry(entry.hash, |e| e.slot == entry.slot) {
+            Ok(found) => {
+                found.remove();
+            }
+            Err(_) => {
+                if let Ok(found) = self
+                    .draining
+                    .find_entry(entry.hash, |e| e.slot == entry.slot)
+                {
+                    found.remove();
+                }
+            }
+        }
+    }
+
+    /// The table is full: set it aside and index new records in one twice as large.
+    fn grow(&mut self) {
+        if !self.draining.is_empty() {
+            self.move_some(usize::MAX);
+        }
+        let capacity = (self.table.capacity() * 2).max(TABLE_CAPACITY_MIN);
+        let full = std::mem::replace(&mut self.table, HashTable::with_capacity(capacity));
+        self.draining = if full.is_empty() {
+            HashTable::new()
+        } else {
+            full
+        };
+        self.draining_bucket = 0;
+    }
+
+    /// Walks up to `buckets` buckets of `draining`, moving their entries to `table`; frees it
+    /// once walked through.
+    fn move_some(&mut self, buckets: usize) {
+        if self.draining.num_buckets() == 0 {
+            return;
+        }
+        let end = self
+            .draining_bucket
+            .saturating_add(buckets)
+            .min(self.draining.num_buckets());
+        for bucket in self.draining_bucket..end {
+            if let Ok(found) = self.draining.get_bucket_entry(bucket) {
+                let (entry, _) = found.remove();
+                self.table
+                    .insert_unique(entry.hash, entry, |entry| entry.hash);
+            }
+        }
+        self.draining_bucket = end;
+        if end == self.draining.num_buckets() || self.draining.is_empty() {
+            self.draining = HashTable::new();
+            self.draining_bucket = 0;
+        }
+    }
+}
+
+/// `actor length (8 bytes, little-endian) | actor | token`: unambiguous for any two strings.
+fn key_bytes(actor: &str, token: &str) -> Box<[u8]> {
+    let mut key = Vec::with_capacity(8 + actor.len() + token.len());
+    key.extend_from_slice(&(actor.len() as u64).to_le_bytes());
+    key.extend_from_slice(actor.as_bytes());
+    key.extend_from_slice(token.as_bytes());
+    key.into_boxed_slice()
+}
+
+fn key_is(key: &[u8], actor: &str, token: &str) -> bool {
+    key.len() == 8 + actor.len() + token.len()
+        && key.get(..8) == Some(&(actor.len() as u64).to_le_bytes()[..])
+        && key.get(8..8 + actor.len()) == Some(actor.as_bytes())
+        && key.get(8 + actor.len()..) == Some(token.as_bytes())
+}
+
+fn split_key(key: &[u8]) -> Option<(&str, &str)> {
+    let length: [u8; 8] = key.get(..8)?.try_into().ok()?;
+    let actor_end = 8usize.checked_add(usize::try_from(u64::from_le_bytes(length)).ok()?)?;
+    let actor = std::str::from_utf8(key.get(8..actor_end)?).ok()?;
+    let token = std::str::from_utf8(key.get(actor_end..)?).ok()?;
+    Some((actor, token))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What the index must answer: every live (actor, token) with its time, value and order.
+    #[derive(Default)]
+    struct Model {
+        records: HashMap<(String, String), (Timestamp, u64, u64)>,
+        order: u64,
+    }
+
+    impl Model {
+        fn record(&mut self, actor: &str, token: &str, at: Timestamp, value: u64) {
+            self.order += 1;
+            self.records.insert(
+                (actor.to_owned(), token.to_owned()),
+                (at, value, self.order),
+            );
+        }
+
+        fn forget_expired(&mut self, now: Timestamp, window_ms: u64) {
+            self.records
+                .retain(|_, (at, _, _)| now < at.plus_ms(window_ms));
+        }
+
+        fn in_order(&self) -> Vec<(String, String, Timestamp, u64)> {
+            let mut live: Vec<_> = self.records.iter().collect();
+            live.sort_by_key(|(_, (_, _, order))| *order);
+            live.into_iter()
+                .map(|((actor, token), (at, value, _))| (actor.clone(), token.clone(), *at, *value))
+                .collect()
+        }
+    }
+
+    /// Every live record is indexed exactly once, in one of the two tables.
+    fn assert_indexed_once(index: &TokenIndex<u64>) {
+        assert_eq!(index.table.len() + index.draining.len(), index.len());
+        for slot in index.front..index.next {
+            let Some(record) = index.slot(slot).filter(|record| record.value.is_some()) else {
+                continue;
+            };
+            let in_table = index.table.find(record.hash, |e| e.slot == slot).is_some();
+            let in_draining = index
+                .draining
+                .find(record.hash, |e| e.slot == slot)
+                .is_some();
+            assert!(
+                in_table != in_draining,
+                "slot {slot}: {in_table} {in_draining}"
+            );
+        }
+    }
+
+    fn assert_same(index: &TokenIndex<u64>, model: &Model) {
+        assert_indexed_once(index);
+        assert_eq!(index.len(), model.records.len());
+        for ((actor, token), (at, value, _)) in &model.records {
+            assert_eq!(
+                index.get(actor, token),
+                Some((*at, value)),
+                "{actor}/{token}"
+            );
+        }
+        let listed: Vec<_> = index
+            .iter()
+            .map(|(actor, token, at, value)| (actor.to_owned(), token.to_owned(), at, *value))
+            .collect();
+        assert_eq!(listed, model.in_order());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Record (actor, token) after `advance` ms.
+        Record {
+            actor: u8,
+            token: u16,
+            advance: u64,
+        },
+        /// Forget what is past a window of `window_ms` at the current time.
+        Forget {
+            window_ms: u64,
+        },
+        Get {
+            actor: u8,
+            token: u16,
+        },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0u8..4, 0u16..600, 0u64..3).prop_map(|(actor, token, advance)| Op::Record { actor, token, advance }),
+            1 => (0u64..400).prop_map(|window_ms| Op::Forget { window_ms }),
+            2 => (0u8..4, 0u16..600).prop_map(|(actor, token)| Op::Get { actor, token }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Through growth (while a set-aside table drains), replaced records and forgetting, the
+        /// index answers what a plain map of the live records answers, in recording order.
+        #[test]
+        fn answers_as_a_map_of_live_records(ops in proptest::collection::vec(op(), 1..3000)) {
+            let mut index = TokenIndex::default();
+            let mut model = Model::default();
+            let mut now = Timestamp(1_000);
+            for (step, op) in ops.iter().enumerate() {
+                match *op {
+                    Op::Record { actor, token, advance } => {
+                        now = now.plus_ms(advance);
+                        let (actor, token) = (format!("a{actor}"), format!("t{token}"));
+                        index.record(&actor, &token, now, step as u64);
+                        model.record(&actor, &token, now, step as u64);
+                    }
+                    Op::Forget { window_ms } => {
+                        index.forget_expired(now, window_ms);
+                        model.forget_expired(now, window_ms);
+                    }
+                    Op::Get { actor, token } => {
+                        let (actor, token) = (format!("a{actor}"), format!("t{token}"));
+                        let expected = model.records.get(&(actor.clone(), token.clone()));
+                        prop_assert_eq!(
+                            index.get(&actor, &token),
+                            expected.map(|(at, value, _)| (*at, value))
+                        );
+                    }
+                }
+                if step % 64 == 0 {
+                    assert_indexed_once(&index);
+                }
+            }
+            assert_same(&index, &model);
+        }
+    }
+
+    #[test]
+    fn growth_moves_a_few_entries_per_insert_and_then_frees_the_old_table() {
+        let mut index = TokenIndex::default();
+        index.record("actor", "0", Timestamp(0), 0);
+        let mut inserted = 1u64;
+        // Fill the first table, then one more insert sets it aside.
+        while index.table.len() < index.table.capacity() {
+            index.record(
+                "actor",
+                &inserted.to_string(),
+                Timestamp(inserted),
+                inserted,
+            );
+            inserted += 1;
+        }
+        let full = index.table.len();
+        index.record(
+            "actor",
+            &inserted.to_string(),
+            Timestamp(inserted),
+            inserted,
+        );
+        inserted += 1;
+        let moved = full - index.draining.len();
+        assert!(moved <= BUCKETS_PER_INSERT, "moved {moved}");
+        assert_eq!(index.table.len(), 1 + moved);
+        assert!(index.table.capacity() >= 2 * full);
+        // Still answered while split between the tables.
+        for token in 0..inserted {
+            assert_eq!(
+                index.get("actor", &token.to_string()).map(|(_, v)| *v),
+                Some(token)
+            );
+        }
+        while !index.draining.is_empty() {
+            index.record(
+                "actor",
+                &inserted.to_string(),
+                Timestamp(inserted),
+                inserted,
+            );
+            inserted += 1;
+        }
+        assert_eq!(index.draining.capacity(), 0, "the set-aside table is freed");
+        assert_eq!(index.table.len(), inserted as usize);
+        assert_eq!(index.len(), inserted as usize);
+    }
+
+    #[test]
+    fn forgetting_drops_whole_chunks_and_an_emptied_index_starts_over() {
+        let mut index = TokenIndex::default();
+        let count = 3 * SLOTS_PER_CHUNK as u64 + 7;
+        for n in 0..count {
+            index.record("a", &n.to_string(), Timestamp(n), n);
+        }
+        assert_eq!(index.chunks.len(), 4);
+        // A window of 10 ms at `count + 5`: only records after `count - 5` are within it.
+        index.forget_expired(Timestamp(count + 5), 10);
+        assert_eq!(index.len(), 4);
+        assert_eq!(index.chunks.len(), 1);
+        assert_eq!(index.get("a", "0"), None);
+        assert!(index.get("a", &(count - 1).to_string()).is_some());
+        index.forget_expired(Timestamp(count + 100), 10);
+        assert!(index.is_empty());
+        assert_eq!(index.chunks.len(), 0);
+        index.record("a", "again", Timestamp(count + 100), 1);
+        assert_eq!(index.get("a", "again"), Some((Timestamp(count + 100), &1)));
+    }
+
+    #[test]
+    fn keys_do_not_run_actor_into_token() {
+        let mut index = TokenIndex::default();
+        index.record("ab", "c", Timestamp(1), 1);
+        index.record("a", "bc", Timestamp(1), 2);
+        assert_eq!(index.get("ab", "c").map(|(_, v)| *v), Some(1));
+        assert_eq!(index.get("a", "bc").map(|(_, v)| *v), Some(2));
+        assert_eq!(index.get("abc", ""), None);
+        assert_eq!(index.len(), 2);
+    }
+
+    #[test]
+    fn a_replaced_record_keeps_one_entry_and_takes_the_new_place_in_order() {
+        let mut index = TokenIndex::default();
+        index.record("a", "x", Timestamp(1), 1);
+        index.record("a", "y", Timestamp(2), 2);
+        index.record("a", "x", Timestamp(3), 3);
+        assert_eq!(index.len(), 2);
+        let order: Vec<_> = index
+            .iter()
+            .map(|(_, token, _, _)| token.to_owned())
+            .collect();
+        assert_eq!(order, ["y", "x"]);
+        // y leaves the window at 12; x (recorded again at 3) stays until 13.
+        index.forget_expired(Timestamp(12), 10);
+        assert_eq!(index.get("a", "y"), None);
+        assert_eq!(index.get("a", "x"), Some((Timestamp(3), &3)));
+    }
+}
