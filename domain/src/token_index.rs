@@ -4,8 +4,9 @@
 //! - Growth: doubling a table of millions of tokens rehashed (and dereferenced) every key in
 //!   one call, stalling the pool's serial stage for tens of milliseconds. Here the table grows
 //!   incrementally: a full table is set aside and a twice-as-large one takes new entries, and
-//!   each insert moves the entries of the next [`BUCKETS_PER_INSERT`] buckets of the old table
-//!   across (a sequential walk, so only the new table's writes miss the cache).
+//!   each insert moves the entries of the next few buckets of the old table across (a
+//!   sequential walk, so only the new table's writes miss the cache). A table left mostly empty
+//!   by forgetting is replaced by a smaller one the same way.
 //! - Forgetting: a sweep over every token dropped those past the window. Here tokens are kept
 //!   in recording order (event time never goes back within a pool), so each event forgets the
 //!   few oldest that left the window, and memory follows the window without a sweep.
@@ -23,12 +24,15 @@ use crate::ids::Timestamp;
 
 /// Records per chunk of the recording-order log.
 pub const SLOTS_PER_CHUNK: usize = 1024;
-/// Buckets of the set-aside table walked per insert while it drains. A full table of `n`
-/// entries has about `8n / 7` buckets, so it is empty after `2n / 7` inserts at 4 per insert,
-/// long before its successor (sized `2n`) fills; should it fill first, the rest moves at once.
-pub const BUCKETS_PER_INSERT: usize = 4;
-/// Capacity of the first table.
-const TABLE_CAPACITY_MIN: usize = 64;
+/// Least number of buckets of the set-aside table walked per insert while it drains. More are
+/// walked when the new table has little room for what is left (see `set_aside`): the walk ends
+/// before the new table fills, so no insert pays for a whole table.
+pub const BUCKETS_PER_INSERT_MIN: usize = 4;
+/// Capacity of the first table (hashbrown rounds it up).
+const TABLE_CAPACITY_MIN: usize = 8;
+/// A table with more than eight times the room its live entries need is replaced by a smaller
+/// one, if it is at least this large.
+const TABLE_SHRINK_CAPACITY_MIN: usize = 1024;
 
 /// A recorded token: its key (`actor length | actor | token`), time and value. `value` is
 /// `None` once the record was forgotten or replaced by a later record of the same key.
@@ -61,9 +65,11 @@ pub struct TokenIndex<V> {
     next: u64,
     /// Indexes every live slot not still in `draining`.
     table: HashTable<Entry>,
-    /// The table set aside at the last growth, emptied from bucket `draining_bucket` on.
+    /// The table set aside at the last resize, emptied from bucket `draining_bucket` on,
+    /// `walk` buckets per insert.
     draining: HashTable<Entry>,
     draining_bucket: usize,
+    walk: usize,
     live: usize,
 }
 
@@ -78,17 +84,16 @@ impl<V> Default for TokenIndex<V> {
             table: HashTable::new(),
             draining: HashTable::new(),
             draining_bucket: 0,
+            walk: BUCKETS_PER_INSERT_MIN,
             live: 0,
         }
     }
 }
 
-impl<V> fmt::Debug for TokenIndex<V> {
+/// The live records, oldest first (what equality compares).
+impl<V: fmt::Debug> fmt::Debug for TokenIndex<V> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenIndex")
-            .field("live", &self.live)
-            .field("slots", &(self.next - self.front))
-            .finish()
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -177,7 +182,9 @@ impl<V> TokenIndex<V> {
             .back()
             .is_none_or(|chunk| chunk.len() == SLOTS_PER_CHUNK)
         {
-            self.chunks.push_back(Vec::with_capacity(SLOTS_PER_CHUNK));
+            // Grows to SLOTS_PER_CHUNK as records arrive: a pool with few tokens keeps a
+            // small chunk.
+            self.chunks.push_back(Vec::new());
         }
         if let Some(chunk) = self.chunks.back_mut() {
             chunk.push(Slot {
@@ -191,7 +198,7 @@ impl<V> TokenIndex<V> {
         self.table
             .insert_unique(hash, Entry { hash, slot }, |entry| entry.hash);
         self.live += 1;
-        self.move_some(BUCKETS_PER_INSERT);
+        self.move_some(self.walk);
     }
 
     /// Forgets, oldest first, the records `now` is no longer within `window_ms` of. Stops at the
@@ -201,10 +208,12 @@ impl<V> TokenIndex<V> {
             let Some(slot) = self.slot(self.front) else {
                 break;
             };
-            let live = slot.value.is_some();
-            if live && now < slot.at.plus_ms(window_ms) {
+            // Stop at the first record still within the window, even a replaced one: where time
+            // went back (a damaged log, in the audit) a later record may be older than it.
+            if now < slot.at.plus_ms(window_ms) {
                 break;
             }
+            let live = slot.value.is_some();
             if live {
                 let entry = Entry {
                     hash: slot.hash,
@@ -226,9 +235,17 @@ impl<V> TokenIndex<V> {
             }
         }
         if self.front == self.next && self.live == 0 {
-            // Nothing left: start the next record in a fresh chunk.
+            // Nothing left: start over, small.
             self.chunks.clear();
             self.first = self.front;
+            self.table = HashTable::new();
+            self.draining = HashTable::new();
+            self.draining_bucket = 0;
+        } else if self.draining.is_empty()
+            && self.table.capacity() >= TABLE_SHRINK_CAPACITY_MIN
+            && self.live.saturating_mul(8) < self.table.capacity()
+        {
+            self.set_aside((self.live * 2).max(TABLE_CAPACITY_MIN));
         }
     }
 
@@ -259,18 +276,28 @@ impl<V> TokenIndex<V> {
         }
     }
 
-    /// The table is full: set it aside and index new records in one twice as large.
+    /// The table is full: set it aside and index new records in one with room for twice the
+    /// live records (a table full of deleted entries comes back to size the same way).
     fn grow(&mut self) {
+        self.set_aside(self.live.saturating_mul(2).max(TABLE_CAPACITY_MIN));
+    }
+
+    /// Sets the table aside (after finishing any earlier one) and indexes new records in a table
+    /// of `capacity`; inserts then move the old entries across.
+    fn set_aside(&mut self, capacity: usize) {
         if !self.draining.is_empty() {
             self.move_some(usize::MAX);
         }
-        let capacity = (self.table.capacity() * 2).max(TABLE_CAPACITY_MIN);
-        let full = std::mem::replace(&mut self.table, HashTable::with_capacity(capacity));
-        self.draining = if full.is_empty() {
-            HashTable::new()
-        } else {
-            full
-        };
+        let old = std::mem::replace(&mut self.table, HashTable::with_capacity(capacity));
+        if old.is_empty() {
+            self.draining = HashTable::new();
+            return;
+        }
+        // Inserts the new table takes before it is full, once every old entry has moved in;
+        // walk the old buckets fast enough to be done by then.
+        let room = self.table.capacity().saturating_sub(old.len()).max(1);
+        self.walk = old.num_buckets().div_ceil(room).max(BUCKETS_PER_INSERT_MIN);
+        self.draining = old;
         self.draining_bucket = 0;
     }
 
@@ -413,6 +440,8 @@ mod tests {
             actor: u8,
             token: u16,
         },
+        /// Set the table aside now, even while another drains (white-box).
+        Grow,
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -420,6 +449,7 @@ mod tests {
             8 => (0u8..4, 0u16..600, 0u64..3).prop_map(|(actor, token, advance)| Op::Record { actor, token, advance }),
             1 => (0u64..400).prop_map(|window_ms| Op::Forget { window_ms }),
             2 => (0u8..4, 0u16..600).prop_map(|(actor, token)| Op::Get { actor, token }),
+            1 => Just(Op::Grow),
         ]
     }
 
@@ -445,6 +475,7 @@ mod tests {
                         index.forget_expired(now, window_ms);
                         model.forget_expired(now, window_ms);
                     }
+                    Op::Grow => index.grow(),
                     Op::Get { actor, token } => {
                         let (actor, token) = (format!("a{actor}"), format!("t{token}"));
                         let expected = model.records.get(&(actor.clone(), token.clone()));
@@ -454,7 +485,7 @@ mod tests {
                         );
                     }
                 }
-                if step % 64 == 0 {
+                if step % 16 == 0 {
                     assert_indexed_once(&index);
                 }
             }
@@ -486,7 +517,7 @@ mod tests {
         );
         inserted += 1;
         let moved = full - index.draining.len();
-        assert!(moved <= BUCKETS_PER_INSERT, "moved {moved}");
+        assert!(moved <= index.walk, "moved {moved}");
         assert_eq!(index.table.len(), 1 + moved);
         assert!(index.table.capacity() >= 2 * full);
         // Still answered while split between the tables.
@@ -558,5 +589,59 @@ mod tests {
         index.forget_expired(Timestamp(12), 10);
         assert_eq!(index.get("a", "y"), None);
         assert_eq!(index.get("a", "x"), Some((Timestamp(3), &3)));
+    }
+
+    #[test]
+    fn a_record_still_within_the_window_is_kept_where_time_went_back() {
+        // A damaged log (the audit reads those): X at 2000, R at 1000, X again at 2050, Y at
+        // 2060. At 2060 with a 100 ms window R is past it, but X's replaced record at the
+        // front is not: forgetting stops there, and R (older) is kept, never a newer one lost.
+        let mut index = TokenIndex::default();
+        index.record("a", "X", Timestamp(2000), 1);
+        index.record("a", "R", Timestamp(1000), 2);
+        index.record("a", "X", Timestamp(2050), 3);
+        index.record("a", "Y", Timestamp(2060), 4);
+        index.forget_expired(Timestamp(2060), 100);
+        assert_eq!(index.get("a", "R"), Some((Timestamp(1000), &2)));
+        assert_eq!(index.len(), 3);
+        index.forget_expired(Timestamp(2200), 100);
+        assert!(index.is_empty());
+    }
+
+    #[test]
+    fn a_pool_with_one_token_stays_small() {
+        let mut index = TokenIndex::default();
+        index.record("actor", "token", Timestamp(1), 1u64);
+        assert!(index.chunks.iter().all(|chunk| chunk.capacity() < 16));
+        assert!(index.table.capacity() < 16);
+    }
+
+    #[test]
+    fn a_table_left_mostly_empty_is_replaced_by_a_smaller_one() {
+        let mut index = TokenIndex::default();
+        let mut model = Model::default();
+        for n in 0..20_000u64 {
+            index.record("a", &n.to_string(), Timestamp(n), n);
+            model.record("a", &n.to_string(), Timestamp(n), n);
+        }
+        let large = index.table.capacity() + index.draining.capacity();
+        // Keep the last 100 only.
+        index.forget_expired(Timestamp(20_000), 100);
+        model.forget_expired(Timestamp(20_000), 100);
+        assert_same(&index, &model);
+        for n in 20_000..20_200u64 {
+            index.record("a", &n.to_string(), Timestamp(n), n);
+            model.record("a", &n.to_string(), Timestamp(n), n);
+            index.forget_expired(Timestamp(n), 100);
+            model.forget_expired(Timestamp(n), 100);
+            assert_indexed_once(&index);
+        }
+        assert_same(&index, &model);
+        assert!(index.draining.capacity() == 0);
+        assert!(
+            index.table.capacity() * 8 < large,
+            "{} of {large}",
+            index.table.capacity()
+        );
     }
 }

@@ -285,6 +285,37 @@ fn idempotency_names_a_token_that_made_two_reservations_within_its_window() {
     assert!(audit(&ledger.records, AuditOptions::records_only()).is_clean());
 }
 
+/// A damaged log whose times go back: a token used twice within its window is still named,
+/// although a later record of another token was replaced and an earlier-timed one sits behind
+/// it (forgetting stops at the first record still within the window, replaced or not).
+#[test]
+fn idempotency_still_names_a_reuse_where_times_go_back() {
+    let mut ledger = Ledger::new();
+    ledger.declare(0, "p", 10, None, &[]);
+    ledger.reserve(10 * MINUTE, "p", "a", "r", "X");
+    ledger.reserve(10 * MINUTE + 1, "p", "a", "r", "R");
+    ledger.reserve(10 * MINUTE + 50, "p", "a", "r", "X2");
+    ledger.reserve(10 * MINUTE + 60, "p", "a", "r", "Y");
+    ledger.reserve(10 * MINUTE + 70, "p", "a", "r", "R2");
+    // R recorded at 1 min (time goes back), X used again, R used again at 1 min 50 ms: within
+    // R's 5-minute window.
+    let r = ledger.index_of("p", 2);
+    ledger.pool_event_mut(r).event.at = common::at(MINUTE);
+    let x_again = ledger.index_of("p", 3);
+    ledger.pool_event_mut(x_again).event.token = allot_domain::IdempotencyToken::new("X");
+    let r_again = ledger.index_of("p", 5);
+    ledger.pool_event_mut(r_again).event.token = allot_domain::IdempotencyToken::new("R");
+    ledger.pool_event_mut(r_again).event.at = common::at(MINUTE + 50);
+    let report = audit(&ledger.records, AuditOptions::records_only());
+    for index in [x_again, r_again] {
+        assert!(
+            report.violations.iter().any(|v| v.check == Check::Idempotency
+                && v.position == position_of(&ledger, index)),
+            "no idempotency violation at record {index}:\n{report}"
+        );
+    }
+}
+
 #[test]
 fn attribution_names_a_signature_that_does_not_verify() {
     let mut ledger = walkthrough();
