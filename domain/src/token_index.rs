@@ -30,6 +30,9 @@ pub const SLOTS_PER_CHUNK: usize = 1024;
 pub const BUCKETS_PER_INSERT_MIN: usize = 4;
 /// Capacity of the first table (hashbrown rounds it up).
 const TABLE_CAPACITY_MIN: usize = 8;
+/// Tables smaller than this grow in place (a rehash of at most this many entries, tens of
+/// microseconds); larger ones are set aside and drained over the following inserts.
+const INCREMENTAL_CAPACITY_MIN: usize = 8192;
 /// A table with more than eight times the room its live entries need is replaced by a smaller
 /// one, if it is at least this large.
 const TABLE_SHRINK_CAPACITY_MIN: usize = 1024;
@@ -61,6 +64,9 @@ pub struct TokenIndex<V> {
     first: u64,
     /// The oldest slot not yet forgotten.
     front: u64,
+    /// When the record in `front` was recorded (while `front < next`): checked per event
+    /// without touching the slot.
+    front_at: Timestamp,
     /// The slot the next record takes.
     next: u64,
     /// Indexes every live slot not still in `draining`.
@@ -80,6 +86,7 @@ impl<V> Default for TokenIndex<V> {
             chunks: VecDeque::new(),
             first: 0,
             front: 0,
+            front_at: Timestamp(0),
             next: 0,
             table: HashTable::new(),
             draining: HashTable::new(),
@@ -174,9 +181,20 @@ impl<V> TokenIndex<V> {
             self.live -= 1;
         }
         if self.table.len() >= self.table.capacity() {
-            self.grow();
+            if self.table.capacity() < INCREMENTAL_CAPACITY_MIN && self.draining.is_empty() {
+                // Small: growing in place costs less than moving entries over several inserts.
+                self.table
+                    .reserve(self.table.capacity().max(TABLE_CAPACITY_MIN), |entry| {
+                        entry.hash
+                    });
+            } else {
+                self.grow();
+            }
         }
         let slot = self.next;
+        if self.front == self.next {
+            self.front_at = at;
+        }
         if self
             .chunks
             .back()
@@ -204,6 +222,9 @@ impl<V> TokenIndex<V> {
     /// Forgets, oldest first, the records `now` is no longer within `window_ms` of. Stops at the
     /// first record still within it.
     pub fn forget_expired(&mut self, now: Timestamp, window_ms: u64) {
+        if self.front == self.next || now < self.front_at.plus_ms(window_ms) {
+            return;
+        }
         while self.front < self.next {
             let Some(slot) = self.slot(self.front) else {
                 break;
@@ -232,6 +253,9 @@ impl<V> TokenIndex<V> {
             if self.front - self.first == SLOTS_PER_CHUNK as u64 {
                 self.chunks.pop_front();
                 self.first = self.front;
+            }
+            if let Some(slot) = self.slot(self.front) {
+                self.front_at = slot.at;
             }
         }
         if self.front == self.next && self.live == 0 {
@@ -498,8 +522,10 @@ mod tests {
         let mut index = TokenIndex::default();
         index.record("actor", "0", Timestamp(0), 0);
         let mut inserted = 1u64;
-        // Fill the first table, then one more insert sets it aside.
-        while index.table.len() < index.table.capacity() {
+        // Fill the table past the size that grows in place, then one more insert sets it aside.
+        while index.table.len() < index.table.capacity()
+            || index.table.capacity() < INCREMENTAL_CAPACITY_MIN
+        {
             index.record(
                 "actor",
                 &inserted.to_string(),
