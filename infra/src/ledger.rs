@@ -308,11 +308,19 @@ impl Ledger {
             };
             let (reply, answer) = oneshot::channel();
             match sender.try_send(Job { command, reply }) {
-                Ok(()) => match answer.await {
-                    Ok(Answer::Decided(result)) => return result,
-                    Ok(Answer::Resubmit(returned)) => command = returned,
-                    Err(_) => return Err(SubmitError::ShuttingDown),
-                },
+                Ok(()) => {
+                    // Not held while waiting: a job queued just as its task retired (a permit
+                    // taken before `close`, the job pushed after the task's last drain) stays in
+                    // the channel until its last sender drops, and would never be answered while
+                    // this one were alive. Once all are gone it is dropped, and comes back here
+                    // unanswered, which the caller may retry with the same token.
+                    drop(sender);
+                    match answer.await {
+                        Ok(Answer::Decided(result)) => return result,
+                        Ok(Answer::Resubmit(returned)) => command = returned,
+                        Err(_) => return Err(SubmitError::ShuttingDown),
+                    }
+                }
                 Err(mpsc::error::TrySendError::Full(job)) => {
                     return Err(SubmitError::Overloaded(job.command.pool.to_string()));
                 }

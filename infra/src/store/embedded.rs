@@ -314,11 +314,14 @@ impl EmbeddedStore {
     pub async fn close(&self) -> Result<(), StoreError> {
         if let Some(requests) = &self.requests {
             let (reply, done) = oneshot::channel();
-            // Err: the writer is already gone.
-            if requests.send(Request::Close(reply)).await.is_ok() {
-                let _ = done.await;
+            // The writer answers a close once the log and the directory are released, then
+            // refuses what still comes until this store drops (see `Writer::run`).
+            if requests.send(Request::Close(reply)).await.is_ok() && done.await.is_ok() {
+                return Ok(());
             }
         }
+        // No answer: the writer thread ended, which it does only by panicking while this store
+        // lives. Join it to say so.
         let handle = match self.writer.lock() {
             Ok(mut writer) => writer.take(),
             Err(poisoned) => poisoned.into_inner().take(),

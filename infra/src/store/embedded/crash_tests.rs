@@ -193,6 +193,9 @@ async fn crash_once(seed: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_loss_mid_batch_keeps_acknowledged_appends_and_tears_none() {
     for seed in 0..SEEDS {
-        crash_once(seed).await;
+        // A lost answer hangs an appender: fail with the seed instead of hanging the suite.
+        tokio::time::timeout(std::time::Duration::from_secs(120), crash_once(seed))
+            .await
+            .unwrap_or_else(|_| panic!("seed {seed}: an append was never answered"));
     }
 }

@@ -102,6 +102,27 @@ pub(crate) struct Writer {
     pub snapshotting: Option<JoinHandle<Option<u64>>>,
 }
 
+/// Answers every request still sent after the writer stopped (closed, or the log failed) with
+/// [`StoreError::Closed`], until the store drops the queue's sending end. The receiving end must
+/// outlive every sender: tokio keeps a message sent with a permit taken just before the receiver
+/// dropped until the last sender drops, so its caller would wait for an answer forever (seen as
+/// a hang of the power-loss test under load).
+fn refuse_until_dropped(mut requests: mpsc::Receiver<Request>) {
+    while let Some(request) = requests.blocking_recv() {
+        match request {
+            Request::Append(append) => {
+                let _ = append.reply.send(Err(StoreError::Closed));
+            }
+            Request::Close(reply) => {
+                let _ = reply.send(());
+            }
+            Request::Snapshot(reply) => {
+                let _ = reply.send(Err(StoreError::Closed));
+            }
+        }
+    }
+}
+
 /// Running totals of the writer, for metrics and the benchmark.
 #[derive(Debug, Default)]
 pub struct WriterCounters {
@@ -131,9 +152,20 @@ impl Writer {
     pub fn run(mut self) {
         let (clean, close) = self.serve();
         self.finish(clean);
+        let Writer {
+            log,
+            lock,
+            head,
+            requests,
+            ..
+        } = self;
+        // Release the log and the directory before answering a close: the caller may reopen it
+        // at once.
+        drop((log, lock, head));
         if let Some(reply) = close {
             let _ = reply.send(());
         }
+        refuse_until_dropped(requests);
     }
 
     /// Serves requests until closed, dropped or broken. Returns whether the log is healthy, and
