@@ -520,12 +520,8 @@ mod tests {
     #[test]
     fn growth_moves_a_few_entries_per_insert_and_then_frees_the_old_table() {
         let mut index = TokenIndex::default();
-        index.record("actor", "0", Timestamp(0), 0);
-        let mut inserted = 1u64;
-        // Fill the table past the size that grows in place, then one more insert sets it aside.
-        while index.table.len() < index.table.capacity()
-            || index.table.capacity() < INCREMENTAL_CAPACITY_MIN
-        {
+        let mut inserted = 0u64;
+        let mut record_next = |index: &mut TokenIndex<u64>| {
             index.record(
                 "actor",
                 &inserted.to_string(),
@@ -533,38 +529,34 @@ mod tests {
                 inserted,
             );
             inserted += 1;
+            inserted
+        };
+        record_next(&mut index);
+        // Fill the table past the size that grows in place, then one more insert sets it aside.
+        while index.table.len() < index.table.capacity()
+            || index.table.capacity() < INCREMENTAL_CAPACITY_MIN
+        {
+            record_next(&mut index);
         }
         let full = index.table.len();
-        index.record(
-            "actor",
-            &inserted.to_string(),
-            Timestamp(inserted),
-            inserted,
-        );
-        inserted += 1;
+        let mut count = record_next(&mut index);
         let moved = full - index.draining.len();
         assert!(moved <= index.walk, "moved {moved}");
         assert_eq!(index.table.len(), 1 + moved);
         assert!(index.table.capacity() >= 2 * full);
         // Still answered while split between the tables.
-        for token in 0..inserted {
+        for token in 0..count {
             assert_eq!(
                 index.get("actor", &token.to_string()).map(|(_, v)| *v),
                 Some(token)
             );
         }
         while !index.draining.is_empty() {
-            index.record(
-                "actor",
-                &inserted.to_string(),
-                Timestamp(inserted),
-                inserted,
-            );
-            inserted += 1;
+            count = record_next(&mut index);
         }
         assert_eq!(index.draining.capacity(), 0, "the set-aside table is freed");
-        assert_eq!(index.table.len(), inserted as usize);
-        assert_eq!(index.len(), inserted as usize);
+        assert_eq!(index.table.len(), count as usize);
+        assert_eq!(index.len(), count as usize);
     }
 
     #[test]
