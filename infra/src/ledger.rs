@@ -309,16 +309,22 @@ impl Ledger {
             let (reply, answer) = oneshot::channel();
             match sender.try_send(Job { command, reply }) {
                 Ok(()) => {
-                    // Not held while waiting: a job queued just as its task retired (a permit
-                    // taken before `close`, the job pushed after the task's last drain) stays in
-                    // the channel until its last sender drops, and would never be answered while
-                    // this one were alive. Once all are gone it is dropped, and comes back here
-                    // unanswered, which the caller may retry with the same token.
+                    // Not held while waiting: a job that reached a queue nobody drains any more
+                    // is dropped with the channel once its last sender goes, and comes back here
+                    // unanswered instead of waiting forever.
                     drop(sender);
                     match answer.await {
                         Ok(Answer::Decided(result)) => return result,
                         Ok(Answer::Resubmit(returned)) => command = returned,
-                        Err(_) => return Err(SubmitError::ShuttingDown),
+                        Err(_) if !self.shared.accepting.load(Ordering::SeqCst) => {
+                            return Err(SubmitError::ShuttingDown);
+                        }
+                        // Nothing was decided for it; the same token may be retried.
+                        Err(_) => {
+                            return Err(SubmitError::Recording(
+                                "the pool's task stopped before deciding this command".to_owned(),
+                            ));
+                        }
                     }
                 }
                 Err(mpsc::error::TrySendError::Full(job)) => {
@@ -565,7 +571,10 @@ impl Ledger {
             self.shared
                 .pools
                 .remove_if(&pool_id, |_, tx| tx.is_closed());
-            while let Ok(job) = jobs.try_recv() {
+            // `recv` after `close` ends only once every permit has come back, so a job pushed
+            // by a submitter that took its permit before the close is resubmitted too
+            // (`try_recv` would stop at it).
+            while let Some(job) = jobs.recv().await {
                 let _ = job.reply.send(Answer::Resubmit(job.command));
             }
         }

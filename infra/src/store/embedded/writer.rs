@@ -94,7 +94,7 @@ pub(crate) struct Writer {
     pub end: u64,
     pub index: Arc<RwLock<Index>>,
     pub head: watch::Sender<u64>,
-    pub requests: mpsc::Receiver<Request>,
+    pub requests: RequestQueue,
     pub counters: Arc<WriterCounters>,
     /// Log bytes covered by the newest index snapshot (loaded or written).
     pub snapshot_end: u64,
@@ -102,22 +102,42 @@ pub(crate) struct Writer {
     pub snapshotting: Option<JoinHandle<Option<u64>>>,
 }
 
-/// Answers every request still sent after the writer stopped (closed, or the log failed) with
-/// [`StoreError::Closed`], until the store drops the queue's sending end. The receiving end must
-/// outlive every sender: tokio keeps a message sent with a permit taken just before the receiver
-/// dropped until the last sender drops, so its caller would wait for an answer forever (seen as
-/// a hang of the power-loss test under load).
-fn refuse_until_dropped(mut requests: mpsc::Receiver<Request>) {
-    while let Some(request) = requests.blocking_recv() {
-        match request {
-            Request::Append(append) => {
-                let _ = append.reply.send(Err(StoreError::Closed));
-            }
-            Request::Close(reply) => {
-                let _ = reply.send(());
-            }
-            Request::Snapshot(reply) => {
-                let _ = reply.send(Err(StoreError::Closed));
+/// The writer's request queue. Dropped when the writer stops for any reason (close, a failed
+/// write or sync, the store dropped, a panic), it closes the queue and answers what is still in
+/// flight with [`StoreError::Closed`]: tokio lets a sender that took a permit before the
+/// receiver dropped push its message afterwards, where nobody would answer it and its caller
+/// would wait forever (seen as a hang of the power-loss test under load). After `close`,
+/// receiving ends only once every permit has come back, so such a message is received here.
+pub(crate) struct RequestQueue(pub mpsc::Receiver<Request>);
+
+impl std::ops::Deref for RequestQueue {
+    type Target = mpsc::Receiver<Request>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RequestQueue {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for RequestQueue {
+    fn drop(&mut self) {
+        self.0.close();
+        while let Some(request) = self.0.blocking_recv() {
+            match request {
+                Request::Append(append) => {
+                    let _ = append.reply.send(Err(StoreError::Closed));
+                }
+                Request::Close(reply) => {
+                    let _ = reply.send(());
+                }
+                Request::Snapshot(reply) => {
+                    let _ = reply.send(Err(StoreError::Closed));
+                }
             }
         }
     }
@@ -152,20 +172,9 @@ impl Writer {
     pub fn run(mut self) {
         let (clean, close) = self.serve();
         self.finish(clean);
-        let Writer {
-            log,
-            lock,
-            head,
-            requests,
-            ..
-        } = self;
-        // Release the log and the directory before answering a close: the caller may reopen it
-        // at once.
-        drop((log, lock, head));
         if let Some(reply) = close {
             let _ = reply.send(());
         }
-        refuse_until_dropped(requests);
     }
 
     /// Serves requests until closed, dropped or broken. Returns whether the log is healthy, and
