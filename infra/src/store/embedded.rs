@@ -137,17 +137,29 @@ pub async fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
     EmbeddedStore::open(dir).await
 }
 
+/// Runs store file I/O on tokio's blocking pool; a task that panicked or was cancelled is
+/// `Unavailable` (nothing was written by a read, an open or a verify).
+async fn on_blocking_pool<T: Send + 'static>(
+    what: &str,
+    io: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(io)
+        .await
+        .map_err(|e| StoreError::Unavailable {
+            reason: format!("{what} task failed: {e}"),
+            maybe_written: false,
+        })?
+}
+
 impl EmbeddedStore {
     /// Opens (creating if needed) the store in `dir`, recovering the log. Fails with
     /// [`StoreError::Locked`] if another open store (in any process) owns `dir`.
     pub async fn open(dir: &Path) -> Result<Self, StoreError> {
         let dir = dir.to_path_buf();
-        tokio::task::spawn_blocking(move || Self::open_blocking(&dir, |file| Box::new(file)))
-            .await
-            .map_err(|e| StoreError::Unavailable {
-                reason: format!("open task failed: {e}"),
-                maybe_written: false,
-            })?
+        on_blocking_pool("open", move || {
+            Self::open_blocking(&dir, |file| Box::new(file))
+        })
+        .await
     }
 
     /// `device` wraps the log file for the writer; tests wrap it to inject failures.
@@ -301,12 +313,7 @@ impl EmbeddedStore {
     /// on meanwhile. Costs a full read of the log and a second index in memory while it runs.
     pub async fn verify(&self) -> Result<VerifyReport, StoreError> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.verify())
-            .await
-            .map_err(|e| StoreError::Unavailable {
-                reason: format!("verify task failed: {e}"),
-                maybe_written: false,
-            })?
+        on_blocking_pool("verify", move || shared.verify()).await
     }
 
     /// Finishes the queued appends, stops the writer and releases the directory. Later appends
@@ -344,12 +351,7 @@ impl EmbeddedStore {
             return Ok(Vec::new());
         }
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.read_events(&locs))
-            .await
-            .map_err(|e| StoreError::Unavailable {
-                reason: format!("read task failed: {e}"),
-                maybe_written: false,
-            })?
+        on_blocking_pool("read", move || shared.read_events(&locs)).await
     }
 }
 
@@ -575,12 +577,7 @@ impl EventStore for EmbeddedStore {
             return Ok(LogPage::default());
         }
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.read_page(&locs))
-            .await
-            .map_err(|e| StoreError::Unavailable {
-                reason: format!("read task failed: {e}"),
-                maybe_written: false,
-            })?
+        on_blocking_pool("read", move || shared.read_page(&locs)).await
     }
 
     /// One writer thread takes appends from a FIFO queue (its bounded channel hands out room in
