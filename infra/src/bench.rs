@@ -64,7 +64,31 @@ impl std::fmt::Display for BenchResult {
 #[derive(Default)]
 struct Samples {
     latencies_us: Vec<u32>,
+    /// When each command was submitted, in microseconds from the start of the run (for
+    /// `--trace`: whether slow commands bunch in time or spread over clients).
+    started_us: Vec<u32>,
     errors: u64,
+}
+
+fn micros(duration: Duration) -> u32 {
+    u32::try_from(duration.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// Writes `client,started_us,latency_us`, one line per command, to `path`.
+fn write_trace(path: &Path, samples: &[Samples]) -> Result<(), String> {
+    use std::io::Write as _;
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let mut write = || -> std::io::Result<()> {
+        writeln!(out, "client,started_us,latency_us")?;
+        for (client, sample) in samples.iter().enumerate() {
+            for (started, latency) in sample.started_us.iter().zip(&sample.latencies_us) {
+                writeln!(out, "{client},{started},{latency}")?;
+            }
+        }
+        out.flush()
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn percentile(sorted: &[u32], q: f64) -> f64 {
@@ -166,12 +190,18 @@ async fn declare(
     }
 }
 
-async fn timed(ledger: &Ledger, command: Command, samples: &mut Samples) -> Option<Outcome> {
+async fn timed(
+    ledger: &Ledger,
+    command: Command,
+    run_started: Instant,
+    samples: &mut Samples,
+) -> Option<Outcome> {
     let started = Instant::now();
     let reply = ledger.submit(command).await;
+    samples.latencies_us.push(micros(started.elapsed()));
     samples
-        .latencies_us
-        .push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
+        .started_us
+        .push(micros(started.duration_since(run_started)));
     match reply {
         Ok(reply) => Some(reply.outcome),
         Err(SubmitError::Rejected(rejection)) => Some(Outcome::Rejected(rejection)),
@@ -217,6 +247,7 @@ async fn run_clients(
                 let outcome = timed(
                     &ledger,
                     command(pool, &actor, format!("{n}"), reserve, now),
+                    started,
                     &mut samples,
                 )
                 .await;
@@ -236,6 +267,7 @@ async fn run_clients(
                 timed(
                     &ledger,
                     command(pool, &actor, format!("{n}"), follow, now),
+                    started,
                     &mut samples,
                 )
                 .await;
@@ -259,6 +291,7 @@ pub async fn uniform(
     clients: usize,
     duration: Duration,
     seed: u64,
+    trace: Option<&Path>,
 ) -> Result<BenchResult, String> {
     let ledger = open(store).await?;
     let pool_ids: Vec<PoolId> = (0..pools).map(|i| PoolId::new(format!("u{i}"))).collect();
@@ -266,6 +299,9 @@ pub async fn uniform(
         declare(&ledger, pool, 1_000_000_000, None).await?;
     }
     let (samples, elapsed) = run_clients(&ledger, pool_ids, clients, duration, seed).await?;
+    if let Some(path) = trace {
+        write_trace(path, &samples)?;
+    }
     let (_, oversold) = crate::demo::coherence(ledger.projections());
     ledger.close().await;
     Ok(result(
@@ -285,6 +321,7 @@ pub async fn hot_pool(
     clients: usize,
     duration: Duration,
     seed: u64,
+    trace: Option<&Path>,
 ) -> Result<BenchResult, String> {
     let ledger = open(store).await?;
     let pool = PoolId::new("hot");
@@ -292,6 +329,9 @@ pub async fn hot_pool(
     declare(&ledger, &pool, seats, Some(cutoff)).await?;
     let (samples, elapsed) =
         run_clients(&ledger, vec![pool.clone()], clients, duration, seed).await?;
+    if let Some(path) = trace {
+        write_trace(path, &samples)?;
+    }
     let (incoherent, oversold) = crate::demo::coherence(ledger.projections());
     let count = ledger.projections().counts.get(&pool).unwrap_or_default();
     ledger.close().await;

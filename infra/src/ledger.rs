@@ -111,6 +111,27 @@ struct Job {
     reply: oneshot::Sender<Answer>,
 }
 
+/// A pool task's queue, closed and taken out of the ledger's map however the task ends (a panic
+/// included). Closing drops the jobs still queued, so their submitters hear that nothing was
+/// decided; and with the map's sender gone, a job pushed by a submitter that took its permit
+/// just before the close is dropped as soon as that submitter lets go of its sender, instead of
+/// waiting for the next command to the pool to find the queue closed.
+struct PoolQueue {
+    shared: Arc<Shared>,
+    pool: PoolId,
+    jobs: mpsc::Receiver<Job>,
+}
+
+impl Drop for PoolQueue {
+    fn drop(&mut self) {
+        self.jobs.close();
+        // A successor task (started once this queue was out of the map) has an open queue.
+        self.shared
+            .pools
+            .remove_if(&self.pool, |_, tx| tx.is_closed());
+    }
+}
+
 /// What a pool task tells a submitter.
 enum Answer {
     Decided(Result<Reply, SubmitError>),
@@ -453,7 +474,13 @@ impl Ledger {
         }
     }
 
-    async fn run_pool(self, pool_id: PoolId, mut jobs: mpsc::Receiver<Job>) {
+    async fn run_pool(self, pool_id: PoolId, jobs: mpsc::Receiver<Job>) {
+        let mut queue = PoolQueue {
+            shared: self.shared.clone(),
+            pool: pool_id.clone(),
+            jobs,
+        };
+        let jobs = &mut queue.jobs;
         let store = self.shared.store.clone();
         let stream = pool_stream(&pool_id);
         // Several appends of one pool may be in flight only where the store decides them in
@@ -1085,6 +1112,8 @@ mod tests {
         AckLost,
         /// Nothing written; refused as if another writer had moved the stream.
         Conflict,
+        /// The append panics (a bug in a store, or in the task polling it).
+        Panic,
     }
 
     struct Hold {
@@ -1398,6 +1427,7 @@ mod tests {
                     expected,
                     actual: crate::store::ActualVersion::Exact(0),
                 }),
+                Fate::Panic => panic!("injected: the append panicked"),
             }
         }
 
@@ -1596,6 +1626,45 @@ mod tests {
             }) => reservation.seq,
             other => panic!("expected a reservation, got {other:?}"),
         }
+    }
+
+    /// A pool task that panics leaves no queue in the ledger's map (a job that reached it as it
+    /// stopped would wait there for the next command to that pool); its command gets an answer,
+    /// and the pool's next command is decided by a new task.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pool_task_that_panics_leaves_no_queue_behind() {
+        let store = Arc::new(GatedStore::new());
+        let (ledger, pool) = ledger_with_pool(store.clone()).await;
+        let release = store.hold_next(Fate::Panic);
+        let before = store.appends();
+        let submitted = {
+            let ledger = ledger.clone();
+            let command = reserve(&pool, "a");
+            tokio::spawn(async move { ledger.submit(command).await })
+        };
+        store
+            .wait_until("the held append is in flight", |s| s.appends() > before)
+            .await;
+        release.send(()).unwrap();
+        let answer = submitted.await.unwrap();
+        assert!(
+            matches!(answer, Err(SubmitError::Recording(_))),
+            "{answer:?}"
+        );
+        let mut tasks = {
+            let mut guard = ledger.shared.tasks.lock().unwrap();
+            std::mem::take(&mut *guard)
+        };
+        let ended = tasks.join_next().await.expect("the pool's task");
+        assert!(ended.unwrap_err().is_panic());
+        assert!(
+            ledger.shared.pools.get(&pool).is_none(),
+            "the stopped task's queue is still in the map"
+        );
+        let retried = ledger.submit(reserve(&pool, "a")).await.unwrap();
+        assert!(!retried.replayed, "the panicked append wrote nothing");
+        assert!(matches!(retried.outcome, Outcome::Reserved { .. }));
+        ledger.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,6 +197,9 @@ enum BenchScenario {
         /// Use the in-memory store (not durable): isolates the command path from the disk.
         #[arg(long)]
         in_memory: bool,
+        /// Write every command's start (µs from the start of the run) and latency to this CSV.
+        #[arg(long)]
+        trace: Option<PathBuf>,
     },
     /// One pool with a cutoff under a reserve storm, durable, in-process command path.
     HotPool {
@@ -213,6 +216,9 @@ enum BenchScenario {
         /// Use the in-memory store (not durable): isolates the command path from the disk.
         #[arg(long)]
         in_memory: bool,
+        /// Write every command's start (µs from the start of the run) and latency to this CSV.
+        #[arg(long)]
+        trace: Option<PathBuf>,
     },
     /// Signed commands over loopback HTTP from a separate load process.
     Http {
@@ -765,11 +771,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     data,
                     seed,
                     in_memory,
+                    trace,
                 } => {
                     let dir = dir_or_temp(data);
                     let store = bench::store(&dir, in_memory).await?;
-                    bench::uniform(store, pools, clients, Duration::from_secs(seconds), seed)
-                        .await?
+                    let duration = Duration::from_secs(seconds);
+                    bench::uniform(store, pools, clients, duration, seed, trace.as_deref()).await?
                 }
                 BenchScenario::HotPool {
                     seats,
@@ -778,11 +785,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     data,
                     seed,
                     in_memory,
+                    trace,
                 } => {
                     let dir = dir_or_temp(data);
                     let store = bench::store(&dir, in_memory).await?;
-                    bench::hot_pool(store, seats, clients, Duration::from_secs(seconds), seed)
-                        .await?
+                    let duration = Duration::from_secs(seconds);
+                    bench::hot_pool(store, seats, clients, duration, seed, trace.as_deref()).await?
                 }
                 BenchScenario::Http {
                     pools,

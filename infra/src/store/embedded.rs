@@ -18,6 +18,7 @@
 //!   wait for the writer's fdatasync; they hold the index lock only to copy locations.
 //! - Positions are the global sequence number of events, 0-based and contiguous.
 
+mod chunked;
 #[cfg(test)]
 mod crash_tests;
 mod format;

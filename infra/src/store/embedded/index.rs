@@ -10,10 +10,14 @@
 //! - per stream the positions of its events, as `u32` while positions fit (4 bytes per event),
 //!   widened to `u64` for that stream once one does not;
 //! - an event's version is its rank in its stream's positions (a binary search), not stored.
+//!
+//! Entries and positions are [`ChunkedVec`]s: growing never copies what is already indexed, so
+//! publishing a batch under the write lock takes as long at 100 million events as at 1,000.
 
 use foldhash::HashMap;
 use std::sync::Arc;
 
+use super::chunked::ChunkedVec;
 use super::format::{BATCH_HEADER_BYTES, FRAME_BYTES_MAX};
 
 /// Events per offset block. Two consecutive events are at most two frames and a batch header
@@ -45,13 +49,13 @@ pub(crate) struct Entry {
 /// A stream's positions in version order: narrow while every position fits in `u32`.
 #[derive(Debug)]
 enum Positions {
-    Narrow(Vec<u32>),
-    Wide(Vec<u64>),
+    Narrow(ChunkedVec<u32>),
+    Wide(ChunkedVec<u64>),
 }
 
 impl Positions {
     fn with_capacity(n: usize) -> Self {
-        Positions::Narrow(Vec::with_capacity(n))
+        Positions::Narrow(ChunkedVec::with_capacity(n))
     }
 
     fn len(&self) -> usize {
@@ -61,10 +65,10 @@ impl Positions {
         }
     }
 
-    fn get(&self, i: usize) -> u64 {
+    fn get(&self, i: usize) -> Option<u64> {
         match self {
-            Positions::Narrow(v) => u64::from(v[i]),
-            Positions::Wide(v) => v[i],
+            Positions::Narrow(v) => v.get(i).map(u64::from),
+            Positions::Wide(v) => v.get(i),
         }
     }
 
@@ -73,7 +77,8 @@ impl Positions {
             Positions::Narrow(v) => match u32::try_from(position) {
                 Ok(p) => v.push(p),
                 Err(_) => {
-                    let mut wide: Vec<u64> = v.iter().map(|p| u64::from(*p)).collect();
+                    // Once per stream, at position 2^32.
+                    let mut wide: ChunkedVec<u64> = v.range(0, v.len()).map(u64::from).collect();
                     wide.push(position);
                     *self = Positions::Wide(wide);
                 }
@@ -87,16 +92,16 @@ impl Positions {
         match self {
             Positions::Narrow(v) => {
                 let p = u32::try_from(position).ok()?;
-                v.binary_search(&p).ok()
+                v.binary_search(&p)
             }
-            Positions::Wide(v) => v.binary_search(&position).ok(),
+            Positions::Wide(v) => v.binary_search(&position),
         }
     }
 
     fn heap_bytes(&self) -> usize {
         match self {
-            Positions::Narrow(v) => v.capacity() * 4,
-            Positions::Wide(v) => v.capacity() * 8,
+            Positions::Narrow(v) => v.heap_bytes(),
+            Positions::Wide(v) => v.heap_bytes(),
         }
     }
 }
@@ -104,7 +109,7 @@ impl Positions {
 #[derive(Debug)]
 pub(crate) struct Index {
     /// Indexed by position: positions are the global sequence number, 0-based.
-    entries: Vec<Entry>,
+    entries: ChunkedVec<Entry>,
     /// Base offset of each block of [`OFFSET_BLOCK_EVENTS`] events.
     bases: Vec<u64>,
     stream_ids: HashMap<Arc<str>, u32>,
@@ -121,7 +126,7 @@ impl Index {
     /// An empty index of a log whose first batch would go at `end`.
     pub fn new(end: u64) -> Self {
         Self {
-            entries: Vec::new(),
+            entries: ChunkedVec::default(),
             bases: Vec::new(),
             stream_ids: HashMap::default(),
             stream_names: Vec::new(),
@@ -136,7 +141,7 @@ impl Index {
     pub fn from_parts(
         names: Vec<Arc<str>>,
         bases: Vec<u64>,
-        entries: Vec<Entry>,
+        entries: ChunkedVec<Entry>,
         last_batch_offset: u64,
         end: u64,
     ) -> Result<Self, &'static str> {
@@ -152,7 +157,7 @@ impl Index {
         }
         // Count first so every stream's positions are allocated once, exactly.
         let mut counts = vec![0usize; names.len()];
-        for (position, entry) in entries.iter().enumerate() {
+        for (position, entry) in entries.range(0, entries.len()).enumerate() {
             let count = counts
                 .get_mut(entry.stream as usize)
                 .ok_or("stream id out of range")?;
@@ -165,7 +170,7 @@ impl Index {
         }
         let mut stream_positions: Vec<Positions> =
             counts.into_iter().map(Positions::with_capacity).collect();
-        for (position, entry) in entries.iter().enumerate() {
+        for (position, entry) in entries.range(0, entries.len()).enumerate() {
             stream_positions[entry.stream as usize].push(position as u64);
         }
         Ok(Self {
@@ -198,8 +203,9 @@ impl Index {
         &self.stream_names
     }
 
-    pub fn entries(&self) -> &[Entry] {
-        &self.entries
+    /// Entries of positions `from..to`, in position order.
+    pub fn entries(&self, from: usize, to: usize) -> impl Iterator<Item = Entry> + '_ {
+        self.entries.range(from, to)
     }
 
     pub fn bases(&self) -> &[u64] {
@@ -286,16 +292,16 @@ impl Index {
             .min(positions.len());
         let end = start.saturating_add(max).min(positions.len());
         (start..end)
-            .map(|v| {
-                let p = positions.get(v);
-                let entry = self.entries[p as usize];
+            .filter_map(|v| {
+                let p = positions.get(v)?;
+                let entry = self.entries.get(usize::try_from(p).ok()?)?;
                 let loc = EventLoc {
                     offset: self.bases[p as usize / OFFSET_BLOCK_EVENTS] + u64::from(entry.delta),
                     len: entry.len,
                     stream: *id,
                     version: v as u64,
                 };
-                (p, loc)
+                Some((p, loc))
             })
             .collect()
     }
@@ -303,7 +309,7 @@ impl Index {
     /// Heap bytes held by the index (capacity, not just length), stream names included.
     pub fn heap_bytes(&self) -> usize {
         let names: usize = self.stream_names.iter().map(|n| n.len() + 16).sum();
-        self.entries.capacity() * std::mem::size_of::<Entry>()
+        self.entries.heap_bytes()
             + self.bases.capacity() * 8
             + self
                 .stream_positions
@@ -339,6 +345,43 @@ mod tests {
         widened.push(7);
         widened.push(u64::from(u32::MAX) + 1);
         assert_eq!(widened.rank(u64::from(u32::MAX) + 1), Some(1));
-        assert_eq!((widened.get(0), widened.len()), (7, 2));
+        assert_eq!((widened.get(0), widened.len()), (Some(7), 2));
+    }
+
+    #[test]
+    fn locations_hold_across_chunks_and_through_from_parts() {
+        use super::super::chunked::CHUNK_ITEMS;
+        let events = 2 * CHUNK_ITEMS + 10;
+        let mut index = Index::new(16);
+        let mut offsets = Vec::with_capacity(events);
+        let mut offset = 16u64;
+        for p in 0..events {
+            index.push(if p % 2 == 0 { "even" } else { "odd" }, offset, 40);
+            offsets.push(offset);
+            offset += 40 + (p % 3) as u64;
+        }
+        let entries: ChunkedVec<Entry> = index.entries(0, events).collect();
+        let (last_batch, end) = (offsets[events - 1], offset);
+        let loaded = Index::from_parts(
+            index.stream_names().to_vec(),
+            index.bases().to_vec(),
+            entries,
+            last_batch,
+            end,
+        )
+        .unwrap();
+        for built in [&index, &loaded] {
+            for p in [0, CHUNK_ITEMS - 1, CHUNK_ITEMS, 2 * CHUNK_ITEMS, events - 1] {
+                let loc = built.loc(p as u64).unwrap();
+                assert_eq!(loc.offset, offsets[p], "position {p}");
+                assert_eq!((loc.stream, loc.version), ((p % 2) as u32, (p / 2) as u64));
+            }
+            assert_eq!(built.loc(events as u64), None);
+            // Versions CHUNK_ITEMS - 1 and CHUNK_ITEMS of "odd" straddle its positions' chunks.
+            let odd = built.stream_range("odd", CHUNK_ITEMS as u64 - 1, 2);
+            let positions: Vec<u64> = odd.iter().map(|(p, _)| *p).collect();
+            assert_eq!(positions, [2 * CHUNK_ITEMS as u64 - 1, 2 * CHUNK_ITEMS as u64 + 1]);
+            assert_eq!(built.stream_len("even"), Some(events.div_ceil(2) as u64));
+        }
     }
 }

@@ -34,6 +34,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use super::chunked::ChunkedVec;
 use super::format::{
     self, BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES, le_u32, le_u64,
 };
@@ -273,7 +274,7 @@ pub(crate) fn write(
         buf.clear();
         {
             let index = read_index(index);
-            for entry in &index.entries()[from..to] {
+            for entry in index.entries(from, to) {
                 buf.extend_from_slice(&entry.delta.to_le_bytes());
                 buf.extend_from_slice(&entry.len.to_le_bytes());
                 buf.extend_from_slice(&entry.stream.to_le_bytes());
@@ -412,20 +413,18 @@ pub(crate) fn load(dir: &Path, log: &File, log_path: &Path) -> Result<Index, Sna
         bases.extend(buf[..n * 8].chunks_exact(8).map(le_u64));
         left -= n;
     }
-    let mut entries = Vec::with_capacity(count);
+    let mut entries = ChunkedVec::with_capacity(count);
     let mut left = count;
     while left > 0 {
         let n = left.min(CHUNK_EVENTS);
         reader.fill(&mut buf[..n * ENTRY_BYTES])?;
-        entries.extend(
-            buf[..n * ENTRY_BYTES]
-                .chunks_exact(ENTRY_BYTES)
-                .map(|e| Entry {
-                    delta: le_u32(&e[0..4]),
-                    len: le_u32(&e[4..8]),
-                    stream: le_u32(&e[8..12]),
-                }),
-        );
+        for e in buf[..n * ENTRY_BYTES].chunks_exact(ENTRY_BYTES) {
+            entries.push(Entry {
+                delta: le_u32(&e[0..4]),
+                len: le_u32(&e[4..8]),
+                stream: le_u32(&e[8..12]),
+            });
+        }
         left -= n;
     }
     let expected = reader.hasher.finalize();
