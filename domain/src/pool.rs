@@ -221,6 +221,9 @@ pub struct TokenCache {
     /// The pool's id, which every outcome names (kept once, not per record).
     pool: PoolId,
     records: TokenIndex<CachedToken>,
+    /// Nothing is recorded, looked up or forgotten: the pool of a fold whose caller checks
+    /// tokens itself ([`Pool::without_token_cache`]).
+    untracked: bool,
 }
 
 impl TokenCache {
@@ -231,15 +234,23 @@ impl TokenCache {
         now: Timestamp,
         window_ms: u64,
     ) -> Option<&CachedToken> {
+        if self.untracked {
+            return None;
+        }
         let (recorded_at, record) = self.records.get(actor.as_str(), token.as_str())?;
         (now < recorded_at.plus_ms(window_ms)).then_some(record)
     }
 
     fn forget_before(&mut self, now: Timestamp, window_ms: u64) {
-        self.records.forget_expired(now, window_ms);
+        if !self.untracked {
+            self.records.forget_expired(now, window_ms);
+        }
     }
 
     fn record(&mut self, event: &Event) {
+        if self.untracked {
+            return;
+        }
         let record = CachedToken {
             digest: event.digest,
             outcome: CachedOutcome::of(event),
@@ -322,6 +333,17 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A pool that keeps no token outcomes, for a fold whose caller checks tokens itself (the
+    /// audit keeps its own index of the same window, and a second one of every token doubled
+    /// its memory and most of its time on a large log). `evolve` then does not refuse a token
+    /// recorded twice within its window, and `decide` replays nothing: never for the command
+    /// path.
+    pub fn without_token_cache() -> Pool {
+        let mut pool = Pool::default();
+        pool.tokens.untracked = true;
+        pool
+    }
+
     pub fn id(&self) -> Option<&PoolId> {
         self.id.as_ref()
     }

@@ -1401,3 +1401,42 @@ mod reservation_ids {
         assert_eq!(ledger.log[0].reservation(), None);
     }
 }
+
+mod without_token_cache {
+    use super::*;
+
+    /// The audit's fold: the same pool as the live one in every count and state, with no token
+    /// kept, and a token recorded twice within its window is not refused (the audit's own
+    /// `idempotency` check names it).
+    #[test]
+    fn folds_the_same_pool_keeping_no_token() {
+        let mut ledger = given([(0, declare(3)), (10, reserve("a")), (20, reserve("b"))]);
+        ledger.when(30, confirm(1)).then_event();
+        ledger.when(40, cancel(2)).then_event();
+        let mut audited = Pool::without_token_cache();
+        for event in &ledger.log {
+            evolve(&mut audited, event).expect("the log folds");
+        }
+        assert!(audited.tokens().is_empty());
+        assert_eq!(ledger.pool.tokens().len(), ledger.log.len());
+        assert_eq!(audited.allocated(), ledger.pool.allocated());
+        assert_eq!(audited.reservations_made(), ledger.pool.reservations_made());
+        for seq in 1..=2 {
+            assert_eq!(audited.query(seq), ledger.pool.query(seq));
+        }
+        // The same token again, within its window.
+        let mut reused = ledger.log[1].clone();
+        reused.at = at(50);
+        reused.action = Action::ConfirmReservation { reservation: 1 };
+        reused.change = Change::Rejected(Rejection::NotHeld {
+            state: ReservationState::Confirmed,
+        });
+        reused.allocated_before = ledger.pool.allocated();
+        reused.allocated_after = ledger.pool.allocated();
+        reused.prior_state = None;
+        reused.new_state = None;
+        let refused = evolve(&mut ledger.pool.clone(), &reused).unwrap_err();
+        assert!(refused.reason.contains("token"), "{refused}");
+        evolve(&mut audited, &reused).expect("tokens are not this pool's to check");
+    }
+}

@@ -42,10 +42,12 @@
 //! - `contiguous-versions`: every stream's versions are 0, 1, 2, ... and positions strictly
 //!   increase across all streams.
 //! - `fold`: with [`AuditOptions::check_fold`], the domain's own `evolve` accepts every event of
-//!   the pool (reported once per pool; that pool's fold stops at its first error).
+//!   the pool (reported once per pool; that pool's fold stops at its first error). The fold
+//!   keeps no token cache (`Pool::without_token_cache`): tokens are `idempotency`'s, checked
+//!   once, against the audit's own index.
 //!
 //! Memory: per pool, one small record per reservation ever made (like the aggregate's state
-//! vector), the tokens within the window, and with `check_fold` the aggregate itself.
+//! vector), the tokens within the window (once), and with `check_fold` the aggregate itself.
 
 use std::fmt;
 
@@ -585,7 +587,8 @@ impl Audit {
             reservations: Vec::new(),
             out_of_sequence: FastMap::default(),
             tokens: TokenIndex::default(),
-            fold: self.options.check_fold.then(Pool::default),
+            // The audit's own `tokens` checks the window; the fold need not keep a second copy.
+            fold: self.options.check_fold.then(Pool::without_token_cache),
         });
         self.pools.len() - 1
     }

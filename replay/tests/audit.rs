@@ -285,6 +285,28 @@ fn idempotency_names_a_token_that_made_two_reservations_within_its_window() {
     assert!(audit(&ledger.records, AuditOptions::records_only()).is_clean());
 }
 
+/// With the fold on, a token used twice within its window is named once, by `idempotency`: the
+/// fold keeps no token cache of its own (`Pool::without_token_cache`).
+#[test]
+fn a_reused_token_is_named_by_idempotency_alone_with_the_fold_on() {
+    let mut ledger = walkthrough();
+    let second = ledger.index_of("course_cs101", 3);
+    ledger.pool_event_mut(second).event.token = allot_domain::IdempotencyToken::new("s1");
+    let options = AuditOptions {
+        verify_signatures: false,
+        check_fold: true,
+        ..AuditOptions::default()
+    };
+    let report = audit(&ledger.records, options);
+    assert_names(
+        &report,
+        Check::Idempotency,
+        position_of(&ledger, second),
+        &[],
+    );
+    assert_eq!(report.count(Check::Fold), 0, "{report}");
+}
+
 /// A damaged log whose times go back: a token used twice within its window is still named,
 /// although a later record of another token was replaced and an earlier-timed one sits behind
 /// it (forgetting stops at the first record still within the window, replaced or not).

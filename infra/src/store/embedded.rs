@@ -379,10 +379,19 @@ impl Shared {
         let mut from = 0;
         while from < events {
             let to = (from + VERIFY_CHUNK_EVENTS).min(events);
+            let count = (to - from) as usize;
+            // Pages, not one lookup per event: a page carries versions along each stream.
+            let wanted = fresh.range(from, count);
             let live = self.index();
-            for position in from..to {
-                let want = fresh.loc(position);
-                let have = live.loc(position);
+            let had = live.range(from, count);
+            let at = |page: &[(u64, EventLoc)], i: usize, position: u64| {
+                page.get(i)
+                    .filter(|(p, _)| *p == position)
+                    .map(|(_, loc)| *loc)
+            };
+            for (i, position) in (from..to).enumerate() {
+                let want = at(&wanted, i, position);
+                let have = at(&had, i, position);
                 let same_stream = match (want, have) {
                     (Some(w), Some(h)) => fresh.stream_name(w.stream) == live.stream_name(h.stream),
                     _ => false,

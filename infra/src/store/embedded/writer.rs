@@ -283,7 +283,7 @@ impl Writer {
         let spawned = std::thread::Builder::new()
             .name("allot-index-snapshot".to_owned())
             .spawn(move || {
-                let written = snapshot::write(&dir, &log_path, &index);
+                let written = snapshot::write(&dir, &log_path, &index, snapshot::Pace::Background);
                 let end = match &written {
                     Ok(Some(info)) => {
                         counters.snapshots.fetch_add(1, Ordering::Relaxed);
@@ -319,7 +319,12 @@ impl Writer {
         if !clean || self.end.saturating_sub(self.snapshot_end) < SNAPSHOT_CLOSE_TAIL_BYTES_MIN {
             return;
         }
-        match snapshot::write(&self.dir, &self.log_path, &self.index) {
+        match snapshot::write(
+            &self.dir,
+            &self.log_path,
+            &self.index,
+            snapshot::Pace::AtOnce,
+        ) {
             Ok(Some(info)) => {
                 self.counters.snapshots.fetch_add(1, Ordering::Relaxed);
                 self.snapshot_end = info.log_bytes;
