@@ -276,21 +276,35 @@ impl Index {
         // A stream's events in one page are usually several: the first one's version is a
         // binary search, each later one's the next version when that is its position (a
         // search per event was a tenth of a whole-log audit).
+        // The map holds streams the page left; the stream of the run at hand is kept apart
+        // (appends write runs of one stream, so most events need no map at all).
         let mut next_versions: HashMap<u32, usize> = HashMap::default();
+        let mut run: Option<(u32, usize)> = None;
         let mut out = Vec::with_capacity(end - start);
         for (p, entry) in (start..end).zip(self.entries.range(start, end)) {
             let position = p as u64;
             let positions = &self.stream_positions[entry.stream as usize];
-            let next = next_versions.entry(entry.stream).or_insert(usize::MAX);
-            let version = if positions.get(*next) == Some(position) {
-                *next
+            let next = match run {
+                Some((stream, next)) if stream == entry.stream => next,
+                _ => {
+                    if let Some((stream, next)) = run {
+                        next_versions.insert(stream, next);
+                    }
+                    next_versions
+                        .get(&entry.stream)
+                        .copied()
+                        .unwrap_or(usize::MAX)
+                }
+            };
+            let version = if positions.get(next) == Some(position) {
+                next
             } else {
                 match positions.rank(position) {
                     Some(version) => version,
                     None => continue,
                 }
             };
-            *next = version + 1;
+            run = Some((entry.stream, version + 1));
             out.push((
                 position,
                 EventLoc {
