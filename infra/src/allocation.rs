@@ -71,10 +71,13 @@ pub fn live_bytes() -> Option<i64> {
     if !COUNTING.load(Ordering::SeqCst) {
         return None;
     }
+    // A probe far bigger than what another thread frees in the meantime (a 4 KiB one was
+    // sometimes hidden by a concurrent free, and the figure fell back to RSS).
+    const PROBE_BYTES: usize = 1 << 20;
     let before = LIVE_BYTES.load(Ordering::SeqCst);
-    let probe = std::hint::black_box(vec![0u8; 4096]);
+    let probe = std::hint::black_box(vec![0u8; PROBE_BYTES]);
     let during = LIVE_BYTES.load(Ordering::SeqCst);
     drop(probe);
     // Without the wrapper installed nothing moves: say so rather than report zero growth.
-    (during - before >= 4096).then(|| LIVE_BYTES.load(Ordering::SeqCst))
+    (during - before >= PROBE_BYTES as i64 / 2).then(|| LIVE_BYTES.load(Ordering::SeqCst))
 }

@@ -31,6 +31,16 @@ fn assert_names(report: &AuditReport, check: Check, position: u64, others: &[Che
     assert!(!report.is_clean());
 }
 
+/// The records-only checks and the domain's fold (the signatures of edited records no longer
+/// verify, and are not what these tests are about).
+fn fold_without_signatures() -> AuditOptions {
+    AuditOptions {
+        verify_signatures: false,
+        check_fold: true,
+        ..AuditOptions::default()
+    }
+}
+
 fn position_of(ledger: &Ledger, index: usize) -> u64 {
     ledger.records[index].position()
 }
@@ -292,12 +302,7 @@ fn a_reused_token_is_named_by_idempotency_alone_with_the_fold_on() {
     let mut ledger = walkthrough();
     let second = ledger.index_of("course_cs101", 3);
     ledger.pool_event_mut(second).event.token = allot_domain::IdempotencyToken::new("s1");
-    let options = AuditOptions {
-        verify_signatures: false,
-        check_fold: true,
-        ..AuditOptions::default()
-    };
-    let report = audit(&ledger.records, options);
+    let report = audit(&ledger.records, fold_without_signatures());
     assert_names(
         &report,
         Check::Idempotency,
@@ -481,12 +486,7 @@ fn fold_reports_what_evolve_refuses() {
     ledger.confirm(2 * SECOND, "p", 1, "t2");
     let index = ledger.index_of("p", 2);
     ledger.pool_event_mut(index).event.allocated_after = 2;
-    let options = AuditOptions {
-        verify_signatures: false,
-        check_fold: true,
-        ..AuditOptions::default()
-    };
-    let report = audit(&ledger.records, options);
+    let report = audit(&ledger.records, fold_without_signatures());
     assert_names(
         &report,
         Check::AllocationCoherence,

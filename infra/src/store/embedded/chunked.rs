@@ -2,10 +2,12 @@
 //! log. A `Vec` that doubles copies everything it holds at each doubling; the index grows under
 //! its write lock, so at 2^21 events that copy (and the page faults of the new allocation) held
 //! every append for ~10–25 ms, and the stall doubles with the log. Here a push copies at most
-//! the first chunk while it is still small, never more than [`CHUNK_ITEMS`] items.
+//! one chunk that is not yet full (a small first chunk growing, or the exactly sized last chunk
+//! of a loaded snapshot), never more than [`CHUNK_ITEMS`] items.
 //!
-//! Every chunk but the last holds exactly [`CHUNK_ITEMS`] items, so item `i` is at
-//! `chunks[i / CHUNK_ITEMS][i % CHUNK_ITEMS]`.
+//! Item `i` is at `chunks[i / CHUNK_ITEMS][i % CHUNK_ITEMS]`: a chunk is filled to
+//! [`CHUNK_ITEMS`] before the next one is pushed to (chunks allocated ahead by `with_capacity`
+//! may be empty).
 
 /// Items per full chunk.
 pub(crate) const CHUNK_ITEMS: usize = 1 << 16;
@@ -52,6 +54,10 @@ impl<T: Copy> ChunkedVec<T> {
     pub fn push(&mut self, item: T) {
         // The chunk that item `len` belongs in: allocated ahead by `with_capacity`, or new.
         let at = self.len / CHUNK_ITEMS;
+        if self.chunks.is_empty() {
+            // Most streams never pass one chunk: no room for four chunk headers each.
+            self.chunks.reserve_exact(1);
+        }
         if at == self.chunks.len() {
             let capacity = if at == 0 { 4 } else { CHUNK_ITEMS };
             self.chunks.push(Vec::with_capacity(capacity));

@@ -32,6 +32,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::chunked::ChunkedVec;
@@ -66,12 +67,22 @@ const PACED_PIECE_BYTES: usize = 256 * 1024;
 const PACED_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// How a snapshot shares the disk.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Pace {
-    /// While appends go on: flushed piece by piece, with pauses.
-    Background,
+    /// While appends go on: flushed piece by piece, with pauses, until `hurry` is set (the
+    /// writer waits for this snapshot: it is closing, or starting the next one).
+    Background { hurry: Arc<AtomicBool> },
     /// Nothing else is waiting on the disk (the store is closing): written at once.
     AtOnce,
+}
+
+impl Pace {
+    fn paced(&self) -> bool {
+        match self {
+            Pace::Background { hurry } => !hurry.load(Ordering::Relaxed),
+            Pace::AtOnce => false,
+        }
+    }
 }
 
 /// The snapshot file, flushed every [`PACED_PIECE_BYTES`] when paced.
@@ -83,14 +94,18 @@ struct PacedFile {
 
 impl Write for PacedFile {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        let bytes = match self.pace {
+        let paced = self.pace.paced();
+        let bytes = if paced {
             // A write bigger than the piece (the buffer passes those through) is cut at it.
-            Pace::Background => &bytes[..bytes.len().min(PACED_PIECE_BYTES - self.unflushed)],
-            Pace::AtOnce => bytes,
+            &bytes[..bytes
+                .len()
+                .min(PACED_PIECE_BYTES.saturating_sub(self.unflushed).max(1))]
+        } else {
+            bytes
         };
         let written = self.file.write(bytes)?;
         self.unflushed += written;
-        if self.pace == Pace::Background && self.unflushed >= PACED_PIECE_BYTES {
+        if paced && self.unflushed >= PACED_PIECE_BYTES {
             self.file.sync_data()?;
             self.unflushed = 0;
             std::thread::sleep(PACED_PAUSE);
@@ -300,7 +315,7 @@ pub(crate) fn write(
     let temp = dir.join(SNAPSHOT_TEMP_FILE_NAME);
     let file = File::create(&temp).map_err(|e| io_error(&temp, e))?;
     let buffer = match pace {
-        Pace::Background => PACED_PIECE_BYTES,
+        Pace::Background { .. } => PACED_PIECE_BYTES,
         Pace::AtOnce => IO_BUFFER_BYTES,
     };
     let file = PacedFile {

@@ -23,7 +23,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
@@ -100,6 +100,8 @@ pub(crate) struct Writer {
     pub snapshot_end: u64,
     /// The background snapshot, returning what it covered on success.
     pub snapshotting: Option<JoinHandle<Option<u64>>>,
+    /// Set to have the background snapshot finish without its pauses (someone waits for it).
+    pub snapshot_hurry: Arc<AtomicBool>,
 }
 
 /// The writer's request queue. Dropped when the writer stops for any reason (close, a failed
@@ -262,6 +264,8 @@ impl Writer {
             return;
         }
         if let Some(handle) = self.snapshotting.take() {
+            // Waiting for it: the disk is the snapshot's to finish with.
+            self.snapshot_hurry.store(true, Ordering::Relaxed);
             match handle.join() {
                 Ok(Some(end)) => self.snapshot_end = self.snapshot_end.max(end),
                 Ok(None) => {}
@@ -280,10 +284,14 @@ impl Writer {
         let log_path = self.log_path.clone();
         let index = self.index.clone();
         let counters = self.counters.clone();
+        self.snapshot_hurry = Arc::new(AtomicBool::new(false));
+        let pace = snapshot::Pace::Background {
+            hurry: self.snapshot_hurry.clone(),
+        };
         let spawned = std::thread::Builder::new()
             .name("allot-index-snapshot".to_owned())
             .spawn(move || {
-                let written = snapshot::write(&dir, &log_path, &index, snapshot::Pace::Background);
+                let written = snapshot::write(&dir, &log_path, &index, pace);
                 let end = match &written {
                     Ok(Some(info)) => {
                         counters.snapshots.fetch_add(1, Ordering::Relaxed);
