@@ -122,13 +122,20 @@ struct PoolQueue {
     jobs: mpsc::Receiver<Job>,
 }
 
-impl Drop for PoolQueue {
-    fn drop(&mut self) {
+impl PoolQueue {
+    /// Takes no more commands and leaves the map, so the pool's next command starts a new task.
+    fn close(&mut self) {
         self.jobs.close();
         // A successor task (started once this queue was out of the map) has an open queue.
         self.shared
             .pools
             .remove_if(&self.pool, |_, tx| tx.is_closed());
+    }
+}
+
+impl Drop for PoolQueue {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
@@ -594,14 +601,11 @@ impl Ledger {
             // Nothing of this task is in flight any more. Close the queue first, so the next
             // task for this pool starts only after this one has written its last event; commands
             // still queued go back to their submitters, who send them to that task.
-            jobs.close();
-            self.shared
-                .pools
-                .remove_if(&pool_id, |_, tx| tx.is_closed());
+            queue.close();
             // `recv` after `close` ends only once every permit has come back, so a job pushed
             // by a submitter that took its permit before the close is resubmitted too
             // (`try_recv` would stop at it).
-            while let Some(job) = jobs.recv().await {
+            while let Some(job) = queue.jobs.recv().await {
                 let _ = job.reply.send(Answer::Resubmit(job.command));
             }
         }

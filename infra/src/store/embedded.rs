@@ -261,7 +261,6 @@ impl EmbeddedStore {
             counters: counters.clone(),
             snapshot_end,
             snapshotting: None,
-            snapshot_hurry: Arc::default(),
         };
         let handle = std::thread::Builder::new()
             .name("allot-log-writer".to_owned())

@@ -78,7 +78,7 @@ impl Positions {
                 Ok(p) => v.push(p),
                 Err(_) => {
                     // Once per stream, at position 2^32.
-                    let mut wide: ChunkedVec<u64> = v.range(0, v.len()).map(u64::from).collect();
+                    let mut wide: ChunkedVec<u64> = v.iter().map(u64::from).collect();
                     wide.push(position);
                     *self = Positions::Wide(wide);
                 }
@@ -157,7 +157,7 @@ impl Index {
         }
         // Count first so every stream's positions are allocated once, exactly.
         let mut counts = vec![0usize; names.len()];
-        for (position, entry) in entries.range(0, entries.len()).enumerate() {
+        for (position, entry) in entries.iter().enumerate() {
             let count = counts
                 .get_mut(entry.stream as usize)
                 .ok_or("stream id out of range")?;
@@ -170,7 +170,7 @@ impl Index {
         }
         let mut stream_positions: Vec<Positions> =
             counts.into_iter().map(Positions::with_capacity).collect();
-        for (position, entry) in entries.range(0, entries.len()).enumerate() {
+        for (position, entry) in entries.iter().enumerate() {
             stream_positions[entry.stream as usize].push(position as u64);
         }
         Ok(Self {
@@ -258,13 +258,18 @@ impl Index {
     pub fn loc(&self, position: u64) -> Option<EventLoc> {
         let p = usize::try_from(position).ok()?;
         let entry = self.entries.get(p)?;
-        let version = self.stream_positions[entry.stream as usize].rank(position)? as u64;
-        Some(EventLoc {
+        let version = self.stream_positions[entry.stream as usize].rank(position)?;
+        Some(self.event_loc(p, entry, version))
+    }
+
+    /// The location of `entry`, the event at position `p`, whose version is `version`.
+    fn event_loc(&self, p: usize, entry: Entry, version: usize) -> EventLoc {
+        EventLoc {
             offset: self.bases[p / OFFSET_BLOCK_EVENTS] + u64::from(entry.delta),
             len: entry.len,
             stream: entry.stream,
-            version,
-        })
+            version: version as u64,
+        }
     }
 
     /// Locations of events with positions in `[from, from + max)`.
@@ -275,9 +280,9 @@ impl Index {
         let end = start.saturating_add(max).min(self.entries.len());
         // A stream's events in one page are usually several: the first one's version is a
         // binary search, each later one's the next version when that is its position (a
-        // search per event was a tenth of a whole-log audit).
-        // The map holds streams the page left; the stream of the run at hand is kept apart
-        // (appends write runs of one stream, so most events need no map at all).
+        // search per event was a tenth of a whole-log audit). The stream of the run at hand is
+        // kept apart from the map of streams the page left (appends write runs of one stream,
+        // so most events need no map operation).
         let mut next_versions: HashMap<u32, usize> = HashMap::default();
         let mut run: Option<(u32, usize)> = None;
         let mut out = Vec::with_capacity(end - start);
@@ -305,15 +310,7 @@ impl Index {
                 }
             };
             run = Some((entry.stream, version + 1));
-            out.push((
-                position,
-                EventLoc {
-                    offset: self.bases[p / OFFSET_BLOCK_EVENTS] + u64::from(entry.delta),
-                    len: entry.len,
-                    stream: entry.stream,
-                    version: version as u64,
-                },
-            ));
+            out.push((position, self.event_loc(p, entry, version)));
         }
         out
     }
@@ -336,14 +333,9 @@ impl Index {
         (start..end)
             .filter_map(|v| {
                 let p = positions.get(v)?;
-                let entry = self.entries.get(usize::try_from(p).ok()?)?;
-                let loc = EventLoc {
-                    offset: self.bases[p as usize / OFFSET_BLOCK_EVENTS] + u64::from(entry.delta),
-                    len: entry.len,
-                    stream: *id,
-                    version: v as u64,
-                };
-                Some((p, loc))
+                let at = usize::try_from(p).ok()?;
+                let entry = self.entries.get(at)?;
+                Some((p, self.event_loc(at, entry, v)))
             })
             .collect()
     }

@@ -97,9 +97,8 @@ impl Write for PacedFile {
         let paced = self.pace.paced();
         let bytes = if paced {
             // A write bigger than the piece (the buffer passes those through) is cut at it.
-            &bytes[..bytes
-                .len()
-                .min(PACED_PIECE_BYTES.saturating_sub(self.unflushed).max(1))]
+            // Paced, `unflushed` is below a piece: it is reset whenever it reaches one.
+            &bytes[..bytes.len().min(PACED_PIECE_BYTES - self.unflushed)]
         } else {
             bytes
         };
@@ -490,13 +489,15 @@ pub(crate) fn load(dir: &Path, log: &File, log_path: &Path) -> Result<Index, Sna
     while left > 0 {
         let n = left.min(CHUNK_EVENTS);
         reader.fill(&mut buf[..n * ENTRY_BYTES])?;
-        for e in buf[..n * ENTRY_BYTES].chunks_exact(ENTRY_BYTES) {
-            entries.push(Entry {
-                delta: le_u32(&e[0..4]),
-                len: le_u32(&e[4..8]),
-                stream: le_u32(&e[8..12]),
-            });
-        }
+        entries.extend(
+            buf[..n * ENTRY_BYTES]
+                .chunks_exact(ENTRY_BYTES)
+                .map(|e| Entry {
+                    delta: le_u32(&e[0..4]),
+                    len: le_u32(&e[4..8]),
+                    stream: le_u32(&e[8..12]),
+                }),
+        );
         left -= n;
     }
     let expected = reader.hasher.finalize();

@@ -98,10 +98,16 @@ pub(crate) struct Writer {
     pub counters: Arc<WriterCounters>,
     /// Log bytes covered by the newest index snapshot (loaded or written).
     pub snapshot_end: u64,
-    /// The background snapshot, returning what it covered on success.
-    pub snapshotting: Option<JoinHandle<Option<u64>>>,
-    /// Set to have the background snapshot finish without its pauses (someone waits for it).
-    pub snapshot_hurry: Arc<AtomicBool>,
+    /// The background snapshot, if one is being written.
+    pub snapshotting: Option<BackgroundSnapshot>,
+}
+
+/// A snapshot being written on its helper thread.
+pub(crate) struct BackgroundSnapshot {
+    /// Returns what the snapshot covered, on success.
+    handle: JoinHandle<Option<u64>>,
+    /// Set to have it finish without its pauses (the writer waits for it).
+    hurry: Arc<AtomicBool>,
 }
 
 /// The writer's request queue. Dropped when the writer stops for any reason (close, a failed
@@ -259,14 +265,17 @@ impl Writer {
 
     /// Collects the background snapshot if it finished (or, with `wait`, once it finishes).
     fn reap_snapshot(&mut self, wait: bool) {
-        let finished = self.snapshotting.as_ref().is_some_and(|h| h.is_finished());
+        let finished = self
+            .snapshotting
+            .as_ref()
+            .is_some_and(|s| s.handle.is_finished());
         if !(wait || finished) {
             return;
         }
-        if let Some(handle) = self.snapshotting.take() {
+        if let Some(snapshot) = self.snapshotting.take() {
             // Waiting for it: the disk is the snapshot's to finish with.
-            self.snapshot_hurry.store(true, Ordering::Relaxed);
-            match handle.join() {
+            snapshot.hurry.store(true, Ordering::Relaxed);
+            match snapshot.handle.join() {
                 Ok(Some(end)) => self.snapshot_end = self.snapshot_end.max(end),
                 Ok(None) => {}
                 Err(_) => tracing::error!(
@@ -284,9 +293,9 @@ impl Writer {
         let log_path = self.log_path.clone();
         let index = self.index.clone();
         let counters = self.counters.clone();
-        self.snapshot_hurry = Arc::new(AtomicBool::new(false));
+        let hurry = Arc::new(AtomicBool::new(false));
         let pace = snapshot::Pace::Background {
-            hurry: self.snapshot_hurry.clone(),
+            hurry: hurry.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name("allot-index-snapshot".to_owned())
@@ -309,7 +318,7 @@ impl Writer {
                 end
             });
         match spawned {
-            Ok(handle) => self.snapshotting = Some(handle),
+            Ok(handle) => self.snapshotting = Some(BackgroundSnapshot { handle, hurry }),
             Err(e) => tracing::warn!(
                 file = %self.log_path.display(),
                 error = %e,
