@@ -150,46 +150,64 @@ impl Action {
         }
     }
 
-    /// The parameters in canonical order as (name, value) text pairs: the input of the
-    /// parameters digest and part of the signed bytes (see `signing`).
-    pub fn canonical_params(&self) -> Vec<(&'static str, String)> {
+    /// Visits the parameters as (name, value) in canonical order (ascending name): the input of
+    /// the parameters digest and part of the signed bytes (see `signing`). A visitor, not a
+    /// list: every command's digest is computed from these, and nothing here allocates.
+    pub fn canonical_params(&self, mut visit: impl FnMut(&'static str, ParamValue<'_>)) {
         match self {
             Action::DeclarePool {
                 capacity,
                 closes_at,
                 units,
                 idempotency_window_ms,
-            } => vec![
-                ("capacity", capacity.to_string()),
-                (
+            } => {
+                visit("capacity", ParamValue::Number(*capacity));
+                visit(
                     "closes_at",
-                    closes_at.map(|at| at.0.to_string()).unwrap_or_default(),
-                ),
-                ("idempotency_window_ms", idempotency_window_ms.to_string()),
-                ("units", units.join("\u{1f}")),
-            ],
-            Action::AdjustCapacity { capacity } => vec![("capacity", capacity.to_string())],
-            Action::ClosePool => vec![],
+                    ParamValue::OptionalNumber(closes_at.map(|at| at.0)),
+                );
+                visit(
+                    "idempotency_window_ms",
+                    ParamValue::Number(*idempotency_window_ms),
+                );
+                visit("units", ParamValue::Joined(units));
+            }
+            Action::AdjustCapacity { capacity } => {
+                visit("capacity", ParamValue::Number(*capacity));
+            }
+            Action::ClosePool => {}
             Action::Reserve {
                 resource,
                 requester,
                 duration_ms,
                 count,
-            } => vec![
-                ("count", count.to_string()),
-                ("duration_ms", duration_ms.to_string()),
-                ("requester", requester.clone()),
-                ("resource", resource.clone()),
-            ],
+            } => {
+                visit("count", ParamValue::Number(u64::from(*count)));
+                visit("duration_ms", ParamValue::Number(*duration_ms));
+                visit("requester", ParamValue::Text(requester));
+                visit("resource", ParamValue::Text(resource));
+            }
             // The reservation is a parameter: reusing a token for another reservation must be
             // a collision, not a replay of the first one's outcome.
             Action::ConfirmReservation { reservation }
             | Action::CancelReservation { reservation }
             | Action::ExpireReservation { reservation } => {
-                vec![("reservation", reservation.to_string())]
+                visit("reservation", ParamValue::Number(*reservation));
             }
         }
     }
+}
+
+/// A parameter's value as it is signed (see `signing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamValue<'a> {
+    Text(&'a str),
+    /// Written in decimal.
+    Number(u64),
+    /// Written in decimal; absent is the empty text.
+    OptionalNumber(Option<u64>),
+    /// The texts joined by U+001F.
+    Joined(&'a [String]),
 }
 
 /// A command as `decide` receives it: the verified actor, its attestation, the idempotency token

@@ -33,7 +33,7 @@ pub mod signing;
 pub mod token_index;
 
 pub use actor::{ActorChange, ActorEvent, ActorKey, ActorRegistry, Role};
-pub use command::{Action, ActionKind, Command};
+pub use command::{Action, ActionKind, Command, ParamValue};
 pub use event::{Change, Event, Outcome, ReservationState};
 pub use ids::{
     ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, ReservationId, Timestamp,

@@ -17,27 +17,72 @@
 //! values contain. The parameters digest is blake3 over `"allot-params-v1\n"` followed by the
 //! `field("param." + name, value)` lines (computed at the edge; see `allot-infra`).
 
-use crate::command::Action;
+use crate::command::{Action, ParamValue};
 use crate::ids::{ActorId, IdempotencyToken, Timestamp};
 
 pub const SIGNING_PREFIX: &str = "allot-sig-v1\n";
 pub const PARAMS_PREFIX: &str = "allot-params-v1\n";
 
-fn field(out: &mut Vec<u8>, name: &str, value: &str) {
-    out.extend_from_slice(name.as_bytes());
-    out.push(b':');
-    out.extend_from_slice(value.len().to_string().as_bytes());
-    out.push(b':');
-    out.extend_from_slice(value.as_bytes());
-    out.push(b'\n');
+/// Bytes of the longest `u64` in decimal.
+const DECIMAL_BYTES_MAX: usize = 20;
+
+/// `n` in decimal, written into `buf`, without allocating.
+fn decimal(n: u64, buf: &mut [u8; DECIMAL_BYTES_MAX]) -> &[u8] {
+    let mut at = buf.len();
+    let mut n = n;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[at..];
+        }
+    }
+}
+
+/// `name ":" len ":" value "\n"`, where `name` is the concatenation of `name_parts`.
+fn field(out: &mut Vec<u8>, name_parts: &[&str], value: ParamValue<'_>) {
+    let mut number = [0u8; DECIMAL_BYTES_MAX];
+    let mut length = [0u8; DECIMAL_BYTES_MAX];
+    for part in name_parts {
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.extend_from_slice(b":");
+    match value {
+        ParamValue::Text(text) => {
+            out.extend_from_slice(decimal(text.len() as u64, &mut length));
+            out.extend_from_slice(b":");
+            out.extend_from_slice(text.as_bytes());
+        }
+        ParamValue::Number(n) | ParamValue::OptionalNumber(Some(n)) => {
+            let digits = decimal(n, &mut number);
+            out.extend_from_slice(decimal(digits.len() as u64, &mut length));
+            out.extend_from_slice(b":");
+            out.extend_from_slice(digits);
+        }
+        ParamValue::OptionalNumber(None) => out.extend_from_slice(b"0:"),
+        ParamValue::Joined(texts) => {
+            let separators = texts.len().saturating_sub(1);
+            let len = texts.iter().map(String::len).sum::<usize>() + separators;
+            out.extend_from_slice(decimal(len as u64, &mut length));
+            out.extend_from_slice(b":");
+            for (i, text) in texts.iter().enumerate() {
+                if i > 0 {
+                    out.extend_from_slice(b"\x1f");
+                }
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
+    }
+    out.extend_from_slice(b"\n");
+}
+
+fn text_field(out: &mut Vec<u8>, name: &str, value: &str) {
+    field(out, &[name], ParamValue::Text(value));
 }
 
 fn params(out: &mut Vec<u8>, action: &Action) {
-    let mut params = action.canonical_params();
-    params.sort_by(|a, b| a.0.cmp(b.0));
-    for (name, value) in params {
-        field(out, &format!("param.{name}"), &value);
-    }
+    action.canonical_params(|name, value| field(out, &["param.", name], value));
 }
 
 /// The bytes whose blake3 hash is the parameters digest.
@@ -59,12 +104,12 @@ pub fn signing_bytes(
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(SIGNING_PREFIX.as_bytes());
-    field(&mut out, "action", action.kind().as_str());
-    field(&mut out, "target", target);
+    text_field(&mut out, "action", action.kind().as_str());
+    text_field(&mut out, "target", target);
     params(&mut out, action);
-    field(&mut out, "token", token.as_str());
-    field(&mut out, "actor", actor.as_str());
-    field(&mut out, "signed_at", &signed_at.0.to_string());
+    text_field(&mut out, "token", token.as_str());
+    text_field(&mut out, "actor", actor.as_str());
+    field(&mut out, &["signed_at"], ParamValue::Number(signed_at.0));
     out
 }
 
@@ -80,15 +125,137 @@ pub fn actor_signing_bytes(
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(SIGNING_PREFIX.as_bytes());
-    field(&mut out, "action", action);
-    field(&mut out, "target", target.as_str());
+    text_field(&mut out, "action", action);
+    text_field(&mut out, "target", target.as_str());
     let mut sorted: Vec<_> = params.to_vec();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     for (name, value) in sorted {
-        field(&mut out, &format!("param.{name}"), &value);
+        field(&mut out, &["param.", name], ParamValue::Text(&value));
     }
-    field(&mut out, "token", token.as_str());
-    field(&mut out, "actor", by.as_str());
-    field(&mut out, "signed_at", &signed_at.0.to_string());
+    text_field(&mut out, "token", token.as_str());
+    text_field(&mut out, "actor", by.as_str());
+    field(&mut out, &["signed_at"], ParamValue::Number(signed_at.0));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The published encoding written the plain way (a string per value), to check the
+    /// allocation-free one against.
+    fn reference_params(action: &Action) -> Vec<u8> {
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        action.canonical_params(|name, value| {
+            let text = match value {
+                ParamValue::Text(text) => text.to_owned(),
+                ParamValue::Number(n) => n.to_string(),
+                ParamValue::OptionalNumber(n) => n.map(|n| n.to_string()).unwrap_or_default(),
+                ParamValue::Joined(texts) => texts.join("\u{1f}"),
+            };
+            pairs.push((name, text));
+        });
+        assert!(
+            pairs.windows(2).all(|w| w[0].0 < w[1].0),
+            "parameters are visited in ascending name order: {pairs:?}"
+        );
+        let mut out = PARAMS_PREFIX.as_bytes().to_vec();
+        for (name, value) in pairs {
+            out.extend_from_slice(format!("param.{name}:{}:{value}\n", value.len()).as_bytes());
+        }
+        out
+    }
+
+    fn any_action() -> impl Strategy<Value = Action> {
+        let text = ".{0,12}";
+        prop_oneof![
+            (
+                any::<u64>(),
+                proptest::option::of(any::<u64>()),
+                proptest::collection::vec(text, 0..4),
+                any::<u64>()
+            )
+                .prop_map(|(capacity, closes_at, units, idempotency_window_ms)| {
+                    Action::DeclarePool {
+                        capacity,
+                        closes_at: closes_at.map(Timestamp),
+                        units,
+                        idempotency_window_ms,
+                    }
+                }),
+            any::<u64>().prop_map(|capacity| Action::AdjustCapacity { capacity }),
+            Just(Action::ClosePool),
+            (text, text, any::<u64>(), any::<u32>()).prop_map(
+                |(resource, requester, duration_ms, count)| Action::Reserve {
+                    resource,
+                    requester,
+                    duration_ms,
+                    count,
+                }
+            ),
+            any::<u64>().prop_map(|reservation| Action::ConfirmReservation { reservation }),
+            any::<u64>().prop_map(|reservation| Action::CancelReservation { reservation }),
+            any::<u64>().prop_map(|reservation| Action::ExpireReservation { reservation }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn params_are_written_as_published(action in any_action()) {
+            prop_assert_eq!(params_bytes(&action), reference_params(&action));
+        }
+    }
+
+    #[test]
+    fn the_published_bytes_do_not_change() {
+        let reserve = Action::Reserve {
+            resource: "seat".into(),
+            requester: "r1".into(),
+            duration_ms: 600_000,
+            count: 2,
+        };
+        assert_eq!(
+            params_bytes(&reserve),
+            b"allot-params-v1\nparam.count:1:2\nparam.duration_ms:6:600000\n\
+              param.requester:2:r1\nparam.resource:4:seat\n"
+        );
+        let declare = Action::DeclarePool {
+            capacity: 10,
+            closes_at: None,
+            units: vec!["a".into(), "bc".into()],
+            idempotency_window_ms: 0,
+        };
+        assert_eq!(
+            params_bytes(&declare),
+            b"allot-params-v1\nparam.capacity:2:10\nparam.closes_at:0:\n\
+              param.idempotency_window_ms:1:0\nparam.units:4:a\x1fbc\n"
+        );
+        let signed = signing_bytes(
+            &Action::ConfirmReservation { reservation: 7 },
+            "p:7",
+            &IdempotencyToken::new("t"),
+            &ActorId::new("alice"),
+            Timestamp(1_700_000_000_000),
+        );
+        assert_eq!(
+            signed,
+            b"allot-sig-v1\naction:19:confirm_reservation\ntarget:3:p:7\n\
+              param.reservation:1:7\ntoken:1:t\nactor:5:alice\nsigned_at:13:1700000000000\n"
+        );
+        let admin = actor_signing_bytes(
+            "revoke_actor",
+            &ActorId::new("bob"),
+            &[("role", "holder".into())],
+            &IdempotencyToken::new("t2"),
+            &ActorId::new("admin"),
+            Timestamp(5),
+        );
+        assert_eq!(
+            admin,
+            b"allot-sig-v1\naction:12:revoke_actor\ntarget:3:bob\nparam.role:6:holder\n\
+              token:2:t2\nactor:5:admin\nsigned_at:1:5\n"
+        );
+    }
 }
