@@ -165,11 +165,11 @@ pub struct WriterCounters {
 /// One append of the current batch, accepted or already answered with its rejection.
 struct Pending {
     reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    stream: String,
     result: Result<Accepted, StoreError>,
 }
 
 struct Accepted {
-    stream: String,
     first_version: u64,
     /// Index into the batch's encoded events.
     events: std::ops::Range<usize>,
@@ -378,7 +378,8 @@ impl Writer {
             };
             first_position = index.len();
             next_position = first_position;
-            let mut batch_heads: HashMap<&str, u64> = HashMap::new();
+            let mut batch_heads: HashMap<&str, u64, foldhash::fast::RandomState> =
+                HashMap::with_capacity_and_hasher(batch.len(), Default::default());
             for req in batch.iter() {
                 let head = match batch_heads.get(req.stream.as_str()) {
                     Some(head) => *head,
@@ -405,7 +406,6 @@ impl Writer {
                 format::encode_frame(buf, next_position, head, &req.stream, &req.events, encoded);
                 let count = req.events.len() as u64;
                 pending.push(Ok(Accepted {
-                    stream: req.stream.clone(),
                     first_version: head,
                     events: start..encoded.len(),
                     outcome: AppendOutcome {
@@ -423,6 +423,7 @@ impl Writer {
             .zip(pending)
             .map(|(req, result)| Pending {
                 reply: req.reply,
+                stream: req.stream,
                 result,
             })
             .collect();
@@ -491,13 +492,16 @@ impl Writer {
                 Ok(index) => index,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            for accepted in pending.iter().filter_map(|p| p.result.as_ref().ok()) {
+            for (stream, accepted) in pending
+                .iter()
+                .filter_map(|p| Some((&p.stream, p.result.as_ref().ok()?)))
+            {
                 for (i, event) in encoded[accepted.events.clone()].iter().enumerate() {
                     debug_assert_eq!(
-                        index.stream_len(&accepted.stream).unwrap_or(0),
+                        index.stream_len(stream).unwrap_or(0),
                         accepted.first_version + i as u64
                     );
-                    index.push(&accepted.stream, self.end + event.offset as u64, event.len);
+                    index.push(stream, self.end + event.offset as u64, event.len);
                 }
             }
             index.set_covered(self.end, self.end + batch_len);
