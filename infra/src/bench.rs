@@ -287,6 +287,7 @@ async fn run_clients(
 /// (a) `uniform`: many pools, each client reserves in a random pool then confirms or cancels.
 pub async fn uniform(
     store: Arc<dyn EventStore>,
+    durable: bool,
     pools: usize,
     clients: usize,
     duration: Duration,
@@ -309,7 +310,10 @@ pub async fn uniform(
         samples,
         elapsed,
         oversold,
-        format!("{pools} pools, {clients} clients, durable, in-process"),
+        format!(
+            "{pools} pools, {clients} clients, {}, in-process",
+            durability(durable)
+        ),
     ))
 }
 
@@ -317,6 +321,7 @@ pub async fn uniform(
 /// confirms or cancels and reserves again.
 pub async fn hot_pool(
     store: Arc<dyn EventStore>,
+    durable: bool,
     seats: u64,
     clients: usize,
     duration: Duration,
@@ -341,10 +346,18 @@ pub async fn hot_pool(
         elapsed,
         oversold + incoherent,
         format!(
-            "{seats} seats, {clients} clients, durable; confirmed {}, capacity {}, allocated {}",
-            count.confirmed, count.capacity, count.allocated
+            "{seats} seats, {clients} clients, {}; confirmed {}, capacity {}, allocated {}",
+            durability(durable),
+            count.confirmed,
+            count.capacity,
+            count.allocated
         ),
     ))
+}
+
+/// How a result's notes name its store.
+fn durability(durable: bool) -> &'static str {
+    if durable { "durable" } else { "in memory" }
 }
 
 /// Opens a fresh embedded store in `dir`, or the in-memory store.

@@ -1,5 +1,6 @@
 //! The `allot` binary: the service, its client, the demo, and the auditor's tools.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -17,6 +18,20 @@ use allot_infra::server::{ServeOptions, Service};
 use allot_infra::store::{self, EventStore};
 use allot_projections::Projections;
 use clap::{Parser, Subcommand};
+
+/// Writes a line of a command's output to stdout. A closed stdout (`allot bench … | head -1`)
+/// ends the process quietly, as Unix tools do, instead of a panic with a backtrace.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
+            if error.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            eprintln!("error: cannot write to stdout: {error}");
+            std::process::exit(1);
+        }
+    }};
+}
 
 /// mimalloc instead of glibc malloc: the command path allocates and frees small objects across
 /// threads, where glibc's free-list consolidation cost a fifth of the CPU (see BENCHMARKS.md).
@@ -394,7 +409,7 @@ fn print_answer(answer: &Answer) -> ExitCode {
     if answer.replayed {
         eprintln!("(replayed: this token's recorded outcome)");
     }
-    println!("{text}");
+    out!("{text}");
     if answer.is_success() {
         ExitCode::SUCCESS
     } else {
@@ -467,7 +482,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             )
             .await
             .map_err(|e| e.to_string())?;
-            println!("allot serving on http://{}", service.addr);
+            // The service goes on even if nobody reads this line.
+            let _ = writeln!(
+                std::io::stdout(),
+                "allot serving on http://{}",
+                service.addr
+            );
             wait_for_shutdown_signal().await;
             eprintln!("shutting down: draining in-flight commands");
             service.shutdown().await.map_err(|e| e.to_string())?;
@@ -501,8 +521,8 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             )
             .await
             .map_err(|e| e.to_string())?;
-            println!("{report}");
-            println!("log: {}", dir.display());
+            out!("{report}");
+            out!("log: {}", dir.display());
             if report.oversold == 0 && report.incoherent_pools == 0 && report.audit_violations == 0
             {
                 Ok(ExitCode::SUCCESS)
@@ -683,12 +703,12 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 eprintln!("report: {}", path.display());
             }
             if json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&findings).map_err(|e| e.to_string())?
                 );
             } else {
-                println!("{}", findings.report);
+                out!("{}", findings.report);
                 for (name, value) in [
                     ("as of", findings.as_of.as_ref().map(serde_json::to_value)),
                     (
@@ -705,7 +725,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     ),
                 ] {
                     if let Some(Ok(value)) = value {
-                        println!(
+                        out!(
                             "\n{name}:\n{}",
                             serde_json::to_string_pretty(&value).unwrap_or_default()
                         );
@@ -745,7 +765,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             let checkpoint = rebuild.checkpoint();
             let bytes = checkpoint.to_bytes().map_err(|e| e.to_string())?;
             inspect::write_atomically(&path, &bytes).map_err(|e| e.to_string())?;
-            println!(
+            out!(
                 "rebuilt {} events in {:.2} s{}; checkpoint at position {:?} written to {}",
                 rebuild.events_done(),
                 started.elapsed().as_secs_f64(),
@@ -776,7 +796,16 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     let dir = dir_or_temp(data);
                     let store = bench::store(&dir, in_memory).await?;
                     let duration = Duration::from_secs(seconds);
-                    bench::uniform(store, pools, clients, duration, seed, trace.as_deref()).await?
+                    bench::uniform(
+                        store,
+                        !in_memory,
+                        pools,
+                        clients,
+                        duration,
+                        seed,
+                        trace.as_deref(),
+                    )
+                    .await?
                 }
                 BenchScenario::HotPool {
                     seats,
@@ -790,7 +819,16 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     let dir = dir_or_temp(data);
                     let store = bench::store(&dir, in_memory).await?;
                     let duration = Duration::from_secs(seconds);
-                    bench::hot_pool(store, seats, clients, duration, seed, trace.as_deref()).await?
+                    bench::hot_pool(
+                        store,
+                        !in_memory,
+                        seats,
+                        clients,
+                        duration,
+                        seed,
+                        trace.as_deref(),
+                    )
+                    .await?
                 }
                 BenchScenario::Http {
                     pools,
@@ -836,41 +874,41 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                         1,
                     )
                     .await?;
-                    println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    out!("{}", serde_json::to_string(&result).unwrap_or_default());
                     return Ok(ExitCode::SUCCESS);
                 }
                 BenchScenario::Replay { events, data } => {
                     let dir = dir_or_temp(data);
                     let result = bench::replay(&dir, events).await?;
-                    println!("{result}");
-                    println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    out!("{result}");
+                    out!("{}", serde_json::to_string(&result).unwrap_or_default());
                     return Ok(ExitCode::SUCCESS);
                 }
                 BenchScenario::Startup { events, data, runs } => {
                     let dir = dir_or_temp(data);
                     let result = bench::startup(&dir, events, runs).await?;
-                    println!("{result}");
-                    println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    out!("{result}");
+                    out!("{}", serde_json::to_string(&result).unwrap_or_default());
                     return Ok(ExitCode::SUCCESS);
                 }
                 BenchScenario::Memory { count, data } => {
                     let dir = dir_or_temp(data);
                     let store = bench::store(&dir, false).await?;
                     let result = bench::memory(store, count).await?;
-                    println!("{result}");
-                    println!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    out!("{result}");
+                    out!("{}", serde_json::to_string(&result).unwrap_or_default());
                     return Ok(ExitCode::SUCCESS);
                 }
             };
-            println!("{result}");
-            println!("{}", serde_json::to_string(&result).unwrap_or_default());
+            out!("{result}");
+            out!("{}", serde_json::to_string(&result).unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
         Command::Actor { command } => match command {
             ActorCommand::Keygen { actor, role, out } => {
                 let (file, key) = KeyFile::generate(&actor, parse_role(&role)?);
                 file.write_new(&out).map_err(|e| e.to_string())?;
-                println!("{}", hex::encode(key.verifying_key().to_bytes()));
+                out!("{}", hex::encode(key.verifying_key().to_bytes()));
                 eprintln!("wrote {} (mode 0600)", out.display());
                 Ok(ExitCode::SUCCESS)
             }
