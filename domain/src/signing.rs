@@ -232,6 +232,38 @@ mod tests {
             b"allot-params-v1\nparam.capacity:2:10\nparam.closes_at:0:\n\
               param.idempotency_window_ms:1:0\nparam.units:4:a\x1fbc\n"
         );
+        for (action, params) in [
+            (
+                Action::AdjustCapacity { capacity: 0 },
+                &b"param.capacity:1:0\n"[..],
+            ),
+            (Action::ClosePool, b""),
+            (
+                Action::CancelReservation {
+                    reservation: u64::MAX,
+                },
+                b"param.reservation:20:18446744073709551615\n",
+            ),
+            (
+                Action::ExpireReservation { reservation: 12 },
+                b"param.reservation:2:12\n",
+            ),
+            (
+                Action::DeclarePool {
+                    capacity: 3,
+                    closes_at: Some(Timestamp(1_700_000_000_000)),
+                    units: vec![],
+                    idempotency_window_ms: 60_000,
+                },
+                b"param.capacity:1:3\nparam.closes_at:13:1700000000000\n\
+                  param.idempotency_window_ms:5:60000\nparam.units:0:\n",
+            ),
+        ] {
+            assert_eq!(
+                params_bytes(&action),
+                [PARAMS_PREFIX.as_bytes(), params].concat()
+            );
+        }
         let signed = signing_bytes(
             &Action::ConfirmReservation { reservation: 7 },
             "p:7",

@@ -171,7 +171,7 @@ pub async fn run(
     if !declared.is_success() {
         return Err(DemoError::Setup(format!("declare: {}", declared.body)));
     }
-    println!(
+    crate::out!(
         "course {pool}: {} seats, add/drop cutoff in {:.1} s, {} students racing",
         options.seats,
         options.cutoff_ms as f64 / 1000.0,

@@ -17,6 +17,7 @@ pub mod inspect;
 pub mod ledger;
 pub mod metrics;
 pub mod openapi;
+pub mod output;
 pub mod server;
 pub mod store;
 pub mod sweeper;

@@ -1,6 +1,5 @@
 //! The `allot` binary: the service, its client, the demo, and the auditor's tools.
 
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,7 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allot_domain::{Action, ActorId, PoolId, ReservationId, Role, Timestamp};
-use allot_infra::bench;
 use allot_infra::client::{Answer, Client};
 use allot_infra::clock::{Clock, SystemClock};
 use allot_infra::demo::{self, DemoOptions};
@@ -16,22 +14,9 @@ use allot_infra::identity::KeyFile;
 use allot_infra::inspect;
 use allot_infra::server::{ServeOptions, Service};
 use allot_infra::store::{self, EventStore};
+use allot_infra::{bench, out, output};
 use allot_projections::Projections;
 use clap::{Parser, Subcommand};
-
-/// Writes a line of a command's output to stdout. A closed stdout (`allot bench … | head -1`)
-/// ends the process quietly, as Unix tools do, instead of a panic with a backtrace.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        if let Err(error) = writeln!(std::io::stdout(), $($arg)*) {
-            if error.kind() == std::io::ErrorKind::BrokenPipe {
-                std::process::exit(0);
-            }
-            eprintln!("error: cannot write to stdout: {error}");
-            std::process::exit(1);
-        }
-    }};
-}
 
 /// mimalloc instead of glibc malloc: the command path allocates and frees small objects across
 /// threads, where glibc's free-list consolidation cost a fifth of the CPU (see BENCHMARKS.md).
@@ -483,11 +468,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             .await
             .map_err(|e| e.to_string())?;
             // The service goes on even if nobody reads this line.
-            let _ = writeln!(
-                std::io::stdout(),
-                "allot serving on http://{}",
-                service.addr
-            );
+            out!("allot serving on http://{}", service.addr);
             wait_for_shutdown_signal().await;
             eprintln!("shutting down: draining in-flight commands");
             service.shutdown().await.map_err(|e| e.to_string())?;
@@ -968,6 +949,8 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(run(Cli::parse())) {
+        // Output that could not be written (other than to a reader that left) is a failure.
+        Ok(_) if output::failed() => ExitCode::FAILURE,
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error}");

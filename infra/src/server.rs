@@ -172,7 +172,7 @@ impl Service {
                 .map_err(|error| ServeError::Load(LoadError::Store(error)))?;
         }
         if bootstrap_actors(&ledger, &options.keys_dir).await? {
-            println!(
+            crate::out!(
                 "first start: created keys {} (admin) and {} (sweeper), mode 0600",
                 key_path(&options.keys_dir, FIRST_ADMIN).display(),
                 key_path(&options.keys_dir, FIRST_SWEEPER).display()
