@@ -482,6 +482,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             seed,
         } => {
             let temp;
+            let kept = data.is_some();
             let dir = match data {
                 Some(dir) => dir,
                 None => {
@@ -503,7 +504,14 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
             .await
             .map_err(|e| e.to_string())?;
             out!("{report}");
-            out!("log: {}", dir.display());
+            if kept {
+                out!("log: {}", dir.display());
+            } else {
+                out!(
+                    "log: {} (removed on exit; `--data DIR` keeps it for `allot audit`)",
+                    dir.display()
+                );
+            }
             if report.oversold == 0 && report.incoherent_pools == 0 && report.audit_violations == 0
             {
                 Ok(ExitCode::SUCCESS)
