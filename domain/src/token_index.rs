@@ -223,22 +223,15 @@ impl<V> TokenIndex<V> {
             .back()
             .is_none_or(|chunk| chunk.slots.len() == SLOTS_PER_CHUNK)
         {
-            // Grows to SLOTS_PER_CHUNK as records arrive: a pool with few tokens keeps a
-            // small chunk.
+            // Slots grow to SLOTS_PER_CHUNK as records arrive (a pool with few tokens keeps a
+            // small chunk); the keys get the room the previous chunk's took, in one allocation.
+            let keys = self.chunks.back().map_or(0, |full| full.keys.len());
             self.chunks.push_back(Chunk {
                 slots: Vec::new(),
-                keys: Vec::new(),
+                keys: Vec::with_capacity(keys),
             });
         }
-        let previous_keys = match self.chunks.len() {
-            0 | 1 => 0,
-            n => self.chunks.get(n - 2).map_or(0, |chunk| chunk.keys.len()),
-        };
         if let Some(chunk) = self.chunks.back_mut() {
-            if chunk.keys.is_empty() {
-                // As much room as the previous chunk's keys took: one allocation, no regrowing.
-                chunk.keys.reserve(previous_keys);
-            }
             let key_start = chunk.keys.len();
             push_key(&mut chunk.keys, actor, token);
             chunk.slots.push(Slot {

@@ -286,15 +286,14 @@ async fn run_clients(
 
 /// (a) `uniform`: many pools, each client reserves in a random pool then confirms or cancels.
 pub async fn uniform(
-    store: Arc<dyn EventStore>,
-    durable: bool,
+    store: BenchStore,
     pools: usize,
     clients: usize,
     duration: Duration,
     seed: u64,
     trace: Option<&Path>,
 ) -> Result<BenchResult, String> {
-    let ledger = open(store).await?;
+    let ledger = open(store.store.clone()).await?;
     let pool_ids: Vec<PoolId> = (0..pools).map(|i| PoolId::new(format!("u{i}"))).collect();
     for pool in &pool_ids {
         declare(&ledger, pool, 1_000_000_000, None).await?;
@@ -312,7 +311,7 @@ pub async fn uniform(
         oversold,
         format!(
             "{pools} pools, {clients} clients, {}, in-process",
-            durability(durable)
+            store.durability()
         ),
     ))
 }
@@ -320,15 +319,14 @@ pub async fn uniform(
 /// (b) `hot-pool`: one pool, many clients: a reserve storm until the cutoff, then each holder
 /// confirms or cancels and reserves again.
 pub async fn hot_pool(
-    store: Arc<dyn EventStore>,
-    durable: bool,
+    store: BenchStore,
     seats: u64,
     clients: usize,
     duration: Duration,
     seed: u64,
     trace: Option<&Path>,
 ) -> Result<BenchResult, String> {
-    let ledger = open(store).await?;
+    let ledger = open(store.store.clone()).await?;
     let pool = PoolId::new("hot");
     let cutoff = Timestamp(SystemClock.now().0 + duration.as_millis() as u64);
     declare(&ledger, &pool, seats, Some(cutoff)).await?;
@@ -347,7 +345,7 @@ pub async fn hot_pool(
         oversold + incoherent,
         format!(
             "{seats} seats, {clients} clients, {}; confirmed {}, capacity {}, allocated {}",
-            durability(durable),
+            store.durability(),
             count.confirmed,
             count.capacity,
             count.allocated
@@ -355,20 +353,33 @@ pub async fn hot_pool(
     ))
 }
 
-/// How a result's notes name its store.
-fn durability(durable: bool) -> &'static str {
-    if durable { "durable" } else { "in memory" }
+/// The store a scenario runs on, and whether it is durable (results say which).
+pub struct BenchStore {
+    pub store: Arc<dyn EventStore>,
+    pub durable: bool,
+}
+
+impl BenchStore {
+    /// How a result's notes name the store.
+    fn durability(&self) -> &'static str {
+        if self.durable { "durable" } else { "in memory" }
+    }
 }
 
 /// Opens a fresh embedded store in `dir`, or the in-memory store.
-pub async fn store(dir: &Path, in_memory: bool) -> Result<Arc<dyn EventStore>, String> {
-    if in_memory {
-        return Ok(Arc::new(crate::store::memory::MemoryStore::new()));
-    }
-    crate::store::embedded::EmbeddedStore::open(dir)
-        .await
-        .map(|store| Arc::new(store) as Arc<dyn EventStore>)
-        .map_err(|e| e.to_string())
+pub async fn store(dir: &Path, in_memory: bool) -> Result<BenchStore, String> {
+    let store: Arc<dyn EventStore> = if in_memory {
+        Arc::new(crate::store::memory::MemoryStore::new())
+    } else {
+        crate::store::embedded::EmbeddedStore::open(dir)
+            .await
+            .map(Arc::new)
+            .map_err(|e| e.to_string())?
+    };
+    Ok(BenchStore {
+        store,
+        durable: !in_memory,
+    })
 }
 
 /// Resident set size of this process, in bytes (Linux).
@@ -1349,7 +1360,7 @@ pub async fn http(
     use crate::identity::KeyFile;
     use crate::server::{FIRST_ADMIN, ServeOptions, Service, key_path};
 
-    let store = store(dir, false).await?;
+    let store = store(dir, false).await?.store;
     let keys = dir.join("keys");
     let service = Service::start(
         Arc::clone(&store),

@@ -785,16 +785,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     let dir = dir_or_temp(data);
                     let store = bench::store(&dir, in_memory).await?;
                     let duration = Duration::from_secs(seconds);
-                    bench::uniform(
-                        store,
-                        !in_memory,
-                        pools,
-                        clients,
-                        duration,
-                        seed,
-                        trace.as_deref(),
-                    )
-                    .await?
+                    bench::uniform(store, pools, clients, duration, seed, trace.as_deref()).await?
                 }
                 BenchScenario::HotPool {
                     seats,
@@ -808,16 +799,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                     let dir = dir_or_temp(data);
                     let store = bench::store(&dir, in_memory).await?;
                     let duration = Duration::from_secs(seconds);
-                    bench::hot_pool(
-                        store,
-                        !in_memory,
-                        seats,
-                        clients,
-                        duration,
-                        seed,
-                        trace.as_deref(),
-                    )
-                    .await?
+                    bench::hot_pool(store, seats, clients, duration, seed, trace.as_deref()).await?
                 }
                 BenchScenario::Http {
                     pools,
@@ -883,7 +865,7 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 BenchScenario::Memory { count, data } => {
                     let dir = dir_or_temp(data);
                     let store = bench::store(&dir, false).await?;
-                    let result = bench::memory(store, count).await?;
+                    let result = bench::memory(store.store, count).await?;
                     out!("{result}");
                     out!("{}", serde_json::to_string(&result).unwrap_or_default());
                     return Ok(ExitCode::SUCCESS);

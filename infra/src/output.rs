@@ -12,10 +12,10 @@ static FAILED: AtomicBool = AtomicBool::new(false);
 /// Writes one line to stdout; see the module doc for what happens when that fails.
 pub fn line(text: std::fmt::Arguments<'_>) {
     let mut stdout = std::io::stdout().lock();
+    // Stdout is line-buffered: the newline writes the line out (and reports its failure).
     let written = stdout
         .write_fmt(text)
-        .and_then(|()| stdout.write_all(b"\n"))
-        .and_then(|()| stdout.flush());
+        .and_then(|()| stdout.write_all(b"\n"));
     if let Err(error) = written
         && error.kind() != ErrorKind::BrokenPipe
         && !FAILED.swap(true, Ordering::Relaxed)
