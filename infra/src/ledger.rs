@@ -111,6 +111,15 @@ struct Job {
     reply: oneshot::Sender<Answer>,
 }
 
+/// Where a submitted job went (returned by value, as `try_send` does).
+enum Enqueued {
+    Queued,
+    Full(Job),
+    /// The queue's task retired; the sender identifies the queue to take out of the map.
+    Closed(Job, mpsc::Sender<Job>),
+    ShuttingDown,
+}
+
 /// A pool task's queue, closed and taken out of the ledger's map however the task ends (a panic
 /// included). Closing drops the jobs still queued, so their submitters hear that nothing was
 /// decided; and with the map's sender gone, a job pushed by a submitter that took its permit
@@ -331,34 +340,26 @@ impl Ledger {
         command.validate().map_err(SubmitError::Rejected)?;
         let mut command = command;
         loop {
-            let Some(sender) = self.pool_sender(&command.pool) else {
-                return Err(SubmitError::ShuttingDown);
-            };
             let (reply, answer) = oneshot::channel();
-            match sender.try_send(Job { command, reply }) {
-                Ok(()) => {
-                    // Not held while waiting: a job that reached a queue nobody drains any more
-                    // is dropped with the channel once its last sender goes, and comes back here
-                    // unanswered instead of waiting forever.
-                    drop(sender);
-                    match answer.await {
-                        Ok(Answer::Decided(result)) => return result,
-                        Ok(Answer::Resubmit(returned)) => command = returned,
-                        Err(_) if !self.shared.accepting.load(Ordering::SeqCst) => {
-                            return Err(SubmitError::ShuttingDown);
-                        }
-                        // Nothing was decided for it; the same token may be retried.
-                        Err(_) => {
-                            return Err(SubmitError::Recording(
-                                "the pool's task stopped before deciding this command".to_owned(),
-                            ));
-                        }
+            match self.enqueue(Job { command, reply }) {
+                Enqueued::Queued => match answer.await {
+                    Ok(Answer::Decided(result)) => return result,
+                    Ok(Answer::Resubmit(returned)) => command = returned,
+                    Err(_) if !self.shared.accepting.load(Ordering::SeqCst) => {
+                        return Err(SubmitError::ShuttingDown);
                     }
-                }
-                Err(mpsc::error::TrySendError::Full(job)) => {
+                    // Nothing was decided for it; the same token may be retried.
+                    Err(_) => {
+                        return Err(SubmitError::Recording(
+                            "the pool's task stopped before deciding this command".to_owned(),
+                        ));
+                    }
+                },
+                Enqueued::ShuttingDown => return Err(SubmitError::ShuttingDown),
+                Enqueued::Full(job) => {
                     return Err(SubmitError::Overloaded(job.command.pool.to_string()));
                 }
-                Err(mpsc::error::TrySendError::Closed(job)) => {
+                Enqueued::Closed(job, sender) => {
                     // The pool task retired (its pool was never declared); start a new one.
                     self.shared
                         .pools
@@ -369,13 +370,30 @@ impl Ledger {
         }
     }
 
+    /// Queues `job` for its pool's task, starting one if the pool has none. The queue's sender
+    /// is used where the map holds it, not cloned (two shared counters per command), and
+    /// nothing of it is held afterwards: a job that reached a queue nobody drains any more is
+    /// dropped with the channel once its last sender goes, and comes back to its submitter
+    /// unanswered instead of waiting forever.
+    fn enqueue(&self, job: Job) -> Enqueued {
+        let send = |sender: &mpsc::Sender<Job>, job| match sender.try_send(job) {
+            Ok(()) => Enqueued::Queued,
+            Err(mpsc::error::TrySendError::Full(job)) => Enqueued::Full(job),
+            Err(mpsc::error::TrySendError::Closed(job)) => Enqueued::Closed(job, sender.clone()),
+        };
+        if let Some(sender) = self.shared.pools.get(&job.command.pool) {
+            return send(&sender, job);
+        }
+        match self.pool_sender(&job.command.pool) {
+            Some(sender) => send(&sender, job),
+            None => Enqueued::ShuttingDown,
+        }
+    }
+
     /// The queue of `pool`'s task, starting one if it has none; `None` once closing, so no task
     /// starts beside one that `close` is draining (two writers to one stream would let a
     /// pipelined append land on the other's events).
     fn pool_sender(&self, pool: &PoolId) -> Option<mpsc::Sender<Job>> {
-        if let Some(sender) = self.shared.pools.get(pool) {
-            return Some(sender.clone());
-        }
         let entry = self.shared.pools.entry(pool.clone());
         // Checked under the map's lock: `close` stops accepting before it clears the map.
         if !self.shared.accepting.load(Ordering::SeqCst) {
