@@ -1,20 +1,25 @@
-//! The command path: one task per pool serializes that pool's commands, decides a batch of them
-//! back to back against the aggregate, and appends the batch (one event per command) with the
-//! pool's expected version. Replies are sent only after the append is durable, so nothing is
-//! acknowledged that could be lost. On a version conflict (another instance wrote) the task
-//! reloads the stream and decides the batch again.
+//! The command path: pools are spread over a few shard tasks; each shard serializes its pools'
+//! commands in waves. A wave takes what is queued, decides each pool's commands back to back
+//! against that pool's aggregate, and hands the wave's appends (one per pool with events, with
+//! the pool's expected version) to the store together. Replies are sent only after the append
+//! is durable, so nothing is acknowledged that could be lost. The next wave is decided only
+//! once the last one settled, so a pool's state is always exactly what its stream holds.
 //!
-//! Where the store decides appends in submission order and nobody else writes, the task keeps
-//! up to [`PIPELINE_BATCHES_MAX`] batches in flight: while one is being made durable it decides
-//! the next on the already evolved state and submits it with the version after it. Batches are
-//! answered in decision order, each only once its own append (and every earlier one) is
-//! durable. If an append fails, no batch behind it is answered from its decision: the task
-//! waits for their appends to settle, reloads the pool, then decides them again (conflict) or
-//! fails them (store failure; tokens that landed replay on retry).
+//! On a version conflict (another instance wrote) the pool is reloaded and its commands decided
+//! again, one append at a time; on any other store failure the pool's commands fail and the
+//! pool is reloaded before its next command (tokens whose events landed replay on retry).
+//! Other pools of the wave are not affected by either.
+//!
+//! Why shards and not a task per pool: with many quiet pools (one command per pool per wave)
+//! every command paid a pool task's wakes and its own store request and answer; a wave pays
+//! them once for all its pools (BENCHMARKS.md, stop 15: +40 % commands per second on 1,000
+//! pools). The cost: pools of one shard share its queue ([`SHARD_QUEUE_MAX`]) and wait for each
+//! other's loads.
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::BuildHasher;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -22,8 +27,8 @@ use allot_domain::{
     ActorEvent, Command, Decision, Event, Outcome, Pool, PoolId, Rejection, codec, decide, evolve,
 };
 use allot_projections::Projections;
-use dashmap::DashMap;
-use tokio::sync::{Mutex, Notify, mpsc, oneshot};
+use futures::FutureExt as _;
+use tokio::sync::{Mutex, Notify, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 
 use crate::clock::Clock;
@@ -31,25 +36,24 @@ use crate::identity::ActorDirectory;
 use crate::metrics::Metrics;
 use crate::store::{
     AppendOutcome, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
+    WaveAppend,
 };
 
-/// Commands decided back to back into one append.
-pub const BATCH_COMMANDS_MAX: usize = 1024;
-/// Batches of one pool whose appends may be in flight at once, each decided on the state the
-/// ones before it leave and answered in order once durable. Bounds what a failed append takes
-/// with it.
-pub const PIPELINE_BATCHES_MAX: usize = 4;
-/// A pool task that just decided a batch of at least this many commands yields once before
-/// collecting the next, if fewer than half as many are queued.
-pub const LINGER_BATCH_MIN: usize = 8;
-/// Commands queued per pool before new ones are refused as overloaded.
-pub const POOL_QUEUE_MAX: usize = 8192;
-/// Times a batch is decided again after version conflicts before giving up.
+/// Commands one wave of a shard takes (so one pool's append carries at most this many events).
+pub const WAVE_COMMANDS_MAX: usize = 1024;
+/// Commands queued per shard before new ones are refused as overloaded.
+pub const SHARD_QUEUE_MAX: usize = 16 * 1024;
+/// Times a pool's commands are decided again after version conflicts before giving up.
 pub const CONFLICT_RETRIES_MAX: usize = 16;
 /// Events read per page when loading a stream.
 pub const READ_PAGE_EVENTS: usize = 4096;
 /// Name of the stream holding actor registrations.
 pub const ACTORS_STREAM: &str = "actors";
+
+/// Shard tasks: one per core the runtime may use; more only split waves into smaller ones.
+fn shard_count() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
 
 /// The store stream of a pool.
 pub fn pool_stream(pool: &PoolId) -> String {
@@ -108,52 +112,7 @@ pub enum LoadError {
 
 struct Job {
     command: Command,
-    reply: oneshot::Sender<Answer>,
-}
-
-/// Where a submitted job went (returned by value, as `try_send` does).
-enum Enqueued {
-    Queued,
-    Full(Job),
-    /// The queue's task retired; the sender identifies the queue to take out of the map.
-    Closed(Job, mpsc::Sender<Job>),
-    ShuttingDown,
-}
-
-/// A pool task's queue, closed and taken out of the ledger's map however the task ends (a panic
-/// included). Closing drops the jobs still queued, so their submitters hear that nothing was
-/// decided; and with the map's sender gone, a job pushed by a submitter that took its permit
-/// just before the close is dropped as soon as that submitter lets go of its sender, instead of
-/// waiting for the next command to the pool to find the queue closed.
-struct PoolQueue {
-    shared: Arc<Shared>,
-    pool: PoolId,
-    jobs: mpsc::Receiver<Job>,
-}
-
-impl PoolQueue {
-    /// Takes no more commands and leaves the map, so the pool's next command starts a new task.
-    fn close(&mut self) {
-        self.jobs.close();
-        // A successor task (started once this queue was out of the map) has an open queue.
-        self.shared
-            .pools
-            .remove_if(&self.pool, |_, tx| tx.is_closed());
-    }
-}
-
-impl Drop for PoolQueue {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-/// What a pool task tells a submitter.
-enum Answer {
-    Decided(Result<Reply, SubmitError>),
-    /// The task retired (its pool was never declared) before deciding this command: submit it
-    /// again, to a task that starts only once this one writes nothing more.
-    Resubmit(Command),
+    reply: oneshot::Sender<Result<Reply, SubmitError>>,
 }
 
 struct Shared {
@@ -162,13 +121,17 @@ struct Shared {
     projections: Arc<Projections>,
     actors: Arc<ActorDirectory>,
     metrics: Arc<Metrics>,
-    pools: DashMap<PoolId, mpsc::Sender<Job>, foldhash::fast::RandomState>,
+    /// The shards' queues; a pool's shard is fixed by its id's hash.
+    shards: Vec<mpsc::Sender<Job>>,
+    shard_of: foldhash::fast::FixedState,
+    /// Set on close: each shard takes no more commands, answers the queued ones, and ends.
+    closing: watch::Sender<bool>,
     /// Serializes appends to the `actors` stream (its version is the directory's).
     actor_appends: Mutex<()>,
     /// Woken after a hold is placed, so the sweeper can re-plan its next wake-up.
     holds_placed: Notify,
     accepting: AtomicBool,
-    /// Pool tasks, awaited on close so every queued command is answered first.
+    /// Shard tasks, awaited on close so every queued command is answered first.
     tasks: std::sync::Mutex<JoinSet<()>>,
     /// The task following a shared store, if any; aborted on close.
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -183,7 +146,7 @@ pub struct Ledger {
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
-            .field("pools", &self.shared.pools.len())
+            .field("shards", &self.shared.shards.len())
             .finish()
     }
 }
@@ -257,21 +220,45 @@ impl Ledger {
                 break;
             }
         }
-        Ok(Ledger {
+        let shard_count = shard_count();
+        let mut queues = Vec::with_capacity(shard_count);
+        let mut shards = Vec::with_capacity(shard_count);
+        for _ in 0..shard_count {
+            let (sender, queue) = mpsc::channel(SHARD_QUEUE_MAX);
+            shards.push(sender);
+            queues.push(queue);
+        }
+        let (closing, _) = watch::channel(false);
+        let ledger = Ledger {
             shared: Arc::new(Shared {
                 store,
                 clock,
                 projections,
                 actors,
                 metrics,
-                pools: DashMap::default(),
+                shards,
+                shard_of: foldhash::fast::FixedState::default(),
+                closing,
                 actor_appends: Mutex::new(()),
                 holds_placed: Notify::new(),
                 accepting: AtomicBool::new(true),
                 tasks: std::sync::Mutex::new(JoinSet::new()),
                 follower: std::sync::Mutex::new(None),
             }),
-        })
+        };
+        {
+            let mut tasks = ledger
+                .shared
+                .tasks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for queue in queues {
+                let shard = ledger.clone();
+                let closing = ledger.shared.closing.subscribe();
+                tasks.spawn(async move { shard.run_shard(queue, closing).await });
+            }
+        }
+        Ok(ledger)
     }
 
     pub fn projections(&self) -> &Arc<Projections> {
@@ -304,7 +291,7 @@ impl Ledger {
         self.shared.accepting.store(false, Ordering::SeqCst);
     }
 
-    /// Stops accepting commands, answers every queued one, and waits for the pool tasks to end
+    /// Stops accepting commands, answers every queued one, and waits for the shard tasks to end
     /// (they hold the store; after this the store can be closed).
     pub async fn close(&self) {
         self.stop_accepting();
@@ -317,8 +304,8 @@ impl Ledger {
         if let Some(follower) = follower {
             follower.abort();
         }
-        // Dropping the senders ends each pool task once its queue is empty.
-        self.shared.pools.clear();
+        // Each shard closes its queue, answers what is in it, and ends.
+        self.shared.closing.send_replace(true);
         let mut tasks = {
             let mut guard = self
                 .shared
@@ -336,86 +323,29 @@ impl Ledger {
         if !self.shared.accepting.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
-        // Malformed commands never reach (or spawn) a pool task.
+        // Malformed commands never reach a shard.
         command.validate().map_err(SubmitError::Rejected)?;
-        let mut command = command;
-        loop {
-            let (reply, answer) = oneshot::channel();
-            match self.enqueue(Job { command, reply }) {
-                Enqueued::Queued => match answer.await {
-                    Ok(Answer::Decided(result)) => return result,
-                    Ok(Answer::Resubmit(returned)) => command = returned,
-                    Err(_) if !self.shared.accepting.load(Ordering::SeqCst) => {
-                        return Err(SubmitError::ShuttingDown);
-                    }
-                    // Nothing was decided for it; the same token may be retried.
-                    Err(_) => {
-                        return Err(SubmitError::Recording(
-                            "the pool's task stopped before deciding this command".to_owned(),
-                        ));
-                    }
-                },
-                Enqueued::ShuttingDown => return Err(SubmitError::ShuttingDown),
-                Enqueued::Full(job) => {
-                    return Err(SubmitError::Overloaded(job.command.pool.to_string()));
-                }
-                Enqueued::Closed(job, sender) => {
-                    // The pool task retired (its pool was never declared); start a new one.
-                    self.shared
-                        .pools
-                        .remove_if(&job.command.pool, |_, tx| tx.same_channel(&sender));
-                    command = job.command;
-                }
+        let shards = &self.shared.shards;
+        let shard = self.shared.shard_of.hash_one(&command.pool) as usize % shards.len();
+        let (reply, answer) = oneshot::channel();
+        match shards[shard].try_send(Job { command, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                return Err(SubmitError::Overloaded(job.command.pool.to_string()));
             }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(SubmitError::ShuttingDown),
         }
-    }
-
-    /// Queues `job` for its pool's task, starting one if the pool has none. The queue's sender
-    /// is used where the map holds it, not cloned (two shared counters per command), and
-    /// nothing of it is held afterwards: a job that reached a queue nobody drains any more is
-    /// dropped with the channel once its last sender goes, and comes back to its submitter
-    /// unanswered instead of waiting forever.
-    fn enqueue(&self, job: Job) -> Enqueued {
-        let send = |sender: &mpsc::Sender<Job>, job| match sender.try_send(job) {
-            Ok(()) => Enqueued::Queued,
-            Err(mpsc::error::TrySendError::Full(job)) => Enqueued::Full(job),
-            Err(mpsc::error::TrySendError::Closed(job)) => Enqueued::Closed(job, sender.clone()),
-        };
-        if let Some(sender) = self.shared.pools.get(&job.command.pool) {
-            return send(&sender, job);
+        match answer.await {
+            Ok(result) => result,
+            Err(_) if !self.shared.accepting.load(Ordering::SeqCst) => {
+                Err(SubmitError::ShuttingDown)
+            }
+            // Nothing was decided for it (its wave failed unexpectedly); the same token may be
+            // retried.
+            Err(_) => Err(SubmitError::Recording(
+                "the pool's shard stopped before deciding this command".to_owned(),
+            )),
         }
-        match self.pool_sender(&job.command.pool) {
-            Some(sender) => send(&sender, job),
-            None => Enqueued::ShuttingDown,
-        }
-    }
-
-    /// The queue of `pool`'s task, starting one if it has none; `None` once closing, so no task
-    /// starts beside one that `close` is draining (two writers to one stream would let a
-    /// pipelined append land on the other's events).
-    fn pool_sender(&self, pool: &PoolId) -> Option<mpsc::Sender<Job>> {
-        let entry = self.shared.pools.entry(pool.clone());
-        // Checked under the map's lock: `close` stops accepting before it clears the map.
-        if !self.shared.accepting.load(Ordering::SeqCst) {
-            return None;
-        }
-        let sender = entry
-            .or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(POOL_QUEUE_MAX);
-                let ledger = self.clone();
-                let pool = pool.clone();
-                let mut tasks = self
-                    .shared
-                    .tasks
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-                // Reap retired tasks so their results do not pile up.
-                while tasks.try_join_next().is_some() {}
-                tasks.spawn(async move { ledger.run_pool(pool, rx).await });
-                tx
-            })
-            .clone();
-        Some(sender)
     }
 
     /// Follows the store from its current end so writes of other instances reach this one's
@@ -499,236 +429,161 @@ impl Ledger {
         }
     }
 
-    async fn run_pool(self, pool_id: PoolId, jobs: mpsc::Receiver<Job>) {
-        let mut queue = PoolQueue {
-            shared: self.shared.clone(),
-            pool: pool_id.clone(),
-            jobs,
-        };
-        let jobs = &mut queue.jobs;
-        let store = self.shared.store.clone();
-        let stream = pool_stream(&pool_id);
-        // Several appends of one pool may be in flight only where the store decides them in
-        // submission order and no other process writes in between.
-        let depth = if store.orders_appends_by_submission() && !store.shared_with_other_writers() {
-            PIPELINE_BATCHES_MAX
-        } else {
-            1
-        };
-        // Evolved through every decided batch, durable or in flight. `None` (reload before
-        // the next batch) only while nothing is in flight.
-        let mut state: Option<Pool> = None;
-        let mut in_flight: VecDeque<InFlight<'_>> = VecDeque::with_capacity(depth);
-        let mut open = true;
-        let mut retiring = false;
-        let mut previous_batch = 0usize;
+    /// A shard: waves of its queue until close, then the rest of the queue.
+    async fn run_shard(self, mut queue: mpsc::Receiver<Job>, mut closing: watch::Receiver<bool>) {
+        // The aggregates of the shard's pools, as their streams hold them. A pool is loaded
+        // at its first command and dropped after a failed append (reloaded at its next).
+        let mut pools: HashMap<PoolId, Pool, foldhash::fast::RandomState> = HashMap::default();
+        let mut closed = false;
         loop {
-            let first = if in_flight.is_empty() {
-                if !open {
-                    break;
-                }
-                match jobs.recv().await {
+            let first = tokio::select! {
+                biased;
+                job = queue.recv() => match job {
                     Some(job) => job,
                     None => break,
-                }
-            } else {
-                tokio::select! {
-                    biased;
-                    settled = std::future::poll_fn(|cx| poll_in_flight(&mut in_flight, cx)) => {
-                        self.settle(&pool_id, &stream, settled, &mut in_flight, &mut state)
-                            .await;
-                        continue;
-                    }
-                    job = jobs.recv(), if open && in_flight.len() < depth => match job {
-                        Some(job) => job,
-                        None => {
-                            open = false;
-                            continue;
-                        }
-                    },
+                },
+                // A closed queue still hands out what is in it, then ends.
+                _ = closing.wait_for(|closing| *closing), if !closed => {
+                    queue.close();
+                    closed = true;
+                    continue;
                 }
             };
-            // The callers the last big batch answered are on their way back; the first of them
-            // wakes this task at once. One yield lets the others queue their commands too, so
-            // they share a batch (and the next fdatasync) instead of waiting a whole cycle behind
-            // a batch of one.
-            if previous_batch >= LINGER_BATCH_MIN && jobs.len() < previous_batch / 2 {
-                tokio::task::yield_now().await;
-            }
-            let mut batch = Vec::with_capacity(16);
-            batch.push(first);
-            while batch.len() < BATCH_COMMANDS_MAX {
-                match jobs.try_recv() {
-                    Ok(job) => batch.push(job),
+            let mut wave = Vec::with_capacity(queue.len().min(WAVE_COMMANDS_MAX) + 1);
+            wave.push(first);
+            while wave.len() < WAVE_COMMANDS_MAX {
+                match queue.try_recv() {
+                    Ok(job) => wave.push(job),
                     Err(_) => break,
                 }
             }
-            if state.is_none() {
-                match self.load_pool(&pool_id).await {
-                    Ok(pool) => state = Some(pool),
+            // A panic is a bug: its commands are dropped unanswered (their submitters hear
+            // that nothing was decided), and every pool is reloaded before its next command.
+            let decided = AssertUnwindSafe(self.decide_wave(&mut pools, wave))
+                .catch_unwind()
+                .await;
+            if decided.is_err() {
+                tracing::error!("a wave panicked; reloading the shard's pools");
+                pools.clear();
+            }
+        }
+    }
+
+    /// Decides a wave pool by pool, appends it, and answers it once durable.
+    async fn decide_wave(
+        &self,
+        pools: &mut HashMap<PoolId, Pool, foldhash::fast::RandomState>,
+        wave: Vec<Job>,
+    ) {
+        // Each pool's commands in the order they came.
+        let mut batches: Vec<(PoolId, Vec<Job>)> = Vec::new();
+        let mut batch_of: HashMap<PoolId, usize, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(wave.len(), Default::default());
+        for job in wave {
+            match batch_of.entry(job.command.pool.clone()) {
+                Entry::Occupied(entry) => batches[*entry.get()].1.push(job),
+                Entry::Vacant(entry) => {
+                    entry.insert(batches.len());
+                    batches.push((job.command.pool.clone(), vec![job]));
+                }
+            }
+        }
+        let now = self.shared.clock.now();
+        let mut decided = Vec::with_capacity(batches.len());
+        let mut appends = Vec::with_capacity(batches.len());
+        for (pool_id, batch) in batches {
+            let pool = match pools.entry(pool_id.clone()) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => match self.load_pool(&pool_id).await {
+                    Ok(pool) => entry.insert(pool),
                     Err(error) => {
                         tracing::error!(pool = %pool_id, %error, "cannot load pool");
                         fail_all(batch, &SubmitError::Recording(error.to_string()));
                         continue;
                     }
-                }
-            }
-            previous_batch = batch.len();
-            let Some(pool) = state.as_mut() else { continue };
-            let decided = match decide_jobs(&pool_id, pool, batch, self.shared.clock.now()) {
-                Ok(decided) => decided,
-                Err(()) => {
-                    // The state took part of a refused batch: let the batches before it finish,
-                    // then reload.
-                    while !in_flight.is_empty() {
-                        let settled =
-                            std::future::poll_fn(|cx| poll_in_flight(&mut in_flight, cx)).await;
-                        self.settle(&pool_id, &stream, settled, &mut in_flight, &mut state)
-                            .await;
-                    }
-                    state = None;
-                    continue;
-                }
+                },
             };
-            let append = if decided.events.is_empty() {
-                Append::Nothing
-            } else {
-                let expected = expected_before(decided.base_version);
-                let proposed = propose(&decided.events);
-                self.shared
-                    .metrics
-                    .append_batch_events
-                    .observe(decided.events.len() as f64);
-                let mut future = store.append(&stream, expected, proposed);
-                // Polled once now, so the store sees this pool's appends in the order they were
-                // decided; later polls only wait for durability.
-                match futures::poll!(future.as_mut()) {
-                    std::task::Poll::Ready(result) => Append::Done(result),
-                    std::task::Poll::Pending => Append::Pending(future),
-                }
+            let Ok(batch) = decide_jobs(&pool_id, pool, batch, now) else {
+                // Decide and evolve disagreed (a domain bug); the batch was failed.
+                pools.remove(&pool_id);
+                continue;
             };
-            in_flight.push_back(InFlight { decided, append });
-            // A pool that was never declared keeps no task: take no more commands, settle what
-            // is in flight, then retire.
-            if !retiring && state.as_ref().is_some_and(|pool| !pool.is_declared()) {
-                retiring = true;
-                open = false;
+            if !pool.is_declared() {
+                // Commands to a pool nobody declared keep nothing in memory.
+                pools.remove(&pool_id);
             }
+            if batch.events.is_empty() {
+                send_replies(batch.jobs, batch.replies);
+                continue;
+            }
+            self.shared
+                .metrics
+                .append_batch_events
+                .observe(batch.events.len() as f64);
+            appends.push(WaveAppend {
+                stream: pool_stream(&pool_id),
+                expected: expected_before(batch.base_version),
+                events: propose(&batch.events),
+            });
+            decided.push((pool_id, batch));
         }
-        if retiring {
-            // Nothing of this task is in flight any more. Close the queue first, so the next
-            // task for this pool starts only after this one has written its last event; commands
-            // still queued go back to their submitters, who send them to that task.
-            queue.close();
-            // `recv` after `close` ends only once every permit has come back, so a job pushed
-            // by a submitter that took its permit before the close is resubmitted too
-            // (`try_recv` would stop at it).
-            while let Some(job) = queue.jobs.recv().await {
-                let _ = job.reply.send(Answer::Resubmit(job.command));
+        if appends.is_empty() {
+            return;
+        }
+        let results = self.shared.store.append_wave(appends).await;
+        for ((pool_id, batch), result) in decided.into_iter().zip(results) {
+            match result {
+                Ok(appended) => self.record_appended(&pool_id, batch, appended).await,
+                Err(error) => {
+                    // The pool's state took this batch: reload before its next command.
+                    pools.remove(&pool_id);
+                    self.append_failed(&pool_id, batch, error, pools).await;
+                }
             }
         }
     }
 
-    /// Answers the oldest batch once its append settled. A failed append takes every later
-    /// batch of the pool with it, since they were decided on top of it.
-    async fn settle<'a>(
+    /// After a pool's append of a wave failed: on a version conflict (another instance wrote)
+    /// reloads the pool and decides its commands again; otherwise fails them.
+    async fn append_failed(
         &self,
         pool_id: &PoolId,
-        stream: &str,
-        settled: Settled,
-        in_flight: &mut VecDeque<InFlight<'a>>,
-        state: &mut Option<Pool>,
-    ) {
-        match settled.result {
-            None => send_replies(settled.decided.jobs, settled.decided.replies),
-            Some(Ok(appended)) => {
-                self.record_appended(pool_id, settled.decided, appended)
-                    .await
-            }
-            Some(Err(error)) => {
-                self.recover(pool_id, stream, settled.decided, error, in_flight, state)
-                    .await
-            }
-        }
-    }
-
-    /// After the append of `failed` failed: waits for the appends in flight behind it (so the
-    /// reload sees everything that landed), answers none of their decisions, and reloads. On a
-    /// version conflict every batch is decided again on the reloaded pool, in order; on any
-    /// other failure all of them fail (their tokens replay if something landed after all).
-    async fn recover<'a>(
-        &self,
-        pool_id: &PoolId,
-        stream: &str,
-        failed: Decided,
+        batch: Decided,
         error: StoreError,
-        in_flight: &mut VecDeque<InFlight<'a>>,
-        state: &mut Option<Pool>,
+        pools: &mut HashMap<PoolId, Pool, foldhash::fast::RandomState>,
     ) {
-        let mut later = Vec::with_capacity(in_flight.len());
-        let mut later_maybe_written = false;
-        while let Some(next) = in_flight.pop_front() {
-            let result = match next.append {
-                Append::Nothing => None,
-                Append::Pending(future) => Some(future.await),
-                Append::Done(result) => Some(result),
-            };
-            later_maybe_written |= result.as_ref().is_some_and(maybe_written);
-            later.push(next.decided.jobs);
-        }
-        *state = None;
-        self.shared
-            .metrics
-            .pipeline_redone_batches
-            .inc_by(later.len() as u64);
         if let StoreError::WrongExpectedVersion { .. } = error {
             self.shared.metrics.version_conflicts.inc();
             tracing::debug!(pool = %pool_id, "version conflict; reloading");
             let mut pool = match self.load_pool(pool_id).await {
                 Ok(pool) => pool,
                 Err(error) => {
-                    let error = SubmitError::Recording(error.to_string());
-                    fail_all(failed.jobs, &error);
-                    for jobs in later {
-                        fail_all(jobs, &error);
-                    }
+                    fail_all(batch.jobs, &SubmitError::Recording(error.to_string()));
                     return;
                 }
             };
             // Events another writer appended must reach the projections too.
             self.catch_up_projections(pool_id).await;
-            let mut healthy = true;
-            for jobs in std::iter::once(failed.jobs).chain(later) {
-                if healthy {
-                    healthy = self.decide_batch(pool_id, stream, &mut pool, jobs, 2).await;
-                } else {
-                    fail_all(
-                        jobs,
-                        &SubmitError::Recording(
-                            "an earlier batch of this pool failed; retry".to_owned(),
-                        ),
-                    );
-                }
-            }
-            if healthy {
-                *state = Some(pool);
+            let stream = pool_stream(pool_id);
+            if self
+                .decide_batch(pool_id, &stream, &mut pool, batch.jobs, 2)
+                .await
+                && pool.is_declared()
+            {
+                pools.insert(pool_id.clone(), pool);
             }
             return;
         }
         tracing::warn!(pool = %pool_id, %error, "append failed");
-        let failed_maybe_written = matches!(
+        let landed = matches!(
             error,
             StoreError::Unavailable {
                 maybe_written: true,
                 ..
             }
         );
-        let reply = SubmitError::Recording(error.to_string());
-        fail_all(failed.jobs, &reply);
-        for jobs in later {
-            fail_all(jobs, &reply);
-        }
-        if failed_maybe_written || later_maybe_written {
+        fail_all(batch.jobs, &SubmitError::Recording(error.to_string()));
+        if landed {
             // Events that landed must reach the projections even though nobody was told; a
             // retry of their tokens replays them.
             self.catch_up_projections(pool_id).await;
@@ -974,61 +829,6 @@ struct Decided {
     base_version: u64,
 }
 
-type AppendFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<AppendOutcome, StoreError>> + Send + 'a>>;
-
-/// Where a decided batch's append stands.
-enum Append<'a> {
-    /// Nothing to write (replays, uncached rejections). Still answered in turn: a replay may
-    /// name an outcome whose append is in flight.
-    Nothing,
-    Pending(AppendFuture<'a>),
-    Done(Result<AppendOutcome, StoreError>),
-}
-
-/// A decided batch of one pool, in the order it was decided.
-struct InFlight<'a> {
-    decided: Decided,
-    append: Append<'a>,
-}
-
-/// The oldest batch, taken off once its append settled (`result` is `None` when it had none).
-struct Settled {
-    decided: Decided,
-    result: Option<Result<AppendOutcome, StoreError>>,
-}
-
-/// Polls every pending append, oldest first (so each keeps its place in the store's queue), and
-/// yields the oldest batch once it settled.
-fn poll_in_flight(
-    in_flight: &mut VecDeque<InFlight<'_>>,
-    cx: &mut std::task::Context<'_>,
-) -> std::task::Poll<Settled> {
-    for batch in in_flight.iter_mut() {
-        if let Append::Pending(future) = &mut batch.append
-            && let std::task::Poll::Ready(result) = future.as_mut().poll(cx)
-        {
-            batch.append = Append::Done(result);
-        }
-    }
-    if in_flight
-        .front()
-        .is_some_and(|front| matches!(front.append, Append::Pending(_)))
-    {
-        return std::task::Poll::Pending;
-    }
-    match in_flight.pop_front() {
-        Some(InFlight { decided, append }) => std::task::Poll::Ready(Settled {
-            decided,
-            result: match append {
-                Append::Done(result) => Some(result),
-                Append::Nothing | Append::Pending(_) => None,
-            },
-        }),
-        None => std::task::Poll::Pending,
-    }
-}
-
 /// Decides `batch` back to back against `pool`, evolving it. `Err` (every command answered
 /// with a recording failure) if decide and evolve disagree: a domain bug; the pool must be
 /// reloaded.
@@ -1089,25 +889,16 @@ fn propose(events: &[Event]) -> Vec<ProposedEvent> {
         .collect()
 }
 
-/// Whether a settled append may have landed.
-fn maybe_written(result: &Result<AppendOutcome, StoreError>) -> bool {
-    match result {
-        Ok(_) => true,
-        Err(StoreError::Unavailable { maybe_written, .. }) => *maybe_written,
-        Err(_) => false,
-    }
-}
-
 fn fail_all(batch: Vec<Job>, error: &SubmitError) {
     for job in batch {
-        let _ = job.reply.send(Answer::Decided(Err(error.clone())));
+        let _ = job.reply.send(Err(error.clone()));
     }
 }
 
 fn send_replies(batch: Vec<Job>, replies: Vec<Result<Reply, SubmitError>>) {
     for (job, reply) in batch.into_iter().zip(replies) {
         // The caller may have gone away (timeout, disconnect); the outcome is recorded anyway.
-        let _ = job.reply.send(Answer::Decided(reply));
+        let _ = job.reply.send(reply);
     }
 }
 
@@ -1143,13 +934,6 @@ mod tests {
         release: tokio::sync::oneshot::Receiver<()>,
     }
 
-    /// The next `read_stream` of one stream, held until released.
-    struct ReadHold {
-        stream: String,
-        arrived: tokio::sync::oneshot::Sender<()>,
-        release: tokio::sync::oneshot::Receiver<()>,
-    }
-
     /// An append the store has been handed and not yet answered: the versions its events would
     /// take (`None` for `ExpectedVersion::Any`).
     struct Flight {
@@ -1159,16 +943,11 @@ mod tests {
         next: Option<u64>,
     }
 
-    /// Run once by the next append that passes the closed gate, before it is written.
-    type PassHook = Box<dyn FnOnce() + Send>;
-
     /// The memory store, except that the next append after [`GatedStore::hold_next`] waits for
     /// a release and then ends as its [`Fate`] says; while the gate is closed
     /// ([`GatedStore::close_gate`]) every other append waits, in submission order, until
-    /// [`GatedStore::open_gate`] and is then written as usual; and the next read of a stream
-    /// named in [`GatedStore::hold_next_read`] waits for a release. Other calls pass straight
-    /// through. Like the embedded store, it decides appends in submission order, so the ledger
-    /// pipelines.
+    /// [`GatedStore::open_gate`] and is then written as usual. Other calls pass straight
+    /// through (a wave's appends run one by one, the default `append_wave`).
     ///
     /// It also watches the appends in flight: per stream, how many at once at most, and whether
     /// an append arrived that does not continue the one in flight before it (two writers of one
@@ -1177,9 +956,7 @@ mod tests {
         inner: MemoryStore,
         hold: StdMutex<Option<Hold>>,
         appends: std::sync::atomic::AtomicUsize,
-        read_hold: StdMutex<Option<ReadHold>>,
         line: StdMutex<Line>,
-        on_pass: StdMutex<Option<PassHook>>,
         flights: StdMutex<Vec<Flight>>,
         max_in_flight: StdMutex<std::collections::HashMap<String, usize>>,
         overlaps: StdMutex<Vec<String>>,
@@ -1245,9 +1022,7 @@ mod tests {
                 inner: MemoryStore::new(),
                 hold: StdMutex::new(None),
                 appends: std::sync::atomic::AtomicUsize::new(0),
-                read_hold: StdMutex::new(None),
                 line: StdMutex::new(Line::default()),
-                on_pass: StdMutex::new(None),
                 flights: StdMutex::new(Vec::new()),
                 max_in_flight: StdMutex::new(std::collections::HashMap::new()),
                 overlaps: StdMutex::new(Vec::new()),
@@ -1262,25 +1037,6 @@ mod tests {
                 release: wait,
             });
             release
-        }
-
-        /// Holds the next read of `stream`. Returns a receiver that resolves once that read
-        /// arrived, and the release.
-        fn hold_next_read(
-            &self,
-            stream: &str,
-        ) -> (
-            tokio::sync::oneshot::Receiver<()>,
-            tokio::sync::oneshot::Sender<()>,
-        ) {
-            let (arrived, arrival) = tokio::sync::oneshot::channel();
-            let (release, wait) = tokio::sync::oneshot::channel();
-            *self.read_hold.lock().unwrap() = Some(ReadHold {
-                stream: stream.to_owned(),
-                arrived,
-                release: wait,
-            });
-            (arrival, release)
         }
 
         /// Appends from now on wait (in submission order) until the gate opens.
@@ -1307,9 +1063,8 @@ mod tests {
         }
 
         /// Waits until `ticket` may be written: the gate lets it through and every earlier one
-        /// is done. Returns whether the gate held it.
-        async fn turn(&self, ticket: &Ticket<'_>) -> bool {
-            let mut held = false;
+        /// is done.
+        async fn turn(&self, ticket: &Ticket<'_>) {
             loop {
                 let changed = self.changed.notified();
                 tokio::pin!(changed);
@@ -1317,18 +1072,12 @@ mod tests {
                 {
                     let line = self.line.lock().unwrap();
                     let released = line.released.is_none_or(|upto| ticket.number < upto);
-                    held |= !released;
                     if released && line.frontier == ticket.number {
-                        return held;
+                        return;
                     }
                 }
                 changed.await;
             }
-        }
-
-        /// Runs `hook` when the next append passes the closed gate, before it is written.
-        fn on_next_pass(&self, hook: impl FnOnce() + Send + 'static) {
-            *self.on_pass.lock().unwrap() = Some(Box::new(hook));
         }
 
         fn appends(&self) -> usize {
@@ -1339,17 +1088,6 @@ mod tests {
         fn in_flight(&self, stream: &str) -> usize {
             let flights = self.flights.lock().unwrap();
             flights.iter().filter(|f| f.stream == stream).count()
-        }
-
-        /// The most appends of `stream` that were in flight at once.
-        fn max_in_flight(&self, stream: &str) -> usize {
-            let max = self.max_in_flight.lock().unwrap();
-            max.get(stream).copied().unwrap_or(0)
-        }
-
-        /// Appends that arrived while another writer's append of the same stream was in flight.
-        fn overlaps(&self) -> Vec<String> {
-            self.overlaps.lock().unwrap().clone()
         }
 
         /// Waits until `done` holds of the appends in flight (re-checked whenever they change).
@@ -1369,6 +1107,18 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(30), wait)
                 .await
                 .unwrap_or_else(|_| panic!("never reached: {what}"));
+        }
+
+        /// The most appends of `stream` in flight at once.
+        fn max_in_flight(&self, stream: &str) -> usize {
+            let max = self.max_in_flight.lock().unwrap();
+            max.get(stream).copied().unwrap_or(0)
+        }
+
+        /// Appends that arrived while another of their stream was in flight and do not continue
+        /// it: two writers of one stream at once.
+        fn overlaps(&self) -> Vec<String> {
+            self.overlaps.lock().unwrap().clone()
         }
 
         fn take_off(&self, stream: &str, expected: ExpectedVersion, count: usize) -> Landing<'_> {
@@ -1421,12 +1171,7 @@ mod tests {
                 // seeing it lets it pass ahead of the appends before it.
                 let ticket = self.ticket();
                 let _landing = self.take_off(stream, expected, events.len());
-                if self.turn(&ticket).await {
-                    let hook = self.on_pass.lock().unwrap().take();
-                    if let Some(hook) = hook {
-                        hook();
-                    }
-                }
+                self.turn(&ticket).await;
                 return self.inner.append(stream, expected, events).await;
             };
             let _landing = self.take_off(stream, expected, events.len());
@@ -1459,18 +1204,6 @@ mod tests {
             from_version: u64,
             max_count: usize,
         ) -> Result<Vec<RecordedEvent>, StoreError> {
-            let hold = {
-                let mut hold = self.read_hold.lock().unwrap();
-                if hold.as_ref().is_some_and(|hold| hold.stream == stream) {
-                    hold.take()
-                } else {
-                    None
-                }
-            };
-            if let Some(hold) = hold {
-                let _ = hold.arrived.send(());
-                let _ = hold.release.await;
-            }
             self.inner
                 .read_stream(stream, from_version, max_count)
                 .await
@@ -1543,118 +1276,10 @@ mod tests {
         (ledger, pool)
     }
 
-    /// Commands racing a pool's declaration: the task of the undeclared pool retires while
-    /// declarations and reserves queue behind it. Exactly one declaration wins, and the stream
-    /// stays one writer's (it loads, and allocated never passes the winner's capacity). A guard
-    /// of the outcome, not a reproduction: the two-task interleaving it guards against needs a
-    /// scheduling this test does not force (`a_retiring_pool_task_hands_queued_commands_to_one_next_task`
-    /// forces one).
+    /// A wave that panics (here: in the store) answers its commands as not decided, and its
+    /// shard goes on: the pool's next command is decided on the pool as the log holds it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn commands_racing_a_declaration_meet_one_pool_task() {
-        let store = Arc::new(MemoryStore::new());
-        let ledger = Ledger::open(
-            store,
-            Arc::new(ManualClock::new(START)),
-            Arc::new(Projections::new()),
-            Arc::new(Metrics::new()),
-        )
-        .await
-        .unwrap();
-        for round in 0..100 {
-            let pool = PoolId::new(format!("race{round}"));
-            let mut answers = Vec::new();
-            for i in 0..24 {
-                let command = match i {
-                    6 | 12 => command(
-                        &pool,
-                        "admin",
-                        &format!("declare-{i}"),
-                        Action::DeclarePool {
-                            capacity: if i == 6 { 1 } else { 10 },
-                            closes_at: None,
-                            units: vec![],
-                            idempotency_window_ms: 600_000,
-                        },
-                    ),
-                    _ => reserve(&pool, &format!("r{i}")),
-                };
-                let ledger = ledger.clone();
-                answers.push(tokio::spawn(async move { ledger.submit(command).await }));
-            }
-            let mut declared = 0;
-            for answer in answers {
-                if let Ok(Reply {
-                    outcome: Outcome::PoolDeclared { .. },
-                    ..
-                }) = answer.await.unwrap()
-                {
-                    declared += 1;
-                }
-            }
-            assert_eq!(declared, 1, "round {round}");
-            let loaded = ledger.load_pool(&pool).await.expect("the stream folds");
-            assert!(loaded.allocated() <= loaded.capacity(), "round {round}");
-        }
-        ledger.close().await;
-    }
-
-    /// Submits `a`, whose append the store holds with `fate`, then `b`, which the pool decides
-    /// on top of `a` and appends while `a` is still in flight; then releases `a`. Returns both
-    /// answers.
-    async fn two_pipelined(
-        store: &Arc<GatedStore>,
-        ledger: &Ledger,
-        a: Command,
-        b: Command,
-        fate: Fate,
-    ) -> (Result<Reply, SubmitError>, Result<Reply, SubmitError>) {
-        let release = store.hold_next(fate);
-        let before = store.appends();
-        let first = tokio::spawn({
-            let ledger = ledger.clone();
-            async move { ledger.submit(a).await }
-        });
-        let second = tokio::spawn({
-            let ledger = ledger.clone();
-            let store = store.clone();
-            async move {
-                while store.appends() < before + 1 {
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                ledger.submit(b).await
-            }
-        });
-        // The second batch reaches the store while the first is held: the pool pipelines.
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while store.appends() < before + 2 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        })
-        .await
-        .expect("the second batch was not appended while the first was in flight");
-        assert!(
-            !second.is_finished(),
-            "answered before the batch ahead settled"
-        );
-        release.send(()).unwrap();
-        (first.await.unwrap(), second.await.unwrap())
-    }
-
-    fn reserved_seq(reply: &Result<Reply, SubmitError>) -> u64 {
-        match reply {
-            Ok(Reply {
-                outcome: Outcome::Reserved { reservation, .. },
-                ..
-            }) => reservation.seq,
-            other => panic!("expected a reservation, got {other:?}"),
-        }
-    }
-
-    /// A pool task that panics leaves no queue in the ledger's map (a job that reached it as it
-    /// stopped would wait there for the next command to that pool); its command gets an answer,
-    /// and the pool's next command is decided by a new task.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_pool_task_that_panics_leaves_no_queue_behind() {
+    async fn a_wave_that_panics_answers_its_commands_and_the_shard_goes_on() {
         let store = Arc::new(GatedStore::new());
         let (ledger, pool) = ledger_with_pool(store.clone()).await;
         let release = store.hold_next(Fate::Panic);
@@ -1673,99 +1298,74 @@ mod tests {
             matches!(answer, Err(SubmitError::Recording(_))),
             "{answer:?}"
         );
-        let mut tasks = {
-            let mut guard = ledger.shared.tasks.lock().unwrap();
-            std::mem::take(&mut *guard)
-        };
-        let ended = tasks.join_next().await.expect("the pool's task");
-        assert!(ended.unwrap_err().is_panic());
-        assert!(
-            ledger.shared.pools.get(&pool).is_none(),
-            "the stopped task's queue is still in the map"
-        );
         let retried = ledger.submit(reserve(&pool, "a")).await.unwrap();
         assert!(!retried.replayed, "the panicked append wrote nothing");
         assert!(matches!(retried.outcome, Outcome::Reserved { .. }));
+        assert_eq!(store.inner.len(), 2);
         ledger.close().await;
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_append_fails_the_batch_pipelined_behind_it() {
+    /// One held append with `fate`, then the same token again.
+    async fn held_then_retried(
+        fate: Fate,
+    ) -> (
+        Arc<GatedStore>,
+        Ledger,
+        PoolId,
+        Result<Reply, SubmitError>,
+        Result<Reply, SubmitError>,
+    ) {
         let store = Arc::new(GatedStore::new());
         let (ledger, pool) = ledger_with_pool(store.clone()).await;
-        let (a, b) = two_pipelined(
-            &store,
-            &ledger,
-            reserve(&pool, "a"),
-            reserve(&pool, "b"),
-            Fate::NotWritten,
-        )
-        .await;
-        assert!(matches!(a, Err(SubmitError::Recording(_))), "{a:?}");
-        assert!(matches!(b, Err(SubmitError::Recording(_))), "{b:?}");
-        // Only the declaration is in the log, and the pool was reloaded from it.
-        assert_eq!(store.inner.len(), 1);
-        assert_eq!(ledger.metrics().pipeline_redone_batches.get(), 1);
-        let retried_b = ledger.submit(reserve(&pool, "b")).await;
-        let retried_a = ledger.submit(reserve(&pool, "a")).await;
-        assert!(!retried_b.as_ref().unwrap().replayed);
-        assert!(!retried_a.as_ref().unwrap().replayed);
-        assert_ne!(reserved_seq(&retried_a), reserved_seq(&retried_b));
+        let release = store.hold_next(fate);
+        let before = store.appends();
+        let first = tokio::spawn({
+            let ledger = ledger.clone();
+            let a = reserve(&pool, "a");
+            async move { ledger.submit(a).await }
+        });
+        store
+            .wait_until("the held append is in flight", |s| s.appends() > before)
+            .await;
+        release.send(()).unwrap();
+        let first = first.await.unwrap();
+        let retried = ledger.submit(reserve(&pool, "a")).await;
+        (store, ledger, pool, first, retried)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_append_fails_its_commands_and_the_pool_is_reloaded() {
+        let (store, ledger, pool, first, retried) = held_then_retried(Fate::NotWritten).await;
+        assert!(matches!(first, Err(SubmitError::Recording(_))), "{first:?}");
+        assert!(!retried.as_ref().unwrap().replayed, "nothing had landed");
+        assert_eq!(store.inner.len(), 2);
         let count = ledger.projections().counts.get(&pool).unwrap();
-        assert_eq!(count.allocated, 2);
-        assert_eq!(store.inner.len(), 3);
+        assert_eq!(count.allocated, 1);
         ledger.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_lost_ack_is_not_answered_for_the_batch_behind_it_and_retries_replay() {
-        let store = Arc::new(GatedStore::new());
-        let (ledger, pool) = ledger_with_pool(store.clone()).await;
-        let (a, b) = two_pipelined(
-            &store,
-            &ledger,
-            reserve(&pool, "a"),
-            reserve(&pool, "b"),
-            Fate::AckLost,
-        )
-        .await;
-        assert!(matches!(a, Err(SubmitError::Recording(_))), "{a:?}");
-        // Its append landed on top of the first, but it is answered only as the first is.
-        assert!(matches!(b, Err(SubmitError::Recording(_))), "{b:?}");
-        assert_eq!(store.inner.len(), 3);
-        // Both landed: retries replay the recorded outcomes, nothing is applied twice, and the
-        // projections caught up with events nobody was told about.
-        let retried_a = ledger.submit(reserve(&pool, "a")).await.unwrap();
-        let retried_b = ledger.submit(reserve(&pool, "b")).await.unwrap();
-        assert!(retried_a.replayed && retried_b.replayed);
-        assert_eq!(store.inner.len(), 3);
+    async fn a_lost_ack_fails_its_commands_and_a_retry_replays() {
+        let (store, ledger, pool, first, retried) = held_then_retried(Fate::AckLost).await;
+        assert!(matches!(first, Err(SubmitError::Recording(_))), "{first:?}");
+        let retried = retried.unwrap();
+        assert!(retried.replayed, "the landed outcome is answered again");
+        assert_eq!(store.inner.len(), 2);
+        // The landed event reached the projections though nobody was told of it.
         let count = ledger.projections().counts.get(&pool).unwrap();
-        assert_eq!(count.allocated, 2);
-        // The reloaded pool appends after both.
-        let c = ledger.submit(reserve(&pool, "c")).await.unwrap();
-        assert!(!c.replayed);
-        assert_eq!(store.inner.len(), 4);
+        assert_eq!(count.allocated, 1);
         ledger.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_conflict_decides_the_pipelined_batches_again_in_order() {
-        let store = Arc::new(GatedStore::new());
-        let (ledger, pool) = ledger_with_pool(store.clone()).await;
-        let (a, b) = two_pipelined(
-            &store,
-            &ledger,
-            reserve(&pool, "a"),
-            reserve(&pool, "b"),
-            Fate::Conflict,
-        )
-        .await;
-        let (a, b) = (reserved_seq(&a), reserved_seq(&b));
-        assert!(a < b, "decided again in their original order: {a} then {b}");
-        assert_eq!(store.inner.len(), 3);
+    async fn a_conflict_decides_the_commands_again_on_the_reloaded_pool() {
+        let (store, ledger, pool, first, retried) = held_then_retried(Fate::Conflict).await;
+        let first = first.unwrap();
+        assert!(!first.replayed);
+        assert!(retried.unwrap().replayed);
         assert_eq!(ledger.metrics().version_conflicts.get(), 1);
         let count = ledger.projections().counts.get(&pool).unwrap();
-        assert_eq!(count.allocated, 2);
+        assert_eq!(count.allocated, store.inner.len() as u64 - 1);
         ledger.close().await;
     }
 
@@ -1798,12 +1398,14 @@ mod tests {
         let first = first.await.unwrap();
         let retry = retry.await.unwrap();
         assert!(matches!(first, Err(SubmitError::Recording(_))), "{first:?}");
-        assert!(matches!(retry, Err(SubmitError::Recording(_))), "{retry:?}");
-        assert_eq!(store.inner.len(), 1);
+        // Decided after the failed append settled, on the reloaded pool: a new reservation.
+        assert!(!retry.unwrap().replayed);
+        assert_eq!(store.inner.len(), 2);
         ledger.close().await;
     }
 
-    type Submission = Pin<Box<dyn Future<Output = Result<Reply, SubmitError>> + Send>>;
+    type Submission =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, SubmitError>> + Send>>;
 
     /// Submits `command` and polls it once, so that when this returns the command is in its pool
     /// task's queue (or already answered). The rest of the submission is the returned future.
@@ -1829,27 +1431,6 @@ mod tests {
         .into_iter()
         .map(|joined| joined.unwrap())
         .collect()
-    }
-
-    async fn open_ledger(store: Arc<GatedStore>) -> Ledger {
-        Ledger::open(
-            store,
-            Arc::new(ManualClock::new(START)),
-            Arc::new(Projections::new()),
-            Arc::new(Metrics::new()),
-        )
-        .await
-        .unwrap()
-    }
-
-    fn declare(pool: &PoolId, token: &str, capacity: u64) -> Command {
-        let action = Action::DeclarePool {
-            capacity,
-            closes_at: None,
-            units: vec![],
-            idempotency_window_ms: 600_000,
-        };
-        command(pool, "admin", token, action)
     }
 
     /// Each answer against the pool's stream: an outcome answered (decided or replayed) is the
@@ -1898,326 +1479,12 @@ mod tests {
         }
     }
 
-    /// The deterministic form of the racing-declaration test. The read gate holds the first task
-    /// of an undeclared pool in `load_pool`, after it took its first batch (one reserve) and
-    /// before it knows the pool is undeclared; while it is held, declarations (capacity 1, then
-    /// 10) and reserves queue behind it, and the append gate closes. Released, the task finds
-    /// the pool undeclared and retires. Once some task's declaration is held at the store, a
-    /// second wave (a declaration of capacity 5 and reserves) is submitted, and the test waits
-    /// until a second append of the pool is in flight before opening the gate.
-    ///
-    /// What fails if a second task decides on the pool while the first still does: before the
-    /// fix, the retiring task removed its map entry, then decided the queued commands itself
-    /// (declaring with capacity 1, its append held here), so the second wave started another
-    /// task, which loaded the still empty stream and appended its own declaration expecting no
-    /// stream, beside the first task's: the store sees two appends of the stream in flight that
-    /// are not one chain, and `overlaps` is not empty. (With appends decided in order, the first
-    /// of them lands and the other conflicts, so in this interleaving the outcome assertions
-    /// below still hold; they are what a second writer's pipelined batch landing on the other's
-    /// events would break.) With the fix every command reaches one task at a time, so the
-    /// appends in flight always continue each other.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_retiring_pool_task_hands_queued_commands_to_one_next_task() {
-        let store = Arc::new(GatedStore::new());
-        let ledger = open_ledger(store.clone()).await;
-        for round in 0..20 {
-            let pool = PoolId::new(format!("race{round}"));
-            let stream = pool_stream(&pool);
-            let (arrived, release_read) = store.hold_next_read(&stream);
-            let first = enqueue(&ledger, reserve(&pool, "r0")).await;
-            arrived.await.unwrap();
-            // The pool's task took [r0] and is loading the pool: these queue behind it.
-            store.close_gate();
-            let mut sent = Vec::new();
-            let mut submissions = Vec::new();
-            for command in [
-                declare(&pool, "declare-1", 1),
-                reserve(&pool, "q1"),
-                reserve(&pool, "q2"),
-                declare(&pool, "declare-10", 10),
-                reserve(&pool, "q3"),
-                reserve(&pool, "q4"),
-            ] {
-                sent.push(command.clone());
-                submissions.push(tokio::spawn(enqueue(&ledger, command).await));
-            }
-            release_read.send(()).unwrap();
-            let r0 = first.await;
-            assert!(
-                matches!(r0, Err(SubmitError::Rejected(Rejection::NotKnown { .. }))),
-                "round {round}: {r0:?}"
-            );
-            store
-                .wait_until("a declaration's append is held", |s| {
-                    s.in_flight(&stream) >= 1
-                })
-                .await;
-            for command in [
-                declare(&pool, "declare-5", 5),
-                reserve(&pool, "w1"),
-                reserve(&pool, "w2"),
-            ] {
-                sent.push(command.clone());
-                submissions.push(tokio::spawn(enqueue(&ledger, command).await));
-            }
-            store
-                .wait_until("a second append is held", |s| s.in_flight(&stream) >= 2)
-                .await;
-            store.open_gate();
-            let answered: Vec<_> = sent.into_iter().zip(answers(submissions).await).collect();
-            assert_eq!(store.overlaps(), Vec::<String>::new(), "round {round}");
-            let winners: Vec<u64> = answered
-                .iter()
-                .filter_map(|(command, answer)| match (&command.action, answer) {
-                    (
-                        Action::DeclarePool { capacity, .. },
-                        Ok(Reply {
-                            outcome: Outcome::PoolDeclared { .. },
-                            ..
-                        }),
-                    ) => Some(*capacity),
-                    _ => None,
-                })
-                .collect();
-            assert_eq!(winners.len(), 1, "round {round}: {answered:?}");
-            let loaded = ledger.load_pool(&pool).await.expect("the stream folds");
-            assert_eq!(loaded.capacity(), winners[0], "round {round}");
-            assert!(loaded.allocated() <= loaded.capacity(), "round {round}");
-            let reserved = answered
-                .iter()
-                .filter(|(_, answer)| {
-                    matches!(
-                        answer,
-                        Ok(Reply {
-                            outcome: Outcome::Reserved { .. },
-                            ..
-                        })
-                    )
-                })
-                .count() as u64;
-            assert_eq!(reserved, loaded.allocated(), "round {round}");
-            assert_answers_match_stream(&store, &pool, &answered).await;
-        }
-        ledger.close().await;
-    }
-
-    /// Appends `count` reserves of another writer straight to the pool's stream, on what it
-    /// holds now.
-    async fn write_foreign(store: &GatedStore, ledger: &Ledger, pool: &PoolId, count: usize) {
-        let mut state = ledger.load_pool(pool).await.unwrap();
-        let base = state.events_applied();
-        let mut events = Vec::new();
-        for i in 0..count {
-            let command = reserve(pool, &format!("foreign-{i}"));
-            let Ok(Decision::Append(event)) = decide(&state, &command, START) else {
-                panic!("a foreign reserve was not decided");
-            };
-            evolve(&mut state, &event).unwrap();
-            events.push(event);
-        }
-        store
-            .inner
-            .append(&pool_stream(pool), expected_before(base), propose(&events))
-            .await
-            .unwrap();
-    }
-
     /// A submission the test polls itself, keeping the answer if a peek found it.
-    struct Watched {
-        submission: Submission,
-        answer: Option<Result<Reply, SubmitError>>,
-    }
-
-    impl Watched {
-        /// Whether the answer is there, without waiting for it.
-        fn peek(&mut self) -> bool {
-            if self.answer.is_none() {
-                let mut cx = std::task::Context::from_waker(futures::task::noop_waker_ref());
-                if let std::task::Poll::Ready(answer) = self.submission.as_mut().poll(&mut cx) {
-                    self.answer = Some(answer);
-                }
-            }
-            self.answer.is_some()
-        }
-    }
-
-    /// Batch N (reserve `a`) is held with `fate`; batch N+1 (reserve `b`, decided on top of it)
-    /// waits at the closed gate; `foreign` events of another writer land meanwhile. N is
-    /// released and its append returns while N+1's is still pending, so `recover` must drain
-    /// N+1 before it answers anything. Asserts that `b` was not answered while its append was
-    /// pending (peeked once N's append returned, and again when N+1's passes the gate, before
-    /// it is written), that the stream folds into what the projections hold, and that each
-    /// answer is what the stream holds; returns the answers of `a` and `b`.
-    async fn later_append_pending_in_recover(
-        fate: Fate,
-        foreign: usize,
-    ) -> (
-        Arc<GatedStore>,
-        Ledger,
-        PoolId,
-        Vec<(Command, Result<Reply, SubmitError>)>,
-    ) {
-        let store = Arc::new(GatedStore::new());
-        let (ledger, pool) = ledger_with_pool(store.clone()).await;
-        let stream = pool_stream(&pool);
-        let release_a = store.hold_next(fate);
-        store.close_gate();
-        let (a, b) = (reserve(&pool, "a"), reserve(&pool, "b"));
-        let first = tokio::spawn(enqueue(&ledger, a.clone()).await);
-        store
-            .wait_until("a's append is held", |s| s.in_flight(&stream) >= 1)
-            .await;
-        let second = Arc::new(StdMutex::new(Watched {
-            submission: enqueue(&ledger, b.clone()).await,
-            answer: None,
-        }));
-        store
-            .wait_until("b's append is pipelined behind a's", |s| {
-                s.in_flight(&stream) >= 2
-            })
-            .await;
-        if foreign > 0 {
-            write_foreign(&store, &ledger, &pool, foreign).await;
-        }
-        let answered_before_settled = Arc::new(AtomicBool::new(false));
-        store.on_next_pass({
-            let second = second.clone();
-            let answered_before_settled = answered_before_settled.clone();
-            move || {
-                if second.lock().unwrap().peek() {
-                    answered_before_settled.store(true, Ordering::SeqCst);
-                }
-            }
-        });
-        release_a.send(()).unwrap();
-        store
-            .wait_until("a's append returned", |s| s.in_flight(&stream) <= 1)
-            .await;
-        assert!(
-            !second.lock().unwrap().peek(),
-            "b answered while its append is still pending"
-        );
-        store.open_gate();
-        let a_answer = first.await.unwrap();
-        let b_answer = tokio::time::timeout(
-            Duration::from_secs(30),
-            std::future::poll_fn(|cx| {
-                let mut second = second.lock().unwrap();
-                match second.answer.take() {
-                    Some(answer) => std::task::Poll::Ready(answer),
-                    None => second.submission.as_mut().poll(cx),
-                }
-            }),
-        )
-        .await
-        .expect("b got no answer");
-        assert!(
-            !answered_before_settled.load(Ordering::SeqCst),
-            "b was answered before its append settled: {b_answer:?}"
-        );
-        let loaded = ledger.load_pool(&pool).await.expect("the stream folds");
-        let count = ledger.projections().counts.get(&pool).unwrap();
-        assert_eq!(count.allocated, loaded.allocated());
-        drop(count);
-        let answered = vec![(a, a_answer), (b, b_answer)];
-        assert_answers_match_stream(&store, &pool, &answered).await;
-        (store, ledger, pool, answered)
-    }
-
-    /// A failed append (nothing written) while the batch behind it is still pending: that batch
-    /// is not answered from its decision (it would name a reservation that is not in the log)
-    /// before its own append settled (here as a conflict), and both fail; the log holds only
-    /// the declaration.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_failed_append_drains_the_pending_batch_behind_it_before_answering() {
-        let (store, ledger, _, answered) =
-            later_append_pending_in_recover(Fate::NotWritten, 0).await;
-        for (command, answer) in &answered {
-            assert!(
-                matches!(answer, Err(SubmitError::Recording(_))),
-                "{}: {answer:?}",
-                command.token.as_str()
-            );
-        }
-        assert_eq!(store.inner.len(), 1);
-        ledger.close().await;
-    }
-
-    /// A conflict on batch N while N+1 is pending, after another writer appended: with one
-    /// foreign event N+1's append lands after all (on the other writer's event) and `b` is
-    /// answered only then, as a replay of what landed, while `a` is decided again after it;
-    /// with two, N+1 conflicts as well and both are decided again, in order. Either way each
-    /// answer is what the log holds.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_conflict_drains_the_pending_batch_behind_it_before_deciding_again() {
-        let (store, ledger, _, answered) = later_append_pending_in_recover(Fate::Conflict, 1).await;
-        let [(_, a), (_, b)] = &answered[..] else {
-            unreachable!()
-        };
-        assert!(!a.as_ref().unwrap().replayed, "{a:?}");
-        assert!(b.as_ref().unwrap().replayed, "{b:?}");
-        assert!(reserved_seq(b) < reserved_seq(a));
-        // Declaration, the foreign reserve, b, and a decided again.
-        assert_eq!(store.inner.len(), 4);
-        ledger.close().await;
-
-        let (store, ledger, _, answered) = later_append_pending_in_recover(Fate::Conflict, 2).await;
-        let [(_, a), (_, b)] = &answered[..] else {
-            unreachable!()
-        };
-        assert!(!a.as_ref().unwrap().replayed && !b.as_ref().unwrap().replayed);
-        assert!(reserved_seq(a) < reserved_seq(b));
-        assert_eq!(store.inner.len(), 5);
-        ledger.close().await;
-    }
-
-    /// The pipeline depth: with every append held, one command is submitted and then more than
-    /// three batches' worth, so the pool task could decide many batches. It keeps
-    /// `PIPELINE_BATCHES_MAX` appends in flight (it does pipeline) and no more, leaving the rest
-    /// queued; once the appends go through, every command is answered with what the log holds.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn no_more_than_the_pipeline_depth_of_appends_is_in_flight() {
-        let store = Arc::new(GatedStore::new());
-        let (ledger, pool) = ledger_with_pool(store.clone()).await;
-        let stream = pool_stream(&pool);
-        store.close_gate();
-        let mut sent = vec![reserve(&pool, "c0")];
-        let mut submissions = vec![tokio::spawn(enqueue(&ledger, sent[0].clone()).await)];
-        store
-            .wait_until("the first append is held", |s| s.in_flight(&stream) >= 1)
-            .await;
-        let more = 3 * BATCH_COMMANDS_MAX + 8;
-        for i in 1..=more {
-            let command = reserve(&pool, &format!("c{i}"));
-            sent.push(command.clone());
-            submissions.push(tokio::spawn(enqueue(&ledger, command).await));
-        }
-        store
-            .wait_until("the pipeline is full", |s| {
-                s.in_flight(&stream) >= PIPELINE_BATCHES_MAX
-            })
-            .await;
-        // At most 1 + 3 * BATCH_COMMANDS_MAX commands fit in the appends in flight.
-        let queued = POOL_QUEUE_MAX - ledger.shared.pools.get(&pool).unwrap().capacity();
-        assert!(queued >= 8, "only {queued} commands left queued");
-        assert_eq!(store.max_in_flight(&stream), PIPELINE_BATCHES_MAX);
-        store.open_gate();
-        let answered: Vec<_> = sent.into_iter().zip(answers(submissions).await).collect();
-        assert_eq!(store.max_in_flight(&stream), PIPELINE_BATCHES_MAX);
-        for (command, answer) in &answered {
-            assert!(answer.is_ok(), "{}: {answer:?}", command.token.as_str());
-        }
-        assert_eq!(store.inner.len(), 1 + answered.len());
-        assert_answers_match_stream(&store, &pool, &answered).await;
-        assert_eq!(store.overlaps(), Vec::<String>::new());
-        ledger.close().await;
-    }
-
-    /// `close` while a full pipeline of appends is held (the first with `first_fate`) and two
-    /// more commands are queued: `close` is polled once (it stops accepting and drops the
-    /// pools' queues) before the appends are released. A command submitted then is turned away;
-    /// every other one is answered, and each outcome answered as decided is in the log.
-    async fn close_with_batches_in_flight(first_fate: Option<Fate>) -> Arc<GatedStore> {
+    /// `close` while a wave's append is held (with `first_fate`) and two more commands are
+    /// queued behind it: `close` is polled once (it stops accepting) before the append is
+    /// released. A command submitted then is turned away; every other one is answered, and each
+    /// outcome answered as decided is in the log.
+    async fn close_with_a_wave_in_flight(first_fate: Option<Fate>) -> Arc<GatedStore> {
         let store = Arc::new(GatedStore::new());
         let (ledger, pool) = ledger_with_pool(store.clone()).await;
         let stream = pool_stream(&pool);
@@ -2225,13 +1492,15 @@ mod tests {
         store.close_gate();
         let mut sent = Vec::new();
         let mut submissions = Vec::new();
-        for i in 0..PIPELINE_BATCHES_MAX + 2 {
+        for i in 0..3 {
             let command = reserve(&pool, &format!("c{i}"));
             sent.push(command.clone());
             submissions.push(tokio::spawn(enqueue(&ledger, command).await));
-            if i < PIPELINE_BATCHES_MAX {
+            if i == 0 {
                 store
-                    .wait_until("one more append is held", |s| s.in_flight(&stream) > i)
+                    .wait_until("the first wave's append is held", |s| {
+                        s.in_flight(&stream) == 1
+                    })
                     .await;
             }
         }
@@ -2250,6 +1519,9 @@ mod tests {
         let mut answered: Vec<_> = sent.into_iter().zip(answers(submissions).await).collect();
         answered.push((late, late_answer));
         assert_answers_match_stream(&store, &pool, &answered).await;
+        // A shard has one wave in flight: one append of a pool at a time, each on the last.
+        assert_eq!(store.max_in_flight(&stream), 1);
+        assert!(store.overlaps().is_empty(), "{:?}", store.overlaps());
         let appended = store.appends();
         assert!(ledger.submit(reserve(&pool, "later")).await == Err(SubmitError::ShuttingDown));
         assert_eq!(store.appends(), appended);
@@ -2258,17 +1530,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn close_answers_every_command_with_what_the_log_holds() {
-        // Everything in flight lands: the four held batches and the two queued commands.
-        let store = close_with_batches_in_flight(None).await;
-        assert_eq!(store.inner.len(), 1 + PIPELINE_BATCHES_MAX + 2);
-        // The first append fails: the three behind it fail with it, the queued two are decided
-        // on the reloaded pool.
-        let store = close_with_batches_in_flight(Some(Fate::NotWritten)).await;
+        // Everything lands: the held wave and the two commands queued behind it.
+        let store = close_with_a_wave_in_flight(None).await;
+        assert_eq!(store.inner.len(), 1 + 3);
+        // The held append fails: the queued two are decided on the reloaded pool.
+        let store = close_with_a_wave_in_flight(Some(Fate::NotWritten)).await;
         assert_eq!(store.inner.len(), 1 + 2);
-        // The first append lands but its acknowledgement is lost: the three behind it land on
-        // it and are still answered as failures (retries replay), nothing is answered as shut
-        // down that landed, and the queued two are decided after them.
-        let store = close_with_batches_in_flight(Some(Fate::AckLost)).await;
-        assert_eq!(store.inner.len(), 1 + PIPELINE_BATCHES_MAX + 2);
+        // The held append lands but its acknowledgement is lost: it is answered as a failure
+        // (a retry replays), and the queued two are decided after it.
+        let store = close_with_a_wave_in_flight(Some(Fate::AckLost)).await;
+        assert_eq!(store.inner.len(), 1 + 3);
     }
 }

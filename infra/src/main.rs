@@ -185,7 +185,9 @@ enum BenchScenario {
     Uniform {
         #[arg(long, default_value_t = 1_000)]
         pools: usize,
-        #[arg(long, default_value_t = 1_024)]
+        /// Concurrent clients. The default saturates 2 cores: with 1,024 a durable run leaves a
+        /// quarter of the CPU idle, every client waiting on a sync (BENCHMARKS.md, stop 15).
+        #[arg(long, default_value_t = 4_096)]
         clients: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,

@@ -24,7 +24,6 @@ pub struct Metrics {
     pub command_seconds: Histogram,
     pub version_conflicts: Counter<u64, AtomicU64>,
     pub append_batch_events: Histogram,
-    pub pipeline_redone_batches: Counter<u64, AtomicU64>,
     pub sweeper_lag_seconds: Histogram,
     pub sweeper_expired: Counter<u64, AtomicU64>,
     pub signature_batch_signatures: Histogram,
@@ -69,12 +68,6 @@ impl Metrics {
             "Events per pool append (commands decided back to back)",
             append_batch_events.clone(),
         );
-        let pipeline_redone_batches = Counter::default();
-        registry.register(
-            "pipeline_redone_batches",
-            "Batches in flight behind a failed append, decided again or failed with it",
-            pipeline_redone_batches.clone(),
-        );
         let sweeper_lag_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 16));
         registry.register(
             "sweeper_lag_seconds",
@@ -99,7 +92,6 @@ impl Metrics {
             command_seconds,
             version_conflicts,
             append_batch_events,
-            pipeline_redone_batches,
             sweeper_lag_seconds,
             sweeper_expired,
             signature_batch_signatures,

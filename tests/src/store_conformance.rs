@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use allot_infra::store::{
     APPEND_EVENTS_MAX, ActualVersion, EVENT_PAYLOAD_BYTES_MAX, EventStore, ExpectedVersion,
-    ProposedEvent, RecordedEvent, StoreError,
+    ProposedEvent, RecordedEvent, StoreError, WaveAppend,
 };
 use futures::StreamExt;
 
@@ -40,7 +40,8 @@ macro_rules! store_conformance_cases {
             empty_append_is_rejected_without_writing,
             oversize_append_is_rejected_without_writing,
             pipelined_appends_are_decided_in_submission_order,
-            pipelined_append_behind_a_refused_one_is_refused
+            pipelined_append_behind_a_refused_one_is_refused,
+            a_wave_decides_each_append_on_its_own
         );
     };
 }
@@ -665,4 +666,66 @@ pub async fn pipelined_append_behind_a_refused_one_is_refused<S: EventStore>(sto
     let stream = store.read_stream("pool-q", 0, 10).await.unwrap();
     assert_eq!(stream.len(), 2);
     assert_eq!(stream[1].payload, b"q3");
+}
+
+/// A wave's appends are decided one by one, as `append` would decide them: a refused one (wrong
+/// version, no events) writes nothing and does not stop the others; answers come in order.
+pub async fn a_wave_decides_each_append_on_its_own<S: EventStore>(store: Arc<S>) {
+    store
+        .append("pool-b", ExpectedVersion::NoStream, vec![event("B", "b0")])
+        .await
+        .unwrap();
+    let wave = |stream: &str, expected, events| WaveAppend {
+        stream: stream.to_owned(),
+        expected,
+        events,
+    };
+    let answers = store
+        .append_wave(vec![
+            wave(
+                "pool-a",
+                ExpectedVersion::NoStream,
+                vec![event("A", "a0"), event("A", "a1")],
+            ),
+            wave("pool-b", ExpectedVersion::NoStream, vec![event("B", "b1")]),
+            wave("pool-c", ExpectedVersion::NoStream, vec![]),
+            wave("pool-d", ExpectedVersion::NoStream, vec![event("D", "d0")]),
+            wave("pool-e", ExpectedVersion::Exact(0), vec![event("E", "e0")]),
+        ])
+        .await;
+    assert_eq!(answers.len(), 5);
+    assert_eq!(answers[0].as_ref().unwrap().last_version, 1);
+    assert_eq!(wrong_version_of(&answers[1]), ActualVersion::Exact(0));
+    assert!(
+        matches!(answers[2], Err(StoreError::InvalidAppend(_))),
+        "{:?}",
+        answers[2]
+    );
+    assert_eq!(answers[3].as_ref().unwrap().last_version, 0);
+    assert_eq!(wrong_version_of(&answers[4]), ActualVersion::NoStream);
+    let a = store.read_stream("pool-a", 0, 10).await.unwrap();
+    assert_eq!(
+        a.iter().map(|e| e.payload.clone()).collect::<Vec<_>>(),
+        vec![b"a0".to_vec(), b"a1".to_vec()]
+    );
+    assert_eq!(store.read_stream("pool-b", 0, 10).await.unwrap().len(), 1);
+    assert!(store.read_stream("pool-c", 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.read_stream("pool-d", 0, 10).await.unwrap().len(), 1);
+    assert!(store.read_stream("pool-e", 0, 10).await.unwrap().is_empty());
+    // Positions are those `append` would give, the last of each landed append.
+    let everything = read_everything(&*store).await;
+    assert_eq!(everything.len(), 4);
+    for (answer, stream) in [(&answers[0], "pool-a"), (&answers[3], "pool-d")] {
+        let last = everything.iter().rfind(|e| e.stream == stream).unwrap();
+        assert_eq!(answer.as_ref().unwrap().last_position, last.position);
+    }
+}
+
+fn wrong_version_of(
+    result: &Result<allot_infra::store::AppendOutcome, StoreError>,
+) -> ActualVersion {
+    match result {
+        Err(StoreError::WrongExpectedVersion { actual, .. }) => *actual,
+        other => panic!("expected WrongExpectedVersion, got {other:?}"),
+    }
 }

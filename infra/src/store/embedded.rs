@@ -47,7 +47,7 @@ pub use writer::{
 
 use super::{
     AppendOutcome, EventStore, ExpectedVersion, LogPage, PageRecord, ProposedEvent, RecordedEvent,
-    StoreError, Subscription, validate_append,
+    StoreError, Subscription, WaveAppend, validate_append,
 };
 
 /// Appends waiting for the writer; callers beyond it wait for room (backpressure).
@@ -541,12 +541,57 @@ impl EventStore for EmbeddedStore {
                 expected,
                 events,
                 frame_len,
-                reply,
+                reply: writer::AppendReply::One(reply),
             }))
             .await
             .map_err(|_| StoreError::Closed)?;
         // A dropped reply means the writer stopped before this append was decided.
         outcome.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn append_wave(
+        &self,
+        appends: Vec<WaveAppend>,
+    ) -> Vec<Result<AppendOutcome, StoreError>> {
+        let count = appends.len();
+        let refuse_all = |error: fn() -> StoreError| (0..count).map(|_| Err(error())).collect();
+        let Some(requests) = self.requests.as_ref() else {
+            return refuse_all(|| StoreError::Closed);
+        };
+        let (reply, answers) = oneshot::channel();
+        let wave = writer::WaveReply::new(count, reply);
+        let mut parts = Vec::with_capacity(count);
+        for (slot, append) in appends.into_iter().enumerate() {
+            // An append that breaks a limit is answered in its slot; the others go ahead.
+            let checked = validate_append(&append.stream, &append.events).and_then(|()| {
+                let frame_len = format::frame_len(&append.stream, &append.events);
+                if frame_len > FRAME_BYTES_MAX {
+                    return Err(StoreError::InvalidAppend(format!(
+                        "append of {frame_len} encoded bytes exceeds {FRAME_BYTES_MAX}"
+                    )));
+                }
+                Ok(frame_len)
+            });
+            let part = writer::AppendReply::Part(wave.clone(), slot);
+            match checked {
+                Ok(frame_len) => parts.push(AppendRequest {
+                    stream: append.stream,
+                    expected: append.expected,
+                    events: append.events,
+                    frame_len,
+                    reply: part,
+                }),
+                Err(error) => part.send(Err(error)),
+            }
+        }
+        // The parts hold the wave now: it is answered when the last of them is.
+        drop(wave);
+        if !parts.is_empty() && requests.send(Request::Wave(parts)).await.is_err() {
+            // The rejected request (and its parts) was dropped: the wave answers `Closed`.
+        }
+        answers
+            .await
+            .unwrap_or_else(|_| refuse_all(|| StoreError::Closed))
     }
 
     async fn read_stream(
@@ -913,5 +958,32 @@ mod tests {
             failed.err()
         );
         assert_eq!(std::fs::read(dir.path().join(LOG_FILE_NAME)).unwrap(), log);
+    }
+
+    /// A wave with more appends than a batch takes is split: one batch up to the limit, the
+    /// rest in the next; every append lands and is answered in its slot.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wave_past_a_batchs_limit_is_split_across_batches() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).await.unwrap();
+        let count = BATCH_APPENDS_MAX + 10;
+        let appends = (0..count)
+            .map(|i| WaveAppend {
+                stream: format!("s{i}"),
+                expected: ExpectedVersion::NoStream,
+                events: vec![event(&format!("e{i}"))],
+            })
+            .collect();
+        let answers = store.append_wave(appends).await;
+        assert_eq!(answers.len(), count);
+        for (i, answer) in answers.iter().enumerate() {
+            assert_eq!(answer.as_ref().unwrap().last_position, i as u64);
+        }
+        let counters = store.counters();
+        assert_eq!(
+            counters.batches.load(std::sync::atomic::Ordering::SeqCst),
+            2
+        );
+        assert_eq!(store.next_position(), count as u64);
     }
 }

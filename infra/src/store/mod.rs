@@ -54,6 +54,14 @@ pub struct ProposedEvent {
     pub payload: Vec<u8>,
 }
 
+/// One append of a wave ([`EventStore::append_wave`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WaveAppend {
+    pub stream: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<ProposedEvent>,
+}
+
 /// One event as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedEvent {
@@ -310,6 +318,21 @@ pub trait EventStore: Send + Sync + 'static {
         expected: ExpectedVersion,
         events: Vec<ProposedEvent>,
     ) -> Result<AppendOutcome, StoreError>;
+
+    /// Appends to distinct streams, each decided on its own exactly as [`EventStore::append`]
+    /// would (one may be refused while the others land), answered together in the same order.
+    /// A backend that can hand them over at once (the embedded log: one queue operation and one
+    /// wake for all) overrides this; the default runs them concurrently.
+    async fn append_wave(
+        &self,
+        appends: Vec<WaveAppend>,
+    ) -> Vec<Result<AppendOutcome, StoreError>> {
+        futures::future::join_all(appends.into_iter().map(|append| async move {
+            self.append(&append.stream, append.expected, append.events)
+                .await
+        }))
+        .await
+    }
 
     /// Reads up to `max_count` events of `stream` with version >= `from_version`, in order.
     /// An unknown stream reads as empty.

@@ -24,7 +24,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -57,11 +57,88 @@ pub(crate) struct AppendRequest {
     pub expected: ExpectedVersion,
     pub events: Vec<ProposedEvent>,
     pub frame_len: u64,
-    pub reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    pub reply: AppendReply,
+}
+
+/// The answers of a wave ([`Request::Wave`]): each append's result lands in its slot, and the
+/// wave is answered once, when its last append is. A wave the writer drops unanswered (it
+/// stopped) is answered with what it has, `Closed` for the rest.
+pub(crate) struct WaveReply {
+    slots: Mutex<Vec<Option<Result<AppendOutcome, StoreError>>>>,
+    reply: Mutex<Option<WaveSender>>,
+}
+
+type WaveSender = oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>>;
+
+impl WaveReply {
+    pub fn new(len: usize, reply: WaveSender) -> Arc<WaveReply> {
+        Arc::new(WaveReply {
+            slots: Mutex::new((0..len).map(|_| None).collect()),
+            reply: Mutex::new(Some(reply)),
+        })
+    }
+
+    fn answer(&self) {
+        let sender = self
+            .reply
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(sender) = sender {
+            let slots = std::mem::take(
+                &mut *self
+                    .slots
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            );
+            let _ = sender.send(
+                slots
+                    .into_iter()
+                    .map(|slot| slot.unwrap_or(Err(StoreError::Closed)))
+                    .collect(),
+            );
+        }
+    }
+}
+
+impl Drop for WaveReply {
+    fn drop(&mut self) {
+        self.answer();
+    }
+}
+
+/// Where an append's answer goes: its own caller, or its slot in a wave.
+pub(crate) enum AppendReply {
+    One(oneshot::Sender<Result<AppendOutcome, StoreError>>),
+    /// The wave is answered when the last part lets go of it.
+    Part(Arc<WaveReply>, usize),
+}
+
+impl AppendReply {
+    pub fn send(self, result: Result<AppendOutcome, StoreError>) {
+        match self {
+            AppendReply::One(reply) => {
+                let _ = reply.send(result);
+            }
+            AppendReply::Part(wave, slot) => {
+                if let Some(place) = wave
+                    .slots
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .get_mut(slot)
+                {
+                    *place = Some(result);
+                }
+            }
+        }
+    }
 }
 
 pub(crate) enum Request {
     Append(AppendRequest),
+    /// Appends to distinct streams handed over together (each decided on its own) and answered
+    /// together, so a caller with many streams pays one queue operation and one wake.
+    Wave(Vec<AppendRequest>),
     /// Finish what is queued before this, then stop and release the data directory.
     Close(oneshot::Sender<()>),
     /// Write an index snapshot (in the background) and answer when it is durable.
@@ -138,7 +215,12 @@ impl Drop for RequestQueue {
         while let Some(request) = self.0.blocking_recv() {
             match request {
                 Request::Append(append) => {
-                    let _ = append.reply.send(Err(StoreError::Closed));
+                    append.reply.send(Err(StoreError::Closed));
+                }
+                Request::Wave(appends) => {
+                    for append in appends {
+                        append.reply.send(Err(StoreError::Closed));
+                    }
                 }
                 Request::Close(reply) => {
                     let _ = reply.send(());
@@ -164,7 +246,7 @@ pub struct WriterCounters {
 
 /// One append of the current batch, accepted or already answered with its rejection.
 struct Pending {
-    reply: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    reply: AppendReply,
     stream: String,
     result: Result<Accepted, StoreError>,
 }
@@ -198,8 +280,16 @@ impl Writer {
             let mut yields = 0;
             match first {
                 Request::Append(req) => {
-                    bytes += req.frame_len;
-                    batch.push(req);
+                    if !self.admit(req, &mut batch, &mut bytes, &mut buf, &mut encoded) {
+                        return (false, None);
+                    }
+                }
+                Request::Wave(reqs) => {
+                    for req in reqs {
+                        if !self.admit(req, &mut batch, &mut bytes, &mut buf, &mut encoded) {
+                            return (false, None);
+                        }
+                    }
                 }
                 Request::Close(reply) => close = Some(reply),
                 Request::Snapshot(reply) => self.start_snapshot(Some(reply)),
@@ -208,15 +298,16 @@ impl Writer {
                 // Peek by receiving; an append that would overflow the batch opens the next one.
                 match self.requests.try_recv() {
                     Ok(Request::Append(req)) => {
-                        if bytes + req.frame_len > BATCH_BODY_BYTES_MAX {
-                            let healthy = self.commit(&mut batch, &mut buf, &mut encoded);
-                            if !healthy {
+                        if !self.admit(req, &mut batch, &mut bytes, &mut buf, &mut encoded) {
+                            return (false, None);
+                        }
+                    }
+                    Ok(Request::Wave(reqs)) => {
+                        for req in reqs {
+                            if !self.admit(req, &mut batch, &mut bytes, &mut buf, &mut encoded) {
                                 return (false, None);
                             }
-                            bytes = 0;
                         }
-                        bytes += req.frame_len;
-                        batch.push(req);
                     }
                     Ok(Request::Close(reply)) => close = Some(reply),
                     // Answered once the appends queued before it are in the index.
@@ -253,6 +344,27 @@ impl Writer {
         }
         tracing::debug!(file = %self.log_path.display(), "event log writer stopped: store dropped");
         (true, None)
+    }
+
+    /// Adds an append to the batch; one that would take the batch past its limits (appends or
+    /// bytes) first commits the batch and opens the next. Returns whether the log is healthy.
+    fn admit(
+        &mut self,
+        req: AppendRequest,
+        batch: &mut Vec<AppendRequest>,
+        bytes: &mut u64,
+        buf: &mut Vec<u8>,
+        encoded: &mut Vec<EncodedEvent>,
+    ) -> bool {
+        if batch.len() >= BATCH_APPENDS_MAX || *bytes + req.frame_len > BATCH_BODY_BYTES_MAX {
+            if !self.commit(batch, buf, encoded) {
+                return false;
+            }
+            *bytes = 0;
+        }
+        *bytes += req.frame_len;
+        batch.push(req);
+        true
     }
 
     /// Whether the log has grown enough since the last snapshot for a periodic one.
@@ -473,7 +585,7 @@ impl Writer {
             }
         }
         for p in pending {
-            let _ = p.reply.send(p.result.map(|a| a.outcome));
+            p.reply.send(p.result.map(|a| a.outcome));
         }
         healthy
     }
