@@ -1,5 +1,5 @@
 //! Time to look up and record a new idempotency token in one pool's `TokenIndex`, the way a hot
-//! pool's task does: 1,000 actors taking turns, every token new, millions of them remembered
+//! pool's shard does: 1,000 actors taking turns, every token new, millions of them remembered
 //! (a 10-minute window keeps every token of a bench run).
 //!
 //! `cargo bench -p allot-domain --bench token_index [-- TOKENS]` (default 3,000,000). Prints

@@ -456,7 +456,7 @@ pub async fn memory(store: Arc<dyn EventStore>, count: u64) -> Result<MemoryResu
     let pool = PoolId::new("memory");
     declare(&ledger, &pool, 1_000_000_000, None).await?;
     let actor = ActorId::new("checkout");
-    // Warm the allocator and the pool task so the first measurement is not start-up noise.
+    // Warm the allocator and the pool's shard so the first measurement is not start-up noise.
     let wave = |from: u64, to: u64, reserve: bool| {
         let ledger = ledger.clone();
         let pool = pool.clone();

@@ -50,9 +50,14 @@ pub const READ_PAGE_EVENTS: usize = 4096;
 /// Name of the stream holding actor registrations.
 pub const ACTORS_STREAM: &str = "actors";
 
-/// Shard tasks: one per core the runtime may use; more only split waves into smaller ones.
+/// Shard tasks: one per worker of the runtime (more only split waves into smaller ones). Taken
+/// from the runtime, not the machine, so a single-threaded runtime (the simulator) has one
+/// shard whatever machine it runs on, and its interleavings stay a function of its seed.
 fn shard_count() -> usize {
-    std::thread::available_parallelism().map_or(2, usize::from)
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_workers()
+        .max(1)
 }
 
 /// The store stream of a pool.
@@ -83,7 +88,7 @@ pub enum SubmitError {
     /// The store failed; the command may be retried with the same token.
     #[error("recording-failure: {0}")]
     Recording(String),
-    /// The pool's queue is full.
+    /// The queue of the pool's shard is full.
     #[error("pool {0} is overloaded; retry later")]
     Overloaded(String),
     /// The service is shutting down.
@@ -121,9 +126,6 @@ struct Shared {
     projections: Arc<Projections>,
     actors: Arc<ActorDirectory>,
     metrics: Arc<Metrics>,
-    /// The shards' queues; a pool's shard is fixed by its id's hash.
-    shards: Vec<mpsc::Sender<Job>>,
-    shard_of: foldhash::fast::FixedState,
     /// Set on close: each shard takes no more commands, answers the queued ones, and ends.
     closing: watch::Sender<bool>,
     /// Serializes appends to the `actors` stream (its version is the directory's).
@@ -137,16 +139,26 @@ struct Shared {
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
+/// The shards' queues; a pool's shard is fixed by its id's hash.
+struct ShardQueues {
+    senders: Vec<mpsc::Sender<Job>>,
+    shard_of: foldhash::fast::FixedState,
+}
+
 /// The command path. Cheap to clone.
 #[derive(Clone)]
 pub struct Ledger {
     shared: Arc<Shared>,
+    /// Held by `Ledger`s only (the shard tasks hold [`Shared`]): once the last one is dropped
+    /// without `close`, the queues close and the shards end after answering what is in them,
+    /// letting go of the store.
+    queues: Arc<ShardQueues>,
 }
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
-            .field("shards", &self.shared.shards.len())
+            .field("shards", &self.queues.senders.len())
             .finish()
     }
 }
@@ -222,10 +234,10 @@ impl Ledger {
         }
         let shard_count = shard_count();
         let mut queues = Vec::with_capacity(shard_count);
-        let mut shards = Vec::with_capacity(shard_count);
+        let mut senders = Vec::with_capacity(shard_count);
         for _ in 0..shard_count {
             let (sender, queue) = mpsc::channel(SHARD_QUEUE_MAX);
-            shards.push(sender);
+            senders.push(sender);
             queues.push(queue);
         }
         let (closing, _) = watch::channel(false);
@@ -236,14 +248,16 @@ impl Ledger {
                 projections,
                 actors,
                 metrics,
-                shards,
-                shard_of: foldhash::fast::FixedState::default(),
                 closing,
                 actor_appends: Mutex::new(()),
                 holds_placed: Notify::new(),
                 accepting: AtomicBool::new(true),
                 tasks: std::sync::Mutex::new(JoinSet::new()),
                 follower: std::sync::Mutex::new(None),
+            }),
+            queues: Arc::new(ShardQueues {
+                senders,
+                shard_of: foldhash::fast::FixedState::default(),
             }),
         };
         {
@@ -253,7 +267,7 @@ impl Ledger {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             for queue in queues {
-                let shard = ledger.clone();
+                let shard = ledger.shared.clone();
                 let closing = ledger.shared.closing.subscribe();
                 tasks.spawn(async move { shard.run_shard(queue, closing).await });
             }
@@ -325,8 +339,8 @@ impl Ledger {
         }
         // Malformed commands never reach a shard.
         command.validate().map_err(SubmitError::Rejected)?;
-        let shards = &self.shared.shards;
-        let shard = self.shared.shard_of.hash_one(&command.pool) as usize % shards.len();
+        let shards = &self.queues.senders;
+        let shard = self.queues.shard_of.hash_one(&command.pool) as usize % shards.len();
         let (reply, answer) = oneshot::channel();
         match shards[shard].try_send(Job { command, reply }) {
             Ok(()) => {}
@@ -335,17 +349,14 @@ impl Ledger {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(SubmitError::ShuttingDown),
         }
-        match answer.await {
-            Ok(result) => result,
-            Err(_) if !self.shared.accepting.load(Ordering::SeqCst) => {
-                Err(SubmitError::ShuttingDown)
-            }
-            // Nothing was decided for it (its wave failed unexpectedly); the same token may be
-            // retried.
-            Err(_) => Err(SubmitError::Recording(
-                "the pool's shard stopped before deciding this command".to_owned(),
-            )),
-        }
+        // Unanswered only if its wave panicked (a bug) or the runtime is shutting down: the
+        // outcome may have been recorded, and a retry with the same token tells.
+        answer.await.unwrap_or_else(|_| {
+            Err(SubmitError::Recording(
+                "the command's outcome is unknown (its shard failed); retry with the same token"
+                    .to_owned(),
+            ))
+        })
     }
 
     /// Follows the store from its current end so writes of other instances reach this one's
@@ -382,7 +393,7 @@ impl Ledger {
                                 &event,
                             );
                             if matches!(applied, allot_projections::Applied::Gap { .. }) {
-                                ledger.catch_up_projections(&pool).await;
+                                ledger.shared.catch_up_projections(&pool).await;
                             }
                             if matches!(event.change, allot_domain::Change::Reserved { .. }) {
                                 ledger.shared.holds_placed.notify_one();
@@ -407,321 +418,7 @@ impl Ledger {
 
     /// Loads a pool aggregate from its stream.
     pub async fn load_pool(&self, pool: &PoolId) -> Result<Pool, LoadError> {
-        let stream = pool_stream(pool);
-        let mut state = Pool::default();
-        loop {
-            let page = self
-                .shared
-                .store
-                .read_stream(&stream, state.events_applied(), READ_PAGE_EVENTS)
-                .await?;
-            for recorded in &page {
-                let event = decode_pool(recorded)?;
-                evolve(&mut state, &event).map_err(|error| LoadError::Fold {
-                    stream: stream.clone(),
-                    version: recorded.version,
-                    reason: error.to_string(),
-                })?;
-            }
-            if page.len() < READ_PAGE_EVENTS {
-                return Ok(state);
-            }
-        }
-    }
-
-    /// A shard: waves of its queue until close, then the rest of the queue.
-    async fn run_shard(self, mut queue: mpsc::Receiver<Job>, mut closing: watch::Receiver<bool>) {
-        // The aggregates of the shard's pools, as their streams hold them. A pool is loaded
-        // at its first command and dropped after a failed append (reloaded at its next).
-        let mut pools: HashMap<PoolId, Pool, foldhash::fast::RandomState> = HashMap::default();
-        let mut closed = false;
-        loop {
-            let first = tokio::select! {
-                biased;
-                job = queue.recv() => match job {
-                    Some(job) => job,
-                    None => break,
-                },
-                // A closed queue still hands out what is in it, then ends.
-                _ = closing.wait_for(|closing| *closing), if !closed => {
-                    queue.close();
-                    closed = true;
-                    continue;
-                }
-            };
-            let mut wave = Vec::with_capacity(queue.len().min(WAVE_COMMANDS_MAX) + 1);
-            wave.push(first);
-            while wave.len() < WAVE_COMMANDS_MAX {
-                match queue.try_recv() {
-                    Ok(job) => wave.push(job),
-                    Err(_) => break,
-                }
-            }
-            // A panic is a bug: its commands are dropped unanswered (their submitters hear
-            // that nothing was decided), and every pool is reloaded before its next command.
-            let decided = AssertUnwindSafe(self.decide_wave(&mut pools, wave))
-                .catch_unwind()
-                .await;
-            if decided.is_err() {
-                tracing::error!("a wave panicked; reloading the shard's pools");
-                pools.clear();
-            }
-        }
-    }
-
-    /// Decides a wave pool by pool, appends it, and answers it once durable.
-    async fn decide_wave(
-        &self,
-        pools: &mut HashMap<PoolId, Pool, foldhash::fast::RandomState>,
-        wave: Vec<Job>,
-    ) {
-        // Each pool's commands in the order they came.
-        let mut batches: Vec<(PoolId, Vec<Job>)> = Vec::new();
-        let mut batch_of: HashMap<PoolId, usize, foldhash::fast::RandomState> =
-            HashMap::with_capacity_and_hasher(wave.len(), Default::default());
-        for job in wave {
-            match batch_of.entry(job.command.pool.clone()) {
-                Entry::Occupied(entry) => batches[*entry.get()].1.push(job),
-                Entry::Vacant(entry) => {
-                    entry.insert(batches.len());
-                    batches.push((job.command.pool.clone(), vec![job]));
-                }
-            }
-        }
-        let now = self.shared.clock.now();
-        let mut decided = Vec::with_capacity(batches.len());
-        let mut appends = Vec::with_capacity(batches.len());
-        for (pool_id, batch) in batches {
-            let pool = match pools.entry(pool_id.clone()) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => match self.load_pool(&pool_id).await {
-                    Ok(pool) => entry.insert(pool),
-                    Err(error) => {
-                        tracing::error!(pool = %pool_id, %error, "cannot load pool");
-                        fail_all(batch, &SubmitError::Recording(error.to_string()));
-                        continue;
-                    }
-                },
-            };
-            let Ok(batch) = decide_jobs(&pool_id, pool, batch, now) else {
-                // Decide and evolve disagreed (a domain bug); the batch was failed.
-                pools.remove(&pool_id);
-                continue;
-            };
-            if !pool.is_declared() {
-                // Commands to a pool nobody declared keep nothing in memory.
-                pools.remove(&pool_id);
-            }
-            if batch.events.is_empty() {
-                send_replies(batch.jobs, batch.replies);
-                continue;
-            }
-            self.shared
-                .metrics
-                .append_batch_events
-                .observe(batch.events.len() as f64);
-            appends.push(WaveAppend {
-                stream: pool_stream(&pool_id),
-                expected: expected_before(batch.base_version),
-                events: propose(&batch.events),
-            });
-            decided.push((pool_id, batch));
-        }
-        if appends.is_empty() {
-            return;
-        }
-        let results = self.shared.store.append_wave(appends).await;
-        for ((pool_id, batch), result) in decided.into_iter().zip(results) {
-            match result {
-                Ok(appended) => self.record_appended(&pool_id, batch, appended).await,
-                Err(error) => {
-                    // The pool's state took this batch: reload before its next command.
-                    pools.remove(&pool_id);
-                    self.append_failed(&pool_id, batch, error, pools).await;
-                }
-            }
-        }
-    }
-
-    /// After a pool's append of a wave failed: on a version conflict (another instance wrote)
-    /// reloads the pool and decides its commands again; otherwise fails them.
-    async fn append_failed(
-        &self,
-        pool_id: &PoolId,
-        batch: Decided,
-        error: StoreError,
-        pools: &mut HashMap<PoolId, Pool, foldhash::fast::RandomState>,
-    ) {
-        if let StoreError::WrongExpectedVersion { .. } = error {
-            self.shared.metrics.version_conflicts.inc();
-            tracing::debug!(pool = %pool_id, "version conflict; reloading");
-            let mut pool = match self.load_pool(pool_id).await {
-                Ok(pool) => pool,
-                Err(error) => {
-                    fail_all(batch.jobs, &SubmitError::Recording(error.to_string()));
-                    return;
-                }
-            };
-            // Events another writer appended must reach the projections too.
-            self.catch_up_projections(pool_id).await;
-            let stream = pool_stream(pool_id);
-            if self
-                .decide_batch(pool_id, &stream, &mut pool, batch.jobs, 2)
-                .await
-                && pool.is_declared()
-            {
-                pools.insert(pool_id.clone(), pool);
-            }
-            return;
-        }
-        tracing::warn!(pool = %pool_id, %error, "append failed");
-        let landed = matches!(
-            error,
-            StoreError::Unavailable {
-                maybe_written: true,
-                ..
-            }
-        );
-        fail_all(batch.jobs, &SubmitError::Recording(error.to_string()));
-        if landed {
-            // Events that landed must reach the projections even though nobody was told; a
-            // retry of their tokens replays them.
-            self.catch_up_projections(pool_id).await;
-        }
-    }
-
-    /// Decides and appends one batch, waiting for its append; on a version conflict reloads and
-    /// decides it again. Returns false if the in-memory pool must be reloaded.
-    async fn decide_batch(
-        &self,
-        pool_id: &PoolId,
-        stream: &str,
-        pool: &mut Pool,
-        mut batch: Vec<Job>,
-        first_attempt: usize,
-    ) -> bool {
-        let mut attempt = first_attempt;
-        loop {
-            let decided = match decide_jobs(pool_id, pool, batch, self.shared.clock.now()) {
-                Ok(decided) => decided,
-                Err(()) => return false,
-            };
-            if decided.events.is_empty() {
-                send_replies(decided.jobs, decided.replies);
-                return true;
-            }
-            let expected = expected_before(decided.base_version);
-            let proposed = propose(&decided.events);
-            self.shared
-                .metrics
-                .append_batch_events
-                .observe(decided.events.len() as f64);
-            match self.shared.store.append(stream, expected, proposed).await {
-                Ok(appended) => {
-                    self.record_appended(pool_id, decided, appended).await;
-                    return true;
-                }
-                Err(StoreError::WrongExpectedVersion { .. }) if attempt < CONFLICT_RETRIES_MAX => {
-                    attempt += 1;
-                    self.shared.metrics.version_conflicts.inc();
-                    tracing::debug!(pool = %pool_id, attempt, "version conflict; reloading");
-                    match self.load_pool(pool_id).await {
-                        Ok(fresh) => *pool = fresh,
-                        Err(error) => {
-                            fail_all(decided.jobs, &SubmitError::Recording(error.to_string()));
-                            return false;
-                        }
-                    }
-                    // Events another writer appended must reach the projections too.
-                    self.catch_up_projections(pool_id).await;
-                    batch = decided.jobs;
-                }
-                Err(error) => {
-                    tracing::warn!(pool = %pool_id, %error, "append failed");
-                    let landed = matches!(
-                        error,
-                        StoreError::Unavailable {
-                            maybe_written: true,
-                            ..
-                        }
-                    );
-                    fail_all(decided.jobs, &SubmitError::Recording(error.to_string()));
-                    if landed {
-                        // Events that landed must reach the projections even though nobody was
-                        // told; a retry of their tokens replays them.
-                        self.catch_up_projections(pool_id).await;
-                    }
-                    return false;
-                }
-            }
-        }
-    }
-
-    /// A batch's append is durable: feed the projections, then answer its commands.
-    async fn record_appended(&self, pool_id: &PoolId, decided: Decided, appended: AppendOutcome) {
-        let Decided {
-            jobs,
-            replies,
-            events,
-            base_version,
-        } = decided;
-        let placed_hold = events
-            .iter()
-            .any(|event| matches!(event.change, allot_domain::Change::Reserved { .. }));
-        if self.shared.projections.next_version(pool_id) == base_version {
-            for (i, event) in events.iter().enumerate() {
-                let version = base_version + i as u64;
-                let position = appended
-                    .last_position
-                    .saturating_sub((events.len() - 1 - i) as u64);
-                self.shared.projections.apply(version, position, event);
-            }
-        } else {
-            // The projections missed events before this batch (an append whose ack was lost,
-            // or another instance's writes after a reload): read them, and this batch, from the
-            // stream.
-            self.catch_up_projections(pool_id).await;
-        }
-        if placed_hold {
-            self.shared.holds_placed.notify_one();
-        }
-        send_replies(jobs, replies);
-    }
-
-    /// Applies events of `pool` that the projections have not seen (written by another instance).
-    async fn catch_up_projections(&self, pool: &PoolId) {
-        let stream = pool_stream(pool);
-        loop {
-            let from = self.shared.projections.next_version(pool);
-            let page = match self
-                .shared
-                .store
-                .read_stream(&stream, from, READ_PAGE_EVENTS)
-                .await
-            {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(pool = %pool, %error, "cannot catch up projections");
-                    return;
-                }
-            };
-            for recorded in &page {
-                match decode_pool(recorded) {
-                    Ok(event) => {
-                        self.shared
-                            .projections
-                            .apply(recorded.version, recorded.position, &event);
-                    }
-                    Err(error) => {
-                        tracing::error!(pool = %pool, %error, "cannot decode event");
-                        return;
-                    }
-                }
-            }
-            if page.len() < READ_PAGE_EVENTS {
-                return;
-            }
-        }
+        self.shared.load_pool(pool).await
     }
 
     /// Appends an actor registration or revocation and applies it to the directory, unless the
@@ -789,6 +486,328 @@ impl Ledger {
     }
 }
 
+impl Shared {
+    /// Loads a pool aggregate from its stream.
+    async fn load_pool(&self, pool: &PoolId) -> Result<Pool, LoadError> {
+        let stream = pool_stream(pool);
+        let mut state = Pool::default();
+        loop {
+            let page = self
+                .store
+                .read_stream(&stream, state.events_applied(), READ_PAGE_EVENTS)
+                .await?;
+            for recorded in &page {
+                let event = decode_pool(recorded)?;
+                evolve(&mut state, &event).map_err(|error| LoadError::Fold {
+                    stream: stream.clone(),
+                    version: recorded.version,
+                    reason: error.to_string(),
+                })?;
+            }
+            if page.len() < READ_PAGE_EVENTS {
+                return Ok(state);
+            }
+        }
+    }
+
+    /// A shard: waves of its queue until close, then the rest of the queue.
+    async fn run_shard(&self, mut queue: mpsc::Receiver<Job>, mut closing: watch::Receiver<bool>) {
+        // The aggregates of the shard's pools, as their streams hold them. A pool is loaded
+        // at its first command and dropped after a failed append (reloaded at its next).
+        let mut pools: HashMap<PoolId, Pool, foldhash::fast::RandomState> = HashMap::default();
+        let mut closed = false;
+        loop {
+            let first = tokio::select! {
+                biased;
+                job = queue.recv() => match job {
+                    Some(job) => job,
+                    None => break,
+                },
+                // A closed queue still hands out what is in it, then ends.
+                _ = closing.wait_for(|closing| *closing), if !closed => {
+                    queue.close();
+                    closed = true;
+                    continue;
+                }
+            };
+            let mut wave = Vec::with_capacity(queue.len().min(WAVE_COMMANDS_MAX) + 1);
+            wave.push(first);
+            while wave.len() < WAVE_COMMANDS_MAX {
+                match queue.try_recv() {
+                    Ok(job) => wave.push(job),
+                    Err(_) => break,
+                }
+            }
+            let batches = batches_by_pool(wave);
+            let touched: Vec<PoolId> = batches.iter().map(|(pool, _)| pool.clone()).collect();
+            let decided = AssertUnwindSafe(self.decide_wave(&mut pools, batches))
+                .catch_unwind()
+                .await;
+            if decided.is_err() {
+                // A bug. The wave's commands not yet answered are dropped, and their
+                // submitters hear that the outcome is unknown; their events may have landed,
+                // so the projections read them from the streams. Every pool of the shard is
+                // reloaded before its next command.
+                tracing::error!(
+                    pools = touched.len(),
+                    "a wave panicked; reloading the shard's pools"
+                );
+                pools.clear();
+                for pool in &touched {
+                    self.catch_up_projections(pool).await;
+                }
+                self.holds_placed.notify_one();
+            }
+        }
+    }
+
+    /// Decides a wave pool by pool, appends it, and answers it once durable.
+    async fn decide_wave(
+        &self,
+        pools: &mut HashMap<PoolId, Pool, foldhash::fast::RandomState>,
+        batches: Vec<(PoolId, Vec<Job>)>,
+    ) {
+        let now = self.clock.now();
+        let mut decided = Vec::with_capacity(batches.len());
+        let mut appends = Vec::with_capacity(batches.len());
+        for (pool_id, batch) in batches {
+            let pool = match pools.entry(pool_id.clone()) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => match self.load_pool(&pool_id).await {
+                    Ok(pool) => entry.insert(pool),
+                    Err(error) => {
+                        tracing::error!(pool = %pool_id, %error, "cannot load pool");
+                        fail_all(batch, &SubmitError::Recording(error.to_string()));
+                        continue;
+                    }
+                },
+            };
+            let Ok(batch) = decide_jobs(&pool_id, pool, batch, now) else {
+                // Decide and evolve disagreed (a domain bug); the batch was failed.
+                pools.remove(&pool_id);
+                continue;
+            };
+            if !pool.is_declared() {
+                // Commands to a pool nobody declared keep nothing in memory.
+                pools.remove(&pool_id);
+            }
+            if batch.events.is_empty() {
+                send_replies(batch.jobs, batch.replies);
+                continue;
+            }
+            self.metrics
+                .append_batch_events
+                .observe(batch.events.len() as f64);
+            appends.push(WaveAppend {
+                stream: pool_stream(&pool_id),
+                expected: expected_before(batch.base_version),
+                events: propose(&batch.events),
+            });
+            decided.push((pool_id, batch));
+        }
+        if appends.is_empty() {
+            return;
+        }
+        let mut results = self.store.append_wave(appends).await.into_iter();
+        for (pool_id, batch) in decided {
+            // A store that answers fewer appends than it was given broke the port; what it did
+            // with the rest is unknown.
+            let result = results.next().unwrap_or_else(|| {
+                Err(StoreError::Unavailable {
+                    reason: "the store gave no answer for this append".to_owned(),
+                    maybe_written: true,
+                })
+            });
+            match result {
+                Ok(appended) => self.record_appended(&pool_id, batch, appended).await,
+                Err(error) => {
+                    // The pool's state took this batch: reload before its next command.
+                    pools.remove(&pool_id);
+                    self.append_failed(&pool_id, batch, error, pools).await;
+                }
+            }
+        }
+    }
+
+    /// After a pool's append of a wave failed: on a version conflict (another instance wrote)
+    /// reloads the pool and decides its commands again; otherwise fails them.
+    async fn append_failed(
+        &self,
+        pool_id: &PoolId,
+        batch: Decided,
+        error: StoreError,
+        pools: &mut HashMap<PoolId, Pool, foldhash::fast::RandomState>,
+    ) {
+        if let StoreError::WrongExpectedVersion { .. } = error {
+            self.metrics.version_conflicts.inc();
+            tracing::debug!(pool = %pool_id, "version conflict; reloading");
+            let mut pool = match self.load_pool(pool_id).await {
+                Ok(pool) => pool,
+                Err(error) => {
+                    fail_all(batch.jobs, &SubmitError::Recording(error.to_string()));
+                    return;
+                }
+            };
+            // Events another writer appended must reach the projections too.
+            self.catch_up_projections(pool_id).await;
+            let stream = pool_stream(pool_id);
+            if self
+                .decide_batch(pool_id, &stream, &mut pool, batch.jobs)
+                .await
+                && pool.is_declared()
+            {
+                pools.insert(pool_id.clone(), pool);
+            }
+            return;
+        }
+        tracing::warn!(pool = %pool_id, %error, "append failed");
+        let landed = matches!(
+            error,
+            StoreError::Unavailable {
+                maybe_written: true,
+                ..
+            }
+        );
+        fail_all(batch.jobs, &SubmitError::Recording(error.to_string()));
+        if landed {
+            // Events that landed must reach the projections even though nobody was told; a
+            // retry of their tokens replays them.
+            self.catch_up_projections(pool_id).await;
+        }
+    }
+
+    /// Decides again, and appends on its own, a batch whose append in a wave met a version
+    /// conflict (the wave's was the first attempt); on another conflict reloads and decides it
+    /// again. Returns false if the in-memory pool must be reloaded.
+    async fn decide_batch(
+        &self,
+        pool_id: &PoolId,
+        stream: &str,
+        pool: &mut Pool,
+        mut batch: Vec<Job>,
+    ) -> bool {
+        let mut attempt = 2;
+        loop {
+            let decided = match decide_jobs(pool_id, pool, batch, self.clock.now()) {
+                Ok(decided) => decided,
+                Err(()) => return false,
+            };
+            if decided.events.is_empty() {
+                send_replies(decided.jobs, decided.replies);
+                return true;
+            }
+            let expected = expected_before(decided.base_version);
+            let proposed = propose(&decided.events);
+            self.metrics
+                .append_batch_events
+                .observe(decided.events.len() as f64);
+            match self.store.append(stream, expected, proposed).await {
+                Ok(appended) => {
+                    self.record_appended(pool_id, decided, appended).await;
+                    return true;
+                }
+                Err(StoreError::WrongExpectedVersion { .. }) if attempt < CONFLICT_RETRIES_MAX => {
+                    attempt += 1;
+                    self.metrics.version_conflicts.inc();
+                    tracing::debug!(pool = %pool_id, attempt, "version conflict; reloading");
+                    match self.load_pool(pool_id).await {
+                        Ok(fresh) => *pool = fresh,
+                        Err(error) => {
+                            fail_all(decided.jobs, &SubmitError::Recording(error.to_string()));
+                            return false;
+                        }
+                    }
+                    // Events another writer appended must reach the projections too.
+                    self.catch_up_projections(pool_id).await;
+                    batch = decided.jobs;
+                }
+                Err(error) => {
+                    tracing::warn!(pool = %pool_id, %error, "append failed");
+                    let landed = matches!(
+                        error,
+                        StoreError::Unavailable {
+                            maybe_written: true,
+                            ..
+                        }
+                    );
+                    fail_all(decided.jobs, &SubmitError::Recording(error.to_string()));
+                    if landed {
+                        // Events that landed must reach the projections even though nobody was
+                        // told; a retry of their tokens replays them.
+                        self.catch_up_projections(pool_id).await;
+                    }
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// A batch's append is durable: feed the projections, then answer its commands.
+    async fn record_appended(&self, pool_id: &PoolId, decided: Decided, appended: AppendOutcome) {
+        let Decided {
+            jobs,
+            replies,
+            events,
+            base_version,
+        } = decided;
+        let placed_hold = events
+            .iter()
+            .any(|event| matches!(event.change, allot_domain::Change::Reserved { .. }));
+        if self.projections.next_version(pool_id) == base_version {
+            for (i, event) in events.iter().enumerate() {
+                let version = base_version + i as u64;
+                let position = appended
+                    .last_position
+                    .saturating_sub((events.len() - 1 - i) as u64);
+                self.projections.apply(version, position, event);
+            }
+        } else {
+            // The projections missed events before this batch (an append whose ack was lost,
+            // or another instance's writes after a reload): read them, and this batch, from the
+            // stream.
+            self.catch_up_projections(pool_id).await;
+        }
+        if placed_hold {
+            self.holds_placed.notify_one();
+        }
+        send_replies(jobs, replies);
+    }
+
+    /// Applies events of `pool` that the projections have not seen (written by another instance).
+    async fn catch_up_projections(&self, pool: &PoolId) {
+        let stream = pool_stream(pool);
+        loop {
+            let from = self.projections.next_version(pool);
+            let page = match self
+                .store
+                .read_stream(&stream, from, READ_PAGE_EVENTS)
+                .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(pool = %pool, %error, "cannot catch up projections");
+                    return;
+                }
+            };
+            for recorded in &page {
+                match decode_pool(recorded) {
+                    Ok(event) => {
+                        self.projections
+                            .apply(recorded.version, recorded.position, &event);
+                    }
+                    Err(error) => {
+                        tracing::error!(pool = %pool, %error, "cannot decode event");
+                        return;
+                    }
+                }
+            }
+            if page.len() < READ_PAGE_EVENTS {
+                return;
+            }
+        }
+    }
+}
+
 fn actor_event_id(event: &ActorEvent) -> [u8; 16] {
     derived_id(
         b"allot-actor-event-id-v1\n",
@@ -827,6 +846,23 @@ struct Decided {
     events: Vec<Event>,
     /// Version of the batch's first event: the pool's event count before the batch.
     base_version: u64,
+}
+
+/// A wave's commands grouped by pool, each pool's in the order they came.
+fn batches_by_pool(wave: Vec<Job>) -> Vec<(PoolId, Vec<Job>)> {
+    let mut batches: Vec<(PoolId, Vec<Job>)> = Vec::new();
+    let mut batch_of: HashMap<PoolId, usize, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(wave.len(), Default::default());
+    for job in wave {
+        match batch_of.entry(job.command.pool.clone()) {
+            Entry::Occupied(entry) => batches[*entry.get()].1.push(job),
+            Entry::Vacant(entry) => {
+                entry.insert(batches.len());
+                batches.push((job.command.pool.clone(), vec![job]));
+            }
+        }
+    }
+    batches
 }
 
 /// Decides `batch` back to back against `pool`, evolving it. `Err` (every command answered
@@ -947,7 +983,7 @@ mod tests {
     /// a release and then ends as its [`Fate`] says; while the gate is closed
     /// ([`GatedStore::close_gate`]) every other append waits, in submission order, until
     /// [`GatedStore::open_gate`] and is then written as usual. Other calls pass straight
-    /// through (a wave's appends run one by one, the default `append_wave`).
+    /// through (a wave's appends run concurrently, the default `append_wave`).
     ///
     /// It also watches the appends in flight: per stream, how many at once at most, and whether
     /// an append arrived that does not continue the one in flight before it (two writers of one
@@ -1276,8 +1312,27 @@ mod tests {
         (ledger, pool)
     }
 
-    /// A wave that panics (here: in the store) answers its commands as not decided, and its
-    /// shard goes on: the pool's next command is decided on the pool as the log holds it.
+    /// A ledger dropped without `close` lets go of its store: its shards end once their queues
+    /// are empty (an open embedded store keeps its data directory locked until then).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dropped_ledger_lets_go_of_its_store() {
+        let store = Arc::new(GatedStore::new());
+        let (ledger, pool) = ledger_with_pool(store.clone()).await;
+        ledger.submit(reserve(&pool, "a")).await.unwrap();
+        drop(ledger);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&store) > 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the shards still hold the store"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// A wave that panics (here: in the store) answers its commands with a recording failure
+    /// (outcome unknown), and its shard goes on: the pool's next command is decided on the pool
+    /// as the log holds it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wave_that_panics_answers_its_commands_and_the_shard_goes_on() {
         let store = Arc::new(GatedStore::new());
@@ -1407,8 +1462,8 @@ mod tests {
     type Submission =
         std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, SubmitError>> + Send>>;
 
-    /// Submits `command` and polls it once, so that when this returns the command is in its pool
-    /// task's queue (or already answered). The rest of the submission is the returned future.
+    /// Submits `command` and polls it once, so that when this returns the command is in its
+    /// shard's queue (or already answered). The rest of the submission is the returned future.
     async fn enqueue(ledger: &Ledger, command: Command) -> Submission {
         let ledger = ledger.clone();
         let mut submission: Submission = Box::pin(async move { ledger.submit(command).await });

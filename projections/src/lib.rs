@@ -31,7 +31,8 @@ pub use expiry::{ExpiryImage, ExpiryIndex};
 /// A map keyed by a pool's reservation sequence.
 pub(crate) type SeqMap<V> = HashMap<u64, V, foldhash::fast::RandomState>;
 
-/// A concurrent map keyed by pool id (read by the HTTP handlers, written by the pool tasks).
+/// A concurrent map keyed by pool id (read by the HTTP handlers, written by the ledger's shard
+/// tasks).
 pub(crate) type PoolMap<V> = DashMap<PoolId, V, PoolHasher>;
 
 /// The hasher of every [`PoolMap`] of one [`Projections`]: one seed for all of them, so a pool

@@ -584,7 +584,8 @@ pub async fn oversize_append_is_rejected_without_writing<S: EventStore>(store: A
 }
 
 /// Appends to `stream` submitted one after another without waiting: each future is polled once,
-/// in order, before the next is created (how the command path pipelines), then all are awaited.
+/// in order, before the next is created (how a writer keeps several appends of a stream in
+/// flight), then all are awaited.
 /// `None` if the backend does not promise submission order (nothing to check there).
 async fn pipelined<S: EventStore>(
     store: &S,

@@ -699,7 +699,7 @@ async fn unavailable_server_gives_a_retryable_503_and_loses_nothing() {
         .written_but_unanswered("written-but-unanswered", "t-unknown")
         .await;
     assert_ne!(reservation_of(&replayed), first_id);
-    // Once more, to be sure the pool task reloads every time.
+    // Once more, to be sure the pool's shard reloads every time.
     let replayed_again = outage.reserve("written-but-unanswered", "t-unknown").await;
     assert_eq!(
         (replayed_again.status, replayed_again.replayed),
@@ -712,7 +712,7 @@ async fn unavailable_server_gives_a_retryable_503_and_loses_nothing() {
 }
 
 /// After an append of unknown outcome that was in fact written, the live projections never see
-/// that event: the pool task reloads its aggregate from the stream (so the retry replays), but
+/// that event: the pool's shard reloads its aggregate from the stream (so the retry replays), but
 /// nothing applies the reloaded events to the projections, and every later event of the pool
 /// is refused by `Projections::apply` as a gap (its result is ignored by the ledger). GET pool
 /// and GET reservation stay stale and the sweeper's expiry index misses every later hold of the

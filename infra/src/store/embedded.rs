@@ -5,8 +5,8 @@
 //!
 //! How it works:
 //! - `writer`: one thread owns the file for writing and group-commits the bounded queue of
-//!   appends ([`APPEND_QUEUE_MAX`]): one write and one fdatasync per batch; an append resolves
-//!   only after its bytes are durable.
+//!   requests ([`APPEND_QUEUE_MAX`]; an append, or a wave of appends to distinct streams): one
+//!   write and one fdatasync per batch; an append resolves only after its bytes are durable.
 //! - `index`: in memory, position → file offset and stream → positions, holding durable events
 //!   only; `read_stream` costs what the stream's events cost, not the log.
 //! - `recovery`: open verifies every checksum, truncates a torn last batch, and reports any
