@@ -12,9 +12,9 @@
 //!
 //! Why shards and not a task per pool: with many quiet pools (one command per pool per wave)
 //! every command paid a pool task's wakes and its own store request and answer; a wave pays
-//! them once for all its pools (BENCHMARKS.md, stop 15: +40 % commands per second on 1,000
+//! them once for all its pools (BENCHMARKS.md, stop 15: +30 % commands per second on 1,000
 //! pools). The cost: pools of one shard share its queue ([`SHARD_QUEUE_MAX`]) and wait for each
-//! other's loads.
+//! other's loads and conflict retries.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -1255,10 +1255,6 @@ mod tests {
 
         async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError> {
             self.inner.subscribe_all(after).await
-        }
-
-        fn orders_appends_by_submission(&self) -> bool {
-            true
         }
     }
 

@@ -39,8 +39,6 @@ macro_rules! store_conformance_cases {
             subscription_mid_stream_under_concurrent_appends,
             empty_append_is_rejected_without_writing,
             oversize_append_is_rejected_without_writing,
-            pipelined_appends_are_decided_in_submission_order,
-            pipelined_append_behind_a_refused_one_is_refused,
             a_wave_decides_each_append_on_its_own
         );
     };
@@ -581,92 +579,6 @@ pub async fn oversize_append_is_rejected_without_writing<S: EventStore>(store: A
         .await
         .unwrap();
     assert_eq!(read_everything(&*store).await.len(), 2);
-}
-
-/// Appends to `stream` submitted one after another without waiting: each future is polled once,
-/// in order, before the next is created (how a writer keeps several appends of a stream in
-/// flight), then all are awaited.
-/// `None` if the backend does not promise submission order (nothing to check there).
-async fn pipelined<S: EventStore>(
-    store: &S,
-    stream: &str,
-    appends: Vec<(ExpectedVersion, Vec<ProposedEvent>)>,
-) -> Option<Vec<Result<allot_infra::store::AppendOutcome, StoreError>>> {
-    if !store.orders_appends_by_submission() {
-        return None;
-    }
-    let mut submitted = Vec::new();
-    for (expected, events) in appends {
-        let mut future = store.append(stream, expected, events);
-        // Submitted now; the result may still wait for durability.
-        match futures::poll!(future.as_mut()) {
-            std::task::Poll::Ready(result) => submitted.push(futures::future::Either::Left(
-                futures::future::ready(result),
-            )),
-            std::task::Poll::Pending => submitted.push(futures::future::Either::Right(future)),
-        }
-    }
-    let mut results = Vec::new();
-    for future in submitted {
-        results.push(future.await);
-    }
-    Some(results)
-}
-
-pub async fn pipelined_appends_are_decided_in_submission_order<S: EventStore>(store: Arc<S>) {
-    let appends = (0..20u64)
-        .map(|v| {
-            let expected = match v {
-                0 => ExpectedVersion::NoStream,
-                v => ExpectedVersion::Exact(2 * v - 1),
-            };
-            let events = vec![event("P", format!("p{v}a")), event("P", format!("p{v}b"))];
-            (expected, events)
-        })
-        .collect();
-    let Some(results) = pipelined(&*store, "pool-pipe", appends).await else {
-        return;
-    };
-    for (v, result) in results.into_iter().enumerate() {
-        let outcome = result.unwrap_or_else(|e| panic!("append {v}: {e}"));
-        assert_eq!(outcome.last_version, 2 * v as u64 + 1);
-    }
-    let stream = store.read_stream("pool-pipe", 0, 100).await.unwrap();
-    let payloads: Vec<String> = stream
-        .iter()
-        .map(|e| String::from_utf8_lossy(&e.payload).into_owned())
-        .collect();
-    let want: Vec<String> = (0..20)
-        .flat_map(|v| [format!("p{v}a"), format!("p{v}b")])
-        .collect();
-    assert_eq!(payloads, want);
-}
-
-pub async fn pipelined_append_behind_a_refused_one_is_refused<S: EventStore>(store: Arc<S>) {
-    store
-        .append("pool-q", ExpectedVersion::NoStream, vec![event("Q", "q0")])
-        .await
-        .unwrap();
-    // The first expects a version the stream never had; the second expects the version the
-    // first would have left: both must be refused, and nothing written.
-    let appends = vec![
-        (ExpectedVersion::Exact(7), vec![event("Q", "q1")]),
-        (ExpectedVersion::Exact(8), vec![event("Q", "q2")]),
-        (ExpectedVersion::Exact(0), vec![event("Q", "q3")]),
-    ];
-    let Some(mut results) = pipelined(&*store, "pool-q", appends).await else {
-        return;
-    };
-    let third = results.pop().unwrap();
-    let second = results.pop().unwrap();
-    let first = results.pop().unwrap();
-    assert_eq!(wrong_version(first), ActualVersion::Exact(0));
-    assert_eq!(wrong_version(second), ActualVersion::Exact(0));
-    // An append that does follow the stream as the refused ones left it still lands.
-    assert_eq!(third.unwrap().last_version, 1);
-    let stream = store.read_stream("pool-q", 0, 10).await.unwrap();
-    assert_eq!(stream.len(), 2);
-    assert_eq!(stream[1].payload, b"q3");
 }
 
 /// A wave's appends are decided one by one, as `append` would decide them: a refused one (wrong

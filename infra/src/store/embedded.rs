@@ -515,6 +515,18 @@ impl Drop for EmbeddedStore {
     }
 }
 
+/// The encoded size of an append's frame, once the append keeps every limit.
+fn checked_frame_len(stream: &str, events: &[ProposedEvent]) -> Result<u64, StoreError> {
+    validate_append(stream, events)?;
+    let frame_len = format::frame_len(stream, events);
+    if frame_len > FRAME_BYTES_MAX {
+        return Err(StoreError::InvalidAppend(format!(
+            "append of {frame_len} encoded bytes exceeds {FRAME_BYTES_MAX}"
+        )));
+    }
+    Ok(frame_len)
+}
+
 #[async_trait]
 impl EventStore for EmbeddedStore {
     async fn append(
@@ -523,18 +535,11 @@ impl EventStore for EmbeddedStore {
         expected: ExpectedVersion,
         events: Vec<ProposedEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        validate_append(stream, &events)?;
-        let frame_len = format::frame_len(stream, &events);
-        if frame_len > FRAME_BYTES_MAX {
-            return Err(StoreError::InvalidAppend(format!(
-                "append of {frame_len} encoded bytes exceeds {FRAME_BYTES_MAX}"
-            )));
-        }
+        let frame_len = checked_frame_len(stream, &events)?;
         let requests = self.requests.as_ref().ok_or(StoreError::Closed)?;
         let (reply, outcome) = oneshot::channel();
         // The first poll of this future reaches `send`; tokio's bounded channel completes sends
-        // in the order they were first polled, even while the queue is full, which is the
-        // submission order `orders_appends_by_submission` promises.
+        // in the order they were first polled, even while the queue is full.
         requests
             .send(Request::Append(AppendRequest {
                 stream: stream.to_owned(),
@@ -554,26 +559,17 @@ impl EventStore for EmbeddedStore {
         appends: Vec<WaveAppend>,
     ) -> Vec<Result<AppendOutcome, StoreError>> {
         let count = appends.len();
-        let refuse_all = |error: fn() -> StoreError| (0..count).map(|_| Err(error())).collect();
+        let all_closed = || (0..count).map(|_| Err(StoreError::Closed)).collect();
         let Some(requests) = self.requests.as_ref() else {
-            return refuse_all(|| StoreError::Closed);
+            return all_closed();
         };
         let (reply, answers) = oneshot::channel();
         let wave = writer::WaveReply::new(count, reply);
         let mut parts = Vec::with_capacity(count);
         for (slot, append) in appends.into_iter().enumerate() {
-            // An append that breaks a limit is answered in its slot; the others go ahead.
-            let checked = validate_append(&append.stream, &append.events).and_then(|()| {
-                let frame_len = format::frame_len(&append.stream, &append.events);
-                if frame_len > FRAME_BYTES_MAX {
-                    return Err(StoreError::InvalidAppend(format!(
-                        "append of {frame_len} encoded bytes exceeds {FRAME_BYTES_MAX}"
-                    )));
-                }
-                Ok(frame_len)
-            });
             let part = writer::AppendReply::Part(wave.clone(), slot);
-            match checked {
+            // An append that breaks a limit is answered in its slot; the others go ahead.
+            match checked_frame_len(&append.stream, &append.events) {
                 Ok(frame_len) => parts.push(AppendRequest {
                     stream: append.stream,
                     expected: append.expected,
@@ -584,14 +580,13 @@ impl EventStore for EmbeddedStore {
                 Err(error) => part.send(Err(error)),
             }
         }
-        // The parts hold the wave now: it is answered when the last of them is.
+        // The parts hold the wave now: it is answered when the last of them is. A refused send
+        // drops them unanswered, and the wave answers `Closed`.
         drop(wave);
-        if !parts.is_empty() && requests.send(Request::Wave(parts)).await.is_err() {
-            // The rejected request (and its parts) was dropped: the wave answers `Closed`.
+        if !parts.is_empty() {
+            let _ = requests.send(Request::Wave(parts)).await;
         }
-        answers
-            .await
-            .unwrap_or_else(|_| refuse_all(|| StoreError::Closed))
+        answers.await.unwrap_or_else(|_| all_closed())
     }
 
     async fn read_stream(
@@ -633,12 +628,6 @@ impl EventStore for EmbeddedStore {
         }
         let shared = self.shared.clone();
         on_blocking_pool("read", move || shared.read_page(&locs)).await
-    }
-
-    /// One writer thread takes appends from a FIFO queue (its bounded channel hands out room in
-    /// request order) and checks each against the heads its earlier appends left.
-    fn orders_appends_by_submission(&self) -> bool {
-        true
     }
 
     async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError> {

@@ -290,12 +290,6 @@ impl EventStore for EsdbStore {
         true
     }
 
-    /// Concurrent calls travel as separate gRPC requests and may reach the server in any
-    /// order, and other instances write in between.
-    fn orders_appends_by_submission(&self) -> bool {
-        false
-    }
-
     async fn append(
         &self,
         stream: &str,

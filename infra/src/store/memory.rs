@@ -167,11 +167,6 @@ impl EventStore for MemoryStore {
         Ok(self.shared.read_after(after, max_count))
     }
 
-    /// An append is decided whole on its first poll.
-    fn orders_appends_by_submission(&self) -> bool {
-        true
-    }
-
     async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError> {
         // Subscribe to wake-ups before the catch-up read, and re-read after the last delivered
         // position on every wake-up: nothing appended in between can be missed or repeated.

@@ -384,13 +384,4 @@ pub trait EventStore: Send + Sync + 'static {
     fn shared_with_other_writers(&self) -> bool {
         false
     }
-
-    /// Whether appends are decided in the order their futures are first polled, even while
-    /// earlier ones still wait to be durable: an append submitted after another to the same
-    /// stream is version-checked against the stream as that earlier append leaves it (accepted
-    /// or refused). Only then may a writer keep several appends to one stream in flight; with
-    /// `false` it must wait for each append before submitting the next.
-    fn orders_appends_by_submission(&self) -> bool {
-        false
-    }
 }

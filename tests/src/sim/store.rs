@@ -189,9 +189,4 @@ impl EventStore for FaultyStore {
     async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError> {
         self.inner.subscribe_all(after).await
     }
-
-    /// Faults are drawn on the append's first poll, which also decides it: still in order.
-    fn orders_appends_by_submission(&self) -> bool {
-        self.inner.orders_appends_by_submission()
-    }
 }

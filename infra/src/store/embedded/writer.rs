@@ -61,49 +61,40 @@ pub(crate) struct AppendRequest {
 }
 
 /// The answers of a wave ([`Request::Wave`]): each append's result lands in its slot, and the
-/// wave is answered once, when its last append is. A wave the writer drops unanswered (it
-/// stopped) is answered with what it has, `Closed` for the rest.
+/// wave is answered once, when the last part lets go of it (so after its last append is
+/// answered). A part dropped unanswered (the writer stopped) reads `Closed`.
 pub(crate) struct WaveReply {
     slots: Mutex<Vec<Option<Result<AppendOutcome, StoreError>>>>,
-    reply: Mutex<Option<WaveSender>>,
+    reply: Option<oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>>>,
 }
 
-type WaveSender = oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>>;
-
 impl WaveReply {
-    pub fn new(len: usize, reply: WaveSender) -> Arc<WaveReply> {
+    pub fn new(
+        len: usize,
+        reply: oneshot::Sender<Vec<Result<AppendOutcome, StoreError>>>,
+    ) -> Arc<WaveReply> {
         Arc::new(WaveReply {
             slots: Mutex::new((0..len).map(|_| None).collect()),
-            reply: Mutex::new(Some(reply)),
+            reply: Some(reply),
         })
     }
+}
 
-    fn answer(&self) {
-        let sender = self
-            .reply
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
-        if let Some(sender) = sender {
-            let slots = std::mem::take(
-                &mut *self
-                    .slots
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
-            );
-            let _ = sender.send(
+impl Drop for WaveReply {
+    fn drop(&mut self) {
+        let slots = std::mem::take(
+            self.slots
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(
                 slots
                     .into_iter()
                     .map(|slot| slot.unwrap_or(Err(StoreError::Closed)))
                     .collect(),
             );
         }
-    }
-}
-
-impl Drop for WaveReply {
-    fn drop(&mut self) {
-        self.answer();
     }
 }
 
