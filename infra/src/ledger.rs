@@ -538,24 +538,23 @@ impl Shared {
                     Err(_) => break,
                 }
             }
-            let batches = batches_by_pool(wave);
-            let touched: Vec<PoolId> = batches.iter().map(|(pool, _)| pool.clone()).collect();
-            let decided = AssertUnwindSafe(self.decide_wave(&mut pools, batches))
+            let decided = AssertUnwindSafe(self.decide_wave(&mut pools, batches_by_pool(wave)))
                 .catch_unwind()
                 .await;
             if decided.is_err() {
                 // A bug. The wave's commands not yet answered are dropped, and their
-                // submitters hear that the outcome is unknown; their events may have landed,
-                // so the projections read them from the streams. Every pool of the shard is
-                // reloaded before its next command.
+                // submitters hear that the outcome is unknown. Events of the wave may have
+                // landed, for pools the shard holds (a pool is loaded before it is decided), so
+                // the projections read those pools from their streams; every pool is reloaded
+                // before its next command.
                 tracing::error!(
-                    pools = touched.len(),
+                    pools = pools.len(),
                     "a wave panicked; reloading the shard's pools"
                 );
-                pools.clear();
-                for pool in &touched {
+                for pool in pools.keys() {
                     self.catch_up_projections(pool).await;
                 }
+                pools.clear();
                 self.holds_placed.notify_one();
             }
         }
@@ -630,35 +629,68 @@ impl Shared {
     }
 
     /// After a pool's append of a wave failed: on a version conflict (another instance wrote)
-    /// reloads the pool and decides its commands again; otherwise fails them.
+    /// reloads the pool and decides its commands again, appending them on their own, up to
+    /// [`CONFLICT_RETRIES_MAX`] attempts in all; on any other failure fails them.
     async fn append_failed(
         &self,
         pool_id: &PoolId,
         batch: Decided,
-        error: StoreError,
+        mut error: StoreError,
         pools: &mut HashMap<PoolId, Pool, foldhash::fast::RandomState>,
     ) {
-        if let StoreError::WrongExpectedVersion { .. } = error {
+        let mut jobs = batch.jobs;
+        let mut attempt = 1;
+        while matches!(error, StoreError::WrongExpectedVersion { .. })
+            && attempt < CONFLICT_RETRIES_MAX
+        {
+            attempt += 1;
             self.metrics.version_conflicts.inc();
-            tracing::debug!(pool = %pool_id, "version conflict; reloading");
+            tracing::debug!(pool = %pool_id, attempt, "version conflict; reloading");
             let mut pool = match self.load_pool(pool_id).await {
                 Ok(pool) => pool,
                 Err(error) => {
-                    fail_all(batch.jobs, &SubmitError::Recording(error.to_string()));
+                    fail_all(jobs, &SubmitError::Recording(error.to_string()));
                     return;
                 }
             };
             // Events another writer appended must reach the projections too.
             self.catch_up_projections(pool_id).await;
-            let stream = pool_stream(pool_id);
-            if self
-                .decide_batch(pool_id, &stream, &mut pool, batch.jobs)
-                .await
-                && pool.is_declared()
-            {
-                pools.insert(pool_id.clone(), pool);
+            let Ok(decided) = decide_jobs(pool_id, &mut pool, jobs, self.clock.now()) else {
+                return;
+            };
+            let retried = if decided.events.is_empty() {
+                send_replies(decided.jobs, decided.replies);
+                Ok(())
+            } else {
+                let expected = expected_before(decided.base_version);
+                let proposed = propose(&decided.events);
+                self.metrics
+                    .append_batch_events
+                    .observe(decided.events.len() as f64);
+                match self
+                    .store
+                    .append(&pool_stream(pool_id), expected, proposed)
+                    .await
+                {
+                    Ok(appended) => {
+                        self.record_appended(pool_id, decided, appended).await;
+                        Ok(())
+                    }
+                    Err(next) => Err((next, decided.jobs)),
+                }
+            };
+            match retried {
+                Ok(()) => {
+                    if pool.is_declared() {
+                        pools.insert(pool_id.clone(), pool);
+                    }
+                    return;
+                }
+                Err((next, returned)) => {
+                    error = next;
+                    jobs = returned;
+                }
             }
-            return;
         }
         tracing::warn!(pool = %pool_id, %error, "append failed");
         let landed = matches!(
@@ -668,77 +700,11 @@ impl Shared {
                 ..
             }
         );
-        fail_all(batch.jobs, &SubmitError::Recording(error.to_string()));
+        fail_all(jobs, &SubmitError::Recording(error.to_string()));
         if landed {
             // Events that landed must reach the projections even though nobody was told; a
             // retry of their tokens replays them.
             self.catch_up_projections(pool_id).await;
-        }
-    }
-
-    /// Decides again, and appends on its own, a batch whose append in a wave met a version
-    /// conflict (the wave's was the first attempt); on another conflict reloads and decides it
-    /// again. Returns false if the in-memory pool must be reloaded.
-    async fn decide_batch(
-        &self,
-        pool_id: &PoolId,
-        stream: &str,
-        pool: &mut Pool,
-        mut batch: Vec<Job>,
-    ) -> bool {
-        let mut attempt = 2;
-        loop {
-            let decided = match decide_jobs(pool_id, pool, batch, self.clock.now()) {
-                Ok(decided) => decided,
-                Err(()) => return false,
-            };
-            if decided.events.is_empty() {
-                send_replies(decided.jobs, decided.replies);
-                return true;
-            }
-            let expected = expected_before(decided.base_version);
-            let proposed = propose(&decided.events);
-            self.metrics
-                .append_batch_events
-                .observe(decided.events.len() as f64);
-            match self.store.append(stream, expected, proposed).await {
-                Ok(appended) => {
-                    self.record_appended(pool_id, decided, appended).await;
-                    return true;
-                }
-                Err(StoreError::WrongExpectedVersion { .. }) if attempt < CONFLICT_RETRIES_MAX => {
-                    attempt += 1;
-                    self.metrics.version_conflicts.inc();
-                    tracing::debug!(pool = %pool_id, attempt, "version conflict; reloading");
-                    match self.load_pool(pool_id).await {
-                        Ok(fresh) => *pool = fresh,
-                        Err(error) => {
-                            fail_all(decided.jobs, &SubmitError::Recording(error.to_string()));
-                            return false;
-                        }
-                    }
-                    // Events another writer appended must reach the projections too.
-                    self.catch_up_projections(pool_id).await;
-                    batch = decided.jobs;
-                }
-                Err(error) => {
-                    tracing::warn!(pool = %pool_id, %error, "append failed");
-                    let landed = matches!(
-                        error,
-                        StoreError::Unavailable {
-                            maybe_written: true,
-                            ..
-                        }
-                    );
-                    fail_all(decided.jobs, &SubmitError::Recording(error.to_string()));
-                    if landed {
-                        // Events that landed must reach the projections even though nobody was
-                        // told; a retry of their tokens replays them.
-                        self.catch_up_projections(pool_id).await;
-                    }
-                    return false;
-                }
-            }
         }
     }
 

@@ -391,6 +391,12 @@ fn random_token() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
 
+/// A benchmark's result: its one-line summary, then its JSON record.
+fn print_result(result: &(impl std::fmt::Display + serde::Serialize)) {
+    out!("{result}");
+    out!("{}", serde_json::to_string(result).unwrap_or_default());
+}
+
 fn print_answer(answer: &Answer) -> ExitCode {
     let text = serde_json::to_string_pretty(&answer.body).unwrap_or_default();
     if answer.replayed {
@@ -853,28 +859,24 @@ async fn run(cli: Cli) -> Result<ExitCode, String> {
                 BenchScenario::Replay { events, data } => {
                     let dir = dir_or_temp(data);
                     let result = bench::replay(&dir, events).await?;
-                    out!("{result}");
-                    out!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    print_result(&result);
                     return Ok(ExitCode::SUCCESS);
                 }
                 BenchScenario::Startup { events, data, runs } => {
                     let dir = dir_or_temp(data);
                     let result = bench::startup(&dir, events, runs).await?;
-                    out!("{result}");
-                    out!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    print_result(&result);
                     return Ok(ExitCode::SUCCESS);
                 }
                 BenchScenario::Memory { count, data } => {
                     let dir = dir_or_temp(data);
                     let store = bench::store(&dir, false).await?;
                     let result = bench::memory(store.store, count).await?;
-                    out!("{result}");
-                    out!("{}", serde_json::to_string(&result).unwrap_or_default());
+                    print_result(&result);
                     return Ok(ExitCode::SUCCESS);
                 }
             };
-            out!("{result}");
-            out!("{}", serde_json::to_string(&result).unwrap_or_default());
+            print_result(&result);
             Ok(ExitCode::SUCCESS)
         }
         Command::Actor { command } => match command {

@@ -266,48 +266,20 @@ impl Writer {
         let mut batch: Vec<AppendRequest> = Vec::new();
         let mut previous_batch = 0usize;
         while let Some(first) = self.requests.blocking_recv() {
-            let mut close = None;
             let mut bytes = 0u64;
             let mut yields = 0;
-            match first {
-                Request::Append(req) => {
-                    if !self.admit(req, &mut batch, &mut bytes, &mut buf, &mut encoded) {
-                        return (false, None);
-                    }
-                }
-                Request::Wave(reqs) => {
-                    for req in reqs {
-                        if !self.admit(req, &mut batch, &mut bytes, &mut buf, &mut encoded) {
-                            return (false, None);
-                        }
-                    }
-                }
-                Request::Close(reply) => close = Some(reply),
-                Request::Snapshot(reply) => self.start_snapshot(Some(reply)),
-            }
+            let Ok(mut close) = self.take(first, &mut batch, &mut bytes, &mut buf, &mut encoded)
+            else {
+                return (false, None);
+            };
             while close.is_none() && batch.len() < BATCH_APPENDS_MAX {
                 // Peek by receiving; an append that would overflow the batch opens the next one.
                 match self.requests.try_recv() {
-                    Ok(Request::Append(req)) => {
-                        if !self.admit(req, &mut batch, &mut bytes, &mut buf, &mut encoded) {
-                            return (false, None);
+                    Ok(request) => {
+                        match self.take(request, &mut batch, &mut bytes, &mut buf, &mut encoded) {
+                            Ok(closing) => close = closing,
+                            Err(()) => return (false, None),
                         }
-                    }
-                    Ok(Request::Wave(reqs)) => {
-                        for req in reqs {
-                            if !self.admit(req, &mut batch, &mut bytes, &mut buf, &mut encoded) {
-                                return (false, None);
-                            }
-                        }
-                    }
-                    Ok(Request::Close(reply)) => close = Some(reply),
-                    // Answered once the appends queued before it are in the index.
-                    Ok(Request::Snapshot(reply)) => {
-                        if !self.commit(&mut batch, &mut buf, &mut encoded) {
-                            return (false, None);
-                        }
-                        bytes = 0;
-                        self.start_snapshot(Some(reply));
                     }
                     // Callers answered by the last batch are still coming back: a few yields
                     // spent waiting for them can save a whole fdatasync.
@@ -335,6 +307,35 @@ impl Writer {
         }
         tracing::debug!(file = %self.log_path.display(), "event log writer stopped: store dropped");
         (true, None)
+    }
+
+    /// Takes one request: appends join the batch, a snapshot request is started once the batch
+    /// before it is in the index, a close request is returned (the batch is committed, then the
+    /// writer stops). `Err` once the log is broken.
+    fn take(
+        &mut self,
+        request: Request,
+        batch: &mut Vec<AppendRequest>,
+        bytes: &mut u64,
+        buf: &mut Vec<u8>,
+        encoded: &mut Vec<EncodedEvent>,
+    ) -> Result<Option<oneshot::Sender<()>>, ()> {
+        let healthy = match request {
+            Request::Append(req) => self.admit(req, batch, bytes, buf, encoded),
+            Request::Wave(reqs) => reqs
+                .into_iter()
+                .all(|req| self.admit(req, batch, bytes, buf, encoded)),
+            Request::Close(reply) => return Ok(Some(reply)),
+            Request::Snapshot(reply) => {
+                let healthy = self.commit(batch, buf, encoded);
+                if healthy {
+                    *bytes = 0;
+                    self.start_snapshot(Some(reply));
+                }
+                healthy
+            }
+        };
+        if healthy { Ok(None) } else { Err(()) }
     }
 
     /// Adds an append to the batch; one that would take the batch past its limits (appends or
