@@ -2,8 +2,8 @@
 //!
 //! Owns: the types of the seed's contract (pools, reservations, tokens, actors), commands and
 //! events, `decide` (command + state + now → event or rejection) and `evolve` (state + event →
-//! state), the rejection taxonomy and its precedence, the stored event encoding, and the
-//! canonical bytes actors sign.
+//! state), the rejection taxonomy and its precedence, the stored event encoding, the canonical
+//! bytes actors sign, and where events are recorded (stream names, event ids).
 //!
 //! Must not: read a clock, draw randomness, perform I/O, or be async. Time, the parameters
 //! digest and the verified actor arrive as arguments, so replay reproduces live state exactly.
@@ -18,6 +18,8 @@
 //!   per event.
 //! - `actor`: roles and the actor registry folded from the `actors` stream.
 //! - `signing`: the canonical encoding actors sign.
+//! - `streams`: stream names (`actors`, `pool-<id>`) and the deterministic event ids appends
+//!   carry.
 //! - `codec`: the versioned stored encoding (bincode 2).
 
 pub mod actor;
@@ -30,6 +32,7 @@ pub mod ids;
 pub mod pool;
 pub mod rejection;
 pub mod signing;
+pub mod streams;
 pub mod token_index;
 
 pub use actor::{ActorChange, ActorEvent, ActorKey, ActorRegistry, Role};

@@ -52,6 +52,7 @@
 use std::fmt;
 
 use allot_domain::codec;
+use allot_domain::streams::ACTORS_STREAM;
 use allot_domain::{
     Action, ActorChange, ActorEvent, ActorId, ActorKey, ActorRegistry, Change, Event, Pool, PoolId,
     ReservationId, ReservationState, Role, Timestamp, TokenIndex, evolve, signing,
@@ -59,7 +60,7 @@ use allot_domain::{
 use serde::Serialize;
 
 use crate::crypto::{Job, Location, Outcome, Verifier, Work};
-use crate::record::{ACTORS_STREAM, Recorded, RecordedActorEvent, RecordedPoolEvent};
+use crate::record::{Recorded, RecordedActorEvent, RecordedPoolEvent};
 
 /// Violations kept in a report by default; beyond it they are only counted.
 pub const VIOLATIONS_MAX: usize = 1_000;

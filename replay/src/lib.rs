@@ -51,4 +51,4 @@ pub use rebuild::{
     CHECKPOINT_FORMAT_VERSION, Checkpoint, PROGRESS_EVERY_EVENTS, Rebuild, RebuildError,
     RebuildOptions,
 };
-pub use record::{ACTORS_STREAM, Recorded, RecordedActorEvent, RecordedPoolEvent};
+pub use record::{Recorded, RecordedActorEvent, RecordedPoolEvent};

@@ -5,11 +5,8 @@
 //! store.
 
 use allot_domain::codec::{self, CodecError};
+use allot_domain::streams::ACTORS_STREAM;
 use allot_domain::{ActorEvent, Event};
-
-/// The name of the stream holding [`ActorEvent`]s (the store's convention, reported in
-/// violations of actor events).
-pub const ACTORS_STREAM: &str = "actors";
 
 /// A pool event as recorded: its stream, its 0-based version in that stream and its global
 /// position (strictly increasing across all streams, not necessarily contiguous).

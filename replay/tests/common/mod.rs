@@ -27,7 +27,7 @@ pub fn at(ms_after_t0: u64) -> Timestamp {
 }
 
 pub fn stream_of(pool: &str) -> String {
-    format!("pool-{pool}")
+    allot_domain::streams::pool_stream(&PoolId::new(pool))
 }
 
 pub struct Ledger {
