@@ -76,6 +76,17 @@ pub enum ActorChange {
     Revoked,
 }
 
+impl ActorChange {
+    /// The action's name, as signed (see `signing::actor_change_params`) and as a token
+    /// collision names the action its token was first used for.
+    pub fn action_name(&self) -> &'static str {
+        match self {
+            ActorChange::Registered { .. } => "register_actor",
+            ActorChange::Revoked => "revoke_actor",
+        }
+    }
+}
+
 /// One event of the `actors` stream. `by` is the admin who made the change (the first admin and
 /// sweeper are registered by the service itself at first start, `by` = themselves).
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]

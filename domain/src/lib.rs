@@ -17,7 +17,8 @@
 //! - `token_index`: tokens by (actor, token) in recording order, grown and forgotten a little
 //!   per event.
 //! - `actor`: roles and the actor registry folded from the `actors` stream.
-//! - `signing`: the canonical encoding actors sign.
+//! - `signing`: the canonical encoding actors sign, its parameters digest and targets, and the
+//!   parameters of actor changes.
 //! - `streams`: stream names (`actors`, `pool-<id>`) and the deterministic event ids appends
 //!   carry.
 //! - `codec`: the versioned stored encoding (bincode 2).

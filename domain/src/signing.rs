@@ -14,11 +14,21 @@
 //!
 //! where `field(name, value)` is `name ":" len ":" value "\n"` and `len` is the byte length of
 //! the UTF-8 `value` in decimal. Length prefixes make the encoding unambiguous whatever the
-//! values contain. The parameters digest is blake3 over `"allot-params-v1\n"` followed by the
-//! `field("param." + name, value)` lines (computed at the edge; see `allot-infra`).
+//! values contain. The parameters digest ([`params_digest`]) is blake3 over
+//! `"allot-params-v1\n"` followed by the `field("param." + name, value)` lines.
+//!
+//! An actor change (register or revoke) is signed in the same shape: action `register_actor`
+//! (parameters `public_key` in lowercase hex and `role`) or `revoke_actor` (none), target the
+//! actor changed, `actor` the admin ([`actor_change_params`]).
+//!
+//! The service checks signatures with these functions and the audit checks the recorded log
+//! with the same ones, so both agree byte for byte.
 
+use crate::actor::ActorChange;
 use crate::command::{Action, ParamValue};
-use crate::ids::{ActorId, IdempotencyToken, Timestamp};
+use crate::ids::{
+    ActorId, IdempotencyToken, ParamsDigest, PoolId, RESERVATION_ID_SEPARATOR, Timestamp,
+};
 
 pub const SIGNING_PREFIX: &str = "allot-sig-v1\n";
 pub const PARAMS_PREFIX: &str = "allot-params-v1\n";
@@ -93,6 +103,21 @@ pub fn params_bytes(action: &Action) -> Vec<u8> {
     out
 }
 
+/// The parameters digest: blake3 over [`params_bytes`]. A token is bound to it, so reusing a
+/// token with other parameters is a collision, not a replay.
+pub fn params_digest(action: &Action) -> ParamsDigest {
+    ParamsDigest(*blake3::hash(&params_bytes(action)).as_bytes())
+}
+
+/// The target a pool command is signed over: the pool id, or the reservation id `pool:seq` for
+/// the actions that name a reservation.
+pub fn command_target(pool: &PoolId, action: &Action) -> String {
+    match action.reservation() {
+        Some(seq) => format!("{pool}{RESERVATION_ID_SEPARATOR}{seq}"),
+        None => pool.to_string(),
+    }
+}
+
 /// The bytes an actor signs for a pool command. `target` is the pool id, or the reservation id
 /// for confirm/cancel/expire.
 pub fn signing_bytes(
@@ -113,8 +138,21 @@ pub fn signing_bytes(
     out
 }
 
-/// The bytes an admin signs to register or revoke an actor. `action` is `register_actor` or
-/// `revoke_actor`; `params` are (name, value) pairs such as role and public_key (hex).
+/// The action name and (name, value) parameters an admin signs for an actor change, in
+/// ascending name order: the input of [`actor_signing_bytes`].
+pub fn actor_change_params(change: &ActorChange) -> (&'static str, Vec<(&'static str, String)>) {
+    let params = match change {
+        ActorChange::Registered { role, public_key } => vec![
+            ("public_key", hex::encode(public_key)),
+            ("role", role.as_str().to_owned()),
+        ],
+        ActorChange::Revoked => vec![],
+    };
+    (change.action_name(), params)
+}
+
+/// The bytes an admin signs to register or revoke an actor. `action` and `params` are what
+/// [`actor_change_params`] gives for the change; `params` are written sorted by name.
 pub fn actor_signing_bytes(
     action: &str,
     target: &ActorId,
@@ -288,6 +326,72 @@ mod tests {
             admin,
             b"allot-sig-v1\naction:12:revoke_actor\ntarget:3:bob\nparam.role:6:holder\n\
               token:2:t2\nactor:5:admin\nsigned_at:1:5\n"
+        );
+    }
+
+    /// The digests published in `docs/signing.md`.
+    #[test]
+    fn the_published_digests_and_targets_do_not_change() {
+        let reserve = Action::Reserve {
+            resource: "vip-tier".into(),
+            requester: "buyer_a".into(),
+            duration_ms: 600_000,
+            count: 1,
+        };
+        let confirm = Action::ConfirmReservation { reservation: 1 };
+        let declare = Action::DeclarePool {
+            capacity: 30,
+            closes_at: Some(Timestamp(1_767_229_200_000)),
+            units: vec![],
+            idempotency_window_ms: 3_600_000,
+        };
+        for (action, digest) in [
+            (
+                &reserve,
+                "967630b017df719df01ad1953a9ebbd70a88bb167ce534b08e263a5092683a52",
+            ),
+            (
+                &confirm,
+                "b37ecc6fe2ed8118ea61fa4a5debf2fa950c8b38eee554f69870c139ac202b5c",
+            ),
+            (
+                &declare,
+                "36476be75de55ccac94c70585e051627a7a1dcc542518bc6540264e60f20a8c0",
+            ),
+        ] {
+            assert_eq!(hex::encode(params_digest(action).0), digest);
+        }
+        let pool = PoolId::new("pool_vip");
+        assert_eq!(command_target(&pool, &reserve), "pool_vip");
+        assert_eq!(command_target(&pool, &confirm), "pool_vip:1");
+    }
+
+    #[test]
+    fn actor_changes_are_signed_as_published() {
+        let register = ActorChange::Registered {
+            role: crate::actor::Role::Client,
+            public_key: [0xab; 32],
+        };
+        let (action, params) = actor_change_params(&register);
+        assert_eq!(action, "register_actor");
+        let signed = actor_signing_bytes(
+            action,
+            &ActorId::new("shop"),
+            &params,
+            &IdempotencyToken::new("t"),
+            &ActorId::new("admin"),
+            Timestamp(5),
+        );
+        let expected = format!(
+            "allot-sig-v1\naction:14:register_actor\ntarget:4:shop\n\
+             param.public_key:64:{}\nparam.role:6:client\n\
+             token:1:t\nactor:5:admin\nsigned_at:1:5\n",
+            "ab".repeat(32)
+        );
+        assert_eq!(signed, expected.as_bytes());
+        assert_eq!(
+            actor_change_params(&ActorChange::Revoked),
+            ("revoke_actor", vec![])
         );
     }
 }

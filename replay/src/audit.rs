@@ -33,10 +33,9 @@
 //!   `at` (a revoked key stops working at once, whatever `signed_at` it claims), whose role may
 //!   perform the action; with [`AuditOptions::verify_signatures`], its parameters digest is
 //!   blake3 of the canonical parameters and its ed25519 signature verifies over
-//!   `signing::signing_bytes` under that key. Actor events are signed (over `signing::actor_signing_bytes`, action
-//!   `register_actor` with params `role` and `public_key` in lowercase hex, or `revoke_actor`
-//!   with none) by `by`, who must hold an admin key valid as above. The one exception is
-//!   bootstrap: until the first actor event made by someone else (`by != actor`), an admin or
+//!   `signing::signing_bytes` under that key. Actor events are signed (over
+//!   `signing::actor_signing_bytes` of `signing::actor_change_params`) by `by`, who must hold
+//!   an admin key valid as above. The one exception is bootstrap: until the first actor event made by someone else (`by != actor`), an admin or
 //!   sweeper may register itself (`by == actor`, no earlier key), signing with the key it
 //!   registers (Invariant 6).
 //! - `contiguous-versions`: every stream's versions are 0, 1, 2, ... and positions strictly
@@ -1326,27 +1325,15 @@ type FastMap<K, V> = foldhash::HashMap<K, V>;
 
 /// The bytes the signer of an actor event signed.
 pub(crate) fn actor_message(event: &ActorEvent) -> Vec<u8> {
-    match &event.change {
-        ActorChange::Registered { role, public_key } => signing::actor_signing_bytes(
-            "register_actor",
-            &event.actor,
-            &[
-                ("role", role.as_str().to_owned()),
-                ("public_key", hex::encode(public_key)),
-            ],
-            &event.token,
-            &event.by,
-            event.attestation.signed_at,
-        ),
-        ActorChange::Revoked => signing::actor_signing_bytes(
-            "revoke_actor",
-            &event.actor,
-            &[],
-            &event.token,
-            &event.by,
-            event.attestation.signed_at,
-        ),
-    }
+    let (action, params) = signing::actor_change_params(&event.change);
+    signing::actor_signing_bytes(
+        action,
+        &event.actor,
+        &params,
+        &event.token,
+        &event.by,
+        event.attestation.signed_at,
+    )
 }
 
 /// Applies the event's change to the reconstruction, noting what does not follow. Returns the

@@ -11,8 +11,7 @@ use std::sync::mpsc::{Receiver, SyncSender, channel, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use allot_domain::ids::RESERVATION_ID_SEPARATOR;
-use allot_domain::{Event, ParamsDigest, PoolId, ReservationId, signing};
+use allot_domain::{Event, PoolId, ReservationId, signing};
 use ed25519_dalek::{Signature, Verifier as _, VerifyingKey};
 
 use crate::audit::{Check, Violation};
@@ -190,19 +189,6 @@ impl Verifier {
     }
 }
 
-/// The target a pool command is signed over: the pool id, or `pool:seq`.
-pub(crate) fn command_target(event: &Event) -> String {
-    match event.action.reservation() {
-        Some(seq) => format!("{}{RESERVATION_ID_SEPARATOR}{seq}", event.pool),
-        None => event.pool.to_string(),
-    }
-}
-
-/// blake3 over the canonical parameter bytes, as the edge computes it.
-pub(crate) fn params_digest(event: &Event) -> ParamsDigest {
-    ParamsDigest(*blake3::hash(&signing::params_bytes(&event.action)).as_bytes())
-}
-
 /// The key for `bytes` (`None`: not a valid ed25519 key), decompressed once per batch.
 fn verifying_key(
     keys: &mut Vec<([u8; 32], Option<VerifyingKey>)>,
@@ -234,7 +220,7 @@ fn verify_batch(jobs: Vec<Job>) -> Outcome {
     for (index, job) in jobs.iter().enumerate() {
         let (message, signature) = match &job.work {
             Work::Pool(event) => {
-                if params_digest(event) != event.digest {
+                if signing::params_digest(&event.action) != event.digest {
                     outcome.violations.push(job.location.violation(format!(
                         "parameters digest {} is not blake3 of the recorded {} parameters",
                         event.digest,
@@ -243,7 +229,7 @@ fn verify_batch(jobs: Vec<Job>) -> Outcome {
                 }
                 let message = signing::signing_bytes(
                     &event.action,
-                    &command_target(event),
+                    &signing::command_target(&event.pool, &event.action),
                     &event.token,
                     &event.actor,
                     event.attestation.signed_at,

@@ -6,10 +6,12 @@
 
 use std::collections::HashMap;
 
-use allot_domain::signing::{actor_signing_bytes, params_bytes, signing_bytes};
+use allot_domain::signing::{
+    actor_change_params, actor_signing_bytes, command_target, params_digest, signing_bytes,
+};
 use allot_domain::{
     Action, ActorChange, ActorEvent, ActorId, Attestation, Command, Decision, IdempotencyToken,
-    Outcome, ParamsDigest, Pool, PoolId, Rejection, Role, Timestamp, decide, evolve,
+    Outcome, Pool, PoolId, Rejection, Role, Timestamp, decide, evolve,
 };
 use allot_projections::Projections;
 use allot_replay::{Recorded, RecordedActorEvent, RecordedPoolEvent};
@@ -77,13 +79,12 @@ impl Ledger {
         self.keys.insert(actor.to_owned(), key);
         let when = Timestamp(T0 - SECOND);
         let token = IdempotencyToken::new(format!("register-{actor}"));
+        let change = ActorChange::Registered { role, public_key };
+        let (action, params) = actor_change_params(&change);
         let message = actor_signing_bytes(
-            "register_actor",
+            action,
             &ActorId::new(actor),
-            &[
-                ("role", role.as_str().to_owned()),
-                ("public_key", hex::encode(public_key)),
-            ],
+            &params,
             &token,
             &ActorId::new(by),
             when,
@@ -91,7 +92,7 @@ impl Ledger {
         let signature = self.keys[by].sign(&message).to_bytes().to_vec();
         let event = ActorEvent {
             actor: ActorId::new(actor),
-            change: ActorChange::Registered { role, public_key },
+            change,
             by: ActorId::new(by),
             token,
             attestation: Attestation {
@@ -113,10 +114,11 @@ impl Ledger {
     pub fn revoke(&mut self, ms: u64, actor: &str, by: &str) {
         let when = at(ms);
         let token = IdempotencyToken::new(format!("revoke-{actor}-{ms}"));
+        let (action, params) = actor_change_params(&ActorChange::Revoked);
         let message = actor_signing_bytes(
-            "revoke_actor",
+            action,
             &ActorId::new(actor),
-            &[],
+            &params,
             &token,
             &ActorId::new(by),
             when,
@@ -144,10 +146,7 @@ impl Ledger {
 
     /// Signs `event` again as `actor`, claiming `signed_at`.
     pub fn resign(&self, event: &mut allot_domain::Event, actor: &str, signed_at: Timestamp) {
-        let target = match event.action.reservation() {
-            Some(seq) => format!("{}:{seq}", event.pool),
-            None => event.pool.to_string(),
-        };
+        let target = command_target(&event.pool, &event.action);
         event.attestation.signed_at = signed_at;
         event.attestation.signature = self.keys[actor]
             .sign(&signing_bytes(
@@ -173,10 +172,7 @@ impl Ledger {
     ) -> Result<Outcome, Rejection> {
         let pool_id = PoolId::new(pool);
         let now = at(ms);
-        let target = match action.reservation() {
-            Some(seq) => format!("{pool}:{seq}"),
-            None => pool.to_owned(),
-        };
+        let target = command_target(&pool_id, &action);
         let actor_id = ActorId::new(actor);
         let token = IdempotencyToken::new(token);
         let signature = self.keys[actor]
@@ -191,7 +187,7 @@ impl Ledger {
                 signature,
             },
             token,
-            digest: ParamsDigest(*blake3::hash(&params_bytes(&action)).as_bytes()),
+            digest: params_digest(&action),
             action,
         };
         let aggregate = self.pools.entry(pool_id.clone()).or_default();
