@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ids::{ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, Timestamp};
 use crate::rejection::Rejection;
+use crate::signing::SIGNED_AT_SKEW_MS;
 
 /// Longest pool id, in bytes.
 pub const POOL_ID_BYTES_MAX: usize = 64;
@@ -35,8 +36,15 @@ pub const COUNT_MAX: u32 = 10_000;
 pub const HOLD_DURATION_MS_MIN: u64 = 1_000;
 /// Longest hold: thirty days.
 pub const HOLD_DURATION_MS_MAX: u64 = 30 * 24 * 3_600_000;
-/// Shortest idempotency window: one second.
-pub const IDEMPOTENCY_WINDOW_MS_MIN: u64 = 1_000;
+/// Idempotency window of a pool declared without one: one hour.
+pub const IDEMPOTENCY_WINDOW_MS_DEFAULT: u64 = 3_600_000;
+/// How many signature skews the shortest idempotency window spans.
+pub const WINDOW_OVER_SKEW_MIN: u64 = 2;
+/// Shortest idempotency window: twice the signature skew (four minutes). A request is accepted
+/// while its `signed_at` is within the skew of the server's clock either way, so a captured copy
+/// can arrive up to two skews after the original was recorded; the pool must still remember the
+/// token then, or the copy would become a second action.
+pub const IDEMPOTENCY_WINDOW_MS_MIN: u64 = WINDOW_OVER_SKEW_MIN * SIGNED_AT_SKEW_MS;
 /// Longest idempotency window: seven days.
 pub const IDEMPOTENCY_WINDOW_MS_MAX: u64 = 7 * 24 * 3_600_000;
 /// Latest `closes_at` accepted: year 2200, to refuse absurd times.
@@ -286,16 +294,7 @@ impl Command {
                 {
                     return Err(Rejection::invalid("closes_at", "after year 2200"));
                 }
-                if !(IDEMPOTENCY_WINDOW_MS_MIN..=IDEMPOTENCY_WINDOW_MS_MAX)
-                    .contains(idempotency_window_ms)
-                {
-                    return Err(Rejection::invalid(
-                        "idempotency_window_ms",
-                        format!(
-                            "must be within {IDEMPOTENCY_WINDOW_MS_MIN}..={IDEMPOTENCY_WINDOW_MS_MAX}"
-                        ),
-                    ));
-                }
+                check_idempotency_window(*idempotency_window_ms)?;
                 if units.len() > UNITS_MAX {
                     return Err(Rejection::invalid(
                         "units",
@@ -346,6 +345,22 @@ impl Command {
         }
         Ok(())
     }
+}
+
+/// A pool's idempotency window: within
+/// [`IDEMPOTENCY_WINDOW_MS_MIN`]`..=`[`IDEMPOTENCY_WINDOW_MS_MAX`]. The one check of it:
+/// `declare_pool` is validated with it, and the edge may call it to refuse early.
+pub fn check_idempotency_window(window_ms: u64) -> Result<(), Rejection> {
+    if !(IDEMPOTENCY_WINDOW_MS_MIN..=IDEMPOTENCY_WINDOW_MS_MAX).contains(&window_ms) {
+        return Err(Rejection::invalid(
+            "idempotency_window_ms",
+            format!(
+                "must be within {IDEMPOTENCY_WINDOW_MS_MIN}..={IDEMPOTENCY_WINDOW_MS_MAX} \
+                 (at least {WINDOW_OVER_SKEW_MIN} times the signature skew)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_capacity(capacity: u64) -> Result<(), Rejection> {

@@ -30,6 +30,17 @@ use crate::ids::{
     ActorId, IdempotencyToken, ParamsDigest, PoolId, RESERVATION_ID_SEPARATOR, Timestamp,
 };
 
+/// How far a request's `signed_at` may be from the server's clock, either way. Far shorter than
+/// any pool's idempotency window (see `command::IDEMPOTENCY_WINDOW_MS_MIN`), so a captured
+/// request sent again later either replays its recorded outcome or is refused as stale: it
+/// cannot become a second action.
+pub const SIGNED_AT_SKEW_MS: u64 = 120_000;
+
+/// Whether `signed_at` is within [`SIGNED_AT_SKEW_MS`] of `now`, either way.
+pub fn signed_at_within_skew(signed_at: Timestamp, now: Timestamp) -> bool {
+    signed_at.0.abs_diff(now.0) <= SIGNED_AT_SKEW_MS
+}
+
 pub const SIGNING_PREFIX: &str = "allot-sig-v1\n";
 pub const PARAMS_PREFIX: &str = "allot-params-v1\n";
 
