@@ -19,19 +19,23 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
+use allot_domain::signing::{actor_change_params, command_target, params_digest};
 use allot_domain::{
     Action, ActorChange, ActorEvent, ActorId, ActorRegistry, Attestation, IdempotencyToken, Pool,
     PoolId, Role, Timestamp, codec, evolve, signing,
 };
-use allot_infra::clock::ManualClock;
-use allot_infra::http::{self, actor_change_params};
-use allot_infra::identity::{command_target, params_digest, verify_signature};
-use allot_infra::ledger::{ACTORS_STREAM, Ledger, decode_actor, decode_pool};
-use allot_infra::metrics::Metrics;
-use allot_infra::store::embedded::{EmbeddedStore, LOG_FILE_NAME};
-use allot_infra::store::memory::MemoryStore;
-use allot_infra::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent};
+use allot_server::clock::ManualClock;
+use allot_server::http;
+use allot_server::identity::verify_signature;
+
+use allot_domain::streams::ACTORS_STREAM;
 use allot_projections::Projections;
+use allot_server::metrics::Metrics;
+use allot_server::service::Service;
+use allot_server::service::replay_tail::{decode_actor, decode_pool};
+use allot_server::store::embedded::{EmbeddedStore, LOG_FILE_NAME};
+use allot_server::store::memory::MemoryStore;
+use allot_server::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent};
 use axum::Router;
 use axum::body::Body;
 use axum::http::Request;
@@ -169,7 +173,7 @@ pub fn event_decode(bytes: &[u8]) {
             }
         }
         _ => {
-            // [u16 length][payload] repeated: a stream as the ledger would fold it.
+            // [u16 length][payload] repeated: a stream as the service would fold it.
             let mut pool = Pool::default();
             let mut registry = ActorRegistry::default();
             let mut rest = rest;
@@ -221,14 +225,14 @@ fn http_target() -> &'static HttpTarget {
 
 async fn build_http_target() -> HttpTarget {
     let store = MemoryStore::new();
-    let ledger = Ledger::open(
+    let service = Service::open(
         Arc::new(store.clone()),
         Arc::new(ManualClock::new(FUZZ_NOW)),
         Arc::new(Projections::new()),
         Arc::new(Metrics::new()),
     )
     .await
-    .expect("open ledger");
+    .expect("open service");
     // The admin registers itself, as `allot serve` does at first start.
     let admin = ActorId::new(FUZZ_ADMIN);
     for (actor, role, key) in [
@@ -243,7 +247,7 @@ async fn build_http_target() -> HttpTarget {
         let (action, params) = actor_change_params(&change);
         let token = IdempotencyToken::new(format!("setup:{actor}"));
         let bytes = signing::actor_signing_bytes(action, &actor, &params, &token, &admin, FUZZ_NOW);
-        ledger
+        service
             .record_actor_event(ActorEvent {
                 actor,
                 change,
@@ -258,7 +262,7 @@ async fn build_http_target() -> HttpTarget {
             .await
             .expect("register");
     }
-    let router = http::router(ledger);
+    let router = http::router(service);
     let declare = signed_request(
         FUZZ_ADMIN,
         &admin_key(),

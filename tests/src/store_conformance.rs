@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use allot_infra::store::{
+use allot_server::store::{
     APPEND_EVENTS_MAX, ActualVersion, EVENT_PAYLOAD_BYTES_MAX, EventStore, ExpectedVersion,
     ProposedEvent, RecordedEvent, StoreError, WaveAppend,
 };
@@ -635,7 +635,7 @@ pub async fn a_wave_decides_each_append_on_its_own<S: EventStore>(store: Arc<S>)
 }
 
 fn wrong_version_of(
-    result: &Result<allot_infra::store::AppendOutcome, StoreError>,
+    result: &Result<allot_server::store::AppendOutcome, StoreError>,
 ) -> ActualVersion {
     match result {
         Err(StoreError::WrongExpectedVersion { actual, .. }) => *actual,

@@ -38,10 +38,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use allot_client::{Answer, Client};
 use allot_domain::{Action, ActorId, PoolId, ReservationId, Role};
-use allot_infra::client::{Answer, Client};
-use allot_infra::identity::KeyFile;
 use allot_process::{Server, locate_allot, reader};
+use allot_server::identity::KeyFile;
 use allot_tests::seeded::Rng;
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
@@ -619,7 +619,7 @@ async fn set_up(server: &Server) -> (ActorId, SigningKey) {
             capacity,
             closes_at: None,
             units: Vec::new(),
-            idempotency_window_ms: allot_infra::http::IDEMPOTENCY_WINDOW_MS_DEFAULT,
+            idempotency_window_ms: allot_domain::command::IDEMPOTENCY_WINDOW_MS_DEFAULT,
         };
         let answer = admin
             .send(&PoolId::new(name), &action, &format!("declare-{name}"))

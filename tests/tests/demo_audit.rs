@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
-use allot_infra::demo::{self, DemoOptions};
-use allot_infra::inspect;
-use allot_infra::store::EventStore;
-use allot_infra::store::embedded::EmbeddedStore;
+use allot_server::store::EventStore;
+use allot_server::store::embedded::EmbeddedStore;
+use allot_tools::demo::{self, DemoOptions};
+use allot_tools::inspect;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_small_add_drop_rush_audits_clean_and_rebuilds_the_same() {

@@ -25,17 +25,17 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use allot_client::{Answer, Client};
 use allot_domain::{Action, ActorId, PoolId, ReservationId, Role, Timestamp};
-use allot_infra::client::{Answer, Client};
-use allot_infra::clock::{Clock, ManualClock, SystemClock};
-use allot_infra::identity::KeyFile;
-use allot_infra::server::{FIRST_ADMIN, ServeOptions, Service, key_path};
-use allot_infra::store::EventStore;
-use allot_infra::store::embedded::EmbeddedStore;
-use allot_infra::store::esdb::open_esdb;
 use allot_process::{locate_allot, reader};
 use allot_projections::Projections;
 use allot_replay::Checkpoint;
+use allot_server::clock::{Clock, ManualClock, SystemClock};
+use allot_server::identity::KeyFile;
+use allot_server::server::{FIRST_ADMIN, ServeOptions, Server, key_path};
+use allot_server::store::EventStore;
+use allot_server::store::embedded::EmbeddedStore;
+use allot_server::store::esdb::open_esdb;
 use allot_tests::esdb_server::EsdbTestServer;
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
@@ -405,14 +405,14 @@ fn expire(seq: u64) -> Action {
 
 /// A service, its store and the clients of the parity sequence.
 struct Side {
-    service: Service,
+    service: Server,
     admin: Client,
     buyer: Client,
 }
 
 impl Side {
     async fn start(store: Arc<dyn EventStore>, clock: Arc<ManualClock>, keys: &Path) -> Side {
-        let service = Service::start(
+        let service = Server::start(
             store,
             clock,
             Arc::new(Projections::new()),
@@ -542,7 +542,7 @@ async fn audit_and_rebuild_agree_between_embedded_and_esdb() {
     for side in sides {
         side.service.shutdown().await.expect("shutdown");
     }
-    // The embedded store's lock goes with its last handle (the service's ledger).
+    // The embedded store's lock goes with its last handle (the service's service).
     let embedded_source = embedded_dir.display().to_string();
     let (code_embedded, audit_embedded) = audit_json(&embedded_source).await;
     let (code_esdb, audit_esdb) = audit_json(&url).await;
@@ -580,7 +580,7 @@ async fn audit_and_rebuild_agree_between_embedded_and_esdb() {
 /// client actor: what the outage tests start from.
 struct Outage {
     server: EsdbTestServer,
-    service: Service,
+    service: Server,
     buyer: Client,
     view: Client,
     pool: PoolId,
@@ -596,7 +596,7 @@ impl Outage {
         let dir = tempfile::tempdir().expect("tempdir");
         let keys: PathBuf = dir.path().join("keys");
         let store = Arc::new(open_esdb(&server.url()).await.expect("esdb"));
-        let service = Service::start(
+        let service = Server::start(
             store,
             Arc::new(SystemClock),
             Arc::new(Projections::new()),
@@ -714,7 +714,7 @@ async fn unavailable_server_gives_a_retryable_503_and_loses_nothing() {
 /// After an append of unknown outcome that was in fact written, the live projections never see
 /// that event: the pool's shard reloads its aggregate from the stream (so the retry replays), but
 /// nothing applies the reloaded events to the projections, and every later event of the pool
-/// is refused by `Projections::apply` as a gap (its result is ignored by the ledger). GET pool
+/// is refused by `Projections::apply` as a gap (its result is ignored by the service). GET pool
 /// and GET reservation stay stale and the sweeper's expiry index misses every later hold of the
 /// pool, until the process restarts.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -743,12 +743,12 @@ async fn projections_follow_an_append_of_unknown_outcome() {
 
 /// Two in-process services on one server with a shared keys directory (the second without a
 /// sweeper), as two `allot serve` instances run.
-async fn two_services(url: &str, keys: &Path) -> (Service, Service) {
+async fn two_services(url: &str, keys: &Path) -> (Server, Server) {
     let mut services = Vec::new();
     for sweeper in [true, false] {
         let store = Arc::new(open_esdb(url).await.expect("esdb"));
         services.push(
-            Service::start(
+            Server::start(
                 store,
                 Arc::new(SystemClock),
                 Arc::new(Projections::new()),
@@ -820,7 +820,7 @@ async fn a_revocation_through_one_instance_holds_on_the_other() {
     let dir = tempfile::tempdir().expect("tempdir");
     let keys = dir.path().join("keys");
     let start = async |sweeper: bool| {
-        Service::start(
+        Server::start(
             Arc::new(open_esdb(&url).await.expect("esdb")),
             Arc::new(SystemClock),
             Arc::new(Projections::new()),

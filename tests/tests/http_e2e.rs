@@ -6,16 +6,17 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use allot_domain::streams::pool_stream;
 use allot_domain::{Action, ActorId, Change, PoolId, ReservationId, Role};
-use allot_infra::clock::{Clock, ManualClock};
-use allot_infra::ledger::{decode_pool, pool_stream};
-use allot_infra::server::FIRST_SWEEPER;
+use allot_server::clock::{Clock, ManualClock};
+use allot_server::server::FIRST_SWEEPER;
+use allot_server::service::replay_tail::decode_pool;
 use serde_json::{Value, json};
 use support::{Harness, cancel, confirm, declare, expire, now, reserve};
 
 /// The last event of `pool`'s stream, decoded.
 async fn last_event(h: &Harness, pool: &str) -> allot_domain::Event {
-    let store = h.service().ledger.store();
+    let store = h.service().service.store();
     let events = store
         .read_stream(&pool_stream(&pool.into()), 0, 100_000)
         .await
@@ -529,7 +530,7 @@ async fn shutdown_under_load_loses_nothing_and_doubles_nothing() {
     let started = std::time::Instant::now();
     let drain = allot_domain::PoolId::new("drain");
     loop {
-        let counts = h.service().ledger.projections().counts.get(&drain);
+        let counts = h.service().service.projections().counts.get(&drain);
         if counts.is_some_and(|c| c.reservations >= (N / 4) as u64) {
             break;
         }
@@ -925,7 +926,7 @@ async fn sweeper_expires_every_lapsed_hold_exactly_once() {
     assert_eq!(pool.body["expired"], (HOLDS - CONFIRMED) as u64);
     assert_eq!(pool.body["allocated"], CONFIRMED as u64);
     // One expiry event per lapsed hold, all by the sweeper, and no sweeper rejections.
-    let store = h.service().ledger.store();
+    let store = h.service().service.store();
     let events = store
         .read_stream(&pool_stream(&"lapse".into()), 0, 100_000)
         .await
@@ -1000,7 +1001,7 @@ async fn unknown_routes_and_methods_answer_problems() {
     h.shutdown().await;
 }
 
-/// The crate's own signing client (`allot_infra::client::Client`, used by the CLI and the demo)
+/// The crate's own signing client (`allot_client::Client`, used by the CLI and the demo)
 /// speaks the same API the raw requests above do.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signing_client_round_trip() {

@@ -5,8 +5,8 @@
 mod support;
 
 use allot_domain::{Action, ActorId, ReservationId, Role, Timestamp};
-use allot_infra::identity::KeyFile;
-use allot_infra::server::{FIRST_SWEEPER, key_path};
+use allot_server::identity::KeyFile;
+use allot_server::server::{FIRST_SWEEPER, key_path};
 use ed25519_dalek::SigningKey;
 use serde_json::{Value, json};
 use support::{

@@ -19,7 +19,7 @@
 //! - `SIM_TRACE_LINES=n` keeps the last `n` steps of trace in a failure report (default 40).
 //! - `SIM_LOST_ACKS=0` never loses the acknowledgement of a written append (the other faults
 //!   stay on); `SIM_STORE_FAULTS=0` injects no store fault at all; `SIM_CRASHES=0` never
-//!   crashes; `SIM_INSTANCES=1` never runs a second ledger instance. Each narrows what a seed
+//!   crashes; `SIM_INSTANCES=1` never runs a second service instance. Each narrows what a seed
 //!   does (and so changes the run a seed number names): for bisecting a failure.
 //! - `SIM_FAULT=expire-forgets-release` (or `cancel-forgets-release`) switches a test-only domain
 //!   bug on for `SIM_SEED`, to reproduce a vacuity-guard failure.

@@ -1,6 +1,6 @@
 //! The conformance suite on the embedded backend, a fresh data directory per case.
 
-use allot_infra::store::embedded::EmbeddedStore;
+use allot_server::store::embedded::EmbeddedStore;
 
 async fn embedded() -> (EmbeddedStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use allot_infra::store::esdb::{EsdbOptions, EsdbStore, open_esdb};
-use allot_infra::store::{EventStore, ExpectedVersion, StoreError};
+use allot_server::store::esdb::{EsdbOptions, EsdbStore, open_esdb};
+use allot_server::store::{EventStore, ExpectedVersion, StoreError};
 use allot_tests::esdb_server::EsdbTestServer;
 use allot_tests::store_conformance::{self, event};
 use futures::StreamExt;
@@ -61,8 +61,8 @@ async fn run_all_on_the_real_server_when_configured() {
 }
 
 async fn next_item(
-    subscription: &mut allot_infra::store::Subscription,
-) -> Result<allot_infra::store::RecordedEvent, StoreError> {
+    subscription: &mut allot_server::store::Subscription,
+) -> Result<allot_server::store::RecordedEvent, StoreError> {
     tokio::time::timeout(ITEM_TIMEOUT, subscription.next())
         .await
         .expect("subscription stalled")

@@ -1,7 +1,7 @@
 //! The conformance suite on the in-memory backend (the port's reference semantics, which the
 //! simulator and the command path's tests build on).
 
-use allot_infra::store::memory::MemoryStore;
+use allot_server::store::memory::MemoryStore;
 
 async fn memory() -> (MemoryStore, ()) {
     (MemoryStore::new(), ())

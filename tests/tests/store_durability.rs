@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use allot_infra::store::embedded::{BATCH_HEADER_BYTES, EmbeddedStore, LOG_FILE_NAME};
-use allot_infra::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError};
+use allot_server::store::embedded::{BATCH_HEADER_BYTES, EmbeddedStore, LOG_FILE_NAME};
+use allot_server::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError};
 use allot_tests::seeded::Rng;
 
 /// Kill/reopen rounds in the crash test, on one growing data directory.

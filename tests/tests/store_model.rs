@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use allot_infra::store::embedded::{EmbeddedStore, SNAPSHOT_FILE_NAME};
-use allot_infra::store::{
+use allot_server::store::embedded::{EmbeddedStore, SNAPSHOT_FILE_NAME};
+use allot_server::store::{
     ActualVersion, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
 };
 use allot_tests::seeded::Rng;

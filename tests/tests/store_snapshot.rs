@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use allot_infra::store::embedded::{
+use allot_server::store::embedded::{
     EmbeddedStore, LOG_FILE_NAME, SNAPSHOT_CLOSE_TAIL_BYTES_MIN, SNAPSHOT_FILE_NAME,
     SNAPSHOT_TEMP_FILE_NAME,
 };
-use allot_infra::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError};
+use allot_server::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError};
 use allot_tests::seeded::Rng;
 
 const STREAMS: [&str; 5] = ["pool-a", "pool-b", "pool-c", "actors", "p"];

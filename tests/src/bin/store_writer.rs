@@ -10,8 +10,8 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use allot_infra::store::embedded::EmbeddedStore;
-use allot_infra::store::{EventStore, ExpectedVersion, ProposedEvent};
+use allot_server::store::embedded::EmbeddedStore;
+use allot_server::store::{EventStore, ExpectedVersion, ProposedEvent};
 
 const TASKS: usize = 8;
 /// The process stops by itself if nobody kills it.

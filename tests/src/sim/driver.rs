@@ -9,17 +9,17 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use allot_domain::command::HOLD_DURATION_MS_MAX;
+use allot_domain::signing::params_digest;
 use allot_domain::{
     Action, ActorChange, ActorEvent, ActorId, Attestation, Command, IdempotencyToken, Outcome,
     PoolId, Role, Timestamp,
 };
-use allot_infra::clock::{Clock, ManualClock};
-use allot_infra::identity::params_digest;
-use allot_infra::ledger::{Ledger, Reply, SubmitError};
-use allot_infra::metrics::Metrics;
-use allot_infra::store::EventStore;
-use allot_infra::sweeper::{SweeperKey, sweep_once};
 use allot_projections::Projections;
+use allot_server::clock::{Clock, ManualClock};
+use allot_server::metrics::Metrics;
+use allot_server::service::sweeper::{SweeperKey, sweep_once};
+use allot_server::service::{Reply, Service, SubmitError};
+use allot_server::store::EventStore;
 use ed25519_dalek::SigningKey;
 use futures::future::join_all;
 use rand::rngs::StdRng;
@@ -39,11 +39,11 @@ const START: Timestamp = Timestamp(1_700_000_000_000);
 const CLOCK_FLOOR: Timestamp = Timestamp(START.0 + 2 * SKEW_MS_MAX);
 /// Largest skew of a second instance's clock.
 const SKEW_MS_MAX: u64 = 1_500;
-/// Times `Ledger::open` is tried under faults before it is opened with faults paused.
+/// Times `Service::open` is tried under faults before it is opened with faults paused.
 const OPEN_ATTEMPTS_MAX: u32 = 8;
 /// Passes over the unanswered commands at the finish (faults are off: one should do).
 const FINISH_PASSES_MAX: u32 = 3;
-/// Steps between loads of every pool through `Ledger::load_pool` (also after every crash and at
+/// Steps between loads of every pool through `Service::load_pool` (also after every crash and at
 /// the finish); the mirror's own fold of the log is checked after every step.
 const LOAD_POOL_EVERY_STEPS: u32 = 4;
 /// Shared token names a client may draw (the same names across clients must not interfere).
@@ -118,7 +118,7 @@ struct Swarm {
     sweep_percent: u32,
     race_percent: u32,
     round_commands_max: usize,
-    /// Skew of each ledger instance's clock (the first is the simulation clock itself).
+    /// Skew of each service instance's clock (the first is the simulation clock itself).
     instance_skews_ms: [i64; 2],
     instances: usize,
 }
@@ -131,8 +131,8 @@ struct World {
     store: Arc<FaultyStore>,
     clock: Arc<ManualClock>,
     metrics: Arc<Metrics>,
-    /// Ledger instances over the one store (a second one writes the same pools).
-    ledgers: Vec<Ledger>,
+    /// Service instances over the one store (a second one writes the same pools).
+    services: Vec<Service>,
     instance_clocks: Vec<Arc<dyn Clock>>,
     sweeper: SweeperKey,
     admin: ActorId,
@@ -264,15 +264,15 @@ impl World {
                 }
             })
             .collect();
-        let mut ledgers = Vec::new();
+        let mut services = Vec::new();
         for instance_clock in &instance_clocks {
-            ledgers.push(
+            services.push(
                 open(&store, instance_clock, &metrics)
                     .await
-                    .map_err(|error| format!("cannot open the ledger: {error}"))?,
+                    .map_err(|error| format!("cannot open the service: {error}"))?,
             );
         }
-        let ledger = ledgers[0].clone();
+        let service = services[0].clone();
 
         let mut key_bytes = [0u8; 32];
         rng.fill(&mut key_bytes);
@@ -316,7 +316,7 @@ impl World {
                 },
                 at: START,
             };
-            ledger
+            service
                 .record_actor_event(event)
                 .await
                 .map_err(|error| format!("cannot register an actor: {error}"))?;
@@ -375,7 +375,7 @@ impl World {
             store,
             clock,
             metrics,
-            ledgers,
+            services,
             instance_clocks,
             sweeper,
             admin,
@@ -850,7 +850,7 @@ impl World {
         let answers: Answers = Rc::default();
         let mut work: Vec<Pin<Box<dyn Future<Output = ()>>>> = Vec::new();
         for item in &planned {
-            let instance = self.rng.gen_range(0..self.ledgers.len());
+            let instance = self.rng.gen_range(0..self.services.len());
             match *item {
                 Planned::Submit(index) | Planned::SubmitOn { index, .. } => {
                     let instance = match *item {
@@ -860,19 +860,19 @@ impl World {
                     self.model.attempted(index, clock);
                     self.attempts += 1;
                     let command = self.command(index);
-                    let ledger = self.ledgers[instance].clone();
+                    let service = self.services[instance].clone();
                     let answers = Rc::clone(&answers);
                     work.push(Box::pin(async move {
-                        let answer = ledger.submit(command).await;
+                        let answer = service.submit(command).await;
                         answers.borrow_mut().push((index, answer));
                     }));
                 }
                 Planned::Sweep => {
                     self.sweeps += 1;
-                    let ledger = self.ledgers[instance].clone();
+                    let service = self.services[instance].clone();
                     let sweeper = self.sweeper.clone();
                     work.push(Box::pin(async move {
-                        sweep_once(&ledger, &sweeper).await;
+                        sweep_once(&service, &sweeper).await;
                     }));
                 }
             }
@@ -928,30 +928,30 @@ impl World {
         Ok(())
     }
 
-    /// Drops the ledger mid-round (after `execute` abandoned it) and opens a new one over the
+    /// Drops the service mid-round (after `execute` abandoned it) and opens a new one over the
     /// same store: the projections are rebuilt from the log.
     async fn crash(&mut self) -> Result<(), String> {
         self.crashes += 1;
-        let instance = self.rng.gen_range(0..self.ledgers.len());
-        self.ledgers[instance].close().await;
+        let instance = self.rng.gen_range(0..self.services.len());
+        self.services[instance].close().await;
         let mut attempts = 0;
-        let ledger = loop {
+        let service = loop {
             attempts += 1;
             if attempts == OPEN_ATTEMPTS_MAX {
                 self.store.pause(true);
             }
             match open(&self.store, &self.instance_clocks[instance], &self.metrics).await {
-                Ok(ledger) => break ledger,
+                Ok(service) => break service,
                 Err(error) if attempts < OPEN_ATTEMPTS_MAX => {
                     self.note(&format!("open failed: {error}"));
                 }
                 Err(error) => {
-                    return Err(format!("cannot reopen the ledger without faults: {error}"));
+                    return Err(format!("cannot reopen the service without faults: {error}"));
                 }
             }
         };
         self.store.pause(!self.options.store_faults);
-        self.ledgers[instance] = ledger;
+        self.services[instance] = service;
         self.note(&format!(
             "CRASH of instance {instance}, reopened after {attempts} attempt(s)"
         ));
@@ -971,12 +971,12 @@ impl World {
     async fn check_paused(&mut self, load_pools: bool) -> Result<(), String> {
         self.mirror.catch_up(self.store.inner()).await?;
         self.mirror.check_pools()?;
-        for (instance, ledger) in self.ledgers.iter().enumerate() {
+        for (instance, service) in self.services.iter().enumerate() {
             self.mirror
-                .check_projections(instance, ledger.projections())?;
+                .check_projections(instance, service.projections())?;
             for (pool, folded) in self.mirror.pools() {
                 let key = (instance, pool.clone());
-                if ledger.projections().next_version(pool) < folded.events_applied() {
+                if service.projections().next_version(pool) < folded.events_applied() {
                     self.behind_since.entry(key).or_insert(self.step);
                 } else {
                     self.behind_since.remove(&key);
@@ -1011,7 +1011,7 @@ impl World {
             Vec::new()
         };
         for (id, folded) in pools {
-            let loaded = self.ledgers[0]
+            let loaded = self.services[0]
                 .load_pool(id)
                 .await
                 .map_err(|error| format!("load_pool {id}: {error}"))?;
@@ -1057,7 +1057,7 @@ impl World {
         // instance that appends to a pool has every earlier event of that pool in its
         // projections (whoever wrote it), so right after its round it is current.
         let client = self.clients[0].actor.clone();
-        for instance in 0..self.ledgers.len() {
+        for instance in 0..self.services.len() {
             let mut touch = Vec::new();
             for pool in self.pools.clone() {
                 let action = self.reserve_action(&pool, &client);
@@ -1068,7 +1068,7 @@ impl World {
             self.execute(touch, None).await?;
             self.check(true).await?;
             self.mirror
-                .check_projections_current(instance, self.ledgers[instance].projections())
+                .check_projections_current(instance, self.services[instance].projections())
                 .map_err(|violation| {
                     let behind: Vec<String> = self
                         .behind_since
@@ -1084,16 +1084,16 @@ impl World {
         // Replay from nothing equals the live state (of the instance that wrote last).
         let (pools, projections) = replay_from_scratch(self.store.inner()).await?;
         let replayed = projections.snapshot();
-        let last = self.ledgers.len() - 1;
+        let last = self.services.len() - 1;
         if let Some(difference) =
-            snapshot_difference(&self.ledgers[last].projections().snapshot(), &replayed)
+            snapshot_difference(&self.services[last].projections().snapshot(), &replayed)
         {
             return Err(format!(
                 "replay from scratch differs from the projections of instance {last}: {difference}"
             ));
         }
         for (id, pool) in &pools {
-            let loaded = self.ledgers[last]
+            let loaded = self.services[last]
                 .load_pool(id)
                 .await
                 .map_err(|error| format!("load_pool {id}: {error}"))?;
@@ -1102,8 +1102,8 @@ impl World {
             }
         }
         // A restart rebuilds the same projections.
-        for ledger in &self.ledgers {
-            ledger.close().await;
+        for service in &self.services {
+            service.close().await;
         }
         let restarted = open(&self.store, &self.instance_clocks[0], &self.metrics)
             .await
@@ -1187,9 +1187,9 @@ async fn open(
     store: &Arc<FaultyStore>,
     clock: &Arc<dyn Clock>,
     metrics: &Arc<Metrics>,
-) -> Result<Ledger, allot_infra::ledger::LoadError> {
+) -> Result<Service, allot_server::service::LoadError> {
     let store: Arc<dyn EventStore> = store.clone();
-    Ledger::open(
+    Service::open(
         store,
         Arc::clone(clock),
         Arc::new(Projections::new()),

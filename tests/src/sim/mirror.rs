@@ -1,8 +1,8 @@
 //! The log mirror: folds the recorded log as it grows, three ways, and checks the seven
 //! invariants on the result.
 //!
-//! 1. The domain's `evolve` into fresh `Pool`s (what `Ledger::load_pool` computes).
-//! 2. The projections' `apply` into fresh `Projections` (what `Ledger::open` rebuilds).
+//! 1. The domain's `evolve` into fresh `Pool`s (what `Service::load_pool` computes).
+//! 2. The projections' `apply` into fresh `Projections` (what `Service::open` rebuilds).
 //! 3. Its own arithmetic, trusting neither: units per reservation, allocated, capacity, states,
 //!    so a bug shared by `decide` and `evolve` (a test-only fault switch, say) still shows.
 //!
@@ -10,15 +10,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use allot_domain::streams::{ACTORS_STREAM, stream_pool};
 use allot_domain::{
     Action, ActorId, Change, Event, IdempotencyToken, Outcome, Pool, PoolId, ReservationState,
     Timestamp, codec, evolve,
 };
-use allot_infra::ledger::{ACTORS_STREAM, stream_pool};
-use allot_infra::store::memory::MemoryStore;
-use allot_infra::store::{EventStore, RecordedEvent};
 use allot_projections::{Projections, Snapshot};
 use allot_replay::{Audit, AuditOptions, Recorded, RecordedActorEvent, RecordedPoolEvent};
+use allot_server::store::memory::MemoryStore;
+use allot_server::store::{EventStore, RecordedEvent};
 
 /// Events read per page from the inner store.
 const PAGE_EVENTS: usize = 4096;
@@ -71,7 +71,7 @@ pub struct Mirror {
     records: Vec<Recorded>,
     /// Each pool's events in stream order, to fold a prefix of the log.
     history: BTreeMap<PoolId, Vec<(u64, Event)>>,
-    /// Per ledger instance, the fold of each pool's log up to where its projections are.
+    /// Per service instance, the fold of each pool's log up to where its projections are.
     lagging: BTreeMap<usize, Projections>,
 }
 

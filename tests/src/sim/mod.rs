@@ -1,26 +1,26 @@
 //! The deterministic simulator: one `u64` seed drives clients, an administrator, the sweeper,
-//! the clock, store faults and crashes against the real command path (`Ledger`) over a
+//! the clock, store faults and crashes against the real command path (`Service`) over a
 //! fault-injecting memory store, and the seven invariants are checked after every step.
 //!
 //! How it works (TigerBeetle's VOPR is the model):
 //! - Everything runs on one current-thread tokio runtime, so the interleaving of concurrent
-//!   submissions (batched per pool by the ledger) is a function of the seed alone, and so is the
+//!   submissions (batched per pool by the service) is a function of the seed alone, and so is the
 //!   order in which the store draws its faults.
 //! - Each seed picks its own "swarm" parameters: pools (capacity, named units, cutoff, token
-//!   window), clients, fault rates, crash rate, sweep rate, concurrency, and one or two ledger
+//!   window), clients, fault rates, crash rate, sweep rate, concurrency, and one or two service
 //!   instances over the one store (the second's clock possibly skewed by 1.5 s), each command
 //!   and sweep going to an instance the dice pick (version conflicts, stale instances).
-//! - Each step moves a [`ManualClock`](allot_infra::clock::ManualClock) (small advances, jumps
+//! - Each step moves a [`ManualClock`](allot_server::clock::ManualClock) (small advances, jumps
 //!   past holds, exactly onto an `expires_at` or a cutoff, occasionally backwards), then runs a
 //!   round: several commands submitted at once in seeded order (`join_all`), sometimes with
 //!   `sweep_once` among them, with deliberate races (cancel against expire, confirm against the
 //!   sweeper, the same token twice at once). Some rounds crash: the round is abandoned part-way,
-//!   the ledger is closed and a new one opened over the same store (projections rebuilt from the
+//!   the service is closed and a new one opened over the same store (projections rebuilt from the
 //!   log). Clients retry unanswered commands with the same token, reuse acknowledged tokens and
 //!   collide with them on purpose.
 //! - [`model`] judges every answer against what the clients know; [`mirror`] folds the log three
 //!   ways (the domain's `evolve`, the projections' `apply`, its own arithmetic) and compares the
-//!   result with `Ledger::load_pool` and with each instance's live projections (which must be
+//!   result with `Service::load_pool` and with each instance's live projections (which must be
 //!   the fold of a prefix of each pool's log: never ahead, never different; they may lag behind
 //!   an append whose acknowledgement was lost or another instance's writes until that instance
 //!   next appends to the pool, after which they must be current).
@@ -60,9 +60,9 @@ pub struct Options {
     pub store_faults: bool,
     /// Among the store faults, lose acknowledgements of appends that were written.
     pub lost_acks: bool,
-    /// Crash and reopen the ledger (at a rate the seed picks).
+    /// Crash and reopen the service (at a rate the seed picks).
     pub crashes: bool,
-    /// Let the seed run a second ledger instance over the same store, its clock possibly
+    /// Let the seed run a second service instance over the same store, its clock possibly
     /// skewed, writing the same pools (version conflicts, stale instances).
     pub instances: bool,
     /// A test-only domain bug to switch on for this run (the vacuity guard).

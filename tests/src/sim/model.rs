@@ -1,7 +1,7 @@
 //! The reference model: every command the simulated clients sent, and what they were told.
 //!
 //! It judges each answer against what the clients know for certain, never against a guess of
-//! the ledger's state:
+//! the service's state:
 //! - an answer names the action's own target (a confirm of 3 answers about 3);
 //! - a token acknowledged within its window replays the same outcome (invariant 5), and the
 //!   same token with other parameters is a `token-collision`;
@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use allot_domain::{
     Action, ActorId, IdempotencyToken, Outcome, PoolId, RejectionCode, ReservationId, Timestamp,
 };
-use allot_infra::ledger::{Reply, SubmitError};
+use allot_server::service::{Reply, SubmitError};
 
 /// Why a command was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,7 +121,7 @@ impl Model {
 
     /// Whether intent `index`'s token is certainly still remembered when the highest clock
     /// reading so far is `high_water`: it was recorded no earlier than its first attempt, and
-    /// the ledger's notion of now never exceeds the highest clock reading.
+    /// the service's notion of now never exceeds the highest clock reading.
     pub fn certainly_in_window(&self, index: usize, high_water: Timestamp) -> bool {
         let intent = &self.intents[index];
         let window = self.windows.get(&intent.pool).copied().unwrap_or(0);

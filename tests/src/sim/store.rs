@@ -8,14 +8,14 @@
 //! - a read (`read_stream`, `read_all`) fails with `Unavailable`.
 //!
 //! With the memory store everything acknowledged is durable, so a crash is the simulator's to
-//! stage (drop the `Ledger`, keep this store, open a new one). Faults can be paused, so the
+//! stage (drop the `Service`, keep this store, open a new one). Faults can be paused, so the
 //! simulator's own checks read the log without disturbing it; the draws happen in the order
 //! the store is called, which the current-thread runtime makes a function of the seed.
 
 use std::sync::Mutex;
 
-use allot_infra::store::memory::MemoryStore;
-use allot_infra::store::{
+use allot_server::store::memory::MemoryStore;
+use allot_server::store::{
     AppendOutcome, EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError,
     Subscription,
 };

@@ -1,4 +1,4 @@
-//! Shared fixture of the HTTP end-to-end and security tests: a real `Service` on loopback over a
+//! Shared fixture of the HTTP end-to-end and security tests: a real `Server` on loopback over a
 //! store opened by [`open_store`], the first admin's client, registered client actors, raw
 //! signed requests, and "nothing changed" snapshots.
 //!
@@ -13,20 +13,20 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use allot_client::Client;
+use allot_domain::signing::{actor_change_params, command_target};
 use allot_domain::{
     Action, ActorChange, ActorId, IdempotencyToken, PoolId, ReservationId, Role, Timestamp,
 };
-use allot_infra::client::Client;
-use allot_infra::clock::{Clock, SystemClock};
-use allot_infra::http::{
-    ACTOR_HEADER, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, SIGNATURE_HEADER, SIGNED_AT_HEADER,
-    actor_change_params,
-};
-use allot_infra::identity::{KeyFile, command_target};
-use allot_infra::server::{FIRST_ADMIN, ServeOptions, Service, key_path};
-use allot_infra::store::EventStore;
-use allot_infra::store::memory::MemoryStore;
 use allot_projections::{Projections, Snapshot};
+use allot_server::clock::{Clock, SystemClock};
+use allot_server::http::{
+    ACTOR_HEADER, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, SIGNATURE_HEADER, SIGNED_AT_HEADER,
+};
+use allot_server::identity::KeyFile;
+use allot_server::server::{FIRST_ADMIN, ServeOptions, Server, key_path};
+use allot_server::store::EventStore;
+use allot_server::store::memory::MemoryStore;
 use ed25519_dalek::{Signer, SigningKey};
 use serde_json::{Value, json};
 
@@ -35,7 +35,7 @@ use serde_json::{Value, json};
 /// for `dir` (clones share one log), which is what a restart over the same data looks like.
 ///
 /// To run the suite over the embedded backend, replace the body with
-/// `Arc::new(allot_infra::store::embedded::EmbeddedStore::open(dir).await.expect("open store"))`.
+/// `Arc::new(allot_server::store::embedded::EmbeddedStore::open(dir).await.expect("open store"))`.
 pub async fn open_store(dir: &Path) -> Arc<dyn EventStore> {
     Arc::new(memory_store(dir))
 }
@@ -51,7 +51,7 @@ fn memory_store(dir: &Path) -> MemoryStore {
     stores.entry(dir.to_owned()).or_default().clone()
 }
 
-/// The request headers of the signed envelope (lower case, as `allot_infra::http` names them).
+/// The request headers of the signed envelope (lower case, as `allot_server::http` names them).
 pub const IDEMPOTENCY_KEY_NAME: &str = "idempotency-key";
 pub const ACTOR_NAME: &str = "allot-actor";
 pub const SIGNED_AT_NAME: &str = "allot-signed-at";
@@ -386,7 +386,7 @@ pub struct Harness {
     pub dir: tempfile::TempDir,
     pub clock: Arc<dyn Clock>,
     pub sweeper: bool,
-    pub service: Option<Service>,
+    pub service: Option<Server>,
     pub base: String,
     pub http: reqwest::Client,
     /// The first admin, through the crate's signing client.
@@ -404,9 +404,9 @@ impl Harness {
         dir.join("keys")
     }
 
-    async fn start_service(dir: &Path, clock: Arc<dyn Clock>, sweeper: bool) -> Service {
+    async fn start_service(dir: &Path, clock: Arc<dyn Clock>, sweeper: bool) -> Server {
         let store = open_store(&Self::store_dir(dir)).await;
-        Service::start(
+        Server::start(
             store,
             clock,
             Arc::new(Projections::new()),
@@ -454,7 +454,7 @@ impl Harness {
         }
     }
 
-    pub fn service(&self) -> &Service {
+    pub fn service(&self) -> &Server {
         self.service.as_ref().expect("service running")
     }
 
@@ -468,10 +468,10 @@ impl Harness {
 
     /// Drains and stops the service; returns its projections snapshot.
     pub async fn stop(&mut self) -> Snapshot {
-        let service = self.service.take().expect("service running");
-        let ledger = service.ledger.clone();
-        service.shutdown().await.expect("graceful shutdown");
-        ledger.projections().snapshot()
+        let server = self.service.take().expect("service running");
+        let service = server.service.clone();
+        server.shutdown().await.expect("graceful shutdown");
+        service.projections().snapshot()
     }
 
     /// Starts a new service over the same store and keys (after [`Harness::stop`]).
@@ -549,7 +549,7 @@ impl Harness {
     /// Number of events in the store (every stream), read through the port; for the in-memory
     /// backend cross-checked against `MemoryStore::len`.
     pub async fn event_count(&self) -> usize {
-        let store = self.service().ledger.store();
+        let store = self.service().service.store();
         let mut count = 0;
         let mut after = None;
         loop {
@@ -583,7 +583,7 @@ impl Harness {
         }
         Observed {
             events: self.event_count().await,
-            projections: self.service().ledger.projections().snapshot(),
+            projections: self.service().service.projections().snapshot(),
             http,
         }
     }

@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use allot_client::Client;
 use allot_domain::ActorId;
-use allot_infra::client::Client;
-use allot_infra::identity::KeyFile;
+use allot_server::identity::KeyFile;
 
 /// How long a start may take until `/healthz` answers (it replays the whole log first).
 pub const START_TIMEOUT: Duration = Duration::from_secs(60);

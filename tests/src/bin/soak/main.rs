@@ -28,9 +28,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use allot_client::{Answer, Client};
 use allot_domain::{Action, ActorId, PoolId, ReservationId, Role};
-use allot_infra::client::{Answer, Client};
-use allot_infra::identity::KeyFile;
+use allot_server::identity::KeyFile;
 use serde_json::Value;
 use tokio::sync::Semaphore;
 

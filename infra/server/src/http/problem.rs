@@ -1,0 +1,256 @@
+//! The one mapping from every error the API can answer with to an HTTP status and a problem
+//! code (RFC 9457 `application/problem+json`).
+//! Must not: be bypassed: every handler answers an error through [`Problem`], built here.
+//!
+//! | error | status | code |
+//! |---|---|---|
+//! | rejection `invalid-request` | 400 | `invalid-request` |
+//! | rejection `token-collision` | 422 | `token-collision` |
+//! | rejection `not-known` (and unknown routes) | 404 | `not-known` |
+//! | rejections `pool-closed`, `pool-capacity-exceeded`, `resource-unavailable`, `not-held`, `window-elapsed`, `window-not-elapsed`, `pool-already-declared`, `capacity-below-allocated` | 409 | the rejection's code |
+//! | rejection `recording-failure`, or the outcome could not be recorded | 503 | `recording-failure` |
+//! | a credential that does not verify, is stale, unknown or revoked | 401 | `invalid-request` |
+//! | a role that may not do the action | 403 | `forbidden` |
+//! | too many requests in flight, or the pool's shard queue is full | 503 | `overloaded` |
+//! | shutting down, the verifier or the store cannot answer a read | 503 | `unavailable` |
+//! | a method the route does not have | 405 | `invalid-request` |
+
+use allot_domain::{Rejection, RejectionCode};
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::identity::AuthError;
+use crate::service::SubmitError;
+
+/// Every problem code the API answers with: the seed's rejection codes and three of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProblemCode {
+    /// One of the seed's rejection codes (and the administration ones).
+    Rejection(RejectionCode),
+    /// The actor's role may not perform the action.
+    Forbidden,
+    /// Too much in flight; retry after `Retry-After`.
+    Overloaded,
+    /// Nothing was checked or done (shutting down, a dependency cannot answer); retry.
+    Unavailable,
+}
+
+impl ProblemCode {
+    pub const INVALID_REQUEST: ProblemCode = ProblemCode::Rejection(RejectionCode::InvalidRequest);
+    pub const NOT_KNOWN: ProblemCode = ProblemCode::Rejection(RejectionCode::NotKnown);
+    pub const RECORDING_FAILURE: ProblemCode =
+        ProblemCode::Rejection(RejectionCode::RecordingFailure);
+
+    /// The code as it appears in a problem's `code` member and its `type` URN.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemCode::Rejection(code) => code.as_str(),
+            ProblemCode::Forbidden => "forbidden",
+            ProblemCode::Overloaded => "overloaded",
+            ProblemCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// Every code, for the documentation and its test.
+    pub fn all() -> impl Iterator<Item = ProblemCode> {
+        RejectionCode::ALL
+            .into_iter()
+            .map(ProblemCode::Rejection)
+            .chain([
+                ProblemCode::Forbidden,
+                ProblemCode::Overloaded,
+                ProblemCode::Unavailable,
+            ])
+    }
+}
+
+impl Serialize for ProblemCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+/// The HTTP status of each rejection code.
+pub fn status_for(code: RejectionCode) -> StatusCode {
+    match code {
+        RejectionCode::InvalidRequest => StatusCode::BAD_REQUEST,
+        RejectionCode::TokenCollision => StatusCode::UNPROCESSABLE_ENTITY,
+        RejectionCode::NotKnown => StatusCode::NOT_FOUND,
+        RejectionCode::PoolClosed
+        | RejectionCode::PoolCapacityExceeded
+        | RejectionCode::ResourceUnavailable
+        | RejectionCode::NotHeld
+        | RejectionCode::WindowElapsed
+        | RejectionCode::WindowNotElapsed
+        | RejectionCode::PoolAlreadyDeclared
+        | RejectionCode::CapacityBelowAllocated => StatusCode::CONFLICT,
+        RejectionCode::RecordingFailure => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// An RFC 9457 problem whose `code` is a [`ProblemCode`].
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    pub code: ProblemCode,
+    #[serde(skip)]
+    pub replayed: bool,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: ProblemCode, detail: impl Into<String>) -> Problem {
+        Problem {
+            kind: format!("urn:allot:problem:{}", code.as_str()),
+            title: status.canonical_reason().unwrap_or("error").to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            code,
+            replayed: false,
+        }
+    }
+
+    /// A malformed request: 400 `invalid-request`.
+    pub fn invalid(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            ProblemCode::INVALID_REQUEST,
+            detail,
+        )
+    }
+
+    /// Something that does not exist (or that the caller may not know exists): 404 `not-known`.
+    pub fn not_known(detail: impl Into<String>) -> Problem {
+        Problem::new(StatusCode::NOT_FOUND, ProblemCode::NOT_KNOWN, detail)
+    }
+
+    /// Too much in flight: 503 `overloaded`.
+    pub fn overloaded(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ProblemCode::Overloaded,
+            detail,
+        )
+    }
+
+    /// Nothing was checked or done: 503 `unavailable`.
+    pub fn unavailable(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ProblemCode::Unavailable,
+            detail,
+        )
+    }
+
+    /// A method the route does not have: 405 `invalid-request`.
+    pub fn method_not_allowed(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ProblemCode::INVALID_REQUEST,
+            detail,
+        )
+    }
+}
+
+impl From<&Rejection> for Problem {
+    fn from(rejection: &Rejection) -> Problem {
+        Problem::new(
+            status_for(rejection.code()),
+            ProblemCode::Rejection(rejection.code()),
+            rejection.to_string(),
+        )
+    }
+}
+
+impl From<&AuthError> for Problem {
+    fn from(error: &AuthError) -> Problem {
+        match error {
+            AuthError::Forbidden { .. } => Problem::new(
+                StatusCode::FORBIDDEN,
+                ProblemCode::Forbidden,
+                error.to_string(),
+            ),
+            // Nothing was checked: the client may retry, the credential is not at fault.
+            AuthError::Unavailable(_) => Problem::unavailable(error.to_string()),
+            // The seed maps an invalid credential to invalid-request; 401 says it is the
+            // credential.
+            _ => Problem::new(
+                StatusCode::UNAUTHORIZED,
+                ProblemCode::INVALID_REQUEST,
+                error.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<&SubmitError> for Problem {
+    fn from(error: &SubmitError) -> Problem {
+        match error {
+            SubmitError::Rejected(rejection) => Problem::from(rejection),
+            SubmitError::Recording(failure) => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ProblemCode::RECORDING_FAILURE,
+                failure.to_string(),
+            ),
+            SubmitError::Overloaded(_) => Problem::overloaded(error.to_string()),
+            SubmitError::ShuttingDown => Problem::unavailable(error.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let replayed = self.replayed;
+        let mut response = (status, Json(&self)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if replayed {
+            response
+                .headers_mut()
+                .insert(super::IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
+        }
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The table in this module's doc is the mapping: each row's status and code, checked.
+    #[test]
+    fn every_code_has_one_status_and_the_documented_one() {
+        let doc = include_str!("problem.rs");
+        for code in ProblemCode::all() {
+            assert!(
+                doc.contains(&format!("`{}`", code.as_str())),
+                "{} missing from the table",
+                code.as_str()
+            );
+        }
+        for code in RejectionCode::ALL {
+            let status = status_for(code).as_u16();
+            let row = doc
+                .lines()
+                .find(|line| {
+                    line.starts_with("//! | rejection")
+                        && line.contains(&format!("`{}`", code.as_str()))
+                })
+                .unwrap_or_else(|| panic!("no row for {}", code.as_str()));
+            assert!(row.contains(&format!("| {status} |")), "{row}");
+        }
+    }
+}
