@@ -58,7 +58,7 @@ use allot_domain::{
 };
 use serde::Serialize;
 
-use crate::crypto::{Job, Location, Outcome, Verifier, Work};
+use crate::crypto::{CheckedBatch, Location, SignatureCheck, Verifier, Work};
 use crate::record::{Recorded, RecordedActorEvent, RecordedPoolEvent};
 
 /// Violations kept in a report by default; beyond it they are only counted.
@@ -395,7 +395,7 @@ pub struct Audit {
     counts: [u64; Check::ALL.len()],
     violations: Vec<Violation>,
     verifier: Option<Verifier>,
-    ready: Vec<Outcome>,
+    ready: Vec<CheckedBatch>,
     /// The last pool event's actor key lookup: (actor, key), reused while the actor repeats and
     /// its key is valid (cleared by every actor event).
     last_key: Option<(ActorId, Option<ActorKey>)>,
@@ -517,9 +517,9 @@ impl Audit {
             return;
         }
         let ready = std::mem::take(&mut self.ready);
-        for outcome in ready {
-            self.signatures_verified += outcome.signatures_verified;
-            for violation in outcome.violations {
+        for batch in ready {
+            self.signatures_verified += batch.signatures_verified;
+            for violation in batch.violations {
                 self.report(violation);
             }
         }
@@ -804,7 +804,7 @@ impl Audit {
         let public_key = key.as_ref().map(|key| key.public_key);
         if let Some(verifier) = self.verifier.as_mut() {
             verifier.submit(
-                Job {
+                SignatureCheck {
                     location: Location {
                         stream: recorded.stream.clone(),
                         version: recorded.version,
@@ -898,7 +898,7 @@ impl Audit {
         };
         if let (Some(verifier), Some(key)) = (self.verifier.as_mut(), signer_key) {
             verifier.submit(
-                Job {
+                SignatureCheck {
                     location: Location {
                         stream: ACTORS_STREAM.to_owned(),
                         version: recorded.version,
