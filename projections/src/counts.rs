@@ -91,15 +91,15 @@ impl PoolCounts {
         self.pools.iter().map(|entry| entry.key().clone()).collect()
     }
 
-    pub fn snapshot(&self) -> BTreeMap<String, PoolCount> {
+    pub fn contents(&self) -> BTreeMap<String, PoolCount> {
         self.pools
             .iter()
             .map(|entry| (entry.key().to_string(), entry.value().clone()))
             .collect()
     }
 
-    pub fn restore(&self, snapshot: &BTreeMap<String, PoolCount>) {
-        for (pool, count) in snapshot {
+    pub fn restore(&self, contents: &BTreeMap<String, PoolCount>) {
+        for (pool, count) in contents {
             self.pools.insert(PoolId::new(pool.clone()), count.clone());
         }
     }
