@@ -34,10 +34,10 @@
 //!   perform the action; with [`AuditOptions::verify_signatures`], its parameters digest is
 //!   blake3 of the canonical parameters and its ed25519 signature verifies over
 //!   `signing::signing_bytes` under that key. Actor events are signed (over
-//!   `signing::actor_signing_bytes` of `signing::actor_change_params`) by `by`, who must hold
-//!   an admin key valid as above. The one exception is bootstrap: until the first actor event made by someone else (`by != actor`), an admin or
-//!   sweeper may register itself (`by == actor`, no earlier key), signing with the key it
-//!   registers (Invariant 6).
+//!   `signing::actor_event_signing_bytes`) by `by`, who must hold an admin key valid as above.
+//!   The one exception is bootstrap: until the first actor event made by someone else
+//!   (`by != actor`), an admin or sweeper may register itself (`by == actor`, no earlier key),
+//!   signing with the key it registers (Invariant 6).
 //! - `contiguous-versions`: every stream's versions are 0, 1, 2, ... and positions strictly
 //!   increase across all streams.
 //! - `fold`: with [`AuditOptions::check_fold`], the domain's own `evolve` accepts every event of
@@ -53,7 +53,7 @@ use std::fmt;
 use allot_domain::codec;
 use allot_domain::streams::ACTORS_STREAM;
 use allot_domain::{
-    Action, ActorChange, ActorEvent, ActorId, ActorKey, ActorRegistry, Change, Event, Pool, PoolId,
+    Action, ActorChange, ActorId, ActorKey, ActorRegistry, Change, Event, Pool, PoolId,
     ReservationId, ReservationState, Role, Timestamp, TokenIndex, evolve, signing,
 };
 use serde::Serialize;
@@ -908,7 +908,7 @@ impl Audit {
                     },
                     key: Some(key),
                     work: Work::Actor {
-                        message: actor_message(event),
+                        message: signing::actor_event_signing_bytes(event),
                         signature: event.attestation.signature.clone(),
                     },
                 },
@@ -1322,19 +1322,6 @@ fn pool_claimed(pool: &str, first_stream: &str) -> String {
 
 /// The audit's hot maps (stream names), hashed with foldhash rather than SipHash.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
-
-/// The bytes the signer of an actor event signed.
-pub(crate) fn actor_message(event: &ActorEvent) -> Vec<u8> {
-    let (action, params) = signing::actor_change_params(&event.change);
-    signing::actor_signing_bytes(
-        action,
-        &event.actor,
-        &params,
-        &event.token,
-        &event.by,
-        event.attestation.signed_at,
-    )
-}
 
 /// Applies the event's change to the reconstruction, noting what does not follow. Returns the
 /// sequence of a reservation the event placed.
