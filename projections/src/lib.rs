@@ -6,6 +6,10 @@
 //! projection equals the live one; the token cache lives in the pool aggregate
 //! (`allot_domain::Pool::tokens`), rebuilt by the same replay.
 //!
+//! Two plain forms of the whole set: [`PackedProjections`], what a checkpoint stores (packed
+//! binding words, Held reservations as numbers), and [`ProjectionContents`], a comparable copy
+//! for checking one set against another.
+//!
 //! Must not: read clocks, perform I/O, or decide commands (that is `allot-domain`).
 //!
 //! Applying is idempotent per pool stream: each pool's next expected stream version is tracked,
