@@ -24,7 +24,7 @@
 //! The service checks signatures with these functions and the audit checks the recorded log
 //! with the same ones, so both agree byte for byte.
 
-use crate::actor::ActorChange;
+use crate::actor::{ActorChange, ActorEvent};
 use crate::command::{Action, ParamValue};
 use crate::ids::{
     ActorId, IdempotencyToken, ParamsDigest, PoolId, RESERVATION_ID_SEPARATOR, Timestamp,
@@ -185,6 +185,19 @@ pub fn actor_signing_bytes(
     text_field(&mut out, "actor", by.as_str());
     field(&mut out, &["signed_at"], ParamValue::Number(signed_at.0));
     out
+}
+
+/// The bytes the admin `by` signed for a recorded actor event.
+pub fn actor_event_signing_bytes(event: &ActorEvent) -> Vec<u8> {
+    let (action, params) = actor_change_params(&event.change);
+    actor_signing_bytes(
+        action,
+        &event.actor,
+        &params,
+        &event.token,
+        &event.by,
+        event.attestation.signed_at,
+    )
 }
 
 #[cfg(test)]

@@ -54,28 +54,22 @@ fn derived_id(tag: &[u8], parts: [&str; 3], at: u64) -> [u8; 16] {
 
 /// A pool event's id, from its pool, actor, token and time.
 pub fn event_id(event: &Event) -> [u8; 16] {
-    derived_id(
-        EVENT_ID_TAG,
-        [
-            event.pool.as_str(),
-            event.actor.as_str(),
-            event.token.as_str(),
-        ],
-        event.at.0,
-    )
+    let parts = [
+        event.pool.as_str(),
+        event.actor.as_str(),
+        event.token.as_str(),
+    ];
+    derived_id(EVENT_ID_TAG, parts, event.at.0)
 }
 
 /// An actor event's id, from the actor changed, the admin who changed it, the token and time.
 pub fn actor_event_id(event: &ActorEvent) -> [u8; 16] {
-    derived_id(
-        ACTOR_EVENT_ID_TAG,
-        [
-            event.actor.as_str(),
-            event.by.as_str(),
-            event.token.as_str(),
-        ],
-        event.at.0,
-    )
+    let parts = [
+        event.actor.as_str(),
+        event.by.as_str(),
+        event.token.as_str(),
+    ];
+    derived_id(ACTOR_EVENT_ID_TAG, parts, event.at.0)
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Given / when / then over `decide` and `evolve`: every rejection code of every action, the
 //! token cache, the clock, `query_reservation` and reservation ids.
 //!
-//! A scenario is a `Ledger`: `given` applies commands through decide + evolve at stated times
+//! A scenario is a `History`: `given` applies commands through decide + evolve at stated times
 //! (milliseconds after `T0`), `when` runs one more command, and `Then` says what must have
 //! happened — an appended change, a cached rejection (appended as `Rejected`, arithmetic
 //! unchanged), an uncached refusal (nothing appended, pool unchanged) or a replay. Every `then`
@@ -43,7 +43,7 @@ fn digest_of(action: &Action) -> ParamsDigest {
     ParamsDigest(digest)
 }
 
-/// A command before the ledger gives it a token (unless it names one).
+/// A command before the scenario gives it a token (unless it names one).
 #[derive(Debug, Clone)]
 struct Cmd {
     pool: String,
@@ -131,38 +131,38 @@ fn rsv(seq: u64) -> ReservationId {
 }
 
 /// A pool's stream: the live pool and everything appended to it.
-struct Ledger {
+struct History {
     pool: Pool,
     log: Vec<Event>,
     tokens_issued: u32,
 }
 
-fn given(steps: impl IntoIterator<Item = (u64, Cmd)>) -> Ledger {
-    let mut ledger = Ledger {
+fn given(steps: impl IntoIterator<Item = (u64, Cmd)>) -> History {
+    let mut history = History {
         pool: Pool::default(),
         log: Vec::new(),
         tokens_issued: 0,
     };
     for (offset_ms, cmd) in steps {
         let description = format!("{cmd:?}");
-        let command = ledger.command(cmd);
-        match decide(&ledger.pool, &command, at(offset_ms)) {
+        let command = history.command(cmd);
+        match decide(&history.pool, &command, at(offset_ms)) {
             Ok(Decision::Append(event)) => {
                 assert!(
                     event.rejection().is_none(),
                     "given step {description} was rejected: {:?}",
                     event.change
                 );
-                evolve(&mut ledger.pool, &event).expect("a decided event applies");
-                ledger.log.push(event);
+                evolve(&mut history.pool, &event).expect("a decided event applies");
+                history.log.push(event);
             }
             other => panic!("given step {description} did not append: {other:?}"),
         }
     }
-    ledger
+    history
 }
 
-impl Ledger {
+impl History {
     fn command(&mut self, cmd: Cmd) -> Command {
         let token = cmd.token.unwrap_or_else(|| {
             self.tokens_issued += 1;
@@ -188,7 +188,7 @@ impl Ledger {
             self.log.push(event.clone());
         }
         Then {
-            ledger: self,
+            history: self,
             before,
             log_len,
             result,
@@ -202,7 +202,7 @@ impl Ledger {
 
 /// What `when` did, to be asserted.
 struct Then<'a> {
-    ledger: &'a mut Ledger,
+    history: &'a mut History,
     before: Pool,
     log_len: usize,
     result: Result<Decision, Rejection>,
@@ -211,11 +211,11 @@ struct Then<'a> {
 impl Then<'_> {
     fn replay_agrees(&self) {
         let mut fresh = Pool::default();
-        for event in &self.ledger.log {
+        for event in &self.history.log {
             evolve(&mut fresh, event).expect("the log replays");
         }
         assert_eq!(
-            fresh, self.ledger.pool,
+            fresh, self.history.pool,
             "replayed pool differs from the live pool"
         );
     }
@@ -223,7 +223,7 @@ impl Then<'_> {
     fn appended(&self) -> Event {
         match &self.result {
             Ok(Decision::Append(event)) => {
-                assert_eq!(self.ledger.log.len(), self.log_len + 1);
+                assert_eq!(self.history.log.len(), self.log_len + 1);
                 event.clone()
             }
             other => panic!("expected an appended event, got {other:?}"),
@@ -236,7 +236,7 @@ impl Then<'_> {
         let event = self.appended();
         assert!(event.rejection().is_none(), "rejected: {:?}", event.change);
         assert_eq!(
-            self.ledger.pool.events_applied(),
+            self.history.pool.events_applied(),
             self.before.events_applied() + 1
         );
         event
@@ -259,7 +259,7 @@ impl Then<'_> {
         assert_eq!(rejection.code(), code, "{rejection}");
         assert_eq!(event.allocated_before, event.allocated_after);
         assert_eq!(event.prior_state, event.new_state);
-        let (before, after) = (&self.before, &self.ledger.pool);
+        let (before, after) = (&self.before, &self.history.pool);
         assert_eq!(after.allocated(), before.allocated());
         assert_eq!(after.capacity(), before.capacity());
         assert_eq!(after.status(), before.status());
@@ -281,11 +281,11 @@ impl Then<'_> {
     fn then_refused(self, code: RejectionCode) -> Rejection {
         self.replay_agrees();
         assert_eq!(
-            self.ledger.log.len(),
+            self.history.log.len(),
             self.log_len,
             "something was appended"
         );
-        assert_eq!(self.ledger.pool, self.before, "the pool changed");
+        assert_eq!(self.history.pool, self.before, "the pool changed");
         match self.result {
             Err(rejection) => {
                 assert_eq!(rejection.code(), code, "{rejection}");
@@ -305,8 +305,8 @@ impl Then<'_> {
     /// A retry: the recorded outcome again, nothing appended.
     fn then_replays(self, expected: &Outcome) {
         self.replay_agrees();
-        assert_eq!(self.ledger.log.len(), self.log_len, "a retry appended");
-        assert_eq!(self.ledger.pool, self.before, "a retry changed the pool");
+        assert_eq!(self.history.log.len(), self.log_len, "a retry appended");
+        assert_eq!(self.history.pool, self.before, "a retry changed the pool");
         match &self.result {
             Ok(Decision::Replay(outcome)) => assert_eq!(outcome, expected),
             other => panic!("expected a replay of {expected:?}, got {other:?}"),
@@ -326,8 +326,8 @@ mod declare_pool {
 
     #[test]
     fn a_new_pool_is_declared_with_its_capacity_cutoff_units_and_window() {
-        let mut ledger = given([]);
-        let event = ledger
+        let mut history = given([]);
+        let event = history
             .when(0, declare_with(2, Some(at(HOLD)), &["A1", "A2"], WINDOW))
             .then_change(Change::PoolDeclared);
         assert_eq!(event.at, at(0));
@@ -339,7 +339,7 @@ mod declare_pool {
                 pool: PoolId::new(POOL)
             }
         );
-        let pool = &ledger.pool;
+        let pool = &history.pool;
         assert_eq!(pool.id(), Some(&PoolId::new(POOL)));
         assert_eq!(pool.capacity(), 2);
         assert_eq!(pool.allocated(), 0);
@@ -351,8 +351,8 @@ mod declare_pool {
 
     #[test]
     fn declaring_a_declared_pool_again_is_rejected_pool_already_declared_and_cached() {
-        let mut ledger = given([(0, declare(2))]);
-        let rejection = ledger
+        let mut history = given([(0, declare(2))]);
+        let rejection = history
             .when(SECOND, declare(5).token("again"))
             .then_rejected(RejectionCode::PoolAlreadyDeclared);
         assert_eq!(
@@ -361,8 +361,8 @@ mod declare_pool {
                 pool: POOL.to_owned()
             }
         );
-        assert_eq!(ledger.pool.capacity(), 2);
-        ledger
+        assert_eq!(history.pool.capacity(), 2);
+        history
             .when(2 * SECOND, declare(5).token("again"))
             .then_replays(&Outcome::Rejected(rejection));
     }
@@ -461,20 +461,20 @@ mod declare_pool {
 
     #[test]
     fn an_invalid_request_on_a_declared_pool_is_not_cached_so_its_token_stays_free() {
-        let mut ledger = given([(0, declare(2))]);
-        ledger
+        let mut history = given([(0, declare(2))]);
+        history
             .when(SECOND, adjust(CAPACITY_MAX + 1).token("t"))
             .then_invalid("capacity");
-        ledger
+        history
             .when(2 * SECOND, adjust(3).token("t"))
             .then_change(Change::CapacityAdjusted { capacity_before: 2 });
     }
 
     #[test]
     fn a_command_routed_to_another_pools_stream_is_an_invalid_request() {
-        // The ledger's stream is pool_vip; a command naming pool_b must not be folded into it.
-        let mut ledger = given([(0, declare(2))]);
-        ledger
+        // The scenario's stream is pool_vip; a command naming pool_b must not be folded into it.
+        let mut history = given([(0, declare(2))]);
+        history
             .when(SECOND, reserve("x").on("pool_b"))
             .then_invalid("pool_id");
     }
@@ -485,21 +485,21 @@ mod adjust_capacity {
 
     #[test]
     fn capacity_can_be_raised_and_lowered_down_to_what_is_allocated() {
-        let mut ledger = given([(0, declare(2)), (SECOND, reserve("x"))]);
-        ledger
+        let mut history = given([(0, declare(2)), (SECOND, reserve("x"))]);
+        history
             .when(2 * SECOND, adjust(5))
             .then_change(Change::CapacityAdjusted { capacity_before: 2 });
-        let event = ledger
+        let event = history
             .when(3 * SECOND, adjust(1))
             .then_change(Change::CapacityAdjusted { capacity_before: 5 });
         assert_eq!(event.outcome(), Outcome::CapacityAdjusted { capacity: 1 });
-        assert_eq!(ledger.pool.capacity(), 1);
+        assert_eq!(history.pool.capacity(), 1);
     }
 
     #[test]
     fn lowering_capacity_below_allocated_is_rejected_capacity_below_allocated() {
-        let mut ledger = given([(0, declare(3)), (SECOND, reserve_n(2))]);
-        let rejection = ledger
+        let mut history = given([(0, declare(3)), (SECOND, reserve_n(2))]);
+        let rejection = history
             .when(2 * SECOND, adjust(1))
             .then_rejected(RejectionCode::CapacityBelowAllocated);
         assert_eq!(
@@ -509,13 +509,13 @@ mod adjust_capacity {
                 allocated: 2
             }
         );
-        assert_eq!(ledger.pool.capacity(), 3);
+        assert_eq!(history.pool.capacity(), 3);
     }
 
     #[test]
     fn a_capacity_above_capacity_max_is_an_invalid_request() {
-        let mut ledger = given([(0, declare(3))]);
-        ledger
+        let mut history = given([(0, declare(3))]);
+        history
             .when(SECOND, adjust(CAPACITY_MAX + 1))
             .then_invalid("capacity");
     }
@@ -533,21 +533,23 @@ mod close_pool {
 
     #[test]
     fn closing_an_open_pool_closes_it() {
-        let mut ledger = given([(0, declare(2))]);
-        let event = ledger.when(SECOND, close()).then_change(Change::PoolClosed);
+        let mut history = given([(0, declare(2))]);
+        let event = history
+            .when(SECOND, close())
+            .then_change(Change::PoolClosed);
         assert_eq!(
             event.outcome(),
             Outcome::PoolClosed {
                 pool: PoolId::new(POOL)
             }
         );
-        assert_eq!(ledger.pool.status(), PoolStatus::Closed);
+        assert_eq!(history.pool.status(), PoolStatus::Closed);
     }
 
     #[test]
     fn closing_a_closed_pool_is_rejected_pool_closed() {
-        let mut ledger = given([(0, declare(2)), (SECOND, close())]);
-        ledger
+        let mut history = given([(0, declare(2)), (SECOND, close())]);
+        history
             .when(2 * SECOND, close())
             .then_rejected(RejectionCode::PoolClosed);
     }
@@ -561,17 +563,17 @@ mod close_pool {
 
     #[test]
     fn a_closed_pool_still_returns_slots_on_cancel_and_expire_and_still_confirms() {
-        let mut ledger = given([
+        let mut history = given([
             (0, declare(3)),
             (SECOND, reserve("x")),
             (SECOND, reserve("y")),
             (SECOND, reserve("z")),
             (2 * SECOND, close()),
         ]);
-        ledger.when(3 * SECOND, cancel(1)).then_event();
-        ledger.when(4 * SECOND, confirm(2)).then_event();
-        ledger.when(SECOND + HOLD, expire(3)).then_event();
-        assert_eq!(ledger.pool.allocated(), 1);
+        history.when(3 * SECOND, cancel(1)).then_event();
+        history.when(4 * SECOND, confirm(2)).then_event();
+        history.when(SECOND + HOLD, expire(3)).then_event();
+        assert_eq!(history.pool.allocated(), 1);
     }
 }
 
@@ -580,8 +582,8 @@ mod reserve {
 
     #[test]
     fn a_reserve_takes_its_units_and_opens_a_hold_until_now_plus_duration() {
-        let mut ledger = given([(0, declare(5))]);
-        let event = ledger
+        let mut history = given([(0, declare(5))]);
+        let event = history
             .when(SECOND, reserve_n(3))
             .then_change(Change::Reserved {
                 reservation: 1,
@@ -599,44 +601,44 @@ mod reserve {
                 expires_at: at(SECOND + HOLD)
             }
         );
-        let second = ledger.when(2 * SECOND, reserve("x")).then_event();
+        let second = history.when(2 * SECOND, reserve("x")).then_event();
         assert_eq!(reserved_seq(&second), 2);
-        assert_eq!(ledger.pool.allocated(), 4);
+        assert_eq!(history.pool.allocated(), 4);
     }
 
     #[test]
     fn a_blank_or_too_long_resource_or_requester_is_an_invalid_request() {
-        let mut ledger = given([(0, declare(5))]);
-        ledger
+        let mut history = given([(0, declare(5))]);
+        history
             .when(SECOND, reserve_full(" ", "b", HOLD, 1))
             .then_invalid("resource");
         let long = "r".repeat(129);
-        ledger
+        history
             .when(SECOND, reserve_full(&long, "b", HOLD, 1))
             .then_invalid("resource");
-        ledger
+        history
             .when(SECOND, reserve_full("x", "", HOLD, 1))
             .then_invalid("requester");
-        ledger
+        history
             .when(SECOND, reserve_full("x", &long, HOLD, 1))
             .then_invalid("requester");
     }
 
     #[test]
     fn a_duration_of_zero_below_the_minimum_or_above_the_maximum_is_an_invalid_request() {
-        let mut ledger = given([(0, declare(5))]);
+        let mut history = given([(0, declare(5))]);
         for duration in [
             0,
             HOLD_DURATION_MS_MIN - 1,
             HOLD_DURATION_MS_MAX + 1,
             u64::MAX,
         ] {
-            ledger
+            history
                 .when(SECOND, reserve_full("x", "b", duration, 1))
                 .then_invalid("duration_ms");
         }
         for duration in [HOLD_DURATION_MS_MIN, HOLD_DURATION_MS_MAX] {
-            ledger
+            history
                 .when(SECOND, reserve_full("x", "b", duration, 1))
                 .then_event();
         }
@@ -644,28 +646,28 @@ mod reserve {
 
     #[test]
     fn a_count_of_zero_or_above_count_max_is_an_invalid_request() {
-        let mut ledger = given([(0, declare(CAPACITY_MAX))]);
-        ledger.when(SECOND, reserve_n(0)).then_invalid("count");
-        ledger
+        let mut history = given([(0, declare(CAPACITY_MAX))]);
+        history.when(SECOND, reserve_n(0)).then_invalid("count");
+        history
             .when(SECOND, reserve_n(COUNT_MAX + 1))
             .then_invalid("count");
-        ledger.when(SECOND, reserve_n(COUNT_MAX)).then_event();
+        history.when(SECOND, reserve_n(COUNT_MAX)).then_event();
     }
 
     #[test]
     fn reserving_in_an_undeclared_pool_is_not_known_and_not_cached() {
-        let mut ledger = given([]);
-        ledger
+        let mut history = given([]);
+        history
             .when(0, reserve("x").token("t"))
             .then_refused(RejectionCode::NotKnown);
         // Nothing was cached: the token then declares the pool.
-        ledger.when(SECOND, declare(1).token("t")).then_event();
+        history.when(SECOND, declare(1).token("t")).then_event();
     }
 
     #[test]
     fn reserving_in_a_closed_pool_is_rejected_pool_closed() {
-        let mut ledger = given([(0, declare(2)), (SECOND, close())]);
-        ledger
+        let mut history = given([(0, declare(2)), (SECOND, close())]);
+        history
             .when(2 * SECOND, reserve("x"))
             .then_rejected(RejectionCode::PoolClosed);
     }
@@ -673,32 +675,32 @@ mod reserve {
     #[test]
     fn at_exactly_closes_at_the_pool_is_closed_and_one_ms_before_it_is_open() {
         let cutoff = 10 * MINUTE;
-        let mut ledger = given([(0, declare_closing(3, cutoff))]);
-        ledger.when(cutoff - 1, reserve("x")).then_event();
-        ledger
+        let mut history = given([(0, declare_closing(3, cutoff))]);
+        history.when(cutoff - 1, reserve("x")).then_event();
+        history
             .when(cutoff, reserve("y"))
             .then_rejected(RejectionCode::PoolClosed);
-        ledger
+        history
             .when(cutoff + HOLD, reserve("z"))
             .then_rejected(RejectionCode::PoolClosed);
     }
 
     #[test]
     fn pool_closed_takes_precedence_over_capacity_exceeded() {
-        let mut ledger = given([(0, declare(1)), (SECOND, reserve("x")), (SECOND, close())]);
-        ledger
+        let mut history = given([(0, declare(1)), (SECOND, reserve("x")), (SECOND, close())]);
+        history
             .when(2 * SECOND, reserve("y"))
             .then_rejected(RejectionCode::PoolClosed);
     }
 
     #[test]
     fn reserving_in_a_full_pool_is_rejected_pool_capacity_exceeded() {
-        let mut ledger = given([
+        let mut history = given([
             (0, declare(2)),
             (SECOND, reserve("x")),
             (SECOND, reserve("y")),
         ]);
-        let rejection = ledger
+        let rejection = history
             .when(2 * SECOND, reserve("z"))
             .then_rejected(RejectionCode::PoolCapacityExceeded);
         assert_eq!(
@@ -713,18 +715,18 @@ mod reserve {
 
     #[test]
     fn a_multi_unit_count_that_crosses_capacity_is_rejected_but_one_that_fills_it_is_not() {
-        let mut ledger = given([(0, declare(5)), (SECOND, reserve_n(3))]);
-        ledger
+        let mut history = given([(0, declare(5)), (SECOND, reserve_n(3))]);
+        history
             .when(2 * SECOND, reserve_n(3))
             .then_rejected(RejectionCode::PoolCapacityExceeded);
-        ledger.when(3 * SECOND, reserve_n(2)).then_event();
-        assert_eq!(ledger.pool.allocated(), 5);
+        history.when(3 * SECOND, reserve_n(2)).then_event();
+        assert_eq!(history.pool.allocated(), 5);
     }
 
     #[test]
     fn a_resource_that_is_not_a_unit_of_a_named_unit_pool_is_a_cached_invalid_request() {
-        let mut ledger = given([(0, declare_units(&["A1", "A2"]))]);
-        let rejection = ledger
+        let mut history = given([(0, declare_units(&["A1", "A2"]))]);
+        let rejection = history
             .when(SECOND, reserve("B7"))
             .then_rejected(RejectionCode::InvalidRequest);
         assert!(
@@ -734,8 +736,8 @@ mod reserve {
 
     #[test]
     fn a_count_other_than_one_in_a_named_unit_pool_is_a_cached_invalid_request() {
-        let mut ledger = given([(0, declare_units(&["A1", "A2", "A3"]))]);
-        let rejection = ledger
+        let mut history = given([(0, declare_units(&["A1", "A2", "A3"]))]);
+        let rejection = history
             .when(SECOND, reserve_full("A1", "b", HOLD, 2))
             .then_rejected(RejectionCode::InvalidRequest);
         assert!(
@@ -745,8 +747,8 @@ mod reserve {
 
     #[test]
     fn a_named_unit_held_by_a_live_reservation_is_resource_unavailable() {
-        let mut ledger = given([(0, declare_units(&["A1", "A2"])), (SECOND, reserve("A1"))]);
-        let rejection = ledger
+        let mut history = given([(0, declare_units(&["A1", "A2"])), (SECOND, reserve("A1"))]);
+        let rejection = history
             .when(2 * SECOND, reserve("A1"))
             .then_rejected(RejectionCode::ResourceUnavailable);
         assert_eq!(
@@ -756,50 +758,50 @@ mod reserve {
                 held_by: rsv(1)
             }
         );
-        ledger.when(3 * SECOND, reserve("A2")).then_event();
+        history.when(3 * SECOND, reserve("A2")).then_event();
     }
 
     #[test]
     fn a_confirmed_unit_stays_unavailable() {
-        let mut ledger = given([
+        let mut history = given([
             (0, declare_units(&["A1", "A2"])),
             (SECOND, reserve("A1")),
             (2 * SECOND, confirm(1)),
         ]);
-        ledger
+        history
             .when(3 * SECOND, reserve("A1"))
             .then_rejected(RejectionCode::ResourceUnavailable);
     }
 
     #[test]
     fn a_unit_is_free_again_after_its_hold_is_cancelled() {
-        let mut ledger = given([
+        let mut history = given([
             (0, declare_units(&["A1", "A2"])),
             (SECOND, reserve("A1")),
             (2 * SECOND, cancel(1)),
         ]);
-        let event = ledger.when(3 * SECOND, reserve("A1")).then_event();
+        let event = history.when(3 * SECOND, reserve("A1")).then_event();
         assert_eq!(reserved_seq(&event), 2);
     }
 
     #[test]
     fn a_unit_is_free_again_after_its_hold_expires() {
-        let mut ledger = given([
+        let mut history = given([
             (0, declare_units(&["A1"])),
             (SECOND, reserve("A1")),
             (SECOND + HOLD, expire(1)),
         ]);
-        ledger.when(SECOND + HOLD, reserve("A1")).then_event();
+        history.when(SECOND + HOLD, reserve("A1")).then_event();
     }
 
     #[test]
     fn a_lapsed_but_unexpired_hold_still_holds_its_unit() {
-        let mut ledger = given([(0, declare_units(&["A1"])), (SECOND, reserve("A1"))]);
-        ledger
+        let mut history = given([(0, declare_units(&["A1"])), (SECOND, reserve("A1"))]);
+        history
             .when(2 * HOLD, reserve("A1"))
             .then_rejected(RejectionCode::PoolCapacityExceeded);
-        ledger.when(2 * HOLD, adjust(2)).then_event();
-        ledger
+        history.when(2 * HOLD, adjust(2)).then_event();
+        history
             .when(2 * HOLD, reserve("A1"))
             .then_rejected(RejectionCode::ResourceUnavailable);
     }
@@ -815,9 +817,9 @@ mod reservation_actions {
 
     #[test]
     fn reservation_sequence_zero_is_an_invalid_request_for_confirm_cancel_and_expire() {
-        let mut ledger = given([(0, declare(2)), (SECOND, reserve("x"))]);
+        let mut history = given([(0, declare(2)), (SECOND, reserve("x"))]);
         for cmd in all(0) {
-            ledger.when(2 * SECOND, cmd).then_invalid("reservation_id");
+            history.when(2 * SECOND, cmd).then_invalid("reservation_id");
         }
     }
 
@@ -833,9 +835,9 @@ mod reservation_actions {
 
     #[test]
     fn confirm_cancel_and_expire_of_an_unknown_reservation_are_cached_not_known() {
-        let mut ledger = given([(0, declare(2)), (SECOND, reserve("x"))]);
+        let mut history = given([(0, declare(2)), (SECOND, reserve("x"))]);
         for cmd in all(2) {
-            let rejection = ledger
+            let rejection = history
                 .when(2 * HOLD, cmd)
                 .then_rejected(RejectionCode::NotKnown);
             assert_eq!(
@@ -846,12 +848,12 @@ mod reservation_actions {
                 }
             );
         }
-        let event = ledger.log.last().expect("appended");
+        let event = history.log.last().expect("appended");
         assert_eq!((event.prior_state, event.new_state), (None, None));
     }
 
     /// A pool with reservation 1 Confirmed, 2 Released and 3 Expired.
-    fn settled() -> Ledger {
+    fn settled() -> History {
         given([
             (0, declare(3)),
             (SECOND, reserve("x")),
@@ -865,7 +867,7 @@ mod reservation_actions {
 
     #[test]
     fn confirm_cancel_and_expire_of_a_settled_reservation_are_rejected_not_held() {
-        let mut ledger = settled();
+        let mut history = settled();
         let states = [
             (1, ReservationState::Confirmed),
             (2, ReservationState::Released),
@@ -874,23 +876,23 @@ mod reservation_actions {
         for (seq, state) in states {
             for cmd in all(seq) {
                 // Late enough for every window check to pass: only not-held can refuse.
-                let rejection = ledger
+                let rejection = history
                     .when(3 * HOLD, cmd)
                     .then_rejected(RejectionCode::NotHeld);
                 assert_eq!(rejection, Rejection::NotHeld { state });
-                let event = ledger.log.last().expect("appended");
+                let event = history.log.last().expect("appended");
                 assert_eq!(
                     (event.prior_state, event.new_state),
                     (Some(state), Some(state))
                 );
             }
         }
-        assert_eq!(ledger.pool.allocated(), 1);
+        assert_eq!(history.pool.allocated(), 1);
     }
 
     #[test]
     fn not_held_takes_precedence_over_the_window_checks() {
-        let mut ledger = given([
+        let mut history = given([
             (0, declare(2)),
             (0, reserve("x")),
             (0, reserve("y")),
@@ -903,7 +905,7 @@ mod reservation_actions {
             .when(2 * SECOND, expire(1))
             .then_rejected(RejectionCode::NotHeld);
         // Confirm of an Expired hold after its window: not-held, not window-elapsed.
-        ledger
+        history
             .when(2 * HOLD, confirm(2))
             .then_rejected(RejectionCode::NotHeld);
     }
@@ -914,8 +916,8 @@ mod confirm_reservation {
 
     #[test]
     fn confirming_a_held_reservation_keeps_its_slot() {
-        let mut ledger = given([(0, declare(2)), (SECOND, reserve_n(2))]);
-        let event = ledger
+        let mut history = given([(0, declare(2)), (SECOND, reserve_n(2))]);
+        let event = history
             .when(2 * SECOND, confirm(1))
             .then_change(Change::Confirmed { reservation: 1 });
         assert_eq!((event.allocated_before, event.allocated_after), (2, 2));
@@ -932,19 +934,19 @@ mod confirm_reservation {
                 reservation: rsv(1)
             }
         );
-        assert_eq!(ledger.state(1), ReservationState::Confirmed);
+        assert_eq!(history.state(1), ReservationState::Confirmed);
     }
 
     #[test]
     fn confirming_one_ms_before_expires_at_succeeds() {
-        let mut ledger = given([(0, declare(1)), (0, reserve("x"))]);
-        ledger.when(HOLD - 1, confirm(1)).then_event();
+        let mut history = given([(0, declare(1)), (0, reserve("x"))]);
+        history.when(HOLD - 1, confirm(1)).then_event();
     }
 
     #[test]
     fn confirming_at_exactly_expires_at_is_rejected_window_elapsed() {
-        let mut ledger = given([(0, declare(1)), (0, reserve("x"))]);
-        let rejection = ledger
+        let mut history = given([(0, declare(1)), (0, reserve("x"))]);
+        let rejection = history
             .when(HOLD, confirm(1))
             .then_rejected(RejectionCode::WindowElapsed);
         assert_eq!(
@@ -953,17 +955,17 @@ mod confirm_reservation {
                 expires_at: at(HOLD)
             }
         );
-        assert_eq!(ledger.state(1), ReservationState::Held);
+        assert_eq!(history.state(1), ReservationState::Held);
     }
 
     #[test]
     fn confirming_after_expires_at_is_rejected_window_elapsed_and_the_hold_can_then_expire() {
-        let mut ledger = given([(0, declare(1)), (0, reserve("x"))]);
-        ledger
+        let mut history = given([(0, declare(1)), (0, reserve("x"))]);
+        history
             .when(HOLD + MINUTE, confirm(1))
             .then_rejected(RejectionCode::WindowElapsed);
-        ledger.when(HOLD + MINUTE, expire(1)).then_event();
-        assert_eq!(ledger.pool.allocated(), 0);
+        history.when(HOLD + MINUTE, expire(1)).then_event();
+        assert_eq!(history.pool.allocated(), 0);
     }
 }
 
@@ -972,12 +974,12 @@ mod cancel_reservation {
 
     #[test]
     fn cancelling_a_held_reservation_returns_all_its_units() {
-        let mut ledger = given([
+        let mut history = given([
             (0, declare(5)),
             (SECOND, reserve_n(3)),
             (SECOND, reserve("y")),
         ]);
-        let event = ledger
+        let event = history
             .when(2 * SECOND, cancel(1))
             .then_change(Change::Released { reservation: 1 });
         assert_eq!((event.allocated_before, event.allocated_after), (4, 1));
@@ -998,9 +1000,9 @@ mod cancel_reservation {
 
     #[test]
     fn cancelling_after_expires_at_still_works_while_the_hold_is_held() {
-        let mut ledger = given([(0, declare(1)), (0, reserve("x"))]);
-        ledger.when(2 * HOLD, cancel(1)).then_event();
-        assert_eq!(ledger.pool.allocated(), 0);
+        let mut history = given([(0, declare(1)), (0, reserve("x"))]);
+        history.when(2 * HOLD, cancel(1)).then_event();
+        assert_eq!(history.pool.allocated(), 0);
     }
 }
 
@@ -1009,8 +1011,8 @@ mod expire_reservation {
 
     #[test]
     fn expiring_at_exactly_expires_at_returns_the_units_with_zero_lateness() {
-        let mut ledger = given([(0, declare(3)), (0, reserve_n(2))]);
-        let event = ledger.when(HOLD, expire(1)).then_change(Change::Expired {
+        let mut history = given([(0, declare(3)), (0, reserve_n(2))]);
+        let event = history.when(HOLD, expire(1)).then_change(Change::Expired {
             reservation: 1,
             lateness_ms: 0,
         });
@@ -1032,8 +1034,8 @@ mod expire_reservation {
 
     #[test]
     fn a_late_expiry_records_how_late_it_fired() {
-        let mut ledger = given([(0, declare(1)), (SECOND, reserve("x"))]);
-        ledger
+        let mut history = given([(0, declare(1)), (SECOND, reserve("x"))]);
+        history
             .when(SECOND + HOLD + 4_321, expire(1))
             .then_change(Change::Expired {
                 reservation: 1,
@@ -1043,8 +1045,8 @@ mod expire_reservation {
 
     #[test]
     fn expiring_one_ms_before_expires_at_is_rejected_window_not_elapsed() {
-        let mut ledger = given([(0, declare(1)), (0, reserve("x"))]);
-        let rejection = ledger
+        let mut history = given([(0, declare(1)), (0, reserve("x"))]);
+        let rejection = history
             .when(HOLD - 1, expire(1))
             .then_rejected(RejectionCode::WindowNotElapsed);
         assert_eq!(
@@ -1053,7 +1055,7 @@ mod expire_reservation {
                 expires_at: at(HOLD)
             }
         );
-        assert_eq!(ledger.pool.allocated(), 1);
+        assert_eq!(history.pool.allocated(), 1);
     }
 }
 
@@ -1062,56 +1064,56 @@ mod tokens {
 
     #[test]
     fn a_retried_reserve_replays_its_reservation_and_takes_no_second_slot() {
-        let mut ledger = given([(0, declare(2))]);
-        let event = ledger.when(SECOND, reserve("x").token("a1")).then_event();
-        ledger
+        let mut history = given([(0, declare(2))]);
+        let event = history.when(SECOND, reserve("x").token("a1")).then_event();
+        history
             .when(2 * SECOND, reserve("x").token("a1"))
             .then_replays(&event.outcome());
-        assert_eq!(ledger.pool.allocated(), 1);
+        assert_eq!(history.pool.allocated(), 1);
     }
 
     #[test]
     fn a_retried_confirm_cancel_or_expire_replays_its_outcome() {
-        let mut ledger = given([
+        let mut history = given([
             (0, declare(3)),
             (0, reserve("x")),
             (0, reserve("y")),
             (0, reserve_full("z", "b", HOLD_DURATION_MS_MIN, 1)),
         ]);
-        let confirmed = ledger.when(SECOND, confirm(1).token("c")).then_event();
-        let cancelled = ledger.when(SECOND, cancel(2).token("k")).then_event();
-        let expired = ledger.when(SECOND, expire(3).token("e")).then_event();
-        ledger
+        let confirmed = history.when(SECOND, confirm(1).token("c")).then_event();
+        let cancelled = history.when(SECOND, cancel(2).token("k")).then_event();
+        let expired = history.when(SECOND, expire(3).token("e")).then_event();
+        history
             .when(MINUTE, confirm(1).token("c"))
             .then_replays(&confirmed.outcome());
-        ledger
+        history
             .when(MINUTE, cancel(2).token("k"))
             .then_replays(&cancelled.outcome());
-        ledger
+        history
             .when(MINUTE, expire(3).token("e"))
             .then_replays(&expired.outcome());
-        assert_eq!(ledger.pool.allocated(), 1);
+        assert_eq!(history.pool.allocated(), 1);
     }
 
     #[test]
     fn a_retried_cached_rejection_replays_the_same_rejection_even_after_the_state_changed() {
-        let mut ledger = given([(0, declare(1)), (SECOND, reserve("x"))]);
-        let rejection = ledger
+        let mut history = given([(0, declare(1)), (SECOND, reserve("x"))]);
+        let rejection = history
             .when(2 * SECOND, reserve("y").token("b1"))
             .then_rejected(RejectionCode::PoolCapacityExceeded);
         // The slot frees up, yet the retry is told what the first attempt was told.
-        ledger.when(3 * SECOND, cancel(1)).then_event();
-        ledger
+        history.when(3 * SECOND, cancel(1)).then_event();
+        history
             .when(4 * SECOND, reserve("y").token("b1"))
             .then_replays(&Outcome::Rejected(rejection));
-        assert_eq!(ledger.pool.allocated(), 0);
+        assert_eq!(history.pool.allocated(), 0);
     }
 
     #[test]
     fn the_same_token_for_a_different_action_is_a_token_collision_and_not_cached() {
-        let mut ledger = given([(0, declare(2))]);
-        let event = ledger.when(SECOND, reserve("x").token("t")).then_event();
-        let rejection = ledger
+        let mut history = given([(0, declare(2))]);
+        let event = history.when(SECOND, reserve("x").token("t")).then_event();
+        let rejection = history
             .when(2 * SECOND, confirm(1).token("t"))
             .then_refused(RejectionCode::TokenCollision);
         assert_eq!(
@@ -1120,73 +1122,73 @@ mod tokens {
                 recorded_action: "reserve".to_owned()
             }
         );
-        assert_eq!(ledger.state(1), ReservationState::Held);
+        assert_eq!(history.state(1), ReservationState::Held);
         // The original outcome is still what the token answers.
-        ledger
+        history
             .when(3 * SECOND, reserve("x").token("t"))
             .then_replays(&event.outcome());
     }
 
     #[test]
     fn the_same_token_for_the_same_action_with_other_parameters_is_a_token_collision() {
-        let mut ledger = given([(0, declare(2))]);
-        ledger.when(SECOND, reserve("x").token("t")).then_event();
-        ledger
+        let mut history = given([(0, declare(2))]);
+        history.when(SECOND, reserve("x").token("t")).then_event();
+        history
             .when(2 * SECOND, reserve("y").token("t"))
             .then_refused(RejectionCode::TokenCollision);
-        ledger
+        history
             .when(2 * SECOND, reserve_n(2).token("t"))
             .then_refused(RejectionCode::TokenCollision);
-        assert_eq!(ledger.pool.allocated(), 1);
+        assert_eq!(history.pool.allocated(), 1);
     }
 
     #[test]
     fn a_cached_rejection_also_binds_its_token() {
-        let mut ledger = given([(0, declare(1)), (SECOND, close())]);
-        ledger
+        let mut history = given([(0, declare(1)), (SECOND, close())]);
+        history
             .when(2 * SECOND, reserve("x").token("t"))
             .then_rejected(RejectionCode::PoolClosed);
-        ledger
+        history
             .when(3 * SECOND, reserve("y").token("t"))
             .then_refused(RejectionCode::TokenCollision);
     }
 
     #[test]
     fn another_actor_using_the_same_token_string_is_not_a_collision() {
-        let mut ledger = given([(0, declare(2))]);
-        ledger.when(SECOND, reserve("x").token("t")).then_event();
-        let event = ledger
+        let mut history = given([(0, declare(2))]);
+        history.when(SECOND, reserve("x").token("t")).then_event();
+        let event = history
             .when(2 * SECOND, reserve("y").by("other_svc").token("t"))
             .then_event();
         assert_eq!(reserved_seq(&event), 2);
-        assert_eq!(ledger.pool.allocated(), 2);
+        assert_eq!(history.pool.allocated(), 2);
     }
 
     #[test]
     fn a_token_is_still_replayed_one_ms_before_the_window_ends_and_forgotten_at_its_end() {
-        let mut ledger = given([(0, declare(3))]);
-        let first = ledger.when(SECOND, reserve("x").token("t")).then_event();
+        let mut history = given([(0, declare(3))]);
+        let first = history.when(SECOND, reserve("x").token("t")).then_event();
         let recorded_at = SECOND;
-        ledger
+        history
             .when(recorded_at + WINDOW - 1, reserve("x").token("t"))
             .then_replays(&first.outcome());
-        ledger
+        history
             .when(recorded_at + WINDOW - 1, cancel(1).token("t"))
             .then_refused(RejectionCode::TokenCollision);
         // At recorded_at + window the token is free: a new action under it runs.
-        ledger
+        history
             .when(recorded_at + WINDOW, cancel(1).token("t"))
             .then_change(Change::Released { reservation: 1 });
-        assert_eq!(ledger.pool.allocated(), 0);
+        assert_eq!(history.pool.allocated(), 0);
     }
 
     #[test]
     fn the_same_reserve_after_the_window_is_a_new_reservation() {
-        let mut ledger = given([(0, declare(3))]);
-        ledger.when(0, reserve("x").token("t")).then_event();
-        let again = ledger.when(WINDOW, reserve("x").token("t")).then_event();
+        let mut history = given([(0, declare(3))]);
+        history.when(0, reserve("x").token("t")).then_event();
+        let again = history.when(WINDOW, reserve("x").token("t")).then_event();
         assert_eq!(reserved_seq(&again), 2);
-        assert_eq!(ledger.pool.allocated(), 2);
+        assert_eq!(history.pool.allocated(), 2);
     }
 
     #[test]
@@ -1198,8 +1200,8 @@ mod tokens {
 
     #[test]
     fn an_invalid_request_wins_over_a_token_collision() {
-        let mut ledger = given([(0, declare(2)), (SECOND, reserve("x").token("t"))]);
-        ledger
+        let mut history = given([(0, declare(2)), (SECOND, reserve("x").token("t"))]);
+        history
             .when(2 * SECOND, reserve_n(0).token("t"))
             .then_invalid("count");
     }
@@ -1213,7 +1215,7 @@ mod tokens {
 
     #[test]
     fn a_confirm_token_reused_for_another_reservation_is_a_collision_with_the_edges_digest() {
-        let mut ledger = given([(0, declare(2)), (0, reserve("x")), (0, reserve("y"))]);
+        let mut history = given([(0, declare(2)), (0, reserve("x")), (0, reserve("y"))]);
         let edge_digest = |action: &Action| {
             let bytes = params_bytes(action);
             let mut digest = [0u8; 32];
@@ -1222,21 +1224,21 @@ mod tokens {
             }
             ParamsDigest(digest)
         };
-        let mut first = ledger.command(confirm(1).token("c"));
+        let mut first = history.command(confirm(1).token("c"));
         first.digest = edge_digest(&first.action);
-        let Ok(Decision::Append(event)) = decide(&ledger.pool, &first, at(SECOND)) else {
+        let Ok(Decision::Append(event)) = decide(&history.pool, &first, at(SECOND)) else {
             panic!("the first confirm is decided");
         };
-        evolve(&mut ledger.pool, &event).expect("applies");
-        let mut second = ledger.command(confirm(2).token("c"));
+        evolve(&mut history.pool, &event).expect("applies");
+        let mut second = history.command(confirm(2).token("c"));
         second.digest = edge_digest(&second.action);
-        let answer = decide(&ledger.pool, &second, at(2 * SECOND));
+        let answer = decide(&history.pool, &second, at(2 * SECOND));
         assert_eq!(
             answer.map_err(|rejection| rejection.code()),
             Err(RejectionCode::TokenCollision),
             "confirm of reservation 2 was answered with reservation 1's outcome"
         );
-        assert_eq!(ledger.state(2), ReservationState::Held);
+        assert_eq!(history.state(2), ReservationState::Held);
     }
 }
 
@@ -1245,8 +1247,8 @@ mod clock {
 
     #[test]
     fn a_clock_going_backwards_is_clamped_so_event_times_never_decrease() {
-        let mut ledger = given([(0, declare(3)), (5 * MINUTE, reserve("x"))]);
-        let event = ledger.when(MINUTE, reserve("y")).then_event();
+        let mut history = given([(0, declare(3)), (5 * MINUTE, reserve("x"))]);
+        let event = history.when(MINUTE, reserve("y")).then_event();
         assert_eq!(event.at, at(5 * MINUTE));
         assert_eq!(
             event.change,
@@ -1255,37 +1257,37 @@ mod clock {
                 expires_at: at(5 * MINUTE + HOLD)
             }
         );
-        assert_eq!(ledger.pool.last_at(), at(5 * MINUTE));
+        assert_eq!(history.pool.last_at(), at(5 * MINUTE));
     }
 
     #[test]
     fn a_clamped_time_is_the_time_the_window_checks_use() {
         // Reserve at 0 (expires at HOLD); something happens at HOLD + 2 min; an expiry arriving
         // with a stale clock at 3 min is judged at HOLD + 2 min: elapsed, 2 min late.
-        let mut ledger = given([
+        let mut history = given([
             (0, declare(3)),
             (0, reserve("x")),
             (HOLD + 2 * MINUTE, reserve("y")),
         ]);
-        ledger
+        history
             .when(3 * MINUTE, expire(1))
             .then_change(Change::Expired {
                 reservation: 1,
                 lateness_ms: 2 * MINUTE,
             });
         // And a confirm with a stale clock cannot sneak into the elapsed window.
-        let mut ledger = given([(0, declare(3)), (0, reserve("x")), (HOLD, reserve("y"))]);
-        ledger
+        let mut history = given([(0, declare(3)), (0, reserve("x")), (HOLD, reserve("y"))]);
+        history
             .when(MINUTE, confirm(1))
             .then_rejected(RejectionCode::WindowElapsed);
     }
 
     #[test]
     fn a_stale_clock_does_not_revive_a_forgotten_token() {
-        let mut ledger = given([(0, declare(3)), (0, reserve("x").token("t"))]);
-        ledger.when(WINDOW, reserve("y")).then_event();
+        let mut history = given([(0, declare(3)), (0, reserve("x").token("t"))]);
+        history.when(WINDOW, reserve("y")).then_event();
         // Judged at WINDOW: the first "t" is forgotten, so this is a new reservation.
-        let event = ledger.when(SECOND, reserve("z").token("t")).then_event();
+        let event = history.when(SECOND, reserve("z").token("t")).then_event();
         assert_eq!(reserved_seq(&event), 3);
     }
 }
@@ -1295,7 +1297,7 @@ mod query_reservation {
 
     #[test]
     fn query_reports_state_and_whether_the_slot_is_held() {
-        let ledger = given([
+        let history = given([
             (0, declare(5)),
             (0, reserve("w")),
             (0, reserve_n(2)),
@@ -1312,7 +1314,7 @@ mod query_reservation {
             (4, ReservationState::Expired, false),
         ];
         for (seq, state, slot_held) in expected {
-            let status = ledger.pool.query(seq).expect("known reservation");
+            let status = history.pool.query(seq).expect("known reservation");
             assert_eq!(status.reservation, rsv(seq));
             assert_eq!(
                 (status.state, status.slot_held),
@@ -1321,30 +1323,30 @@ mod query_reservation {
             );
             assert_eq!(status.hold.is_some(), slot_held, "seq {seq}");
         }
-        let confirmed = ledger.pool.query(2).and_then(|status| status.hold);
+        let confirmed = history.pool.query(2).and_then(|status| status.hold);
         let confirmed = confirmed.expect("live");
         assert_eq!(confirmed.count, 2);
         assert_eq!(confirmed.state, ReservationState::Confirmed);
         assert_eq!(confirmed.expires_at, at(HOLD));
-        assert_eq!(ledger.pool.allocated(), 3);
+        assert_eq!(history.pool.allocated(), 3);
     }
 
     #[test]
     fn query_of_an_unknown_reservation_or_an_undeclared_pool_is_not_known() {
-        let ledger = given([(0, declare(1)), (0, reserve("x"))]);
-        assert!(ledger.pool.query(0).is_none());
-        assert!(ledger.pool.query(2).is_none());
-        assert!(ledger.pool.query(u64::MAX).is_none());
+        let history = given([(0, declare(1)), (0, reserve("x"))]);
+        assert!(history.pool.query(0).is_none());
+        assert!(history.pool.query(2).is_none());
+        assert!(history.pool.query(u64::MAX).is_none());
         assert!(Pool::default().query(1).is_none());
     }
 
     #[test]
     fn query_appends_nothing() {
-        let ledger = given([(0, declare(1)), (0, reserve("x"))]);
-        let before = ledger.pool.clone();
-        let _ = ledger.pool.query(1);
-        assert_eq!(ledger.pool, before);
-        assert_eq!(ledger.pool.events_applied(), 2);
+        let history = given([(0, declare(1)), (0, reserve("x"))]);
+        let before = history.pool.clone();
+        let _ = history.pool.query(1);
+        assert_eq!(history.pool, before);
+        assert_eq!(history.pool.events_applied(), 2);
     }
 }
 
@@ -1390,15 +1392,18 @@ mod reservation_ids {
 
     #[test]
     fn an_event_names_the_reservation_it_concerns() {
-        let mut ledger = given([(0, declare(2))]);
-        let reserved = ledger.when(0, reserve("x")).then_event();
+        let mut history = given([(0, declare(2))]);
+        let reserved = history.when(0, reserve("x")).then_event();
         assert_eq!(reserved.reservation(), Some(rsv(1)));
-        let rejected = ledger
+        let rejected = history
             .when(0, confirm(7))
             .then_rejected(RejectionCode::NotKnown);
         assert_eq!(rejected.code(), RejectionCode::NotKnown);
-        assert_eq!(ledger.log.last().and_then(Event::reservation), Some(rsv(7)));
-        assert_eq!(ledger.log[0].reservation(), None);
+        assert_eq!(
+            history.log.last().and_then(Event::reservation),
+            Some(rsv(7))
+        );
+        assert_eq!(history.log[0].reservation(), None);
     }
 }
 
@@ -1410,32 +1415,35 @@ mod without_token_cache {
     /// `idempotency` check names it).
     #[test]
     fn folds_the_same_pool_keeping_no_token() {
-        let mut ledger = given([(0, declare(3)), (10, reserve("a")), (20, reserve("b"))]);
-        ledger.when(30, confirm(1)).then_event();
-        ledger.when(40, cancel(2)).then_event();
+        let mut history = given([(0, declare(3)), (10, reserve("a")), (20, reserve("b"))]);
+        history.when(30, confirm(1)).then_event();
+        history.when(40, cancel(2)).then_event();
         let mut audited = Pool::without_token_cache();
-        for event in &ledger.log {
+        for event in &history.log {
             evolve(&mut audited, event).expect("the log folds");
         }
         assert!(audited.tokens().is_empty());
-        assert_eq!(ledger.pool.tokens().len(), ledger.log.len());
-        assert_eq!(audited.allocated(), ledger.pool.allocated());
-        assert_eq!(audited.reservations_made(), ledger.pool.reservations_made());
+        assert_eq!(history.pool.tokens().len(), history.log.len());
+        assert_eq!(audited.allocated(), history.pool.allocated());
+        assert_eq!(
+            audited.reservations_made(),
+            history.pool.reservations_made()
+        );
         for seq in 1..=2 {
-            assert_eq!(audited.query(seq), ledger.pool.query(seq));
+            assert_eq!(audited.query(seq), history.pool.query(seq));
         }
         // The same token again, within its window.
-        let mut reused = ledger.log[1].clone();
+        let mut reused = history.log[1].clone();
         reused.at = at(50);
         reused.action = Action::ConfirmReservation { reservation: 1 };
         reused.change = Change::Rejected(Rejection::NotHeld {
             state: ReservationState::Confirmed,
         });
-        reused.allocated_before = ledger.pool.allocated();
-        reused.allocated_after = ledger.pool.allocated();
+        reused.allocated_before = history.pool.allocated();
+        reused.allocated_after = history.pool.allocated();
         reused.prior_state = None;
         reused.new_state = None;
-        let refused = evolve(&mut ledger.pool.clone(), &reused).unwrap_err();
+        let refused = evolve(&mut history.pool.clone(), &reused).unwrap_err();
         assert!(refused.reason.contains("token"), "{refused}");
         evolve(&mut audited, &reused).expect("tokens are not this pool's to check");
     }

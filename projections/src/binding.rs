@@ -164,9 +164,9 @@ impl PoolBinding {
     }
 
     /// The checkpoint form: the packed words as they are, and the entries kept aside.
-    pub fn image(&self) -> PoolBindingImage {
-        PoolBindingImage {
-            words: Words(self.dense.clone()),
+    pub fn packed(&self) -> PackedPoolBinding {
+        PackedPoolBinding {
+            words: PackedEntries(self.dense.clone()),
             wide: self
                 .wide
                 .iter()
@@ -175,23 +175,23 @@ impl PoolBinding {
         }
     }
 
-    pub fn from_image(image: &PoolBindingImage) -> PoolBinding {
+    pub fn from_packed(packed: &PackedPoolBinding) -> PoolBinding {
         PoolBinding {
-            dense: image.words.0.clone(),
-            wide: image.wide.iter().copied().collect(),
+            dense: packed.words.0.clone(),
+            wide: packed.wide.iter().copied().collect(),
         }
     }
 }
 
 /// A pool's binding in a checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PoolBindingImage {
-    pub words: Words,
+pub struct PackedPoolBinding {
+    pub words: PackedEntries,
     pub wide: Vec<(u64, BindingEntry)>,
 }
 
-impl PoolBindingImage {
-    /// Reservations in the image.
+impl PackedPoolBinding {
+    /// Reservations in the packed form.
     pub fn len(&self) -> usize {
         present(&self.words.0) + self.wide.len()
     }
@@ -201,12 +201,13 @@ impl PoolBindingImage {
     }
 }
 
-/// Packed binding words, serialized as one block of little-endian bytes (a memory copy to load,
+/// A pool's binding entries packed one word per reservation sequence (see `pack`; a zero word
+/// is a vacancy), serialized as one block of little-endian bytes (a memory copy to load,
 /// where a sequence would decode word by word).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Words(pub Vec<u64>);
+pub struct PackedEntries(pub Vec<u64>);
 
-impl Serialize for Words {
+impl Serialize for PackedEntries {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut bytes = Vec::with_capacity(self.0.len() * 8);
         for word in &self.0 {
@@ -216,19 +217,19 @@ impl Serialize for Words {
     }
 }
 
-impl<'de> Deserialize<'de> for Words {
+impl<'de> Deserialize<'de> for PackedEntries {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
         impl<'de> serde::de::Visitor<'de> for Visitor {
-            type Value = Words;
+            type Value = PackedEntries;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a block of 8-byte binding words")
             }
-            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<Words, E> {
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<PackedEntries, E> {
                 if !bytes.len().is_multiple_of(8) {
                     return Err(E::invalid_length(bytes.len(), &self));
                 }
-                Ok(Words(
+                Ok(PackedEntries(
                     bytes
                         .chunks_exact(8)
                         .map(|chunk| {
@@ -242,7 +243,7 @@ impl<'de> Deserialize<'de> for Words {
             fn visit_seq<A: serde::de::SeqAccess<'de>>(
                 self,
                 mut seq: A,
-            ) -> Result<Words, A::Error> {
+            ) -> Result<PackedEntries, A::Error> {
                 let mut bytes = Vec::new();
                 while let Some(byte) = seq.next_element::<u8>()? {
                     bytes.push(byte);
@@ -256,12 +257,12 @@ impl<'de> Deserialize<'de> for Words {
 
 /// Every pool's binding in a checkpoint.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BindingImage(pub BTreeMap<String, PoolBindingImage>);
+pub struct PackedBinding(pub BTreeMap<String, PackedPoolBinding>);
 
-impl BindingImage {
-    /// Reservations in the image.
+impl PackedBinding {
+    /// Reservations in the packed form.
     pub fn len(&self) -> usize {
-        self.0.values().map(PoolBindingImage::len).sum()
+        self.0.values().map(PackedPoolBinding::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -370,26 +371,26 @@ impl Binding {
         }
     }
 
-    pub fn snapshot(&self) -> BTreeMap<String, BindingEntry> {
-        let mut snapshot = BTreeMap::new();
+    pub fn contents(&self) -> BTreeMap<String, BindingEntry> {
+        let mut contents = BTreeMap::new();
         self.for_each(|id, entry| {
-            snapshot.insert(id.to_string(), *entry);
+            contents.insert(id.to_string(), *entry);
         });
-        snapshot
+        contents
     }
 
-    pub fn image(&self) -> BindingImage {
-        BindingImage(
+    pub fn packed(&self) -> PackedBinding {
+        PackedBinding(
             self.pools
                 .iter()
-                .map(|pool| (pool.key().to_string(), pool.value().image()))
+                .map(|pool| (pool.key().to_string(), pool.value().packed()))
                 .collect(),
         )
     }
 
-    pub fn restore(&self, image: &BindingImage) {
-        for (pool, entries) in &image.0 {
-            let entries = PoolBinding::from_image(entries);
+    pub fn restore(&self, packed: &PackedBinding) {
+        for (pool, entries) in &packed.0 {
+            let entries = PoolBinding::from_packed(entries);
             self.pools.insert(PoolId::new(pool.clone()), entries);
         }
     }
@@ -453,6 +454,6 @@ mod tests {
         assert_eq!(pool.get(2).map(|e| e.count), Some(3));
         let seqs: Vec<u64> = pool.iter().map(|(seq, _)| seq).collect();
         assert_eq!(seqs, [1, 2, 5]);
-        assert_eq!(PoolBinding::from_image(&pool.image()), pool);
+        assert_eq!(PoolBinding::from_packed(&pool.packed()), pool);
     }
 }

@@ -6,6 +6,7 @@ use crate::{POOL_SHARDS, PoolHasher, PoolMap};
 use allot_domain::{Action, Change, Event, PoolId, RejectionCode, Timestamp};
 use serde::{Deserialize, Serialize};
 
+/// One pool's counts. Stored in checkpoints: fields are serialized in this order.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolCount {
     pub capacity: u64,
@@ -23,6 +24,38 @@ pub struct PoolCount {
 }
 
 impl PoolCount {
+    /// Folds one of the pool's events. The one fold of capacity in force, allocated and closed:
+    /// the live projection, replay's forensics and its report all apply events with this.
+    pub fn apply(&mut self, event: &Event) {
+        self.allocated = event.allocated_after;
+        self.last_at = event.at;
+        match (&event.change, &event.action) {
+            (
+                Change::PoolDeclared,
+                Action::DeclarePool {
+                    capacity,
+                    closes_at,
+                    ..
+                },
+            ) => {
+                self.capacity = *capacity;
+                self.closes_at = *closes_at;
+            }
+            (Change::CapacityAdjusted { .. }, Action::AdjustCapacity { capacity }) => {
+                self.capacity = *capacity;
+            }
+            (Change::PoolClosed, _) => self.closed = true,
+            (Change::Reserved { .. }, _) => self.reservations += 1,
+            (Change::Confirmed { .. }, _) => self.confirmed += 1,
+            (Change::Released { .. }, _) => self.released += 1,
+            (Change::Expired { .. }, _) => self.expired += 1,
+            (Change::Rejected(rejection), _) => {
+                *self.rejections.entry(rejection.code()).or_default() += 1;
+            }
+            _ => {}
+        }
+    }
+
     /// Reservations still holding slots (Held or Confirmed).
     pub fn live(&self) -> u64 {
         self.reservations - self.released - self.expired
@@ -47,33 +80,7 @@ impl PoolCounts {
             Some(count) => count,
             None => self.pools.entry(event.pool.clone()).or_default(),
         };
-        count.allocated = event.allocated_after;
-        count.last_at = event.at;
-        match (&event.change, &event.action) {
-            (
-                Change::PoolDeclared,
-                Action::DeclarePool {
-                    capacity,
-                    closes_at,
-                    ..
-                },
-            ) => {
-                count.capacity = *capacity;
-                count.closes_at = *closes_at;
-            }
-            (Change::CapacityAdjusted { .. }, Action::AdjustCapacity { capacity }) => {
-                count.capacity = *capacity;
-            }
-            (Change::PoolClosed, _) => count.closed = true,
-            (Change::Reserved { .. }, _) => count.reservations += 1,
-            (Change::Confirmed { .. }, _) => count.confirmed += 1,
-            (Change::Released { .. }, _) => count.released += 1,
-            (Change::Expired { .. }, _) => count.expired += 1,
-            (Change::Rejected(rejection), _) => {
-                *count.rejections.entry(rejection.code()).or_default() += 1;
-            }
-            _ => {}
-        }
+        count.apply(event);
     }
 
     pub fn get(&self, pool: &PoolId) -> Option<PoolCount> {
@@ -84,15 +91,15 @@ impl PoolCounts {
         self.pools.iter().map(|entry| entry.key().clone()).collect()
     }
 
-    pub fn snapshot(&self) -> BTreeMap<String, PoolCount> {
+    pub fn contents(&self) -> BTreeMap<String, PoolCount> {
         self.pools
             .iter()
             .map(|entry| (entry.key().to_string(), entry.value().clone()))
             .collect()
     }
 
-    pub fn restore(&self, snapshot: &BTreeMap<String, PoolCount>) {
-        for (pool, count) in snapshot {
+    pub fn restore(&self, contents: &BTreeMap<String, PoolCount>) {
+        for (pool, count) in contents {
             self.pools.insert(PoolId::new(pool.clone()), count.clone());
         }
     }

@@ -85,7 +85,7 @@ impl Default for ExpiryIndex {
 
 /// Held reservations of every pool, as (sequence, `expires_at`) by sequence: what checkpoints
 /// store.
-pub type ExpiryImage = BTreeMap<String, Vec<(u64, u64)>>;
+pub type PackedExpiry = BTreeMap<String, Vec<(u64, u64)>>;
 
 impl ExpiryIndex {
     fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Index> {
@@ -158,7 +158,7 @@ impl ExpiryIndex {
 
     /// Every Held reservation as (`expires_at`, id), ordered by time, then pool id, then
     /// sequence (pool handles depend on arrival order; this order does not).
-    pub fn snapshot(&self) -> Vec<(u64, String)> {
+    pub fn contents(&self) -> Vec<(u64, String)> {
         let mut held: Vec<(Timestamp, PoolId, u64)> = Vec::new();
         for index in self.each_shard() {
             held.extend(
@@ -174,22 +174,22 @@ impl ExpiryIndex {
             .collect()
     }
 
-    pub fn image(&self) -> ExpiryImage {
-        let mut image = ExpiryImage::new();
+    pub fn packed(&self) -> PackedExpiry {
+        let mut packed = PackedExpiry::new();
         for index in self.each_shard() {
             for held in index.pools.iter().filter(|held| !held.by_seq.is_empty()) {
                 let mut entries: Vec<(u64, u64)> =
                     held.by_seq.iter().map(|(seq, at)| (*seq, at.0)).collect();
                 entries.sort_unstable();
-                image.insert(held.pool.to_string(), entries);
+                packed.insert(held.pool.to_string(), entries);
             }
         }
-        image
+        packed
     }
 
-    /// Loads `image`, each pool into the shard `shard_of` names.
-    pub fn restore(&self, image: &ExpiryImage, shard_of: impl Fn(&str) -> usize) {
-        for (pool, entries) in image {
+    /// Loads `packed`, each pool into the shard `shard_of` names.
+    pub fn restore(&self, packed: &PackedExpiry, shard_of: impl Fn(&str) -> usize) {
+        for (pool, entries) in packed {
             let mut index = self.lock(shard_of(pool));
             for (seq, at) in entries {
                 index.insert(pool, *seq, Timestamp(*at));

@@ -6,6 +6,10 @@
 //! projection equals the live one; the token cache lives in the pool aggregate
 //! (`allot_domain::Pool::tokens`), rebuilt by the same replay.
 //!
+//! Two plain forms of the whole set: [`PackedProjections`], what a checkpoint stores (packed
+//! binding words, Held reservations as numbers), and [`ProjectionContents`], a comparable copy
+//! for checking one set against another.
+//!
 //! Must not: read clocks, perform I/O, or decide commands (that is `allot-domain`).
 //!
 //! Applying is idempotent per pool stream: each pool's next expected stream version is tracked,
@@ -24,9 +28,11 @@ use allot_domain::{Event, PoolId};
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 
-pub use binding::{Binding, BindingEntry, BindingImage, PoolBinding, PoolBindingImage, Words};
+pub use binding::{
+    Binding, BindingEntry, PackedBinding, PackedEntries, PackedPoolBinding, PoolBinding,
+};
 pub use counts::{PoolCount, PoolCounts};
-pub use expiry::{ExpiryImage, ExpiryIndex};
+pub use expiry::{ExpiryIndex, PackedExpiry};
 
 /// A map keyed by a pool's reservation sequence.
 pub(crate) type SeqMap<V> = HashMap<u64, V, foldhash::fast::RandomState>;
@@ -68,9 +74,10 @@ pub struct Projections {
     applied: AtomicU64,
 }
 
-/// A plain, comparable copy of every projection: what checkpoints store and tests compare.
+/// A plain, comparable copy of every projection's contents, for comparing projections (a
+/// rebuild against the live ones); checkpoints store the [`PackedProjections`] instead.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Snapshot {
+pub struct ProjectionContents {
     pub binding: BTreeMap<String, BindingEntry>,
     pub counts: BTreeMap<String, PoolCount>,
     pub expiry: Vec<(u64, String)>,
@@ -82,10 +89,10 @@ pub struct Snapshot {
 /// The projections in the compact form checkpoints store: the binding as its packed words,
 /// Held reservations as numbers. Loading one copies blocks; it parses no reservation ids.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Image {
-    pub binding: BindingImage,
+pub struct PackedProjections {
+    pub binding: PackedBinding,
     pub counts: BTreeMap<String, PoolCount>,
-    pub expiry: ExpiryImage,
+    pub expiry: PackedExpiry,
     pub next_version: BTreeMap<String, u64>,
     pub last_position: Option<u64>,
     pub applied: u64,
@@ -175,11 +182,11 @@ impl Projections {
         self.next_version.get(pool).map(|v| *v).unwrap_or(0)
     }
 
-    pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            binding: self.binding.snapshot(),
-            counts: self.counts.snapshot(),
-            expiry: self.expiry.snapshot(),
+    pub fn contents(&self) -> ProjectionContents {
+        ProjectionContents {
+            binding: self.binding.contents(),
+            counts: self.counts.contents(),
+            expiry: self.expiry.contents(),
             next_version: self
                 .next_version
                 .iter()
@@ -190,12 +197,12 @@ impl Projections {
         }
     }
 
-    /// The compact image a checkpoint stores.
-    pub fn image(&self) -> Image {
-        Image {
-            binding: self.binding.image(),
-            counts: self.counts.snapshot(),
-            expiry: self.expiry.image(),
+    /// The packed form a checkpoint stores.
+    pub fn packed(&self) -> PackedProjections {
+        PackedProjections {
+            binding: self.binding.packed(),
+            counts: self.counts.contents(),
+            expiry: self.expiry.packed(),
             next_version: self
                 .next_version
                 .iter()
@@ -206,25 +213,24 @@ impl Projections {
         }
     }
 
-    /// Rebuilds live projections from a checkpoint's image (`checkpoint.projections`; the name
-    /// is the one start-up code has always called).
-    pub fn from_snapshot(image: &Image) -> Self {
+    /// Rebuilds live projections from their packed form (a checkpoint's `projections`).
+    pub fn from_packed(packed: &PackedProjections) -> Self {
         let projections = Projections::new();
-        projections.binding.restore(&image.binding);
-        projections.counts.restore(&image.counts);
+        projections.binding.restore(&packed.binding);
+        projections.counts.restore(&packed.counts);
         projections
             .expiry
-            .restore(&image.expiry, |pool| projections.pool_shard(pool));
-        for (pool, version) in &image.next_version {
+            .restore(&packed.expiry, |pool| projections.pool_shard(pool));
+        for (pool, version) in &packed.next_version {
             projections
                 .next_version
                 .insert(PoolId::new(pool.clone()), *version);
         }
         projections.last_position.store(
-            image.last_position.map_or(0, |p| p.saturating_add(1)),
+            packed.last_position.map_or(0, |p| p.saturating_add(1)),
             Ordering::Release,
         );
-        projections.applied.store(image.applied, Ordering::Release);
+        projections.applied.store(packed.applied, Ordering::Release);
         projections
     }
 }

@@ -34,10 +34,10 @@
 //!   perform the action; with [`AuditOptions::verify_signatures`], its parameters digest is
 //!   blake3 of the canonical parameters and its ed25519 signature verifies over
 //!   `signing::signing_bytes` under that key. Actor events are signed (over
-//!   `signing::actor_signing_bytes` of `signing::actor_change_params`) by `by`, who must hold
-//!   an admin key valid as above. The one exception is bootstrap: until the first actor event made by someone else (`by != actor`), an admin or
-//!   sweeper may register itself (`by == actor`, no earlier key), signing with the key it
-//!   registers (Invariant 6).
+//!   `signing::actor_event_signing_bytes`) by `by`, who must hold an admin key valid as above.
+//!   The one exception is bootstrap: until the first actor event made by someone else
+//!   (`by != actor`), an admin or sweeper may register itself (`by == actor`, no earlier key),
+//!   signing with the key it registers (Invariant 6).
 //! - `contiguous-versions`: every stream's versions are 0, 1, 2, ... and positions strictly
 //!   increase across all streams.
 //! - `fold`: with [`AuditOptions::check_fold`], the domain's own `evolve` accepts every event of
@@ -53,12 +53,12 @@ use std::fmt;
 use allot_domain::codec;
 use allot_domain::streams::ACTORS_STREAM;
 use allot_domain::{
-    Action, ActorChange, ActorEvent, ActorId, ActorKey, ActorRegistry, Change, Event, Pool, PoolId,
+    Action, ActorChange, ActorId, ActorKey, ActorRegistry, Change, Event, Pool, PoolId,
     ReservationId, ReservationState, Role, Timestamp, TokenIndex, evolve, signing,
 };
 use serde::Serialize;
 
-use crate::crypto::{Job, Location, Outcome, Verifier, Work};
+use crate::crypto::{CheckedBatch, Location, SignatureCheck, Verifier, Work};
 use crate::record::{Recorded, RecordedActorEvent, RecordedPoolEvent};
 
 /// Violations kept in a report by default; beyond it they are only counted.
@@ -395,7 +395,7 @@ pub struct Audit {
     counts: [u64; Check::ALL.len()],
     violations: Vec<Violation>,
     verifier: Option<Verifier>,
-    ready: Vec<Outcome>,
+    ready: Vec<CheckedBatch>,
     /// The last pool event's actor key lookup: (actor, key), reused while the actor repeats and
     /// its key is valid (cleared by every actor event).
     last_key: Option<(ActorId, Option<ActorKey>)>,
@@ -517,9 +517,9 @@ impl Audit {
             return;
         }
         let ready = std::mem::take(&mut self.ready);
-        for outcome in ready {
-            self.signatures_verified += outcome.signatures_verified;
-            for violation in outcome.violations {
+        for batch in ready {
+            self.signatures_verified += batch.signatures_verified;
+            for violation in batch.violations {
                 self.report(violation);
             }
         }
@@ -804,7 +804,7 @@ impl Audit {
         let public_key = key.as_ref().map(|key| key.public_key);
         if let Some(verifier) = self.verifier.as_mut() {
             verifier.submit(
-                Job {
+                SignatureCheck {
                     location: Location {
                         stream: recorded.stream.clone(),
                         version: recorded.version,
@@ -898,7 +898,7 @@ impl Audit {
         };
         if let (Some(verifier), Some(key)) = (self.verifier.as_mut(), signer_key) {
             verifier.submit(
-                Job {
+                SignatureCheck {
                     location: Location {
                         stream: ACTORS_STREAM.to_owned(),
                         version: recorded.version,
@@ -908,7 +908,7 @@ impl Audit {
                     },
                     key: Some(key),
                     work: Work::Actor {
-                        message: actor_message(event),
+                        message: signing::actor_event_signing_bytes(event),
                         signature: event.attestation.signature.clone(),
                     },
                 },
@@ -1322,19 +1322,6 @@ fn pool_claimed(pool: &str, first_stream: &str) -> String {
 
 /// The audit's hot maps (stream names), hashed with foldhash rather than SipHash.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
-
-/// The bytes the signer of an actor event signed.
-pub(crate) fn actor_message(event: &ActorEvent) -> Vec<u8> {
-    let (action, params) = signing::actor_change_params(&event.change);
-    signing::actor_signing_bytes(
-        action,
-        &event.actor,
-        &params,
-        &event.token,
-        &event.by,
-        event.attestation.signed_at,
-    )
-}
 
 /// Applies the event's change to the reconstruction, noting what does not follow. Returns the
 /// sequence of a reservation the event placed.

@@ -1,6 +1,6 @@
 //! Signature and digest verification for the audit, in batches on worker threads.
 //!
-//! The audit loop hands each event needing cryptography to [`Verifier::submit`]; jobs are grouped
+//! The audit loop hands each event needing cryptography to [`Verifier::submit`]; checks are grouped
 //! in batches of [`SIGNATURE_BATCH`] and sent over a bounded queue ([`VERIFY_QUEUE_BATCHES`]
 //! batches deep, so a slow verifier slows the reader instead of growing memory) to up to
 //! [`VERIFY_WORKERS_MAX`] threads. A worker checks each pool event's parameters digest, then
@@ -61,8 +61,9 @@ pub(crate) enum Work {
     },
 }
 
+/// One recorded event's signature (and for a pool event, its parameters digest) to check.
 #[derive(Debug)]
-pub(crate) struct Job {
+pub(crate) struct SignatureCheck {
     pub location: Location,
     /// The key the signer held at `signed_at`; `None` when none was valid (the audit loop
     /// reports that itself; the digest is still checked).
@@ -70,20 +71,20 @@ pub(crate) struct Job {
     pub work: Work,
 }
 
-/// What a batch produced.
+/// What checking a batch found.
 #[derive(Debug, Default)]
-pub(crate) struct Outcome {
+pub(crate) struct CheckedBatch {
     pub signatures_verified: u64,
     pub violations: Vec<Violation>,
 }
 
-type JobQueue = Arc<Mutex<Receiver<Vec<Job>>>>;
+type CheckQueue = Arc<Mutex<Receiver<Vec<SignatureCheck>>>>;
 
-/// Batches jobs and spreads them over worker threads.
+/// Batches checks and spreads them over worker threads.
 pub(crate) struct Verifier {
-    pending: Vec<Job>,
-    jobs: Option<SyncSender<Vec<Job>>>,
-    outcomes: Receiver<Outcome>,
+    pending: Vec<SignatureCheck>,
+    checks: Option<SyncSender<Vec<SignatureCheck>>>,
+    checked: Receiver<CheckedBatch>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -93,13 +94,13 @@ impl Verifier {
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, VERIFY_WORKERS_MAX);
-        let (jobs, queue) = sync_channel::<Vec<Job>>(VERIFY_QUEUE_BATCHES);
-        let (outcome_sender, outcomes) = channel::<Outcome>();
-        let queue: JobQueue = Arc::new(Mutex::new(queue));
+        let (checks, queue) = sync_channel::<Vec<SignatureCheck>>(VERIFY_QUEUE_BATCHES);
+        let (checked_sender, checked) = channel::<CheckedBatch>();
+        let queue: CheckQueue = Arc::new(Mutex::new(queue));
         let mut handles = Vec::with_capacity(workers);
         for index in 0..workers {
             let queue = Arc::clone(&queue);
-            let outcome_sender = outcome_sender.clone();
+            let checked_sender = checked_sender.clone();
             let spawned = std::thread::Builder::new()
                 .name(format!("audit-verify-{index}"))
                 .spawn(move || {
@@ -112,7 +113,7 @@ impl Verifier {
                             receiver.recv()
                         };
                         let Ok(batch) = batch else { break };
-                        if outcome_sender.send(verify_batch(batch)).is_err() {
+                        if checked_sender.send(verify_batch(batch)).is_err() {
                             break;
                         }
                     }
@@ -125,49 +126,49 @@ impl Verifier {
         }
         Verifier {
             pending: Vec::with_capacity(SIGNATURE_BATCH),
-            jobs: (!handles.is_empty()).then_some(jobs),
-            outcomes,
+            checks: (!handles.is_empty()).then_some(checks),
+            checked,
             workers: handles,
         }
     }
 
-    /// Queues one job; returns whatever finished batches have reported meanwhile.
-    pub fn submit(&mut self, job: Job, ready: &mut Vec<Outcome>) {
-        self.pending.push(job);
+    /// Queues one check; returns whatever finished batches have reported meanwhile.
+    pub fn submit(&mut self, check: SignatureCheck, ready: &mut Vec<CheckedBatch>) {
+        self.pending.push(check);
         if self.pending.len() >= SIGNATURE_BATCH {
             let batch = std::mem::replace(&mut self.pending, Vec::with_capacity(SIGNATURE_BATCH));
             self.dispatch(batch, ready);
         }
-        while let Ok(outcome) = self.outcomes.try_recv() {
-            ready.push(outcome);
+        while let Ok(batch_result) = self.checked.try_recv() {
+            ready.push(batch_result);
         }
     }
 
-    fn dispatch(&mut self, batch: Vec<Job>, ready: &mut Vec<Outcome>) {
-        let batch = match &self.jobs {
-            Some(jobs) => match jobs.send(batch) {
+    fn dispatch(&mut self, batch: Vec<SignatureCheck>, ready: &mut Vec<CheckedBatch>) {
+        let batch = match &self.checks {
+            Some(checks) => match checks.send(batch) {
                 Ok(()) => return,
                 Err(failed) => failed.0,
             },
             None => batch,
         };
         // No worker is listening: verify here.
-        self.jobs = None;
+        self.checks = None;
         ready.push(verify_batch(batch));
     }
 
     /// Flushes the last batch, waits for the workers and returns what they reported.
-    pub fn finish(mut self) -> Vec<Outcome> {
+    pub fn finish(mut self) -> Vec<CheckedBatch> {
         let mut ready = Vec::new();
         let last = std::mem::take(&mut self.pending);
         if !last.is_empty() {
             self.dispatch(last, &mut ready);
         }
         // Closing the queue ends the workers once it is drained.
-        self.jobs = None;
+        self.checks = None;
         for worker in self.workers.drain(..) {
             if worker.join().is_err() {
-                ready.push(Outcome {
+                ready.push(CheckedBatch {
                     signatures_verified: 0,
                     violations: vec![Violation {
                         check: Check::Attribution,
@@ -182,8 +183,8 @@ impl Verifier {
                 });
             }
         }
-        while let Ok(outcome) = self.outcomes.try_recv() {
-            ready.push(outcome);
+        while let Ok(batch_result) = self.checked.try_recv() {
+            ready.push(batch_result);
         }
         ready
     }
@@ -205,27 +206,29 @@ fn verifying_key(
 }
 
 struct Candidate {
-    job: usize,
+    check: usize,
     message: Vec<u8>,
     signature: Signature,
     key: VerifyingKey,
 }
 
-fn verify_batch(jobs: Vec<Job>) -> Outcome {
-    let mut outcome = Outcome::default();
-    let mut candidates = Vec::with_capacity(jobs.len());
+fn verify_batch(checks: Vec<SignatureCheck>) -> CheckedBatch {
+    let mut batch_result = CheckedBatch::default();
+    let mut candidates = Vec::with_capacity(checks.len());
     // A batch's signers are few: decompress each key once, not once per signature (the
     // decompression costs about as much as a signature's share of the batch check).
     let mut keys: Vec<([u8; 32], Option<VerifyingKey>)> = Vec::new();
-    for (index, job) in jobs.iter().enumerate() {
-        let (message, signature) = match &job.work {
+    for (index, check) in checks.iter().enumerate() {
+        let (message, signature) = match &check.work {
             Work::Pool(event) => {
                 if signing::params_digest(&event.action) != event.digest {
-                    outcome.violations.push(job.location.violation(format!(
-                        "parameters digest {} is not blake3 of the recorded {} parameters",
-                        event.digest,
-                        event.action.kind()
-                    )));
+                    batch_result
+                        .violations
+                        .push(check.location.violation(format!(
+                            "parameters digest {} is not blake3 of the recorded {} parameters",
+                            event.digest,
+                            event.action.kind()
+                        )));
                 }
                 let message = signing::signing_bytes(
                     &event.action,
@@ -238,29 +241,32 @@ fn verify_batch(jobs: Vec<Job>) -> Outcome {
             }
             Work::Actor { message, signature } => (message.clone(), signature.as_slice()),
         };
-        let Some(key) = job.key else { continue };
+        let Some(key) = check.key else { continue };
         let signature = match Signature::from_slice(signature) {
             Ok(signature) => signature,
             Err(_) => {
-                outcome.violations.push(job.location.violation(format!(
-                    "signature is {} bytes, not an ed25519 signature",
-                    signature.len()
-                )));
+                batch_result
+                    .violations
+                    .push(check.location.violation(format!(
+                        "signature is {} bytes, not an ed25519 signature",
+                        signature.len()
+                    )));
                 continue;
             }
         };
         let key = match verifying_key(&mut keys, key) {
             Some(key) => key,
             None => {
-                outcome.violations.push(
-                    job.location
+                batch_result.violations.push(
+                    check
+                        .location
                         .violation("the registered public key is not a valid ed25519 key".into()),
                 );
                 continue;
             }
         };
         candidates.push(Candidate {
-            job: index,
+            check: index,
             message,
             signature,
             key,
@@ -270,7 +276,7 @@ fn verify_batch(jobs: Vec<Job>) -> Outcome {
     let signatures: Vec<Signature> = candidates.iter().map(|c| c.signature).collect();
     let keys: Vec<VerifyingKey> = candidates.iter().map(|c| c.key).collect();
     if ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok() {
-        outcome.signatures_verified += candidates.len() as u64;
+        batch_result.signatures_verified += candidates.len() as u64;
     } else {
         for candidate in &candidates {
             if candidate
@@ -278,13 +284,13 @@ fn verify_batch(jobs: Vec<Job>) -> Outcome {
                 .verify(&candidate.message, &candidate.signature)
                 .is_ok()
             {
-                outcome.signatures_verified += 1;
-            } else if let Some(job) = jobs.get(candidate.job) {
-                outcome.violations.push(job.location.violation(
+                batch_result.signatures_verified += 1;
+            } else if let Some(check) = checks.get(candidate.check) {
+                batch_result.violations.push(check.location.violation(
                     "signature does not verify under the key valid at signed_at".to_owned(),
                 ));
             }
         }
     }
-    outcome
+    batch_result
 }

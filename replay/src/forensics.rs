@@ -22,10 +22,11 @@ use foldhash::HashMap;
 use allot_domain::{
     Action, ActorId, Change, PoolId, RejectionCode, ReservationId, ReservationState, Timestamp,
 };
+use allot_projections::PoolCount;
 use serde::Serialize;
 
 use crate::audit::{Audit, AuditOptions, Check};
-use crate::record::Recorded;
+use crate::record::{Recorded, fold_records};
 
 /// Widest contention window, in seconds each side of the instant.
 pub const CONTENTION_SECONDS_MAX: u64 = 3_600;
@@ -81,10 +82,8 @@ pub struct AsOf {
 #[derive(Default)]
 struct PoolFold {
     declared: bool,
-    capacity: u64,
-    allocated: u64,
-    closed: bool,
-    closes_at: Option<Timestamp>,
+    /// Capacity in force, allocated, closed: the projection's fold.
+    counts: PoolCount,
     live: BTreeMap<u64, LiveReservation>,
 }
 
@@ -114,24 +113,9 @@ impl AsOfQuery {
         }
         let pools = &mut self.pools;
         let fold = pools.entry(event.pool.clone()).or_default();
-        fold.allocated = event.allocated_after;
+        fold.counts.apply(event);
         match (&event.change, &event.action) {
-            (
-                Change::PoolDeclared,
-                Action::DeclarePool {
-                    capacity,
-                    closes_at,
-                    ..
-                },
-            ) => {
-                fold.declared = true;
-                fold.capacity = *capacity;
-                fold.closes_at = *closes_at;
-            }
-            (Change::CapacityAdjusted { .. }, Action::AdjustCapacity { capacity }) => {
-                fold.capacity = *capacity;
-            }
-            (Change::PoolClosed, _) => fold.closed = true,
+            (Change::PoolDeclared, Action::DeclarePool { .. }) => fold.declared = true,
             (
                 Change::Reserved {
                     reservation,
@@ -195,10 +179,10 @@ impl AsOfQuery {
                         .collect();
                     PoolAsOf {
                         pool,
-                        capacity: fold.capacity,
-                        allocated: fold.allocated,
-                        closed: fold.closed,
-                        closes_at: fold.closes_at,
+                        capacity: fold.counts.capacity,
+                        allocated: fold.counts.allocated,
+                        closed: fold.counts.closed,
+                        closes_at: fold.counts.closes_at,
                         live_omitted: (total - live.len()) as u64,
                         live,
                     }
@@ -214,11 +198,7 @@ where
     I: IntoIterator<Item = R>,
     R: Borrow<Recorded>,
 {
-    let mut query = AsOfQuery::new(at);
-    for record in records {
-        query.observe(record.borrow());
-    }
-    query.finish()
+    fold_records!(records, AsOfQuery::new(at))
 }
 
 /// A reservation in a terminal state whose slot never came back to the pool.
@@ -285,11 +265,7 @@ where
     I: IntoIterator<Item = R>,
     R: Borrow<Recorded>,
 {
-    let mut query = StrandedSlotsQuery::new();
-    for record in records {
-        query.observe(record.borrow());
-    }
-    query.finish()
+    fold_records!(records, StrandedSlotsQuery::new())
 }
 
 /// A change of a pool's capacity.
@@ -400,7 +376,8 @@ struct DisputeLive {
 pub struct DisputeQuery {
     pool: PoolId,
     view: DoubleBookingView,
-    capacity: u64,
+    /// Capacity in force: the projection's fold.
+    counts: PoolCount,
     last_raise: Option<CapacityChange>,
     live: HashMap<u64, DisputeLive>,
     live_units: u64,
@@ -426,7 +403,7 @@ impl DisputeQuery {
                 repeat_requests: Vec::new(),
                 omitted: 0,
             },
-            capacity: 0,
+            counts: PoolCount::default(),
             last_raise: None,
             live: HashMap::default(),
             live_units: 0,
@@ -444,7 +421,6 @@ impl DisputeQuery {
         let live = &mut self.live;
         let holder_of = &mut self.holder_of;
         let unit_holders = &mut self.unit_holders;
-        let mut capacity = self.capacity;
         let mut live_units = self.live_units;
         let mut confirmed_units = self.confirmed_units;
         let Recorded::Pool(recorded) = record else {
@@ -454,23 +430,18 @@ impl DisputeQuery {
         if event.pool != *pool {
             return;
         }
+        let capacity_before = self.counts.capacity;
+        self.counts.apply(event);
+        let capacity = self.counts.capacity;
         let id = |seq: u64| ReservationId {
             pool: pool.clone(),
             seq,
         };
         let mut finding: Option<String> = None;
         match (&event.change, &event.action) {
-            (
-                Change::PoolDeclared,
-                Action::DeclarePool {
-                    capacity: declared,
-                    units,
-                    ..
-                },
-            ) => {
+            (Change::PoolDeclared, Action::DeclarePool { units, .. }) => {
                 self.named_units = !units.is_empty();
-                capacity = *declared;
-                view.declared_capacity = Some(*declared);
+                view.declared_capacity = Some(capacity);
                 let change = CapacityChange {
                     at: event.at,
                     version: recorded.version,
@@ -481,19 +452,18 @@ impl DisputeQuery {
                 };
                 push_capped(&mut view.capacity_history, change, &mut view.omitted);
             }
-            (Change::CapacityAdjusted { .. }, Action::AdjustCapacity { capacity: adjusted }) => {
+            (Change::CapacityAdjusted { .. }, Action::AdjustCapacity { .. }) => {
                 let change = CapacityChange {
                     at: event.at,
                     version: recorded.version,
                     position: recorded.position,
                     actor: event.actor.clone(),
-                    capacity_before: Some(capacity),
-                    capacity: *adjusted,
+                    capacity_before: Some(capacity_before),
+                    capacity,
                 };
-                if *adjusted > capacity {
+                if capacity > capacity_before {
                     *last_raise = Some(change.clone());
                 }
-                capacity = *adjusted;
                 push_capped(&mut view.capacity_history, change, &mut view.omitted);
             }
             (
@@ -629,7 +599,6 @@ impl DisputeQuery {
             push_capped(&mut view.moments, moment, &mut view.omitted);
         }
 
-        self.capacity = capacity;
         self.live_units = live_units;
         self.confirmed_units = confirmed_units;
     }
@@ -645,11 +614,7 @@ where
     I: IntoIterator<Item = R>,
     R: Borrow<Recorded>,
 {
-    let mut query = DisputeQuery::new(pool);
-    for record in records {
-        query.observe(record.borrow());
-    }
-    query.finish()
+    fold_records!(records, DisputeQuery::new(pool))
 }
 
 /// One second of a contention window.
@@ -785,9 +750,8 @@ where
     I: IntoIterator<Item = R>,
     R: Borrow<Recorded>,
 {
-    let mut query = ContentionQuery::new(pool, around, seconds)?;
-    for record in records {
-        query.observe(record.borrow());
-    }
-    Ok(query.finish())
+    Ok(fold_records!(
+        records,
+        ContentionQuery::new(pool, around, seconds)?
+    ))
 }

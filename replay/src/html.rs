@@ -9,10 +9,11 @@ use std::borrow::Borrow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use allot_domain::{Action, Change, PoolId, RejectionCode, Timestamp};
+use allot_domain::{Change, PoolId, RejectionCode};
+use allot_projections::PoolCount;
 
 use crate::audit::AuditReport;
-use crate::record::Recorded;
+use crate::record::{Recorded, fold_records};
 
 /// Pools drawn; further pools are counted in the summary only.
 pub const REPORT_POOLS_MAX: usize = 100;
@@ -81,21 +82,15 @@ impl<T: Clone> Series<T> {
 #[derive(Debug)]
 struct PoolReport {
     pool: PoolId,
-    closes_at: Option<Timestamp>,
+    /// Capacity in force, allocated, closes_at and the tallies: the projection's fold.
+    counts: PoolCount,
     first_at: u64,
     last_at: u64,
     capacity: Series<u64>,
     allocated: Series<u64>,
     rejections: Series<RejectionCode>,
-    last_capacity: u64,
-    last_allocated: u64,
     peak_allocated: u64,
     events: u64,
-    reservations: u64,
-    confirmed: u64,
-    released: u64,
-    expired: u64,
-    rejected: BTreeMap<RejectionCode, u64>,
 }
 
 /// Collects what the report draws, one record at a time.
@@ -139,21 +134,14 @@ impl HtmlReport {
                 self.index.insert(event.pool.clone(), self.pools.len());
                 self.pools.push(PoolReport {
                     pool: event.pool.clone(),
-                    closes_at: None,
+                    counts: PoolCount::default(),
                     first_at: event.at.0,
                     last_at: event.at.0,
                     capacity: Series::new(),
                     allocated: Series::new(),
                     rejections: Series::new(),
-                    last_capacity: 0,
-                    last_allocated: 0,
                     peak_allocated: 0,
                     events: 0,
-                    reservations: 0,
-                    confirmed: 0,
-                    released: 0,
-                    expired: 0,
-                    rejected: BTreeMap::new(),
                 });
                 self.pools.len() - 1
             }
@@ -171,37 +159,18 @@ impl HtmlReport {
         pool.events += 1;
         pool.first_at = pool.first_at.min(at);
         pool.last_at = pool.last_at.max(at);
-        match (&event.change, &event.action) {
-            (
-                Change::PoolDeclared,
-                Action::DeclarePool {
-                    capacity,
-                    closes_at,
-                    ..
-                },
-            ) => {
-                pool.closes_at = *closes_at;
-                pool.last_capacity = *capacity;
-                pool.capacity.push(at, *capacity);
+        let allocated_before = pool.counts.allocated;
+        pool.counts.apply(event);
+        match &event.change {
+            Change::PoolDeclared | Change::CapacityAdjusted { .. } => {
+                pool.capacity.push(at, pool.counts.capacity);
             }
-            (Change::CapacityAdjusted { .. }, Action::AdjustCapacity { capacity }) => {
-                pool.last_capacity = *capacity;
-                pool.capacity.push(at, *capacity);
-            }
-            (Change::Reserved { .. }, _) => pool.reservations += 1,
-            (Change::Confirmed { .. }, _) => pool.confirmed += 1,
-            (Change::Released { .. }, _) => pool.released += 1,
-            (Change::Expired { .. }, _) => pool.expired += 1,
-            (Change::Rejected(rejection), _) => {
-                *pool.rejected.entry(rejection.code()).or_default() += 1;
-                pool.rejections.push(at, rejection.code());
-            }
+            Change::Rejected(rejection) => pool.rejections.push(at, rejection.code()),
             _ => {}
         }
-        if event.allocated_after != pool.last_allocated || pool.allocated.offered == 0 {
+        if event.allocated_after != allocated_before || pool.allocated.offered == 0 {
             pool.allocated.push(at, event.allocated_after);
         }
-        pool.last_allocated = event.allocated_after;
         pool.peak_allocated = pool.peak_allocated.max(event.allocated_after);
     }
 
@@ -239,11 +208,7 @@ where
     I: IntoIterator<Item = R>,
     R: Borrow<Recorded>,
 {
-    let mut report = HtmlReport::new(title);
-    for record in records {
-        report.observe(record.borrow());
-    }
-    report.finish()
+    fold_records!(records, HtmlReport::new(title))
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
@@ -287,8 +252,9 @@ fn legend(page: &mut String) {
 fn summary_table(page: &mut String, pools: &[PoolReport]) {
     page.push_str("<table><tr><th>pool</th><th>events</th><th>reservations</th><th>confirmed</th><th>released</th><th>expired</th><th>rejections</th><th>allocated</th><th>capacity</th><th>peak allocated</th><th>closes_at</th></tr>\n");
     for pool in pools {
-        let rejections: Vec<String> = pool
-            .rejected
+        let counts = &pool.counts;
+        let rejections: Vec<String> = counts
+            .rejections
             .iter()
             .map(|(code, n)| format!("{code}: {n}"))
             .collect();
@@ -296,15 +262,16 @@ fn summary_table(page: &mut String, pools: &[PoolReport]) {
             page,
             "<tr><td><a href=\"#pool-{id}\">{id}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             pool.events,
-            pool.reservations,
-            pool.confirmed,
-            pool.released,
-            pool.expired,
+            counts.reservations,
+            counts.confirmed,
+            counts.released,
+            counts.expired,
             escape(&rejections.join(", ")),
-            pool.last_allocated,
-            pool.last_capacity,
+            counts.allocated,
+            counts.capacity,
             pool.peak_allocated,
-            pool.closes_at
+            counts
+                .closes_at
                 .map_or_else(|| "-".to_owned(), |at| utc(at.0)),
             id = escape(pool.pool.as_str()),
         );
@@ -315,7 +282,7 @@ fn summary_table(page: &mut String, pools: &[PoolReport]) {
 fn chart(page: &mut String, pool: &PoolReport) {
     let mut t0 = pool.first_at;
     let mut t1 = pool.last_at;
-    if let Some(cutoff) = pool.closes_at {
+    if let Some(cutoff) = pool.counts.closes_at {
         t0 = t0.min(cutoff.0);
         t1 = t1.max(cutoff.0);
     }
@@ -369,7 +336,7 @@ fn chart(page: &mut String, pool: &PoolReport) {
             let _ = writeln!(page, "<path class=\"{class}\" d=\"{path}\"/>");
         }
     }
-    if let Some(cutoff) = pool.closes_at {
+    if let Some(cutoff) = pool.counts.closes_at {
         let cx = x(cutoff.0);
         let _ = writeln!(
             page,

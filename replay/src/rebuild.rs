@@ -6,7 +6,7 @@
 //! `evolve`; its first refusal stops the rebuild with the stream, version and position of the
 //! event (the audit is the tool that carries on and reports every fault).
 //!
-//! A [`Checkpoint`] holds the projections' compact image and the last applied position. The pool
+//! A [`Checkpoint`] holds the projections' packed form and the last applied position. The pool
 //! aggregates are not in it (the domain offers no serializable form of `Pool`): resuming with
 //! [`RebuildOptions::fold_pools`] refolds them from the start of the log while the projections
 //! skip everything at or before the checkpoint; without it, the caller may start reading after
@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use allot_domain::{ActorRegistry, Pool, PoolId, evolve};
-use allot_projections::{Applied, Image, Projections};
+use allot_projections::{Applied, PackedProjections, Projections};
 use serde::{Deserialize, Serialize};
 
 use crate::record::{Recorded, RecordedActorEvent, RecordedPoolEvent};
@@ -71,7 +71,7 @@ pub struct Checkpoint {
     pub format_version: u32,
     /// Last applied global position; `None` when nothing was applied.
     pub position: Option<u64>,
-    pub projections: Image,
+    pub projections: PackedProjections,
 }
 
 /// First bytes of a checkpoint of this format.
@@ -195,7 +195,7 @@ impl Rebuild {
             });
         }
         Ok(Rebuild {
-            projections: Arc::new(Projections::from_snapshot(&checkpoint.projections)),
+            projections: Arc::new(Projections::from_packed(&checkpoint.projections)),
             resume_after: checkpoint.position,
             ..Rebuild::new(options)
         })
@@ -334,7 +334,7 @@ impl Rebuild {
 
     /// A checkpoint of the projections as they stand.
     pub fn checkpoint(&self) -> Checkpoint {
-        let projections = self.projections.image();
+        let projections = self.projections.packed();
         Checkpoint {
             format_version: CHECKPOINT_FORMAT_VERSION,
             position: self.last_position.max(self.resume_after),
@@ -359,7 +359,7 @@ impl Rebuild {
     pub fn into_parts(self) -> (Projections, HashMap<PoolId, Pool>, ActorRegistry) {
         // Workers of a partitioned rebuild may still hold the projections: copy them then.
         let projections = Arc::try_unwrap(self.projections)
-            .unwrap_or_else(|shared| Projections::from_snapshot(&shared.image()));
+            .unwrap_or_else(|shared| Projections::from_packed(&shared.packed()));
         (projections, self.pools, self.actors)
     }
 }

@@ -100,3 +100,19 @@ impl From<RecordedActorEvent> for Recorded {
         Recorded::Actor(recorded)
     }
 }
+
+/// Runs a push-based query (a forensic query, the HTML report) over a whole log: `observe`s
+/// each record in the order given, then `finish`es. A macro, so each query keeps its `observe`
+/// and `finish` as inherent methods for callers that feed it page by page.
+macro_rules! fold_records {
+    ($records:expr, $query:expr) => {{
+        let mut query = $query;
+        for record in $records {
+            query.observe(std::borrow::Borrow::<$crate::record::Recorded>::borrow(
+                &record,
+            ));
+        }
+        query.finish()
+    }};
+}
+pub(crate) use fold_records;

@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 use allot_domain::{Change, ReservationState, Timestamp};
 use allot_replay::{Audit, AuditOptions, AuditReport, Check, Recorded};
-use common::{Ledger, MINUTE, SECOND, stream_of, walkthrough};
+use common::{History, MINUTE, SECOND, stream_of, walkthrough};
 
 fn audit(records: &[Recorded], options: AuditOptions) -> AuditReport {
     Audit::run(options, records)
@@ -41,18 +41,18 @@ fn fold_without_signatures() -> AuditOptions {
     }
 }
 
-fn position_of(ledger: &Ledger, index: usize) -> u64 {
-    ledger.records[index].position()
+fn position_of(history: &History, index: usize) -> u64 {
+    history.records[index].position()
 }
 
 #[test]
 fn the_walkthrough_audits_clean_with_signatures_and_fold() {
-    let ledger = walkthrough();
-    let report = audit(&ledger.records, AuditOptions::default());
+    let history = walkthrough();
+    let report = audit(&history.records, AuditOptions::default());
     assert!(report.is_clean(), "{report}");
     assert_eq!(report.actor_events, 4);
     assert_eq!(report.pools, 3);
-    assert_eq!(report.events, ledger.records.len() as u64);
+    assert_eq!(report.events, history.records.len() as u64);
     assert_eq!(report.signatures_verified, report.events);
     assert_eq!(report.reservations, 8);
     let text = report.to_string();
@@ -71,14 +71,14 @@ fn the_walkthrough_audits_clean_without_signatures() {
 
 #[test]
 fn allocation_coherence_names_a_cancel_whose_arithmetic_kept_the_unit() {
-    let mut ledger = walkthrough();
+    let mut history = walkthrough();
     // The last VIP event is C's cancel: it claims allocated stayed where it was.
-    let index = ledger.index_of("pool_vip", ledger.last_version("pool_vip"));
-    let recorded = ledger.pool_event_mut(index);
+    let index = history.index_of("pool_vip", history.last_version("pool_vip"));
+    let recorded = history.pool_event_mut(index);
     assert!(matches!(recorded.event.change, Change::Released { .. }));
     recorded.event.allocated_after += 1;
-    let report = audit(&ledger.records, AuditOptions::records_only());
-    let position = position_of(&ledger, index);
+    let report = audit(&history.records, AuditOptions::records_only());
+    let position = position_of(&history, index);
     // The cancel did not return the slot in the arithmetic: also a stranded slot.
     assert_names(
         &report,
@@ -91,31 +91,31 @@ fn allocation_coherence_names_a_cancel_whose_arithmetic_kept_the_unit() {
 
 #[test]
 fn allocation_coherence_alone_when_a_confirm_miscounts() {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "p", 3, None, &[]);
-    ledger.reserve(SECOND, "p", "a", "r", "t1");
-    ledger.confirm(2 * SECOND, "p", 1, "t2");
-    let index = ledger.index_of("p", 2);
-    ledger.pool_event_mut(index).event.allocated_after = 2;
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let mut history = History::new();
+    history.declare(0, "p", 3, None, &[]);
+    history.reserve(SECOND, "p", "a", "r", "t1");
+    history.confirm(2 * SECOND, "p", 1, "t2");
+    let index = history.index_of("p", 2);
+    history.pool_event_mut(index).event.allocated_after = 2;
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(
         &report,
         Check::AllocationCoherence,
-        position_of(&ledger, index),
+        position_of(&history, index),
         &[],
     );
 }
 
 #[test]
 fn allocated_chain_names_an_allocated_before_that_breaks_the_chain() {
-    let mut ledger = walkthrough();
-    let index = ledger.index_of("pool_vip", 4);
-    ledger.pool_event_mut(index).event.allocated_before += 1;
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let mut history = walkthrough();
+    let index = history.index_of("pool_vip", 4);
+    history.pool_event_mut(index).event.allocated_before += 1;
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(
         &report,
         Check::AllocatedChain,
-        position_of(&ledger, index),
+        position_of(&history, index),
         &[],
     );
     assert_eq!(report.count(Check::AllocatedChain), 1);
@@ -123,53 +123,53 @@ fn allocated_chain_names_an_allocated_before_that_breaks_the_chain() {
 
 #[test]
 fn no_oversell_names_allocation_beyond_the_declared_capacity() {
-    let mut ledger = walkthrough();
+    let mut history = walkthrough();
     // Declared capacity 1 instead of 2: the second hold oversells the pool.
-    let declare = ledger.index_of("pool_vip", 0);
-    match &mut ledger.pool_event_mut(declare).event.action {
+    let declare = history.index_of("pool_vip", 0);
+    match &mut history.pool_event_mut(declare).event.action {
         allot_domain::Action::DeclarePool { capacity, .. } => *capacity = 1,
         other => panic!("{other:?}"),
     }
-    let report = audit(&ledger.records, AuditOptions::records_only());
-    let second_hold = ledger.index_of("pool_vip", 2);
+    let report = audit(&history.records, AuditOptions::records_only());
+    let second_hold = history.index_of("pool_vip", 2);
     assert_names(
         &report,
         Check::NoOversell,
-        position_of(&ledger, second_hold),
+        position_of(&history, second_hold),
         &[],
     );
 }
 
 #[test]
 fn no_oversell_counts_confirmed_units_against_capacity() {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "p", 2, None, &[]);
-    ledger.reserve(SECOND, "p", "a", "r", "t1");
-    ledger.reserve(2 * SECOND, "p", "b", "r", "t2");
-    ledger.confirm(3 * SECOND, "p", 1, "t3");
-    ledger.confirm(4 * SECOND, "p", 2, "t4");
+    let mut history = History::new();
+    history.declare(0, "p", 2, None, &[]);
+    history.reserve(SECOND, "p", "a", "r", "t1");
+    history.reserve(2 * SECOND, "p", "b", "r", "t2");
+    history.confirm(3 * SECOND, "p", 1, "t3");
+    history.confirm(4 * SECOND, "p", 2, "t4");
     // A tampered adjust lowered capacity to 1 below what was confirmed... recorded as if fine.
-    let declare = ledger.index_of("p", 0);
-    match &mut ledger.pool_event_mut(declare).event.action {
+    let declare = history.index_of("p", 0);
+    match &mut history.pool_event_mut(declare).event.action {
         allot_domain::Action::DeclarePool { capacity, .. } => *capacity = 1,
         other => panic!("{other:?}"),
     }
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_eq!(report.count(Check::NoOversell), 3, "{report}");
     assert_eq!(checks_named(&report), BTreeSet::from([Check::NoOversell]));
 }
 
 #[test]
 fn slot_released_once_names_a_second_release() {
-    let mut ledger = walkthrough();
-    let cancel = ledger.index_of("pool_vip", ledger.last_version("pool_vip"));
-    let mut twice = ledger.pool_event_mut(cancel).clone();
+    let mut history = walkthrough();
+    let cancel = history.index_of("pool_vip", history.last_version("pool_vip"));
+    let mut twice = history.pool_event_mut(cancel).clone();
     twice.version += 1;
-    twice.position = ledger.records.last().map_or(0, Recorded::position) + 1;
+    twice.position = history.records.last().map_or(0, Recorded::position) + 1;
     twice.event.token = allot_domain::IdempotencyToken::new("tok_cancel_c_again");
     twice.event.allocated_before = twice.event.allocated_after;
-    ledger.records.push(Recorded::Pool(twice.clone()));
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    history.records.push(Recorded::Pool(twice.clone()));
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(&report, Check::SlotReleasedOnce, twice.position, &[]);
     let violation = &report.violations[0];
     assert_eq!(violation.stream, stream_of("pool_vip"));
@@ -178,16 +178,16 @@ fn slot_released_once_names_a_second_release() {
 
 #[test]
 fn slot_released_once_with_the_arithmetic_also_decremented_twice() {
-    let mut ledger = walkthrough();
-    let cancel = ledger.index_of("pool_vip", ledger.last_version("pool_vip"));
-    let mut twice = ledger.pool_event_mut(cancel).clone();
+    let mut history = walkthrough();
+    let cancel = history.index_of("pool_vip", history.last_version("pool_vip"));
+    let mut twice = history.pool_event_mut(cancel).clone();
     twice.version += 1;
-    twice.position = ledger.records.last().map_or(0, Recorded::position) + 1;
+    twice.position = history.records.last().map_or(0, Recorded::position) + 1;
     twice.event.token = allot_domain::IdempotencyToken::new("again");
     twice.event.allocated_before = twice.event.allocated_after;
     twice.event.allocated_after -= 1; // count driven below the live set
-    ledger.records.push(Recorded::Pool(twice.clone()));
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    history.records.push(Recorded::Pool(twice.clone()));
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(
         &report,
         Check::SlotReleasedOnce,
@@ -199,15 +199,15 @@ fn slot_released_once_with_the_arithmetic_also_decremented_twice() {
 #[test]
 fn stranded_slot_names_a_terminal_reservation_whose_release_returned_nothing() {
     // The seed's buggy twin: a cancel that releases the commitment without returning the slot.
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "p", 2, None, &[]);
-    ledger.reserve(SECOND, "p", "a", "r", "t1");
-    ledger.cancel(2 * SECOND, "p", 1, "t2");
-    let index = ledger.index_of("p", 2);
-    let cancel = ledger.pool_event_mut(index);
+    let mut history = History::new();
+    history.declare(0, "p", 2, None, &[]);
+    history.reserve(SECOND, "p", "a", "r", "t1");
+    history.cancel(2 * SECOND, "p", 1, "t2");
+    let index = history.index_of("p", 2);
+    let cancel = history.pool_event_mut(index);
     cancel.event.allocated_after = cancel.event.allocated_before;
     let position = cancel.position;
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(
         &report,
         Check::StrandedSlot,
@@ -231,51 +231,51 @@ fn stranded_slot_names_a_terminal_reservation_whose_release_returned_nothing() {
 
 #[test]
 fn state_transition_names_a_new_state_the_change_does_not_produce() {
-    let mut ledger = walkthrough();
-    let confirm = ledger.index_of("pool_vip", 4);
-    let recorded = ledger.pool_event_mut(confirm);
+    let mut history = walkthrough();
+    let confirm = history.index_of("pool_vip", 4);
+    let recorded = history.pool_event_mut(confirm);
     assert!(matches!(recorded.event.change, Change::Confirmed { .. }));
     recorded.event.new_state = Some(ReservationState::Released);
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(
         &report,
         Check::StateTransition,
-        position_of(&ledger, confirm),
+        position_of(&history, confirm),
         &[],
     );
 }
 
 #[test]
 fn no_lapsed_confirmation_names_a_confirm_at_or_after_expires_at() {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "p", 2, None, &[]);
-    ledger.reserve(SECOND, "p", "a", "r", "t1");
-    ledger.confirm(2 * SECOND, "p", 1, "t2");
-    let index = ledger.index_of("p", 2);
-    ledger.pool_event_mut(index).event.at = common::at(SECOND + 10 * MINUTE);
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let mut history = History::new();
+    history.declare(0, "p", 2, None, &[]);
+    history.reserve(SECOND, "p", "a", "r", "t1");
+    history.confirm(2 * SECOND, "p", 1, "t2");
+    let index = history.index_of("p", 2);
+    history.pool_event_mut(index).event.at = common::at(SECOND + 10 * MINUTE);
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(
         &report,
         Check::NoLapsedConfirmation,
-        position_of(&ledger, index),
+        position_of(&history, index),
         &[],
     );
 }
 
 #[test]
 fn idempotency_names_a_token_that_made_two_reservations_within_its_window() {
-    let mut ledger = walkthrough();
+    let mut history = walkthrough();
     // C's second reservation (13 min) reuses B's token from 2 min... outside the 5 min window;
     // the seat pool's second student reuses the first student's token 200 ms later: inside.
-    let second = ledger.index_of("course_cs101", 3);
-    let recorded = ledger.pool_event_mut(second);
+    let second = history.index_of("course_cs101", 3);
+    let recorded = history.pool_event_mut(second);
     assert!(matches!(recorded.event.change, Change::Reserved { .. }));
     recorded.event.token = allot_domain::IdempotencyToken::new("s1");
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(
         &report,
         Check::Idempotency,
-        position_of(&ledger, second),
+        position_of(&history, second),
         &[],
     );
     assert!(
@@ -284,29 +284,29 @@ fn idempotency_names_a_token_that_made_two_reservations_within_its_window() {
     );
 
     // Outside the window the token was forgotten, as the service forgets it.
-    let mut ledger = walkthrough();
-    let late = ledger.index_of("pool_vip", 7);
-    let recorded = ledger.pool_event_mut(late);
+    let mut history = walkthrough();
+    let late = history.index_of("pool_vip", 7);
+    let recorded = history.pool_event_mut(late);
     assert!(
         matches!(recorded.event.change, Change::Reserved { .. }),
         "{recorded:?}"
     );
     recorded.event.token = allot_domain::IdempotencyToken::new("tok_b1");
-    assert!(audit(&ledger.records, AuditOptions::records_only()).is_clean());
+    assert!(audit(&history.records, AuditOptions::records_only()).is_clean());
 }
 
 /// With the fold on, a token used twice within its window is named once, by `idempotency`: the
 /// fold keeps no token cache of its own (`Pool::without_token_cache`).
 #[test]
 fn a_reused_token_is_named_by_idempotency_alone_with_the_fold_on() {
-    let mut ledger = walkthrough();
-    let second = ledger.index_of("course_cs101", 3);
-    ledger.pool_event_mut(second).event.token = allot_domain::IdempotencyToken::new("s1");
-    let report = audit(&ledger.records, fold_without_signatures());
+    let mut history = walkthrough();
+    let second = history.index_of("course_cs101", 3);
+    history.pool_event_mut(second).event.token = allot_domain::IdempotencyToken::new("s1");
+    let report = audit(&history.records, fold_without_signatures());
     assert_names(
         &report,
         Check::Idempotency,
-        position_of(&ledger, second),
+        position_of(&history, second),
         &[],
     );
     assert_eq!(report.count(Check::Fold), 0, "{report}");
@@ -317,27 +317,28 @@ fn a_reused_token_is_named_by_idempotency_alone_with_the_fold_on() {
 /// it (forgetting stops at the first record still within the window, replaced or not).
 #[test]
 fn idempotency_still_names_a_reuse_where_times_go_back() {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "p", 10, None, &[]);
-    ledger.reserve(10 * MINUTE, "p", "a", "r", "X");
-    ledger.reserve(10 * MINUTE + 1, "p", "a", "r", "R");
-    ledger.reserve(10 * MINUTE + 50, "p", "a", "r", "X2");
-    ledger.reserve(10 * MINUTE + 60, "p", "a", "r", "Y");
-    ledger.reserve(10 * MINUTE + 70, "p", "a", "r", "R2");
+    let mut history = History::new();
+    history.declare(0, "p", 10, None, &[]);
+    history.reserve(10 * MINUTE, "p", "a", "r", "X");
+    history.reserve(10 * MINUTE + 1, "p", "a", "r", "R");
+    history.reserve(10 * MINUTE + 50, "p", "a", "r", "X2");
+    history.reserve(10 * MINUTE + 60, "p", "a", "r", "Y");
+    history.reserve(10 * MINUTE + 70, "p", "a", "r", "R2");
     // R recorded at 1 min (time goes back), X used again, R used again at 1 min 50 ms: within
     // R's 5-minute window.
-    let r = ledger.index_of("p", 2);
-    ledger.pool_event_mut(r).event.at = common::at(MINUTE);
-    let x_again = ledger.index_of("p", 3);
-    ledger.pool_event_mut(x_again).event.token = allot_domain::IdempotencyToken::new("X");
-    let r_again = ledger.index_of("p", 5);
-    ledger.pool_event_mut(r_again).event.token = allot_domain::IdempotencyToken::new("R");
-    ledger.pool_event_mut(r_again).event.at = common::at(MINUTE + 50);
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let r = history.index_of("p", 2);
+    history.pool_event_mut(r).event.at = common::at(MINUTE);
+    let x_again = history.index_of("p", 3);
+    history.pool_event_mut(x_again).event.token = allot_domain::IdempotencyToken::new("X");
+    let r_again = history.index_of("p", 5);
+    history.pool_event_mut(r_again).event.token = allot_domain::IdempotencyToken::new("R");
+    history.pool_event_mut(r_again).event.at = common::at(MINUTE + 50);
+    let report = audit(&history.records, AuditOptions::records_only());
     for index in [x_again, r_again] {
         assert!(
-            report.violations.iter().any(|v| v.check == Check::Idempotency
-                && v.position == position_of(&ledger, index)),
+            report.violations.iter().any(
+                |v| v.check == Check::Idempotency && v.position == position_of(&history, index)
+            ),
             "no idempotency violation at record {index}:\n{report}"
         );
     }
@@ -345,31 +346,31 @@ fn idempotency_still_names_a_reuse_where_times_go_back() {
 
 #[test]
 fn attribution_names_a_signature_that_does_not_verify() {
-    let mut ledger = walkthrough();
-    let index = ledger.index_of("course_cs101", 2);
-    ledger.pool_event_mut(index).event.attestation.signature[0] ^= 1;
-    let report = audit(&ledger.records, AuditOptions::default());
+    let mut history = walkthrough();
+    let index = history.index_of("course_cs101", 2);
+    history.pool_event_mut(index).event.attestation.signature[0] ^= 1;
+    let report = audit(&history.records, AuditOptions::default());
     assert_names(
         &report,
         Check::Attribution,
-        position_of(&ledger, index),
+        position_of(&history, index),
         &[],
     );
     assert_eq!(report.count(Check::Attribution), 1);
     // Without signature checks the log is clean.
-    assert!(audit(&ledger.records, AuditOptions::records_only()).is_clean());
+    assert!(audit(&history.records, AuditOptions::records_only()).is_clean());
 }
 
 #[test]
 fn attribution_names_a_digest_that_does_not_match_the_parameters() {
-    let mut ledger = walkthrough();
-    let index = ledger.index_of("pool_ga", 0);
-    ledger.pool_event_mut(index).event.digest.0[3] ^= 0xff;
-    let report = audit(&ledger.records, AuditOptions::default());
+    let mut history = walkthrough();
+    let index = history.index_of("pool_ga", 0);
+    history.pool_event_mut(index).event.digest.0[3] ^= 0xff;
+    let report = audit(&history.records, AuditOptions::default());
     assert_names(
         &report,
         Check::Attribution,
-        position_of(&ledger, index),
+        position_of(&history, index),
         &[],
     );
     assert!(report.violations[0].detail.contains("digest"), "{report}");
@@ -377,9 +378,9 @@ fn attribution_names_a_digest_that_does_not_match_the_parameters() {
 
 #[test]
 fn attribution_names_a_role_that_may_not_act_and_an_unknown_actor() {
-    let mut ledger = walkthrough();
+    let mut history = walkthrough();
     // The auditor signs a reserve with its own valid key: the signature verifies, the role not.
-    ledger
+    history
         .run(
             20 * MINUTE,
             "reader",
@@ -393,38 +394,38 @@ fn attribution_names_a_role_that_may_not_act_and_an_unknown_actor() {
             },
         )
         .expect("decide does not check roles");
-    let position = ledger.records.last().map(Recorded::position).expect("one");
-    let report = audit(&ledger.records, AuditOptions::default());
+    let position = history.records.last().map(Recorded::position).expect("one");
+    let report = audit(&history.records, AuditOptions::default());
     assert_names(&report, Check::Attribution, position, &[]);
     assert!(report.violations[0].detail.contains("auditor"), "{report}");
 
     // An actor the actors stream never registered.
-    let mut ledger = walkthrough();
-    let index = ledger.index_of("pool_vip", 1);
-    ledger.pool_event_mut(index).event.actor = allot_domain::ActorId::new("mallory");
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let mut history = walkthrough();
+    let index = history.index_of("pool_vip", 1);
+    history.pool_event_mut(index).event.actor = allot_domain::ActorId::new("mallory");
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(
         &report,
         Check::Attribution,
-        position_of(&ledger, index),
+        position_of(&history, index),
         &[],
     );
 }
 
 #[test]
 fn attribution_names_one_bad_signature_among_many_batches() {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "big", 10_000, None, &[]);
+    let mut history = History::new();
+    history.declare(0, "big", 10_000, None, &[]);
     for i in 0..600u64 {
-        ledger.reserve(SECOND + i, "big", "fan", "ga", &format!("t{i}"));
+        history.reserve(SECOND + i, "big", "fan", "ga", &format!("t{i}"));
     }
-    let index = ledger.index_of("big", 333);
-    ledger.pool_event_mut(index).event.attestation.signature[10] ^= 0x40;
-    let report = audit(&ledger.records, AuditOptions::default());
+    let index = history.index_of("big", 333);
+    history.pool_event_mut(index).event.attestation.signature[10] ^= 0x40;
+    let report = audit(&history.records, AuditOptions::default());
     assert_names(
         &report,
         Check::Attribution,
-        position_of(&ledger, index),
+        position_of(&history, index),
         &[],
     );
     assert_eq!(report.count(Check::Attribution), 1);
@@ -433,64 +434,64 @@ fn attribution_names_one_bad_signature_among_many_batches() {
 
 #[test]
 fn attribution_names_an_actor_event_not_signed_by_an_admin() {
-    let mut ledger = walkthrough();
+    let mut history = walkthrough();
     // The client registers another client: not an admin.
-    ledger.register("shop2", allot_domain::Role::Client, 9, "shop");
-    let position = ledger.records.last().map(Recorded::position).expect("one");
-    let report = audit(&ledger.records, AuditOptions::default());
+    history.register("shop2", allot_domain::Role::Client, 9, "shop");
+    let position = history.records.last().map(Recorded::position).expect("one");
+    let report = audit(&history.records, AuditOptions::default());
     assert_names(&report, Check::Attribution, position, &[]);
     assert_eq!(report.violations[0].stream, "actors");
 
     // A self-registration after bootstrap is refused too.
-    let mut ledger = walkthrough();
-    ledger.register("rogue", allot_domain::Role::Admin, 10, "rogue");
-    let report = audit(&ledger.records, AuditOptions::default());
+    let mut history = walkthrough();
+    history.register("rogue", allot_domain::Role::Admin, 10, "rogue");
+    let report = audit(&history.records, AuditOptions::default());
     assert_eq!(report.count(Check::Attribution), 1, "{report}");
 }
 
 #[test]
 fn contiguous_versions_names_a_skipped_version_and_a_position_going_back() {
-    let mut ledger = walkthrough();
-    let index = ledger.index_of("pool_vip", 3);
+    let mut history = walkthrough();
+    let index = history.index_of("pool_vip", 3);
     // Version 3 is recorded as 4 and the rest of the stream follows: one gap.
     let stream = stream_of("pool_vip");
-    for record in ledger.records.iter_mut().skip(index) {
+    for record in history.records.iter_mut().skip(index) {
         if let Recorded::Pool(p) = record
             && p.stream == stream
         {
             p.version += 1;
         }
     }
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(
         &report,
         Check::ContiguousVersions,
-        position_of(&ledger, index),
+        position_of(&history, index),
         &[],
     );
     assert_eq!(report.count(Check::ContiguousVersions), 1);
 
-    let mut ledger = walkthrough();
-    let index = ledger.index_of("pool_ga", 2);
-    let previous = position_of(&ledger, index - 1);
-    ledger.pool_event_mut(index).position = previous;
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let mut history = walkthrough();
+    let index = history.index_of("pool_ga", 2);
+    let previous = position_of(&history, index - 1);
+    history.pool_event_mut(index).position = previous;
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(&report, Check::ContiguousVersions, previous, &[]);
 }
 
 #[test]
 fn fold_reports_what_evolve_refuses() {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "p", 3, None, &[]);
-    ledger.reserve(SECOND, "p", "a", "r", "t1");
-    ledger.confirm(2 * SECOND, "p", 1, "t2");
-    let index = ledger.index_of("p", 2);
-    ledger.pool_event_mut(index).event.allocated_after = 2;
-    let report = audit(&ledger.records, fold_without_signatures());
+    let mut history = History::new();
+    history.declare(0, "p", 3, None, &[]);
+    history.reserve(SECOND, "p", "a", "r", "t1");
+    history.confirm(2 * SECOND, "p", 1, "t2");
+    let index = history.index_of("p", 2);
+    history.pool_event_mut(index).event.allocated_after = 2;
+    let report = audit(&history.records, fold_without_signatures());
     assert_names(
         &report,
         Check::AllocationCoherence,
-        position_of(&ledger, index),
+        position_of(&history, index),
         &[Check::Fold],
     );
     assert_eq!(report.count(Check::Fold), 1);
@@ -498,12 +499,12 @@ fn fold_reports_what_evolve_refuses() {
 
 #[test]
 fn the_violation_list_is_capped_but_counting_goes_on() {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "p", 100, None, &[]);
+    let mut history = History::new();
+    history.declare(0, "p", 100, None, &[]);
     for i in 0..20u64 {
-        ledger.reserve(SECOND + i, "p", "a", "r", &format!("t{i}"));
+        history.reserve(SECOND + i, "p", "a", "r", &format!("t{i}"));
     }
-    for record in &mut ledger.records {
+    for record in &mut history.records {
         if let Recorded::Pool(p) = record {
             p.event.at = Timestamp(p.event.at.0);
             p.event.allocated_after += 1000;
@@ -514,7 +515,7 @@ fn the_violation_list_is_capped_but_counting_goes_on() {
         violations_max: 5,
         ..AuditOptions::records_only()
     };
-    let report = audit(&ledger.records, options);
+    let report = audit(&history.records, options);
     assert_eq!(report.violations.len(), 5);
     assert!(report.violations_omitted > 0);
     assert_eq!(
@@ -525,14 +526,14 @@ fn the_violation_list_is_capped_but_counting_goes_on() {
 
 #[test]
 fn state_transition_names_a_pool_recorded_in_two_streams() {
-    let mut ledger = walkthrough();
-    let index = ledger.index_of("pool_ga", 0);
-    let mut copy = ledger.pool_event_mut(index).clone();
+    let mut history = walkthrough();
+    let index = history.index_of("pool_ga", 0);
+    let mut copy = history.pool_event_mut(index).clone();
     copy.stream = "pool-pool_ga-copy".to_owned();
     copy.version = 0;
-    copy.position = ledger.records.last().map_or(0, Recorded::position) + 1;
-    ledger.records.push(Recorded::Pool(copy.clone()));
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    copy.position = history.records.last().map_or(0, Recorded::position) + 1;
+    history.records.push(Recorded::Pool(copy.clone()));
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(&report, Check::StateTransition, copy.position, &[]);
 }
 
@@ -550,40 +551,40 @@ fn the_audit_and_rebuild_can_move_to_a_blocking_thread() {
 
 #[test]
 fn the_json_report_carries_each_counterexample_location() {
-    let mut ledger = walkthrough();
-    let index = ledger.index_of("pool_vip", 4);
-    ledger.pool_event_mut(index).event.allocated_before += 1;
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    let mut history = walkthrough();
+    let index = history.index_of("pool_vip", 4);
+    history.pool_event_mut(index).event.allocated_before += 1;
+    let report = audit(&history.records, AuditOptions::records_only());
     let json: serde_json::Value = serde_json::to_value(&report).expect("serializes");
     let violation = &json["violations"][0];
     assert_eq!(violation["check"], "allocated-chain");
     assert_eq!(violation["stream"], "pool-pool_vip");
     assert_eq!(violation["version"], 4);
-    assert_eq!(violation["position"], position_of(&ledger, index));
+    assert_eq!(violation["position"], position_of(&history, index));
     assert_eq!(violation["reservation"], "pool_vip:1");
     assert_eq!(json["checks"][1]["violations"], 1);
 }
 
 #[test]
 fn attribution_names_a_revoked_key_that_backdates_its_signature() {
-    let mut ledger = walkthrough();
-    ledger.revoke(20 * MINUTE, "shop", "admin");
-    ledger.reserve(
+    let mut history = walkthrough();
+    history.revoke(20 * MINUTE, "shop", "admin");
+    history.reserve(
         21 * MINUTE,
         "pool_vip",
         "late",
         "vip-tier",
         "after-revocation",
     );
-    let index = ledger.records.len() - 1;
-    let mut event = ledger.pool_event_mut(index).event.clone();
-    ledger.resign(&mut event, "shop", common::at(19 * MINUTE));
-    ledger.pool_event_mut(index).event = event;
-    let report = audit(&ledger.records, AuditOptions::default());
+    let index = history.records.len() - 1;
+    let mut event = history.pool_event_mut(index).event.clone();
+    history.resign(&mut event, "shop", common::at(19 * MINUTE));
+    history.pool_event_mut(index).event = event;
+    let report = audit(&history.records, AuditOptions::default());
     assert_names(
         &report,
         Check::Attribution,
-        position_of(&ledger, index),
+        position_of(&history, index),
         &[],
     );
     assert!(
@@ -594,30 +595,30 @@ fn attribution_names_a_revoked_key_that_backdates_its_signature() {
 
 #[test]
 fn a_client_clock_behind_its_registration_is_not_a_violation() {
-    let mut ledger = walkthrough();
+    let mut history = walkthrough();
     // Registered at T0 - 1 s; this client's clock said T0 - 5 s when it signed.
-    let index = ledger.index_of("pool_vip", 1);
-    let mut event = ledger.pool_event_mut(index).event.clone();
-    ledger.resign(&mut event, "shop", Timestamp(common::T0 - 5 * SECOND));
-    ledger.pool_event_mut(index).event = event;
-    let report = audit(&ledger.records, AuditOptions::default());
+    let index = history.index_of("pool_vip", 1);
+    let mut event = history.pool_event_mut(index).event.clone();
+    history.resign(&mut event, "shop", Timestamp(common::T0 - 5 * SECOND));
+    history.pool_event_mut(index).event = event;
+    let report = audit(&history.records, AuditOptions::default());
     assert!(report.is_clean(), "{report}");
 }
 
 #[test]
 fn state_transition_names_time_going_backwards_in_a_stream() {
-    let mut ledger = walkthrough();
-    let index = ledger.index_of("pool_ga", 2);
-    let previous = ledger
-        .pool_event_mut(ledger.index_of("pool_ga", 1))
+    let mut history = walkthrough();
+    let index = history.index_of("pool_ga", 2);
+    let previous = history
+        .pool_event_mut(history.index_of("pool_ga", 1))
         .event
         .at;
-    ledger.pool_event_mut(index).event.at = Timestamp(previous.0 - 1);
-    let report = audit(&ledger.records, AuditOptions::records_only());
+    history.pool_event_mut(index).event.at = Timestamp(previous.0 - 1);
+    let report = audit(&history.records, AuditOptions::records_only());
     assert_names(
         &report,
         Check::StateTransition,
-        position_of(&ledger, index),
+        position_of(&history, index),
         &[],
     );
     assert!(

@@ -6,35 +6,35 @@ mod common;
 
 use allot_domain::fault::{self, Fault};
 use allot_replay::{Audit, AuditOptions, Check, stranded_slots};
-use common::{Ledger, MINUTE, SECOND};
+use common::{History, MINUTE, SECOND};
 
-fn twin(fault: Fault) -> (Ledger, u64) {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "p", 2, None, &[]);
-    ledger.reserve(SECOND, "p", "a", "r", "t1");
-    ledger.reserve(2 * SECOND, "p", "b", "r", "t2");
+fn twin(fault: Fault) -> (History, u64) {
+    let mut history = History::new();
+    history.declare(0, "p", 2, None, &[]);
+    history.reserve(SECOND, "p", "a", "r", "t1");
+    history.reserve(2 * SECOND, "p", "b", "r", "t2");
     fault::set(Some(fault));
     match fault {
-        Fault::CancelForgetsRelease => ledger.cancel(3 * SECOND, "p", 1, "t3"),
-        Fault::ExpireForgetsRelease => ledger.expire(SECOND + 10 * MINUTE, "p", 1, "t3"),
+        Fault::CancelForgetsRelease => history.cancel(3 * SECOND, "p", 1, "t3"),
+        Fault::ExpireForgetsRelease => history.expire(SECOND + 10 * MINUTE, "p", 1, "t3"),
     };
     fault::set(None);
-    let position = ledger
+    let position = history
         .records
         .last()
         .map(allot_replay::Recorded::position)
         .unwrap_or(0);
     // Life goes on: B confirms.
-    ledger.confirm(4 * SECOND, "p", 2, "t4");
-    (ledger, position)
+    history.confirm(4 * SECOND, "p", 2, "t4");
+    (history, position)
 }
 
 #[test]
 fn a_cancel_that_keeps_its_slot_is_a_stranded_slot_and_a_coherence_violation() {
     for fault in [Fault::CancelForgetsRelease, Fault::ExpireForgetsRelease] {
-        let (ledger, position) = twin(fault);
+        let (history, position) = twin(fault);
         // Every event is properly signed; the correct domain's fold refuses the bad release.
-        let report = Audit::run(AuditOptions::default(), &ledger.records);
+        let report = Audit::run(AuditOptions::default(), &history.records);
         assert_eq!(report.count(Check::Attribution), 0, "{report}");
         assert_eq!(report.count(Check::Fold), 1, "{report}");
         assert!(
@@ -44,7 +44,7 @@ fn a_cancel_that_keeps_its_slot_is_a_stranded_slot_and_a_coherence_violation() {
                 .any(|v| v.check == Check::AllocationCoherence && v.position == position)
         );
         assert_eq!(report.count(Check::StrandedSlot), 1, "{report}");
-        let stranded = stranded_slots(&ledger.records);
+        let stranded = stranded_slots(&history.records);
         assert_eq!(stranded.len(), 1);
         assert_eq!(stranded[0].reservation.to_string(), "p:1");
         assert_eq!(stranded[0].position, position);

@@ -8,7 +8,7 @@ use allot_replay::{
     ForensicsError, Recorded, Verdict, as_of, contention_window, disputed_double_booking,
     stranded_slots,
 };
-use common::{Ledger, MINUTE, SECOND, at, walkthrough};
+use common::{History, MINUTE, SECOND, at, walkthrough};
 
 fn pool<'a>(view: &'a allot_replay::AsOf, id: &str) -> &'a allot_replay::PoolAsOf {
     view.pools
@@ -19,15 +19,15 @@ fn pool<'a>(view: &'a allot_replay::AsOf, id: &str) -> &'a allot_replay::PoolAsO
 
 #[test]
 fn as_of_shows_a_hold_before_its_confirm_and_a_confirmed_reservation_after() {
-    let ledger = walkthrough();
-    let before = as_of(&ledger.records, at(4 * MINUTE - 1));
+    let history = walkthrough();
+    let before = as_of(&history.records, at(4 * MINUTE - 1));
     let vip = pool(&before, "pool_vip");
     assert_eq!(vip.allocated, 2);
     assert_eq!(vip.live.len(), 2);
     assert_eq!(vip.live[0].requester, "buyer_a");
     assert_eq!(vip.live[0].state, ReservationState::Held);
 
-    let after = as_of(&ledger.records, at(4 * MINUTE));
+    let after = as_of(&history.records, at(4 * MINUTE));
     let vip = pool(&after, "pool_vip");
     assert_eq!(vip.live[0].state, ReservationState::Confirmed);
     assert_eq!(vip.live[1].requester, "buyer_b");
@@ -36,9 +36,9 @@ fn as_of_shows_a_hold_before_its_confirm_and_a_confirmed_reservation_after() {
 
 #[test]
 fn as_of_shows_a_lapsed_hold_until_the_sweeper_expires_it() {
-    let ledger = walkthrough();
+    let history = walkthrough();
     // B's window closed at 12 min; the sweeper expired it at 12 min 2 s.
-    let lapsed = as_of(&ledger.records, at(12 * MINUTE + SECOND));
+    let lapsed = as_of(&history.records, at(12 * MINUTE + SECOND));
     let vip = pool(&lapsed, "pool_vip");
     let b = vip
         .live
@@ -48,7 +48,7 @@ fn as_of_shows_a_lapsed_hold_until_the_sweeper_expires_it() {
     assert!(b.window_elapsed);
     assert_eq!(vip.allocated, 2);
 
-    let expired = as_of(&ledger.records, at(12 * MINUTE + 2 * SECOND));
+    let expired = as_of(&history.records, at(12 * MINUTE + 2 * SECOND));
     let vip = pool(&expired, "pool_vip");
     assert!(vip.live.iter().all(|l| l.requester != "buyer_b"));
     assert_eq!(vip.allocated, 1);
@@ -66,19 +66,19 @@ fn as_of_shows_a_lapsed_hold_until_the_sweeper_expires_it() {
 
 #[test]
 fn stranded_slots_name_the_reservation_whose_release_returned_nothing() {
-    let ledger = walkthrough();
-    assert!(stranded_slots(&ledger.records).is_empty());
+    let history = walkthrough();
+    assert!(stranded_slots(&history.records).is_empty());
 
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "p", 2, None, &[]);
-    ledger.reserve(SECOND, "p", "a", "r", "t1");
-    ledger.reserve(2 * SECOND, "p", "b", "r", "t2");
-    ledger.expire(SECOND + 10 * MINUTE, "p", 1, "sweep-1");
-    let index = ledger.index_of("p", 3);
-    let expiry = ledger.pool_event_mut(index);
+    let mut history = History::new();
+    history.declare(0, "p", 2, None, &[]);
+    history.reserve(SECOND, "p", "a", "r", "t1");
+    history.reserve(2 * SECOND, "p", "b", "r", "t2");
+    history.expire(SECOND + 10 * MINUTE, "p", 1, "sweep-1");
+    let index = history.index_of("p", 3);
+    let expiry = history.pool_event_mut(index);
     expiry.event.allocated_after = expiry.event.allocated_before;
     let position = expiry.position;
-    let stranded = stranded_slots(&ledger.records);
+    let stranded = stranded_slots(&history.records);
     assert_eq!(stranded.len(), 1);
     assert_eq!(stranded[0].reservation.to_string(), "p:1");
     assert_eq!(stranded[0].position, position);
@@ -87,8 +87,8 @@ fn stranded_slots_name_the_reservation_whose_release_returned_nothing() {
 
 #[test]
 fn a_double_booking_after_a_capacity_raise_is_an_overbooking_choice() {
-    let ledger = walkthrough();
-    let view = disputed_double_booking(&ledger.records, &PoolId::new("pool_ga"));
+    let history = walkthrough();
+    let view = disputed_double_booking(&history.records, &PoolId::new("pool_ga"));
     assert_eq!(view.declared_capacity, Some(1));
     assert_eq!(view.capacity_history.len(), 2);
     assert_eq!(view.confirmations.len(), 2);
@@ -106,36 +106,36 @@ fn a_double_booking_after_a_capacity_raise_is_an_overbooking_choice() {
     let json = serde_json::to_string(&view).expect("serializes");
     assert!(json.contains("capacity-raised"), "{json}");
 
-    let vip = disputed_double_booking(&ledger.records, &PoolId::new("pool_vip"));
+    let vip = disputed_double_booking(&history.records, &PoolId::new("pool_vip"));
     assert!(vip.moments.is_empty());
     assert_eq!(vip.confirmations.len(), 1);
 }
 
 #[test]
 fn a_double_booking_without_a_raise_is_a_coherence_violation() {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "p", 1, None, &[]);
-    ledger.reserve(SECOND, "p", "a", "r", "t1");
-    ledger.confirm(2 * SECOND, "p", 1, "t2");
-    ledger.reserve(3 * SECOND, "p", "b", "r", "t3"); // refused: capacity
+    let mut history = History::new();
+    history.declare(0, "p", 1, None, &[]);
+    history.reserve(SECOND, "p", "a", "r", "t1");
+    history.confirm(2 * SECOND, "p", 1, "t2");
+    history.reserve(3 * SECOND, "p", "b", "r", "t3"); // refused: capacity
     // Tamper the refusal into a second hold, then confirm it: two confirmed on a 1-pool.
-    let refused = ledger.index_of("p", 3);
-    let mut forged = ledger.pool_event_mut(refused).clone();
+    let refused = history.index_of("p", 3);
+    let mut forged = history.pool_event_mut(refused).clone();
     forged.event.change = allot_domain::Change::Reserved {
         reservation: 2,
         expires_at: at(3 * SECOND + 10 * MINUTE),
     };
     forged.event.allocated_after = 2;
     forged.event.new_state = Some(ReservationState::Held);
-    *ledger.pool_event_mut(refused) = forged.clone();
+    *history.pool_event_mut(refused) = forged.clone();
     let mut confirm = forged.clone();
     confirm.version += 1;
     confirm.position += 1;
     confirm.event.action = allot_domain::Action::ConfirmReservation { reservation: 2 };
     confirm.event.change = allot_domain::Change::Confirmed { reservation: 2 };
     confirm.event.allocated_before = 2;
-    ledger.records.push(Recorded::Pool(confirm));
-    let view = disputed_double_booking(&ledger.records, &PoolId::new("p"));
+    history.records.push(Recorded::Pool(confirm));
+    let view = disputed_double_booking(&history.records, &PoolId::new("p"));
     assert!(!view.explained_by_capacity_raises());
     assert!(
         view.moments
@@ -147,9 +147,9 @@ fn a_double_booking_without_a_raise_is_a_coherence_violation() {
 
 #[test]
 fn the_contention_window_counts_attempts_around_the_cutoff() {
-    let ledger = walkthrough();
+    let history = walkthrough();
     let cutoff = at(30 * MINUTE);
-    let window = contention_window(&ledger.records, &PoolId::new("course_cs101"), cutoff, 2)
+    let window = contention_window(&history.records, &PoolId::new("course_cs101"), cutoff, 2)
         .expect("window");
     assert_eq!(window.closes_at, Some(cutoff));
     assert_eq!(window.seconds.len(), 4);
@@ -178,12 +178,12 @@ fn the_contention_window_counts_attempts_around_the_cutoff() {
     assert_eq!(window.rejections.values().sum::<u64>(), 4);
 
     assert_eq!(
-        contention_window(&ledger.records, &PoolId::new("course_cs101"), cutoff, 0),
+        contention_window(&history.records, &PoolId::new("course_cs101"), cutoff, 0),
         Err(ForensicsError::WindowEmpty)
     );
     assert!(matches!(
         contention_window(
-            &ledger.records,
+            &history.records,
             &PoolId::new("course_cs101"),
             cutoff,
             1_000_000
@@ -194,26 +194,26 @@ fn the_contention_window_counts_attempts_around_the_cutoff() {
 
 #[test]
 fn two_students_holding_one_seat_is_a_coherence_violation() {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "seats", 2, None, &["s1", "s2"]);
-    ledger.reserve(SECOND, "seats", "student_a", "s1", "a");
-    ledger.reserve(2 * SECOND, "seats", "student_b", "s2", "b");
-    ledger.confirm(3 * SECOND, "seats", 1, "ac");
-    ledger.confirm(4 * SECOND, "seats", 2, "bc");
+    let mut history = History::new();
+    history.declare(0, "seats", 2, None, &["s1", "s2"]);
+    history.reserve(SECOND, "seats", "student_a", "s1", "a");
+    history.reserve(2 * SECOND, "seats", "student_b", "s2", "b");
+    history.confirm(3 * SECOND, "seats", 1, "ac");
+    history.confirm(4 * SECOND, "seats", 2, "bc");
     assert!(
-        disputed_double_booking(&ledger.records, &PoolId::new("seats"))
+        disputed_double_booking(&history.records, &PoolId::new("seats"))
             .moments
             .is_empty()
     );
 
     // The record says student_b took s1 too.
-    let index = ledger.index_of("seats", 2);
-    let forged = ledger.pool_event_mut(index);
+    let index = history.index_of("seats", 2);
+    let forged = history.pool_event_mut(index);
     if let allot_domain::Action::Reserve { resource, .. } = &mut forged.event.action {
         *resource = "s1".to_owned();
     }
     let position = forged.position;
-    let view = disputed_double_booking(&ledger.records, &PoolId::new("seats"));
+    let view = disputed_double_booking(&history.records, &PoolId::new("seats"));
     assert_eq!(view.moments.len(), 1, "{view:?}");
     assert_eq!(view.moments[0].position, position);
     match &view.moments[0].verdict {

@@ -3,12 +3,12 @@
 mod common;
 
 use allot_replay::{Audit, AuditOptions, HtmlReport, html_report, utc};
-use common::{Ledger, SECOND, walkthrough};
+use common::{History, SECOND, walkthrough};
 
 #[test]
 fn the_report_draws_every_pool_and_the_cutoff() {
-    let ledger = walkthrough();
-    let page = html_report(&ledger.records, "walkthrough <audit>");
+    let history = walkthrough();
+    let page = html_report(&history.records, "walkthrough <audit>");
     if let Ok(path) = std::env::var("ALLOT_HTML_OUT") {
         std::fs::write(path, &page).expect("writes the page");
     }
@@ -35,10 +35,10 @@ fn the_report_draws_every_pool_and_the_cutoff() {
 
 #[test]
 fn the_report_can_carry_the_audit_summary() {
-    let ledger = walkthrough();
-    let audit = Audit::run(AuditOptions::records_only(), &ledger.records);
+    let history = walkthrough();
+    let audit = Audit::run(AuditOptions::records_only(), &history.records);
     let mut report = HtmlReport::new("with audit").with_audit(&audit);
-    for record in &ledger.records {
+    for record in &history.records {
         report.observe(record);
     }
     let page = report.finish();
@@ -47,12 +47,12 @@ fn the_report_can_carry_the_audit_summary() {
 
 #[test]
 fn long_logs_are_thinned_to_a_bounded_page() {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "big", 100_000, None, &[]);
+    let mut history = History::new();
+    history.declare(0, "big", 100_000, None, &[]);
     for i in 0..5_000u64 {
-        ledger.reserve(SECOND + i * 10, "big", "fan", "ga", &format!("t{i}"));
+        history.reserve(SECOND + i * 10, "big", "fan", "ga", &format!("t{i}"));
     }
-    let page = html_report(&ledger.records, "big");
+    let page = html_report(&history.records, "big");
     assert!(page.len() < 200_000, "{} bytes", page.len());
     assert!(page.contains("<svg xmlns"));
 }

@@ -7,7 +7,7 @@ use allot_domain::codec;
 use allot_replay::{
     Audit, AuditOptions, AuditReport, AuditRouter, Rebuild, RebuildError, RebuildOptions, Recorded,
 };
-use common::{Ledger, MINUTE, SECOND, walkthrough};
+use common::{History, MINUTE, SECOND, walkthrough};
 
 fn payload(record: &Recorded) -> Vec<u8> {
     match record {
@@ -36,27 +36,27 @@ fn audit_partitioned(records: &[Recorded], options: AuditOptions, count: usize) 
 }
 
 /// The walkthrough, then four pools interleaved with holds, confirms, cancels and expiries.
-fn varied() -> Ledger {
-    let mut ledger = walkthrough();
+fn varied() -> History {
+    let mut history = walkthrough();
     let start = 40 * MINUTE;
     let pools = ["p0", "p1", "p2", "p3"];
     for (i, pool) in pools.iter().enumerate() {
-        ledger.declare(start + i as u64, pool, 6, None, &[]);
+        history.declare(start + i as u64, pool, 6, None, &[]);
     }
     let mut made = [0u64; 4];
     for n in 0..48u64 {
         let p = (n % 4) as usize;
         let ms = start + SECOND + n * 50;
-        ledger.reserve(ms, pools[p], &format!("who-{n}"), "r", &format!("t{n}"));
+        history.reserve(ms, pools[p], &format!("who-{n}"), "r", &format!("t{n}"));
         made[p] += 1;
         let seq = made[p];
         match n % 3 {
-            0 => ledger.confirm(ms + 10, pools[p], seq, &format!("c{n}")),
-            1 => ledger.cancel(ms + 10, pools[p], seq, &format!("x{n}")),
-            _ => ledger.expire(ms + 11 * MINUTE, pools[p], seq, &format!("e{n}")),
+            0 => history.confirm(ms + 10, pools[p], seq, &format!("c{n}")),
+            1 => history.cancel(ms + 10, pools[p], seq, &format!("x{n}")),
+            _ => history.expire(ms + 11 * MINUTE, pools[p], seq, &format!("e{n}")),
         };
     }
-    ledger
+    history
 }
 
 /// A small deterministic generator (no dependency on a crate's seeding).
@@ -196,14 +196,14 @@ fn rebuild_partitioned(records: &[Recorded], count: usize) -> Result<Rebuild, Re
 
 #[test]
 fn the_partitioned_rebuild_equals_the_one_thread_rebuild() {
-    let ledger = varied();
+    let history = varied();
     let mut whole = Rebuild::new(RebuildOptions { fold_pools: false });
-    whole.run(&ledger.records, |_| {}).expect("rebuilds");
+    whole.run(&history.records, |_| {}).expect("rebuilds");
     for count in 1..=3 {
-        let split = rebuild_partitioned(&ledger.records, count).expect("rebuilds");
+        let split = rebuild_partitioned(&history.records, count).expect("rebuilds");
         assert_eq!(
-            split.projections().snapshot(),
-            whole.projections().snapshot()
+            split.projections().contents(),
+            whole.projections().contents()
         );
         assert_eq!(split.checkpoint(), whole.checkpoint());
         assert_eq!(split.events_done(), whole.events_done());
@@ -212,10 +212,10 @@ fn the_partitioned_rebuild_equals_the_one_thread_rebuild() {
             whole.actors().actors().count()
         );
         let (projections, _, _) = split.into_parts();
-        assert_eq!(projections.snapshot(), whole.projections().snapshot());
+        assert_eq!(projections.contents(), whole.projections().contents());
     }
     // Out of order: both stop with the same error.
-    let mut records = ledger.records.clone();
+    let mut records = history.records.clone();
     records.swap(10, 11);
     let mut whole = Rebuild::new(RebuildOptions { fold_pools: false });
     let expected = whole.run(&records, |_| {}).map(|_| ());

@@ -7,34 +7,34 @@ use common::walkthrough;
 
 #[test]
 fn a_full_rebuild_equals_the_live_projections_and_aggregates() {
-    let ledger = walkthrough();
+    let history = walkthrough();
     let mut rebuild = Rebuild::default();
     let mut reported = Vec::new();
     let done = rebuild
-        .run(&ledger.records, |events| reported.push(events))
+        .run(&history.records, |events| reported.push(events))
         .expect("clean log rebuilds");
-    assert_eq!(done, ledger.records.len() as u64);
+    assert_eq!(done, history.records.len() as u64);
     assert_eq!(reported.last(), Some(&done));
-    assert_eq!(rebuild.projections().snapshot(), ledger.live.snapshot());
-    assert_eq!(rebuild.pools(), &ledger.pools);
+    assert_eq!(rebuild.projections().contents(), history.live.contents());
+    assert_eq!(rebuild.pools(), &history.pools);
     assert!(rebuild.actors().actors().count() >= 4);
 }
 
 #[test]
 fn a_checkpoint_plus_the_tail_equals_a_full_rebuild() {
-    let ledger = walkthrough();
+    let history = walkthrough();
     let mut full = Rebuild::default();
-    full.run(&ledger.records, |_| {}).expect("rebuilds");
+    full.run(&history.records, |_| {}).expect("rebuilds");
 
     for cut in [
         0,
         5,
-        ledger.records.len() / 2,
-        ledger.records.len() - 1,
-        ledger.records.len(),
+        history.records.len() / 2,
+        history.records.len() - 1,
+        history.records.len(),
     ] {
         let mut head = Rebuild::default();
-        head.run(&ledger.records[..cut], |_| {}).expect("rebuilds");
+        head.run(&history.records[..cut], |_| {}).expect("rebuilds");
         let bytes = head.checkpoint().to_bytes().expect("serializes");
         let checkpoint = Checkpoint::from_bytes(&bytes).expect("reads back");
         assert_eq!(checkpoint, head.checkpoint());
@@ -42,10 +42,10 @@ fn a_checkpoint_plus_the_tail_equals_a_full_rebuild() {
         // Folding pools: the whole log is fed, projections take only the tail.
         let mut resumed =
             Rebuild::from_checkpoint(&checkpoint, RebuildOptions::default()).expect("format");
-        resumed.run(&ledger.records, |_| {}).expect("rebuilds");
+        resumed.run(&history.records, |_| {}).expect("rebuilds");
         assert_eq!(
-            resumed.projections().snapshot(),
-            full.projections().snapshot(),
+            resumed.projections().contents(),
+            full.projections().contents(),
             "cut {cut}"
         );
         assert_eq!(resumed.pools(), full.pools(), "cut {cut}");
@@ -55,15 +55,15 @@ fn a_checkpoint_plus_the_tail_equals_a_full_rebuild() {
             Rebuild::from_checkpoint(&checkpoint, RebuildOptions { fold_pools: false })
                 .expect("format");
         let after = tail_only.resume_after();
-        let tail: Vec<&Recorded> = ledger
+        let tail: Vec<&Recorded> = history
             .records
             .iter()
             .filter(|r| after.is_none_or(|p| r.position() > p))
             .collect();
         tail_only.run(tail, |_| {}).expect("rebuilds");
         assert_eq!(
-            tail_only.projections().snapshot(),
-            full.projections().snapshot(),
+            tail_only.projections().contents(),
+            full.projections().contents(),
             "cut {cut}"
         );
     }
@@ -71,12 +71,12 @@ fn a_checkpoint_plus_the_tail_equals_a_full_rebuild() {
 
 #[test]
 fn an_event_evolve_refuses_stops_the_rebuild_where_it_is() {
-    let mut ledger = walkthrough();
-    let index = ledger.index_of("pool_vip", 4);
-    ledger.pool_event_mut(index).event.allocated_after += 1;
-    let expected = ledger.records[index].position();
+    let mut history = walkthrough();
+    let index = history.index_of("pool_vip", 4);
+    history.pool_event_mut(index).event.allocated_after += 1;
+    let expected = history.records[index].position();
     let mut rebuild = Rebuild::default();
-    match rebuild.run(&ledger.records, |_| {}) {
+    match rebuild.run(&history.records, |_| {}) {
         Err(RebuildError::Evolve {
             stream,
             version,
@@ -94,9 +94,9 @@ fn an_event_evolve_refuses_stops_the_rebuild_where_it_is() {
 
 #[test]
 fn a_checkpoint_of_another_format_is_refused() {
-    let ledger = walkthrough();
+    let history = walkthrough();
     let mut rebuild = Rebuild::default();
-    rebuild.run(&ledger.records, |_| {}).expect("rebuilds");
+    rebuild.run(&history.records, |_| {}).expect("rebuilds");
     let mut checkpoint = rebuild.checkpoint();
     checkpoint.format_version = 99;
     let bytes = checkpoint.to_bytes().expect("serializes");
@@ -113,8 +113,8 @@ fn a_checkpoint_of_another_format_is_refused() {
 #[test]
 fn records_decode_from_stored_payloads() {
     use allot_domain::codec;
-    let ledger = walkthrough();
-    for record in &ledger.records {
+    let history = walkthrough();
+    for record in &history.records {
         let (stream, payload) = match record {
             Recorded::Pool(p) => (p.stream.as_str(), codec::encode_event(&p.event)),
             Recorded::Actor(a) => ("actors", codec::encode_actor_event(&a.event)),

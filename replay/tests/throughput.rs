@@ -6,26 +6,26 @@ mod common;
 use std::time::Instant;
 
 use allot_replay::{Audit, AuditOptions, Rebuild};
-use common::{Ledger, MINUTE};
+use common::{History, MINUTE};
 
 #[test]
 #[ignore = "a measurement, not a check"]
 fn audit_throughput() {
-    let mut ledger = Ledger::new();
+    let mut history = History::new();
     const POOLS: u64 = 50;
     const EVENTS_PER_POOL: u64 = 6_000;
     for p in 0..POOLS {
-        ledger.declare(p, &format!("p{p}"), 1_000_000, None, &[]);
+        history.declare(p, &format!("p{p}"), 1_000_000, None, &[]);
     }
     for i in 0..EVENTS_PER_POOL / 3 {
         for p in 0..POOLS {
             let pool = format!("p{p}");
             let ms = MINUTE + i * 1_000 + p;
             let seq = i + 1;
-            ledger.reserve(ms, &pool, "fan", "ga", &format!("r{i}"));
-            ledger.confirm(ms + 1, &pool, seq, &format!("c{i}"));
+            history.reserve(ms, &pool, "fan", "ga", &format!("r{i}"));
+            history.confirm(ms + 1, &pool, seq, &format!("c{i}"));
             if i % 2 == 0 {
-                ledger
+                history
                     .run(
                         ms + 2,
                         "shop",
@@ -35,11 +35,11 @@ fn audit_throughput() {
                     )
                     .expect("recorded");
             } else {
-                ledger.reserve(ms + 2, &pool, "fan2", "ga", &format!("y{i}"));
+                history.reserve(ms + 2, &pool, "fan2", "ga", &format!("y{i}"));
             }
         }
     }
-    let events = ledger.records.len() as f64;
+    let events = history.records.len() as f64;
     // ALLOT_AUDIT_REPEAT=n repeats the records-only audit (for a profiler).
     let repeat: u32 = std::env::var("ALLOT_AUDIT_REPEAT")
         .ok()
@@ -48,7 +48,7 @@ fn audit_throughput() {
     let mut best = f64::MAX;
     for _ in 0..repeat {
         let started = Instant::now();
-        assert!(Audit::run(AuditOptions::records_only(), &ledger.records).is_clean());
+        assert!(Audit::run(AuditOptions::records_only(), &history.records).is_clean());
         best = best.min(started.elapsed().as_secs_f64());
     }
     if repeat > 0 {
@@ -75,7 +75,7 @@ fn audit_throughput() {
         ),
     ] {
         let started = Instant::now();
-        let report = Audit::run(options, &ledger.records);
+        let report = Audit::run(options, &history.records);
         let elapsed = started.elapsed().as_secs_f64();
         assert!(report.is_clean(), "{report}");
         println!(
@@ -85,7 +85,7 @@ fn audit_throughput() {
     }
     let started = Instant::now();
     Rebuild::default()
-        .run(&ledger.records, |_| {})
+        .run(&history.records, |_| {})
         .expect("rebuilds");
     let elapsed = started.elapsed().as_secs_f64();
     println!("rebuild: {:.0} events/s", events / elapsed);

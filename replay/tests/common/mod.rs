@@ -1,4 +1,4 @@
-//! A small ledger for tests: runs commands through `decide`/`evolve`, signs them with ed25519
+//! A recorded history for tests: runs commands through `decide`/`evolve`, signs them with ed25519
 //! keys registered in the `actors` stream, and records them with versions and positions, the
 //! way the service would. Also applies each event to live projections right after deciding.
 
@@ -32,7 +32,7 @@ pub fn stream_of(pool: &str) -> String {
     allot_domain::streams::pool_stream(&PoolId::new(pool))
 }
 
-pub struct Ledger {
+pub struct History {
     pub records: Vec<Recorded>,
     pub pools: HashMap<PoolId, Pool>,
     pub live: Projections,
@@ -42,11 +42,11 @@ pub struct Ledger {
     next_position: u64,
 }
 
-impl Ledger {
-    /// A ledger whose service has bootstrapped `admin` and `sweeper` (self-registered), and whose
+impl History {
+    /// A history whose service has bootstrapped `admin` and `sweeper` (self-registered), and whose
     /// admin registered the client `shop` and the auditor `reader`.
-    pub fn new() -> Ledger {
-        let mut ledger = Ledger {
+    pub fn new() -> History {
+        let mut history = History {
             records: Vec::new(),
             pools: HashMap::new(),
             live: Projections::new(),
@@ -55,11 +55,11 @@ impl Ledger {
             actors_version: 0,
             next_position: 100,
         };
-        ledger.register("admin", Role::Admin, 1, "admin");
-        ledger.register("sweeper", Role::Sweeper, 2, "sweeper");
-        ledger.register("shop", Role::Client, 3, "admin");
-        ledger.register("reader", Role::Auditor, 4, "admin");
-        ledger
+        history.register("admin", Role::Admin, 1, "admin");
+        history.register("sweeper", Role::Sweeper, 2, "sweeper");
+        history.register("shop", Role::Client, 3, "admin");
+        history.register("reader", Role::Auditor, 4, "admin");
+        history
     }
 
     pub fn key(&self, actor: &str) -> &SigningKey {
@@ -332,24 +332,24 @@ impl Ledger {
 /// rejected buyer, a confirm, an expiry, a cancellation), a seat map with an add/drop cutoff
 /// (named units, a unit taken twice, a drop, attempts after the cutoff) and a pool whose
 /// capacity is raised then closed.
-pub fn walkthrough() -> Ledger {
-    let mut ledger = Ledger::new();
-    ledger.declare(0, "pool_vip", 2, None, &[]);
-    ledger.declare(
+pub fn walkthrough() -> History {
+    let mut history = History::new();
+    history.declare(0, "pool_vip", 2, None, &[]);
+    history.declare(
         SECOND,
         "course_cs101",
         3,
         Some(30 * MINUTE),
         &["seat-1", "seat-2", "seat-3"],
     );
-    ledger.declare(2 * SECOND, "pool_ga", 1, None, &[]);
+    history.declare(2 * SECOND, "pool_ga", 1, None, &[]);
 
     // VIP: A and B hold; C is refused; A retries (replayed, no event); A confirms.
-    ledger.reserve(MINUTE, "pool_vip", "buyer_a", "vip-tier", "tok_a1");
-    ledger.reserve(2 * MINUTE, "pool_vip", "buyer_b", "vip-tier", "tok_b1");
-    let refused = ledger.reserve(3 * MINUTE, "pool_vip", "buyer_c", "vip-tier", "tok_c1");
+    history.reserve(MINUTE, "pool_vip", "buyer_a", "vip-tier", "tok_a1");
+    history.reserve(2 * MINUTE, "pool_vip", "buyer_b", "vip-tier", "tok_b1");
+    let refused = history.reserve(3 * MINUTE, "pool_vip", "buyer_c", "vip-tier", "tok_c1");
     assert!(matches!(refused, Outcome::Rejected(_)));
-    let retried = ledger.reserve(
+    let retried = history.reserve(
         3 * MINUTE + SECOND,
         "pool_vip",
         "buyer_a",
@@ -357,41 +357,41 @@ pub fn walkthrough() -> Ledger {
         "tok_a1",
     );
     assert!(matches!(retried, Outcome::Reserved { .. }));
-    ledger.confirm(4 * MINUTE, "pool_vip", 1, "tok_confirm_a");
+    history.confirm(4 * MINUTE, "pool_vip", 1, "tok_confirm_a");
 
     // Students enrol in seats; seat-1 is taken twice; one drops; the cutoff passes.
-    ledger.reserve(5 * MINUTE, "course_cs101", "student_1", "seat-1", "s1");
-    ledger.reserve(
+    history.reserve(5 * MINUTE, "course_cs101", "student_1", "seat-1", "s1");
+    history.reserve(
         5 * MINUTE + 200,
         "course_cs101",
         "student_2",
         "seat-1",
         "s2",
     );
-    ledger.reserve(
+    history.reserve(
         5 * MINUTE + 400,
         "course_cs101",
         "student_2",
         "seat-2",
         "s2b",
     );
-    ledger.confirm(6 * MINUTE, "course_cs101", 1, "s1c");
-    ledger.cancel(7 * MINUTE, "course_cs101", 2, "s2drop");
+    history.confirm(6 * MINUTE, "course_cs101", 1, "s1c");
+    history.cancel(7 * MINUTE, "course_cs101", 2, "s2drop");
 
     // B's hold lapses; a late confirm is refused; the sweeper expires it; C gets the slot.
-    let late = ledger.confirm(12 * MINUTE + SECOND, "pool_vip", 2, "tok_confirm_b");
+    let late = history.confirm(12 * MINUTE + SECOND, "pool_vip", 2, "tok_confirm_b");
     assert!(matches!(late, Outcome::Rejected(_)));
-    ledger.expire(12 * MINUTE + 2 * SECOND, "pool_vip", 2, "tok_sweep_b");
-    ledger.reserve(13 * MINUTE, "pool_vip", "buyer_c", "vip-tier", "tok_c2");
-    ledger.cancel(14 * MINUTE, "pool_vip", 3, "tok_cancel_c");
+    history.expire(12 * MINUTE + 2 * SECOND, "pool_vip", 2, "tok_sweep_b");
+    history.reserve(13 * MINUTE, "pool_vip", "buyer_c", "vip-tier", "tok_c2");
+    history.cancel(14 * MINUTE, "pool_vip", 3, "tok_cancel_c");
 
     // General admission: raised from 1 to 2 (an overbooking choice), two confirmed, closed.
-    ledger.reserve(15 * MINUTE, "pool_ga", "fan_1", "ga", "g1");
-    ledger.confirm(15 * MINUTE + SECOND, "pool_ga", 1, "g1c");
-    ledger.adjust(16 * MINUTE, "pool_ga", 2, "raise-ga");
-    ledger.reserve(17 * MINUTE, "pool_ga", "fan_2", "ga", "g2");
-    ledger.confirm(17 * MINUTE + SECOND, "pool_ga", 2, "g2c");
-    ledger
+    history.reserve(15 * MINUTE, "pool_ga", "fan_1", "ga", "g1");
+    history.confirm(15 * MINUTE + SECOND, "pool_ga", 1, "g1c");
+    history.adjust(16 * MINUTE, "pool_ga", 2, "raise-ga");
+    history.reserve(17 * MINUTE, "pool_ga", "fan_2", "ga", "g2");
+    history.confirm(17 * MINUTE + SECOND, "pool_ga", 2, "g2c");
+    history
         .run(
             18 * MINUTE,
             "admin",
@@ -412,7 +412,7 @@ pub fn walkthrough() -> Ledger {
     .into_iter()
     .enumerate()
     {
-        ledger.reserve(
+        history.reserve(
             ms,
             "course_cs101",
             &format!("late_{i}"),
@@ -420,5 +420,5 @@ pub fn walkthrough() -> Ledger {
             &format!("late-{i}"),
         );
     }
-    ledger
+    history
 }

@@ -1,11 +1,11 @@
-//! The compact image checkpoints store restores projections equal to the ones it was taken
+//! The packed form checkpoints store restores projections equal to the ones it was taken
 //! from, and they go on folding the same way.
 
 use allot_domain::{
     Action, ActorId, Attestation, Change, Event, IdempotencyToken, ParamsDigest, PoolId, Rejection,
     ReservationId, ReservationState, Timestamp,
 };
-use allot_projections::{Projections, Snapshot};
+use allot_projections::{ProjectionContents, Projections};
 
 /// A pool's log, built event by event with the arithmetic the domain would record.
 struct Log {
@@ -122,14 +122,14 @@ fn fold(projections: &Projections, logs: &[&Log], from: &[usize]) {
     }
 }
 
-fn comparable(projections: &Projections) -> Snapshot {
-    let mut snapshot = projections.snapshot();
-    snapshot.last_position = None;
-    snapshot
+fn comparable(projections: &Projections) -> ProjectionContents {
+    let mut contents = projections.contents();
+    contents.last_position = None;
+    contents
 }
 
 #[test]
-fn an_image_restores_equal_projections_that_fold_on_alike() {
+fn packed_projections_restore_equal_projections_that_fold_on_alike() {
     let mut hall = Log::new("hall");
     let a = hall.reserve(1, 60_000);
     let b = hall.reserve(3, 60_000);
@@ -154,9 +154,9 @@ fn an_image_restores_equal_projections_that_fold_on_alike() {
 
     let live = Projections::new();
     fold(&live, &[&hall, &side], &[0, 0]);
-    let image = live.image();
-    assert_eq!(image.binding.len(), 6);
-    let restored = Projections::from_snapshot(&image);
+    let packed = live.packed();
+    assert_eq!(packed.binding.len(), 6);
+    let restored = Projections::from_packed(&packed);
     assert_eq!(comparable(&restored), comparable(&live));
     assert_eq!(restored.binding.len(), 6);
     assert_eq!(restored.expiry.len(), 3);
@@ -184,7 +184,7 @@ fn an_image_restores_equal_projections_that_fold_on_alike() {
             pool: PoolId::new("side"),
             seq: g,
         })
-        .expect("reserved after the image");
+        .expect("reserved after packing");
     assert_eq!(
         (entry.state, entry.count, entry.reserved_version),
         (ReservationState::Held, 2, 3)
