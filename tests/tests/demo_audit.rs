@@ -40,9 +40,9 @@ async fn a_small_add_drop_rush_audits_clean_and_rebuilds_the_same() {
     let full = inspect::rebuild(store.as_ref(), None, &bar)
         .await
         .expect("rebuild");
-    let full_snapshot = full.projections().snapshot();
+    let full_contents = full.projections().contents();
     assert_eq!(
-        full_snapshot.applied + 3,
+        full_contents.applied + 3,
         report.audit_events,
         "three actor events"
     );
@@ -68,5 +68,5 @@ async fn a_small_add_drop_rush_audits_clean_and_rebuilds_the_same() {
     let resumed = inspect::rebuild(store.as_ref(), Some(&checkpoint), &bar)
         .await
         .expect("resume");
-    assert_eq!(resumed.projections().snapshot(), full_snapshot);
+    assert_eq!(resumed.projections().contents(), full_contents);
 }

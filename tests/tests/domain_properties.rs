@@ -31,7 +31,7 @@ const POOLS_MAX: usize = 3;
 const ACTORS: [&str; 3] = ["checkout_svc", "kiosk_svc", "sweeper"];
 const UNITS: [&str; 3] = ["u0", "u1", "u2"];
 const DURATIONS_MS: [u64; 5] = [1_000, 5_000, 30_000, 120_000, 600_000];
-const WINDOWS_MS: [u64; 4] = [1_000, 10_000, 60_000, 300_000];
+const WINDOWS_MS: [u64; 4] = [240_000, 300_000, 600_000, 900_000];
 
 fn cases() -> u32 {
     std::env::var("PROPTEST_CASES")

@@ -15,13 +15,16 @@
 //! cargo test -p allot-tests --test fixtures
 //! ```
 
-// Every path into `allot_infra` this file uses, in one place so a module move changes only these.
-use allot_infra::identity::{command_target, params_digest, sign_command, verify_signature};
-use allot_infra::inspect::{AuditRequest, audit, progress_bar};
-use allot_infra::ledger::event_id;
-use allot_infra::openapi::document as openapi_document;
-use allot_infra::store::EventStore;
-use allot_infra::store::embedded::EmbeddedStore;
+// Every path into the infra crates this file uses, in one place so a module move changes only
+// these.
+use allot_client::sign_command;
+use allot_domain::signing::{command_target, params_digest};
+use allot_domain::streams::event_id;
+use allot_server::http::openapi::document as openapi_document;
+use allot_server::identity::verify_signature;
+use allot_server::store::EventStore;
+use allot_server::store::embedded::EmbeddedStore;
+use allot_tools::inspect::{AuditRequest, audit, progress_bar};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

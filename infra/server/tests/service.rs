@@ -129,8 +129,8 @@ async fn a_retry_replays_the_recorded_outcome_and_survives_a_restart() {
     assert!(after_restart.replayed);
     assert_eq!(after_restart.outcome, reserved.outcome);
     assert_eq!(
-        first.projections().snapshot().binding,
-        second.projections().snapshot().binding
+        first.projections().contents().binding,
+        second.projections().contents().binding
     );
 
     // The same token with other parameters collides and records nothing.

@@ -257,7 +257,7 @@ async fn startup_phases_on_a_large_log() {
         .expect("readable checkpoint")
         .expect("a checkpoint");
     let read = started.elapsed();
-    let projections = Projections::from_snapshot(&checkpoint.projections);
+    let projections = Projections::from_packed(&checkpoint.projections);
     let restored = started.elapsed();
     let service = allot_server::service::Service::open(
         store,

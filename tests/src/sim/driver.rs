@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::mirror::{Mirror, audit_passes, replay_from_scratch, snapshot_difference};
+use super::mirror::{Mirror, audit_passes, contents_difference, replay_from_scratch};
 use super::model::{Intent, Model, Purpose, Status};
 use super::store::{FaultRates, FaultyStore};
 use super::{Failure, Options, Summary};
@@ -338,7 +338,7 @@ impl World {
             let closes_at = rng
                 .gen_bool(0.3)
                 .then(|| START.plus_ms(rng.gen_range(60_000..=900_000)));
-            let window_ms = *pick(&mut rng, &[20_000u64, 600_000, 3_600_000]).unwrap_or(&600_000);
+            let window_ms = *pick(&mut rng, &[240_000u64, 600_000, 3_600_000]).unwrap_or(&600_000);
             let declare_at_step = if i < pool_count {
                 1
             } else {
@@ -1083,10 +1083,10 @@ impl World {
 
         // Replay from nothing equals the live state (of the instance that wrote last).
         let (pools, projections) = replay_from_scratch(self.store.inner()).await?;
-        let replayed = projections.snapshot();
+        let replayed = projections.contents();
         let last = self.services.len() - 1;
         if let Some(difference) =
-            snapshot_difference(&self.services[last].projections().snapshot(), &replayed)
+            contents_difference(&self.services[last].projections().contents(), &replayed)
         {
             return Err(format!(
                 "replay from scratch differs from the projections of instance {last}: {difference}"
@@ -1109,7 +1109,7 @@ impl World {
             .await
             .map_err(|error| format!("cannot reopen at the finish: {error}"))?;
         if let Some(difference) =
-            snapshot_difference(&restarted.projections().snapshot(), &replayed)
+            contents_difference(&restarted.projections().contents(), &replayed)
         {
             return Err(format!(
                 "projections after a restart differ from the replay: {difference}"

@@ -15,7 +15,7 @@ use allot_domain::{
     Action, ActorId, Change, Event, IdempotencyToken, Outcome, Pool, PoolId, ReservationState,
     Timestamp, codec, evolve,
 };
-use allot_projections::{Projections, Snapshot};
+use allot_projections::{ProjectionContents, Projections};
 use allot_replay::{Audit, AuditOptions, Recorded, RecordedActorEvent, RecordedPoolEvent};
 use allot_server::store::memory::MemoryStore;
 use allot_server::store::{EventStore, RecordedEvent};
@@ -314,13 +314,13 @@ impl Mirror {
                 lagging.apply(version as u64, *position, event);
             }
         }
-        let mut live = live.snapshot();
+        let mut live = live.contents();
         // A pool whose first event was skipped as a gap reads as version 0, as if unseen.
         live.next_version.retain(|_, version| *version > 0);
-        let mut folded = lagging.snapshot();
+        let mut folded = lagging.contents();
         folded.last_position = live.last_position;
         folded.applied = live.applied;
-        if let Some(difference) = snapshot_difference(&live, &folded) {
+        if let Some(difference) = contents_difference(&live, &folded) {
             return Err(format!(
                 "live projections of instance {instance} differ from the fold of the log up to their versions: {difference}"
             ));
@@ -335,8 +335,8 @@ impl Mirror {
         instance: usize,
         live: &Projections,
     ) -> Result<(), String> {
-        let live = live.snapshot();
-        if let Some(difference) = snapshot_difference(&live, &self.projections.snapshot()) {
+        let live = live.contents();
+        if let Some(difference) = contents_difference(&live, &self.projections.contents()) {
             return Err(format!(
                 "live projections of instance {instance} differ from the fold of the whole log: {difference}"
             ));
@@ -386,11 +386,11 @@ impl Mirror {
     }
 }
 
-/// Invariants 1 and 2 on a projection snapshot: no slot released twice, and each pool's
+/// Invariants 1 and 2 on a projection contents: no slot released twice, and each pool's
 /// allocated equals the units of its reservations still holding slots.
-pub fn check_binding(snapshot: &Snapshot) -> Result<(), String> {
+pub fn check_binding(contents: &ProjectionContents) -> Result<(), String> {
     let mut held: BTreeMap<&str, u64> = BTreeMap::new();
-    for (id, entry) in &snapshot.binding {
+    for (id, entry) in &contents.binding {
         if entry.released_twice {
             return Err(format!(
                 "reservation {id}: slot released twice (invariant 2)"
@@ -407,7 +407,7 @@ pub fn check_binding(snapshot: &Snapshot) -> Result<(), String> {
             *held.entry(pool).or_default() += u64::from(entry.count);
         }
     }
-    for (pool, count) in &snapshot.counts {
+    for (pool, count) in &contents.counts {
         let bound = held.get(pool.as_str()).copied().unwrap_or(0);
         if count.allocated != bound {
             return Err(format!(
@@ -419,8 +419,11 @@ pub fn check_binding(snapshot: &Snapshot) -> Result<(), String> {
     Ok(())
 }
 
-/// The first difference between two projection snapshots, described.
-pub fn snapshot_difference(live: &Snapshot, folded: &Snapshot) -> Option<String> {
+/// The first difference between two projection contents, described.
+pub fn contents_difference(
+    live: &ProjectionContents,
+    folded: &ProjectionContents,
+) -> Option<String> {
     fn first_difference<V: PartialEq + std::fmt::Debug>(
         what: &str,
         live: &BTreeMap<String, V>,

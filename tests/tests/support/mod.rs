@@ -1,6 +1,6 @@
 //! Shared fixture of the HTTP end-to-end and security tests: a real `Server` on loopback over a
 //! store opened by [`open_store`], the first admin's client, registered client actors, raw
-//! signed requests, and "nothing changed" snapshots.
+//! signed requests, and "nothing changed" copies of the projections.
 //!
 //! Switching the backend is a one-line change in [`open_store`]; a restart reopens the store
 //! with the same function, so the tests do not care which backend answers.
@@ -18,7 +18,7 @@ use allot_domain::signing::{actor_change_params, command_target};
 use allot_domain::{
     Action, ActorChange, ActorId, IdempotencyToken, PoolId, ReservationId, Role, Timestamp,
 };
-use allot_projections::{Projections, Snapshot};
+use allot_projections::{ProjectionContents, Projections};
 use allot_server::clock::{Clock, SystemClock};
 use allot_server::http::{
     ACTOR_HEADER, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, SIGNATURE_HEADER, SIGNED_AT_HEADER,
@@ -459,19 +459,19 @@ impl Harness {
     }
 
     /// Drains and stops the service, then starts a new one over the same store and keys.
-    /// Returns the projections snapshot of the stopped service.
-    pub async fn restart(&mut self) -> Snapshot {
+    /// Returns the projections contents of the stopped service.
+    pub async fn restart(&mut self) -> ProjectionContents {
         let before = self.stop().await;
         self.resume().await;
         before
     }
 
-    /// Drains and stops the service; returns its projections snapshot.
-    pub async fn stop(&mut self) -> Snapshot {
+    /// Drains and stops the service; returns its projections contents.
+    pub async fn stop(&mut self) -> ProjectionContents {
         let server = self.service.take().expect("service running");
         let service = server.service.clone();
         server.shutdown().await.expect("graceful shutdown");
-        service.projections().snapshot()
+        service.projections().contents()
     }
 
     /// Starts a new service over the same store and keys (after [`Harness::stop`]).
@@ -583,7 +583,7 @@ impl Harness {
         }
         Observed {
             events: self.event_count().await,
-            projections: self.service().service.projections().snapshot(),
+            projections: self.service().service.projections().contents(),
             http,
         }
     }
@@ -635,6 +635,6 @@ impl Harness {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Observed {
     pub events: usize,
-    pub projections: Snapshot,
+    pub projections: ProjectionContents,
     pub http: Vec<Value>,
 }

@@ -85,7 +85,7 @@ pub fn projections_at_start(path: &Path) -> Projections {
                 reservations = checkpoint.projections.binding.len(),
                 "starting from checkpoint"
             );
-            Projections::from_snapshot(&checkpoint.projections)
+            Projections::from_packed(&checkpoint.projections)
         }
         Ok(None) => Projections::new(),
         Err(error) => {

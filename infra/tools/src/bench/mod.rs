@@ -834,7 +834,7 @@ pub async fn replay(dir: &Path, events: u64) -> Result<ReplayResult, String> {
         Arc::new(EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?);
     let restored = read_checkpoint(&dir.join(CHECKPOINT_FILE))
         .map_err(|e| e.to_string())?
-        .map(|checkpoint| Projections::from_snapshot(&checkpoint.projections))
+        .map(|checkpoint| Projections::from_packed(&checkpoint.projections))
         .unwrap_or_default();
     let service = Service::open(
         store,
