@@ -454,15 +454,7 @@ fn check_signed(recorded: &RecordedEvent) {
         let event = decode_actor(recorded).expect("decode actor event");
         let key = known_public_key(&event.by)
             .unwrap_or_else(|| panic!("actor change signed by unknown {}", event.by));
-        let (action, params) = actor_change_params(&event.change);
-        let bytes = signing::actor_signing_bytes(
-            action,
-            &event.actor,
-            &params,
-            &event.token,
-            &event.by,
-            event.attestation.signed_at,
-        );
+        let bytes = signing::actor_event_signing_bytes(&event);
         verify_signature(&key, &bytes, &event.attestation.signature, &event.by)
             .unwrap_or_else(|e| panic!("actor change recorded without a valid signature: {e}"));
         return;

@@ -96,7 +96,7 @@ fn rendered() -> String {
 
 #[test]
 fn the_published_vectors_match_the_code() {
-    let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/signing.md");
+    let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/signing.md");
     let doc = std::fs::read_to_string(doc_path).expect("docs/signing.md");
     let vectors = rendered();
     for line in vectors.lines().filter(|line| line.contains("(hex):")) {

@@ -12,32 +12,32 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use allot_domain::{
-    Action, ActionKind, ActorChange, ActorEvent, ActorId, Attestation, Command, IdempotencyToken,
-    Outcome, PoolId, RejectionCode, ReservationId, Role, Timestamp, command, signing,
+    Action, ActionKind, ActorId, Attestation, Command, IdempotencyToken, Outcome, PoolId,
+    RejectionCode, ReservationId, Timestamp, command, signing,
 };
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
 use allot_client::wire;
-use allot_domain::command::IDEMPOTENCY_WINDOW_MS_DEFAULT;
 use allot_domain::signing::{command_target, params_digest};
-use allot_domain::streams::pool_stream;
 
 use crate::identity::AuthError;
 use crate::identity::verifier::{SignatureVerifier, VERIFY_WORKERS};
-use crate::service::replay_tail::decode_pool;
 use crate::service::{Reply, Service};
 
+mod actors;
+mod commands;
 pub mod openapi;
 pub mod problem;
+mod reads;
 
 pub use problem::{Problem, ProblemCode, status_for};
 
@@ -53,7 +53,7 @@ pub const SIGNED_AT_HEADER: HeaderName = HeaderName::from_static(wire::SIGNED_AT
 pub const SIGNATURE_HEADER: HeaderName = HeaderName::from_static(wire::SIGNATURE_HEADER);
 
 #[derive(Clone)]
-struct AppState {
+pub(crate) struct AppState {
     service: Service,
     in_flight: Arc<Semaphore>,
     verifier: SignatureVerifier,
@@ -68,16 +68,31 @@ pub fn router(service: Service) -> Router {
         verifier,
     };
     Router::new()
-        .route("/v1/pools/{pool}", post(declare_pool).get(show_pool))
-        .route("/v1/pools/{pool}/capacity", post(adjust_capacity))
-        .route("/v1/pools/{pool}/close", post(close_pool))
-        .route("/v1/pools/{pool}/reservations", post(reserve))
-        .route("/v1/reservations/{reservation}", get(show_reservation))
-        .route("/v1/reservations/{reservation}/confirm", post(confirm))
-        .route("/v1/reservations/{reservation}/cancel", post(cancel))
-        .route("/v1/reservations/{reservation}/expire", post(expire))
-        .route("/v1/actors/{actor}", post(register_actor))
-        .route("/v1/actors/{actor}/revoke", post(revoke_actor))
+        .route(
+            "/v1/pools/{pool}",
+            post(commands::declare_pool).get(reads::show_pool),
+        )
+        .route("/v1/pools/{pool}/capacity", post(commands::adjust_capacity))
+        .route("/v1/pools/{pool}/close", post(commands::close_pool))
+        .route("/v1/pools/{pool}/reservations", post(commands::reserve))
+        .route(
+            "/v1/reservations/{reservation}",
+            get(reads::show_reservation),
+        )
+        .route(
+            "/v1/reservations/{reservation}/confirm",
+            post(commands::confirm),
+        )
+        .route(
+            "/v1/reservations/{reservation}/cancel",
+            post(commands::cancel),
+        )
+        .route(
+            "/v1/reservations/{reservation}/expire",
+            post(commands::expire),
+        )
+        .route("/v1/actors/{actor}", post(actors::register_actor))
+        .route("/v1/actors/{actor}/revoke", post(actors::revoke_actor))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
@@ -88,7 +103,7 @@ pub fn router(service: Service) -> Router {
 }
 
 /// The signed envelope of a request: who, when, the signature and the idempotency token.
-struct Envelope {
+pub(crate) struct Envelope {
     actor: ActorId,
     token: IdempotencyToken,
     attestation: Attestation,
@@ -97,7 +112,7 @@ struct Envelope {
 /// The headers of a signed request, moved out of the request rather than copied (the
 /// `HeaderMap` extractor clones every header of every request). Missing ones are refused where
 /// the envelope is read, so the order of checks stays that of the handler.
-struct SignedHeaders {
+pub(crate) struct SignedHeaders {
     token: Option<HeaderValue>,
     actor: Option<HeaderValue>,
     signed_at: Option<HeaderValue>,
@@ -118,14 +133,17 @@ impl<S: Send + Sync> FromRequestParts<S> for SignedHeaders {
     }
 }
 
-fn header_text<'a>(value: Option<&'a HeaderValue>, name: &HeaderName) -> Result<&'a str, Problem> {
+pub(crate) fn header_text<'a>(
+    value: Option<&'a HeaderValue>,
+    name: &HeaderName,
+) -> Result<&'a str, Problem> {
     value
         .ok_or_else(|| Problem::invalid(format!("{name} header is required")))?
         .to_str()
         .map_err(|_| Problem::invalid(format!("{name} header must be visible ASCII")))
 }
 
-fn envelope(headers: &SignedHeaders) -> Result<Envelope, Problem> {
+pub(crate) fn envelope(headers: &SignedHeaders) -> Result<Envelope, Problem> {
     let token = header_text(headers.token.as_ref(), &IDEMPOTENCY_KEY)?;
     let actor = header_text(headers.actor.as_ref(), &ACTOR_HEADER)?;
     let signed_at = header_text(headers.signed_at.as_ref(), &SIGNED_AT_HEADER)?
@@ -143,13 +161,13 @@ fn envelope(headers: &SignedHeaders) -> Result<Envelope, Problem> {
     })
 }
 
-fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
+pub(crate) fn body<T>(payload: Result<Json<T>, JsonRejection>) -> Result<T, Problem> {
     payload
         .map(|Json(value)| value)
         .map_err(|rejection| Problem::invalid(rejection.body_text()))
 }
 
-fn pool_id(text: &str) -> Result<PoolId, Problem> {
+pub(crate) fn pool_id(text: &str) -> Result<PoolId, Problem> {
     if command::is_valid_pool_id(text) {
         Ok(PoolId::new(text))
     } else {
@@ -159,13 +177,18 @@ fn pool_id(text: &str) -> Result<PoolId, Problem> {
     }
 }
 
-fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
+pub(crate) fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
     ReservationId::parse(text)
         .ok_or_else(|| Problem::invalid("reservation_id must be `pool:sequence`"))
 }
 
 /// Authenticates, authorizes and submits one pool command; renders the answer.
-async fn run(state: &AppState, headers: &SignedHeaders, pool: PoolId, action: Action) -> Response {
+pub(crate) async fn run(
+    state: &AppState,
+    headers: &SignedHeaders,
+    pool: PoolId,
+    action: Action,
+) -> Response {
     let started = Instant::now();
     let kind = action.kind();
     let response = match submit(state, headers, pool, action).await {
@@ -340,404 +363,6 @@ fn render_reply(reply: Reply, status: StatusCode) -> Response {
             .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
     }
     response
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DeclareBody {
-    capacity: u64,
-    #[serde(default)]
-    closes_at: Option<u64>,
-    #[serde(default)]
-    units: Vec<String>,
-    #[serde(default)]
-    idempotency_window_ms: Option<u64>,
-}
-
-async fn declare_pool(
-    State(state): State<AppState>,
-    Path(pool): Path<String>,
-    headers: SignedHeaders,
-    payload: Result<Json<DeclareBody>, JsonRejection>,
-) -> Response {
-    let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
-    let (pool, declare) = match parsed {
-        Ok(parsed) => parsed,
-        Err(problem) => return problem.into_response(),
-    };
-    let action = Action::DeclarePool {
-        capacity: declare.capacity,
-        closes_at: declare.closes_at.map(Timestamp),
-        units: declare.units,
-        idempotency_window_ms: declare
-            .idempotency_window_ms
-            .unwrap_or(IDEMPOTENCY_WINDOW_MS_DEFAULT),
-    };
-    run(&state, &headers, pool, action).await
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CapacityBody {
-    capacity: u64,
-}
-
-async fn adjust_capacity(
-    State(state): State<AppState>,
-    Path(pool): Path<String>,
-    headers: SignedHeaders,
-    payload: Result<Json<CapacityBody>, JsonRejection>,
-) -> Response {
-    let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
-    match parsed {
-        Ok((pool, adjust)) => {
-            let action = Action::AdjustCapacity {
-                capacity: adjust.capacity,
-            };
-            run(&state, &headers, pool, action).await
-        }
-        Err(problem) => problem.into_response(),
-    }
-}
-
-async fn close_pool(
-    State(state): State<AppState>,
-    Path(pool): Path<String>,
-    headers: SignedHeaders,
-) -> Response {
-    match pool_id(&pool) {
-        Ok(pool) => run(&state, &headers, pool, Action::ClosePool).await,
-        Err(problem) => problem.into_response(),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReserveBody {
-    resource: String,
-    requester: String,
-    duration_ms: u64,
-    #[serde(default = "one")]
-    count: u32,
-}
-
-fn one() -> u32 {
-    1
-}
-
-async fn reserve(
-    State(state): State<AppState>,
-    Path(pool): Path<String>,
-    headers: SignedHeaders,
-    payload: Result<Json<ReserveBody>, JsonRejection>,
-) -> Response {
-    let parsed = pool_id(&pool).and_then(|pool| Ok((pool, body(payload)?)));
-    match parsed {
-        Ok((pool, reserve)) => {
-            let action = Action::Reserve {
-                resource: reserve.resource,
-                requester: reserve.requester,
-                duration_ms: reserve.duration_ms,
-                count: reserve.count,
-            };
-            run(&state, &headers, pool, action).await
-        }
-        Err(problem) => problem.into_response(),
-    }
-}
-
-async fn reservation_action(
-    state: &AppState,
-    headers: &SignedHeaders,
-    reservation: &str,
-    action: fn(u64) -> Action,
-) -> Response {
-    match reservation_id(reservation) {
-        Ok(id) => run(state, headers, id.pool, action(id.seq)).await,
-        Err(problem) => problem.into_response(),
-    }
-}
-
-async fn confirm(
-    State(state): State<AppState>,
-    Path(reservation): Path<String>,
-    headers: SignedHeaders,
-) -> Response {
-    reservation_action(&state, &headers, &reservation, |reservation| {
-        Action::ConfirmReservation { reservation }
-    })
-    .await
-}
-
-async fn cancel(
-    State(state): State<AppState>,
-    Path(reservation): Path<String>,
-    headers: SignedHeaders,
-) -> Response {
-    reservation_action(&state, &headers, &reservation, |reservation| {
-        Action::CancelReservation { reservation }
-    })
-    .await
-}
-
-async fn expire(
-    State(state): State<AppState>,
-    Path(reservation): Path<String>,
-    headers: SignedHeaders,
-) -> Response {
-    reservation_action(&state, &headers, &reservation, |reservation| {
-        Action::ExpireReservation { reservation }
-    })
-    .await
-}
-
-async fn show_reservation(
-    State(state): State<AppState>,
-    Path(reservation): Path<String>,
-) -> Response {
-    let id = match reservation_id(&reservation) {
-        Ok(id) => id,
-        Err(problem) => return problem.into_response(),
-    };
-    let Some(entry) = state.service.projections().binding.get(&id) else {
-        return Problem::not_known(format!("reservation {id} is not known")).into_response();
-    };
-    // The binding keeps state and slot; the labels and the window are read from the event.
-    match reserved_event(&state.service, &id, entry.reserved_version).await {
-        Ok(reserved) => Json(json!({
-            "reservation_id": id,
-            "pool_id": id.pool,
-            "state": entry.state,
-            "slot_held": entry.slot_held(),
-            "resource": reserved.resource,
-            "requester": reserved.requester,
-            "count": entry.count,
-            "reserved_at": reserved.at,
-            "expires_at": reserved.expires_at,
-        }))
-        .into_response(),
-        Err(reason) => {
-            tracing::error!(reservation = %id, %reason, "cannot read the reservation's event");
-            Problem::unavailable(reason).into_response()
-        }
-    }
-}
-
-/// What a reservation's `Reserved` event says that the binding does not keep.
-struct Reserved {
-    at: Timestamp,
-    expires_at: Timestamp,
-    resource: String,
-    requester: String,
-}
-
-/// The `Reserved` event of `id`, at `version` of its pool's stream.
-async fn reserved_event(
-    service: &Service,
-    id: &ReservationId,
-    version: u64,
-) -> Result<Reserved, String> {
-    let stream = pool_stream(&id.pool);
-    let page = service
-        .store()
-        .read_stream(&stream, version, 1)
-        .await
-        .map_err(|error| error.to_string())?;
-    let recorded = page
-        .first()
-        .filter(|recorded| recorded.version == version)
-        .ok_or_else(|| format!("{stream}@{version} is missing"))?;
-    let event = decode_pool(recorded).map_err(|error| error.to_string())?;
-    match (event.change, event.action) {
-        (
-            allot_domain::Change::Reserved {
-                reservation,
-                expires_at,
-            },
-            Action::Reserve {
-                resource,
-                requester,
-                ..
-            },
-        ) if reservation == id.seq => Ok(Reserved {
-            at: event.at,
-            expires_at,
-            resource,
-            requester,
-        }),
-        _ => Err(format!("{stream}@{version} is not the hold of {id}")),
-    }
-}
-
-async fn show_pool(State(state): State<AppState>, Path(pool): Path<String>) -> Response {
-    let pool = match pool_id(&pool) {
-        Ok(pool) => pool,
-        Err(problem) => return problem.into_response(),
-    };
-    match state.service.projections().counts.get(&pool) {
-        Some(count) => Json(json!({
-            "pool_id": pool,
-            "capacity": count.capacity,
-            "allocated": count.allocated,
-            "available": count.capacity.saturating_sub(count.allocated),
-            "live_reservations": count.live(),
-            "reservations": count.reservations,
-            "confirmed": count.confirmed,
-            "released": count.released,
-            "expired": count.expired,
-            "closed": count.closed,
-            "closes_at": count.closes_at,
-            "rejections": count.rejections,
-        }))
-        .into_response(),
-        None => Problem::not_known(format!("pool {pool} is not known")).into_response(),
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RegisterBody {
-    role: String,
-    /// Hex of the 32-byte ed25519 public key.
-    public_key: String,
-}
-
-/// Admin-signed change to the actor registry.
-async fn actor_change(
-    state: &AppState,
-    headers: &SignedHeaders,
-    target: &str,
-    change: ActorChange,
-) -> Response {
-    let started = Instant::now();
-    let result = actor_change_inner(state, headers, target, change).await;
-    let label = match &result {
-        Ok(_) => "ok",
-        Err(problem) => problem.code.as_str(),
-    };
-    state.service.metrics().count_command("actor_change", label);
-    state
-        .service
-        .metrics()
-        .command_seconds
-        .observe(started.elapsed().as_secs_f64());
-    match result {
-        Ok(response) => response,
-        Err(problem) => problem.into_response(),
-    }
-}
-
-async fn actor_change_inner(
-    state: &AppState,
-    headers: &SignedHeaders,
-    target: &str,
-    change: ActorChange,
-) -> Result<Response, Problem> {
-    let envelope = envelope(headers)?;
-    let target_ok = !target.trim().is_empty()
-        && target.len() <= command::ACTOR_BYTES_MAX
-        && !target.chars().any(char::is_control);
-    if !target_ok {
-        return Err(Problem::invalid("actor id must be 1..=128 visible bytes"));
-    }
-    let target = ActorId::new(target);
-    let (action, params) = allot_domain::signing::actor_change_params(&change);
-    let bytes = signing::actor_signing_bytes(
-        action,
-        &target,
-        &params,
-        &envelope.token,
-        &envelope.actor,
-        envelope.attestation.signed_at,
-    );
-    let service = &state.service;
-    let now = service.clock().now();
-    let role = service
-        .actors()
-        .authenticate(
-            &state.verifier,
-            &envelope.actor,
-            bytes,
-            &envelope.attestation,
-            now,
-        )
-        .await
-        .map_err(|error| Problem::from(&error))?;
-    if !role.may_manage_actors() {
-        return Err(Problem::from(&AuthError::Forbidden {
-            role,
-            action: action.to_owned(),
-        }));
-    }
-    let retry = service
-        .actors()
-        .token(&envelope.actor, &envelope.token, now)
-        .is_some();
-    if !retry
-        && matches!(change, ActorChange::Revoked)
-        && service.actors().current(&target).is_none()
-    {
-        return Err(Problem::not_known(format!(
-            "actor {target} has no key in force"
-        )));
-    }
-    let event = ActorEvent {
-        actor: target.clone(),
-        change,
-        by: envelope.actor,
-        token: envelope.token,
-        attestation: envelope.attestation,
-        at: now,
-    };
-    let replayed = service
-        .record_actor_event(event)
-        .await
-        .map_err(|error| Problem::from(&error))?;
-    let mut response = (
-        StatusCode::OK,
-        Json(json!({"outcome": action, "actor": target})),
-    )
-        .into_response();
-    if replayed {
-        response
-            .headers_mut()
-            .insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-    }
-    Ok(response)
-}
-
-async fn register_actor(
-    State(state): State<AppState>,
-    Path(actor): Path<String>,
-    headers: SignedHeaders,
-    payload: Result<Json<RegisterBody>, JsonRejection>,
-) -> Response {
-    let change = body(payload).and_then(|register| {
-        let role = Role::parse(&register.role)
-            .ok_or_else(|| Problem::invalid("role must be admin, client, sweeper or auditor"))?;
-        let key: [u8; 32] = hex::decode(&register.public_key)
-            .ok()
-            .and_then(|bytes| bytes.try_into().ok())
-            .ok_or_else(|| Problem::invalid("public_key must be 32 bytes of hex"))?;
-        ed25519_dalek::VerifyingKey::from_bytes(&key)
-            .map_err(|_| Problem::invalid("public_key is not an ed25519 point"))?;
-        Ok(ActorChange::Registered {
-            role,
-            public_key: key,
-        })
-    });
-    match change {
-        Ok(change) => actor_change(&state, &headers, &actor, change).await,
-        Err(problem) => problem.into_response(),
-    }
-}
-
-async fn revoke_actor(
-    State(state): State<AppState>,
-    Path(actor): Path<String>,
-    headers: SignedHeaders,
-) -> Response {
-    actor_change(&state, &headers, &actor, ActorChange::Revoked).await
 }
 
 async fn unknown_route() -> Problem {

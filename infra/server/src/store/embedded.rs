@@ -67,7 +67,7 @@ pub const LOG_FILE_NAME: &str = "events.log";
 pub const LOCK_FILE_NAME: &str = "LOCK";
 
 /// What readers share with the writer.
-struct Shared {
+struct EmbeddedState {
     log_path: PathBuf,
     /// Read-only handle for positional reads.
     reader: File,
@@ -77,7 +77,7 @@ struct Shared {
 /// The embedded event store. Cheap to share behind an `Arc`; dropping it stops the writer after
 /// it has finished the queued appends and releases the directory.
 pub struct EmbeddedStore {
-    shared: Arc<Shared>,
+    shared: Arc<EmbeddedState>,
     requests: Option<mpsc::Sender<Request>>,
     head: watch::Receiver<u64>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -267,7 +267,7 @@ impl EmbeddedStore {
             .spawn(move || writer.run())
             .map_err(|e| io_error(&log_path, e))?;
         Ok(Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(EmbeddedState {
                 log_path,
                 reader,
                 index,
@@ -363,7 +363,7 @@ pub struct VerifyReport {
     pub log_bytes: u64,
 }
 
-impl Shared {
+impl EmbeddedState {
     fn verify(&self) -> Result<VerifyReport, StoreError> {
         let (_, end) = self.index().covered();
         let file = File::open(&self.log_path).map_err(|e| io_error(&self.log_path, e))?;
@@ -647,7 +647,7 @@ impl EventStore for EmbeddedStore {
 /// A subscription reads by position up to the durable head, then waits for the head to move.
 /// Catch-up and live are the same loop, so the switch has no gap and no duplicate.
 struct SubscriptionState {
-    shared: Arc<Shared>,
+    shared: Arc<EmbeddedState>,
     head: watch::Receiver<u64>,
     /// Position of the next event to hand out.
     next: u64,

@@ -33,6 +33,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use allot_domain::streams::{ACTORS_STREAM, POOL_STREAM_PREFIX};
 use async_trait::async_trait;
 use kurrentdb::{
     AppendToStreamOptions, Client, ClientSettings, CurrentRevision, EventData, Position,
@@ -48,10 +49,6 @@ use super::{
 
 /// Connection string schemes that select this backend.
 pub const URL_SCHEMES: [&str; 4] = ["esdb", "esdb+discover", "kurrentdb", "kurrentdb+discover"];
-/// Prefix of the pool streams.
-pub const POOL_STREAM_PREFIX: &str = "pool-";
-/// The stream of actor key registrations.
-pub const ACTORS_STREAM: &str = "actors";
 /// Deadline of one append or read call (the client's own default, made explicit).
 pub const OPERATION_DEADLINE: Duration = Duration::from_secs(10);
 /// Events buffered between the subscription task and its consumer.

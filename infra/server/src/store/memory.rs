@@ -23,12 +23,12 @@ struct Log {
 }
 
 #[derive(Debug)]
-struct Shared {
+struct MemoryState {
     log: Mutex<Log>,
     wake: broadcast::Sender<()>,
 }
 
-impl Shared {
+impl MemoryState {
     fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
         self.log
             .lock()
@@ -53,7 +53,7 @@ impl Shared {
 /// Cheap to clone: clones share one log.
 #[derive(Debug, Clone)]
 pub struct MemoryStore {
-    shared: Arc<Shared>,
+    shared: Arc<MemoryState>,
 }
 
 impl Default for MemoryStore {
@@ -65,7 +65,7 @@ impl Default for MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         MemoryStore {
-            shared: Arc::new(Shared {
+            shared: Arc::new(MemoryState {
                 log: Mutex::new(Log::default()),
                 wake: broadcast::channel(WAKE_BUFFER).0,
             }),
