@@ -1,6 +1,9 @@
-//! The OpenAPI 3.1 document served at `/openapi.json`.
+//! The OpenAPI 3.1 document served at `/openapi.json`. Its problem codes come from
+//! [`ProblemCode`]; `tests/fixtures/openapi.json` pins the whole document byte for byte.
 
 use serde_json::{Value, json};
+
+use super::problem::ProblemCode;
 
 fn signed_headers() -> Value {
     json!([
@@ -47,6 +50,7 @@ fn command(summary: &str, path_param: &str, body: Option<Value>, created: bool) 
 }
 
 pub fn document() -> Value {
+    let problem_codes: Vec<&str> = ProblemCode::all().map(ProblemCode::as_str).collect();
     json!({
         "openapi": "3.1.0",
         "info": {"title": "allot", "version": env!("CARGO_PKG_VERSION"),
@@ -87,10 +91,7 @@ pub fn document() -> Value {
                 "Problem": {"type": "object", "properties": {
                     "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
                     "detail": {"type": "string"},
-                    "code": {"enum": ["invalid-request", "token-collision", "not-known", "pool-closed",
-                        "pool-capacity-exceeded", "resource-unavailable", "not-held", "window-elapsed",
-                        "window-not-elapsed", "recording-failure", "pool-already-declared",
-                        "capacity-below-allocated", "forbidden", "overloaded", "unavailable"]}}}
+                    "code": {"enum": problem_codes}}}
             },
             "responses": {"Problem": {"description": "RFC 9457 problem",
                 "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}}

@@ -2,18 +2,7 @@
 //! code (RFC 9457 `application/problem+json`).
 //! Must not: be bypassed: every handler answers an error through [`Problem`], built here.
 //!
-//! | error | status | code |
-//! |---|---|---|
-//! | rejection `invalid-request` | 400 | `invalid-request` |
-//! | rejection `token-collision` | 422 | `token-collision` |
-//! | rejection `not-known` (and unknown routes) | 404 | `not-known` |
-//! | rejections `pool-closed`, `pool-capacity-exceeded`, `resource-unavailable`, `not-held`, `window-elapsed`, `window-not-elapsed`, `pool-already-declared`, `capacity-below-allocated` | 409 | the rejection's code |
-//! | rejection `recording-failure`, or the outcome could not be recorded | 503 | `recording-failure` |
-//! | a credential that does not verify, is stale, unknown or revoked | 401 | `invalid-request` |
-//! | a role that may not do the action | 403 | `forbidden` |
-//! | too many requests in flight, or the pool's shard queue is full | 503 | `overloaded` |
-//! | shutting down, the verifier or the store cannot answer a read | 503 | `unavailable` |
-//! | a method the route does not have | 405 | `invalid-request` |
+//! The table is published in `docs/http.md`; a test below checks every row against this code.
 
 use allot_domain::{Rejection, RejectionCode};
 use axum::Json;
@@ -229,28 +218,125 @@ impl IntoResponse for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::{BODY_BYTES_MAX, IN_FLIGHT_MAX};
+    use crate::service::SHARD_QUEUE_MAX;
+    use allot_domain::command::{
+        COUNT_MAX, HOLD_DURATION_MS_MAX, HOLD_DURATION_MS_MIN, IDEMPOTENCY_WINDOW_MS_DEFAULT,
+        IDEMPOTENCY_WINDOW_MS_MAX, IDEMPOTENCY_WINDOW_MS_MIN, TOKEN_BYTES_MAX,
+    };
+    use allot_domain::signing::SIGNED_AT_SKEW_MS;
 
-    /// The table in this module's doc is the mapping: each row's status and code, checked.
+    fn doc() -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/http.md");
+        std::fs::read_to_string(path).unwrap_or_else(|error| panic!("{path}: {error}"))
+    }
+
+    /// A number as the docs write it: thousands separated by commas.
+    fn written(number: u64) -> String {
+        let digits = number.to_string();
+        let mut out = String::new();
+        for (i, digit) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(digit);
+        }
+        out
+    }
+
+    fn row<'a>(doc: &'a str, starts: &str) -> &'a str {
+        doc.lines()
+            .find(|line| line.starts_with(starts))
+            .unwrap_or_else(|| panic!("docs/http.md has no row starting {starts:?}"))
+    }
+
     #[test]
-    fn every_code_has_one_status_and_the_documented_one() {
-        let doc = include_str!("problem.rs");
+    fn the_documented_problem_table_is_the_mapping() {
+        let doc = doc();
+        for code in RejectionCode::ALL {
+            let line = row(&doc, &format!("| rejection `{}`", code.as_str()));
+            let expected = format!("| {} | `{}` |", status_for(code).as_u16(), code.as_str());
+            assert!(line.ends_with(&expected), "{line} should end {expected}");
+        }
         for code in ProblemCode::all() {
             assert!(
-                doc.contains(&format!("`{}`", code.as_str())),
-                "{} missing from the table",
+                doc.contains(&format!("| `{}` |", code.as_str())),
+                "{}",
                 code.as_str()
             );
         }
-        for code in RejectionCode::ALL {
-            let status = status_for(code).as_u16();
-            let row = doc
-                .lines()
-                .find(|line| {
-                    line.starts_with("//! | rejection")
-                        && line.contains(&format!("`{}`", code.as_str()))
-                })
-                .unwrap_or_else(|| panic!("no row for {}", code.as_str()));
-            assert!(row.contains(&format!("| {status} |")), "{row}");
+        let forbidden = Problem::from(&AuthError::Forbidden {
+            role: allot_domain::Role::Client,
+            action: "close_pool".to_owned(),
+        });
+        assert!(row(&doc, "| a role that may not").ends_with(&format!(
+            "| {} | `{}` |",
+            forbidden.status,
+            forbidden.code.as_str()
+        )));
+        let bad = Problem::from(&AuthError::BadSignature("someone".to_owned()));
+        assert!(
+            row(&doc, "| a credential that does not verify").ends_with(&format!(
+                "| {} | `{}` |",
+                bad.status,
+                bad.code.as_str()
+            ))
+        );
+        let overloaded = Problem::from(&SubmitError::Overloaded(allot_domain::PoolId::new("p")));
+        assert!(
+            row(&doc, "| too many requests in flight").ends_with(&format!(
+                "| {} | `{}` |",
+                overloaded.status,
+                overloaded.code.as_str()
+            ))
+        );
+        let unavailable = Problem::from(&SubmitError::ShuttingDown);
+        assert!(row(&doc, "| shutting down").ends_with(&format!(
+            "| {} | `{}` |",
+            unavailable.status,
+            unavailable.code.as_str()
+        )));
+        let method = Problem::method_not_allowed("x");
+        assert!(row(&doc, "| a method the route").ends_with(&format!(
+            "| {} | `{}` |",
+            method.status,
+            method.code.as_str()
+        )));
+    }
+
+    #[test]
+    fn the_documented_limits_are_the_constants() {
+        let doc = doc();
+        let cases: [(&str, Vec<u64>); 9] = [
+            ("| request body", vec![BODY_BYTES_MAX as u64]),
+            ("| requests decided at once", vec![IN_FLIGHT_MAX as u64]),
+            ("| commands queued per shard", vec![SHARD_QUEUE_MAX as u64]),
+            ("| `Allot-Signed-At`", vec![SIGNED_AT_SKEW_MS]),
+            ("| idempotency token", vec![TOKEN_BYTES_MAX as u64]),
+            (
+                "| `idempotency_window_ms`",
+                vec![
+                    IDEMPOTENCY_WINDOW_MS_MIN,
+                    IDEMPOTENCY_WINDOW_MS_MAX,
+                    IDEMPOTENCY_WINDOW_MS_DEFAULT,
+                ],
+            ),
+            (
+                "| `duration_ms`",
+                vec![HOLD_DURATION_MS_MIN, HOLD_DURATION_MS_MAX],
+            ),
+            ("| `count`", vec![u64::from(COUNT_MAX)]),
+            ("| capacity", vec![allot_domain::command::CAPACITY_MAX]),
+        ];
+        for (starts, numbers) in cases {
+            let line = row(&doc, starts);
+            for number in numbers {
+                assert!(
+                    line.contains(&written(number)),
+                    "{line} lacks {}",
+                    written(number)
+                );
+            }
         }
     }
 }
