@@ -11,16 +11,16 @@ use std::fmt;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
-use crate::command::ActionKind;
 use crate::ids::{ActorId, Attestation, IdempotencyToken, Timestamp};
 
 /// What an actor may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Encode, Decode, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
-    /// Manages pools and actors; may also act as a client and expire holds.
+    /// Manages pools and actors; may also act as a client, act on any reservation (a back
+    /// office) and expire holds.
     Admin,
-    /// Upstream services: reserve, confirm, cancel.
+    /// Upstream services: reserve, and confirm or cancel their own reservations.
     Client,
     /// The expiry sweeper: expire only.
     Sweeper,
@@ -39,27 +39,7 @@ impl Role {
     }
 
     pub fn parse(text: &str) -> Option<Role> {
-        [Role::Admin, Role::Client, Role::Sweeper, Role::Auditor]
-            .into_iter()
-            .find(|role| role.as_str() == text)
-    }
-
-    /// Whether this role may perform `action`.
-    pub fn may(self, action: ActionKind) -> bool {
-        match action {
-            ActionKind::DeclarePool | ActionKind::AdjustCapacity | ActionKind::ClosePool => {
-                self == Role::Admin
-            }
-            ActionKind::Reserve
-            | ActionKind::ConfirmReservation
-            | ActionKind::CancelReservation => matches!(self, Role::Admin | Role::Client),
-            ActionKind::ExpireReservation => matches!(self, Role::Admin | Role::Sweeper),
-        }
-    }
-
-    /// Whether this role may register and revoke actors.
-    pub fn may_manage_actors(self) -> bool {
-        self == Role::Admin
+        Role::ALL.into_iter().find(|role| role.as_str() == text)
     }
 }
 

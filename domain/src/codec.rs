@@ -4,14 +4,20 @@
 //! successor of bincode by changing this file alone. Golden-bytes tests (in `tests/codec.rs`)
 //! hold the encoding of every released schema: if the in-memory types change, freeze the old
 //! shape here as `v1` types, bump [`SCHEMA_VERSION`] and upcast on decode.
+//!
+//! Schemas:
+//! - 1: pool events without `on_behalf_of` (read as [`OnBehalfOf::Unrecorded`]).
+//! - 2: pool events end with `on_behalf_of`. Actor events are the same in both.
 
 use crate::actor::ActorEvent;
 use crate::command::Action;
-use crate::event::Event;
+use crate::event::{Event, OnBehalfOf};
 use crate::{ParamsDigest, Timestamp};
 
 /// Schema of newly written pool and actor events.
-pub const SCHEMA_VERSION: u8 = 1;
+pub const SCHEMA_VERSION: u8 = 2;
+/// The oldest schema still read (upcast on decode).
+pub const SCHEMA_VERSION_MIN: u8 = 1;
 /// Largest encoded event any valid command produces is below this (the store accepts 64 KiB);
 /// `tests/codec.rs` checks the largest valid `declare_pool` against it.
 pub const ENCODED_EVENT_BYTES_MAX: usize = 60 * 1024;
@@ -48,11 +54,27 @@ fn encode<T: bincode::Encode>(value: &T) -> Vec<u8> {
     out
 }
 
-fn decode<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, CodecError> {
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != SCHEMA_VERSION {
+/// The schema version of a stored payload, if this code reads it.
+pub fn schema_of(bytes: &[u8]) -> Result<u8, CodecError> {
+    let &version = bytes.first().ok_or(CodecError::Empty)?;
+    if !(SCHEMA_VERSION_MIN..=SCHEMA_VERSION).contains(&version) {
         return Err(CodecError::UnknownSchema(version));
     }
+    Ok(version)
+}
+
+/// The body of a payload after its (readable) schema byte.
+fn body_of(bytes: &[u8]) -> Result<(u8, &[u8]), CodecError> {
+    let version = schema_of(bytes)?;
+    Ok((version, &bytes[1..]))
+}
+
+fn decode<T: bincode::Decode<()>>(bytes: &[u8]) -> Result<T, CodecError> {
+    let (_, body) = body_of(bytes)?;
+    decode_body(body)
+}
+
+fn decode_body<T: bincode::Decode<()>>(body: &[u8]) -> Result<T, CodecError> {
     let (value, read) = bincode::decode_from_slice(body, config())
         .map_err(|error| CodecError::Malformed(error.to_string()))?;
     if read != body.len() {
@@ -66,7 +88,56 @@ pub fn encode_event(event: &Event) -> Vec<u8> {
 }
 
 pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
-    decode(bytes)
+    match body_of(bytes)? {
+        (1, body) => decode_body::<v1::Event>(body).map(Event::from),
+        (_, body) => decode_body(body),
+    }
+}
+
+/// Shapes of schema 1, frozen, and their upcast to the current types.
+mod v1 {
+    use bincode::Decode;
+
+    use crate::command::Action;
+    use crate::event::{Change, OnBehalfOf, ReservationState};
+    use crate::ids::{ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, Timestamp};
+
+    /// A pool event of schema 1: `crate::event::Event` without `on_behalf_of`.
+    #[derive(Decode)]
+    pub(super) struct Event {
+        pool: PoolId,
+        at: Timestamp,
+        actor: ActorId,
+        attestation: Attestation,
+        token: IdempotencyToken,
+        digest: ParamsDigest,
+        action: Action,
+        allocated_before: u64,
+        allocated_after: u64,
+        prior_state: Option<ReservationState>,
+        new_state: Option<ReservationState>,
+        change: Change,
+    }
+
+    impl From<Event> for crate::event::Event {
+        fn from(old: Event) -> Self {
+            crate::event::Event {
+                pool: old.pool,
+                at: old.at,
+                actor: old.actor,
+                attestation: old.attestation,
+                token: old.token,
+                digest: old.digest,
+                action: old.action,
+                allocated_before: old.allocated_before,
+                allocated_after: old.allocated_after,
+                prior_state: old.prior_state,
+                new_state: old.new_state,
+                change: old.change,
+                on_behalf_of: OnBehalfOf::Unrecorded,
+            }
+        }
+    }
 }
 
 pub fn encode_actor_event(event: &ActorEvent) -> Vec<u8> {
@@ -81,10 +152,7 @@ pub fn decode_actor_event(bytes: &[u8]) -> Result<ActorEvent, CodecError> {
 /// first field). Replay uses it to route events to workers before decoding them; a payload whose
 /// pool cannot be read also fails [`decode_event`].
 pub fn peek_pool(bytes: &[u8]) -> Result<&str, CodecError> {
-    let (&version, body) = bytes.split_first().ok_or(CodecError::Empty)?;
-    if version != SCHEMA_VERSION {
-        return Err(CodecError::UnknownSchema(version));
-    }
+    let (_, body) = body_of(bytes)?;
     let (pool, _): (&str, usize) = bincode::borrow_decode_from_slice(body, config())
         .map_err(|error| CodecError::Malformed(error.to_string()))?;
     Ok(pool)
@@ -144,10 +212,7 @@ enum Fields {
 /// The fields of `Event`, in declaration order (the derived encoding's order); `None` for
 /// anything unexpected, which the callers leave to a whole decode.
 fn decode_in_place(bytes: &[u8], event: &mut Event, fields: Fields) -> Option<()> {
-    let (&version, mut rest) = bytes.split_first()?;
-    if version != SCHEMA_VERSION {
-        return None;
-    }
+    let (version, mut rest) = body_of(bytes).ok()?;
     copy_str(&mut rest, &mut event.pool.0)?;
     event.at = field(&mut rest)?;
     match fields {
@@ -175,6 +240,10 @@ fn decode_in_place(bytes: &[u8], event: &mut Event, fields: Fields) -> Option<()
     event.prior_state = field(&mut rest)?;
     event.new_state = field(&mut rest)?;
     event.change = field(&mut rest)?;
+    event.on_behalf_of = match version {
+        1 => OnBehalfOf::Unrecorded,
+        _ => field(&mut rest)?,
+    };
     rest.is_empty().then_some(())
 }
 

@@ -9,6 +9,7 @@ use std::fmt;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::actor::Role;
 use crate::ids::{ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, Timestamp};
 use crate::rejection::Rejection;
 use crate::signing::SIGNED_AT_SKEW_MS;
@@ -224,19 +225,42 @@ pub enum ParamValue<'a> {
 pub struct Command {
     pub pool: PoolId,
     pub actor: ActorId,
+    /// The actor's role as the edge verified it (from its key in force): the role table
+    /// decides with it whether the actor may act on another actor's reservation.
+    pub role: Role,
     pub attestation: Attestation,
     pub token: IdempotencyToken,
     pub digest: ParamsDigest,
     pub action: Action,
 }
 
-/// `[A-Za-z0-9_.-]`, 1..=64 bytes.
+/// The rule for pool ids, as errors and the docs state it.
+pub const POOL_ID_RULE: &str =
+    "must be 1..=64 bytes of letters, digits, '_', '.', '-', and not '.' or '..'";
+/// The rule for actor ids, as errors and the docs state it.
+pub const ACTOR_ID_RULE: &str =
+    "must be 1..=128 bytes of letters, digits, '_', '.', '@', '-', and not '.' or '..'";
+
+/// A pool id: 1..=64 bytes of `[A-Za-z0-9_.-]`, not `.` or `..` (a URL path could never
+/// address those). One rule for declaration, path parameters and replay alike.
 pub fn is_valid_pool_id(text: &str) -> bool {
+    is_identifier(text, POOL_ID_BYTES_MAX, b"_.-")
+}
+
+/// An actor id: 1..=128 bytes of `[A-Za-z0-9_.@-]`, not `.` or `..`. It travels in a URL path
+/// (registration) and in the ASCII `Allot-Actor` header, so nothing else could ever sign.
+pub fn is_valid_actor_id(text: &str) -> bool {
+    is_identifier(text, ACTOR_BYTES_MAX, b"_.@-")
+}
+
+fn is_identifier(text: &str, max: usize, punctuation: &[u8]) -> bool {
     !text.is_empty()
-        && text.len() <= POOL_ID_BYTES_MAX
+        && text.len() <= max
+        && text != "."
+        && text != ".."
         && text
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || punctuation.contains(&b))
 }
 
 fn check_label(field: &str, value: &str, max: usize) -> Result<(), Rejection> {
@@ -266,10 +290,7 @@ impl Command {
     /// Nothing here reads the pool, so these rejections are never cached.
     pub fn validate(&self) -> Result<(), Rejection> {
         if !is_valid_pool_id(self.pool.as_str()) {
-            return Err(Rejection::invalid(
-                "pool_id",
-                "must be 1..=64 bytes of letters, digits, '_', '.', '-'",
-            ));
+            return Err(Rejection::invalid("pool_id", POOL_ID_RULE));
         }
         if self.token.as_str().is_empty() {
             return Err(Rejection::invalid("idempotency_token", "must not be empty"));
@@ -280,7 +301,9 @@ impl Command {
                 format!("longer than {TOKEN_BYTES_MAX} bytes"),
             ));
         }
-        check_label("actor", self.actor.as_str(), ACTOR_BYTES_MAX)?;
+        if !is_valid_actor_id(self.actor.as_str()) {
+            return Err(Rejection::invalid("actor", ACTOR_ID_RULE));
+        }
         match &self.action {
             Action::DeclarePool {
                 capacity,

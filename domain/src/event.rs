@@ -72,6 +72,19 @@ pub enum Change {
     Rejected(Rejection),
 }
 
+/// Whose reservation a confirm or cancel acted on, when it was not the actor's own.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+pub enum OnBehalfOf {
+    /// The actor acted on its own reservation, or the event concerns none.
+    Nobody,
+    /// The actor (a role that may act for others) confirmed or cancelled the reservation of
+    /// this owner.
+    Owner(ActorId),
+    /// Recorded with schema 1, which did not record it (any client could then act on any
+    /// reservation); the ownership rule does not apply.
+    Unrecorded,
+}
+
 /// One recorded fact about a pool.
 #[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
 pub struct Event {
@@ -91,6 +104,8 @@ pub struct Event {
     pub prior_state: Option<ReservationState>,
     pub new_state: Option<ReservationState>,
     pub change: Change,
+    /// For a confirm or cancel of another actor's reservation: its owner (schema 2 on).
+    pub on_behalf_of: OnBehalfOf,
 }
 
 /// What the caller is told; cached against the token and replayed on retries.

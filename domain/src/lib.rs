@@ -17,6 +17,7 @@
 //! - `token_index`: tokens by (actor, token) in recording order, grown and forgotten a little
 //!   per event.
 //! - `actor`: roles and the actor registry folded from the `actors` stream.
+//! - `roles`: the one role table (which role may do and see what).
 //! - `signing`: the canonical encoding actors sign, its parameters digest and targets, and the
 //!   parameters of actor changes.
 //! - `streams`: stream names (`actors`, `pool-<id>`) and the deterministic event ids appends
@@ -32,13 +33,14 @@ pub mod fault;
 pub mod ids;
 pub mod pool;
 pub mod rejection;
+pub mod roles;
 pub mod signing;
 pub mod streams;
 pub mod token_index;
 
 pub use actor::{ActorChange, ActorEvent, ActorKey, ActorRegistry, Role};
 pub use command::{Action, ActionKind, Command, ParamValue};
-pub use event::{Change, Event, Outcome, ReservationState};
+pub use event::{Change, Event, OnBehalfOf, Outcome, ReservationState};
 pub use ids::{
     ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, ReservationId, Timestamp,
 };
@@ -47,4 +49,5 @@ pub use pool::{
     decide, evolve,
 };
 pub use rejection::{Rejection, RejectionCode};
+pub use roles::Permission;
 pub use token_index::TokenIndex;

@@ -5,7 +5,10 @@
 //! 2. `not-known` for an undeclared pool; not cached (there is no stream to journal it in).
 //! 3. The token: same actor, same token within the window → same action and digest replays the
 //!    recorded outcome, otherwise `token-collision`; not cached.
-//! 4. The action's own checks, each cached against the token as a `Rejected` event:
+//! 4. Ownership: confirm or cancel of a live reservation another actor made, by a role the role
+//!    table does not let act for others: `not-owner`; not cached. A role that may (admin) acts
+//!    on behalf of the owner, and the event names the owner.
+//! 5. The action's own checks, each cached against the token as a `Rejected` event:
 //!    - declare_pool: `pool-already-declared`.
 //!    - adjust_capacity: `capacity-below-allocated`.
 //!    - close_pool: `pool-closed` (already closed).
@@ -23,12 +26,13 @@ use foldhash::{HashMap, HashSet};
 use crate::token_index::TokenIndex;
 
 use crate::command::{Action, ActionKind, Command};
-use crate::event::{Change, Event, Outcome, ReservationState};
+use crate::event::{Change, Event, OnBehalfOf, Outcome, ReservationState};
 use crate::ids::{
     ActorId, IdempotencyToken, ParamsDigest, PoolId, RESERVATION_ID_SEPARATOR, ReservationId,
     Timestamp,
 };
 use crate::rejection::Rejection;
+use crate::roles::Permission;
 
 /// Open for new reservations, or closed by an administrator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -59,6 +63,8 @@ struct LiveHold {
     expires_at: Timestamp,
     count: u32,
     unit: u32,
+    /// The actor that made the reservation: an index into `Pool::owners`.
+    owner: u32,
 }
 
 /// `LiveHold::unit` of a hold in a pool without named units.
@@ -327,6 +333,10 @@ pub struct Pool {
     states: Vec<ReservationState>,
     /// Held and Confirmed reservations.
     live: HashMap<u64, LiveHold>,
+    /// The actors that made live reservations, each once (a pool sees a few upstream
+    /// services, not one actor per reservation); `LiveHold::owner` indexes it.
+    owners: Vec<ActorId>,
+    owner_index: HashMap<ActorId, u32>,
     tokens: TokenCache,
     last_at: Timestamp,
     events_applied: u64,
@@ -349,6 +359,11 @@ impl Pool {
     }
     pub fn is_declared(&self) -> bool {
         self.id.is_some()
+    }
+    /// The actor that made live reservation `seq`.
+    pub fn owner_of(&self, seq: u64) -> Option<&ActorId> {
+        let hold = self.live.get(&seq)?;
+        self.owners.get(usize::try_from(hold.owner).ok()?)
     }
     pub fn capacity(&self) -> u64 {
         self.capacity
@@ -464,6 +479,7 @@ pub fn decide(pool: &Pool, command: &Command, now: Timestamp) -> Result<Decision
         prior_state: effect.prior_state,
         new_state: effect.new_state,
         change: effect.change,
+        on_behalf_of: OnBehalfOf::Nobody,
     };
 
     let Some(id) = pool.id.as_ref() else {
@@ -502,6 +518,28 @@ pub fn decide(pool: &Pool, command: &Command, now: Timestamp) -> Result<Decision
         });
     }
 
+    // Confirm and cancel act on a reservation its owner made, or on behalf of the owner by a
+    // role that may act for others (the event then names the owner).
+    let on_behalf_of = match &command.action {
+        Action::ConfirmReservation { reservation } | Action::CancelReservation { reservation } => {
+            match pool.owner_of(*reservation) {
+                Some(owner) if *owner != command.actor => {
+                    if !command.role.allows(Permission::ActForOthers) {
+                        return Err(Rejection::NotOwner {
+                            reservation: ReservationId {
+                                pool: id.clone(),
+                                seq: *reservation,
+                            },
+                        });
+                    }
+                    OnBehalfOf::Owner(owner.clone())
+                }
+                _ => OnBehalfOf::Nobody,
+            }
+        }
+        _ => OnBehalfOf::Nobody,
+    };
+
     let effect = match decide_action(pool, &command.action, now) {
         Ok(effect) => effect,
         Err(rejection) => {
@@ -517,7 +555,9 @@ pub fn decide(pool: &Pool, command: &Command, now: Timestamp) -> Result<Decision
             }
         }
     };
-    Ok(Decision::Append(event(effect, pool.allocated)))
+    let mut event = event(effect, pool.allocated);
+    event.on_behalf_of = on_behalf_of;
+    Ok(Decision::Append(event))
 }
 
 fn decide_action(pool: &Pool, action: &Action, now: Timestamp) -> Result<Effect, Rejection> {
@@ -775,6 +815,7 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
             };
             pool.allocated = allocated;
             pool.states.push(ReservationState::Held);
+            let owner = owner_index(pool, &event.actor).map_err(fail)?;
             pool.live.insert(
                 *reservation,
                 LiveHold {
@@ -782,10 +823,12 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
                     expires_at: *expires_at,
                     count: *count,
                     unit,
+                    owner,
                 },
             );
         }
         (Change::Confirmed { reservation }, Action::ConfirmReservation { .. }) => {
+            check_on_behalf_of(pool, *reservation, event).map_err(fail)?;
             let hold = held(pool, *reservation).map_err(fail)?;
             if event.at >= hold.expires_at {
                 return Err(fail(format!(
@@ -795,6 +838,7 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
             pool.states[(*reservation - 1) as usize] = ReservationState::Confirmed;
         }
         (Change::Released { reservation }, Action::CancelReservation { .. }) => {
+            check_on_behalf_of(pool, *reservation, event).map_err(fail)?;
             release(pool, *reservation, ReservationState::Released).map_err(fail)?;
         }
         (Change::Expired { reservation, .. }, Action::ExpireReservation { .. }) => {
@@ -824,6 +868,34 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
     pool.last_at = event.at;
     pool.events_applied += 1;
     Ok(())
+}
+
+/// The index of `actor` in the pool's owners, added if new.
+fn owner_index(pool: &mut Pool, actor: &ActorId) -> Result<u32, String> {
+    if let Some(index) = pool.owner_index.get(actor) {
+        return Ok(*index);
+    }
+    let index = u32::try_from(pool.owners.len()).map_err(|_| "too many owners".to_owned())?;
+    pool.owners.push(actor.clone());
+    pool.owner_index.insert(actor.clone(), index);
+    Ok(index)
+}
+
+/// A confirm or cancel names the owner it acted for exactly when its actor is not the owner
+/// (events of schema 1 recorded neither, and pass).
+fn check_on_behalf_of(pool: &Pool, seq: u64, event: &Event) -> Result<(), String> {
+    let Some(owner) = pool.owner_of(seq) else {
+        return Ok(());
+    };
+    match &event.on_behalf_of {
+        OnBehalfOf::Unrecorded => Ok(()),
+        OnBehalfOf::Nobody if *owner == event.actor => Ok(()),
+        OnBehalfOf::Owner(named) if named == owner && *owner != event.actor => Ok(()),
+        other => Err(format!(
+            "reservation {seq} of {owner} acted on by {} recorded as on behalf of {other:?}",
+            event.actor
+        )),
+    }
 }
 
 /// The live hold of `seq`, if it is Held.
@@ -889,6 +961,7 @@ mod tests {
             prior_state: None,
             new_state: None,
             change,
+            on_behalf_of: crate::event::OnBehalfOf::Nobody,
         }
     }
 

@@ -1,4 +1,4 @@
-//! Rejections: the seed's codes, plus clear codes for pool administration.
+//! Rejections: the seed's codes, plus clear codes for pool administration and ownership.
 
 use std::fmt;
 
@@ -24,10 +24,11 @@ pub enum RejectionCode {
     RecordingFailure,
     PoolAlreadyDeclared,
     CapacityBelowAllocated,
+    NotOwner,
 }
 
 impl RejectionCode {
-    pub const ALL: [RejectionCode; 12] = [
+    pub const ALL: [RejectionCode; 13] = [
         RejectionCode::InvalidRequest,
         RejectionCode::TokenCollision,
         RejectionCode::NotKnown,
@@ -40,6 +41,7 @@ impl RejectionCode {
         RejectionCode::RecordingFailure,
         RejectionCode::PoolAlreadyDeclared,
         RejectionCode::CapacityBelowAllocated,
+        RejectionCode::NotOwner,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -56,6 +58,7 @@ impl RejectionCode {
             RejectionCode::RecordingFailure => "recording-failure",
             RejectionCode::PoolAlreadyDeclared => "pool-already-declared",
             RejectionCode::CapacityBelowAllocated => "capacity-below-allocated",
+            RejectionCode::NotOwner => "not-owner",
         }
     }
 }
@@ -115,6 +118,10 @@ pub enum Rejection {
     /// `adjust_capacity` below what is allocated.
     #[error("capacity-below-allocated: capacity {capacity} < allocated {allocated}")]
     CapacityBelowAllocated { capacity: u64, allocated: u64 },
+    /// Confirm or cancel of a reservation another actor made, by a role that may not act for
+    /// others. Not cached: nothing is recorded.
+    #[error("not-owner: reservation {reservation} was made by another actor")]
+    NotOwner { reservation: ReservationId },
 }
 
 impl Rejection {
@@ -132,6 +139,7 @@ impl Rejection {
             Rejection::RecordingFailure { .. } => RejectionCode::RecordingFailure,
             Rejection::PoolAlreadyDeclared { .. } => RejectionCode::PoolAlreadyDeclared,
             Rejection::CapacityBelowAllocated { .. } => RejectionCode::CapacityBelowAllocated,
+            Rejection::NotOwner { .. } => RejectionCode::NotOwner,
         }
     }
 

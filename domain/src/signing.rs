@@ -187,6 +187,43 @@ pub fn actor_signing_bytes(
     out
 }
 
+/// A signed read: what is read. Reads sign the same canonical shape as commands, with no
+/// parameters and an empty token (a read changes nothing, so it has no idempotency key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// `GET /v1/pools/{pool}`: target the pool id.
+    Pool,
+    /// `GET /v1/reservations/{id}`: target the reservation id `pool:seq`.
+    Reservation,
+}
+
+impl Read {
+    /// The action name signed.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Read::Pool => "read_pool",
+            Read::Reservation => "read_reservation",
+        }
+    }
+}
+
+/// The bytes an actor signs for a read of `target`.
+pub fn read_signing_bytes(
+    read: Read,
+    target: &str,
+    actor: &ActorId,
+    signed_at: Timestamp,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(SIGNING_PREFIX.as_bytes());
+    text_field(&mut out, "action", read.as_str());
+    text_field(&mut out, "target", target);
+    text_field(&mut out, "token", "");
+    text_field(&mut out, "actor", actor.as_str());
+    field(&mut out, &["signed_at"], ParamValue::Number(signed_at.0));
+    out
+}
+
 /// The bytes the admin `by` signed for a recorded actor event.
 pub fn actor_event_signing_bytes(event: &ActorEvent) -> Vec<u8> {
     let (action, params) = actor_change_params(&event.change);

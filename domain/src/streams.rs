@@ -101,6 +101,7 @@ mod tests {
             prior_state: None,
             new_state: None,
             change: Change::PoolClosed,
+            on_behalf_of: crate::event::OnBehalfOf::Nobody,
         }
     }
 

@@ -13,9 +13,9 @@ use allot_domain::command::{
 };
 use allot_domain::signing::params_bytes;
 use allot_domain::{
-    Action, ActorId, Attestation, Change, Command, Decision, Event, IdempotencyToken, Outcome,
-    ParamsDigest, Pool, PoolId, PoolStatus, Rejection, RejectionCode, ReservationId,
-    ReservationState, Timestamp, decide, evolve,
+    Action, ActorId, Attestation, Change, Command, Decision, Event, IdempotencyToken, OnBehalfOf,
+    Outcome, ParamsDigest, Pool, PoolId, PoolStatus, Rejection, RejectionCode, ReservationId,
+    ReservationState, Role, Timestamp, decide, evolve,
 };
 
 const T0: u64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -168,9 +168,16 @@ impl History {
             self.tokens_issued += 1;
             format!("tok-{}", self.tokens_issued)
         });
+        // The actors of these scenarios hold the roles their names say.
+        let role = match cmd.actor.as_str() {
+            "admin" | "registrar" => Role::Admin,
+            "sweeper" => Role::Sweeper,
+            _ => Role::Client,
+        };
         Command {
             pool: PoolId::new(cmd.pool),
             actor: ActorId::new(cmd.actor),
+            role,
             attestation: Attestation::default(),
             token: IdempotencyToken::new(token),
             digest: digest_of(&cmd.action),
@@ -1003,6 +1010,76 @@ mod cancel_reservation {
         let mut history = given([(0, declare(1)), (0, reserve("x"))]);
         history.when(2 * HOLD, cancel(1)).then_event();
         assert_eq!(history.pool.allocated(), 0);
+    }
+}
+
+mod ownership {
+    use super::*;
+
+    #[test]
+    fn another_client_confirming_or_cancelling_a_hold_is_refused_not_owner_and_nothing_is_recorded()
+    {
+        let mut history = given([(0, declare(2)), (SECOND, reserve("vip-tier"))]);
+        let rejection = history
+            .when(2 * SECOND, confirm(1).by("kiosk_svc"))
+            .then_refused(RejectionCode::NotOwner);
+        assert_eq!(
+            rejection,
+            Rejection::NotOwner {
+                reservation: rsv(1)
+            }
+        );
+        history
+            .when(2 * SECOND, cancel(1).by("kiosk_svc"))
+            .then_refused(RejectionCode::NotOwner);
+        // The owner still may.
+        let event = history
+            .when(3 * SECOND, confirm(1))
+            .then_change(Change::Confirmed { reservation: 1 });
+        assert_eq!(event.on_behalf_of, OnBehalfOf::Nobody);
+    }
+
+    #[test]
+    fn an_admin_cancels_on_behalf_of_the_owner_and_the_event_names_both() {
+        let mut history = given([(0, declare(2)), (SECOND, reserve("vip-tier"))]);
+        let event = history
+            .when(2 * SECOND, cancel(1).by("admin"))
+            .then_change(Change::Released { reservation: 1 });
+        assert_eq!(event.actor, ActorId::new("admin"));
+        assert_eq!(
+            event.on_behalf_of,
+            OnBehalfOf::Owner(ActorId::new("checkout_svc"))
+        );
+        assert_eq!(history.pool.allocated(), 0);
+    }
+
+    #[test]
+    fn ownership_is_checked_after_the_token_and_before_the_reservation_state() {
+        // A terminal reservation: there is no live owner to act for, so not-held (cached).
+        let mut history = given([
+            (0, declare(2)),
+            (SECOND, reserve("vip-tier")),
+            (2 * SECOND, cancel(1)),
+        ]);
+        history
+            .when(3 * SECOND, confirm(1).by("kiosk_svc"))
+            .then_rejected(RejectionCode::NotHeld);
+        // An unknown reservation: not-known, as for anyone.
+        history
+            .when(4 * SECOND, confirm(9).by("kiosk_svc"))
+            .then_rejected(RejectionCode::NotKnown);
+    }
+
+    #[test]
+    fn the_sweeper_expires_any_lapsed_hold_without_acting_for_its_owner() {
+        let mut history = given([(0, declare(2)), (SECOND, reserve("vip-tier"))]);
+        let event = history
+            .when(SECOND + HOLD, expire(1))
+            .then_change(Change::Expired {
+                reservation: 1,
+                lateness_ms: 0,
+            });
+        assert_eq!(event.on_behalf_of, OnBehalfOf::Nobody);
     }
 }
 

@@ -1,15 +1,16 @@
-//! The frozen encoded events of schema 1: `tests/fixtures/events/v1/<kind>.bin`, one pool event
-//! of every `Change` (every `Rejection` as a `Rejected` event, each on an action that can meet
-//! it, so every `Action` appears both done and refused) and one actor event of every
-//! `ActorChange` and `Role`.
+//! The frozen encoded events of every schema: `tests/fixtures/events/v<N>/<kind>.bin`, one pool
+//! event of every `Change` (every `Rejection` of that schema as a `Rejected` event, each on an
+//! action that can meet it, so every `Action` appears both done and refused) and one actor event
+//! of every `ActorChange` and `Role`. Schema 2 adds a confirm and a cancel on behalf of the
+//! owner, and the `not-owner` rejection.
 //!
-//! The files are the artefact: they were written by the codec of schema 1 and are never
-//! rewritten once a later schema exists. Each must decode (by the whole decode, the in-place
-//! decode replay uses, and the pool peek) to exactly the value built here, and re-encode to the
-//! same bytes. `tests/codec.rs` pins the encoder's bytes inline for its own fixed values; these
-//! files are what a later schema's decoder (with its upcasters) must still read.
+//! The files are the artefact: each directory was written by the codec of its schema and is
+//! never rewritten once a later schema exists. Each file must decode (by the whole decode, the
+//! in-place decode replay uses, and the pool peek) to exactly the value built here (an event of
+//! schema 1 upcast: `on_behalf_of` is `Unrecorded`), and the current schema's files re-encode to
+//! the same bytes. `tests/codec.rs` pins the encoder's bytes inline for its own fixed values.
 //!
-//! Regenerate (only while schema 1 is the current schema, and only on purpose):
+//! Regenerate the current schema's directory (only on purpose):
 //! ```text
 //! cargo test -p allot-domain --test golden_events -- --ignored regenerate_golden_events
 //! ```
@@ -23,18 +24,18 @@ use allot_domain::codec::{
 };
 use allot_domain::{
     Action, ActionKind, ActorChange, ActorEvent, ActorId, Attestation, Change, Event,
-    IdempotencyToken, ParamsDigest, PoolId, Rejection, RejectionCode, ReservationId,
+    IdempotencyToken, OnBehalfOf, ParamsDigest, PoolId, Rejection, RejectionCode, ReservationId,
     ReservationState, Role, Timestamp,
 };
 
-/// The schema the files under [`golden_dir`] were written with.
-const GOLDEN_SCHEMA: u8 = 1;
+/// The schemas with a golden directory; the last is the current one.
+const GOLDEN_SCHEMAS: [u8; 2] = [1, 2];
 /// 2026-01-01T00:00:00Z.
 const T0: u64 = 1_767_225_600_000;
 const POOL: &str = "CS101-01";
 
-fn golden_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/events/v1")
+fn golden_dir(schema: u8) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../tests/fixtures/events/v{schema}"))
 }
 
 /// One golden value: a pool event or an actor event.
@@ -80,7 +81,8 @@ struct Recorded {
 }
 
 impl Recorded {
-    fn event(self, seed: u8) -> Event {
+    /// The event as schema `schema` holds it (schema 1 did not record `on_behalf_of`).
+    fn event(self, seed: u8, schema: u8, on_behalf_of: OnBehalfOf) -> Event {
         let at = T0 + self.offset_ms;
         Event {
             pool: PoolId::new(POOL),
@@ -95,6 +97,11 @@ impl Recorded {
             prior_state: self.states.0,
             new_state: self.states.1,
             change: self.change,
+            on_behalf_of: if schema == 1 {
+                OnBehalfOf::Unrecorded
+            } else {
+                on_behalf_of
+            },
         }
     }
 }
@@ -394,6 +401,19 @@ fn refused_events() -> Vec<(RejectionCode, Recorded)> {
                 },
             ),
         ),
+        (
+            RejectionCode::NotOwner,
+            refused(
+                Action::CancelReservation { reservation: 2 },
+                (HELD, HELD),
+                Rejection::NotOwner {
+                    reservation: ReservationId {
+                        pool: PoolId::new(POOL),
+                        seq: 2,
+                    },
+                },
+            ),
+        ),
     ]
 }
 
@@ -456,8 +476,38 @@ fn actor_events() -> Vec<(&'static str, ActorEvent)> {
     ]
 }
 
-/// Every golden: (file stem, value), pool events first.
-fn goldens() -> Vec<(String, Golden)> {
+/// The events schema 2 added: a confirm and a cancel by an admin on behalf of the owner.
+fn on_behalf_events() -> Vec<(&'static str, Recorded)> {
+    vec![
+        (
+            "confirmed_on_behalf",
+            Recorded {
+                offset_ms: 4_500,
+                actor: "registrar",
+                token: "back-office-confirm",
+                action: Action::ConfirmReservation { reservation: 2 },
+                allocated: (6, 6),
+                states: (HELD, Some(ReservationState::Confirmed)),
+                change: Change::Confirmed { reservation: 2 },
+            },
+        ),
+        (
+            "released_on_behalf",
+            Recorded {
+                offset_ms: 5_500,
+                actor: "registrar",
+                token: "back-office-cancel",
+                action: Action::CancelReservation { reservation: 3 },
+                allocated: (6, 2),
+                states: (HELD, Some(ReservationState::Released)),
+                change: Change::Released { reservation: 3 },
+            },
+        ),
+    ]
+}
+
+/// Every golden of `schema`: (file stem, value), pool events first.
+fn goldens(schema: u8) -> Vec<(String, Golden)> {
     let mut goldens = Vec::new();
     let mut seed = 1u8;
     let mut next_seed = || {
@@ -465,11 +515,24 @@ fn goldens() -> Vec<(String, Golden)> {
         seed
     };
     for (stem, recorded) in done_events() {
-        goldens.push((stem.to_owned(), Golden::Pool(recorded.event(next_seed()))));
+        let event = recorded.event(next_seed(), schema, OnBehalfOf::Nobody);
+        goldens.push((stem.to_owned(), Golden::Pool(event)));
     }
     for (code, recorded) in refused_events() {
+        // Schema 1 had no `not-owner`.
+        if schema == 1 && code == RejectionCode::NotOwner {
+            continue;
+        }
         let stem = format!("rejected_{}", code.as_str().replace('-', "_"));
-        goldens.push((stem, Golden::Pool(recorded.event(next_seed()))));
+        let event = recorded.event(next_seed(), schema, OnBehalfOf::Nobody);
+        goldens.push((stem, Golden::Pool(event)));
+    }
+    if schema >= 2 {
+        for (stem, recorded) in on_behalf_events() {
+            let owner = OnBehalfOf::Owner(ActorId::new("enrolment_svc"));
+            let event = recorded.event(next_seed(), schema, owner);
+            goldens.push((stem.to_owned(), Golden::Pool(event)));
+        }
     }
     for (stem, event) in actor_events() {
         goldens.push((stem.to_owned(), Golden::Actor(event)));
@@ -477,27 +540,30 @@ fn goldens() -> Vec<(String, Golden)> {
     goldens
 }
 
-fn read_golden(stem: &str) -> Vec<u8> {
-    let path = golden_dir().join(format!("{stem}.bin"));
-    std::fs::read(&path).unwrap_or_else(|error| {
-        panic!(
-            "{}: {error} (regenerate only while schema {GOLDEN_SCHEMA} is current)",
-            path.display()
-        )
-    })
+fn read_golden(schema: u8, stem: &str) -> Vec<u8> {
+    let path = golden_dir(schema).join(format!("{stem}.bin"));
+    std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
 }
 
 #[test]
 fn every_golden_file_decodes_to_its_value_and_reencodes_to_the_same_bytes() {
-    for (stem, golden) in goldens() {
-        let bytes = read_golden(&stem);
-        assert_eq!(bytes.first(), Some(&GOLDEN_SCHEMA), "{stem}: schema byte");
+    for schema in GOLDEN_SCHEMAS {
+        check_goldens(schema);
+    }
+}
+
+fn check_goldens(schema: u8) {
+    let all = goldens(schema);
+    for (name, golden) in all.clone() {
+        let bytes = read_golden(schema, &name);
+        let stem = format!("v{schema}/{name}");
+        assert_eq!(bytes.first(), Some(&schema), "{stem}: schema byte");
         match &golden {
             Golden::Pool(event) => {
                 assert_eq!(decode_event(&bytes).as_ref(), Ok(event), "{stem}: decode");
                 assert_eq!(peek_pool(&bytes), Ok(event.pool.as_str()), "{stem}: peek");
                 // Replay's in-place decode, into a value holding another event's fields.
-                let mut reused = match &goldens()[0].1 {
+                let mut reused = match &all[0].1 {
                     Golden::Pool(first) => first.clone(),
                     Golden::Actor(_) => unreachable!("pool events come first"),
                 };
@@ -522,16 +588,27 @@ fn every_golden_file_decodes_to_its_value_and_reencodes_to_the_same_bytes() {
                 assert!(decode_event(&bytes).is_err(), "{stem}: not a pool event");
             }
         }
-        if SCHEMA_VERSION == GOLDEN_SCHEMA {
+        if SCHEMA_VERSION == schema {
             assert_eq!(golden.encode(), bytes, "{stem}: re-encoding changed bytes");
         }
     }
 }
 
 #[test]
-fn the_directory_holds_exactly_the_golden_files() {
-    let on_disk: BTreeSet<String> = std::fs::read_dir(golden_dir())
-        .expect("tests/fixtures/events/v1")
+fn the_directories_hold_exactly_the_golden_files() {
+    for schema in GOLDEN_SCHEMAS {
+        directory_holds_exactly_the_goldens(schema);
+    }
+    assert_eq!(
+        GOLDEN_SCHEMAS.last(),
+        Some(&SCHEMA_VERSION),
+        "the current schema has goldens"
+    );
+}
+
+fn directory_holds_exactly_the_goldens(schema: u8) {
+    let on_disk: BTreeSet<String> = std::fs::read_dir(golden_dir(schema))
+        .expect("a golden directory")
         .map(|entry| {
             entry
                 .expect("entry")
@@ -541,7 +618,7 @@ fn the_directory_holds_exactly_the_golden_files() {
         })
         .filter(|name| name.ends_with(".bin"))
         .collect();
-    let expected: BTreeSet<String> = goldens()
+    let expected: BTreeSet<String> = goldens(schema)
         .into_iter()
         .map(|(stem, _)| format!("{stem}.bin"))
         .collect();
@@ -578,7 +655,7 @@ fn actor_kind(change: &ActorChange) -> &'static str {
 
 #[test]
 fn the_goldens_cover_every_kind_of_event() {
-    let goldens = goldens();
+    let goldens = goldens(SCHEMA_VERSION);
     let pool_events: Vec<&Event> = goldens
         .iter()
         .filter_map(|(_, golden)| match golden {
@@ -606,6 +683,21 @@ fn the_goldens_cover_every_kind_of_event() {
         .filter_map(|e| e.rejection().map(Rejection::code))
         .collect();
     assert_eq!(codes, RejectionCode::ALL.into_iter().collect());
+    let on_behalf: BTreeSet<ActionKind> = pool_events
+        .iter()
+        .filter(|e| matches!(e.on_behalf_of, OnBehalfOf::Owner(_)))
+        .map(|e| e.action_kind())
+        .collect();
+    assert_eq!(
+        on_behalf,
+        [
+            ActionKind::ConfirmReservation,
+            ActionKind::CancelReservation
+        ]
+        .into_iter()
+        .collect(),
+        "confirm and cancel on behalf of the owner"
+    );
     let actor_kinds: BTreeSet<&str> = goldens
         .iter()
         .filter_map(|(_, golden)| match golden {
@@ -620,17 +712,14 @@ fn the_goldens_cover_every_kind_of_event() {
     );
 }
 
-/// Rewrites every golden file from the values above with today's encoder.
+/// Rewrites the current schema's golden files from the values above with today's encoder
+/// (earlier schemas' directories are frozen).
 #[test]
-#[ignore = "rewrites tests/fixtures/events/v1; run only on purpose"]
+#[ignore = "rewrites tests/fixtures/events/v<current>; run only on purpose"]
 fn regenerate_golden_events() {
-    assert_eq!(
-        SCHEMA_VERSION, GOLDEN_SCHEMA,
-        "the v1 goldens are frozen: a new schema gets its own directory"
-    );
-    let dir = golden_dir();
+    let dir = golden_dir(SCHEMA_VERSION);
     std::fs::create_dir_all(&dir).expect("create the golden directory");
-    for (stem, golden) in goldens() {
+    for (stem, golden) in goldens(SCHEMA_VERSION) {
         std::fs::write(dir.join(format!("{stem}.bin")), golden.encode()).expect("write golden");
     }
 }

@@ -37,6 +37,11 @@ impl Venue {
         Command {
             pool: PoolId::new("pool_vip"),
             actor: ActorId::new(actor),
+            role: match actor {
+                "admin" => allot_domain::Role::Admin,
+                "sweeper" => allot_domain::Role::Sweeper,
+                _ => allot_domain::Role::Client,
+            },
             attestation: Attestation::default(),
             token: IdempotencyToken::new(token),
             digest: digest_of(&action),

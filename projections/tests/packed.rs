@@ -60,6 +60,7 @@ impl Log {
             prior_state: states.0,
             new_state: states.1,
             change,
+            on_behalf_of: allot_domain::OnBehalfOf::Nobody,
         });
     }
 

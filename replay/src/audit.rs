@@ -38,6 +38,10 @@
 //!   The one exception is bootstrap: until the first actor event made by someone else
 //!   (`by != actor`), an admin or sweeper may register itself (`by == actor`, no earlier key),
 //!   signing with the key it registers (Invariant 6).
+//! - `ownership`: from schema 2 on, a confirm or cancel of a live reservation is made by the
+//!   actor that reserved it (the event names no owner), or by a role the role table lets act
+//!   for others, and then the event names that owner (`on_behalf_of`). Events of schema 1 did
+//!   not record it and are not checked.
 //! - `contiguous-versions`: every stream's versions are 0, 1, 2, ... and positions strictly
 //!   increase across all streams.
 //! - `fold`: with [`AuditOptions::check_fold`], the domain's own `evolve` accepts every event of
@@ -53,8 +57,8 @@ use std::fmt;
 use allot_domain::codec;
 use allot_domain::streams::ACTORS_STREAM;
 use allot_domain::{
-    Action, ActorChange, ActorId, ActorKey, ActorRegistry, Change, Event, Pool, PoolId,
-    ReservationId, ReservationState, Role, Timestamp, TokenIndex, evolve, signing,
+    Action, ActorChange, ActorId, ActorKey, ActorRegistry, Change, Event, OnBehalfOf, Permission,
+    Pool, PoolId, ReservationId, ReservationState, Role, Timestamp, TokenIndex, evolve, signing,
 };
 use serde::Serialize;
 
@@ -80,12 +84,13 @@ pub enum Check {
     NoLapsedConfirmation,
     Idempotency,
     Attribution,
+    Ownership,
     ContiguousVersions,
     Fold,
 }
 
 impl Check {
-    pub const ALL: [Check; 11] = [
+    pub const ALL: [Check; 12] = [
         Check::AllocationCoherence,
         Check::AllocatedChain,
         Check::NoOversell,
@@ -95,6 +100,7 @@ impl Check {
         Check::NoLapsedConfirmation,
         Check::Idempotency,
         Check::Attribution,
+        Check::Ownership,
         Check::ContiguousVersions,
         Check::Fold,
     ];
@@ -110,6 +116,7 @@ impl Check {
             Check::NoLapsedConfirmation => "no-lapsed-confirmation",
             Check::Idempotency => "idempotency",
             Check::Attribution => "attribution",
+            Check::Ownership => "ownership",
             Check::ContiguousVersions => "contiguous-versions",
             Check::Fold => "fold",
         }
@@ -284,6 +291,8 @@ struct Reservation {
     /// Where the (first) terminal event was recorded.
     terminal_version: u64,
     terminal_position: u64,
+    /// The actor that reserved it: an index into `PoolAudit::owners`.
+    owner: u32,
 }
 
 /// A pool stream as the audit reconstructs it.
@@ -308,9 +317,29 @@ struct PoolAudit {
     tokens: TokenIndex<u64>,
     /// The domain's aggregate, while `evolve` accepts this pool's events.
     fold: Option<Pool>,
+    /// The actors that reserved in this pool, each once; `Reservation::owner` indexes it.
+    owners: Vec<ActorId>,
+    owner_index: FastMap<ActorId, u32>,
 }
 
 impl PoolAudit {
+    /// The index of `actor` in `owners`, added if new.
+    fn owner_index(&mut self, actor: &ActorId) -> u32 {
+        if let Some(index) = self.owner_index.get(actor) {
+            return *index;
+        }
+        let index = u32::try_from(self.owners.len()).unwrap_or(u32::MAX);
+        self.owners.push(actor.clone());
+        self.owner_index.insert(actor.clone(), index);
+        index
+    }
+
+    /// The actor that reserved `seq`, if it is known.
+    fn owner_of(&self, seq: u64) -> Option<&ActorId> {
+        let owner = self.reservation(seq)?.owner;
+        self.owners.get(usize::try_from(owner).ok()?)
+    }
+
     fn reservation(&self, seq: u64) -> Option<&Reservation> {
         let index = usize::try_from(seq.checked_sub(1)?).ok()?;
         self.reservations
@@ -589,6 +618,8 @@ impl Audit {
             tokens: TokenIndex::default(),
             // The audit's own `tokens` checks the window; the fold need not keep a second copy.
             fold: self.options.check_fold.then(Pool::without_token_cache),
+            owners: Vec::new(),
+            owner_index: FastMap::default(),
         });
         self.pools.len() - 1
     }
@@ -603,7 +634,7 @@ impl Audit {
         self.pool_events += 1;
         let event = &recorded.event;
         self.last_stream = Some(index);
-        self.check_attribution(recorded, &mut findings);
+        let role = self.check_attribution(recorded, &mut findings);
 
         let Some(pool) = self.pools.get_mut(index) else {
             return;
@@ -658,6 +689,7 @@ impl Audit {
             None
         };
 
+        check_ownership(pool, event, role, &mut findings);
         let seq = apply_change(pool, event, recorded, &mut findings);
         if matches!(event.change, Change::Reserved { .. }) {
             self.reservations += 1;
@@ -766,8 +798,13 @@ impl Audit {
         key
     }
 
-    /// Key, role and (queued) signature and digest checks of a pool event.
-    fn check_attribution(&mut self, recorded: &RecordedPoolEvent, findings: &mut Findings) {
+    /// Key, role and (queued) signature and digest checks of a pool event. Returns the role of
+    /// the actor's key, if it had one.
+    fn check_attribution(
+        &mut self,
+        recorded: &RecordedPoolEvent,
+        findings: &mut Findings,
+    ) -> Option<Role> {
         let event = &recorded.event;
         let signed_at = event.attestation.signed_at;
         // The key valid when the actor signed; failing that (a client clock behind its
@@ -818,6 +855,7 @@ impl Audit {
                 &mut self.ready,
             );
         }
+        key.map(|key| key.role)
     }
 
     fn observe_actor(&mut self, recorded: &RecordedActorEvent, mut findings: Findings) {
@@ -873,7 +911,7 @@ impl Audit {
                     );
                     Some(key.public_key)
                 }
-                Some(key) if key.role.may_manage_actors() => Some(key.public_key),
+                Some(key) if key.role.allows(Permission::ManageActors) => Some(key.public_key),
                 Some(key) => {
                     findings.add(
                         Check::Attribution,
@@ -1323,6 +1361,42 @@ fn pool_claimed(pool: &str, first_stream: &str) -> String {
 /// The audit's hot maps (stream names), hashed with foldhash rather than SipHash.
 type FastMap<K, V> = foldhash::HashMap<K, V>;
 
+/// The ownership rule (see the module doc) for a confirm or cancel of a live reservation.
+fn check_ownership(pool: &PoolAudit, event: &Event, role: Option<Role>, findings: &mut Findings) {
+    let (Action::ConfirmReservation { reservation } | Action::CancelReservation { reservation }) =
+        &event.action
+    else {
+        return;
+    };
+    let live = pool
+        .reservation(*reservation)
+        .is_some_and(|r| r.state.holds_slot());
+    let Some(owner) = pool.owner_of(*reservation).filter(|_| live) else {
+        return;
+    };
+    let acts_for_others = role.is_some_and(|role| role.allows(Permission::ActForOthers));
+    let problem = match &event.on_behalf_of {
+        OnBehalfOf::Unrecorded => None,
+        OnBehalfOf::Nobody if *owner == event.actor => None,
+        OnBehalfOf::Nobody => Some(format!(
+            "{} acted on reservation {reservation} of {owner} without naming its owner",
+            event.actor
+        )),
+        OnBehalfOf::Owner(named) if named != owner || *owner == event.actor => Some(format!(
+            "{} acted on reservation {reservation} of {owner} naming {named} as its owner",
+            event.actor
+        )),
+        OnBehalfOf::Owner(_) if !acts_for_others => Some(format!(
+            "{} acted on reservation {reservation} of {owner}, a role that may not act for others",
+            event.actor
+        )),
+        OnBehalfOf::Owner(_) => None,
+    };
+    if let Some(detail) = problem {
+        findings.add(Check::Ownership, detail);
+    }
+}
+
 /// Applies the event's change to the reconstruction, noting what does not follow. Returns the
 /// sequence of a reservation the event placed.
 fn apply_change(
@@ -1391,6 +1465,7 @@ fn apply_change(
                 expires_at: *expires_at,
                 terminal_version: 0,
                 terminal_position: 0,
+                owner: pool.owner_index(&event.actor),
             };
             let next = pool.reservations.len() as u64 + 1;
             if *reservation == next {

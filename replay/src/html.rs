@@ -233,6 +233,7 @@ fn color(code: RejectionCode) -> &'static str {
         RejectionCode::RecordingFailure => "#000000",
         RejectionCode::PoolAlreadyDeclared => "#8d6e63",
         RejectionCode::CapacityBelowAllocated => "#2e7d32",
+        RejectionCode::NotOwner => "#37474f",
     }
 }
 

@@ -404,11 +404,66 @@ fn attribution_names_a_role_that_may_not_act_and_an_unknown_actor() {
     let index = history.index_of("pool_vip", 1);
     history.pool_event_mut(index).event.actor = allot_domain::ActorId::new("mallory");
     let report = audit(&history.records, AuditOptions::records_only());
+    // The reservation is now mallory's, so shop's later confirm of it breaks ownership too.
     assert_names(
         &report,
         Check::Attribution,
         position_of(&history, index),
-        &[],
+        &[Check::Ownership],
+    );
+}
+
+/// The index of the first event of `pool` whose change is a confirm or a cancel.
+fn first_confirm_or_cancel(history: &History, pool: &str) -> usize {
+    let stream = allot_domain::streams::pool_stream(&allot_domain::PoolId::new(pool));
+    history
+        .records
+        .iter()
+        .position(|record| {
+            matches!(record, Recorded::Pool(p) if p.stream == stream && matches!(
+                p.event.change,
+                allot_domain::Change::Confirmed { .. } | allot_domain::Change::Released { .. }
+            ))
+        })
+        .expect("a confirm or cancel")
+}
+
+#[test]
+fn ownership_names_a_confirm_or_cancel_that_misstates_its_owner() {
+    // The owner's own act, recorded as on behalf of itself.
+    let mut history = walkthrough();
+    let index = first_confirm_or_cancel(&history, "pool_vip");
+    let owner = history.pool_event_mut(index).event.actor.clone();
+    history.pool_event_mut(index).event.on_behalf_of = allot_domain::OnBehalfOf::Owner(owner);
+    let report = audit(&history.records, AuditOptions::records_only());
+    assert_names(&report, Check::Ownership, position_of(&history, index), &[]);
+
+    // Another actor's act that names nobody: recorded as the auditor's.
+    let mut history = walkthrough();
+    let index = first_confirm_or_cancel(&history, "pool_vip");
+    history.pool_event_mut(index).event.actor = allot_domain::ActorId::new("reader");
+    let report = audit(&history.records, AuditOptions::records_only());
+    assert!(
+        report
+            .violations
+            .iter()
+            .any(|v| v.check == Check::Ownership && v.position == position_of(&history, index)),
+        "{report}"
+    );
+
+    // Events of schema 1 did not record it: not checked.
+    let mut history = walkthrough();
+    let index = first_confirm_or_cancel(&history, "pool_vip");
+    let event = &mut history.pool_event_mut(index).event;
+    event.actor = allot_domain::ActorId::new("reader");
+    event.on_behalf_of = allot_domain::OnBehalfOf::Unrecorded;
+    let report = audit(&history.records, AuditOptions::records_only());
+    assert!(
+        !report
+            .violations
+            .iter()
+            .any(|v| v.check == Check::Ownership),
+        "{report}"
     );
 }
 

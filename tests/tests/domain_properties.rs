@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use allot_domain::fault::{self, Fault};
 use allot_domain::{
     Action, ActionKind, ActorId, Attestation, Change, Command, Decision, Event, IdempotencyToken,
-    Outcome, ParamsDigest, Pool, PoolId, RejectionCode, ReservationId, ReservationState, Timestamp,
-    decide, evolve,
+    Outcome, ParamsDigest, Pool, PoolId, RejectionCode, ReservationId, ReservationState, Role,
+    Timestamp, decide, evolve,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -29,6 +29,15 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 const T0: u64 = 1_767_225_600_000;
 const POOLS_MAX: usize = 3;
 const ACTORS: [&str; 3] = ["checkout_svc", "kiosk_svc", "sweeper"];
+
+/// The role of each of [`ACTORS`]: a client, a back office that may act for others, the sweeper.
+fn role_of(actor: &ActorId) -> Role {
+    match actor.as_str() {
+        "kiosk_svc" => Role::Admin,
+        "sweeper" => Role::Sweeper,
+        _ => Role::Client,
+    }
+}
 const UNITS: [&str; 3] = ["u0", "u1", "u2"];
 const DURATIONS_MS: [u64; 5] = [1_000, 5_000, 30_000, 120_000, 600_000];
 const WINDOWS_MS: [u64; 4] = [240_000, 300_000, 600_000, 900_000];
@@ -237,6 +246,8 @@ struct RefReservation {
     count: u32,
     expires_at: u64,
     unit: String,
+    /// The actor that reserved it: only it (or an admin, on its behalf) confirms or cancels.
+    owner: String,
     /// Release events (Released or Expired) seen for it: Invariant 2 says at most one.
     releases: u32,
 }
@@ -318,6 +329,15 @@ impl RefPool {
                 return Expect::Replay(token.outcome.clone());
             }
             return Expect::Uncached(RejectionCode::TokenCollision);
+        }
+        if let Action::ConfirmReservation { reservation }
+        | Action::CancelReservation { reservation } = &command.action
+            && let Some(held) = self.reservation(*reservation)
+            && held.state.live()
+            && held.owner != command.actor.0
+            && command.role != Role::Admin
+        {
+            return Expect::Uncached(RejectionCode::NotOwner);
         }
         let rejected = Expect::Rejected;
         match &command.action {
@@ -423,6 +443,7 @@ impl RefPool {
                 count: *count,
                 expires_at: now + duration_ms,
                 unit: resource.clone(),
+                owner: command.actor.0.clone(),
                 releases: 0,
             }),
             Action::ConfirmReservation { reservation } => {
@@ -538,6 +559,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
             let command = Command {
                 pool: pool_id(index),
                 actor: ActorId::new(ACTORS[0]),
+                role: role_of(&ActorId::new(ACTORS[0])),
                 attestation: Attestation::default(),
                 token: fresh_token(),
                 digest: digest_of(&action),
@@ -584,6 +606,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
                     };
                     let command = Command {
                         pool: pool_id(index),
+                        role: role_of(&actor),
                         actor,
                         attestation: Attestation::default(),
                         token,

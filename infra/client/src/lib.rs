@@ -13,11 +13,12 @@ use allot_domain::{
 use ed25519_dalek::SigningKey;
 use serde_json::Value;
 
+pub use allot_domain::signing::Read;
 use wire::{
     ACTOR_HEADER, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, SIGNATURE_HEADER, SIGNED_AT_HEADER,
     actor_change_path, command_body, command_path, pool_path, reservation_path,
 };
-pub use wire::{sign_actor_change, sign_command};
+pub use wire::{sign_actor_change, sign_command, sign_read};
 
 /// What the server answered.
 #[derive(Debug, Clone)]
@@ -154,6 +155,7 @@ impl Client {
         })
     }
 
+    /// An unsigned `GET` (the health check and the OpenAPI document need no signature).
     pub async fn get(&self, path: &str) -> Result<Answer, ClientError> {
         let url = format!("{}{path}", self.base);
         let response = self
@@ -168,12 +170,35 @@ impl Client {
         Self::answer(url, response).await
     }
 
+    /// Reads a reservation, signed as this actor.
     pub async fn reservation(&self, id: &ReservationId) -> Result<Answer, ClientError> {
-        self.get(&reservation_path(id)).await
+        self.read(Read::Reservation, &id.to_string(), &reservation_path(id))
+            .await
     }
 
+    /// Reads a pool's counts, signed as this actor.
     pub async fn pool(&self, pool: &PoolId) -> Result<Answer, ClientError> {
-        self.get(&pool_path(pool)).await
+        self.read(Read::Pool, pool.as_str(), &pool_path(pool)).await
+    }
+
+    /// A signed `GET` of `path`, which reads `target`.
+    pub async fn read(&self, read: Read, target: &str, path: &str) -> Result<Answer, ClientError> {
+        let signed_at = now();
+        let attestation = sign_read(&self.key, &self.actor, read, target, signed_at);
+        let url = format!("{}{path}", self.base);
+        let response = self
+            .http
+            .get(&url)
+            .header(ACTOR_HEADER, self.actor.as_str())
+            .header(SIGNED_AT_HEADER, signed_at.0.to_string())
+            .header(SIGNATURE_HEADER, hex::encode(attestation.signature))
+            .send()
+            .await
+            .map_err(|source| ClientError::Http {
+                url: url.clone(),
+                source,
+            })?;
+        Self::answer(url, response).await
     }
 
     /// Registers (as this admin) `actor` with `role` and `public_key`.

@@ -2,7 +2,7 @@
 //! command, and the signature of a command. The server reads the same header names from here,
 //! so the two cannot drift; `docs/signing.md` and `/openapi.json` publish the same contract.
 
-use allot_domain::signing::{self, command_target};
+use allot_domain::signing::{self, Read, command_target};
 use allot_domain::{
     Action, ActorChange, ActorId, Attestation, IdempotencyToken, PoolId, Timestamp,
 };
@@ -143,6 +143,21 @@ pub fn sign_command(
         actor,
         signed_at,
     );
+    Attestation {
+        signed_at,
+        signature: key.sign(&bytes).to_bytes().to_vec(),
+    }
+}
+
+/// Signs a read of `target` (a pool id, or a reservation id `pool:seq`) as `actor`.
+pub fn sign_read(
+    key: &SigningKey,
+    actor: &ActorId,
+    read: Read,
+    target: &str,
+    signed_at: Timestamp,
+) -> Attestation {
+    let bytes = signing::read_signing_bytes(read, target, actor, signed_at);
     Attestation {
         signed_at,
         signature: key.sign(&bytes).to_bytes().to_vec(),

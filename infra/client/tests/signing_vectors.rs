@@ -1,6 +1,6 @@
 //! The signing test vectors published in `docs/signing.md` are what the code produces.
 
-use allot_client::sign_command;
+use allot_client::{Read, sign_command, sign_read};
 use allot_domain::signing::{command_target, params_digest};
 use allot_domain::{Action, ActorId, IdempotencyToken, PoolId, Timestamp, signing};
 use ed25519_dalek::{Signature, SigningKey};
@@ -94,6 +94,58 @@ fn rendered() -> String {
     out
 }
 
+/// The published read vectors: (read, target, actor, signed_at).
+fn read_vectors() -> Vec<(Read, &'static str, &'static str, u64)> {
+    vec![
+        (Read::Pool, "CS101-01", "registrar", 1_767_225_600_000),
+        (
+            Read::Reservation,
+            "CS101-01:17",
+            "registrar",
+            1_767_225_660_000,
+        ),
+    ]
+}
+
+/// The read vectors, rendered as they appear in the doc (same key as the command vectors).
+fn rendered_reads() -> String {
+    let key = SigningKey::from_bytes(&[7u8; 32]);
+    let mut out = String::new();
+    for (read, target, actor, signed_at) in read_vectors() {
+        let actor = ActorId::new(actor);
+        let at = Timestamp(signed_at);
+        let bytes = signing::read_signing_bytes(read, target, &actor, at);
+        let attestation = sign_read(&key, &actor, read, target, at);
+        let signature = Signature::from_slice(&attestation.signature).expect("64 bytes");
+        key.verifying_key()
+            .verify_strict(&bytes, &signature)
+            .expect("verifies");
+        out.push_str(&format!(
+            "\n### {}\ninput: target {target}, actor {actor}, signed_at {signed_at}\nsigned bytes (hex): {}\nsignature (hex): {}\n",
+            read.as_str(),
+            hex::encode(&bytes),
+            hex::encode(&attestation.signature),
+        ));
+    }
+    out
+}
+
+#[test]
+fn the_published_read_vectors_match_the_code() {
+    let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/signing.md");
+    let doc = std::fs::read_to_string(doc_path).expect("docs/signing.md");
+    let vectors = rendered_reads();
+    for line in vectors
+        .lines()
+        .filter(|line| line.contains("(hex):") || line.starts_with("input:"))
+    {
+        assert!(
+            doc.contains(line),
+            "docs/signing.md lacks `{line}`; the read vectors are:\n{vectors}"
+        );
+    }
+}
+
 #[test]
 fn the_published_vectors_match_the_code() {
     let doc_path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/signing.md");
@@ -109,7 +161,8 @@ fn the_published_vectors_match_the_code() {
 
 #[test]
 fn print_vectors() {
-    // `cargo test -p allot-infra --test signing_vectors print_vectors -- --nocapture` prints the
-    // block to paste into docs/signing.md when the format changes (it never should silently).
+    // `cargo test -p allot-client --test signing_vectors print_vectors -- --nocapture` prints the
+    // blocks to paste into docs/signing.md when the format changes (it never should silently).
     println!("{}", rendered());
+    println!("{}", rendered_reads());
 }

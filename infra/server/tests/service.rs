@@ -19,6 +19,11 @@ fn command(pool: &str, actor: &str, token: &str, action: Action) -> Command {
     Command {
         pool: PoolId::new(pool),
         actor: ActorId::new(actor),
+        role: match actor {
+            "admin" => allot_domain::Role::Admin,
+            "sweeper" => allot_domain::Role::Sweeper,
+            _ => allot_domain::Role::Client,
+        },
         attestation: Attestation::default(),
         token: IdempotencyToken::new(token),
         digest: params_digest(&action),

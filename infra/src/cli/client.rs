@@ -87,8 +87,12 @@ pub struct ReservationArgs {
 #[derive(Debug, clap::Args)]
 pub struct ShowArgs {
     id: String,
+    /// The service's base URL.
     #[arg(long, env = "ALLOT_SERVER", default_value = "http://127.0.0.1:7878")]
     server: String,
+    /// The signing key file of the reading actor (reads are signed too).
+    #[arg(long, env = "ALLOT_KEY")]
+    key: PathBuf,
 }
 
 /// The client of `args` and the idempotency key it sends.
@@ -215,12 +219,8 @@ pub async fn expire(args: ReservationArgs) -> Result<ExitCode, String> {
 }
 
 pub async fn show(args: ShowArgs) -> Result<ExitCode, String> {
-    // Reads need no key; an all-zero key is never used to sign here.
-    let reader = Client::new(
-        args.server,
-        ActorId::new("reader"),
-        ed25519_dalek::SigningKey::from_bytes(&[0; 32]),
-    );
+    let (file, key) = KeyFile::read(&args.key).map_err(|e| e.to_string())?;
+    let reader = Client::new(args.server, ActorId::new(file.actor), key);
     let answer = match ReservationId::parse(&args.id) {
         Some(reservation) => reader.reservation(&reservation).await,
         None => reader.pool(&PoolId::new(args.id)).await,

@@ -182,6 +182,7 @@ impl History {
         let command = Command {
             pool: pool_id.clone(),
             actor: actor_id,
+            role: role_of(actor),
             attestation: Attestation {
                 signed_at: now,
                 signature,
@@ -421,4 +422,13 @@ pub fn walkthrough() -> History {
         );
     }
     history
+}
+
+/// The role the actors of these scenarios are registered with.
+pub fn role_of(actor: &str) -> allot_domain::Role {
+    match actor {
+        "admin" => allot_domain::Role::Admin,
+        "sweeper" => allot_domain::Role::Sweeper,
+        _ => allot_domain::Role::Client,
+    }
 }

@@ -612,14 +612,39 @@ impl World {
     }
 
     fn known_target(&mut self) -> Option<(PoolId, u64)> {
+        self.known_target_of(None)
+    }
+
+    /// A reservation the model knows, made by `owner` if given (a client confirms and cancels
+    /// its own reservations; another's is `not-owner`).
+    fn known_target_of(&mut self, owner: Option<&ActorId>) -> Option<(PoolId, u64)> {
+        let intents = &self.model.intents;
+        let made_by = |known: &&crate::sim::model::Known| {
+            owner.is_none_or(|owner| intents[known.intent].actor == *owner)
+        };
+        let mine: Vec<&crate::sim::model::Known> =
+            self.model.known.iter().filter(made_by).collect();
         // Mostly recent reservations, where the races are.
-        let recent = self.model.known.len().saturating_sub(12);
+        let recent = mine.len().saturating_sub(12);
         let slice = if self.rng.gen_bool(0.7) {
-            &self.model.known[recent..]
+            &mine[recent..]
         } else {
-            &self.model.known[..]
+            &mine[..]
         };
         pick(&mut self.rng, slice).map(|known| (known.id.pool.clone(), known.id.seq))
+    }
+
+    /// The client that made reservation `seq` of `pool`, if the model knows it.
+    fn owner_client(&self, pool: &PoolId, seq: u64) -> Option<usize> {
+        let known = self
+            .model
+            .known
+            .iter()
+            .find(|known| known.id.pool == *pool && known.id.seq == seq)?;
+        let actor = &self.model.intents[known.intent].actor;
+        self.clients
+            .iter()
+            .position(|client| client.actor == *actor)
     }
 
     fn any_target(&mut self) -> Option<(PoolId, u64)> {
@@ -641,7 +666,8 @@ impl World {
         }
         let draw = self.rng.gen_range(0..100);
         let target = match draw {
-            40..75 => self.known_target(),
+            40..75 => self.known_target_of(Some(&actor)),
+            // Any reservation, any client's: mostly another's, refused as `not-owner`.
             75..82 => self.any_target(),
             _ => None,
         };
@@ -792,7 +818,10 @@ impl World {
         let Some((pool, seq)) = self.known_target() else {
             return;
         };
-        let client = self.rng.gen_range(0..self.clients.len());
+        // The owner races the sweeper or the administrator.
+        let client = self
+            .owner_client(&pool, seq)
+            .unwrap_or_else(|| self.rng.gen_range(0..self.clients.len()));
         let actor = self.clients[client].actor.clone();
         let token = self.client_token(client);
         if self.rng.gen_bool(0.5) {
@@ -832,6 +861,13 @@ impl World {
         Command {
             pool: intent.pool.clone(),
             actor: intent.actor.clone(),
+            role: if intent.actor == self.admin {
+                Role::Admin
+            } else if intent.actor.as_str() == "sweeper" {
+                Role::Sweeper
+            } else {
+                Role::Client
+            },
             attestation: Attestation {
                 signed_at: self.clock.now(),
                 signature: Vec::new(),

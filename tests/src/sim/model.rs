@@ -122,6 +122,22 @@ impl Model {
     /// Whether intent `index`'s token is certainly still remembered when the highest clock
     /// reading so far is `high_water`: it was recorded no earlier than its first attempt, and
     /// the service's notion of now never exceeds the highest clock reading.
+    /// Whether `not-owner` may answer intent `index`: a confirm or cancel of a reservation the
+    /// model does not know was made by the intent's own actor.
+    fn another_owner(&self, index: usize) -> bool {
+        let intent = &self.intents[index];
+        let (Action::ConfirmReservation { reservation }
+        | Action::CancelReservation { reservation }) = &intent.action
+        else {
+            return false;
+        };
+        !self.known.iter().any(|known| {
+            known.id.pool == intent.pool
+                && known.id.seq == *reservation
+                && self.intents[known.intent].actor == intent.actor
+        })
+    }
+
     pub fn certainly_in_window(&self, index: usize, high_water: Timestamp) -> bool {
         let intent = &self.intents[index];
         let window = self.windows.get(&intent.pool).copied().unwrap_or(0);
@@ -169,6 +185,7 @@ impl Model {
                     Purpose::Fresh => false,
                 };
                 let expected = match purpose {
+                    Purpose::Fresh if code == RejectionCode::NotOwner => self.another_owner(index),
                     Purpose::Fresh => code == RejectionCode::NotKnown,
                     Purpose::Collide { .. } => code == RejectionCode::TokenCollision || !in_window,
                     Purpose::Reuse { .. } => !in_window,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use allot_client::Client;
-use allot_domain::signing::{actor_change_params, command_target};
+use allot_domain::signing::{Read, actor_change_params, command_target};
 use allot_domain::{
     Action, ActorChange, ActorId, IdempotencyToken, PoolId, ReservationId, Role, Timestamp,
 };
@@ -277,6 +277,40 @@ impl Actor {
         ]
     }
 
+    /// A `GET` of `path` signed now as this actor's read of `target`.
+    pub async fn read(&self, read: Read, target: &str, path: &str) -> Resp {
+        let signed_at = now();
+        let bytes = allot_domain::signing::read_signing_bytes(read, target, &self.id, signed_at);
+        let signature = hex::encode(self.key.sign(&bytes).to_bytes());
+        into_resp(
+            self.http
+                .get(format!("{}{path}", self.base))
+                .header(ACTOR_NAME, self.id.as_str())
+                .header(SIGNED_AT_NAME, signed_at.0.to_string())
+                .header(SIGNATURE_NAME, signature)
+                .send()
+                .await
+                .expect("GET"),
+        )
+        .await
+    }
+
+    /// Reads pool `pool` as this actor.
+    pub async fn read_pool(&self, pool: &str) -> Resp {
+        self.read(Read::Pool, pool, &format!("/v1/pools/{pool}"))
+            .await
+    }
+
+    /// Reads reservation `id` as this actor.
+    pub async fn read_reservation(&self, id: &ReservationId) -> Resp {
+        self.read(
+            Read::Reservation,
+            &id.to_string(),
+            &format!("/v1/reservations/{id}"),
+        )
+        .await
+    }
+
     /// Signs `action` now and sends it.
     pub async fn send(&self, pool: &str, action: &Action, token: &str) -> Resp {
         self.send_at(pool, action, token, now()).await
@@ -526,8 +560,9 @@ impl Harness {
         .await
     }
 
+    /// Reads pool `pool` as the first admin.
     pub async fn pool(&self, pool: &str) -> Resp {
-        self.get(&format!("/v1/pools/{pool}")).await
+        self.admin_raw.read_pool(pool).await
     }
 
     pub async fn allocated(&self, pool: &str) -> u64 {
@@ -536,8 +571,9 @@ impl Harness {
         pool.body["allocated"].as_u64().expect("allocated")
     }
 
+    /// Reads reservation `id` as the first admin (who may read any).
     pub async fn reservation(&self, id: &ReservationId) -> Resp {
-        self.get(&format!("/v1/reservations/{id}")).await
+        self.admin_raw.read_reservation(id).await
     }
 
     pub async fn state_of(&self, id: &ReservationId) -> String {

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use allot_domain::{ActorChange, ActorEvent, ActorId, Role, command, signing};
+use allot_domain::{ActorChange, ActorEvent, Permission, Role, signing};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{AppState, IDEMPOTENT_REPLAYED, Problem, SignedHeaders, body, envelope};
+use super::{AppState, IDEMPOTENT_REPLAYED, Problem, SignedHeaders, actor_id, body, envelope};
 use crate::identity::AuthError;
 
 #[derive(Debug, Deserialize)]
@@ -54,13 +54,7 @@ async fn actor_change_inner(
     change: ActorChange,
 ) -> Result<Response, Problem> {
     let envelope = envelope(headers)?;
-    let target_ok = !target.trim().is_empty()
-        && target.len() <= command::ACTOR_BYTES_MAX
-        && !target.chars().any(char::is_control);
-    if !target_ok {
-        return Err(Problem::invalid("actor id must be 1..=128 visible bytes"));
-    }
-    let target = ActorId::new(target);
+    let target = actor_id(target)?;
     let (action, params) = allot_domain::signing::actor_change_params(&change);
     let bytes = signing::actor_signing_bytes(
         action,
@@ -83,7 +77,7 @@ async fn actor_change_inner(
         )
         .await
         .map_err(|error| Problem::from(&error))?;
-    if !role.may_manage_actors() {
+    if !role.allows(Permission::ManageActors) {
         return Err(Problem::from(&AuthError::Forbidden {
             role,
             action: action.to_owned(),

@@ -11,9 +11,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
 
+use allot_domain::signing::Read;
 use allot_domain::{
     Action, ActionKind, ActorId, Attestation, Command, IdempotencyToken, Outcome, PoolId,
-    RejectionCode, ReservationId, Timestamp, command, signing,
+    RejectionCode, ReservationId, Role, Timestamp, command, signing,
 };
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
@@ -146,6 +147,7 @@ pub(crate) fn header_text<'a>(
 pub(crate) fn envelope(headers: &SignedHeaders) -> Result<Envelope, Problem> {
     let token = header_text(headers.token.as_ref(), &IDEMPOTENCY_KEY)?;
     let actor = header_text(headers.actor.as_ref(), &ACTOR_HEADER)?;
+    actor_id(actor)?;
     let signed_at = header_text(headers.signed_at.as_ref(), &SIGNED_AT_HEADER)?
         .parse::<u64>()
         .map_err(|_| Problem::invalid("allot-signed-at must be milliseconds since the epoch"))?;
@@ -171,15 +173,70 @@ pub(crate) fn pool_id(text: &str) -> Result<PoolId, Problem> {
     if command::is_valid_pool_id(text) {
         Ok(PoolId::new(text))
     } else {
-        Err(Problem::invalid(
-            "pool_id must be 1..=64 bytes of letters, digits, '_', '.', '-'",
-        ))
+        Err(Problem::invalid(format!(
+            "pool_id {}",
+            command::POOL_ID_RULE
+        )))
     }
 }
 
 pub(crate) fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
     ReservationId::parse(text)
         .ok_or_else(|| Problem::invalid("reservation_id must be `pool:sequence`"))
+}
+
+/// The signed envelope of a read: who and when (a read has no idempotency key).
+pub(crate) fn read_envelope(headers: &SignedHeaders) -> Result<(ActorId, Attestation), Problem> {
+    let actor = header_text(headers.actor.as_ref(), &ACTOR_HEADER)?;
+    let signed_at = header_text(headers.signed_at.as_ref(), &SIGNED_AT_HEADER)?
+        .parse::<u64>()
+        .map_err(|_| Problem::invalid("allot-signed-at must be milliseconds since the epoch"))?;
+    let signature = hex::decode(header_text(headers.signature.as_ref(), &SIGNATURE_HEADER)?)
+        .map_err(|_| Problem::invalid("allot-signature must be hex"))?;
+    actor_id(actor)?;
+    Ok((
+        ActorId::new(actor),
+        Attestation {
+            signed_at: Timestamp(signed_at),
+            signature,
+        },
+    ))
+}
+
+/// Authenticates a signed read of `target`: the actor and the role of its key in force.
+pub(crate) async fn authenticate_read(
+    state: &AppState,
+    headers: &SignedHeaders,
+    read: Read,
+    target: &str,
+) -> Result<(ActorId, Role), Problem> {
+    let (actor, attestation) = read_envelope(headers)?;
+    let service = &state.service;
+    let bytes = signing::read_signing_bytes(read, target, &actor, attestation.signed_at);
+    let role = service
+        .actors()
+        .authenticate(
+            &state.verifier,
+            &actor,
+            bytes,
+            &attestation,
+            service.clock().now(),
+        )
+        .await
+        .map_err(|error| Problem::from(&error))?;
+    Ok((actor, role))
+}
+
+/// An actor id from a path or a header, by the one rule.
+pub(crate) fn actor_id(text: &str) -> Result<ActorId, Problem> {
+    if command::is_valid_actor_id(text) {
+        Ok(ActorId::new(text))
+    } else {
+        Err(Problem::invalid(format!(
+            "actor id {}",
+            command::ACTOR_ID_RULE
+        )))
+    }
 }
 
 /// Authenticates, authorizes and submits one pool command; renders the answer.
@@ -230,9 +287,11 @@ async fn submit(
         return Err(Problem::overloaded("too many requests in flight; retry"));
     };
     let envelope = envelope(headers)?;
-    let command = Command {
+    let mut command = Command {
         pool,
         actor: envelope.actor,
+        // Set from the key in force once the signature is checked.
+        role: Role::Client,
         attestation: envelope.attestation,
         token: envelope.token,
         digest: params_digest(&action),
@@ -262,6 +321,7 @@ async fn submit(
         )
         .await
         .map_err(|error| Problem::from(&error))?;
+    command.role = role;
     let kind = command.action.kind();
     if !role.may(kind) {
         return Err(Problem::from(&AuthError::Forbidden {

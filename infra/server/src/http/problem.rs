@@ -76,6 +76,7 @@ pub fn status_for(code: RejectionCode) -> StatusCode {
         | RejectionCode::PoolAlreadyDeclared
         | RejectionCode::CapacityBelowAllocated => StatusCode::CONFLICT,
         RejectionCode::RecordingFailure => StatusCode::SERVICE_UNAVAILABLE,
+        RejectionCode::NotOwner => StatusCode::FORBIDDEN,
     }
 }
 

@@ -1,51 +1,85 @@
 //! The reads: a reservation and a pool, from the projections (and the reservation's own event
-//! for what the binding does not keep).
+//! for what the binding does not keep). Every read is signed; the role table says who may see
+//! what. A reservation another client made reads as `not-known`, as if it did not exist.
 
+use allot_domain::signing::Read;
 use allot_domain::streams::pool_stream;
-use allot_domain::{Action, ReservationId, Timestamp};
+use allot_domain::{Action, ActorId, Permission, ReservationId, Timestamp};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::{AppState, Problem, pool_id, reservation_id};
+use super::{AppState, Problem, SignedHeaders, authenticate_read, pool_id, reservation_id};
+use crate::identity::AuthError;
 use crate::service::Service;
 use crate::service::replay_tail::decode_pool;
+
+/// A `forbidden` problem for a role that may read nothing of the kind.
+fn may_not_read(role: allot_domain::Role, read: Read) -> Problem {
+    Problem::from(&AuthError::Forbidden {
+        role,
+        action: read.as_str().to_owned(),
+    })
+}
 
 pub(super) async fn show_reservation(
     State(state): State<AppState>,
     Path(reservation): Path<String>,
+    headers: SignedHeaders,
 ) -> Response {
-    let id = match reservation_id(&reservation) {
-        Ok(id) => id,
-        Err(problem) => return problem.into_response(),
-    };
-    let Some(entry) = state.service.projections().binding.get(&id) else {
-        return Problem::not_known(format!("reservation {id} is not known")).into_response();
-    };
-    // The binding keeps state and slot; the labels and the window are read from the event.
-    match reserved_event(&state.service, &id, entry.reserved_version).await {
-        Ok(reserved) => Json(json!({
-            "reservation_id": id,
-            "pool_id": id.pool,
-            "state": entry.state,
-            "slot_held": entry.slot_held(),
-            "resource": reserved.resource,
-            "requester": reserved.requester,
-            "count": entry.count,
-            "reserved_at": reserved.at,
-            "expires_at": reserved.expires_at,
-        }))
-        .into_response(),
-        Err(reason) => {
-            tracing::error!(reservation = %id, %reason, "cannot read the reservation's event");
-            Problem::unavailable(reason).into_response()
-        }
+    match reservation_answer(&state, &reservation, &headers).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
     }
+}
+
+async fn reservation_answer(
+    state: &AppState,
+    reservation: &str,
+    headers: &SignedHeaders,
+) -> Result<Response, Problem> {
+    let id = reservation_id(reservation)?;
+    let (actor, role) =
+        authenticate_read(state, headers, Read::Reservation, &id.to_string()).await?;
+    let any = role.allows(Permission::ReadAnyReservation);
+    if !any && !role.allows(Permission::ReadOwnReservation) {
+        return Err(may_not_read(role, Read::Reservation));
+    }
+    let not_known = || Problem::not_known(format!("reservation {id} is not known"));
+    let entry = state
+        .service
+        .projections()
+        .binding
+        .get(&id)
+        .ok_or_else(not_known)?;
+    // The binding keeps state and slot; the owner, labels and window are read from the event.
+    let reserved = reserved_event(&state.service, &id, entry.reserved_version)
+        .await
+        .map_err(|reason| {
+            tracing::error!(reservation = %id, %reason, "cannot read the reservation's event");
+            Problem::unavailable(reason)
+        })?;
+    if !any && reserved.owner != actor {
+        return Err(not_known());
+    }
+    Ok(Json(json!({
+        "reservation_id": id,
+        "pool_id": id.pool,
+        "state": entry.state,
+        "slot_held": entry.slot_held(),
+        "resource": reserved.resource,
+        "requester": reserved.requester,
+        "count": entry.count,
+        "reserved_at": reserved.at,
+        "expires_at": reserved.expires_at,
+    }))
+    .into_response())
 }
 
 /// What a reservation's `Reserved` event says that the binding does not keep.
 struct Reserved {
+    owner: ActorId,
     at: Timestamp,
     expires_at: Timestamp,
     resource: String,
@@ -81,6 +115,7 @@ async fn reserved_event(
                 ..
             },
         ) if reservation == id.seq => Ok(Reserved {
+            owner: event.actor,
             at: event.at,
             expires_at,
             resource,
@@ -90,27 +125,46 @@ async fn reserved_event(
     }
 }
 
-pub(super) async fn show_pool(State(state): State<AppState>, Path(pool): Path<String>) -> Response {
-    let pool = match pool_id(&pool) {
-        Ok(pool) => pool,
-        Err(problem) => return problem.into_response(),
-    };
-    match state.service.projections().counts.get(&pool) {
-        Some(count) => Json(json!({
-            "pool_id": pool,
-            "capacity": count.capacity,
-            "allocated": count.allocated,
-            "available": count.capacity.saturating_sub(count.allocated),
-            "live_reservations": count.live(),
-            "reservations": count.reservations,
-            "confirmed": count.confirmed,
-            "released": count.released,
-            "expired": count.expired,
-            "closed": count.closed,
-            "closes_at": count.closes_at,
-            "rejections": count.rejections,
-        }))
-        .into_response(),
-        None => Problem::not_known(format!("pool {pool} is not known")).into_response(),
+pub(super) async fn show_pool(
+    State(state): State<AppState>,
+    Path(pool): Path<String>,
+    headers: SignedHeaders,
+) -> Response {
+    match pool_answer(&state, &pool, &headers).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
     }
+}
+
+async fn pool_answer(
+    state: &AppState,
+    pool: &str,
+    headers: &SignedHeaders,
+) -> Result<Response, Problem> {
+    let pool = pool_id(pool)?;
+    let (_, role) = authenticate_read(state, headers, Read::Pool, pool.as_str()).await?;
+    if !role.allows(Permission::ReadPool) {
+        return Err(may_not_read(role, Read::Pool));
+    }
+    let count = state
+        .service
+        .projections()
+        .counts
+        .get(&pool)
+        .ok_or_else(|| Problem::not_known(format!("pool {pool} is not known")))?;
+    Ok(Json(json!({
+        "pool_id": pool,
+        "capacity": count.capacity,
+        "allocated": count.allocated,
+        "available": count.capacity.saturating_sub(count.allocated),
+        "live_reservations": count.live(),
+        "reservations": count.reservations,
+        "confirmed": count.confirmed,
+        "released": count.released,
+        "expired": count.expired,
+        "closed": count.closed,
+        "closes_at": count.closes_at,
+        "rejections": count.rejections,
+    }))
+    .into_response())
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use allot_domain::{
-    Action, ActorId, Command, IdempotencyToken, Outcome, RejectionCode, ReservationId,
+    Action, ActorId, Command, IdempotencyToken, Outcome, RejectionCode, ReservationId, Role,
 };
 use ed25519_dalek::SigningKey;
 use futures::future::join_all;
@@ -54,6 +54,7 @@ async fn expire(
     let command = Command {
         pool: reservation.pool.clone(),
         actor: sweeper.actor.clone(),
+        role: Role::Sweeper,
         attestation,
         token,
         digest: params_digest(&action),

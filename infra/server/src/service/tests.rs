@@ -329,6 +329,11 @@ fn command(pool: &PoolId, actor: &str, token: &str, action: Action) -> Command {
     Command {
         pool: pool.clone(),
         actor: ActorId::new(actor),
+        role: match actor {
+            "admin" => allot_domain::Role::Admin,
+            "sweeper" => allot_domain::Role::Sweeper,
+            _ => allot_domain::Role::Client,
+        },
         attestation: Attestation {
             signed_at: START,
             signature: vec![7; 64],

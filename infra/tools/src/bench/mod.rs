@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use allot_domain::{
-    Action, ActorId, Attestation, Command, IdempotencyToken, Outcome, PoolId, Timestamp,
+    Action, ActorId, Attestation, Command, IdempotencyToken, Outcome, PoolId, ReservationId, Role,
+    Timestamp,
 };
 use allot_projections::Projections;
 use http_body_util::{BodyExt as _, Full};
@@ -20,8 +21,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use allot_client::sign_command;
 use allot_client::wire;
+use allot_client::{Read, sign_command, sign_read};
 use allot_domain::signing::params_digest;
 use allot_server::clock::{Clock, SystemClock};
 use allot_server::metrics::Metrics;
@@ -41,6 +42,9 @@ pub struct BenchResult {
     pub p999_us: f64,
     pub errors: u64,
     pub oversold: u64,
+    /// Reads the load made beside its commands (not counted in the command figures).
+    #[serde(default)]
+    pub reads: u64,
     pub notes: String,
 }
 
@@ -75,6 +79,8 @@ struct Samples {
     /// `--trace`: whether slow commands bunch in time or spread over clients).
     started_us: Vec<u32>,
     errors: u64,
+    /// Reads answered (the `http` load reads once per four commands); not in the latencies.
+    reads: u64,
 }
 
 fn micros(duration: Duration) -> u32 {
@@ -115,9 +121,11 @@ fn result(
 ) -> BenchResult {
     let mut all: Vec<u32> = Vec::new();
     let mut errors = 0;
+    let mut reads = 0;
     for sample in samples {
         all.extend(sample.latencies_us);
         errors += sample.errors;
+        reads += sample.reads;
     }
     all.sort_unstable();
     let seconds = elapsed.as_secs_f64();
@@ -131,6 +139,7 @@ fn result(
         p999_us: percentile(&all, 0.999),
         errors,
         oversold,
+        reads,
         notes,
     }
 }
@@ -147,6 +156,7 @@ fn command(
     Command {
         pool: pool.clone(),
         actor: actor.clone(),
+        role: Role::Client,
         attestation: Attestation {
             signed_at: now,
             signature: vec![0x5a; 64],
@@ -654,6 +664,9 @@ pub async fn generate_log(
                 Command {
                     pool: pool.clone(),
                     actor: actor.clone(),
+                    // Generated logs hold what decide makes of each command; only ownership
+                    // reads the role, and every actor acts on its own reservations.
+                    role: Role::Client,
                     attestation: allot_client::sign_command(key, actor, pool, &action, &token, at),
                     token,
                     digest: params_digest(&action),
@@ -1075,6 +1088,56 @@ impl LoadConnection {
     }
 }
 
+impl LoadConnection {
+    /// Reads `reservation`, signed now as the load's actor; returns the status.
+    async fn read(
+        &mut self,
+        identity: &LoadIdentity,
+        reservation: &ReservationId,
+    ) -> std::io::Result<u16> {
+        let target = reservation.to_string();
+        let signed_at = SystemClock.now();
+        let attestation = sign_read(
+            &identity.key,
+            &identity.actor,
+            Read::Reservation,
+            &target,
+            signed_at,
+        );
+        let mut signature_hex = [0u8; 128];
+        hex::encode_to_slice(&attestation.signature, &mut signature_hex)
+            .map_err(std::io::Error::other)?;
+        let mut request = hyper::Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = hyper::Uri::try_from(wire::reservation_path(reservation))
+            .map_err(std::io::Error::other)?;
+        let headers = request.headers_mut();
+        headers.insert(hyper::header::HOST, identity.host_header.clone());
+        headers.insert(wire::ACTOR_HEADER, identity.actor_header.clone());
+        headers.insert(
+            wire::SIGNED_AT_HEADER,
+            hyper::header::HeaderValue::from(signed_at.0),
+        );
+        headers.insert(
+            wire::SIGNATURE_HEADER,
+            hyper::header::HeaderValue::from_bytes(&signature_hex)
+                .map_err(std::io::Error::other)?,
+        );
+        self.sender.ready().await.map_err(std::io::Error::other)?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = response.status().as_u16();
+        response
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?;
+        Ok(status)
+    }
+}
+
 /// Who the load process signs as, and the server it talks to.
 struct LoadIdentity {
     actor: ActorId,
@@ -1184,7 +1247,9 @@ pub async fn http_load(
         samples,
         started.elapsed(),
         0,
-        format!("{pools} pools, {clients} connections, signed when sent, separate load process"),
+        format!(
+            "{pools} pools, {clients} connections, signed when sent, one signed read per four commands, separate load process"
+        ),
     ))
 }
 
@@ -1289,6 +1354,13 @@ async fn run_client(
             &mut samples,
         )
         .await;
+        if n % 4 == 0 {
+            let reservation = ReservationId { pool, seq };
+            match connection.read(&identity, &reservation).await {
+                Ok(200) => samples.reads += 1,
+                _ => samples.errors += 1,
+            }
+        }
     }
     samples
 }
