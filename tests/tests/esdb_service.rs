@@ -206,9 +206,7 @@ impl ServeProcess {
     }
 
     async fn metrics(&self) -> String {
-        let response = reqwest::get(&self.metrics_url)
-            .await
-            .expect("GET /metrics");
+        let response = reqwest::get(&self.metrics_url).await.expect("GET /metrics");
         assert_eq!(response.status(), 200);
         response.text().await.expect("metrics text")
     }

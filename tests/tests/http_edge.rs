@@ -171,7 +171,11 @@ async fn a_thousand_slow_clients_are_timed_out_while_a_normal_client_is_served()
         normal_done - first_opened
     );
     let p99 = p99(latencies);
-    assert!(p99 < P99_MAX, "p99 {p99:?} with {SLOW_CONNECTIONS} slow clients");
+    eprintln!("normal client p99 {p99:?} with {SLOW_CONNECTIONS} slow connections open");
+    assert!(
+        p99 < P99_MAX,
+        "p99 {p99:?} with {SLOW_CONNECTIONS} slow clients"
+    );
 
     let mut failures = Vec::new();
     for held in slow {
@@ -266,8 +270,9 @@ fn signed_reserve(shop: &Actor, token: &str, extra: &[u8], body: Option<&[u8]>) 
     let (path, json) = request_parts("s1", &action);
     let json = json.to_string();
     let body = body.unwrap_or(json.as_bytes());
-    let mut request = format!("POST {path} HTTP/1.1\r\nhost: allot\r\ncontent-type: application/json\r\n")
-        .into_bytes();
+    let mut request =
+        format!("POST {path} HTTP/1.1\r\nhost: allot\r\ncontent-type: application/json\r\n")
+            .into_bytes();
     for (name, value) in shop.headers("s1", &action, token, now()) {
         request.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
@@ -281,6 +286,10 @@ fn signed_reserve(shop: &Actor, token: &str, extra: &[u8], body: Option<&[u8]>) 
     request
 }
 
+/// A malformed request: its name, the header lines that break it, its body (default: the
+/// signed one), and the status it must get.
+type Malformed = (&'static str, Vec<u8>, Option<Vec<u8>>, u16);
+
 /// A service with a client `shop` and pool `s1` (capacity 5) holding one reservation.
 async fn setup() -> (Harness, Actor, ReservationId) {
     let h = Harness::start().await;
@@ -289,7 +298,9 @@ async fn setup() -> (Harness, Actor, ReservationId) {
         .send("s1", &declare(5), "declare-s1")
         .await
         .expect_ok(201);
-    let held = shop.send("s1", &reserve("alice", 600_000), "s1-alice").await;
+    let held = shop
+        .send("s1", &reserve("alice", 600_000), "s1-alice")
+        .await;
     held.expect_ok(201);
     (h, shop, held.reservation())
 }
@@ -306,19 +317,47 @@ async fn malformed_requests_get_a_problem_and_change_nothing() {
     let big_header = format!("x-big: {}\r\n", "a".repeat(20 * 1024));
     let many_headers: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
     let over_limit_body = vec![b' '; 64 * 1024 + 1];
-    let two_lengths = format!("content-length: {body_len}\r\ncontent-length: {}\r\n", body_len + 1);
+    let two_lengths = format!(
+        "content-length: {body_len}\r\ncontent-length: {}\r\n",
+        body_len + 1
+    );
     let equal_lengths = format!("content-length: {body_len}\r\ncontent-length: {body_len}\r\n");
     let length_list = format!("content-length: {body_len}, {body_len}\r\n");
-    let chunked_and_length = format!("transfer-encoding: chunked\r\ncontent-length: {body_len}\r\n");
+    let chunked_and_length =
+        format!("transfer-encoding: chunked\r\ncontent-length: {body_len}\r\n");
     let over_limit_length = format!("content-length: {}\r\n", over_limit_body.len());
-    // (name, extra header lines, body, expected status)
-    let corpus: Vec<(&str, Vec<u8>, Option<Vec<u8>>, u16)> = vec![
-        ("two different Content-Length", two_lengths.into_bytes(), None, 400),
-        ("two equal Content-Length", equal_lengths.into_bytes(), None, 400),
+    let corpus: Vec<Malformed> = vec![
+        (
+            "two different Content-Length",
+            two_lengths.into_bytes(),
+            None,
+            400,
+        ),
+        (
+            "two equal Content-Length",
+            equal_lengths.into_bytes(),
+            None,
+            400,
+        ),
         ("Content-Length list", length_list.into_bytes(), None, 400),
-        ("Content-Length not a number", b"content-length: 12a\r\n".to_vec(), None, 400),
-        ("negative Content-Length", b"content-length: -1\r\n".to_vec(), None, 400),
-        ("empty Content-Length", b"content-length: \r\n".to_vec(), None, 400),
+        (
+            "Content-Length not a number",
+            b"content-length: 12a\r\n".to_vec(),
+            None,
+            400,
+        ),
+        (
+            "negative Content-Length",
+            b"content-length: -1\r\n".to_vec(),
+            None,
+            400,
+        ),
+        (
+            "empty Content-Length",
+            b"content-length: \r\n".to_vec(),
+            None,
+            400,
+        ),
         (
             "Content-Length past 64 bits",
             b"content-length: 99999999999999999999999\r\n".to_vec(),
@@ -343,16 +382,56 @@ async fn malformed_requests_get_a_problem_and_change_nothing() {
             Some(b"5\r\nhello\r\n0\r\n\r\n".to_vec()),
             400,
         ),
-        ("chunked and Content-Length", chunked_and_length.into_bytes(), None, 400),
-        ("control byte in a header value", b"x-a: b\x01c\r\n".to_vec(), None, 400),
-        ("NUL in a header value", b"x-a: b\x00c\r\n".to_vec(), None, 400),
-        ("DEL in a header value", b"x-a: b\x7fc\r\n".to_vec(), None, 400),
-        ("byte past ASCII in a header value", b"x-a: caf\xc3\xa9\r\n".to_vec(), None, 400),
-        ("invalid UTF-8 in a header value", b"x-a: \xff\xfe\r\n".to_vec(), None, 400),
-        ("control byte in a header name", b"x-\x01a: b\r\n".to_vec(), None, 400),
+        (
+            "chunked and Content-Length",
+            chunked_and_length.into_bytes(),
+            None,
+            400,
+        ),
+        (
+            "control byte in a header value",
+            b"x-a: b\x01c\r\n".to_vec(),
+            None,
+            400,
+        ),
+        (
+            "NUL in a header value",
+            b"x-a: b\x00c\r\n".to_vec(),
+            None,
+            400,
+        ),
+        (
+            "DEL in a header value",
+            b"x-a: b\x7fc\r\n".to_vec(),
+            None,
+            400,
+        ),
+        (
+            "byte past ASCII in a header value",
+            b"x-a: caf\xc3\xa9\r\n".to_vec(),
+            None,
+            400,
+        ),
+        (
+            "invalid UTF-8 in a header value",
+            b"x-a: \xff\xfe\r\n".to_vec(),
+            None,
+            400,
+        ),
+        (
+            "control byte in a header name",
+            b"x-\x01a: b\r\n".to_vec(),
+            None,
+            400,
+        ),
         ("space before the colon", b"x-a : b\r\n".to_vec(), None, 400),
         ("empty header name", b": b\r\n".to_vec(), None, 400),
-        ("obsolete line folding", b"x-a: b\r\n c\r\n".to_vec(), None, 400),
+        (
+            "obsolete line folding",
+            b"x-a: b\r\n c\r\n".to_vec(),
+            None,
+            400,
+        ),
         ("head too large", big_header.into_bytes(), None, 400),
         ("too many headers", many_headers.into_bytes(), None, 400),
     ];
@@ -368,10 +447,22 @@ async fn malformed_requests_get_a_problem_and_change_nothing() {
     let sound_headers = &sound[sound.windows(2).position(|w| w == b"\r\n").unwrap()..];
     let broken_lines: [(&str, &[u8]); 5] = [
         ("garbage request line", b"GARBAGE"),
-        ("HTTP/2.0 request line", b"POST /v1/pools/s1/reservations HTTP/2.0"),
-        ("two spaces in the request line", b"POST  /v1/pools/s1/reservations HTTP/1.1"),
-        ("target not a URI", b"POST /v1/pools/s\xff1/reservations HTTP/1.1"),
-        ("control byte in the target", b"POST /v1/pools/s\x011/reservations HTTP/1.1"),
+        (
+            "HTTP/2.0 request line",
+            b"POST /v1/pools/s1/reservations HTTP/2.0",
+        ),
+        (
+            "two spaces in the request line",
+            b"POST  /v1/pools/s1/reservations HTTP/1.1",
+        ),
+        (
+            "target not a URI",
+            b"POST /v1/pools/s\xff1/reservations HTTP/1.1",
+        ),
+        (
+            "control byte in the target",
+            b"POST /v1/pools/s\x011/reservations HTTP/1.1",
+        ),
     ];
     for (name, line) in broken_lines {
         let mut request = line.to_vec();
@@ -392,9 +483,13 @@ async fn malformed_requests_get_a_problem_and_change_nothing() {
             && answer.content_type == "application/problem+json"
             && answer.code() == Some("invalid-request")
             && answer.body["status"].as_u64() == Some(u64::from(*status))
-            && answer.body["detail"].as_str().is_some_and(|d| !d.is_empty());
+            && answer.body["detail"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty());
         if !problem {
-            failures.push(format!("{name}: wanted {status} invalid-request, got {answer:?}"));
+            failures.push(format!(
+                "{name}: wanted {status} invalid-request, got {answer:?}"
+            ));
         }
         if !connection.closed(Duration::from_secs(5)).await {
             failures.push(format!("{name}: connection left open"));
@@ -454,7 +549,11 @@ async fn malformed_requests_get_a_problem_and_change_nothing() {
     let not_json = signed_reserve(&shop, "edge-not-json", b"", Some(b"{\"resource\": "));
     let text_plain = String::from_utf8(signed_reserve(&shop, "edge-text", b"", None))
         .expect("ascii")
-        .replacen("content-type: application/json", "content-type: text/plain", 1);
+        .replacen(
+            "content-type: application/json",
+            "content-type: text/plain",
+            1,
+        );
     for (name, request) in [
         ("body not JSON", not_json),
         ("body not said to be JSON", text_plain.into_bytes()),
@@ -491,9 +590,15 @@ async fn metrics_answer_on_their_own_listener_only() {
     assert_ne!(h.service().metrics_addr, h.service().addr);
     let metrics = h.get_metrics().await;
     assert_eq!(metrics.status, 200, "{metrics:?}");
-    assert!(metrics.content_type.contains("openmetrics-text"), "{metrics:?}");
     assert!(
-        metrics.body.as_str().is_some_and(|text| text.contains("allot_commands")),
+        metrics.content_type.contains("openmetrics-text"),
+        "{metrics:?}"
+    );
+    assert!(
+        metrics
+            .body
+            .as_str()
+            .is_some_and(|text| text.contains("allot_sweeper_expired_total")),
         "{metrics:?}"
     );
     h.get("/metrics").await.expect_problem(404, "not-known");

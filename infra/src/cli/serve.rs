@@ -16,6 +16,7 @@ use allot_server::http::edge::{
 use allot_server::out;
 use allot_server::server::{METRICS_LISTEN, ServeOptions, Server};
 use allot_server::service::checkpoint::{CHECKPOINT_FILE, projections_at_start};
+use clap::builder::TypedValueParser;
 
 use super::source::open_store;
 

@@ -446,10 +446,13 @@ impl Harness {
 
     /// As [`Harness::start_with`], with the edge limits `edge`. A restart (see
     /// [`Harness::resume`]) uses the default limits.
-    pub async fn start_with_edge(clock: Arc<dyn Clock>, sweeper: bool, edge: EdgeLimits) -> Harness {
+    pub async fn start_with_edge(
+        clock: Arc<dyn Clock>,
+        sweeper: bool,
+        edge: EdgeLimits,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let service =
-            Self::start_service_with_edge(dir.path(), clock.clone(), sweeper, edge).await;
+        let service = Self::start_service_with_edge(dir.path(), clock.clone(), sweeper, edge).await;
         let base = format!("http://{}", service.addr);
         let (file, key) =
             KeyFile::read(&key_path(&Self::keys_dir(dir.path()), FIRST_ADMIN)).expect("admin.key");
@@ -696,7 +699,10 @@ fn parse_answer(bytes: &[u8]) -> Option<(Resp, usize)> {
     } else {
         Value::String(text)
     };
-    let replayed = headers.get(IDEMPOTENT_REPLAYED.as_str()).map(String::as_str) == Some("true");
+    let replayed = headers
+        .get(IDEMPOTENT_REPLAYED.as_str())
+        .map(String::as_str)
+        == Some("true");
     let resp = Resp {
         status,
         content_type,

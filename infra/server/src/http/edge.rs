@@ -71,6 +71,8 @@ const LINGER_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// Refused connections (over `connections_max`) that may linger at once; past it, a refused
 /// connection gets its answer without lingering.
 const REFUSALS_LINGERING_MAX: usize = 64;
+/// Capacity of a connection's input buffer kept once it is empty.
+const INPUT_KEPT_BYTES_MAX: usize = 4096;
 /// Pause after a failed accept (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
@@ -145,7 +147,10 @@ pub async fn serve(
             let mut connection = std::pin::pin!(connection);
             let served = tokio::select! {
                 served = connection.as_mut() => served,
-                _ = stopping.wait_for(|stopped| *stopped) => {
+                () = async {
+                    // The guard `wait_for` returns is not `Send`: drop it here.
+                    let _ = stopping.wait_for(|stopped| *stopped).await;
+                } => {
                     connection.as_mut().graceful_shutdown();
                     connection.await
                 }
@@ -166,7 +171,7 @@ pub async fn serve(
 /// request: the answer is the same whatever it asked.
 fn refuse(mut stream: TcpStream, peer: SocketAddr, refusals: &Arc<Semaphore>) {
     let answer = problem_bytes(&Problem::overloaded(
-        "too many open connections; retry on another connection",
+        "too many open connections; retry later",
     ));
     tracing::debug!(%peer, "connection refused: too many open");
     let Ok(permit) = Arc::clone(refusals).try_acquire_owned() else {
@@ -391,9 +396,7 @@ impl Screen {
 }
 
 fn head_too_large(head_bytes_max: usize) -> Problem {
-    Problem::invalid(format!(
-        "request head larger than {head_bytes_max} bytes"
-    ))
+    Problem::invalid(format!("request head larger than {head_bytes_max} bytes"))
 }
 
 /// Checks what hyper would refuse with a bare status, and what this API refuses, in a whole head;
@@ -461,6 +464,10 @@ impl AsyncRead for Screen {
                 buf.put_slice(&this.input[..handed]);
                 this.input.drain(..handed);
                 this.released -= handed;
+                if this.input.is_empty() && this.input.capacity() > INPUT_KEPT_BYTES_MAX {
+                    // An idle connection keeps no large buffer.
+                    this.input = Vec::new();
+                }
                 return Poll::Ready(Ok(()));
             }
             if let Frame::Refused = this.frame {
