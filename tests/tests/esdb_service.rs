@@ -46,6 +46,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What `allot serve` prints once it listens.
 const SERVING_PREFIX: &str = "allot serving on ";
+const METRICS_PREFIX: &str = "allot metrics on ";
 /// Concurrent reserves and seats of the two-instance rush.
 const RUSH_RESERVES: usize = 500;
 const RUSH_SEATS: u64 = 10;
@@ -110,11 +111,13 @@ fn metric(text: &str, name: &str) -> Option<f64> {
 struct ServeProcess {
     child: Child,
     base: String,
+    /// `http://ADDR/metrics`, on the metrics listener.
+    metrics_url: String,
 }
 
 impl ServeProcess {
-    /// Starts `allot serve --store URL --data DATA --keys KEYS --listen 127.0.0.1:0` and waits
-    /// until `/healthz` answers.
+    /// Starts `allot serve --store URL --data DATA --keys KEYS --listen 127.0.0.1:0
+    /// --metrics-listen 127.0.0.1:0` and waits until `/healthz` answers.
     async fn start(
         allot: &Path,
         url: &str,
@@ -131,7 +134,8 @@ impl ServeProcess {
             .arg(data)
             .arg("--keys")
             .arg(keys)
-            .args(["--listen", "127.0.0.1:0"]);
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "127.0.0.1:0"]);
         if !sweeper {
             command.arg("--no-sweeper");
         }
@@ -146,10 +150,15 @@ impl ServeProcess {
         // Read the address line on a thread (bounded by the deadline below), then keep draining.
         std::thread::spawn(move || {
             let mut sent = false;
+            // The metrics line comes before the serving line.
+            let mut metrics_url = String::new();
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Some(url) = line.strip_prefix(METRICS_PREFIX) {
+                    metrics_url = url.trim().to_owned();
+                }
                 if !sent && let Some(url) = line.strip_prefix(SERVING_PREFIX) {
-                    let _ = addr_tx.send(url.trim().to_owned());
+                    let _ = addr_tx.send((url.trim().to_owned(), metrics_url.clone()));
                     sent = true;
                 }
             }
@@ -157,12 +166,14 @@ impl ServeProcess {
         let mut process = ServeProcess {
             child,
             base: String::new(),
+            metrics_url: String::new(),
         };
         let started = Instant::now();
         loop {
             match addr_rx.try_recv() {
-                Ok(base) => {
+                Ok((base, metrics_url)) => {
                     process.base = base;
+                    process.metrics_url = metrics_url;
                     break;
                 }
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => panic!(
@@ -195,9 +206,7 @@ impl ServeProcess {
     }
 
     async fn metrics(&self) -> String {
-        let response = reqwest::get(format!("{}/metrics", self.base))
-            .await
-            .expect("GET /metrics");
+        let response = reqwest::get(&self.metrics_url).await.expect("GET /metrics");
         assert_eq!(response.status(), 200);
         response.text().await.expect("metrics text")
     }
@@ -418,8 +427,10 @@ impl Side {
             Arc::new(Projections::new()),
             ServeOptions {
                 listen: "127.0.0.1:0".parse().expect("loopback"),
+                metrics_listen: "127.0.0.1:0".parse().expect("loopback"),
                 keys_dir: keys.to_owned(),
                 sweeper: false,
+                edge: Default::default(),
             },
         )
         .await
@@ -602,8 +613,10 @@ impl Outage {
             Arc::new(Projections::new()),
             ServeOptions {
                 listen: "127.0.0.1:0".parse().expect("loopback"),
+                metrics_listen: "127.0.0.1:0".parse().expect("loopback"),
                 keys_dir: keys.clone(),
                 sweeper: false,
+                edge: Default::default(),
             },
         )
         .await
@@ -754,8 +767,10 @@ async fn two_services(url: &str, keys: &Path) -> (Server, Server) {
                 Arc::new(Projections::new()),
                 ServeOptions {
                     listen: "127.0.0.1:0".parse().expect("loopback"),
+                    metrics_listen: "127.0.0.1:0".parse().expect("loopback"),
                     keys_dir: keys.to_owned(),
                     sweeper,
+                    edge: Default::default(),
                 },
             )
             .await
@@ -826,8 +841,10 @@ async fn a_revocation_through_one_instance_holds_on_the_other() {
             Arc::new(Projections::new()),
             ServeOptions {
                 listen: "127.0.0.1:0".parse().expect("loopback"),
+                metrics_listen: "127.0.0.1:0".parse().expect("loopback"),
                 keys_dir: keys.clone(),
                 sweeper,
+                edge: Default::default(),
             },
         )
         .await

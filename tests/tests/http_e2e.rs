@@ -666,7 +666,7 @@ async fn healthz_openapi_and_metrics() {
         assert!(paths.contains_key(path), "openapi lacks {path}");
     }
 
-    let metrics = h.get("/metrics").await;
+    let metrics = h.get_metrics().await;
     assert_eq!(metrics.status, 200);
     assert!(metrics.content_type.contains("text"), "{metrics:?}");
     assert_eq!(h.metric("allot_sweeper_expired_total").await, 0.0);

@@ -1,4 +1,5 @@
-//! Prometheus metrics of the service, served at `/metrics`.
+//! Prometheus metrics of the service, served at `/metrics` on the metrics listener
+//! (`allot serve --metrics-listen`), apart from the API.
 
 use std::borrow::Cow;
 use std::sync::atomic::AtomicU64;

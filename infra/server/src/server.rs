@@ -1,5 +1,6 @@
-//! The composition root of `allot serve`: the store, the service, the sweeper and the HTTP API
-//! in one process; the first keys on an empty store; graceful shutdown.
+//! The composition root of `allot serve`: the store, the service, the sweeper, the HTTP API and
+//! the metrics listener (each behind the edge, `http::edge`) in one process; the first keys on an
+//! empty store; graceful shutdown.
 //! Must not: hold any rule of its own beyond wiring the rooms together.
 
 use std::net::SocketAddr;
@@ -14,6 +15,7 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::http;
+use crate::http::edge::{self, EdgeLimits};
 use crate::identity::{KeyFile, KeyFileError};
 use crate::metrics::Metrics;
 use crate::service::sweeper::{self, SweeperKey};
@@ -106,23 +108,42 @@ pub async fn bootstrap_actors(service: &Service, keys_dir: &Path) -> Result<bool
 /// A running service.
 pub struct Server {
     pub service: Service,
+    /// Where the API listens.
     pub addr: SocketAddr,
+    /// Where `/metrics` listens.
+    pub metrics_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
+    metrics_server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     sweeper: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The metrics listener's address unless told otherwise: loopback, Prometheus' exporter port.
+pub const METRICS_LISTEN: &str = "127.0.0.1:9464";
+
 /// How to run the service.
 pub struct ServeOptions {
+    /// Where the API listens.
     pub listen: SocketAddr,
+    /// Where `/metrics` listens (see [`METRICS_LISTEN`]).
+    pub metrics_listen: SocketAddr,
     pub keys_dir: PathBuf,
     /// Run the expiry sweeper in this process (with the key at `keys_dir/sweeper.key`).
     pub sweeper: bool,
+    /// The limits of both listeners.
+    pub edge: EdgeLimits,
+}
+
+async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
+    let listen_error = |source| ServeError::Listen { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
+    let bound = listener.local_addr().map_err(listen_error)?;
+    Ok((listener, bound))
 }
 
 impl Server {
     /// Opens the service over `store`, bootstraps keys on first start, starts the sweeper and
-    /// serves HTTP on `options.listen`.
+    /// serves the API on `options.listen` and `/metrics` on `options.metrics_listen`.
     pub async fn start(
         store: Arc<dyn EventStore>,
         clock: Arc<dyn Clock>,
@@ -162,32 +183,30 @@ impl Server {
         } else {
             None
         };
-        let listener =
-            TcpListener::bind(options.listen)
-                .await
-                .map_err(|source| ServeError::Listen {
-                    addr: options.listen,
-                    source,
-                })?;
-        let addr = listener.local_addr().map_err(|source| ServeError::Listen {
-            addr: options.listen,
-            source,
-        })?;
-        let app = http::router(service.clone());
-        let mut stop = shutdown_rx;
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|stopped| *stopped).await;
-                })
-                .await
-        });
-        tracing::info!(%addr, "serving");
+        let (listener, addr) = bind(options.listen).await?;
+        let (metrics_listener, metrics_addr) = bind(options.metrics_listen).await?;
+        let app = http::router_with_body_limit(service.clone(), options.edge.body_bytes_max);
+        let server = tokio::spawn(edge::serve(
+            listener,
+            app,
+            options.edge,
+            shutdown_rx.clone(),
+        ));
+        let metrics_app = http::metrics_router(Arc::clone(service.metrics()));
+        let metrics_server = tokio::spawn(edge::serve(
+            metrics_listener,
+            metrics_app,
+            options.edge,
+            shutdown_rx,
+        ));
+        tracing::info!(%addr, %metrics_addr, "serving");
         Ok(Server {
             service,
             addr,
+            metrics_addr,
             shutdown,
             server,
+            metrics_server,
             sweeper,
         })
     }
@@ -199,10 +218,16 @@ impl Server {
             let _ = sweeper.await;
         }
         let served = self.server.await;
+        let metrics_served = self.metrics_server.await;
         self.service.close().await;
-        match served {
-            Ok(result) => result.map_err(ServeError::Http),
-            Err(join) => Err(ServeError::Http(std::io::Error::other(join.to_string()))),
+        for served in [served, metrics_served] {
+            match served {
+                Ok(result) => result.map_err(ServeError::Http)?,
+                Err(join) => {
+                    return Err(ServeError::Http(std::io::Error::other(join.to_string())));
+                }
+            }
         }
+        Ok(())
     }
 }

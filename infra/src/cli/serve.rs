@@ -4,12 +4,19 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use allot_projections::Projections;
 use allot_server::clock::SystemClock;
+use allot_server::http::BODY_BYTES_MAX;
+use allot_server::http::edge::{
+    BODY_TIMEOUT_MS, CONNECTIONS_MAX, EdgeLimits, HEAD_BYTES_LIMIT, HEAD_BYTES_MAX,
+    HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS,
+};
 use allot_server::out;
-use allot_server::server::{ServeOptions, Server};
+use allot_server::server::{METRICS_LISTEN, ServeOptions, Server};
 use allot_server::service::checkpoint::{CHECKPOINT_FILE, projections_at_start};
+use clap::builder::TypedValueParser;
 
 use super::source::open_store;
 
@@ -21,8 +28,35 @@ pub struct ServeArgs {
     /// An EventStoreDB/KurrentDB connection string instead of the embedded store.
     #[arg(long, env = "ALLOT_STORE")]
     store: Option<String>,
+    /// Where the API listens.
     #[arg(long, env = "ALLOT_LISTEN", default_value = "127.0.0.1:7878")]
     listen: SocketAddr,
+    /// Where `/metrics` listens (Prometheus text); the API's address does not serve it.
+    #[arg(long, env = "ALLOT_METRICS_LISTEN", default_value = METRICS_LISTEN)]
+    metrics_listen: SocketAddr,
+    /// Open connections per listener; past it a new connection gets 503 `overloaded` and is
+    /// closed. Keep it below the open-files limit (`ulimit -n`).
+    #[arg(long, default_value_t = CONNECTIONS_MAX,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    connections_max: usize,
+    /// Bytes of a request head (request line and headers); past it: 400 `invalid-request`.
+    #[arg(long, default_value_t = HEAD_BYTES_MAX,
+          value_parser = clap::value_parser!(u32).range(1024..=HEAD_BYTES_LIMIT as i64).map(|n| n as usize))]
+    head_bytes_max: usize,
+    /// Bytes of a request body, checked from Content-Length before reading: past it, 413.
+    #[arg(long, default_value_t = BODY_BYTES_MAX,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    body_bytes_max: usize,
+    /// Milliseconds for a request head to arrive whole; then the connection is closed.
+    #[arg(long, default_value_t = HEAD_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    head_timeout_ms: u64,
+    /// Milliseconds for a request body to arrive whole after its head; then the connection is
+    /// closed.
+    #[arg(long, default_value_t = BODY_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout_ms: u64,
+    /// Milliseconds a keep-alive connection may wait for its next request; then it is closed.
+    #[arg(long, default_value_t = IDLE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_ms: u64,
     /// Where the first admin and sweeper keys are written (default: DATA/keys).
     #[arg(long)]
     keys: Option<PathBuf>,
@@ -45,13 +79,24 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
         Arc::new(projections),
         ServeOptions {
             listen: args.listen,
+            metrics_listen: args.metrics_listen,
             keys_dir,
             sweeper: !args.no_sweeper,
+            edge: EdgeLimits {
+                connections_max: args.connections_max,
+                head_bytes_max: args.head_bytes_max,
+                body_bytes_max: args.body_bytes_max,
+                head_timeout: Duration::from_millis(args.head_timeout_ms),
+                body_timeout: Duration::from_millis(args.body_timeout_ms),
+                idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+            },
         },
     )
     .await
     .map_err(|e| e.to_string())?;
-    // The service goes on even if nobody reads this line.
+    // The service goes on even if nobody reads these lines. The metrics line comes first: a
+    // reader that waits for the serving line has then seen both.
+    out!("allot metrics on http://{}/metrics", server.metrics_addr);
     out!("allot serving on http://{}", server.addr);
     wait_for_shutdown_signal().await;
     eprintln!("shutting down: draining in-flight commands");

@@ -125,8 +125,12 @@ pub async fn run(
             listen: "127.0.0.1:0"
                 .parse()
                 .map_err(|e| DemoError::Setup(format!("{e}")))?,
+            metrics_listen: "127.0.0.1:0"
+                .parse()
+                .map_err(|e| DemoError::Setup(format!("{e}")))?,
             keys_dir: keys_dir.to_owned(),
             sweeper: true,
+            edge: Default::default(),
         },
     )
     .await?;

@@ -27,8 +27,10 @@ async fn start(store: &Arc<dyn EventStore>, keys: &Path, projections: Projection
         Arc::new(projections),
         ServeOptions {
             listen: "127.0.0.1:0".parse().expect("address"),
+            metrics_listen: "127.0.0.1:0".parse().expect("address"),
             keys_dir: keys.to_owned(),
             sweeper: false,
+            edge: Default::default(),
         },
     )
     .await

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -20,6 +21,7 @@ use allot_domain::{
 };
 use allot_projections::{ProjectionContents, Projections};
 use allot_server::clock::{Clock, SystemClock};
+use allot_server::http::edge::EdgeLimits;
 use allot_server::http::{
     ACTOR_HEADER, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, SIGNATURE_HEADER, SIGNED_AT_HEADER,
 };
@@ -439,6 +441,16 @@ impl Harness {
     }
 
     async fn start_service(dir: &Path, clock: Arc<dyn Clock>, sweeper: bool) -> Server {
+        Self::start_service_with_edge(dir, clock, sweeper, EdgeLimits::default()).await
+    }
+
+    /// As [`Harness::start_service`], with the edge limits `edge` on both listeners.
+    async fn start_service_with_edge(
+        dir: &Path,
+        clock: Arc<dyn Clock>,
+        sweeper: bool,
+        edge: EdgeLimits,
+    ) -> Server {
         let store = open_store(&Self::store_dir(dir)).await;
         Server::start(
             store,
@@ -446,8 +458,10 @@ impl Harness {
             Arc::new(Projections::new()),
             ServeOptions {
                 listen: "127.0.0.1:0".parse().expect("loopback address"),
+                metrics_listen: "127.0.0.1:0".parse().expect("loopback address"),
                 keys_dir: Self::keys_dir(dir),
                 sweeper,
+                edge,
             },
         )
         .await
@@ -461,8 +475,18 @@ impl Harness {
 
     /// Starts a service on `clock`, with or without its sweeper, over a fresh store and keys.
     pub async fn start_with(clock: Arc<dyn Clock>, sweeper: bool) -> Harness {
+        Self::start_with_edge(clock, sweeper, EdgeLimits::default()).await
+    }
+
+    /// As [`Harness::start_with`], with the edge limits `edge`. A restart (see
+    /// [`Harness::resume`]) uses the default limits.
+    pub async fn start_with_edge(
+        clock: Arc<dyn Clock>,
+        sweeper: bool,
+        edge: EdgeLimits,
+    ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let service = Self::start_service(dir.path(), clock.clone(), sweeper).await;
+        let service = Self::start_service_with_edge(dir.path(), clock.clone(), sweeper, edge).await;
         let base = format!("http://{}", service.addr);
         let (file, key) =
             KeyFile::read(&key_path(&Self::keys_dir(dir.path()), FIRST_ADMIN)).expect("admin.key");
@@ -624,9 +648,15 @@ impl Harness {
         }
     }
 
+    /// `GET /metrics` on the metrics listener.
+    pub async fn get_metrics(&self) -> Resp {
+        let url = format!("http://{}/metrics", self.service().metrics_addr);
+        into_resp(self.http.get(url).send().await.expect("GET /metrics")).await
+    }
+
     /// The value of the sample `name` (e.g. `allot_sweeper_expired_total`) in `/metrics`.
     pub async fn metric(&self, name: &str) -> f64 {
-        let metrics = self.get("/metrics").await;
+        let metrics = self.get_metrics().await;
         assert_eq!(metrics.status, 200);
         let text = metrics.body.as_str().expect("metrics text");
         text.lines()
@@ -673,4 +703,115 @@ pub struct Observed {
     pub events: usize,
     pub projections: ProjectionContents,
     pub http: Vec<Value>,
+}
+
+/// Parses one HTTP/1.1 answer at the start of `bytes`; returns it and its length in bytes, or
+/// `None` while it is incomplete.
+fn parse_answer(bytes: &[u8]) -> Option<(Resp, usize)> {
+    let head_end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&bytes[..head_end]);
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()?
+        .split_whitespace()
+        .nth(1)?
+        .parse::<u16>()
+        .unwrap_or_else(|e| panic!("bad status line in {head:?}: {e}"));
+    let mut headers = HashMap::new();
+    for line in lines.filter(|line| !line.is_empty()) {
+        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+        headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+    }
+    let length = headers
+        .get("content-length")
+        .map_or(0, |value| value.parse::<usize>().expect("content-length"));
+    if bytes.len() < head_end + length {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&bytes[head_end..head_end + length]).into_owned();
+    let content_type = headers.get("content-type").cloned().unwrap_or_default();
+    let body = if content_type.contains("json") {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("invalid JSON {text:?}: {e}"))
+    } else {
+        Value::String(text)
+    };
+    let replayed = headers
+        .get(IDEMPOTENT_REPLAYED.as_str())
+        .map(String::as_str)
+        == Some("true");
+    let resp = Resp {
+        status,
+        content_type,
+        replayed,
+        body,
+    };
+    Some((resp, head_end + length))
+}
+
+/// A client connection speaking raw bytes, for requests no HTTP client library would send.
+pub struct RawConnection {
+    stream: tokio::net::TcpStream,
+    received: Vec<u8>,
+    closed: bool,
+}
+
+impl RawConnection {
+    pub async fn open(addr: SocketAddr) -> RawConnection {
+        RawConnection {
+            stream: tokio::net::TcpStream::connect(addr).await.expect("connect"),
+            received: Vec::new(),
+            closed: false,
+        }
+    }
+
+    /// Writes `bytes`; an error means the server has closed the connection.
+    pub async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        self.stream.write_all(bytes).await
+    }
+
+    /// Reads more within `deadline`; false when the server closed (end of stream or reset) or
+    /// the deadline passed.
+    async fn read_more(&mut self, deadline: tokio::time::Instant) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut chunk = [0u8; 8192];
+        match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                self.closed = true;
+                false
+            }
+            Ok(Ok(read)) => {
+                self.received.extend_from_slice(&chunk[..read]);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// The next answer, read within `within`; `None` if the server closed or the time passed
+    /// first.
+    pub async fn answer(&mut self, within: Duration) -> Option<Resp> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            if let Some((answer, used)) = parse_answer(&self.received) {
+                self.received.drain(..used);
+                return Some(answer);
+            }
+            if self.closed || !self.read_more(deadline).await {
+                return None;
+            }
+        }
+    }
+
+    /// Waits up to `within` for the server to close the connection (bytes that arrive first are
+    /// kept for [`RawConnection::answer`]); true if it did.
+    pub async fn closed(&mut self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.closed {
+            if !self.read_more(deadline).await && !self.closed {
+                return false;
+            }
+        }
+        true
+    }
 }

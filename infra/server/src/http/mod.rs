@@ -32,10 +32,12 @@ use allot_domain::signing::{command_target, params_digest};
 
 use crate::identity::AuthError;
 use crate::identity::verifier::{SignatureVerifier, VERIFY_WORKERS};
+use crate::metrics::Metrics;
 use crate::service::{Reply, Service};
 
 mod actors;
 mod commands;
+pub mod edge;
 pub mod openapi;
 pub mod problem;
 mod reads;
@@ -60,8 +62,13 @@ pub(crate) struct AppState {
     verifier: SignatureVerifier,
 }
 
-/// The application router.
+/// The application router, with the default body limit.
 pub fn router(service: Service) -> Router {
+    router_with_body_limit(service, BODY_BYTES_MAX)
+}
+
+/// The application router; request bodies of at most `body_bytes_max` bytes.
+pub fn router_with_body_limit(service: Service, body_bytes_max: usize) -> Router {
     let verifier = SignatureVerifier::start(VERIFY_WORKERS, Arc::clone(service.metrics()));
     let state = AppState {
         service,
@@ -95,12 +102,20 @@ pub fn router(service: Service) -> Router {
         .route("/v1/actors/{actor}", post(actors::register_actor))
         .route("/v1/actors/{actor}/revoke", post(actors::revoke_actor))
         .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .layer(DefaultBodyLimit::max(body_bytes_max))
         .with_state(state)
+}
+
+/// The router of the metrics listener: `/metrics` alone.
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(metrics)
 }
 
 /// The signed envelope of a request: who, when, the signature and the idempotency token.
@@ -437,13 +452,13 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        state.service.metrics().render(),
+        metrics.render(),
     )
         .into_response()
 }

@@ -137,6 +137,15 @@ impl Problem {
         )
     }
 
+    /// A request body announced larger than the limit: 413 `invalid-request`.
+    pub fn too_large(detail: impl Into<String>) -> Problem {
+        Problem::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ProblemCode::INVALID_REQUEST,
+            detail,
+        )
+    }
+
     /// A method the route does not have: 405 `invalid-request`.
     pub fn method_not_allowed(detail: impl Into<String>) -> Problem {
         Problem::new(

@@ -1413,8 +1413,10 @@ pub async fn http(
         Arc::new(Projections::new()),
         ServeOptions {
             listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
+            metrics_listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
             keys_dir: keys.clone(),
             sweeper: true,
+            edge: Default::default(),
         },
     )
     .await

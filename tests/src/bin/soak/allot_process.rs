@@ -74,8 +74,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `allot serve --data DATA --listen 127.0.0.1:0`, its stderr appended to `log`, and
-    /// waits until `/healthz` answers.
+    /// Starts `allot serve --data DATA --listen 127.0.0.1:0 --metrics-listen 127.0.0.1:0`, its
+    /// stderr appended to `log`, and waits until `/healthz` answers.
     pub async fn start(allot: &Path, data: &Path, log: &Path) -> Result<Server, ProcessError> {
         let stderr = std::fs::OpenOptions::new()
             .create(true)
@@ -87,6 +87,8 @@ impl Server {
             .arg("--data")
             .arg(data)
             .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--metrics-listen")
             .arg("127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
