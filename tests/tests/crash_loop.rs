@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 
 use allot_client::{Answer, Client};
 use allot_domain::{Action, ActorId, PoolId, ReservationId, Role};
-use allot_process::{Server, locate_allot, reader};
+use allot_process::{Server, locate_allot};
 use allot_server::identity::KeyFile;
 use allot_tests::seeded::Rng;
 use ed25519_dalek::SigningKey;
@@ -689,7 +689,8 @@ async fn acknowledged_commands_survive_sigkill_and_replay() {
         }
         .clone();
         let client = Client::new(server.base.clone(), actor, key);
-        let reader = reader(&server.base);
+        // Reads are signed: the checks read as the admin, who may read any reservation.
+        let reader = server.admin().expect("admin key");
         // No worker runs now: the checks own the model until the next load.
         let mut checked = std::mem::take(&mut *lock(&model));
         if round > 0 {

@@ -286,7 +286,10 @@ async fn two_serve_processes_on_one_store_never_oversell() {
     let buyer_key = register_client(&admin, "buyer", 7).await;
     // The second instance loads the actors (the buyer included) at start; no second sweeper.
     let second = ServeProcess::start(&allot, &url, &dir.path().join("b"), &keys, false).await;
-    let seen_by_second = reader(&second.base).pool(&pool).await.expect("GET pool");
+    let seen_by_second = admin_client(&second.base, &keys)
+        .pool(&pool)
+        .await
+        .expect("GET pool");
     assert_eq!(seen_by_second.status, 200, "{seen_by_second:?}");
 
     let buyers = [&first, &second].map(|instance| {
@@ -345,7 +348,10 @@ async fn two_serve_processes_on_one_store_never_oversell() {
         let mut complete = false;
         let mut seen = Vec::new();
         for instance in [&first, &second] {
-            let answer = reader(&instance.base).pool(&pool).await.expect("GET pool");
+            let answer = admin_client(&instance.base, &keys)
+                .pool(&pool)
+                .await
+                .expect("GET pool");
             assert_eq!(answer.status, 200, "{answer:?}");
             let allocated = answer.body["allocated"].as_u64().expect("allocated");
             assert!(allocated <= RUSH_SEATS, "oversold view: {answer:?}");
@@ -632,7 +638,7 @@ impl Outage {
         let buyer_key = register_client(&admin, "buyer", 11).await;
         Outage {
             buyer: admin.with_identity(ActorId::new("buyer"), buyer_key),
-            view: reader(&base),
+            view: admin_client(&base, &keys),
             server,
             service,
             pool,
@@ -808,7 +814,7 @@ async fn an_idle_instance_sees_the_other_instances_writes() {
         .expect("reserve");
     assert_eq!(held.status, 201, "{held:?}");
 
-    let other = reader(&format!("http://{}", second.addr));
+    let other = admin_client(&format!("http://{}", second.addr), &keys);
     let started = Instant::now();
     loop {
         let answer = other.pool(&pool).await.expect("GET pool");

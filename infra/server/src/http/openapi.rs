@@ -19,6 +19,36 @@ fn signed_headers() -> Value {
     ])
 }
 
+/// The headers of a signed read: the signature without an idempotency key.
+fn read_headers() -> Value {
+    let mut headers = signed_headers();
+    if let Some(list) = headers.as_array_mut() {
+        list.retain(|header| header["name"] != "Idempotency-Key");
+    }
+    headers
+}
+
+/// A signed read of `path_param`, answered by the role table (docs/roles.md).
+fn read(summary: &str, path_param: &str, ok: &str) -> Value {
+    let mut parameters = read_headers();
+    if let Some(list) = parameters.as_array_mut() {
+        list.push(json!({"name": path_param, "in": "path", "required": true, "schema": {"type": "string"}}));
+    }
+    json!({
+        "summary": summary,
+        "description": "Signed (docs/signing.md, Reads). Another client's reservation is 404, as if it did not exist.",
+        "parameters": parameters,
+        "responses": {
+            "200": {"description": ok},
+            "400": {"$ref": "#/components/responses/Problem"},
+            "401": {"$ref": "#/components/responses/Problem"},
+            "403": {"$ref": "#/components/responses/Problem"},
+            "404": {"$ref": "#/components/responses/Problem"},
+            "503": {"$ref": "#/components/responses/Problem"}
+        }
+    })
+}
+
 fn command(summary: &str, path_param: &str, body: Option<Value>, created: bool) -> Value {
     let mut parameters = signed_headers();
     if let Some(list) = parameters.as_array_mut() {
@@ -62,8 +92,7 @@ pub fn document() -> Value {
                     "closes_at": {"type": "integer", "description": "Cutoff (ms); reserve at or after it is pool-closed."},
                     "units": {"type": "array", "items": {"type": "string"}},
                     "idempotency_window_ms": {"type": "integer"}}})), true),
-                "get": {"summary": "pool counts", "parameters": [{"name": "pool", "in": "path", "required": true, "schema": {"type": "string"}}],
-                        "responses": {"200": {"description": "capacity, allocated, live reservations"}, "404": {"$ref": "#/components/responses/Problem"}}}
+                "get": read("pool counts", "pool", "capacity, allocated, live reservations")
             },
             "/v1/pools/{pool}/capacity": {"post": command("adjust_capacity", "pool", Some(json!({"type": "object", "required": ["capacity"], "properties": {"capacity": {"type": "integer"}}})), false)},
             "/v1/pools/{pool}/close": {"post": command("close_pool", "pool", None, false)},
@@ -71,17 +100,14 @@ pub fn document() -> Value {
                 "resource": {"type": "string"}, "requester": {"type": "string"},
                 "duration_ms": {"type": "integer", "minimum": 1000, "maximum": 2_592_000_000u64},
                 "count": {"type": "integer", "minimum": 1, "default": 1}}})), true)},
-            "/v1/reservations/{reservation}": {"get": {"summary": "query_reservation",
-                "parameters": [{"name": "reservation", "in": "path", "required": true, "schema": {"type": "string"}}],
-                "responses": {"200": {"description": "state, pool_id, slot_held"}, "404": {"$ref": "#/components/responses/Problem"}}}},
+            "/v1/reservations/{reservation}": {"get": read("query_reservation", "reservation", "state, pool_id, slot_held, requester")},
             "/v1/reservations/{reservation}/confirm": {"post": command("confirm_reservation", "reservation", None, false)},
             "/v1/reservations/{reservation}/cancel": {"post": command("cancel_reservation", "reservation", None, false)},
             "/v1/reservations/{reservation}/expire": {"post": command("expire_reservation", "reservation", None, false)},
             "/v1/actors/{actor}": {"post": command("register_actor (admin)", "actor", Some(json!({"type": "object", "required": ["role", "public_key"], "properties": {
                 "role": {"enum": ["admin", "client", "sweeper", "auditor"]}, "public_key": {"type": "string"}}})), false)},
             "/v1/actors/{actor}/revoke": {"post": command("revoke_actor (admin)", "actor", None, false)},
-            "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "ok"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "responses": {"200": {"description": "text exposition"}}}}
+            "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "ok"}}}}
         },
         "components": {
             "schemas": {

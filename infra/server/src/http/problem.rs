@@ -228,7 +228,7 @@ impl IntoResponse for Problem {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::{BODY_BYTES_MAX, IN_FLIGHT_MAX};
+    use crate::http::{BODY_BYTES_MAX, IN_FLIGHT_MAX, edge};
     use crate::service::SHARD_QUEUE_MAX;
     use allot_domain::command::{
         COUNT_MAX, HOLD_DURATION_MS_MAX, HOLD_DURATION_MS_MIN, IDEMPOTENCY_WINDOW_MS_DEFAULT,
@@ -306,6 +306,14 @@ mod tests {
             unavailable.status,
             unavailable.code.as_str()
         )));
+        let too_large = Problem::too_large("x");
+        assert!(
+            row(&doc, "| a body longer than the limit").ends_with(&format!(
+                "| {} | `{}` |",
+                too_large.status,
+                too_large.code.as_str()
+            ))
+        );
         let method = Problem::method_not_allowed("x");
         assert!(row(&doc, "| a method the route").ends_with(&format!(
             "| {} | `{}` |",
@@ -317,7 +325,7 @@ mod tests {
     #[test]
     fn the_documented_limits_are_the_constants() {
         let doc = doc();
-        let cases: [(&str, Vec<u64>); 9] = [
+        let cases: [(&str, Vec<u64>); 15] = [
             ("| request body", vec![BODY_BYTES_MAX as u64]),
             ("| requests decided at once", vec![IN_FLIGHT_MAX as u64]),
             ("| commands queued per shard", vec![SHARD_QUEUE_MAX as u64]),
@@ -337,6 +345,25 @@ mod tests {
             ),
             ("| `count`", vec![u64::from(COUNT_MAX)]),
             ("| capacity", vec![allot_domain::command::CAPACITY_MAX]),
+            ("| open connections", vec![edge::CONNECTIONS_MAX as u64]),
+            (
+                "| request head (request line and headers)",
+                vec![
+                    edge::HEAD_BYTES_MAX as u64,
+                    edge::HEADERS_MAX as u64,
+                    edge::HEAD_BYTES_LIMIT as u64,
+                ],
+            ),
+            ("| request head arriving whole", vec![edge::HEAD_TIMEOUT_MS]),
+            ("| request body arriving whole", vec![edge::BODY_TIMEOUT_MS]),
+            (
+                "| keep-alive connection waiting",
+                vec![edge::IDLE_TIMEOUT_MS],
+            ),
+            (
+                "| request body, from `Content-Length`",
+                vec![BODY_BYTES_MAX as u64],
+            ),
         ];
         for (starts, numbers) in cases {
             let line = row(&doc, starts);

@@ -1354,7 +1354,7 @@ async fn run_client(
             &mut samples,
         )
         .await;
-        if n % 4 == 0 {
+        if n.is_multiple_of(4) {
             let reservation = ReservationId { pool, seq };
             match connection.read(&identity, &reservation).await {
                 Ok(200) => samples.reads += 1,
