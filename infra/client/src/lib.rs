@@ -121,20 +121,35 @@ impl Client {
         body: &Value,
     ) -> Result<Answer, ClientError> {
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .post(&url)
+        let request = self
+            .signed(self.http.post(&url), signed_at, signature)
             .header(IDEMPOTENCY_KEY, token)
+            .json(body);
+        Self::exchange(url, request).await
+    }
+
+    /// `request` with this actor's signature headers.
+    fn signed(
+        &self,
+        request: reqwest::RequestBuilder,
+        signed_at: Timestamp,
+        signature: &str,
+    ) -> reqwest::RequestBuilder {
+        request
             .header(ACTOR_HEADER, self.actor.as_str())
             .header(SIGNED_AT_HEADER, signed_at.0.to_string())
             .header(SIGNATURE_HEADER, signature)
-            .json(body)
-            .send()
-            .await
-            .map_err(|source| ClientError::Http {
-                url: url.clone(),
-                source,
-            })?;
+    }
+
+    /// Sends `request` to `url` and reads the answer.
+    async fn exchange(
+        url: String,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Answer, ClientError> {
+        let response = request.send().await.map_err(|source| ClientError::Http {
+            url: url.clone(),
+            source,
+        })?;
         Self::answer(url, response).await
     }
 
@@ -158,16 +173,8 @@ impl Client {
     /// An unsigned `GET` (the health check and the OpenAPI document need no signature).
     pub async fn get(&self, path: &str) -> Result<Answer, ClientError> {
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| ClientError::Http {
-                url: url.clone(),
-                source,
-            })?;
-        Self::answer(url, response).await
+        let request = self.http.get(&url);
+        Self::exchange(url, request).await
     }
 
     /// Reads a reservation, signed as this actor.
@@ -186,19 +193,9 @@ impl Client {
         let signed_at = now();
         let attestation = sign_read(&self.key, &self.actor, read, target, signed_at);
         let url = format!("{}{path}", self.base);
-        let response = self
-            .http
-            .get(&url)
-            .header(ACTOR_HEADER, self.actor.as_str())
-            .header(SIGNED_AT_HEADER, signed_at.0.to_string())
-            .header(SIGNATURE_HEADER, hex::encode(attestation.signature))
-            .send()
-            .await
-            .map_err(|source| ClientError::Http {
-                url: url.clone(),
-                source,
-            })?;
-        Self::answer(url, response).await
+        let signature = hex::encode(attestation.signature);
+        let request = self.signed(self.http.get(&url), signed_at, &signature);
+        Self::exchange(url, request).await
     }
 
     /// Registers (as this admin) `actor` with `role` and `public_key`.

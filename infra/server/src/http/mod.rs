@@ -161,20 +161,11 @@ pub(crate) fn header_text<'a>(
 
 pub(crate) fn envelope(headers: &SignedHeaders) -> Result<Envelope, Problem> {
     let token = header_text(headers.token.as_ref(), &IDEMPOTENCY_KEY)?;
-    let actor = header_text(headers.actor.as_ref(), &ACTOR_HEADER)?;
-    actor_id(actor)?;
-    let signed_at = header_text(headers.signed_at.as_ref(), &SIGNED_AT_HEADER)?
-        .parse::<u64>()
-        .map_err(|_| Problem::invalid("allot-signed-at must be milliseconds since the epoch"))?;
-    let signature = hex::decode(header_text(headers.signature.as_ref(), &SIGNATURE_HEADER)?)
-        .map_err(|_| Problem::invalid("allot-signature must be hex"))?;
+    let (actor, attestation) = read_envelope(headers)?;
     Ok(Envelope {
-        actor: ActorId::new(actor),
+        actor,
         token: IdempotencyToken::new(token),
-        attestation: Attestation {
-            signed_at: Timestamp(signed_at),
-            signature,
-        },
+        attestation,
     })
 }
 
@@ -200,7 +191,8 @@ pub(crate) fn reservation_id(text: &str) -> Result<ReservationId, Problem> {
         .ok_or_else(|| Problem::invalid("reservation_id must be `pool:sequence`"))
 }
 
-/// The signed envelope of a read: who and when (a read has no idempotency key).
+/// The signature headers of a request: who and when (a read has no idempotency key; a command's
+/// envelope adds it).
 pub(crate) fn read_envelope(headers: &SignedHeaders) -> Result<(ActorId, Attestation), Problem> {
     let actor = header_text(headers.actor.as_ref(), &ACTOR_HEADER)?;
     let signed_at = header_text(headers.signed_at.as_ref(), &SIGNED_AT_HEADER)?

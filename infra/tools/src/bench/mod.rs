@@ -1063,19 +1063,7 @@ impl LoadConnection {
             hyper::header::HeaderValue::from_bytes(&signature_hex)
                 .map_err(std::io::Error::other)?,
         );
-        self.sender.ready().await.map_err(std::io::Error::other)?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .map_err(std::io::Error::other)?;
-        let status = response.status().as_u16();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(std::io::Error::other)?
-            .to_bytes();
+        let (status, body) = self.exchange(request).await?;
         let reservation = serde_json::from_slice::<ReserveOutcome>(&body)
             .ok()
             .and_then(|outcome| outcome.reservation_id)
@@ -1089,6 +1077,27 @@ impl LoadConnection {
 }
 
 impl LoadConnection {
+    /// Sends `request` once the connection is ready; returns the status and the whole body.
+    async fn exchange(
+        &mut self,
+        request: hyper::Request<Full<Bytes>>,
+    ) -> std::io::Result<(u16, Bytes)> {
+        self.sender.ready().await.map_err(std::io::Error::other)?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(std::io::Error::other)?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok((status, body))
+    }
+
     /// Reads `reservation`, signed now as the load's actor; returns the status.
     async fn read(
         &mut self,
@@ -1122,18 +1131,7 @@ impl LoadConnection {
             hyper::header::HeaderValue::from_bytes(&signature_hex)
                 .map_err(std::io::Error::other)?,
         );
-        self.sender.ready().await.map_err(std::io::Error::other)?;
-        let response = self
-            .sender
-            .send_request(request)
-            .await
-            .map_err(std::io::Error::other)?;
-        let status = response.status().as_u16();
-        response
-            .into_body()
-            .collect()
-            .await
-            .map_err(std::io::Error::other)?;
+        let (status, _) = self.exchange(request).await?;
         Ok(status)
     }
 }
