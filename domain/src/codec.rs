@@ -44,8 +44,12 @@ fn config() -> impl bincode::config::Config {
 }
 
 fn encode<T: bincode::Encode>(value: &T) -> Vec<u8> {
+    encode_as(SCHEMA_VERSION, value)
+}
+
+fn encode_as<T: bincode::Encode>(schema: u8, value: &T) -> Vec<u8> {
     let mut out = Vec::with_capacity(160);
-    out.push(SCHEMA_VERSION);
+    out.push(schema);
     // Encoding into a Vec cannot fail for these types except by exceeding the limit, which no
     // validated command can reach; an empty-after-version payload then fails loudly on decode.
     if let Err(error) = bincode::encode_into_std_write(value, &mut out, config()) {
@@ -83,7 +87,12 @@ fn decode_body<T: bincode::Decode<()>>(body: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
+/// The stored form of `event`: schema 2, or schema 1 for an event read from schema 1 (whose
+/// `on_behalf_of` is `Unrecorded`), so an upcast event re-encodes to the bytes it came from.
 pub fn encode_event(event: &Event) -> Vec<u8> {
+    if event.on_behalf_of == OnBehalfOf::Unrecorded {
+        return encode_as(1, &v1::Event::from(event));
+    }
     encode(event)
 }
 
@@ -96,14 +105,14 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
 
 /// Shapes of schema 1, frozen, and their upcast to the current types.
 mod v1 {
-    use bincode::Decode;
+    use bincode::{Decode, Encode};
 
     use crate::command::Action;
     use crate::event::{Change, OnBehalfOf, ReservationState};
     use crate::ids::{ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, Timestamp};
 
     /// A pool event of schema 1: `crate::event::Event` without `on_behalf_of`.
-    #[derive(Decode)]
+    #[derive(Encode, Decode)]
     pub(super) struct Event {
         pool: PoolId,
         at: Timestamp,
@@ -117,6 +126,25 @@ mod v1 {
         prior_state: Option<ReservationState>,
         new_state: Option<ReservationState>,
         change: Change,
+    }
+
+    impl From<&crate::event::Event> for Event {
+        fn from(event: &crate::event::Event) -> Self {
+            Event {
+                pool: event.pool.clone(),
+                at: event.at,
+                actor: event.actor.clone(),
+                attestation: event.attestation.clone(),
+                token: event.token.clone(),
+                digest: event.digest,
+                action: event.action.clone(),
+                allocated_before: event.allocated_before,
+                allocated_after: event.allocated_after,
+                prior_state: event.prior_state,
+                new_state: event.new_state,
+                change: event.change.clone(),
+            }
+        }
     }
 
     impl From<Event> for crate::event::Event {

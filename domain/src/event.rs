@@ -73,7 +73,10 @@ pub enum Change {
 }
 
 /// Whose reservation a confirm or cancel acted on, when it was not the actor's own.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode)]
+///
+/// Stored (schema 2 on) as variant 0 (`Nobody`) or 1 (`Owner`, then the owner's id); a stored
+/// variant 2 is malformed: `Unrecorded` is never written, only read from schema 1.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OnBehalfOf {
     /// The actor acted on its own reservation, or the event concerns none.
     Nobody,
@@ -218,3 +221,40 @@ impl Event {
         }
     }
 }
+
+impl Encode for OnBehalfOf {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        match self {
+            OnBehalfOf::Nobody => 0u32.encode(encoder),
+            OnBehalfOf::Owner(owner) => {
+                1u32.encode(encoder)?;
+                owner.encode(encoder)
+            }
+            // The codec writes an event that did not record it as schema 1.
+            OnBehalfOf::Unrecorded => Err(bincode::error::EncodeError::Other(
+                "on_behalf_of of schema 1 has no schema 2 encoding",
+            )),
+        }
+    }
+}
+
+impl<Context> Decode<Context> for OnBehalfOf {
+    fn decode<D: bincode::de::Decoder<Context = Context>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        match u32::decode(decoder)? {
+            0 => Ok(OnBehalfOf::Nobody),
+            1 => Ok(OnBehalfOf::Owner(ActorId::decode(decoder)?)),
+            found => Err(bincode::error::DecodeError::UnexpectedVariant {
+                type_name: "OnBehalfOf",
+                allowed: &bincode::error::AllowedEnumVariants::Range { min: 0, max: 1 },
+                found,
+            }),
+        }
+    }
+}
+
+bincode::impl_borrow_decode!(OnBehalfOf);

@@ -723,6 +723,23 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
             event.allocated_before, pool.allocated
         )));
     }
+    // Only a confirm or cancel acts on someone's behalf, and `not-owner` is never recorded.
+    match (&event.action, &event.change) {
+        (_, Change::Rejected(Rejection::NotOwner { .. })) => {
+            return Err(fail("not-owner is refused, never recorded".to_owned()));
+        }
+        (
+            Action::ConfirmReservation { reservation } | Action::CancelReservation { reservation },
+            _,
+        ) => check_on_behalf_of(pool, *reservation, event).map_err(fail)?,
+        (_, _) if matches!(event.on_behalf_of, OnBehalfOf::Owner(_)) => {
+            return Err(fail(format!(
+                "{} names an owner it acted for",
+                event.action.kind()
+            )));
+        }
+        _ => {}
+    }
     pool.tokens
         .forget_before(event.at, pool.idempotency_window_ms);
     if pool.is_declared()
@@ -828,7 +845,6 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
             );
         }
         (Change::Confirmed { reservation }, Action::ConfirmReservation { .. }) => {
-            check_on_behalf_of(pool, *reservation, event).map_err(fail)?;
             let hold = held(pool, *reservation).map_err(fail)?;
             if event.at >= hold.expires_at {
                 return Err(fail(format!(
@@ -838,7 +854,6 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
             pool.states[(*reservation - 1) as usize] = ReservationState::Confirmed;
         }
         (Change::Released { reservation }, Action::CancelReservation { .. }) => {
-            check_on_behalf_of(pool, *reservation, event).map_err(fail)?;
             release(pool, *reservation, ReservationState::Released).map_err(fail)?;
         }
         (Change::Expired { reservation, .. }, Action::ExpireReservation { .. }) => {

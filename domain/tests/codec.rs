@@ -638,3 +638,26 @@ fn the_largest_valid_declare_event_round_trips() {
     );
     assert_eq!(decode_event(&bytes), Ok(event));
 }
+
+#[test]
+fn a_schema_2_event_claiming_its_owner_unrecorded_is_malformed() {
+    // `Unrecorded` exists only for events read from schema 1; schema 2 stores 0 or 1.
+    let (_, event) = event_fixtures().into_iter().next().expect("a fixture");
+    let mut bytes = encode_event(&event);
+    assert_eq!(bytes.first(), Some(&2));
+    assert_eq!(bytes.last(), Some(&0), "Nobody is variant 0, last");
+    if let Some(last) = bytes.last_mut() {
+        *last = 2;
+    }
+    assert!(matches!(
+        decode_event(&bytes),
+        Err(CodecError::Malformed(_))
+    ));
+    let mut into = event.clone();
+    assert!(allot_domain::codec::decode_event_into(&bytes, &mut into).is_err());
+    // An upcast event of schema 1 re-encodes to its schema 1 bytes.
+    let v1 = golden_bytes(EVENT_GOLDEN[0].1);
+    let upcast = decode_event(&v1).expect("a schema 1 golden");
+    assert_eq!(upcast.on_behalf_of, OnBehalfOf::Unrecorded);
+    assert_eq!(encode_event(&upcast), v1);
+}

@@ -1071,6 +1071,42 @@ mod ownership {
     }
 
     #[test]
+    fn evolve_refuses_an_owner_named_where_none_was_acted_for_and_a_recorded_not_owner() {
+        let mut history = given([(0, declare(2)), (SECOND, reserve("vip-tier"))]);
+        let pool = history.pool.clone();
+        let decided = |history: &mut History, cmd: Cmd| {
+            let command = history.command(cmd);
+            match decide(&pool, &command, at(2 * SECOND)) {
+                Ok(Decision::Append(event)) => event,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        };
+        let owner = OnBehalfOf::Owner(ActorId::new("checkout_svc"));
+        // A reserve does not act for anyone.
+        let mut reserved = decided(&mut history, reserve("vip-tier").token("second"));
+        reserved.on_behalf_of = owner.clone();
+        assert!(evolve(&mut pool.clone(), &reserved).is_err());
+        // The owner's own confirm does not act for itself.
+        let mut confirmed = decided(&mut history, confirm(1));
+        assert!(evolve(&mut pool.clone(), &confirmed).is_ok());
+        confirmed.on_behalf_of = owner;
+        assert!(evolve(&mut pool.clone(), &confirmed).is_err());
+        // An admin's cancel must name the owner.
+        let mut cancelled = decided(&mut history, cancel(1).by("admin"));
+        assert!(evolve(&mut pool.clone(), &cancelled).is_ok());
+        cancelled.on_behalf_of = OnBehalfOf::Nobody;
+        assert!(evolve(&mut pool.clone(), &cancelled).is_err());
+        // `not-owner` is refused, never recorded.
+        let mut refused = decided(&mut history, confirm(1).token("refused"));
+        refused.change = Change::Rejected(Rejection::NotOwner {
+            reservation: rsv(1),
+        });
+        refused.new_state = refused.prior_state;
+        refused.allocated_after = refused.allocated_before;
+        assert!(evolve(&mut pool.clone(), &refused).is_err());
+    }
+
+    #[test]
     fn the_sweeper_expires_any_lapsed_hold_without_acting_for_its_owner() {
         let mut history = given([(0, declare(2)), (SECOND, reserve("vip-tier"))]);
         let event = history

@@ -40,8 +40,8 @@
 //!   signing with the key it registers (Invariant 6).
 //! - `ownership`: from schema 2 on, a confirm or cancel of a live reservation is made by the
 //!   actor that reserved it (the event names no owner), or by a role the role table lets act
-//!   for others, and then the event names that owner (`on_behalf_of`). Events of schema 1 did
-//!   not record it and are not checked.
+//!   for others, and then the event names that owner (`on_behalf_of`); no other action names
+//!   an owner. Events of schema 1 did not record it and are not checked.
 //! - `contiguous-versions`: every stream's versions are 0, 1, 2, ... and positions strictly
 //!   increase across all streams.
 //! - `fold`: with [`AuditOptions::check_fold`], the domain's own `evolve` accepts every event of
@@ -1366,6 +1366,15 @@ fn check_ownership(pool: &PoolAudit, event: &Event, role: Option<Role>, findings
     let (Action::ConfirmReservation { reservation } | Action::CancelReservation { reservation }) =
         &event.action
     else {
+        if let OnBehalfOf::Owner(named) = &event.on_behalf_of {
+            findings.add(
+                Check::Ownership,
+                format!(
+                    "{} names {named} as the owner it acted for, but only a confirm or cancel acts for an owner",
+                    event.action.kind()
+                ),
+            );
+        }
         return;
     };
     let live = pool

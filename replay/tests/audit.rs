@@ -451,6 +451,14 @@ fn ownership_names_a_confirm_or_cancel_that_misstates_its_owner() {
         "{report}"
     );
 
+    // Only a confirm or cancel acts for an owner: a reserve naming one is reported.
+    let mut history = walkthrough();
+    let index = history.index_of("pool_vip", 1);
+    let event = &mut history.pool_event_mut(index).event;
+    event.on_behalf_of = allot_domain::OnBehalfOf::Owner(allot_domain::ActorId::new("shop"));
+    let report = audit(&history.records, AuditOptions::records_only());
+    assert_names(&report, Check::Ownership, position_of(&history, index), &[]);
+
     // Events of schema 1 did not record it: not checked.
     let mut history = walkthrough();
     let index = first_confirm_or_cancel(&history, "pool_vip");

@@ -19,8 +19,8 @@ use std::collections::{BTreeMap, HashMap};
 use allot_domain::fault::{self, Fault};
 use allot_domain::{
     Action, ActionKind, ActorId, Attestation, Change, Command, Decision, Event, IdempotencyToken,
-    Outcome, ParamsDigest, Pool, PoolId, RejectionCode, ReservationId, ReservationState, Role,
-    Timestamp, decide, evolve,
+    Outcome, ParamsDigest, Permission, Pool, PoolId, RejectionCode, ReservationId,
+    ReservationState, Role, Timestamp, decide, evolve,
 };
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -335,7 +335,7 @@ impl RefPool {
             && let Some(held) = self.reservation(*reservation)
             && held.state.live()
             && held.owner != command.actor.0
-            && command.role != Role::Admin
+            && !command.role.allows(Permission::ActForOthers)
         {
             return Expect::Uncached(RejectionCode::NotOwner);
         }

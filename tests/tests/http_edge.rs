@@ -639,3 +639,59 @@ async fn shutdown_does_not_wait_for_a_partial_head() {
     assert!(idle.closed(Duration::from_secs(1)).await);
     assert!(partial.closed(Duration::from_secs(1)).await);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed_by_the_send_timeout() {
+    use tokio::io::AsyncWriteExt;
+    const SEND_TIMEOUT: Duration = Duration::from_millis(500);
+    let edge = EdgeLimits {
+        connections_max: 1,
+        send_timeout: SEND_TIMEOUT,
+        ..EdgeLimits::default()
+    };
+    let h = Harness::start_with_edge(Arc::new(SystemClock), false, edge).await;
+    let addr = h.service().addr;
+    // A client with a small receive window asks for the OpenAPI document (tens of KiB) many
+    // times over, pipelined, and never reads: the answers fill both sides' buffers.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("receive buffer");
+    let mut stalled = socket.connect(addr).await.expect("connect");
+    let started = Instant::now();
+    // More answers than any socket buffer holds (thousands × tens of KiB); the writer stops when
+    // the server stops reading or closes.
+    let writer = tokio::spawn(async move {
+        let request = b"GET /openapi.json HTTP/1.1\r\nhost: allot\r\n\r\n";
+        for _ in 0..5_000 {
+            if stalled.write_all(request).await.is_err() {
+                break;
+            }
+        }
+        stalled
+    });
+    // It holds the only place: others are refused until the send timeout closes it.
+    let healthz = b"GET /healthz HTTP/1.1\r\nhost: allot\r\n\r\n";
+    loop {
+        let mut next = RawConnection::open(addr).await;
+        let _ = next.send(healthz).await;
+        let answer = next
+            .answer(Duration::from_secs(5))
+            .await
+            .expect("an answer");
+        if answer.status == 200 {
+            break;
+        }
+        answer.expect_problem(503, "overloaded");
+        assert!(
+            started.elapsed() < SEND_TIMEOUT + Duration::from_secs(5),
+            "the stalled connection was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() >= SEND_TIMEOUT,
+        "served after {:?}: the stalled connection was not holding its place",
+        started.elapsed()
+    );
+    writer.abort();
+    h.shutdown().await;
+}

@@ -11,7 +11,7 @@ use allot_server::clock::SystemClock;
 use allot_server::http::BODY_BYTES_MAX;
 use allot_server::http::edge::{
     BODY_TIMEOUT_MS, CONNECTIONS_MAX, EdgeLimits, HEAD_BYTES_LIMIT, HEAD_BYTES_MAX,
-    HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS,
+    HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, SEND_TIMEOUT_MS,
 };
 use allot_server::out;
 use allot_server::server::{METRICS_LISTEN, ServeOptions, Server};
@@ -57,6 +57,10 @@ pub struct ServeArgs {
     /// Milliseconds a keep-alive connection may wait for its next request; then it is closed.
     #[arg(long, default_value_t = IDLE_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     idle_timeout_ms: u64,
+    /// Milliseconds an answer may wait for the client to read it; then the connection is
+    /// closed.
+    #[arg(long, default_value_t = SEND_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
+    send_timeout_ms: u64,
     /// Where the first admin and sweeper keys are written (default: DATA/keys).
     #[arg(long)]
     keys: Option<PathBuf>,
@@ -89,6 +93,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 head_timeout: Duration::from_millis(args.head_timeout_ms),
                 body_timeout: Duration::from_millis(args.body_timeout_ms),
                 idle_timeout: Duration::from_millis(args.idle_timeout_ms),
+                send_timeout: Duration::from_millis(args.send_timeout_ms),
             },
         },
     )

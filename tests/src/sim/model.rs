@@ -119,9 +119,6 @@ impl Model {
         self.intents.len() - 1
     }
 
-    /// Whether intent `index`'s token is certainly still remembered when the highest clock
-    /// reading so far is `high_water`: it was recorded no earlier than its first attempt, and
-    /// the service's notion of now never exceeds the highest clock reading.
     /// Whether `not-owner` may answer intent `index`: a confirm or cancel of a reservation the
     /// model does not know was made by the intent's own actor.
     fn another_owner(&self, index: usize) -> bool {
@@ -138,6 +135,9 @@ impl Model {
         })
     }
 
+    /// Whether intent `index`'s token is certainly still remembered when the highest clock
+    /// reading so far is `high_water`: it was recorded no earlier than its first attempt, and
+    /// the service's notion of now never exceeds the highest clock reading.
     pub fn certainly_in_window(&self, index: usize, high_water: Timestamp) -> bool {
         let intent = &self.intents[index];
         let window = self.windows.get(&intent.pool).copied().unwrap_or(0);

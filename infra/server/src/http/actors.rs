@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use allot_domain::{ActorChange, ActorEvent, Permission, Role, signing};
+use allot_domain::{ActorChange, ActorEvent, ActorId, Permission, Role, signing};
 use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -54,7 +54,21 @@ async fn actor_change_inner(
     change: ActorChange,
 ) -> Result<Response, Problem> {
     let envelope = envelope(headers)?;
-    let target = actor_id(target)?;
+    let target = match actor_id(target) {
+        Ok(target) => target,
+        // An actor registered under an earlier, looser rule can still be revoked, so its key
+        // does not stay in force for want of an id the rule accepts.
+        Err(problem) => {
+            let registered = ActorId::new(target);
+            let revocable = matches!(change, ActorChange::Revoked)
+                && target.len() <= allot_domain::command::ACTOR_BYTES_MAX
+                && state.service.actors().current(&registered).is_some();
+            if !revocable {
+                return Err(problem);
+            }
+            registered
+        }
+    };
     let (action, params) = allot_domain::signing::actor_change_params(&change);
     let bytes = signing::actor_signing_bytes(
         action,

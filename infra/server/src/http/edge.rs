@@ -12,6 +12,7 @@
 //! - the body: announced by `Content-Length` (no `Transfer-Encoding`), at most `body_bytes_max`
 //!   bytes (checked before any of it is read), whole within `body_timeout` of its head;
 //! - an idle keep-alive connection: closed after `idle_timeout` without a new request.
+//! - an answer the client does not take (it stops reading): closed after `send_timeout`.
 //!
 //! How a malformed head is answered. hyper answers its own parse errors with a bare status and
 //! no body, so hyper never sees a head the screen has not accepted. The [`Screen`] sits between
@@ -63,6 +64,10 @@ pub const BODY_TIMEOUT_MS: u64 = 10_000;
 pub const IDLE_TIMEOUT_MS: u64 = 60_000;
 /// Headers of one request (hyper's own limit).
 pub const HEADERS_MAX: usize = 100;
+/// Time an answer may wait for the client to take its bytes (a client that stops reading, or a
+/// zero receive window): past it the connection is closed, so a reader that never reads cannot
+/// hold a connection, its place under `connections_max`, or a shutdown.
+pub const SEND_TIMEOUT_MS: u64 = 10_000;
 /// After a refusal, how long the edge reads (and drops) what the client still sends before it
 /// closes, and how much at most: closing with unread bytes would reset the connection, and the
 /// client might lose the answer.
@@ -85,6 +90,7 @@ pub struct EdgeLimits {
     pub head_timeout: Duration,
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
+    pub send_timeout: Duration,
 }
 
 impl Default for EdgeLimits {
@@ -96,6 +102,7 @@ impl Default for EdgeLimits {
             head_timeout: Duration::from_millis(HEAD_TIMEOUT_MS),
             body_timeout: Duration::from_millis(BODY_TIMEOUT_MS),
             idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS),
+            send_timeout: Duration::from_millis(SEND_TIMEOUT_MS),
         }
     }
 }
@@ -260,6 +267,9 @@ pub struct Screen {
     answer: Option<(Vec<u8>, usize)>,
     lingered: u64,
     linger_until: Option<Instant>,
+    /// Since when a write has been waiting for the client to take bytes, and its timer.
+    send_stalled: Option<Instant>,
+    send_timer: Pin<Box<Sleep>>,
 }
 
 impl Screen {
@@ -279,7 +289,37 @@ impl Screen {
             answer: None,
             lingered: 0,
             linger_until: None,
+            send_stalled: None,
+            send_timer: Box::pin(tokio::time::sleep_until(deadline)),
         }
+    }
+
+    /// After a write or flush answered `sent`: a write that waits starts (or keeps) the send
+    /// timer, and one past `send_timeout` fails the connection; progress resets it.
+    fn send_progress<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        sent: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if sent.is_ready() {
+            self.send_stalled = None;
+            return sent;
+        }
+        let since = *self.send_stalled.get_or_insert_with(|| {
+            let now = Instant::now();
+            self.send_timer
+                .as_mut()
+                .reset(now + self.limits.send_timeout);
+            now
+        });
+        if self.send_timer.as_mut().poll(cx).is_ready() {
+            tracing::debug!(
+                waited_ms = since.elapsed().as_millis() as u64,
+                "client does not take its answer; closing"
+            );
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
     }
 
     /// When the current frame times out.
@@ -530,7 +570,8 @@ impl AsyncWrite for Screen {
                 since: Instant::now(),
             };
         }
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let sent = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.send_progress(cx, sent)
     }
 
     fn poll_write_vectored(
@@ -543,7 +584,8 @@ impl AsyncWrite for Screen {
                 since: Instant::now(),
             };
         }
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let sent = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.send_progress(cx, sent)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -551,23 +593,32 @@ impl AsyncWrite for Screen {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        let flushed = Pin::new(&mut self.stream).poll_flush(cx);
+        self.send_progress(cx, flushed)
     }
 
     /// Writes the answer to a refused head (after everything hyper wrote), closes this side,
     /// then lingers: reads and drops what the client still sends, for a bounded time and size.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let Some((answer, written)) = &mut this.answer else {
+        let Some((answer, mut written)) = this.answer.take() else {
             return Pin::new(&mut this.stream).poll_shutdown(cx);
         };
-        while *written < answer.len() {
-            let sent = ready!(Pin::new(&mut this.stream).poll_write(cx, &answer[*written..]))?;
+        while written < answer.len() {
+            let sent = Pin::new(&mut this.stream).poll_write(cx, &answer[written..]);
+            let sent = match this.send_progress(cx, sent) {
+                Poll::Ready(sent) => sent,
+                Poll::Pending => {
+                    this.answer = Some((answer, written));
+                    return Poll::Pending;
+                }
+            }?;
             if sent == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            *written += sent;
+            written += sent;
         }
+        this.answer = Some((answer, written));
         if this.linger_until.is_none() {
             ready!(Pin::new(&mut this.stream).poll_shutdown(cx))?;
             this.linger_until = Some(Instant::now() + LINGER);

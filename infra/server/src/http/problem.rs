@@ -325,7 +325,7 @@ mod tests {
     #[test]
     fn the_documented_limits_are_the_constants() {
         let doc = doc();
-        let cases: [(&str, Vec<u64>); 15] = [
+        let cases: [(&str, Vec<u64>); 16] = [
             ("| request body", vec![BODY_BYTES_MAX as u64]),
             ("| requests decided at once", vec![IN_FLIGHT_MAX as u64]),
             ("| commands queued per shard", vec![SHARD_QUEUE_MAX as u64]),
@@ -359,6 +359,10 @@ mod tests {
             (
                 "| keep-alive connection waiting",
                 vec![edge::IDLE_TIMEOUT_MS],
+            ),
+            (
+                "| an answer waiting for the client",
+                vec![edge::SEND_TIMEOUT_MS],
             ),
             (
                 "| request body, from `Content-Length`",
