@@ -53,18 +53,67 @@ pub struct Hold {
     pub expires_at: Timestamp,
 }
 
-/// What the aggregate keeps of a live reservation: only what decisions need, in three words
-/// (the state is in `Pool::states`, the unit is an index into the pool's sorted unit names).
-/// Terminal reservations keep only their state byte; labels such as the requester live in the
-/// events.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the aggregate keeps of a live reservation: only what decisions need (the state is in
+/// `Pool::states`, the unit is an index into the pool's sorted unit names, the owner is kept
+/// inline). Terminal reservations keep only their state byte; labels such as the requester
+/// live in the events.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct LiveHold {
     reserved_at: Timestamp,
     expires_at: Timestamp,
     count: u32,
     unit: u32,
-    /// The actor that made the reservation: an index into `Pool::owners`.
-    owner: u32,
+    owner: Owner,
+}
+
+/// Longest actor id kept inline in a hold; longer ones (up to the 128-byte limit) are boxed.
+const OWNER_INLINE_BYTES_MAX: usize = 22;
+
+/// The actor that made a live hold. Actor ids are short ASCII, so a hold keeps its owner in
+/// place: no allocation and no table shared by the pool's holds, whose lookups and growth cost a
+/// pool that many actors reserve in (every hold of a pool is usually another actor's).
+#[derive(Clone, PartialEq, Eq)]
+enum Owner {
+    Inline {
+        len: u8,
+        bytes: [u8; OWNER_INLINE_BYTES_MAX],
+    },
+    Boxed(Box<str>),
+}
+
+impl Owner {
+    fn new(actor: &ActorId) -> Owner {
+        let text = actor.as_str();
+        match u8::try_from(text.len()) {
+            Ok(len) if text.len() <= OWNER_INLINE_BYTES_MAX => {
+                let mut bytes = [0; OWNER_INLINE_BYTES_MAX];
+                bytes[..text.len()].copy_from_slice(text.as_bytes());
+                Owner::Inline { len, bytes }
+            }
+            _ => Owner::Boxed(text.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            Owner::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            Owner::Boxed(text) => text.as_bytes(),
+        }
+    }
+
+    fn is(&self, actor: &ActorId) -> bool {
+        self.as_bytes() == actor.as_str().as_bytes()
+    }
+
+    fn to_actor(&self) -> ActorId {
+        ActorId::new(String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+impl std::fmt::Debug for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
 }
 
 /// `LiveHold::unit` of a hold in a pool without named units.
@@ -333,10 +382,6 @@ pub struct Pool {
     states: Vec<ReservationState>,
     /// Held and Confirmed reservations.
     live: HashMap<u64, LiveHold>,
-    /// The actors that made live reservations, each once (a pool sees a few upstream
-    /// services, not one actor per reservation); `LiveHold::owner` indexes it.
-    owners: Vec<ActorId>,
-    owner_index: HashMap<ActorId, u32>,
     tokens: TokenCache,
     last_at: Timestamp,
     events_applied: u64,
@@ -361,9 +406,13 @@ impl Pool {
         self.id.is_some()
     }
     /// The actor that made live reservation `seq`.
-    pub fn owner_of(&self, seq: u64) -> Option<&ActorId> {
-        let hold = self.live.get(&seq)?;
-        self.owners.get(usize::try_from(hold.owner).ok()?)
+    pub fn owner_of(&self, seq: u64) -> Option<ActorId> {
+        self.live.get(&seq).map(|hold| hold.owner.to_actor())
+    }
+
+    /// Whether live reservation `seq` was made by someone other than `actor` (`None`: not live).
+    fn made_by_another(&self, seq: u64, actor: &ActorId) -> Option<bool> {
+        self.live.get(&seq).map(|hold| !hold.owner.is(actor))
     }
     pub fn capacity(&self) -> u64 {
         self.capacity
@@ -522,8 +571,8 @@ pub fn decide(pool: &Pool, command: &Command, now: Timestamp) -> Result<Decision
     // role that may act for others (the event then names the owner).
     let on_behalf_of = match &command.action {
         Action::ConfirmReservation { reservation } | Action::CancelReservation { reservation } => {
-            match pool.owner_of(*reservation) {
-                Some(owner) if *owner != command.actor => {
+            match pool.made_by_another(*reservation, &command.actor) {
+                Some(true) => {
                     if !command.role.allows(Permission::ActForOthers) {
                         return Err(Rejection::NotOwner {
                             reservation: ReservationId {
@@ -532,7 +581,10 @@ pub fn decide(pool: &Pool, command: &Command, now: Timestamp) -> Result<Decision
                             },
                         });
                     }
-                    OnBehalfOf::Owner(owner.clone())
+                    match pool.owner_of(*reservation) {
+                        Some(owner) => OnBehalfOf::Owner(owner),
+                        None => OnBehalfOf::Nobody,
+                    }
                 }
                 _ => OnBehalfOf::Nobody,
             }
@@ -832,7 +884,7 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
             };
             pool.allocated = allocated;
             pool.states.push(ReservationState::Held);
-            let owner = owner_index(pool, &event.actor).map_err(fail)?;
+            let owner = Owner::new(&event.actor);
             pool.live.insert(
                 *reservation,
                 LiveHold {
@@ -885,38 +937,28 @@ pub fn evolve(pool: &mut Pool, event: &Event) -> Result<(), EvolveError> {
     Ok(())
 }
 
-/// The index of `actor` in the pool's owners, added if new.
-fn owner_index(pool: &mut Pool, actor: &ActorId) -> Result<u32, String> {
-    if let Some(index) = pool.owner_index.get(actor) {
-        return Ok(*index);
-    }
-    let index = u32::try_from(pool.owners.len()).map_err(|_| "too many owners".to_owned())?;
-    pool.owners.push(actor.clone());
-    pool.owner_index.insert(actor.clone(), index);
-    Ok(index)
-}
-
 /// A confirm or cancel names the owner it acted for exactly when its actor is not the owner
 /// (events of schema 1 recorded neither, and pass).
 fn check_on_behalf_of(pool: &Pool, seq: u64, event: &Event) -> Result<(), String> {
-    let Some(owner) = pool.owner_of(seq) else {
+    let Some(hold) = pool.live.get(&seq) else {
         return Ok(());
     };
+    let owner = &hold.owner;
     match &event.on_behalf_of {
         OnBehalfOf::Unrecorded => Ok(()),
-        OnBehalfOf::Nobody if *owner == event.actor => Ok(()),
-        OnBehalfOf::Owner(named) if named == owner && *owner != event.actor => Ok(()),
+        OnBehalfOf::Nobody if owner.is(&event.actor) => Ok(()),
+        OnBehalfOf::Owner(named) if owner.is(named) && !owner.is(&event.actor) => Ok(()),
         other => Err(format!(
-            "reservation {seq} of {owner} acted on by {} recorded as on behalf of {other:?}",
+            "reservation {seq} of {owner:?} acted on by {} recorded as on behalf of {other:?}",
             event.actor
         )),
     }
 }
 
 /// The live hold of `seq`, if it is Held.
-fn held(pool: &Pool, seq: u64) -> Result<LiveHold, String> {
+fn held(pool: &Pool, seq: u64) -> Result<&LiveHold, String> {
     match (pool.live.get(&seq), pool.state_of(seq)) {
-        (Some(hold), Some(ReservationState::Held)) => Ok(*hold),
+        (Some(hold), Some(ReservationState::Held)) => Ok(hold),
         (Some(_), Some(state)) => Err(format!("reservation {seq} is {state}, not held")),
         _ => Err(format!("reservation {seq} is not live")),
     }
