@@ -788,9 +788,19 @@ impl World {
         }
         let draw = self.rng.gen_range(0..100);
         let (pool, action) = match draw {
-            0..45 => {
+            0..33 => {
                 let (pool, seq) = self.known_target()?;
                 (pool, Action::ExpireReservation { reservation: seq })
+            }
+            // The back office confirms or cancels a client's reservation on its behalf.
+            33..45 => {
+                let (pool, seq) = self.known_target()?;
+                let action = if self.rng.gen_bool(0.5) {
+                    Action::ConfirmReservation { reservation: seq }
+                } else {
+                    Action::CancelReservation { reservation: seq }
+                };
+                (pool, action)
             }
             45..65 => {
                 let pool = pick(&mut self.rng, &self.pools)?.clone();
