@@ -405,14 +405,12 @@ impl Pool {
     pub fn is_declared(&self) -> bool {
         self.id.is_some()
     }
-    /// The actor that made live reservation `seq`.
-    pub fn owner_of(&self, seq: u64) -> Option<ActorId> {
-        self.live.get(&seq).map(|hold| hold.owner.to_actor())
-    }
-
-    /// Whether live reservation `seq` was made by someone other than `actor` (`None`: not live).
-    fn made_by_another(&self, seq: u64, actor: &ActorId) -> Option<bool> {
-        self.live.get(&seq).map(|hold| !hold.owner.is(actor))
+    /// The actor that made live reservation `seq`, if it is live and that actor is not `actor`.
+    fn other_owner(&self, seq: u64, actor: &ActorId) -> Option<ActorId> {
+        self.live
+            .get(&seq)
+            .filter(|hold| !hold.owner.is(actor))
+            .map(|hold| hold.owner.to_actor())
     }
     pub fn capacity(&self) -> u64 {
         self.capacity
@@ -571,22 +569,17 @@ pub fn decide(pool: &Pool, command: &Command, now: Timestamp) -> Result<Decision
     // role that may act for others (the event then names the owner).
     let on_behalf_of = match &command.action {
         Action::ConfirmReservation { reservation } | Action::CancelReservation { reservation } => {
-            match pool.made_by_another(*reservation, &command.actor) {
-                Some(true) => {
-                    if !command.role.allows(Permission::ActForOthers) {
-                        return Err(Rejection::NotOwner {
-                            reservation: ReservationId {
-                                pool: id.clone(),
-                                seq: *reservation,
-                            },
-                        });
-                    }
-                    match pool.owner_of(*reservation) {
-                        Some(owner) => OnBehalfOf::Owner(owner),
-                        None => OnBehalfOf::Nobody,
-                    }
+            match pool.other_owner(*reservation, &command.actor) {
+                Some(_) if !command.role.allows(Permission::ActForOthers) => {
+                    return Err(Rejection::NotOwner {
+                        reservation: ReservationId {
+                            pool: id.clone(),
+                            seq: *reservation,
+                        },
+                    });
                 }
-                _ => OnBehalfOf::Nobody,
+                Some(owner) => OnBehalfOf::Owner(owner),
+                None => OnBehalfOf::Nobody,
             }
         }
         _ => OnBehalfOf::Nobody,

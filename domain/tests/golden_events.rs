@@ -554,8 +554,8 @@ fn every_golden_file_decodes_to_its_value_and_reencodes_to_the_same_bytes() {
 
 fn check_goldens(schema: u8) {
     let all = goldens(schema);
-    for (name, golden) in all.clone() {
-        let bytes = read_golden(schema, &name);
+    for (name, golden) in &all {
+        let bytes = read_golden(schema, name);
         let stem = format!("v{schema}/{name}");
         assert_eq!(bytes.first(), Some(&schema), "{stem}: schema byte");
         match &golden {

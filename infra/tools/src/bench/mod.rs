@@ -25,6 +25,7 @@ use allot_client::wire;
 use allot_client::{Read, sign_command, sign_read};
 use allot_domain::signing::params_digest;
 use allot_server::clock::{Clock, SystemClock};
+use allot_server::http::{ACTOR_HEADER, IDEMPOTENCY_KEY, SIGNATURE_HEADER, SIGNED_AT_HEADER};
 use allot_server::metrics::Metrics;
 use allot_server::service::checkpoint::{CHECKPOINT_FILE, read_checkpoint, write_atomically};
 use allot_server::service::{Service, SubmitError};
@@ -805,22 +806,12 @@ pub async fn replay(dir: &Path, events: u64) -> Result<ReplayResult, String> {
     let _ = std::fs::remove_file(dir.join(CHECKPOINT_FILE));
 
     // Start-up without a checkpoint: open the log, fold every event into the projections.
-    let started = Instant::now();
+    let (startup_without, applied) = restart(dir, false).await?;
+    let total = applied + 2;
+
     let store: Arc<dyn EventStore> =
         Arc::new(EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?);
-    let service = open(Arc::clone(&store)).await?;
-    let startup_without = started.elapsed().as_secs_f64();
-    let total = service.projections().applied() + 2;
-    service.close().await;
-    drop(service);
-
-    let started = Instant::now();
-    let rebuild = inspect::rebuild(store.as_ref(), None, &hidden())
-        .await
-        .map_err(|e| e.to_string())?;
-    let rebuild_rate = rebuild.events_done() as f64 / started.elapsed().as_secs_f64();
-    let checkpoint = rebuild.checkpoint().to_bytes().map_err(|e| e.to_string())?;
-    write_atomically(&dir.join(CHECKPOINT_FILE), &checkpoint).map_err(|e| e.to_string())?;
+    let rebuild_rate = write_checkpoint(store.as_ref(), dir).await?;
 
     let started = Instant::now();
     let plain = inspect::audit(store.as_ref(), &inspect::AuditRequest::default(), &hidden())
@@ -842,23 +833,7 @@ pub async fn replay(dir: &Path, events: u64) -> Result<ReplayResult, String> {
     drop(store);
 
     // Start-up with the checkpoint: open the log, restore projections, fold only the tail.
-    let started = Instant::now();
-    let store: Arc<dyn EventStore> =
-        Arc::new(EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?);
-    let restored = read_checkpoint(&dir.join(CHECKPOINT_FILE))
-        .map_err(|e| e.to_string())?
-        .map(|checkpoint| Projections::from_packed(&checkpoint.projections))
-        .unwrap_or_default();
-    let service = Service::open(
-        store,
-        Arc::new(SystemClock),
-        Arc::new(restored),
-        Arc::new(Metrics::new()),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    let startup_with = started.elapsed().as_secs_f64();
-    service.close().await;
+    let (startup_with, _) = restart(dir, true).await?;
 
     Ok(ReplayResult {
         scenario: "replay".to_owned(),
@@ -871,6 +846,49 @@ pub async fn replay(dir: &Path, events: u64) -> Result<ReplayResult, String> {
         startup_seconds_with_checkpoint: startup_with,
         audit_clean: plain.report.is_clean() && signed.report.is_clean(),
     })
+}
+
+/// Opens the embedded store in `dir` and a service over it, from the projections checkpoint
+/// there or by folding the whole log; returns the seconds until it could decide, and the events
+/// its projections hold.
+async fn restart(dir: &Path, from_checkpoint: bool) -> Result<(f64, u64), String> {
+    use allot_server::store::embedded::EmbeddedStore;
+
+    let started = Instant::now();
+    let store: Arc<dyn EventStore> =
+        Arc::new(EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?);
+    let projections = if from_checkpoint {
+        allot_server::service::checkpoint::projections_at_start(&dir.join(CHECKPOINT_FILE))
+    } else {
+        Projections::new()
+    };
+    let service = Service::open(
+        store,
+        Arc::new(SystemClock),
+        Arc::new(projections),
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let seconds = started.elapsed().as_secs_f64();
+    let applied = service.projections().applied();
+    service.close().await;
+    Ok((seconds, applied))
+}
+
+/// Rebuilds the projections of `store` and writes their checkpoint into `dir`; returns the
+/// rebuild's events per second.
+async fn write_checkpoint(store: &dyn EventStore, dir: &Path) -> Result<f64, String> {
+    let bar = crate::inspect::progress_bar(None, "");
+    bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    let started = Instant::now();
+    let rebuild = crate::inspect::rebuild(store, None, &bar)
+        .await
+        .map_err(|e| e.to_string())?;
+    let rate = rebuild.events_done() as f64 / started.elapsed().as_secs_f64();
+    let bytes = rebuild.checkpoint().to_bytes().map_err(|e| e.to_string())?;
+    write_atomically(&dir.join(CHECKPOINT_FILE), &bytes).map_err(|e| e.to_string())?;
+    Ok(rate)
 }
 
 /// Figures of the start-up scenario: medians over `runs` restarts of each kind.
@@ -902,7 +920,6 @@ impl std::fmt::Display for StartupResult {
 /// from opening the store to a service ready to decide, replaying the whole log, and starting
 /// from a checkpoint (written by a rebuild first if the directory has none) plus the tail.
 pub async fn startup(dir: &Path, events: u64, runs: usize) -> Result<StartupResult, String> {
-    use crate::inspect;
     use allot_server::store::embedded::EmbeddedStore;
 
     if !dir.join("events.log").exists() {
@@ -914,13 +931,7 @@ pub async fn startup(dir: &Path, events: u64, runs: usize) -> Result<StartupResu
     let current = matches!(read_checkpoint(&checkpoint_path), Ok(Some(_)));
     if !current {
         let store = EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?;
-        let bar = inspect::progress_bar(None, "");
-        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-        let rebuild = inspect::rebuild(&store, None, &bar)
-            .await
-            .map_err(|e| e.to_string())?;
-        let bytes = rebuild.checkpoint().to_bytes().map_err(|e| e.to_string())?;
-        write_atomically(&checkpoint_path, &bytes).map_err(|e| e.to_string())?;
+        write_checkpoint(&store, dir).await?;
         store.close().await.map_err(|e| e.to_string())?;
     }
     let checkpoint_bytes = std::fs::metadata(&checkpoint_path)
@@ -932,25 +943,8 @@ pub async fn startup(dir: &Path, events: u64, runs: usize) -> Result<StartupResu
     let mut total = 0;
     for _ in 0..runs {
         for from_checkpoint in [false, true] {
-            let started = Instant::now();
-            let store: Arc<dyn EventStore> =
-                Arc::new(EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?);
-            let projections = if from_checkpoint {
-                allot_server::service::checkpoint::projections_at_start(&checkpoint_path)
-            } else {
-                Projections::new()
-            };
-            let service = Service::open(
-                store,
-                Arc::new(SystemClock),
-                Arc::new(projections),
-                Arc::new(Metrics::new()),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-            let seconds = started.elapsed().as_secs_f64();
-            total = service.projections().applied();
-            service.close().await;
+            let (seconds, applied) = restart(dir, from_checkpoint).await?;
+            total = applied;
             if from_checkpoint {
                 with.push(seconds);
             } else {
@@ -1034,35 +1028,19 @@ impl LoadConnection {
         self.body.clear();
         wire::write_command_body(action, &mut self.body)?;
         let path = wire::command_path(pool, action);
-        let mut signature_hex = [0u8; 128];
-        hex::encode_to_slice(signature, &mut signature_hex).map_err(std::io::Error::other)?;
         let mut request = hyper::Request::new(Full::new(Bytes::copy_from_slice(&self.body)));
         *request.method_mut() = hyper::Method::POST;
         *request.uri_mut() = hyper::Uri::try_from(path).map_err(std::io::Error::other)?;
-        // The headers that are the same on every request are built once, in `LoadIdentity`.
         let headers = request.headers_mut();
-        headers.insert(hyper::header::HOST, identity.host_header.clone());
         headers.insert(
             hyper::header::CONTENT_TYPE,
             hyper::header::HeaderValue::from_static("application/json"),
         );
         headers.insert(
-            allot_client::wire::IDEMPOTENCY_KEY,
+            IDEMPOTENCY_KEY,
             hyper::header::HeaderValue::from_str(token).map_err(std::io::Error::other)?,
         );
-        headers.insert(
-            allot_client::wire::ACTOR_HEADER,
-            identity.actor_header.clone(),
-        );
-        headers.insert(
-            allot_client::wire::SIGNED_AT_HEADER,
-            hyper::header::HeaderValue::from(signed_at.0),
-        );
-        headers.insert(
-            allot_client::wire::SIGNATURE_HEADER,
-            hyper::header::HeaderValue::from_bytes(&signature_hex)
-                .map_err(std::io::Error::other)?,
-        );
+        identity.sign_headers(headers, signed_at, &signature)?;
         let (status, body) = self.exchange(request).await?;
         let reservation = serde_json::from_slice::<ReserveOutcome>(&body)
             .ok()
@@ -1113,26 +1091,39 @@ impl LoadConnection {
             &target,
             signed_at,
         );
-        let mut signature_hex = [0u8; 128];
-        hex::encode_to_slice(&attestation.signature, &mut signature_hex)
-            .map_err(std::io::Error::other)?;
         let mut request = hyper::Request::new(Full::new(Bytes::new()));
         *request.uri_mut() = hyper::Uri::try_from(wire::reservation_path(reservation))
             .map_err(std::io::Error::other)?;
-        let headers = request.headers_mut();
-        headers.insert(hyper::header::HOST, identity.host_header.clone());
-        headers.insert(wire::ACTOR_HEADER, identity.actor_header.clone());
+        identity.sign_headers(request.headers_mut(), signed_at, &attestation.signature)?;
+        let (status, _) = self.exchange(request).await?;
+        Ok(status)
+    }
+}
+
+impl LoadIdentity {
+    /// The headers every request of the load carries: the host, and the signature of `signature`
+    /// made at `signed_at` (the service's header names, parsed once).
+    fn sign_headers(
+        &self,
+        headers: &mut hyper::HeaderMap,
+        signed_at: Timestamp,
+        signature: &[u8],
+    ) -> std::io::Result<()> {
+        let mut signature_hex = [0u8; 128];
+        hex::encode_to_slice(signature, &mut signature_hex).map_err(std::io::Error::other)?;
+        // The headers that are the same on every request are built once, in `LoadIdentity`.
+        headers.insert(hyper::header::HOST, self.host_header.clone());
+        headers.insert(ACTOR_HEADER, self.actor_header.clone());
         headers.insert(
-            wire::SIGNED_AT_HEADER,
+            SIGNED_AT_HEADER,
             hyper::header::HeaderValue::from(signed_at.0),
         );
         headers.insert(
-            wire::SIGNATURE_HEADER,
+            SIGNATURE_HEADER,
             hyper::header::HeaderValue::from_bytes(&signature_hex)
                 .map_err(std::io::Error::other)?,
         );
-        let (status, _) = self.exchange(request).await?;
-        Ok(status)
+        Ok(())
     }
 }
 

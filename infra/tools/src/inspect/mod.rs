@@ -14,7 +14,6 @@ use allot_replay::{
     RebuildError, RebuildOptions, Recorded, RecordedActorEvent, RecordedPoolEvent, Routed,
     StrandedSlot, StrandedSlotsQuery,
 };
-use allot_server::service::checkpoint::CheckpointError;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
@@ -39,8 +38,6 @@ pub enum InspectError {
     },
     #[error(transparent)]
     Rebuild(#[from] RebuildError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
