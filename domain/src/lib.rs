@@ -23,6 +23,8 @@
 //! - `streams`: stream names (`actors`, `pool-<id>`) and the deterministic event ids appends
 //!   carry.
 //! - `codec`: the versioned stored encoding (bincode 2).
+//! - `integrity`: event leaves, batch Merkle roots and proofs, the hash chain and the seal a
+//!   server signs per group commit.
 
 pub mod actor;
 pub mod codec;
@@ -31,6 +33,7 @@ pub mod event;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod ids;
+pub mod integrity;
 pub mod pool;
 pub mod rejection;
 pub mod roles;

@@ -1,7 +1,9 @@
 //! The embedded backend: a durable append-only log in a data directory.
 //!
-//! Layout of the directory: `events.log` (the log; format in `format.rs` and `docs/store.md`)
-//! and `LOCK` (held with an exclusive `flock` by the owning process while the store is open).
+//! Layout of the directory: `events.log` (the log; format in `format.rs` and `docs/store.md`),
+//! `store.id` (which log belongs here, `files.rs`), `index.snapshot`, and `LOCK` (held with an
+//! exclusive `flock` by the owning process while the store is open for writing; a read-only
+//! open takes no lock and writes nothing).
 //!
 //! How it works:
 //! - `writer`: one thread owns the file for writing and group-commits the bounded queue of
@@ -9,18 +11,23 @@
 //!   write and one fdatasync per batch; an append resolves only after its bytes are durable.
 //! - `index`: in memory, position → file offset and stream → positions, holding durable events
 //!   only; `read_stream` costs what the stream's events cost, not the log.
-//! - `recovery`: open verifies every checksum, truncates a torn last batch, and reports any
-//!   other damage as [`StoreError::Corrupt`].
+//! - `recovery`: open verifies every batch it relies on (header sums, leaves, roots, the chain),
+//!   cuts a proven torn write of never-acknowledged data, and refuses missing or damaged
+//!   acknowledged data as [`StoreError::Damaged`].
+//! - `files`: `store.id`, creating a log whole, migrating a format-1 log.
 //! - `snapshot`: `index.snapshot` holds the index up to a batch boundary; when it matches the
 //!   log, open loads it and verifies only the tail after it. [`EmbeddedStore::verify`] checks
 //!   the whole log (every checksum) against the live index.
 //! - Reads use their own file handle and positional reads on the blocking pool, so they never
-//!   wait for the writer's fdatasync; they hold the index lock only to copy locations.
+//!   wait for the writer's fdatasync; they hold the index lock only to copy locations. Every
+//!   record read is checked against its leaf before it is returned: no byte is served that was
+//!   not verified after it was read.
 //! - Positions are the global sequence number of events, 0-based and contiguous.
 
 mod chunked;
 #[cfg(test)]
 mod crash_tests;
+mod files;
 mod format;
 mod index;
 mod recovery;
@@ -37,8 +44,14 @@ use std::thread::JoinHandle;
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use format::{BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES, FRAME_BYTES_MAX};
+pub use files::{LOG_TEMP_FILE_NAME, LOG_V1_FILE_NAME, STORE_ID_FILE_NAME};
+pub use format::{
+    BATCH_BODY_BYTES_MAX, FRAME_BYTES_MAX, HEAD_SLOTS, HeadSlot, LogFormat, SECTOR_BYTES,
+};
+pub use index::ChainHead;
 use index::{EventLoc, Index};
+pub use recovery::TornWrite;
+use recovery::{Access, Leaves};
 pub use snapshot::{SNAPSHOT_FILE_NAME, SNAPSHOT_TEMP_FILE_NAME, SnapshotInfo};
 use writer::{AppendRequest, LogDevice, Request, RequestQueue, Writer};
 pub use writer::{
@@ -66,9 +79,16 @@ pub const LOG_FILE_NAME: &str = "events.log";
 /// Name of the lock file inside the data directory.
 pub const LOCK_FILE_NAME: &str = "LOCK";
 
+/// The batch header size of the format the writer writes.
+pub const BATCH_HEADER_BYTES: usize = LogFormat::V2.batch_header_bytes_const();
+/// Where the first batch of a new log goes (after the file header and the head slots).
+pub const FILE_HEADER_BYTES: u64 = SECTOR_BYTES * (1 + HEAD_SLOTS);
+
 /// What readers share with the writer.
 struct EmbeddedState {
     log_path: PathBuf,
+    format: LogFormat,
+    log_id: Option<[u8; 16]>,
     /// Read-only handle for positional reads.
     reader: File,
     index: Arc<RwLock<Index>>,
@@ -78,6 +98,7 @@ struct EmbeddedState {
 /// it has finished the queued appends and releases the directory.
 pub struct EmbeddedStore {
     shared: Arc<EmbeddedState>,
+    opened: OpenReport,
     requests: Option<mpsc::Sender<Request>>,
     head: watch::Receiver<u64>,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -105,7 +126,7 @@ fn read_last_batch(
     path: &Path,
     (last_batch, end): (u64, u64),
 ) -> Result<Option<(u64, Vec<u8>)>, StoreError> {
-    if end <= last_batch || last_batch < FILE_HEADER_BYTES {
+    if end <= last_batch || last_batch < LogFormat::V2.data_start() {
         return Ok(None);
     }
     let mut bytes = vec![0u8; (end - last_batch) as usize];
@@ -189,45 +210,65 @@ impl EmbeddedStore {
         }
 
         let log_path = dir.join(LOG_FILE_NAME);
-        let existed = log_path.exists();
-        let log = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&log_path)
-            .map_err(|e| io_error(&log_path, e))?;
-        if !existed {
-            // Make the new file's directory entry durable before anything is acknowledged.
-            File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| io_error(dir, e))?;
-        }
-        // A temporary snapshot is what a crash left mid-write: never complete, never used.
+        // Temporary files are what a crash left mid-write: never complete, never used.
         snapshot::remove(dir, SNAPSHOT_TEMP_FILE_NAME);
-        let loaded = if existed {
-            match snapshot::load(dir, &log, &log_path) {
-                Ok(index) => Some(index),
-                Err(snapshot::SnapshotError::Missing) => None,
-                Err(e) => {
-                    tracing::warn!(
-                        file = %dir.join(SNAPSHOT_FILE_NAME).display(),
-                        reason = %e,
-                        "index snapshot not used; scanning the whole log"
-                    );
-                    if matches!(e, snapshot::SnapshotError::Invalid(_)) {
-                        snapshot::remove(dir, SNAPSHOT_FILE_NAME);
-                    }
-                    None
-                }
+        snapshot::remove(dir, LOG_TEMP_FILE_NAME);
+        if !log_path.exists() {
+            files::refuse_missing_log(dir, &log_path)?;
+            files::create_log(dir, &log_path)?;
+        }
+        let open_log = || {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&log_path)
+                .map_err(|e| io_error(&log_path, e))
+        };
+        let mut log = open_log()?;
+        let mut file_len = log.metadata().map_err(|e| io_error(&log_path, e))?.len();
+        let mut header = recovery::read_file_header(&log, &log_path, file_len)?;
+        if header.format == LogFormat::V1 {
+            files::migrate_v1(dir, &log, &log_path)?;
+            log = open_log()?;
+            file_len = log.metadata().map_err(|e| io_error(&log_path, e))?.len();
+            header = recovery::read_file_header(&log, &log_path, file_len)?;
+        }
+        let log_id = header.log_id.unwrap_or_default();
+        files::check_store_id(
+            dir,
+            &log_path,
+            log_id,
+            file_len > LogFormat::V2.data_start(),
+            true,
+        )?;
+        let loaded = match snapshot::load(dir, &log, &log_path) {
+            Ok(index) => Some(index),
+            Err(snapshot::SnapshotError::Missing) => None,
+            Err(snapshot::SnapshotError::Mismatch { offset, reason }) => {
+                return Err(recovery::damage(&log_path, offset, None, None, reason));
             }
-        } else {
-            // A new log: any snapshot here describes some other log.
-            snapshot::remove(dir, SNAPSHOT_FILE_NAME);
-            None
+            Err(e) => {
+                tracing::warn!(
+                    file = %dir.join(SNAPSHOT_FILE_NAME).display(),
+                    reason = %e,
+                    "index snapshot not used; scanning the whole log"
+                );
+                if matches!(e, snapshot::SnapshotError::Invalid(_)) {
+                    snapshot::remove(dir, SNAPSHOT_FILE_NAME);
+                }
+                None
+            }
         };
         let snapshot_end = loaded.as_ref().map_or(0, |index| index.covered().1);
-        let recovered = recovery::recover(&log, &log_path, loaded)?;
+        let recovered = recovery::recover(
+            &log,
+            &log_path,
+            file_len,
+            loaded,
+            Access::Repair,
+            Leaves::Recompute,
+        )?;
+        let opened = OpenReport::new(&recovered, false, None);
         let reader = File::open(&log_path).map_err(|e| io_error(&log_path, e))?;
         let next_position = recovered.index.len();
         tracing::info!(
@@ -236,6 +277,7 @@ impl EmbeddedStore {
             bytes = recovered.end,
             snapshot_bytes = snapshot_end,
             scanned_bytes = recovered.end - snapshot_end.max(FILE_HEADER_BYTES).min(recovered.end),
+            chain_head = %recovered.index.head().map(|h| hex::encode(h.seal.chain)).unwrap_or_default(),
             index_bytes = recovered.index.heap_bytes(),
             "event log opened"
         );
@@ -255,6 +297,7 @@ impl EmbeddedStore {
             log_path: log_path.clone(),
             lock,
             end: recovered.end,
+            genesis: allot_domain::integrity::genesis(&log_id),
             index: index.clone(),
             head: head_tx,
             requests: RequestQueue(requests_rx),
@@ -269,14 +312,119 @@ impl EmbeddedStore {
         Ok(Self {
             shared: Arc::new(EmbeddedState {
                 log_path,
+                format: LogFormat::V2,
+                log_id: Some(log_id),
                 reader,
                 index,
             }),
+            opened,
             requests: Some(requests_tx),
             head: head_rx,
             counters,
             writer: Mutex::new(Some(handle)),
         })
+    }
+
+    /// Opens the store in `dir` to read it, changing nothing: no lock is taken, no torn write
+    /// cut, no file created, migrated or removed. It can run beside a serving process on the same
+    /// directory: then it reads up to the durable head it finds. Verifies the whole log from
+    /// its first batch (header sums, stored leaves, roots, the chain); each record read later
+    /// is checked against its leaf. Refuses missing or damaged acknowledged data as
+    /// [`StoreError::Damaged`]; what it found otherwise is in [`EmbeddedStore::opened`].
+    pub async fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
+        let dir = dir.to_path_buf();
+        on_blocking_pool("open", move || Self::open_read_only_blocking(&dir)).await
+    }
+
+    fn open_read_only_blocking(dir: &Path) -> Result<Self, StoreError> {
+        if !dir.is_dir() {
+            return Err(io_error(
+                dir,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such data directory"),
+            ));
+        }
+        let writer_live = lock_is_held(dir)?;
+        let log_path = dir.join(LOG_FILE_NAME);
+        if !log_path.exists() {
+            files::refuse_missing_log(dir, &log_path)?;
+            return Err(io_error(
+                &log_path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no event log here"),
+            ));
+        }
+        let log = File::open(&log_path).map_err(|e| io_error(&log_path, e))?;
+        let file_len = log.metadata().map_err(|e| io_error(&log_path, e))?.len();
+        let header = recovery::read_file_header(&log, &log_path, file_len)?;
+        if let Some(log_id) = header.log_id {
+            files::check_store_id(
+                dir,
+                &log_path,
+                log_id,
+                file_len > header.format.data_start(),
+                false,
+            )?;
+        }
+        let snapshot_damaged = match snapshot::check(dir, &log, &log_path) {
+            Ok(damaged) => damaged,
+            Err(snapshot::SnapshotError::Mismatch { offset, reason }) => {
+                return Err(recovery::damage(&log_path, offset, None, None, reason));
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        let recovered = recovery::recover(
+            &log,
+            &log_path,
+            file_len,
+            None,
+            Access::ReadOnly { writer_live },
+            Leaves::Stored,
+        )?;
+        let opened = OpenReport::new(&recovered, writer_live, snapshot_damaged);
+        let (_head_tx, head) = watch::channel(recovered.index.len());
+        Ok(Self {
+            shared: Arc::new(EmbeddedState {
+                log_path,
+                format: recovered.format,
+                log_id: recovered.log_id,
+                reader: log,
+                index: Arc::new(RwLock::new(recovered.index)),
+            }),
+            opened,
+            requests: None,
+            head,
+            counters: Arc::new(WriterCounters::default()),
+            writer: Mutex::new(None),
+        })
+    }
+
+    /// What the open found: the log's format and id, its verified length and chain head, and
+    /// any torn write, in-flight batch or damaged derived data beside it.
+    pub fn opened(&self) -> &OpenReport {
+        &self.opened
+    }
+
+    /// The chain head now: the seal of the newest durable batch (format 2).
+    pub fn chain_head(&self) -> Option<ChainHead> {
+        self.shared.index().head()
+    }
+
+    /// The log id (format 2).
+    pub fn log_id(&self) -> Option<[u8; 16]> {
+        self.shared.log_id
+    }
+
+    /// The stored leaf of the event at `position`, read and checked against the record's bytes;
+    /// `Ok(None)` past the durable head (or in a format-1 log, which has none).
+    pub async fn event_leaf(
+        &self,
+        position: u64,
+    ) -> Result<Option<allot_domain::integrity::Digest>, StoreError> {
+        let locs = self.shared.index().range(position, 1);
+        if locs.first().is_none_or(|(p, _)| *p != position) {
+            return Ok(None);
+        }
+        let shared = self.shared.clone();
+        on_blocking_pool("read", move || shared.read_leaf(&locs)).await
     }
 
     /// Number of durable events, which is also the position the next event will get.
@@ -356,6 +504,106 @@ impl EmbeddedStore {
     }
 }
 
+/// What opening the log found (see [`EmbeddedStore::opened`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct OpenReport {
+    /// Log format number (2 is written; 1 is read).
+    pub format: u32,
+    /// The log id, lowercase hex (format 2).
+    pub log_id: Option<String>,
+    /// Events verified: positions `0..events`.
+    pub events: u64,
+    /// Bytes of the log verified.
+    pub log_bytes: u64,
+    /// The chain head after the verified log (format 2).
+    pub head: Option<HeadReport>,
+    /// A torn write of never-acknowledged data after the verified log: cut by a serving open,
+    /// left in place (and reported) by a read-only one.
+    pub torn_write: Option<TornReport>,
+    /// Read-only beside a live writer: bytes of a batch still being written, not read.
+    pub in_flight_bytes: u64,
+    /// Whether another process held the directory's lock (a read-only open).
+    pub writer_live: bool,
+    /// The newest valid head slot's batch number: every batch before it was acknowledged.
+    pub newest_head_slot: Option<u64>,
+    /// Head slots that fail their checksum (slot numbers); the others bound the log.
+    pub damaged_head_slots: Vec<u64>,
+    /// Why the index snapshot is not usable, when it is damaged (derived data: rebuilt).
+    pub damaged_snapshot: Option<String>,
+}
+
+/// A chain head as reported: `position` events are covered by `chain`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HeadReport {
+    pub position: u64,
+    /// Lowercase hex.
+    pub chain: String,
+    /// The number of the batch it is the head after.
+    pub sequence: u64,
+}
+
+impl From<ChainHead> for HeadReport {
+    fn from(head: ChainHead) -> Self {
+        HeadReport {
+            position: head.seal.head_position(),
+            chain: hex::encode(head.seal.chain),
+            sequence: head.sequence,
+        }
+    }
+}
+
+/// A torn write as reported.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TornReport {
+    pub offset: u64,
+    pub bytes: u64,
+    pub reason: String,
+}
+
+impl OpenReport {
+    fn new(
+        recovered: &recovery::Recovered,
+        writer_live: bool,
+        damaged_snapshot: Option<String>,
+    ) -> Self {
+        OpenReport {
+            format: recovered.format.number(),
+            log_id: recovered.log_id.map(hex::encode),
+            events: recovered.index.len(),
+            log_bytes: recovered.end,
+            head: recovered.index.head().map(HeadReport::from),
+            torn_write: recovered.torn.as_ref().map(|t| TornReport {
+                offset: t.offset,
+                bytes: t.bytes,
+                reason: t.reason.clone(),
+            }),
+            in_flight_bytes: recovered.in_flight_bytes,
+            writer_live,
+            newest_head_slot: recovered.newest_slot.map(|slot| slot.sequence),
+            damaged_head_slots: recovered.damaged_slots.clone(),
+            damaged_snapshot,
+        }
+    }
+}
+
+/// Whether another process holds the directory's lock (probed with a shared lock, released at
+/// once; a missing lock file means nobody ever opened the directory to write).
+fn lock_is_held(dir: &Path) -> Result<bool, StoreError> {
+    let path = dir.join(LOCK_FILE_NAME);
+    let lock = match File::open(&path) {
+        Ok(lock) => lock,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(io_error(&path, e)),
+    };
+    #[allow(clippy::incompatible_msrv)]
+    let probed = lock.try_lock_shared();
+    match probed {
+        Ok(()) => Ok(false),
+        Err(TryLockError::WouldBlock) => Ok(true),
+        Err(TryLockError::Error(e)) => Err(io_error(&path, e)),
+    }
+}
+
 /// What [`EmbeddedStore::verify`] checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VerifyReport {
@@ -367,14 +615,26 @@ impl EmbeddedState {
     fn verify(&self) -> Result<VerifyReport, StoreError> {
         let (_, end) = self.index().covered();
         let file = File::open(&self.log_path).map_err(|e| io_error(&self.log_path, e))?;
-        recovery::check_file_header(&file, &self.log_path)?;
-        let fresh = recovery::scan(
+        let header = recovery::read_file_header(&file, &self.log_path, end)?;
+        let mut fresh = Index::new(header.format.data_start());
+        // Everything up to `end` was durable when this started: any stop is damage.
+        if let Some(stop) = recovery::scan(
             &file,
             &self.log_path,
-            Index::new(FILE_HEADER_BYTES),
+            header.format,
+            header.log_id.as_ref(),
+            &mut fresh,
             end,
-            recovery::Mode::Verify,
-        )?;
+            Leaves::Recompute,
+        )? {
+            return Err(recovery::damage(
+                &self.log_path,
+                stop.at,
+                Some(fresh.len()),
+                Some(self.index().len() - fresh.len()),
+                stop.reason,
+            ));
+        }
         let events = fresh.len();
         let mut from = 0;
         while from < events {
@@ -419,6 +679,32 @@ impl EmbeddedState {
             Ok(index) => index,
             Err(poisoned) => poisoned.into_inner(),
         }
+    }
+
+    /// The checked stored leaf of the one record at `locs`.
+    fn read_leaf(
+        &self,
+        locs: &[(u64, EventLoc)],
+    ) -> Result<Option<allot_domain::integrity::Digest>, StoreError> {
+        let Some(&(position, loc)) = locs.first() else {
+            return Ok(None);
+        };
+        let stream = self.index().stream_name(loc.stream).clone();
+        let mut bytes = vec![0u8; loc.len as usize];
+        self.reader
+            .read_exact_at(&mut bytes, loc.offset)
+            .map_err(|e| io_error(&self.log_path, e))?;
+        let corrupt = |reason: String| StoreError::Corrupt {
+            file: self.log_path.display().to_string(),
+            offset: loc.offset,
+            reason,
+        };
+        let record = format::decode_event(self.format, &bytes)
+            .map_err(|reason| corrupt(format!("event at position {position}: {reason}")))?;
+        record
+            .check_leaf(position, loc.version, &stream)
+            .map_err(corrupt)?;
+        Ok(record.stored_leaf())
     }
 
     /// Reads the records at `locs`, coalescing nearby ones into one positional read.
@@ -472,14 +758,18 @@ impl EmbeddedState {
             for (i, &(position, loc)) in locs.iter().enumerate().take(run_end).skip(run_start) {
                 let at = base + (loc.offset - first) as usize;
                 let record_end = at + loc.len as usize;
+                let corrupt = |reason: String| StoreError::Corrupt {
+                    file: self.log_path.display().to_string(),
+                    offset: loc.offset,
+                    reason,
+                };
+                let record = format::decode_event(self.format, &page.bytes()[at..record_end])
+                    .map_err(|reason| corrupt(format!("event at position {position}: {reason}")))?;
+                record
+                    .check_leaf(position, loc.version, &names[i])
+                    .map_err(corrupt)?;
                 let (id, kind_len, payload_len) =
-                    format::decode_event(&page.bytes()[at..record_end])
-                        .map(|record| (record.id, record.kind.len(), record.payload.len()))
-                        .map_err(|reason| StoreError::Corrupt {
-                            file: self.log_path.display().to_string(),
-                            offset: loc.offset,
-                            reason: reason.to_owned(),
-                        })?;
+                    (record.id, record.kind.len(), record.payload.len());
                 // A record ends with its kind, then its payload (checked by `decode_event`).
                 let payload = record_end - payload_len..record_end;
                 let kind = payload.start - kind_len..payload.start;
@@ -727,6 +1017,10 @@ mod tests {
 
     impl LogDevice for FaultyLog {
         fn write_all_at(&mut self, buf: &[u8], offset: u64) -> std::io::Result<()> {
+            // Head slots are written with every batch; the faults are the batches'.
+            if offset < FILE_HEADER_BYTES {
+                return FileExt::write_all_at(&self.file, buf, offset);
+            }
             if self.writes_ok > 0 {
                 self.writes_ok -= 1;
                 return FileExt::write_all_at(&self.file, buf, offset);
@@ -929,7 +1223,7 @@ mod tests {
             assert!(record[1].1.is_none(), "the write is synced");
             // The last batch exactly: a batch header, up to the end of the log, as it reads.
             assert_eq!(*offset as usize + bytes.len(), log.len());
-            assert_eq!(&bytes[..4], format::BATCH_MAGIC.as_slice());
+            assert_eq!(&bytes[..4], format::BATCH_MAGIC_V2.as_slice());
             assert_eq!(bytes.as_slice(), &log[*offset as usize..]);
             let text = String::from_utf8_lossy(bytes);
             assert!(text.contains("second") && !text.contains("first"));

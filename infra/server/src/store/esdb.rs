@@ -323,6 +323,7 @@ impl EventStore for EsdbStore {
                 Ok(AppendOutcome {
                     last_version,
                     last_position,
+                    sealed: None,
                 })
             }
             Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {

@@ -132,6 +132,7 @@ impl EventStore for MemoryStore {
             AppendOutcome {
                 last_version: version - 1,
                 last_position: position,
+                sealed: None,
             }
         };
         let _ = self.shared.wake.send(());

@@ -7,8 +7,9 @@
 //! all streams, not necessarily contiguous (EventStoreDB positions are byte offsets).
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use allot_domain::integrity::{MerkleTree, Seal};
 use async_trait::async_trait;
 use futures::Stream;
 
@@ -230,11 +231,68 @@ impl LogPage {
     }
 }
 
-/// Where an append landed: the version and global position of its last event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Where an append landed: the version and global position of its last event, and on a backend
+/// that seals its group commits (embedded), the batch that made it durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AppendOutcome {
     pub last_version: u64,
     pub last_position: u64,
+    pub sealed: Option<Arc<SealedBatch>>,
+}
+
+/// One group commit as the log chained it: its seal and the Merkle tree of its events' leaves,
+/// shared by every append of the batch. The server signs the seal once, for all of them.
+#[derive(Debug)]
+pub struct SealedBatch {
+    pub seal: Seal,
+    pub tree: MerkleTree,
+    /// The server's signature over the seal, made by whichever receipt needs it first.
+    pub signature: OnceLock<[u8; 64]>,
+}
+
+impl PartialEq for SealedBatch {
+    fn eq(&self, other: &Self) -> bool {
+        self.seal == other.seal
+    }
+}
+
+impl Eq for SealedBatch {}
+
+/// Acknowledged data missing or damaged: why the store refuses to open, and where.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Damage {
+    pub file: String,
+    /// Offset of the first damaged or missing byte range found.
+    pub offset: u64,
+    /// The first position not verified: events from here on are missing or untrusted (unknown
+    /// when the evidence is a whole file rather than a place in the log).
+    pub first_position: Option<u64>,
+    /// Acknowledged events affected, at least, when the durable head record tells.
+    pub events_at_least: Option<u64>,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Damage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "acknowledged data missing or damaged in {} at offset {} (",
+            self.file, self.offset
+        )?;
+        match self.first_position {
+            Some(position) => write!(f, "first affected position {position}")?,
+            None => write!(f, "affected positions unknown")?,
+        }
+        if let Some(events) = self.events_at_least {
+            write!(f, ", at least {events} acknowledged events")?;
+        }
+        write!(
+            f,
+            "): {}. Restore the data directory from a backup or another replica; `allot audit` \
+             reports the whole finding without changing anything",
+            self.reason
+        )
+    }
 }
 
 /// Failures of the store port.
@@ -258,6 +316,9 @@ pub enum StoreError {
         offset: u64,
         reason: String,
     },
+    /// Acknowledged data is missing or damaged: the store refuses to open (see `docs/store.md`).
+    #[error("{0}")]
+    Damaged(Box<Damage>),
     /// Another process owns the data directory.
     #[error("data directory {0} is locked by another process")]
     Locked(String),

@@ -1,6 +1,6 @@
-//! Simulated power loss: the writer's device dies in the middle of a batch, keeping a random
-//! subset of that batch's 512-byte sectors (and maybe the new file length), as a disk may after
-//! a crash between `write` and `fdatasync`. Reopening must keep every acknowledged append and
+//! Simulated power loss: the writer's device dies in the middle of a write (a batch, or the head
+//! slot written after it), keeping a random subset of that write's 512-byte sectors (and maybe
+//! the new file length), as a disk may after a crash between `write` and `fdatasync`. Reopening must keep every acknowledged append and
 //! show every other append whole or not at all. Seeded; a failure prints its seed.
 
 use std::collections::HashMap;
@@ -54,7 +54,7 @@ impl LogDevice for PowerLoss {
         }
         self.dead.store(true, Ordering::SeqCst);
         let end = offset + buf.len() as u64;
-        if self.rng.below(2) == 0 {
+        if self.rng.below(2) == 0 && end > self.file.metadata()?.len() {
             // The new length reached the disk; unwritten sectors read as zeros.
             self.file.set_len(end)?;
         }

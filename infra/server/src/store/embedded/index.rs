@@ -17,14 +17,16 @@
 use foldhash::HashMap;
 use std::sync::Arc;
 
+use allot_domain::integrity::Seal;
+
 use super::chunked::ChunkedVec;
-use super::format::{BATCH_HEADER_BYTES, FRAME_BYTES_MAX};
+use super::format::{BATCH_HEADER_BYTES_MAX, FRAME_BYTES_MAX};
 
 /// Events per offset block. Two consecutive events are at most two frames and a batch header
 /// apart, so a whole block's offsets fit in `u32` deltas from its base (checked below).
 pub(crate) const OFFSET_BLOCK_EVENTS: usize = 128;
 const _: () = assert!(
-    (OFFSET_BLOCK_EVENTS as u64) * (2 * FRAME_BYTES_MAX + BATCH_HEADER_BYTES as u64)
+    (OFFSET_BLOCK_EVENTS as u64) * (2 * FRAME_BYTES_MAX + BATCH_HEADER_BYTES_MAX as u64)
         <= u32::MAX as u64
 );
 
@@ -120,6 +122,15 @@ pub(crate) struct Index {
     last_batch_offset: u64,
     /// End of the last batch the index covers: where the next batch goes.
     end: u64,
+    /// The seal of the last batch the index covers (format 2), with its sequence number.
+    head: Option<ChainHead>,
+}
+
+/// Where the chain stands after the last covered batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainHead {
+    pub sequence: u64,
+    pub seal: Seal,
 }
 
 impl Index {
@@ -133,6 +144,7 @@ impl Index {
             stream_positions: Vec::new(),
             last_batch_offset: 0,
             end,
+            head: None,
         }
     }
 
@@ -144,6 +156,7 @@ impl Index {
         entries: ChunkedVec<Entry>,
         last_batch_offset: u64,
         end: u64,
+        head: Option<ChainHead>,
     ) -> Result<Self, &'static str> {
         if bases.len() != entries.len().div_ceil(OFFSET_BLOCK_EVENTS) {
             return Err("block count does not match event count");
@@ -181,6 +194,7 @@ impl Index {
             stream_positions,
             last_batch_offset,
             end,
+            head,
         })
     }
 
@@ -217,10 +231,17 @@ impl Index {
         (self.last_batch_offset, self.end)
     }
 
-    /// Records that the batch at `offset` ending at `end` is now covered (after its events).
-    pub fn set_covered(&mut self, offset: u64, end: u64) {
+    /// Records that the batch at `offset` ending at `end`, sealed by `head` in format 2, is now
+    /// covered (after its events).
+    pub fn set_covered(&mut self, offset: u64, end: u64, head: Option<ChainHead>) {
         self.last_batch_offset = offset;
         self.end = end;
+        self.head = head;
+    }
+
+    /// The seal of the last covered batch (format 2).
+    pub fn head(&self) -> Option<ChainHead> {
+        self.head
     }
 
     /// Adds the next event; the caller guarantees its version continues the stream and that
@@ -410,6 +431,7 @@ mod tests {
             entries,
             last_batch,
             end,
+            None,
         )
         .unwrap();
         for built in [&index, &loaded] {

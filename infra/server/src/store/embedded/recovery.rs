@@ -1,17 +1,24 @@
-//! Opening the log: verify every batch and frame, rebuild the index, cut a torn tail.
+//! Reading a log back: verify every batch, rebuild the index, and tell a torn last write from
+//! acknowledged data that is missing or damaged.
 //!
-//! Only the last batch can be torn: the writer fdatasyncs each batch before it writes the next.
-//! So damage is a torn tail (truncated, with a warning) when it is confined to the last batch:
-//! - fewer bytes left than a batch header, or a valid header whose batch runs past the end;
-//! - a valid header whose batch ends exactly at the end of the file (or is followed only by
-//!   zeros) but one of its frames fails its checksum; the whole batch goes, so no append is
-//!   ever half visible;
-//! - a damaged header after which no valid batch header appears.
+//! The rule: the writer syncs each batch, and its head slot, before it writes the next, so only
+//! the one batch in flight when the process died can be torn. The newest valid head slot (format
+//! 2) names that batch: every batch before it was acknowledged. So, after the verified prefix:
+//! - nothing left, and the prefix reaches the newest slot's batch: a whole log;
+//! - damage that starts at or after the newest slot's batch, within one batch's size of the
+//!   end, with no valid batch after it: a **torn write** of data never acknowledged. Opening to
+//!   serve cuts it (keeping the cut bytes in `events.log.torn-<offset>`); a read-only open
+//!   reports it and leaves it;
+//! - anything else — damage before that batch, a log shorter than the slot says, a damaged
+//!   batch followed by a valid one — is **acknowledged data missing or damaged**:
+//!   [`StoreError::Damaged`], naming the file, the offset, the first position affected and how
+//!   many acknowledged events at least.
 //!
-//! Anything else is [`StoreError::Corrupt`] with the offset of the damaged batch header or frame.
+//! A format-1 log has no head slots: there the bound is the start of the log, so damage with no
+//! valid batch after it reads as a torn write, as it always did for that format.
 //!
-//! With a valid index snapshot (`snapshot.rs`) the scan starts where the snapshot ends, with its
-//! index preloaded: the same rules apply to the tail.
+//! Beside a live writer (a read-only open while another process holds the lock) an incomplete
+//! batch after the newest slot's is the write in flight: the reader stops before it and says so.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -19,18 +26,17 @@ use std::path::Path;
 
 use std::collections::HashMap;
 
-use super::format::{self, BATCH_HEADER_BYTES, FILE_HEADER_BYTES, FrameError};
-use super::index::Index;
-use crate::store::StoreError;
+use allot_domain::integrity::{self, Digest};
+
+use super::format::{
+    self, BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES_MAX, FrameError, HEAD_SLOTS, HeadSlot,
+    LogFormat, SECTOR_BYTES, SlotRead,
+};
+use super::index::{ChainHead, Index};
+use crate::store::{Damage, StoreError};
 
 /// Bytes read at a time when searching for a batch header after a damaged one.
 const SCAN_CHUNK_BYTES: usize = 1024 * 1024;
-
-pub(crate) struct Recovered {
-    pub index: Index,
-    /// Offset where the next batch goes (the file's length after any truncation).
-    pub end: u64,
-}
 
 fn io_error(path: &Path, source: std::io::Error) -> StoreError {
     StoreError::Io {
@@ -39,136 +45,387 @@ fn io_error(path: &Path, source: std::io::Error) -> StoreError {
     }
 }
 
-fn corrupt(path: &Path, offset: u64, reason: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        file: path.display().to_string(),
-        offset,
-        reason: reason.into(),
+/// How the log is being opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// To serve: a proven torn write is cut, anything else refused.
+    Repair,
+    /// To read (audit, inspection): nothing is written; `writer_live` when another process
+    /// holds the directory's lock, so the last batch may still be in flight.
+    ReadOnly { writer_live: bool },
+}
+
+/// How much of each batch the scan checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Leaves {
+    /// Recompute every record's leaf from its bytes (start-up, the background verifier).
+    Recompute,
+    /// Trust the stored leaves for the root; every read checks its record's leaf (an audit,
+    /// which reads every record anyway).
+    Stored,
+}
+
+/// Where a scan stopped: the batch that did not verify, the offset of the first bad byte range
+/// found in it, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Stop {
+    pub batch: u64,
+    pub at: u64,
+    pub reason: String,
+}
+
+impl Stop {
+    fn new(batch: u64, reason: impl Into<String>) -> Stop {
+        Stop {
+            batch,
+            at: batch,
+            reason: reason.into(),
+        }
     }
 }
 
-/// How damage is handled by [`scan`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Mode {
-    /// Opening: a torn tail is truncated, anything else is [`StoreError::Corrupt`].
-    Open,
-    /// Verifying a durable range read-only: any damage is [`StoreError::Corrupt`].
-    Verify,
+/// A torn last write: the bytes from `offset` to the end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornWrite {
+    pub offset: u64,
+    pub bytes: u64,
+    pub reason: String,
 }
 
-/// Verifies the log in `file` (opened read-write) and returns its index. With `start` (an index
-/// loaded from the snapshot and the log offset it covers), only the bytes after that offset are
-/// read and verified; the caller has checked that the snapshot belongs to this log.
+/// What reading the log found.
+pub(crate) struct Recovered {
+    pub format: LogFormat,
+    pub log_id: Option<[u8; 16]>,
+    pub index: Index,
+    /// End of the verified log: where the next batch goes (after a repair).
+    pub end: u64,
+    /// A torn write after `end`: removed when repairing, still there when read-only.
+    pub torn: Option<TornWrite>,
+    /// Read-only beside a live writer: bytes after `end` are a batch still being written.
+    pub in_flight_bytes: u64,
+    pub newest_slot: Option<HeadSlot>,
+    /// Head slots that fail their checksum (by slot number).
+    pub damaged_slots: Vec<u64>,
+}
+
+/// Reads and checks the file header.
+pub(crate) fn read_file_header(
+    file: &File,
+    path: &Path,
+    file_len: u64,
+) -> Result<format::FileHeader, StoreError> {
+    let mut bytes = vec![0u8; file_len.min(SECTOR_BYTES) as usize];
+    file.read_exact_at(&mut bytes, 0)
+        .map_err(|e| io_error(path, e))?;
+    let header = format::decode_file_header(&bytes).map_err(|reason| {
+        damage(
+            path,
+            0,
+            Some(0),
+            None,
+            format!("{reason} (the file is {file_len} bytes)"),
+        )
+    })?;
+    if file_len < header.format.data_start() {
+        return Err(damage(
+            path,
+            file_len,
+            Some(0),
+            None,
+            format!(
+                "the log ends at {file_len} bytes, inside its {}-byte header",
+                header.format.data_start()
+            ),
+        ));
+    }
+    Ok(header)
+}
+
+/// Reads the head slots of a format-2 log.
+pub(crate) fn read_slots(
+    file: &File,
+    path: &Path,
+) -> Result<(Option<HeadSlot>, Vec<u64>), StoreError> {
+    let mut bytes = vec![0u8; (SECTOR_BYTES * HEAD_SLOTS) as usize];
+    file.read_exact_at(&mut bytes, format::slot_offset(0))
+        .map_err(|e| io_error(path, e))?;
+    let mut newest: Option<HeadSlot> = None;
+    let mut damaged = Vec::new();
+    for i in 0..HEAD_SLOTS {
+        let at = (i * SECTOR_BYTES) as usize;
+        match format::decode_slot(&bytes[at..at + SECTOR_BYTES as usize]) {
+            SlotRead::Empty => {}
+            SlotRead::Damaged(_) => damaged.push(i),
+            SlotRead::Valid(slot) if slot.sequence % HEAD_SLOTS != i => damaged.push(i),
+            SlotRead::Valid(slot) => {
+                if newest.is_none_or(|n| slot.sequence > n.sequence) {
+                    newest = Some(slot);
+                }
+            }
+        }
+    }
+    Ok((newest, damaged))
+}
+
+/// A refusal: acknowledged data missing or damaged.
+pub(crate) fn damage(
+    path: &Path,
+    offset: u64,
+    first_position: Option<u64>,
+    events: Option<u64>,
+    reason: String,
+) -> StoreError {
+    StoreError::Damaged(Box::new(Damage {
+        file: path.display().to_string(),
+        offset,
+        first_position,
+        events_at_least: events,
+        reason,
+    }))
+}
+
+/// Reads the log in `file` (`file_len` bytes) and returns its verified index. With `start` (an
+/// index loaded from a snapshot the caller checked against this log) only the bytes after it
+/// are scanned.
 pub(crate) fn recover(
     file: &File,
     path: &Path,
+    file_len: u64,
     start: Option<Index>,
+    access: Access,
+    leaves: Leaves,
 ) -> Result<Recovered, StoreError> {
-    let file_len = file.metadata().map_err(|e| io_error(path, e))?.len();
-    if file_len < FILE_HEADER_BYTES {
-        return init_header(file, path, file_len);
+    let header = read_file_header(file, path, file_len)?;
+    let format = header.format;
+    let (newest_slot, damaged_slots) = match format {
+        LogFormat::V1 => (None, Vec::new()),
+        LogFormat::V2 => read_slots(file, path)?,
+    };
+    for slot in &damaged_slots {
+        tracing::warn!(
+            file = %path.display(),
+            offset = format::slot_offset(*slot),
+            slot,
+            "head slot damaged; the others bound the log"
+        );
     }
-    check_file_header(file, path)?;
-    let index = start.unwrap_or_else(|| Index::new(FILE_HEADER_BYTES));
-    let index = scan(file, path, index, file_len, Mode::Open)?;
+    let mut index = start.unwrap_or_else(|| Index::new(format.data_start()));
+    let stop = scan(
+        file,
+        path,
+        format,
+        header.log_id.as_ref(),
+        &mut index,
+        file_len,
+        leaves,
+    )?;
     let (_, end) = index.covered();
-    Ok(Recovered { index, end })
-}
-
-pub(crate) fn check_file_header(file: &File, path: &Path) -> Result<(), StoreError> {
-    let mut header = [0u8; FILE_HEADER_BYTES as usize];
-    file.read_exact_at(&mut header, 0)
-        .map_err(|e| io_error(path, e))?;
-    if header != format::file_header() {
-        return Err(corrupt(path, 0, "not an allot log (bad file header)"));
+    // Every batch before the newest slot's was acknowledged.
+    let acknowledged_end = newest_slot.map_or(format.data_start(), |slot| slot.batch_offset);
+    let verified = index.len();
+    let lost = |offset: u64, reason: String| {
+        let events = newest_slot
+            .map(|slot| slot.first_position.saturating_sub(verified))
+            .filter(|n| *n > 0);
+        damage(path, offset, Some(verified), events, reason)
+    };
+    if let (Some(slot), Some(head)) = (newest_slot, index.head())
+        && head.sequence == slot.sequence
+        && (head.seal.chain != slot.chain || end != slot.batch_end)
+    {
+        return Err(lost(
+            slot.batch_offset,
+            format!(
+                "batch {} differs from the head slot that recorded it (another log, or rewritten)",
+                slot.sequence
+            ),
+        ));
     }
-    Ok(())
+    let mut recovered = Recovered {
+        format,
+        log_id: header.log_id,
+        index,
+        end,
+        torn: None,
+        in_flight_bytes: 0,
+        newest_slot,
+        damaged_slots,
+    };
+    let Some(Stop {
+        batch: offset,
+        at,
+        reason,
+    }) = stop
+    else {
+        if end < acknowledged_end {
+            return Err(lost(
+                end,
+                format!(
+                    "the log ends at offset {end}, but its head slot records batch {} written at \
+                     offset {acknowledged_end}: acknowledged batches are missing",
+                    newest_slot.map_or(0, |s| s.sequence)
+                ),
+            ));
+        }
+        return Ok(recovered);
+    };
+    if offset < acknowledged_end {
+        return Err(lost(
+            at,
+            format!(
+                "{reason}; the head slot records batches written up to offset {acknowledged_end}, \
+                 so this was acknowledged"
+            ),
+        ));
+    }
+    if let ReadOnly { writer_live: true } = access {
+        // The batch being written right now: not a finding, not a reason to stop reading.
+        recovered.in_flight_bytes = file_len - offset;
+        return Ok(recovered);
+    }
+    if file_len - offset > (BATCH_HEADER_BYTES_MAX as u64) + BATCH_BODY_BYTES_MAX {
+        return Err(lost(
+            offset,
+            format!(
+                "{reason}; {} bytes follow, more than one write can hold",
+                file_len - offset
+            ),
+        ));
+    }
+    if let Some(next) = find_batch_header(file, path, format, offset + 1, file_len)? {
+        return Err(lost(
+            offset,
+            format!("{reason}; a valid batch follows at offset {next}"),
+        ));
+    }
+    let torn = TornWrite {
+        offset,
+        bytes: file_len - offset,
+        reason,
+    };
+    if access == Access::Repair {
+        cut_torn_write(file, path, &torn)?;
+    }
+    recovered.torn = Some(torn);
+    Ok(recovered)
 }
 
-/// Verifies and indexes the batches from where `index` ends up to `file_len`. In
-/// [`Mode::Open`] a torn tail is truncated (the file shrinks to the returned index's end).
+use Access::ReadOnly;
+
+/// Verifies and indexes the batches from where `index` ends, up to `file_len`. Returns where
+/// and why it stopped early, if it did.
 pub(crate) fn scan(
     file: &File,
     path: &Path,
-    mut index: Index,
+    format: LogFormat,
+    log_id: Option<&[u8; 16]>,
+    index: &mut Index,
     file_len: u64,
-    mode: Mode,
-) -> Result<Index, StoreError> {
+    leaves: Leaves,
+) -> Result<Option<Stop>, StoreError> {
     let (_, mut offset) = index.covered();
+    let header_len = format.batch_header_bytes();
     let mut body = Vec::new();
-    // In Verify mode every byte up to `file_len` is durable: what looks torn is damage.
-    let cut = |file: &File, offset: u64, reason: &str, index: Index| match mode {
-        Mode::Open => truncate_tail(file, path, offset, file_len, reason, index),
-        Mode::Verify => Err(corrupt(path, offset, reason.to_owned())),
-    };
+    let mut header_bytes = vec![0u8; header_len];
     loop {
         if offset == file_len {
-            return Ok(index);
+            return Ok(None);
         }
         if offset > file_len {
-            return Err(corrupt(path, file_len, "log shorter than its index"));
+            return Ok(Some(Stop::new(
+                file_len,
+                format!("the log ends at {file_len}, inside the batch its index covers"),
+            )));
         }
-        let remaining = file_len - offset;
-        if remaining < BATCH_HEADER_BYTES as u64 {
-            return cut(file, offset, "incomplete batch header", index);
+        if file_len - offset < header_len as u64 {
+            return Ok(Some(Stop::new(offset, "incomplete batch header")));
         }
-        let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
         file.read_exact_at(&mut header_bytes, offset)
             .map_err(|e| io_error(path, e))?;
-        let header = match format::decode_batch_header(&header_bytes) {
+        let header = match format::decode_batch_header(format, &header_bytes) {
             Ok(header) => header,
-            Err(reason) => {
-                if let Some(next) =
-                    find_batch_header(file, path, offset + 1, file_len, index.len())?
-                {
-                    return Err(corrupt(
-                        path,
-                        offset,
-                        format!("{reason}; a valid batch follows at offset {next}"),
-                    ));
-                }
-                return cut(file, offset, reason, index);
-            }
+            Err(reason) => return Ok(Some(Stop::new(offset, reason))),
         };
         if header.first_position != index.len() {
-            return Err(corrupt(
-                path,
+            return Ok(Some(Stop::new(
                 offset,
                 format!(
                     "batch starts at position {}, expected {}",
                     header.first_position,
                     index.len()
                 ),
-            ));
+            )));
         }
-        let body_offset = offset + BATCH_HEADER_BYTES as u64;
+        let body_offset = offset + header_len as u64;
         let batch_end = body_offset + u64::from(header.body_len);
         if batch_end > file_len {
-            return cut(file, offset, "incomplete batch", index);
+            return Ok(Some(Stop::new(offset, "incomplete batch")));
         }
         body.resize(header.body_len as usize, 0);
         file.read_exact_at(&mut body, body_offset)
             .map_err(|e| io_error(path, e))?;
-        match verify_batch(&body, body_offset, header, &index) {
-            Ok(frames) => {
-                for frame in frames {
-                    for (event_offset, len) in frame.events {
-                        index.push(&frame.stream, event_offset, len);
-                    }
-                }
-                index.set_covered(offset, batch_end);
-                offset = batch_end;
-            }
+        let verified = match verify_batch(format, &body, body_offset, header, index, leaves) {
+            Ok(verified) => verified,
             Err((at, FrameError::Damaged(reason))) => {
-                if mode == Mode::Open
-                    && (batch_end == file_len || only_zeros_after(file, path, batch_end, file_len)?)
-                {
-                    return cut(file, offset, &reason, index);
-                }
-                return Err(corrupt(path, at, reason));
+                return Ok(Some(Stop {
+                    batch: offset,
+                    at,
+                    reason,
+                }));
             }
-            Err((at, FrameError::Malformed(reason))) => return Err(corrupt(path, at, reason)),
+            Err((at, FrameError::Malformed(reason))) => {
+                return Err(StoreError::Corrupt {
+                    file: path.display().to_string(),
+                    offset: at,
+                    reason,
+                });
+            }
+        };
+        let head = match (header.seal, format) {
+            (Some(seal), LogFormat::V2) => {
+                let (expected_sequence, prev) = match index.head() {
+                    Some(head) => (head.sequence + 1, head.seal.chain),
+                    None => (0, integrity::genesis(log_id.unwrap_or(&[0; 16]))),
+                };
+                if seal.sequence != expected_sequence || seal.prev_chain != prev {
+                    return Ok(Some(Stop::new(
+                        offset,
+                        format!(
+                            "batch {} does not continue the chain of batch {}",
+                            seal.sequence,
+                            expected_sequence.wrapping_sub(1)
+                        ),
+                    )));
+                }
+                let root = integrity::root(&verified.leaves).unwrap_or_default();
+                let chain =
+                    integrity::chain(&prev, header.first_position, header.event_count, &root);
+                if root != seal.root || chain != seal.chain {
+                    return Ok(Some(Stop::new(
+                        offset,
+                        "batch root or chain value does not match its events",
+                    )));
+                }
+                Some(ChainHead {
+                    sequence: seal.sequence,
+                    seal: integrity::Seal {
+                        first_position: header.first_position,
+                        event_count: header.event_count,
+                        root,
+                        prev_chain: prev,
+                        chain,
+                    },
+                })
+            }
+            _ => None,
+        };
+        for frame in verified.frames {
+            for (event_offset, len) in frame.events {
+                index.push(&frame.stream, event_offset, len);
+            }
         }
+        index.set_covered(offset, batch_end, head);
+        offset = batch_end;
     }
 }
 
@@ -178,25 +435,38 @@ struct VerifiedFrame {
     events: Vec<(u64, u32)>,
 }
 
+struct VerifiedBatch {
+    frames: Vec<VerifiedFrame>,
+    /// Stored leaves, in position order (format 2).
+    leaves: Vec<Digest>,
+}
+
 /// Checks every frame of one batch, or returns the file offset of the first bad one.
 fn verify_batch(
+    format: LogFormat,
     body: &[u8],
     body_offset: u64,
     header: format::BatchHeader,
     index: &Index,
-) -> Result<Vec<VerifiedFrame>, (u64, FrameError)> {
+    check: Leaves,
+) -> Result<VerifiedBatch, (u64, FrameError)> {
     let mut frames_out: Vec<VerifiedFrame> = Vec::with_capacity(header.frame_count as usize);
+    let mut leaves = Vec::new();
     let mut batch_heads: HashMap<String, u64> = HashMap::new();
     let mut event_total = 0u64;
     let mut at = 0usize;
     let mut frames = 0u32;
     let mut next_position = header.first_position;
+    let damaged = |offset: u64, reason: String| (offset, FrameError::Damaged(reason));
     while at < body.len() {
         let frame_offset = body_offset + at as u64;
-        let frame = format::decode_frame(&body[at..]).map_err(|e| (frame_offset, e))?;
-        let malformed = |reason: String| (frame_offset, FrameError::Malformed(reason));
+        let frame = format::decode_frame(format, &body[at..]).map_err(|e| (frame_offset, e))?;
+        let wrong = |reason: String| match format {
+            LogFormat::V1 => (frame_offset, FrameError::Malformed(reason)),
+            LogFormat::V2 => (frame_offset, FrameError::Damaged(reason)),
+        };
         if frame.first_position != next_position {
-            return Err(malformed(format!(
+            return Err(wrong(format!(
                 "frame starts at position {}, expected {next_position}",
                 frame.first_position
             )));
@@ -207,10 +477,28 @@ fn verify_batch(
             None => index.stream_len(frame.stream).unwrap_or(0),
         };
         if frame.first_version != head {
-            return Err(malformed(format!(
+            return Err(wrong(format!(
                 "stream {} continues at version {}, expected {head}",
                 frame.stream, frame.first_version
             )));
+        }
+        if format == LogFormat::V2 {
+            for (i, e) in frame.events.iter().enumerate() {
+                let record_offset = frame_offset + e.offset as u64;
+                let bytes = &body[at + e.offset..at + e.offset + e.len as usize];
+                let record = format::decode_event(format, bytes)
+                    .map_err(|reason| damaged(record_offset, reason.to_owned()))?;
+                if check == Leaves::Recompute {
+                    record
+                        .check_leaf(
+                            frame.first_position + i as u64,
+                            frame.first_version + i as u64,
+                            frame.stream,
+                        )
+                        .map_err(|reason| damaged(record_offset, reason))?;
+                }
+                leaves.push(record.stored_leaf().unwrap_or_default());
+            }
         }
         let count = frame.events.len() as u64;
         batch_heads.insert(frame.stream.to_owned(), head + count);
@@ -228,107 +516,74 @@ fn verify_batch(
         at += frame.len as usize;
     }
     if frames != header.frame_count || event_total != u64::from(header.event_count) {
-        return Err((
-            body_offset - BATCH_HEADER_BYTES as u64,
-            FrameError::Malformed(format!(
-                "batch holds {frames} frames and {event_total} events, header says {} and {}",
-                header.frame_count, header.event_count
-            )),
-        ));
+        let reason = format!(
+            "batch holds {frames} frames and {event_total} events, header says {} and {}",
+            header.frame_count, header.event_count
+        );
+        let offset = body_offset - format.batch_header_bytes() as u64;
+        return Err(match format {
+            LogFormat::V1 => (offset, FrameError::Malformed(reason)),
+            LogFormat::V2 => (offset, FrameError::Damaged(reason)),
+        });
     }
-    Ok(frames_out)
+    Ok(VerifiedBatch {
+        frames: frames_out,
+        leaves,
+    })
 }
 
-/// Offset of the first valid batch header at or after `from` whose first position is at least
-/// `min_position`, if any.
+/// Offset of the first valid batch header of `format` at or after `from`, if any.
 fn find_batch_header(
     file: &File,
     path: &Path,
+    format: LogFormat,
     from: u64,
     file_len: u64,
-    min_position: u64,
 ) -> Result<Option<u64>, StoreError> {
-    let mut chunk = vec![0u8; SCAN_CHUNK_BYTES + BATCH_HEADER_BYTES];
+    let header_len = format.batch_header_bytes();
+    let mut chunk = vec![0u8; SCAN_CHUNK_BYTES + header_len];
     let mut start = from;
-    while start + BATCH_HEADER_BYTES as u64 <= file_len {
+    while start + header_len as u64 <= file_len {
         let n = ((file_len - start) as usize).min(chunk.len());
         file.read_exact_at(&mut chunk[..n], start)
             .map_err(|e| io_error(path, e))?;
-        for i in 0..=(n - BATCH_HEADER_BYTES) {
-            if chunk[i..i + 4] != *format::BATCH_MAGIC {
-                continue;
-            }
-            if let Ok(header) = format::decode_batch_header(&chunk[i..i + BATCH_HEADER_BYTES])
-                && header.first_position >= min_position
+        for i in 0..=(n - header_len) {
+            if format::has_batch_magic(format, &chunk[i..])
+                && format::decode_batch_header(format, &chunk[i..i + header_len]).is_ok()
             {
                 return Ok(Some(start + i as u64));
             }
         }
         // Overlap by a header so one straddling two chunks is still seen.
-        start += (n - BATCH_HEADER_BYTES + 1) as u64;
+        start += (n - header_len + 1) as u64;
     }
     Ok(None)
 }
 
-fn only_zeros_after(
-    file: &File,
-    path: &Path,
-    from: u64,
-    file_len: u64,
-) -> Result<bool, StoreError> {
-    let mut chunk = vec![0u8; SCAN_CHUNK_BYTES];
-    let mut at = from;
-    while at < file_len {
-        let n = ((file_len - at) as usize).min(chunk.len());
-        file.read_exact_at(&mut chunk[..n], at)
-            .map_err(|e| io_error(path, e))?;
-        if chunk[..n].iter().any(|b| *b != 0) {
-            return Ok(false);
-        }
-        at += n as u64;
-    }
-    Ok(true)
-}
-
-fn truncate_tail(
-    file: &File,
-    path: &Path,
-    offset: u64,
-    file_len: u64,
-    reason: &str,
-    index: Index,
-) -> Result<Index, StoreError> {
+/// Cuts a proven torn write, keeping its bytes beside the log for whoever wants to look.
+fn cut_torn_write(file: &File, path: &Path, torn: &TornWrite) -> Result<(), StoreError> {
+    let mut bytes = vec![0u8; torn.bytes as usize];
+    file.read_exact_at(&mut bytes, torn.offset)
+        .map_err(|e| io_error(path, e))?;
+    let kept = path.with_file_name(format!(
+        "{}.torn-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        torn.offset
+    ));
+    std::fs::write(&kept, &bytes)
+        .and_then(|()| File::open(&kept)?.sync_all())
+        .map_err(|e| io_error(&kept, e))?;
     tracing::warn!(
         file = %path.display(),
-        offset,
-        dropped_bytes = file_len - offset,
-        reason,
-        "truncating torn tail of the event log"
+        offset = torn.offset,
+        dropped_bytes = torn.bytes,
+        kept = %kept.display(),
+        reason = %torn.reason,
+        "cutting a torn write of data never acknowledged"
     );
-    file.set_len(offset).map_err(|e| io_error(path, e))?;
+    file.set_len(torn.offset).map_err(|e| io_error(path, e))?;
     file.sync_all().map_err(|e| io_error(path, e))?;
-    Ok(index)
-}
-
-/// A file shorter than its header was torn while being created: start it again.
-fn init_header(file: &File, path: &Path, file_len: u64) -> Result<Recovered, StoreError> {
-    if file_len > 0 {
-        let mut existing = vec![0u8; file_len as usize];
-        file.read_exact_at(&mut existing, 0)
-            .map_err(|e| io_error(path, e))?;
-        let header = format::file_header();
-        let is_prefix = existing.iter().zip(header.iter()).all(|(a, b)| a == b);
-        if !is_prefix && existing.iter().any(|b| *b != 0) {
-            return Err(corrupt(path, 0, "not an allot log (bad file header)"));
-        }
-        tracing::warn!(file = %path.display(), file_len, "rewriting a torn file header");
-    }
-    file.set_len(0).map_err(|e| io_error(path, e))?;
-    file.write_all_at(&format::file_header(), 0)
-        .map_err(|e| io_error(path, e))?;
-    file.sync_all().map_err(|e| io_error(path, e))?;
-    Ok(Recovered {
-        index: Index::new(FILE_HEADER_BYTES),
-        end: FILE_HEADER_BYTES,
-    })
+    Ok(())
 }

@@ -21,10 +21,13 @@
 //! trailer := blake3(everything before), first 16 bytes
 //! ```
 //!
-//! A snapshot is used only if its own checksum holds and the log still has, at the recorded
-//! offsets, the very batches the digest was taken over (the first and the last covered batch,
-//! whose headers must also agree on the position count). Otherwise it is ignored (and removed)
-//! and `open` scans the whole log. It is written to a temporary file, fsynced, renamed over the
+//! A snapshot is derived data: one whose own checksum fails is ignored (and removed by a serving
+//! open) and `open` scans the whole log. An intact snapshot is also durable evidence of the log:
+//! the log must still hold, at the recorded offsets, the very batches the digest was taken over
+//! (the file header's identity part, the first and the last covered batch, whose headers must
+//! also agree on the position count). A log shorter than an intact snapshot, or different from
+//! it, has lost acknowledged data or was replaced: the open is refused
+//! ([`SnapshotError::Mismatch`]). It is written to a temporary file, fsynced, renamed over the
 //! old one and the directory fsynced, so a crash leaves the old snapshot or the new one, each a
 //! true description of a durable prefix of the log.
 
@@ -36,10 +39,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::chunked::ChunkedVec;
-use super::format::{
-    self, BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, FILE_HEADER_BYTES, le_u32, le_u64,
-};
-use super::index::{Entry, Index, OFFSET_BLOCK_EVENTS};
+use allot_domain::integrity::Seal;
+
+use super::format::{self, BATCH_BODY_BYTES_MAX, LogFormat, le_u32, le_u64};
+use super::index::{ChainHead, Entry, Index, OFFSET_BLOCK_EVENTS};
 use crate::store::StoreError;
 
 /// Name of the index snapshot inside the data directory.
@@ -48,6 +51,9 @@ pub const SNAPSHOT_FILE_NAME: &str = "index.snapshot";
 pub const SNAPSHOT_TEMP_FILE_NAME: &str = "index.snapshot.tmp";
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"ALLOTIDX";
+/// The part of a log's file header the digest covers: magic, version and (format 2) log id and
+/// header sum; never the head slots, which every batch rewrites.
+const FILE_HEADER_IDENTITY_BYTES: usize = 40;
 const SNAPSHOT_VERSION: u32 = 1;
 const HEADER_BYTES: usize = 64;
 const SUM_BYTES: usize = 16;
@@ -128,9 +134,19 @@ pub(crate) enum SnapshotError {
         #[source]
         source: std::io::Error,
     },
-    /// Damaged, from another format, or not describing this log.
+    /// Damaged or from another format: derived data to rebuild.
     #[error("{0}")]
     Invalid(String),
+    /// Intact, but the log no longer holds what it describes: `offset` is where they part.
+    #[error("{reason}")]
+    Mismatch { offset: u64, reason: String },
+}
+
+fn mismatch(offset: u64, reason: impl Into<String>) -> SnapshotError {
+    SnapshotError::Mismatch {
+        offset,
+        reason: reason.into(),
+    }
 }
 
 fn io_error(path: &Path, source: std::io::Error) -> StoreError {
@@ -199,19 +215,22 @@ impl Header {
     }
 }
 
-/// Digest of the log's file header, its first batch and the batch at `last_batch_offset`, after
-/// checking that the last one ends at `log_end` and completes `event_count` positions. Reads at
-/// most two batches, whatever the log's size.
+/// Digest of the log's file header (its identity part), its first batch and the batch at
+/// `last_batch_offset`, after checking that the last one ends at `log_end` and completes
+/// `event_count` positions; with the chain head that last batch records (format 2). Reads at most
+/// two batches, whatever the log's size.
 fn log_digest(
     log: &File,
     log_path: &Path,
     last_batch_offset: u64,
     log_end: u64,
     event_count: u64,
-) -> Result<[u8; SUM_BYTES], SnapshotError> {
+) -> Result<([u8; SUM_BYTES], Option<ChainHead>), SnapshotError> {
     let read = |buf: &mut [u8], at: u64| {
         log.read_exact_at(buf, at).map_err(|e| match e.kind() {
-            std::io::ErrorKind::UnexpectedEof => invalid("log shorter than the snapshot covers"),
+            std::io::ErrorKind::UnexpectedEof => {
+                mismatch(at, "the log is shorter than the snapshot covers")
+            }
             _ => SnapshotError::Io {
                 path: log_path.display().to_string(),
                 source: e,
@@ -226,40 +245,71 @@ fn log_digest(
         })?
         .len();
     if log_len < log_end {
-        return Err(invalid(format!(
-            "log is {log_len} bytes, the snapshot covers {log_end}"
-        )));
+        return Err(mismatch(
+            log_len,
+            format!(
+                "the log is {log_len} bytes, but the intact index snapshot covers {log_end} bytes \
+                 and {event_count} events of it"
+            ),
+        ));
     }
     let mut hasher = blake3::Hasher::new();
-    let mut file_header = [0u8; FILE_HEADER_BYTES as usize];
-    read(&mut file_header, 0)?;
-    hasher.update(&file_header);
+    let mut start = [0u8; FILE_HEADER_IDENTITY_BYTES];
+    let identity = (log_len as usize).min(FILE_HEADER_IDENTITY_BYTES);
+    read(&mut start[..identity], 0)?;
+    let log_format = format::decode_file_header(&start[..identity])
+        .map_err(|reason| mismatch(0, format!("the log's file header: {reason}")))?
+        .format;
+    let identity = match log_format {
+        LogFormat::V1 => 16,
+        LogFormat::V2 => FILE_HEADER_IDENTITY_BYTES,
+    };
+    hasher.update(&start[..identity]);
+    let header_len = log_format.batch_header_bytes();
     let mut batch = Vec::new();
-    for (which, at) in [("first", FILE_HEADER_BYTES), ("last", last_batch_offset)] {
-        let mut header_bytes = [0u8; BATCH_HEADER_BYTES];
+    let mut head = None;
+    for (which, at) in [
+        ("first", log_format.data_start()),
+        ("last", last_batch_offset),
+    ] {
+        let mut header_bytes = vec![0u8; header_len];
         read(&mut header_bytes, at)?;
-        let header = format::decode_batch_header(&header_bytes)
-            .map_err(|reason| invalid(format!("{which} covered batch at {at}: {reason}")))?;
-        let end = at + BATCH_HEADER_BYTES as u64 + u64::from(header.body_len);
+        let header = format::decode_batch_header(log_format, &header_bytes)
+            .map_err(|reason| mismatch(at, format!("{which} covered batch at {at}: {reason}")))?;
+        let end = at + header_len as u64 + u64::from(header.body_len);
         if which == "first" && (header.first_position != 0 || end > log_end) {
-            return Err(invalid("first batch of the log does not match"));
+            return Err(mismatch(at, "the first batch of the log does not match"));
         }
-        if which == "last"
-            && (end != log_end
-                || header.first_position + u64::from(header.event_count) != event_count)
-        {
-            return Err(invalid(format!(
-                "batch at {at} does not end the covered log at {log_end} with {event_count} events"
-            )));
+        if which == "last" {
+            if end != log_end
+                || header.first_position + u64::from(header.event_count) != event_count
+            {
+                return Err(mismatch(
+                    at,
+                    format!(
+                        "batch at {at} does not end the covered log at {log_end} with {event_count} events"
+                    ),
+                ));
+            }
+            head = header.seal.map(|seal| ChainHead {
+                sequence: seal.sequence,
+                seal: Seal {
+                    first_position: header.first_position,
+                    event_count: header.event_count,
+                    root: seal.root,
+                    prev_chain: seal.prev_chain,
+                    chain: seal.chain,
+                },
+            });
         }
         debug_assert!(u64::from(header.body_len) <= BATCH_BODY_BYTES_MAX);
-        batch.resize(BATCH_HEADER_BYTES + header.body_len as usize, 0);
+        batch.resize(header_len + header.body_len as usize, 0);
         read(&mut batch, at)?;
         hasher.update(&batch);
     }
     let mut digest = [0u8; SUM_BYTES];
     digest.copy_from_slice(&hasher.finalize().as_bytes()[..SUM_BYTES]);
-    Ok(digest)
+    Ok((digest, head))
 }
 
 fn read_index(index: &RwLock<Index>) -> std::sync::RwLockReadGuard<'_, Index> {
@@ -291,7 +341,7 @@ pub(crate) fn write(
         return Ok(None);
     }
     let log = File::open(log_path).map_err(|e| io_error(log_path, e))?;
-    let log_digest =
+    let (log_digest, _) =
         log_digest(&log, log_path, last_batch_offset, log_end, count).map_err(|e| match e {
             SnapshotError::Io { path, source } => StoreError::Io { path, source },
             other => StoreError::Corrupt {
@@ -453,18 +503,6 @@ pub(crate) fn load(dir: &Path, log: &File, log_path: &Path) -> Result<Index, Sna
     if count == 0 || fixed > file_len {
         return Err(invalid("snapshot size does not match its header"));
     }
-    // Cheap and decisive: does the log still hold the batches this snapshot was taken over?
-    let digest = log_digest(
-        log,
-        log_path,
-        header.last_batch_offset,
-        header.log_end,
-        header.event_count,
-    )?;
-    if digest != header.log_digest {
-        return Err(invalid("snapshot belongs to another log (digest mismatch)"));
-    }
-
     let mut names = Vec::with_capacity(header.stream_count as usize);
     let mut name = Vec::new();
     for _ in 0..header.stream_count {
@@ -521,12 +559,32 @@ pub(crate) fn load(dir: &Path, log: &File, log_path: &Path) -> Result<Index, Sna
     {
         return Err(invalid("bytes after the snapshot trailer"));
     }
+    // The snapshot is intact: now it is evidence. Does the log still hold the batches it was
+    // taken over?
+    let (digest, head) = log_digest(
+        log,
+        log_path,
+        header.last_batch_offset,
+        header.log_end,
+        header.event_count,
+    )?;
+    if digest != header.log_digest {
+        return Err(mismatch(
+            0,
+            format!(
+                "the intact index snapshot describes another log: its first or last covered \
+                 batch (at {}) or the log's identity differ",
+                header.last_batch_offset
+            ),
+        ));
+    }
     Index::from_parts(
         names,
         bases,
         entries,
         header.last_batch_offset,
         header.log_end,
+        head,
     )
     .map_err(invalid)
 }
@@ -539,4 +597,53 @@ pub(crate) fn remove(dir: &Path, which: &str) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(file = %path.display(), error = %e, "cannot remove"),
     }
+}
+
+/// Checks, without building an index, that the snapshot in `dir` (if any, and intact) describes
+/// `log`: how a read-only open that scans the whole log anyway uses the snapshot as evidence.
+/// `Ok(None)` when there is no snapshot; `Ok(Some(reason))` when it is damaged (not evidence).
+pub(crate) fn check(
+    dir: &Path,
+    log: &File,
+    log_path: &Path,
+) -> Result<Option<String>, SnapshotError> {
+    let path = dir.join(SNAPSHOT_FILE_NAME);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(SnapshotError::Io {
+                path: path.display().to_string(),
+                source,
+            });
+        }
+    };
+    if bytes.len() < HEADER_BYTES + SUM_BYTES {
+        return Ok(Some("snapshot shorter than its header".to_owned()));
+    }
+    let (body, trailer) = bytes.split_at(bytes.len() - SUM_BYTES);
+    if blake3::hash(body).as_bytes()[..SUM_BYTES] != *trailer {
+        return Ok(Some("snapshot checksum mismatch".to_owned()));
+    }
+    let mut header_bytes = [0u8; HEADER_BYTES];
+    header_bytes.copy_from_slice(&bytes[..HEADER_BYTES]);
+    let header = match Header::decode(&header_bytes) {
+        Ok(header) => header,
+        Err(e) => return Ok(Some(e.to_string())),
+    };
+    let (digest, _) = log_digest(
+        log,
+        log_path,
+        header.last_batch_offset,
+        header.log_end,
+        header.event_count,
+    )?;
+    if digest != header.log_digest {
+        return Err(mismatch(
+            0,
+            "the intact index snapshot describes another log: its first or last covered batch \
+             or the log's identity differ",
+        ));
+    }
+    Ok(None)
 }

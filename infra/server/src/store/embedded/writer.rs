@@ -4,7 +4,9 @@
 //! and [`super::format::BATCH_BODY_BYTES_MAX`] bytes), checks each append's expected version in
 //! queue order against the stream heads (durable heads plus this batch's accepted appends),
 //! encodes the accepted ones into one buffer, writes it with one `pwrite` and one `fdatasync`,
-//! then publishes the events to the index and the head watch and answers every caller. A rejected
+//! then publishes the events to the index and the head watch and answers every caller. Each batch
+//! is sealed (the Merkle root of its events' leaves, chained to the previous batch) and its head
+//! slot is rewritten before the same fdatasync, so the slot is durable exactly when the batch is. A rejected
 //! append writes nothing and does not affect the others. Answers wait for the sync, rejections
 //! included, so no caller learns of a version that might not survive a crash.
 //!
@@ -29,10 +31,19 @@ use std::thread::JoinHandle;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::format::{self, BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES, BatchHeader, EncodedEvent};
-use super::index::Index;
+use allot_domain::integrity::{self, Digest, MerkleTree, Seal};
+
+use super::format::{
+    self, BATCH_BODY_BYTES_MAX, BatchHeader, BatchSeal, EncodedEvent, HeadSlot, LogFormat,
+};
+use super::index::{ChainHead, Index};
 use super::snapshot::{self, SnapshotInfo};
-use crate::store::{ActualVersion, AppendOutcome, ExpectedVersion, ProposedEvent, StoreError};
+use crate::store::{
+    ActualVersion, AppendOutcome, ExpectedVersion, ProposedEvent, SealedBatch, StoreError,
+};
+
+/// The writer writes format 2 only.
+const BATCH_HEADER_BYTES: usize = LogFormat::V2.batch_header_bytes_const();
 
 /// Most appends one batch (one write, one fdatasync) carries.
 pub const BATCH_APPENDS_MAX: usize = 4096;
@@ -160,6 +171,8 @@ pub(crate) struct Writer {
     #[allow(dead_code)]
     pub lock: File,
     pub end: u64,
+    /// Chain value before the log's first batch.
+    pub genesis: Digest,
     pub index: Arc<RwLock<Index>>,
     pub head: watch::Sender<u64>,
     pub requests: RequestQueue,
@@ -475,11 +488,14 @@ impl Writer {
         let first_position;
         let mut next_position;
         let mut frame_count = 0u32;
+        let mut leaves: Vec<Digest> = Vec::new();
+        let previous;
         {
             let index = match self.index.read() {
                 Ok(index) => index,
                 Err(poisoned) => poisoned.into_inner(),
             };
+            previous = index.head();
             first_position = index.len();
             next_position = first_position;
             let mut batch_heads: HashMap<&str, u64, foldhash::fast::RandomState> =
@@ -507,7 +523,15 @@ impl Writer {
                     continue;
                 }
                 let start = encoded.len();
-                format::encode_frame(buf, next_position, head, &req.stream, &req.events, encoded);
+                format::encode_frame(
+                    buf,
+                    next_position,
+                    head,
+                    &req.stream,
+                    &req.events,
+                    encoded,
+                    &mut leaves,
+                );
                 let count = req.events.len() as u64;
                 pending.push(Ok(Accepted {
                     first_version: head,
@@ -515,6 +539,7 @@ impl Writer {
                     outcome: AppendOutcome {
                         last_version: head + count - 1,
                         last_position: next_position + count - 1,
+                        sealed: None,
                     },
                 }));
                 batch_heads.insert(req.stream.as_str(), head + count);
@@ -533,25 +558,69 @@ impl Writer {
             .collect();
 
         let mut healthy = true;
-        if frame_count > 0 {
-            let header = format::encode_batch_header(&BatchHeader {
-                body_len: (buf.len() - BATCH_HEADER_BYTES) as u32,
-                first_position,
-                frame_count,
-                event_count: (next_position - first_position) as u32,
-            });
-            buf[..BATCH_HEADER_BYTES].copy_from_slice(&header);
-            let written = match self.log.write_all_at(buf, self.end) {
-                Ok(()) => self.log.sync_data(),
-                Err(e) => Err(e),
+        if let Some(tree) = MerkleTree::new(leaves) {
+            let event_count = (next_position - first_position) as u32;
+            let (sequence, prev_chain) = match previous {
+                Some(head) => (head.sequence + 1, head.seal.chain),
+                None => (0, self.genesis),
             };
+            let root = tree.root();
+            let seal = Seal {
+                first_position,
+                event_count,
+                root,
+                prev_chain,
+                chain: integrity::chain(&prev_chain, first_position, event_count, &root),
+            };
+            let header = format::encode_batch_header(
+                &BatchHeader {
+                    body_len: (buf.len() - BATCH_HEADER_BYTES) as u32,
+                    first_position,
+                    frame_count,
+                    event_count,
+                    seal: None,
+                },
+                &BatchSeal {
+                    sequence,
+                    root,
+                    prev_chain,
+                    chain: seal.chain,
+                },
+            );
+            buf[..BATCH_HEADER_BYTES].copy_from_slice(&header);
+            let slot = HeadSlot {
+                sequence,
+                batch_offset: self.end,
+                batch_end: self.end + buf.len() as u64,
+                first_position,
+                event_count,
+                chain: seal.chain,
+            };
+            // The batch and its head slot, then one fdatasync for both.
+            let written = self
+                .log
+                .write_all_at(buf, self.end)
+                .and_then(|()| {
+                    self.log
+                        .write_all_at(&format::encode_slot(&slot), slot.file_offset())
+                })
+                .and_then(|()| self.log.sync_data());
             match written {
                 Ok(()) => {
                     self.counters.batches.fetch_add(1, Ordering::Relaxed);
                     self.counters
                         .appends
                         .fetch_add(u64::from(frame_count), Ordering::Relaxed);
-                    self.publish(&pending, encoded, next_position, buf.len() as u64);
+                    let sealed = Arc::new(SealedBatch {
+                        seal,
+                        tree,
+                        signature: Default::default(),
+                    });
+                    for accepted in pending.iter_mut().filter_map(|p| p.result.as_mut().ok()) {
+                        accepted.outcome.sealed = Some(sealed.clone());
+                    }
+                    let head = ChainHead { sequence, seal };
+                    self.publish(&pending, encoded, next_position, buf.len() as u64, head);
                     self.end += buf.len() as u64;
                 }
                 Err(source) => {
@@ -590,6 +659,7 @@ impl Writer {
         encoded: &[EncodedEvent],
         next_position: u64,
         batch_len: u64,
+        head: ChainHead,
     ) {
         {
             let mut index = match self.index.write() {
@@ -608,7 +678,7 @@ impl Writer {
                     index.push(stream, self.end + event.offset as u64, event.len);
                 }
             }
-            index.set_covered(self.end, self.end + batch_len);
+            index.set_covered(self.end, self.end + batch_len, Some(head));
         }
         self.head.send_replace(next_position);
     }
