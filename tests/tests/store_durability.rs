@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use allot_server::store::embedded::{BATCH_HEADER_BYTES, EmbeddedStore, LOG_FILE_NAME};
+use allot_server::store::embedded::{
+    BATCH_HEADER_BYTES, EmbeddedStore, LOG_FILE_NAME, STORE_ID_FILE_NAME,
+};
 use allot_server::store::{EventStore, ExpectedVersion, ProposedEvent, RecordedEvent, StoreError};
 use allot_tests::seeded::Rng;
 
@@ -198,9 +200,12 @@ fn sample_appends() -> Vec<Vec<&'static str>> {
     ]
 }
 
+/// Copies the first `len` bytes of the log into a new data directory `to`, with its `store.id`.
 fn copy_prefix(log: &Path, len: u64, to: &Path) -> PathBuf {
     let bytes = std::fs::read(log).unwrap();
     std::fs::create_dir_all(to).unwrap();
+    let id = log.with_file_name(STORE_ID_FILE_NAME);
+    std::fs::copy(&id, to.join(STORE_ID_FILE_NAME)).unwrap();
     let copy = to.join(LOG_FILE_NAME);
     std::fs::write(&copy, &bytes[..len as usize]).unwrap();
     copy
@@ -275,18 +280,20 @@ fn flip_byte(file: &Path, at: u64) {
     std::fs::write(file, bytes).unwrap();
 }
 
-fn expect_corrupt(result: Result<EmbeddedStore, StoreError>, log: &Path, offset: u64) {
+fn expect_damaged(
+    result: Result<EmbeddedStore, StoreError>,
+    log: &Path,
+    offset: u64,
+    first_position: u64,
+) {
     match result {
-        Err(StoreError::Corrupt {
-            file,
-            offset: at,
-            reason,
-        }) => {
-            assert_eq!(Path::new(&file), log);
-            assert_eq!(at, offset, "wrong offset ({reason})");
+        Err(StoreError::Damaged(damage)) => {
+            assert_eq!(Path::new(&damage.file), log);
+            assert_eq!(damage.offset, offset, "wrong offset ({})", damage.reason);
+            assert_eq!(damage.first_position, Some(first_position), "{}", damage.reason);
         }
-        Err(other) => panic!("expected Corrupt at {offset}, got {other}"),
-        Ok(_) => panic!("expected Corrupt at {offset}, the store opened"),
+        Err(other) => panic!("expected Damaged at {offset}, got {other}"),
+        Ok(_) => panic!("expected Damaged at {offset}, the store opened"),
     }
 }
 
@@ -299,23 +306,32 @@ async fn damage_before_the_tail_is_reported_with_file_and_offset() {
     let log = dir.path().join(LOG_FILE_NAME);
     let scratch = tempfile::tempdir().unwrap();
 
-    // The second append's batch: header, then its one frame.
+    // The second append's batch (positions 1 and 2): header, then its one frame, whose first
+    // event record follows the frame's 26 fixed bytes and the stream name.
     let batch = lengths[1];
     let frame = batch + BATCH_HEADER_BYTES as u64;
+    let record = frame + 26 + "pool-x".len() as u64;
     let payload_byte = lengths[2] - 3;
+    // Record = 54 fixed bytes, the kind "T", the payload.
+    let second_record = record + 54 + 1 + "second-a".len() as u64;
     let cases = [
-        ("payload", payload_byte, frame),
+        ("payload", payload_byte, second_record),
+        ("event leaf", record + 3, record),
+        ("event id", record + 40, record),
         ("frame length", frame, frame),
-        ("frame checksum", frame + 4, frame),
+        ("frame position", frame + 4, frame),
         ("batch magic", batch, batch),
         ("batch body length", batch + 5, batch),
-        ("batch header checksum", batch + 30, batch),
+        ("batch root", batch + 40, batch),
+        ("batch previous chain value", batch + 70, batch),
+        ("batch chain value", batch + 100, batch),
+        ("batch header checksum", batch + 140, batch),
     ];
     for (what, at, reported) in cases {
         let case = scratch.path().join(what.replace(' ', "-"));
         let copy = copy_prefix(&log, *lengths.last().unwrap(), &case);
         flip_byte(&copy, at);
-        expect_corrupt(EmbeddedStore::open(&case).await, &copy, reported);
+        expect_damaged(EmbeddedStore::open(&case).await, &copy, reported, 1);
         // Refusing to open must not have changed the file.
         assert_eq!(
             std::fs::metadata(&copy).unwrap().len(),
@@ -328,7 +344,7 @@ async fn damage_before_the_tail_is_reported_with_file_and_offset() {
     let case = scratch.path().join("file-header");
     let copy = copy_prefix(&log, *lengths.last().unwrap(), &case);
     flip_byte(&copy, 2);
-    expect_corrupt(EmbeddedStore::open(&case).await, &copy, 0);
+    expect_damaged(EmbeddedStore::open(&case).await, &copy, 0, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
