@@ -290,7 +290,12 @@ fn expect_damaged(
         Err(StoreError::Damaged(damage)) => {
             assert_eq!(Path::new(&damage.file), log);
             assert_eq!(damage.offset, offset, "wrong offset ({})", damage.reason);
-            assert_eq!(damage.first_position, Some(first_position), "{}", damage.reason);
+            assert_eq!(
+                damage.first_position,
+                Some(first_position),
+                "{}",
+                damage.reason
+            );
         }
         Err(other) => panic!("expected Damaged at {offset}, got {other}"),
         Ok(_) => panic!("expected Damaged at {offset}, the store opened"),

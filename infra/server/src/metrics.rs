@@ -8,6 +8,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -28,6 +29,10 @@ pub struct Metrics {
     pub sweeper_lag_seconds: Histogram,
     pub sweeper_expired: Counter<u64, AtomicU64>,
     pub signature_batch_signatures: Histogram,
+    /// Events the background log verifier has checked, once it finished a pass.
+    pub log_verified_events: Gauge<u64, AtomicU64>,
+    /// What the background log verifier found damaged, if anything: `/healthz` turns unhealthy.
+    log_damage: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -87,7 +92,15 @@ impl Metrics {
             "Request signatures verified together in one batch",
             signature_batch_signatures.clone(),
         );
+        let log_verified_events = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "log_verified_events",
+            "Events of the log the background verifier checked in its last finished pass",
+            log_verified_events.clone(),
+        );
         Metrics {
+            log_verified_events,
+            log_damage: std::sync::Mutex::new(None),
             registry,
             commands,
             command_seconds,
@@ -106,6 +119,22 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    /// Records damage the background verifier found.
+    pub fn set_log_damage(&self, damage: String) {
+        *self
+            .log_damage
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(damage);
+    }
+
+    /// Damage the background verifier found, if any.
+    pub fn log_damage(&self) -> Option<String> {
+        self.log_damage
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 
     /// The text exposition format.

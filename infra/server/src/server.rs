@@ -134,6 +134,29 @@ pub struct ServeOptions {
     pub edge: EdgeLimits,
 }
 
+/// The background verifier: one pass over the whole log after start-up, which start-up itself
+/// trusts beyond what it relies on (the snapshot, the tail). Damage it finds is logged with its
+/// file, offset and first position, and turns `/healthz` unhealthy; reads of a damaged record
+/// already fail on their own.
+async fn verify_log(store: Arc<dyn EventStore>, metrics: Arc<Metrics>) {
+    let started = std::time::Instant::now();
+    match store.verify_log().await {
+        Ok(Some(events)) => {
+            metrics.log_verified_events.set(events);
+            tracing::info!(
+                events,
+                seconds = started.elapsed().as_secs_f64(),
+                "background log verification passed"
+            );
+        }
+        Ok(None) => {}
+        Err(error) => {
+            tracing::error!(%error, "background log verification found damage");
+            metrics.set_log_damage(error.to_string());
+        }
+    }
+}
+
 async fn bind(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServeError> {
     let listen_error = |source| ServeError::Listen { addr, source };
     let listener = TcpListener::bind(addr).await.map_err(listen_error)?;
@@ -152,6 +175,7 @@ impl Server {
     ) -> Result<Server, ServeError> {
         let metrics = Arc::new(Metrics::new());
         let shared = store.shared_with_other_writers();
+        tokio::spawn(verify_log(Arc::clone(&store), Arc::clone(&metrics)));
         let service = Service::open(store, clock, projections, metrics).await?;
         if shared {
             // Other instances write to this store: follow it so their writes (and actor

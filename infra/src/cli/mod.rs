@@ -8,6 +8,7 @@ mod bench;
 mod client;
 mod demo;
 mod rebuild;
+mod repair;
 mod serve;
 mod source;
 
@@ -44,8 +45,12 @@ enum Command {
     Expire(client::ReservationArgs),
     /// Show a reservation (`pool:seq`) or a pool.
     Show(client::ShowArgs),
-    /// Verify the seed's guarantees from the log alone; exits non-zero on any violation.
+    /// Verify the log's integrity and the seed's guarantees from the log alone, read-only;
+    /// exits 1 on a violation, 3 when acknowledged data is missing or damaged.
     Audit(audit::AuditArgs),
+    /// Remove a torn write of never-acknowledged data (keeping a copy) or a damaged index
+    /// snapshot; says what it will do first.
+    Repair(repair::RepairArgs),
     /// Rebuild every projection from the log and write a checkpoint the service starts from.
     Rebuild(rebuild::RebuildArgs),
     /// Performance scenarios (see BENCHMARKS.md).
@@ -69,6 +74,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Expire(args) => client::expire(args).await,
         Command::Show(args) => client::show(args).await,
         Command::Audit(args) => audit::run(args).await,
+        Command::Repair(args) => repair::run(args).await,
         Command::Rebuild(args) => rebuild::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Actor { command } => actor::run(command).await,

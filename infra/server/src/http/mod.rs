@@ -440,8 +440,16 @@ async fn method_not_allowed() -> Problem {
     Problem::method_not_allowed("method not allowed on this route; see /openapi.json")
 }
 
-async fn healthz() -> impl IntoResponse {
-    Json(json!({"status": "ok"}))
+/// Unhealthy (503) once the background verifier found damaged acknowledged data.
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.service.metrics().log_damage() {
+        None => Json(json!({"status": "ok"})).into_response(),
+        Some(damage) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "log damaged", "damage": damage})),
+        )
+            .into_response(),
+    }
 }
 
 async fn metrics_text(State(metrics): State<Arc<Metrics>>) -> Response {

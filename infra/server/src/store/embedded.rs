@@ -408,6 +408,26 @@ impl EmbeddedStore {
         self.shared.index().head()
     }
 
+    /// The seal of the batch that ends at `position`: the chain head the log had once it held
+    /// `position` events. `None` if no durable batch ends there. Walks the batch headers.
+    pub async fn seal_ending_at(
+        &self,
+        position: u64,
+    ) -> Result<Option<allot_domain::integrity::Seal>, StoreError> {
+        let shared = self.shared.clone();
+        on_blocking_pool("read", move || {
+            let (_, end) = shared.index().covered();
+            recovery::seal_ending_at(
+                &shared.reader,
+                &shared.log_path,
+                shared.format,
+                end,
+                position,
+            )
+        })
+        .await
+    }
+
     /// The log id (format 2).
     pub fn log_id(&self) -> Option<[u8; 16]> {
         self.shared.log_id
@@ -920,6 +940,10 @@ impl EventStore for EmbeddedStore {
         on_blocking_pool("read", move || shared.read_page(&locs)).await
     }
 
+    async fn verify_log(&self) -> Result<Option<u64>, StoreError> {
+        self.verify().await.map(|report| Some(report.events))
+    }
+
     async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError> {
         // Past the last possible position: a subscription that never yields.
         let next = after.map_or(0, |after| after.saturating_add(1));
@@ -1268,5 +1292,70 @@ mod tests {
             2
         );
         assert_eq!(store.next_position(), count as u64);
+    }
+
+    #[tokio::test]
+    async fn a_format_one_log_is_read_as_is_and_migrated_by_a_serving_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = format::v1::file_header().to_vec();
+        for (i, payload) in ["a", "b", "c"].iter().enumerate() {
+            let mut body = Vec::new();
+            format::v1::encode_frame(&mut body, i as u64, i as u64, "s", &[event(payload)]);
+            let header = format::v1::encode_batch_header(&format::BatchHeader {
+                body_len: body.len() as u32,
+                first_position: i as u64,
+                frame_count: 1,
+                event_count: 1,
+                seal: None,
+            });
+            bytes.extend_from_slice(&header);
+            bytes.extend_from_slice(&body);
+        }
+        let log = dir.path().join(LOG_FILE_NAME);
+        std::fs::write(&log, &bytes).unwrap();
+        let payloads =
+            |events: Vec<RecordedEvent>| events.into_iter().map(|e| e.payload).collect::<Vec<_>>();
+        let wanted = vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec()];
+
+        let read_only = EmbeddedStore::open_read_only(dir.path()).await.unwrap();
+        assert_eq!(read_only.opened().format, 1);
+        assert_eq!(
+            payloads(read_only.read_all(None, 10).await.unwrap()),
+            wanted
+        );
+        drop(read_only);
+        let names = |dir: &Path| {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(dir.path()), vec![LOG_FILE_NAME.to_owned()]);
+        assert_eq!(
+            std::fs::read(&log).unwrap(),
+            bytes,
+            "a read-only open wrote"
+        );
+
+        let store = EmbeddedStore::open(dir.path()).await.unwrap();
+        assert_eq!(payloads(store.read_all(None, 10).await.unwrap()), wanted);
+        let head = store.chain_head().unwrap();
+        assert_eq!((head.sequence, head.seal.head_position()), (2, 3));
+        store
+            .append("s", ExpectedVersion::Exact(2), vec![event("d")])
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        assert_eq!(
+            std::fs::read(dir.path().join(LOG_V1_FILE_NAME)).unwrap(),
+            bytes
+        );
+        let reopened = EmbeddedStore::open_read_only(dir.path()).await.unwrap();
+        assert_eq!(reopened.opened().format, 2);
+        assert_eq!(reopened.opened().events, 4);
+        assert_eq!(reopened.opened().head.as_ref().map(|h| h.sequence), Some(3));
     }
 }

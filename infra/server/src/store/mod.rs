@@ -467,6 +467,12 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Whether other processes may append to this store (a shared server), so a service must
     /// follow the store to keep its projections and actor keys current.
+    /// Verifies the whole durable log as it reads it (the background verifier): returns the
+    /// events checked, or `None` for a backend that keeps its own checksums (KurrentDB, memory).
+    async fn verify_log(&self) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+
     fn shared_with_other_writers(&self) -> bool {
         false
     }

@@ -197,10 +197,13 @@ pub(crate) fn recover(
 ) -> Result<Recovered, StoreError> {
     let header = read_file_header(file, path, file_len)?;
     let format = header.format;
-    let (newest_slot, damaged_slots) = match format {
+    let (newest_slot, mut damaged_slots) = match format {
         LogFormat::V1 => (None, Vec::new()),
         LogFormat::V2 => read_slots(file, path)?,
     };
+    // The slot of the batch after the newest may be torn with that batch's write: not damage.
+    let in_flight_slot = newest_slot.map_or(0, |slot| (slot.sequence + 1) % HEAD_SLOTS);
+    damaged_slots.retain(|slot| *slot != in_flight_slot);
     for slot in &damaged_slots {
         tracing::warn!(
             file = %path.display(),
@@ -586,4 +589,41 @@ fn cut_torn_write(file: &File, path: &Path, torn: &TornWrite) -> Result<(), Stor
     file.set_len(torn.offset).map_err(|e| io_error(path, e))?;
     file.sync_all().map_err(|e| io_error(path, e))?;
     Ok(())
+}
+
+/// The seal of the batch that ends at `position` (the chain head once `position` events were
+/// recorded), found by walking the batch headers of the first `end` bytes; `None` if no batch
+/// ends there.
+pub(crate) fn seal_ending_at(
+    file: &File,
+    path: &Path,
+    format: LogFormat,
+    end: u64,
+    position: u64,
+) -> Result<Option<integrity::Seal>, StoreError> {
+    let header_len = format.batch_header_bytes();
+    let mut header_bytes = vec![0u8; header_len];
+    let mut offset = format.data_start();
+    while offset + header_len as u64 <= end {
+        file.read_exact_at(&mut header_bytes, offset)
+            .map_err(|e| io_error(path, e))?;
+        let header = format::decode_batch_header(format, &header_bytes).map_err(|reason| {
+            damage(path, offset, None, None, format!("batch header: {reason}"))
+        })?;
+        let head = header.first_position + u64::from(header.event_count);
+        if head == position {
+            return Ok(header.seal.map(|seal| integrity::Seal {
+                first_position: header.first_position,
+                event_count: header.event_count,
+                root: seal.root,
+                prev_chain: seal.prev_chain,
+                chain: seal.chain,
+            }));
+        }
+        if head > position {
+            return Ok(None);
+        }
+        offset += (header_len + header.body_len as usize) as u64;
+    }
+    Ok(None)
 }
