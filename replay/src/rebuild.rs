@@ -24,7 +24,7 @@ use crate::record::{Recorded, RecordedActorEvent, RecordedPoolEvent};
 /// The checkpoint format this build writes and reads. Format 1 (JSON, then bincode behind
 /// `ALLOTCP1`) held every reservation's labels and no event versions; it is refused, and the
 /// caller replays the whole log.
-pub const CHECKPOINT_FORMAT_VERSION: u32 = 2;
+pub const CHECKPOINT_FORMAT_VERSION: u32 = 3;
 /// Largest checkpoint accepted by [`Checkpoint::from_bytes`].
 pub const CHECKPOINT_BYTES_MAX: usize = 1 << 30;
 /// The progress callback is called every this many events (and once at the end).
@@ -71,11 +71,16 @@ pub struct Checkpoint {
     pub format_version: u32,
     /// Last applied global position; `None` when nothing was applied.
     pub position: Option<u64>,
+    /// The log's chain value once it held `position + 1` events, on a store that chains its log
+    /// (embedded): a checkpoint is used only over a log whose chain agrees.
+    pub chain: Option<[u8; 32]>,
     pub projections: PackedProjections,
 }
 
 /// First bytes of a checkpoint of this format.
-const CHECKPOINT_MAGIC: &[u8; 8] = b"ALLOTCP2";
+const CHECKPOINT_MAGIC: &[u8; 8] = b"ALLOTCP3";
+/// First bytes of a format 2 checkpoint (before it recorded the log's chain value).
+const CHECKPOINT_MAGIC_V2: &[u8; 8] = b"ALLOTCP2";
 /// First bytes of a format 1 binary checkpoint (format 1 was also written as JSON, `{...}`).
 const CHECKPOINT_MAGIC_V1: &[u8; 8] = b"ALLOTCP1";
 
@@ -99,6 +104,9 @@ impl Checkpoint {
             // reservation's labels by.
             if bytes.starts_with(CHECKPOINT_MAGIC_V1) {
                 return Err(RebuildError::CheckpointFormat { found: 1 });
+            }
+            if bytes.starts_with(CHECKPOINT_MAGIC_V2) {
+                return Err(RebuildError::CheckpointFormat { found: 2 });
             }
             if bytes.trim_ascii_start().starts_with(b"{") {
                 /// Only the format number of a JSON checkpoint is read; the rest is skipped.
@@ -338,6 +346,7 @@ impl Rebuild {
         Checkpoint {
             format_version: CHECKPOINT_FORMAT_VERSION,
             position: self.last_position.max(self.resume_after),
+            chain: None,
             projections,
         }
     }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use allot_server::out;
-use allot_server::service::checkpoint::{CHECKPOINT_FILE, read_checkpoint, write_atomically};
+use allot_server::service::checkpoint::{
+    CHECKPOINT_FILE, read_checkpoint, record_chain, write_atomically,
+};
 use allot_tools::inspect;
 
 use super::source::{is_connection_string, open_source};
@@ -43,7 +45,10 @@ pub async fn run(args: RebuildArgs) -> Result<ExitCode, String> {
         .await
         .map_err(|e| e.to_string())?;
     bar.finish_and_clear();
-    let checkpoint = rebuild.checkpoint();
+    let mut checkpoint = rebuild.checkpoint();
+    record_chain(&mut checkpoint, event_store.as_ref())
+        .await
+        .map_err(|e| e.to_string())?;
     let bytes = checkpoint.to_bytes().map_err(|e| e.to_string())?;
     write_atomically(&path, &bytes).map_err(|e| e.to_string())?;
     out!(

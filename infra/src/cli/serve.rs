@@ -75,7 +75,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     // Start from the checkpoint `allot rebuild` wrote, replaying only the tail.
     let projections = match args.store {
         Some(_) => Projections::new(),
-        None => projections_at_start(&args.data.join(CHECKPOINT_FILE)),
+        None => projections_at_start(&args.data.join(CHECKPOINT_FILE), event_store.as_ref()).await,
     };
     let server = Server::start(
         event_store,

@@ -182,11 +182,27 @@ async fn reservations_answer_the_same_after_restarts_from_checkpoints() {
     let rebuild = inspect::rebuild(store.as_ref(), None, &bar)
         .await
         .expect("rebuild");
-    let bytes = rebuild.checkpoint().to_bytes().expect("encode");
+    let mut taken = rebuild.checkpoint();
+    checkpoint::record_chain(&mut taken, store.as_ref())
+        .await
+        .expect("chain");
+    assert!(taken.chain.is_some(), "the embedded log is chained");
+    // Over another history (its chain value differs) the checkpoint is not used.
+    let mut foreign = taken.clone();
+    foreign.chain = Some([7; 32]);
+    checkpoint::write_atomically(&checkpoint_path, &foreign.to_bytes().expect("encode"))
+        .expect("write checkpoint");
+    let ignored = checkpoint::projections_at_start(&checkpoint_path, store.as_ref()).await;
+    assert_eq!(
+        ignored.applied(),
+        0,
+        "a checkpoint of another history was used"
+    );
+    let bytes = taken.to_bytes().expect("encode");
     checkpoint::write_atomically(&checkpoint_path, &bytes).expect("write checkpoint");
 
     // Start from it; one more command lands after it (the tail of the next start).
-    let restored = checkpoint::projections_at_start(&checkpoint_path);
+    let restored = checkpoint::projections_at_start(&checkpoint_path, store.as_ref()).await;
     assert_eq!(restored.binding.len(), 6);
     let service = start(&store, &keys, restored).await;
     let client = admin(&service, &keys);
@@ -207,7 +223,7 @@ async fn reservations_answer_the_same_after_restarts_from_checkpoints() {
     let service = start(
         &store,
         &keys,
-        checkpoint::projections_at_start(&checkpoint_path),
+        checkpoint::projections_at_start(&checkpoint_path, store.as_ref()).await,
     )
     .await;
     let client = admin(&service, &keys);
@@ -229,7 +245,7 @@ async fn reservations_answer_the_same_after_restarts_from_checkpoints() {
         ),
         "{error}"
     );
-    let replayed = checkpoint::projections_at_start(&checkpoint_path);
+    let replayed = checkpoint::projections_at_start(&checkpoint_path, store.as_ref()).await;
     assert_eq!(
         replayed.applied(),
         0,

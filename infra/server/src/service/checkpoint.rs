@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use allot_projections::Projections;
 use allot_replay::{Checkpoint, RebuildError};
 
+use crate::store::EventStore;
+
 /// The checkpoint file's name in an embedded data directory.
 pub const CHECKPOINT_FILE: &str = "projections.checkpoint";
 
@@ -54,6 +56,17 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError
     Ok(())
 }
 
+/// Records in `checkpoint` the chain value of the log it was taken over (`store`, read up to the
+/// checkpoint's position), so it is later used only over that history.
+pub async fn record_chain(
+    checkpoint: &mut Checkpoint,
+    store: &dyn EventStore,
+) -> Result<(), crate::store::StoreError> {
+    let events = checkpoint.position.map_or(0, |position| position + 1);
+    checkpoint.chain = store.chain_at(events).await?;
+    Ok(())
+}
+
 /// Reads a checkpoint file, if it exists.
 pub fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>, CheckpointError> {
     match std::fs::read(path) {
@@ -75,26 +88,42 @@ pub fn read_checkpoint(path: &Path) -> Result<Option<Checkpoint>, CheckpointErro
 
 /// The projections `allot serve` starts from: those of the checkpoint at `path` (the service
 /// then replays only the log after it), or empty ones, i.e. a replay of the whole log, when
-/// there is none or it cannot be used.
-pub fn projections_at_start(path: &Path) -> Projections {
-    match read_checkpoint(path) {
-        Ok(Some(checkpoint)) => {
-            tracing::info!(
-                path = %path.display(),
-                position = ?checkpoint.position,
-                reservations = checkpoint.projections.binding.len(),
-                "starting from checkpoint"
-            );
-            Projections::from_packed(&checkpoint.projections)
-        }
-        Ok(None) => Projections::new(),
+/// there is none or it cannot be used: unreadable, or taken over another history than `store`
+/// holds (its chain value differs from the log's at its position, or the log is shorter).
+pub async fn projections_at_start(path: &Path, store: &dyn EventStore) -> Projections {
+    let checkpoint = match read_checkpoint(path) {
+        Ok(Some(checkpoint)) => checkpoint,
+        Ok(None) => return Projections::new(),
         Err(error) => {
             tracing::warn!(
                 path = %path.display(),
                 %error,
                 "ignoring checkpoint; replaying the whole log"
             );
-            Projections::new()
+            return Projections::new();
         }
+    };
+    let events = checkpoint.position.map_or(0, |position| position + 1);
+    let chain = match store.chain_at(events).await {
+        Ok(chain) => chain,
+        Err(error) => {
+            tracing::warn!(path = %path.display(), %error, "ignoring checkpoint; replaying the whole log");
+            return Projections::new();
+        }
+    };
+    if events > 0 && chain != checkpoint.chain {
+        tracing::warn!(
+            path = %path.display(),
+            position = ?checkpoint.position,
+            "ignoring checkpoint: it was taken over another history than the log holds; replaying the whole log"
+        );
+        return Projections::new();
     }
+    tracing::info!(
+        path = %path.display(),
+        position = ?checkpoint.position,
+        reservations = checkpoint.projections.binding.len(),
+        "starting from checkpoint"
+    );
+    Projections::from_packed(&checkpoint.projections)
 }

@@ -701,6 +701,42 @@ impl EmbeddedState {
         }
     }
 
+    /// The chain value once the log held `events` events: the head's, or else the previous
+    /// chain value recorded by the batch that starts right after event `events - 1` (one read).
+    fn chain_after(&self, events: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        let (head, next_offset) = {
+            let index = self.index();
+            if let Some(head) = index.head()
+                && head.seal.head_position() == events
+            {
+                return Ok(Some(head.seal.chain));
+            }
+            let last = events.checked_sub(1).map(|p| index.range(p, 1));
+            let next_offset = last
+                .as_ref()
+                .and_then(|locs| locs.first())
+                .filter(|(p, _)| Some(*p + 1) == Some(events))
+                .map(|(_, loc)| loc.offset + u64::from(loc.len));
+            (index.covered().1, next_offset)
+        };
+        let Some(offset) = next_offset else {
+            return Ok(None);
+        };
+        let header_len = self.format.batch_header_bytes();
+        if offset + header_len as u64 > head {
+            return Ok(None);
+        }
+        let mut bytes = vec![0u8; header_len];
+        self.reader
+            .read_exact_at(&mut bytes, offset)
+            .map_err(|e| io_error(&self.log_path, e))?;
+        Ok(format::decode_batch_header(self.format, &bytes)
+            .ok()
+            .filter(|header| header.first_position == events)
+            .and_then(|header| header.seal)
+            .map(|seal| seal.prev_chain))
+    }
+
     /// The checked stored leaf of the one record at `locs`.
     fn read_leaf(
         &self,
@@ -938,6 +974,11 @@ impl EventStore for EmbeddedStore {
         }
         let shared = self.shared.clone();
         on_blocking_pool("read", move || shared.read_page(&locs)).await
+    }
+
+    async fn chain_at(&self, events: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        let shared = self.shared.clone();
+        on_blocking_pool("read", move || shared.chain_after(events)).await
     }
 
     async fn verify_log(&self) -> Result<Option<u64>, StoreError> {

@@ -467,6 +467,13 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Whether other processes may append to this store (a shared server), so a service must
     /// follow the store to keep its projections and actor keys current.
+    /// The log's chain value once it held `events` events (at a batch boundary), on a backend
+    /// that chains its log (embedded); `None` elsewhere, or when no batch ends there.
+    async fn chain_at(&self, events: u64) -> Result<Option<[u8; 32]>, StoreError> {
+        let _ = events;
+        Ok(None)
+    }
+
     /// Verifies the whole durable log as it reads it (the background verifier): returns the
     /// events checked, or `None` for a backend that keeps its own checksums (KurrentDB, memory).
     async fn verify_log(&self) -> Result<Option<u64>, StoreError> {

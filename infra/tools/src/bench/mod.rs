@@ -858,7 +858,11 @@ async fn restart(dir: &Path, from_checkpoint: bool) -> Result<(f64, u64), String
     let store: Arc<dyn EventStore> =
         Arc::new(EmbeddedStore::open(dir).await.map_err(|e| e.to_string())?);
     let projections = if from_checkpoint {
-        allot_server::service::checkpoint::projections_at_start(&dir.join(CHECKPOINT_FILE))
+        allot_server::service::checkpoint::projections_at_start(
+            &dir.join(CHECKPOINT_FILE),
+            store.as_ref(),
+        )
+        .await
     } else {
         Projections::new()
     };
@@ -886,7 +890,11 @@ async fn write_checkpoint(store: &dyn EventStore, dir: &Path) -> Result<f64, Str
         .await
         .map_err(|e| e.to_string())?;
     let rate = rebuild.events_done() as f64 / started.elapsed().as_secs_f64();
-    let bytes = rebuild.checkpoint().to_bytes().map_err(|e| e.to_string())?;
+    let mut checkpoint = rebuild.checkpoint();
+    allot_server::service::checkpoint::record_chain(&mut checkpoint, store)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = checkpoint.to_bytes().map_err(|e| e.to_string())?;
     write_atomically(&dir.join(CHECKPOINT_FILE), &bytes).map_err(|e| e.to_string())?;
     Ok(rate)
 }

@@ -827,4 +827,29 @@ mod tests {
             assert!(decode_file_header(&damaged).is_err(), "flip at {i}");
         }
     }
+
+    #[test]
+    fn docs_store_md_draws_this_layout() {
+        let source = include_str!("format.rs");
+        let doc = include_str!("../../../../../docs/store.md");
+        let drawing = |text: &str| -> Option<String> {
+            let start = text.find("```text")?;
+            let end = start + 7 + text[start + 7..].find("```")?;
+            Some(text[start..end].to_owned())
+        };
+        let from_source: String = source
+            .lines()
+            .take_while(|line| line.starts_with("//!"))
+            .map(|line| {
+                line.strip_prefix("//! ")
+                    .unwrap_or(line.trim_start_matches("//!"))
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_eq!(
+            drawing(doc),
+            drawing(&from_source),
+            "docs/store.md's record format differs from format.rs"
+        );
+    }
 }
