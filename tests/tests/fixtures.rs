@@ -82,6 +82,49 @@ fn the_v1_log_starts_with_format_version_1() {
     assert!(log.len() < 300 * 1024, "the fixture stays small");
 }
 
+/// The format-1 log is read as it is (read-only: nothing changes), and a serving open migrates
+/// it to format 2 with the very same events, keeping the original beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_v1_log_is_read_as_is_and_migrated_to_format_2_with_the_same_events() {
+    let dir = data_v1_copy();
+    let original = std::fs::read(dir.path().join("events.log")).expect("log");
+    let read_only = EmbeddedStore::open_read_only(dir.path())
+        .await
+        .expect("read-only open of data/v1");
+    assert_eq!(read_only.opened().format, 1);
+    let before = read_only.read_all(None, usize::MAX).await.expect("read");
+    assert_eq!(before.len() as u64, DATA_V1_EVENTS);
+    drop(read_only);
+    assert_eq!(
+        std::fs::read(dir.path().join("events.log")).expect("log"),
+        original,
+        "a read-only open changed the log"
+    );
+
+    let store = EmbeddedStore::open(dir.path())
+        .await
+        .expect("migrating open");
+    assert_eq!(
+        store.read_all(None, usize::MAX).await.expect("read"),
+        before
+    );
+    let head = store.chain_head().expect("format 2 is chained");
+    assert_eq!(head.seal.head_position(), DATA_V1_EVENTS);
+    drop(store);
+    assert_eq!(
+        std::fs::read(dir.path().join("events.log.v1")).expect("kept original"),
+        original
+    );
+    let migrated = EmbeddedStore::open_read_only(dir.path())
+        .await
+        .expect("read-only open of the migrated log");
+    assert_eq!(migrated.opened().format, 2);
+    assert_eq!(
+        migrated.read_all(None, usize::MAX).await.expect("read"),
+        before
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_v1_data_directory_verifies_and_audits_clean_with_signatures() {
     let dir = data_v1_copy();
