@@ -61,8 +61,11 @@ pub(crate) enum Leaves {
     /// Recompute every record's leaf from its bytes (start-up, the background verifier).
     Recompute,
     /// Trust the stored leaves for the root; every read checks its record's leaf (an audit,
-    /// which reads every record anyway).
+    /// which reads every record anyway). Batches from the newest head slot's on are still
+    /// recomputed: only there can damage be a torn write, and that must be told apart.
     Stored,
+    /// [`Leaves::Stored`] for batches before this offset, [`Leaves::Recompute`] from it on.
+    StoredBefore(u64),
 }
 
 /// Where a scan stopped: the batch that did not verify, the offset of the first bad byte range
@@ -201,6 +204,12 @@ pub(crate) fn recover(
         LogFormat::V1 => (None, Vec::new()),
         LogFormat::V2 => read_slots(file, path)?,
     };
+    // Beside a live writer, the log grows: its length is read after the slots, so every batch a
+    // slot names is inside it (the writer writes a batch before its slot).
+    let file_len = match access {
+        ReadOnly { writer_live: true } => file.metadata().map_err(|e| io_error(path, e))?.len(),
+        _ => file_len,
+    };
     // The slot of the batch after the newest may be torn with that batch's write: not damage.
     let in_flight_slot = newest_slot.map_or(0, |slot| (slot.sequence + 1) % HEAD_SLOTS);
     damaged_slots.retain(|slot| *slot != in_flight_slot);
@@ -213,6 +222,12 @@ pub(crate) fn recover(
         );
     }
     let mut index = start.unwrap_or_else(|| Index::new(format.data_start()));
+    // Every batch before the newest slot's was acknowledged.
+    let acknowledged_end = newest_slot.map_or(format.data_start(), |slot| slot.batch_offset);
+    let leaves = match leaves {
+        Leaves::Stored => Leaves::StoredBefore(acknowledged_end),
+        other => other,
+    };
     let stop = scan(
         file,
         path,
@@ -223,8 +238,6 @@ pub(crate) fn recover(
         leaves,
     )?;
     let (_, end) = index.covered();
-    // Every batch before the newest slot's was acknowledged.
-    let acknowledged_end = newest_slot.map_or(format.data_start(), |slot| slot.batch_offset);
     let verified = index.len();
     let lost = |offset: u64, reason: String| {
         let events = newest_slot
@@ -367,7 +380,11 @@ pub(crate) fn scan(
         body.resize(header.body_len as usize, 0);
         file.read_exact_at(&mut body, body_offset)
             .map_err(|e| io_error(path, e))?;
-        let verified = match verify_batch(format, &body, body_offset, header, index, leaves) {
+        let check = match leaves {
+            Leaves::StoredBefore(from) if offset >= from => Leaves::Recompute,
+            other => other,
+        };
+        let verified = match verify_batch(format, &body, body_offset, header, index, check) {
             Ok(verified) => verified,
             Err((at, FrameError::Damaged(reason))) => {
                 return Ok(Some(Stop {
