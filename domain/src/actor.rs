@@ -26,6 +26,9 @@ pub enum Role {
     Sweeper,
     /// Reads and audits; no state-changing action.
     Auditor,
+    /// An `allot serve` instance's own key: signs the seals of its group commits (receipts,
+    /// the head) and nothing else.
+    Server,
 }
 
 impl Role {
@@ -35,6 +38,7 @@ impl Role {
             Role::Client => "client",
             Role::Sweeper => "sweeper",
             Role::Auditor => "auditor",
+            Role::Server => "server",
         }
     }
 

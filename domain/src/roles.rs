@@ -29,10 +29,14 @@ pub enum Permission {
     ReadOwnReservation,
     /// Read any reservation, with its requester.
     ReadAnyReservation,
+    /// Read the signed head of the log (`GET /v1/head`).
+    ReadHead,
+    /// Sign the seals of the log's batches (receipts and the head): a server instance's key.
+    SignSeals,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 12] = [
+    pub const ALL: [Permission; 14] = [
         Permission::DeclarePool,
         Permission::AdjustCapacity,
         Permission::ClosePool,
@@ -45,6 +49,8 @@ impl Permission {
         Permission::ReadPool,
         Permission::ReadOwnReservation,
         Permission::ReadAnyReservation,
+        Permission::ReadHead,
+        Permission::SignSeals,
     ];
 
     /// The permission's name in the docs' table.
@@ -62,6 +68,8 @@ impl Permission {
             Permission::ReadPool => "read a pool",
             Permission::ReadOwnReservation => "read own reservation (with requester)",
             Permission::ReadAnyReservation => "read any reservation (with requester)",
+            Permission::ReadHead => "read the signed head",
+            Permission::SignSeals => "sign seals (receipts, the head)",
         }
     }
 
@@ -81,11 +89,17 @@ impl Permission {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Admin, Role::Client, Role::Sweeper, Role::Auditor];
+    pub const ALL: [Role; 5] = [
+        Role::Admin,
+        Role::Client,
+        Role::Sweeper,
+        Role::Auditor,
+        Role::Server,
+    ];
 
     /// The role table.
     pub fn allows(self, permission: Permission) -> bool {
-        use Role::{Admin, Auditor, Client, Sweeper};
+        use Role::{Admin, Auditor, Client, Server, Sweeper};
         let roles: &[Role] = match permission {
             Permission::DeclarePool
             | Permission::AdjustCapacity
@@ -99,6 +113,8 @@ impl Role {
             Permission::ReadPool => &[Admin, Client, Auditor],
             Permission::ReadOwnReservation => &[Admin, Client],
             Permission::ReadAnyReservation => &[Admin, Auditor],
+            Permission::ReadHead => &[Admin, Client, Auditor],
+            Permission::SignSeals => &[Server],
         };
         roles.contains(&self)
     }

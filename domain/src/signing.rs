@@ -195,6 +195,8 @@ pub enum Read {
     Pool,
     /// `GET /v1/reservations/{id}`: target the reservation id `pool:seq`.
     Reservation,
+    /// `GET /v1/head`: target empty.
+    Head,
 }
 
 impl Read {
@@ -203,6 +205,7 @@ impl Read {
         match self {
             Read::Pool => "read_pool",
             Read::Reservation => "read_reservation",
+            Read::Head => "read_head",
         }
     }
 }

@@ -435,6 +435,7 @@ impl Side {
                 listen: "127.0.0.1:0".parse().expect("loopback"),
                 metrics_listen: "127.0.0.1:0".parse().expect("loopback"),
                 keys_dir: keys.to_owned(),
+                server_key: None,
                 sweeper: false,
                 edge: Default::default(),
             },
@@ -522,7 +523,17 @@ async fn audit_and_rebuild_agree_between_embedded_and_esdb() {
             if answer.status == 201 && matches!(action, Action::Reserve { .. }) {
                 reserved.insert(token, reservation_of(&answer).seq);
             }
-            answers.push(Some((answer.status, answer.replayed, answer.body)));
+            // Only the embedded store seals its batches: its answers alone carry a receipt.
+            let mut body = answer.body;
+            let receipt = body.as_object_mut().and_then(|body| body.remove("receipt"));
+            let recorded_now = !answer.replayed && (answer.status < 300 || answer.status == 409);
+            let embedded = answers.is_empty();
+            assert_eq!(
+                receipt.is_some(),
+                embedded && recorded_now,
+                "a receipt exactly on the embedded side's answers that recorded an event: {body}"
+            );
+            answers.push(Some((answer.status, answer.replayed, body)));
         }
         assert_eq!(
             answers[0], answers[1],
@@ -621,6 +632,7 @@ impl Outage {
                 listen: "127.0.0.1:0".parse().expect("loopback"),
                 metrics_listen: "127.0.0.1:0".parse().expect("loopback"),
                 keys_dir: keys.clone(),
+                server_key: None,
                 sweeper: false,
                 edge: Default::default(),
             },
@@ -775,6 +787,8 @@ async fn two_services(url: &str, keys: &Path) -> (Server, Server) {
                     listen: "127.0.0.1:0".parse().expect("loopback"),
                     metrics_listen: "127.0.0.1:0".parse().expect("loopback"),
                     keys_dir: keys.to_owned(),
+                    // Each instance its own server key, in the keys directory they share.
+                    server_key: Some(keys.join(format!("server-{sweeper}.key"))),
                     sweeper,
                     edge: Default::default(),
                 },
@@ -849,6 +863,7 @@ async fn a_revocation_through_one_instance_holds_on_the_other() {
                 listen: "127.0.0.1:0".parse().expect("loopback"),
                 metrics_listen: "127.0.0.1:0".parse().expect("loopback"),
                 keys_dir: keys.clone(),
+                server_key: Some(keys.join(format!("server-{sweeper}.key"))),
                 sweeper,
                 edge: Default::default(),
             },

@@ -2,21 +2,25 @@
 //! the benchmark's load process and the end-to-end tests.
 //!
 //! Owns: the wire contract as a client speaks it ([`wire`]: headers, paths, bodies, request
-//! signing) and a [`Client`] acting as one actor.
+//! signing), receipts and the signed head with their offline verification ([`receipt`]), and a
+//! [`Client`] acting as one actor.
 //! Must not: depend on the server, the store or any tool; it is what a client service links.
 
+pub mod receipt;
 pub mod wire;
 
 use allot_domain::{
     Action, ActorChange, ActorId, IdempotencyToken, PoolId, ReservationId, Role, Timestamp,
 };
 use ed25519_dalek::SigningKey;
+use serde::Deserialize;
 use serde_json::Value;
 
 pub use allot_domain::signing::Read;
+pub use receipt::{Receipt, ReceiptError, SignedHead, verify, verify_head};
 use wire::{
-    ACTOR_HEADER, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, SIGNATURE_HEADER, SIGNED_AT_HEADER,
-    actor_change_path, command_body, command_path, pool_path, reservation_path,
+    ACTOR_HEADER, HEAD_PATH, IDEMPOTENCY_KEY, IDEMPOTENT_REPLAYED, SIGNATURE_HEADER,
+    SIGNED_AT_HEADER, actor_change_path, command_body, command_path, pool_path, reservation_path,
 };
 pub use wire::{sign_actor_change, sign_command, sign_read};
 
@@ -35,6 +39,13 @@ impl Answer {
     }
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
+    }
+
+    /// The answer's `receipt` member, if it has one; `Err` if it is there but malformed.
+    pub fn receipt(&self) -> Option<Result<Receipt, serde_json::Error>> {
+        self.body
+            .get("receipt")
+            .map(|receipt| Receipt::deserialize(receipt))
     }
 }
 
@@ -186,6 +197,11 @@ impl Client {
     /// Reads a pool's counts, signed as this actor.
     pub async fn pool(&self, pool: &PoolId) -> Result<Answer, ClientError> {
         self.read(Read::Pool, pool.as_str(), &pool_path(pool)).await
+    }
+
+    /// Reads the log's signed head, signed as this actor.
+    pub async fn head(&self) -> Result<Answer, ClientError> {
+        self.read(Read::Head, "", HEAD_PATH).await
     }
 
     /// A signed `GET` of `path`, which reads `target`.

@@ -109,6 +109,9 @@ pub fn write_command_body(action: &Action, out: &mut Vec<u8>) -> serde_json::Res
     serde_json::to_writer(out, &CommandBody::of(action))
 }
 
+/// The path of the signed head's read (target empty).
+pub const HEAD_PATH: &str = "/v1/head";
+
 /// The path of a reservation's read.
 pub fn reservation_path(id: &allot_domain::ReservationId) -> String {
     format!("/v1/reservations/{id}")

@@ -104,6 +104,7 @@ fn read_vectors() -> Vec<(Read, &'static str, &'static str, u64)> {
             "registrar",
             1_767_225_660_000,
         ),
+        (Read::Head, "", "registrar", 1_767_225_720_000),
     ]
 }
 

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub log_verified_events: Gauge<u64, AtomicU64>,
     /// What the background log verifier found damaged, if anything: `/healthz` turns unhealthy.
     log_damage: std::sync::Mutex<Option<String>>,
+    /// Seals the server key signed: one per group commit whose receipts were asked for, and
+    /// one per new head read.
+    pub seal_signatures: Counter<u64, AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -98,6 +101,12 @@ impl Metrics {
             "Events of the log the background verifier checked in its last finished pass",
             log_verified_events.clone(),
         );
+        let seal_signatures = Counter::default();
+        registry.register(
+            "seal_signatures",
+            "Seals the server signed (one per group commit a receipt or the head needed)",
+            seal_signatures.clone(),
+        );
         Metrics {
             log_verified_events,
             log_damage: std::sync::Mutex::new(None),
@@ -109,6 +118,7 @@ impl Metrics {
             sweeper_lag_seconds,
             sweeper_expired,
             signature_batch_signatures,
+            seal_signatures,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The composition root of `allot serve`: the store, the service, the sweeper, the HTTP API and
 //! the metrics listener (each behind the edge, `http::edge`) in one process; the first keys on an
-//! empty store; graceful shutdown.
+//! empty store; the instance's server key; graceful shutdown.
 //! Must not: hold any rule of its own beyond wiring the rooms together.
 
 use std::net::SocketAddr;
@@ -8,15 +8,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use allot_client::sign_actor_change;
-use allot_domain::{ActorChange, ActorEvent, ActorId, IdempotencyToken, Role};
+use allot_domain::command::is_valid_actor_id;
+use allot_domain::{ActorChange, ActorEvent, ActorId, IdempotencyToken, Permission, Role};
 use allot_projections::Projections;
+use ed25519_dalek::SigningKey;
+use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::http;
 use crate::http::edge::{self, EdgeLimits};
-use crate::identity::{KeyFile, KeyFileError};
+use crate::identity::{KeyFile, KeyFileError, SealSigner};
 use crate::metrics::Metrics;
 use crate::service::sweeper::{self, SweeperKey};
 use crate::service::{LoadError, Service, SubmitError};
@@ -25,6 +28,11 @@ use crate::store::EventStore;
 /// The actor names of the keys created at first start.
 pub const FIRST_ADMIN: &str = "admin";
 pub const FIRST_SWEEPER: &str = "sweeper";
+/// The instance's server key in its keys directory, unless `ServeOptions::server_key` says
+/// otherwise.
+pub const SERVER_KEY_FILE: &str = "server.key";
+/// A server key's actor id: this prefix and 16 random hex digits, drawn when the key is made.
+pub const SERVER_ACTOR_PREFIX: &str = "server-";
 
 /// Failures starting or running the service.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +49,26 @@ pub enum ServeError {
     },
     #[error("cannot register first actors: {0}")]
     Bootstrap(SubmitError),
+    #[error("server key {path} has role {role}; a server key has role server")]
+    ServerKeyRole { path: PathBuf, role: Role },
+    #[error("server key {path} names {actor:?}, which is not an actor id")]
+    ServerKeyActor { path: PathBuf, actor: String },
+    #[error(
+        "server key {path} is not the key in force for {actor} (it was revoked or replaced); \
+         move the file away and start again to make a new one"
+    )]
+    ServerKeyNotInForce { path: PathBuf, actor: ActorId },
+    #[error(
+        "server key {path} ({actor}) is not registered, and the admin key {admin} cannot \
+         register it: {reason}. Register it with `allot actor register {actor} --role server \
+         --key-file {path}`, then start again"
+    )]
+    ServerKeyUnregistered {
+        path: PathBuf,
+        actor: ActorId,
+        admin: PathBuf,
+        reason: AdminKeyUnusable,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -49,6 +77,17 @@ pub enum ServeError {
     },
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
+}
+
+/// Why the admin key beside the server key cannot register it.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminKeyUnusable {
+    #[error(transparent)]
+    File(#[from] KeyFileError),
+    #[error("it is not the key in force for {0}")]
+    NotInForce(ActorId),
+    #[error("its role {0} may not register actors")]
+    MayNotManageActors(Role),
 }
 
 /// Where the first admin and sweeper keys are (or will be).
@@ -105,6 +144,137 @@ pub async fn bootstrap_actors(service: &Service, keys_dir: &Path) -> Result<bool
     Ok(true)
 }
 
+/// The instance's server key: read from `path`, or made there at the instance's first start,
+/// on an empty data directory or an existing one. A key not yet registered is registered with
+/// role `server`, signed by the admin key in `keys_dir` as any registration is signed by an
+/// admin. Returns the signer and whether the key was made now.
+pub async fn server_key(
+    service: &Service,
+    path: &Path,
+    keys_dir: &Path,
+) -> Result<(SealSigner, bool), ServeError> {
+    let made = !path.exists();
+    let (file, key) = if made {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| ServeError::KeyDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        let mut suffix = [0u8; 8];
+        rand::rngs::OsRng.fill_bytes(&mut suffix);
+        let actor = format!("{SERVER_ACTOR_PREFIX}{}", hex::encode(suffix));
+        let (file, key) = KeyFile::generate(&actor, Role::Server);
+        file.write_new(path)?;
+        tracing::info!(
+            actor,
+            key = %path.display(),
+            "made this instance's server key (mode 0600)"
+        );
+        (file, key)
+    } else {
+        KeyFile::read(path)?
+    };
+    if file.role != Role::Server {
+        return Err(ServeError::ServerKeyRole {
+            path: path.to_owned(),
+            role: file.role,
+        });
+    }
+    if !is_valid_actor_id(&file.actor) {
+        return Err(ServeError::ServerKeyActor {
+            path: path.to_owned(),
+            actor: file.actor,
+        });
+    }
+    let actor = ActorId::new(file.actor);
+    let public_key = key.verifying_key().to_bytes();
+    let actors = service.actors();
+    match actors.current(&actor) {
+        Some(known) if known.public_key == public_key && known.role == Role::Server => {}
+        None if !actors.ever_registered(&actor) => {
+            register_server(service, &actor, public_key, keys_dir)
+                .await
+                .map_err(|failure| match failure {
+                    RegisterFailure::Admin { admin, reason } => ServeError::ServerKeyUnregistered {
+                        path: path.to_owned(),
+                        actor: actor.clone(),
+                        admin,
+                        reason,
+                    },
+                    RegisterFailure::Submit(error) => ServeError::Bootstrap(error),
+                })?;
+            tracing::info!(%actor, "registered this instance's server key");
+        }
+        // Revoked or replaced by an admin: never put back by the instance itself.
+        _ => {
+            return Err(ServeError::ServerKeyNotInForce {
+                path: path.to_owned(),
+                actor,
+            });
+        }
+    }
+    Ok((
+        SealSigner::new(actor, key, Arc::clone(service.metrics())),
+        made,
+    ))
+}
+
+enum RegisterFailure {
+    Admin {
+        admin: PathBuf,
+        reason: AdminKeyUnusable,
+    },
+    Submit(SubmitError),
+}
+
+/// Registers `actor` with role `server`, signed by the admin key in `keys_dir`.
+async fn register_server(
+    service: &Service,
+    actor: &ActorId,
+    public_key: [u8; 32],
+    keys_dir: &Path,
+) -> Result<(), RegisterFailure> {
+    let admin_path = key_path(keys_dir, FIRST_ADMIN);
+    let unusable = |reason: AdminKeyUnusable| RegisterFailure::Admin {
+        admin: admin_path.clone(),
+        reason,
+    };
+    let (file, admin_key): (KeyFile, SigningKey) =
+        KeyFile::read(&admin_path).map_err(|error| unusable(error.into()))?;
+    let admin = ActorId::new(file.actor);
+    match service.actors().current(&admin) {
+        Some(known) if known.public_key != admin_key.verifying_key().to_bytes() => {
+            return Err(unusable(AdminKeyUnusable::NotInForce(admin)));
+        }
+        Some(known) if !known.role.allows(Permission::ManageActors) => {
+            return Err(unusable(AdminKeyUnusable::MayNotManageActors(known.role)));
+        }
+        Some(_) => {}
+        None => return Err(unusable(AdminKeyUnusable::NotInForce(admin))),
+    }
+    let change = ActorChange::Registered {
+        role: Role::Server,
+        public_key,
+    };
+    let token = IdempotencyToken::new(format!("register-server:{actor}"));
+    let now = service.clock().now();
+    let attestation = sign_actor_change(&admin_key, &admin, actor, &change, &token, now);
+    let event = ActorEvent {
+        actor: actor.clone(),
+        change,
+        by: admin,
+        token,
+        attestation,
+        at: now,
+    };
+    service
+        .record_actor_event(event)
+        .await
+        .map(|_| ())
+        .map_err(RegisterFailure::Submit)
+}
+
 /// A running service.
 pub struct Server {
     pub service: Service,
@@ -112,6 +282,10 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Where `/metrics` listens.
     pub metrics_addr: SocketAddr,
+    /// The instance's server key, which signs its receipts and head.
+    pub seal_signer: Arc<SealSigner>,
+    /// Whether the server key was made at this start.
+    pub seal_signer_made: bool,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     metrics_server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
@@ -128,6 +302,9 @@ pub struct ServeOptions {
     /// Where `/metrics` listens (see [`METRICS_LISTEN`]).
     pub metrics_listen: SocketAddr,
     pub keys_dir: PathBuf,
+    /// The instance's server key (default: `keys_dir/server.key`, [`SERVER_KEY_FILE`]).
+    /// Instances that share a keys directory each need their own.
+    pub server_key: Option<PathBuf>,
     /// Run the expiry sweeper in this process (with the key at `keys_dir/sweeper.key`).
     pub sweeper: bool,
     /// The limits of both listeners.
@@ -192,6 +369,13 @@ impl Server {
                 key_path(&options.keys_dir, FIRST_SWEEPER).display()
             );
         }
+        let server_key_path = options
+            .server_key
+            .clone()
+            .unwrap_or_else(|| options.keys_dir.join(SERVER_KEY_FILE));
+        let (seal_signer, seal_signer_made) =
+            server_key(&service, &server_key_path, &options.keys_dir).await?;
+        let seal_signer = Arc::new(seal_signer);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let sweeper = if options.sweeper {
             let (file, key) = KeyFile::read(&key_path(&options.keys_dir, FIRST_SWEEPER))?;
@@ -209,7 +393,11 @@ impl Server {
         };
         let (listener, addr) = bind(options.listen).await?;
         let (metrics_listener, metrics_addr) = bind(options.metrics_listen).await?;
-        let app = http::router_with_body_limit(service.clone(), options.edge.body_bytes_max);
+        let app = http::router_with_body_limit(
+            service.clone(),
+            options.edge.body_bytes_max,
+            Some(Arc::clone(&seal_signer)),
+        );
         let server = tokio::spawn(edge::serve(
             listener,
             app,
@@ -228,6 +416,8 @@ impl Server {
             service,
             addr,
             metrics_addr,
+            seal_signer,
+            seal_signer_made,
             shutdown,
             server,
             metrics_server,

@@ -41,7 +41,8 @@ pub enum ActorCommand {
 }
 
 fn parse_role(text: &str) -> Result<Role, String> {
-    Role::parse(text).ok_or_else(|| format!("{text}: role is admin, client, sweeper or auditor"))
+    Role::parse(text)
+        .ok_or_else(|| format!("{text}: role is admin, client, sweeper, auditor or server"))
 }
 
 pub async fn run(command: ActorCommand) -> Result<ExitCode, String> {

@@ -54,9 +54,17 @@ pub struct AuditArgs {
     /// Half-width of the contention window, in seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Instead of the guarantees, check the receipts in this file (one JSON receipt per line)
+    /// against the data directory, read-only: lists every receipt whose event the log does not
+    /// hold, and every receipt that does not verify.
+    #[arg(long)]
+    receipts: Option<PathBuf>,
 }
 
 pub async fn run(args: AuditArgs) -> Result<ExitCode, String> {
+    if let Some(file) = &args.receipts {
+        return super::receipts::audit(&args.source, file, args.json).await;
+    }
     let time = |text: &str| {
         inspect::parse_time(text)
             .ok_or_else(|| format!("{text}: give milliseconds or RFC 3339 UTC"))

@@ -8,6 +8,7 @@ mod bench;
 mod client;
 mod demo;
 mod rebuild;
+mod receipts;
 mod repair;
 mod serve;
 mod source;
@@ -51,6 +52,8 @@ enum Command {
     /// Remove a torn write of never-acknowledged data (keeping a copy) or a damaged index
     /// snapshot; says what it will do first.
     Repair(repair::RepairArgs),
+    /// Check one receipt offline: exit 0 if it verifies, 1 with the reason if not.
+    VerifyReceipt(receipts::VerifyReceiptArgs),
     /// Rebuild every projection from the log and write a checkpoint the service starts from.
     Rebuild(rebuild::RebuildArgs),
     /// Performance scenarios (see BENCHMARKS.md).
@@ -75,6 +78,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, String> {
         Command::Show(args) => client::show(args).await,
         Command::Audit(args) => audit::run(args).await,
         Command::Repair(args) => repair::run(args).await,
+        Command::VerifyReceipt(args) => receipts::verify_receipt(args),
         Command::Rebuild(args) => rebuild::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Actor { command } => actor::run(command).await,

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// Where the first admin and sweeper keys are written (default: DATA/keys).
     #[arg(long)]
     keys: Option<PathBuf>,
+    /// This instance's server key, made at its first start (default: KEYS/server.key).
+    /// Instances that share a keys directory each need their own.
+    #[arg(long)]
+    server_key: Option<PathBuf>,
     /// Do not run the expiry sweeper in this instance.
     #[arg(long)]
     no_sweeper: bool,
@@ -85,6 +89,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
             listen: args.listen,
             metrics_listen: args.metrics_listen,
             keys_dir,
+            server_key: args.server_key,
             sweeper: !args.no_sweeper,
             edge: EdgeLimits {
                 connections_max: args.connections_max,
@@ -99,8 +104,17 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     )
     .await
     .map_err(|e| e.to_string())?;
-    // The service goes on even if nobody reads these lines. The metrics line comes first: a
-    // reader that waits for the serving line has then seen both.
+    // The service goes on even if nobody reads these lines. The serving line comes last: a
+    // reader that waits for it has seen the others.
+    let signer = &server.seal_signer;
+    if server.seal_signer_made {
+        out!("made this instance's server key ({})", signer.actor());
+    }
+    out!(
+        "allot server {} key {}",
+        signer.actor(),
+        hex::encode(signer.public_key())
+    );
     out!("allot metrics on http://{}/metrics", server.metrics_addr);
     out!("allot serving on http://{}", server.addr);
     wait_for_shutdown_signal().await;

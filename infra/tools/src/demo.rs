@@ -129,6 +129,7 @@ pub async fn run(
                 .parse()
                 .map_err(|e| DemoError::Setup(format!("{e}")))?,
             keys_dir: keys_dir.to_owned(),
+            server_key: None,
             sweeper: true,
             edge: Default::default(),
         },

@@ -29,6 +29,7 @@ async fn start(store: &Arc<dyn EventStore>, keys: &Path, projections: Projection
             listen: "127.0.0.1:0".parse().expect("address"),
             metrics_listen: "127.0.0.1:0".parse().expect("address"),
             keys_dir: keys.to_owned(),
+            server_key: None,
             sweeper: false,
             edge: Default::default(),
         },

@@ -460,6 +460,7 @@ impl Harness {
                 listen: "127.0.0.1:0".parse().expect("loopback address"),
                 metrics_listen: "127.0.0.1:0".parse().expect("loopback address"),
                 keys_dir: Self::keys_dir(dir),
+                server_key: None,
                 sweeper,
                 edge,
             },

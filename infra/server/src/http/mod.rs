@@ -3,8 +3,10 @@
 //! Every state-changing request carries `Idempotency-Key` (missing → 400) and a signature in
 //! `Allot-Actor`, `Allot-Signed-At` (ms since the epoch) and `Allot-Signature` (hex ed25519 over
 //! the canonical bytes of `docs/signing.md`). A replayed outcome carries
-//! `Idempotent-Replayed: true`. Every error becomes a problem in [`problem`], the one place the
-//! mapping lives.
+//! `Idempotent-Replayed: true`. An outcome recorded now on a store that seals its group commits
+//! carries a `receipt` (`docs/signing.md`, "Receipts"), signed by the instance's server key
+//! once per batch. Every error becomes a problem in [`problem`], the one place the mapping
+//! lives.
 //! Must not: decide anything (the service does) or build a problem code outside [`problem`].
 
 use std::convert::Infallible;
@@ -27,11 +29,12 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
+use allot_client::receipt::Receipt;
 use allot_client::wire;
 use allot_domain::signing::{command_target, params_digest};
 
-use crate::identity::AuthError;
 use crate::identity::verifier::{SignatureVerifier, VERIFY_WORKERS};
+use crate::identity::{AuthError, SealSigner};
 use crate::metrics::Metrics;
 use crate::service::{Reply, Service};
 
@@ -60,20 +63,28 @@ pub(crate) struct AppState {
     service: Service,
     in_flight: Arc<Semaphore>,
     verifier: SignatureVerifier,
+    /// Signs receipts and the head; without it, answers carry no receipt and there is no head.
+    seal_signer: Option<Arc<SealSigner>>,
 }
 
-/// The application router, with the default body limit.
+/// The application router, with the default body limit and no server key (no receipts).
 pub fn router(service: Service) -> Router {
-    router_with_body_limit(service, BODY_BYTES_MAX)
+    router_with_body_limit(service, BODY_BYTES_MAX, None)
 }
 
-/// The application router; request bodies of at most `body_bytes_max` bytes.
-pub fn router_with_body_limit(service: Service, body_bytes_max: usize) -> Router {
+/// The application router; request bodies of at most `body_bytes_max` bytes; receipts and the
+/// head signed by `seal_signer`.
+pub fn router_with_body_limit(
+    service: Service,
+    body_bytes_max: usize,
+    seal_signer: Option<Arc<SealSigner>>,
+) -> Router {
     let verifier = SignatureVerifier::start(VERIFY_WORKERS, Arc::clone(service.metrics()));
     let state = AppState {
         service,
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT_MAX)),
         verifier,
+        seal_signer,
     };
     Router::new()
         .route(
@@ -101,6 +112,7 @@ pub fn router_with_body_limit(service: Service, body_bytes_max: usize) -> Router
         )
         .route("/v1/actors/{actor}", post(actors::register_actor))
         .route("/v1/actors/{actor}/revoke", post(actors::revoke_actor))
+        .route(wire::HEAD_PATH, get(reads::show_head))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
         .fallback(unknown_route)
@@ -266,7 +278,7 @@ pub(crate) async fn run(
                 .service
                 .metrics()
                 .count_command(kind.as_str(), outcome_label);
-            render_reply(reply, status)
+            render_reply(reply, status, state.seal_signer.as_deref())
         }
         Err(problem) => {
             state
@@ -361,6 +373,8 @@ pub struct OutcomeBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pool_id: Option<&'a PoolId>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    receipt: Option<Receipt>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     reservation_id: Option<&'a ReservationId>,
 }
 
@@ -415,14 +429,25 @@ pub fn outcome_body(outcome: &Outcome) -> OutcomeBody<'_> {
     }
 }
 
-fn render_reply(reply: Reply, status: StatusCode) -> Response {
+fn render_reply(reply: Reply, status: StatusCode, seal_signer: Option<&SealSigner>) -> Response {
+    let receipt = match (seal_signer, &reply.recorded) {
+        (Some(signer), Some(recorded)) => signer.receipt(recorded),
+        _ => None,
+    };
     let mut response = match &reply.outcome {
         Outcome::Rejected(rejection) => {
             let mut problem = Problem::from(rejection);
             problem.replayed = reply.replayed;
+            problem.receipt = receipt.map(Box::new);
             return problem.into_response();
         }
-        outcome => (status, Json(outcome_body(outcome))).into_response(),
+        outcome => {
+            let body = OutcomeBody {
+                receipt,
+                ..outcome_body(outcome)
+            };
+            (status, Json(body)).into_response()
+        }
     };
     if reply.replayed {
         response

@@ -89,6 +89,9 @@ pub struct Problem {
     pub status: u16,
     pub detail: String,
     pub code: ProblemCode,
+    /// A rejection recorded now as an event carries the event's receipt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Box<allot_client::receipt::Receipt>>,
     #[serde(skip)]
     pub replayed: bool,
 }
@@ -101,6 +104,7 @@ impl Problem {
             status: status.as_u16(),
             detail: detail.into(),
             code,
+            receipt: None,
             replayed: false,
         }
     }

@@ -1,6 +1,7 @@
 //! The reads: a reservation and a pool, from the projections (and the reservation's own event
-//! for what the binding does not keep). Every read is signed; the role table says who may see
-//! what. A reservation another client made reads as `not-known`, as if it did not exist.
+//! for what the binding does not keep), and the log's signed head. Every read is signed; the
+//! role table says who may see what. A reservation another client made reads as `not-known`,
+//! as if it did not exist.
 
 use allot_domain::signing::Read;
 use allot_domain::streams::pool_stream;
@@ -167,4 +168,24 @@ async fn pool_answer(
         "rejections": count.rejections,
     }))
     .into_response())
+}
+
+/// `GET /v1/head`: the newest batch's seal, signed by the instance's server key. Any role that
+/// may read the head; 404 `not-known` on a store that seals nothing (KurrentDB).
+pub(super) async fn show_head(State(state): State<AppState>, headers: SignedHeaders) -> Response {
+    match head_answer(&state, &headers).await {
+        Ok(response) => response,
+        Err(problem) => problem.into_response(),
+    }
+}
+
+async fn head_answer(state: &AppState, headers: &SignedHeaders) -> Result<Response, Problem> {
+    let (_, role) = authenticate_read(state, headers, Read::Head, "").await?;
+    if !role.allows(Permission::ReadHead) {
+        return Err(may_not_read(role, Read::Head));
+    }
+    let no_head = || Problem::not_known("this service's store seals no batches, so it has no head");
+    let signer = state.seal_signer.as_ref().ok_or_else(no_head)?;
+    let seal = state.service.store().sealed_head().ok_or_else(no_head)?;
+    Ok(Json(signer.head(seal)).into_response())
 }

@@ -68,6 +68,16 @@ impl ActorDirectory {
             .cloned()
     }
 
+    /// Whether `actor` was ever registered (revoked or not).
+    pub fn ever_registered(&self, actor: &ActorId) -> bool {
+        self.registry
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .0
+            .actors()
+            .any(|(id, _)| id == actor)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.registry
             .read()
@@ -89,14 +99,7 @@ impl ActorDirectory {
         let key = match self.current(actor) {
             Some(key) => key,
             None => {
-                let ever = self
-                    .registry
-                    .read()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .0
-                    .actors()
-                    .any(|(id, _)| id == actor);
-                return Err(if ever {
+                return Err(if self.ever_registered(actor) {
                     AuthError::Revoked(actor.to_string())
                 } else {
                     AuthError::UnknownActor(actor.to_string())

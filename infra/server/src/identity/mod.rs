@@ -1,5 +1,5 @@
-//! Actor identity: key files ([`keys`]), the live actor directory ([`directory`]) and the
-//! batched signature verifier ([`verifier`]).
+//! Actor identity: key files ([`keys`]), the live actor directory ([`directory`]), the
+//! batched signature verifier ([`verifier`]) and the instance's seal signer ([`seal_signer`]).
 //! Must not: decide commands, or know which role may do what beyond asking the role table.
 //!
 //! A request's credential is an ed25519 signature over `allot_domain::signing::signing_bytes`
@@ -11,6 +11,7 @@
 
 pub mod directory;
 pub mod keys;
+pub mod seal_signer;
 pub mod verifier;
 
 use allot_domain::signing::SIGNED_AT_SKEW_MS;
@@ -19,6 +20,7 @@ use ed25519_dalek::{Signature, VerifyingKey};
 
 pub use directory::ActorDirectory;
 pub use keys::{KeyFile, KeyFileError};
+pub use seal_signer::SealSigner;
 pub use verifier::{SignatureVerifier, VerifierUnavailable};
 
 /// Why a request's credential was refused (HTTP 401) or its role was (HTTP 403).

@@ -43,7 +43,7 @@ use tokio::task::JoinSet;
 use crate::clock::Clock;
 use crate::identity::ActorDirectory;
 use crate::metrics::Metrics;
-use crate::store::{EventStore, StoreError};
+use crate::store::{EventStore, SealedBatch, StoreError};
 
 /// Commands one wave of a shard takes (so one pool's append carries at most this many events).
 pub const WAVE_COMMANDS_MAX: usize = 1024;
@@ -68,6 +68,22 @@ pub struct Reply {
     pub outcome: Outcome,
     /// The outcome was recorded earlier for this token and is answered again.
     pub replayed: bool,
+    /// Where the command's event landed, when it was recorded now on a store that seals its
+    /// group commits (what a receipt is made of); `None` for a replay, an unrecorded rejection
+    /// or a store that seals nothing.
+    pub recorded: Option<Box<RecordedAt>>,
+}
+
+/// A command's event as the store recorded it, and the sealed batch that made it durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedAt {
+    pub position: u64,
+    pub stream: String,
+    pub version: u64,
+    pub id: [u8; 16],
+    pub kind: &'static str,
+    pub payload: Vec<u8>,
+    pub batch: Arc<SealedBatch>,
 }
 
 /// Why a command got no recorded outcome.

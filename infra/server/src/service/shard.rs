@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use allot_domain::streams::{event_id, pool_stream};
 use allot_domain::{
@@ -17,10 +18,12 @@ use tokio::sync::{mpsc, watch};
 
 use super::replay_tail::load_pool;
 use super::{
-    CONFLICT_RETRIES_MAX, PendingCommand, RecordingFailure, Reply, ServiceState, SubmitError,
-    WAVE_COMMANDS_MAX,
+    CONFLICT_RETRIES_MAX, PendingCommand, RecordedAt, RecordingFailure, Reply, ServiceState,
+    SubmitError, WAVE_COMMANDS_MAX,
 };
-use crate::store::{AppendOutcome, ExpectedVersion, ProposedEvent, StoreError, WaveAppend};
+use crate::store::{
+    AppendOutcome, ExpectedVersion, ProposedEvent, SealedBatch, StoreError, WaveAppend,
+};
 
 type PoolMap = HashMap<PoolId, Pool, foldhash::fast::RandomState>;
 
@@ -231,10 +234,20 @@ impl ServiceState {
     async fn record_appended(&self, pool_id: &PoolId, decided: Decided, appended: AppendOutcome) {
         let Decided {
             commands,
-            replies,
+            mut replies,
             events,
             base_version,
         } = decided;
+        if let Some(batch) = &appended.sealed {
+            attach_recorded(
+                &mut replies,
+                &events,
+                pool_id,
+                base_version,
+                &appended,
+                batch,
+            );
+        }
         let placed_hold = events
             .iter()
             .any(|event| matches!(event.change, Change::Reserved { .. }));
@@ -256,6 +269,38 @@ impl ServiceState {
             self.holds_placed.notify_one();
         }
         send_replies(commands, replies);
+    }
+}
+
+/// Tells each reply whose command appended an event where that event landed. Replies that
+/// are neither replays nor refusals appended one event each, in order; the append's events are
+/// contiguous in position (a sealing store numbers them so), ending at `last_position`.
+fn attach_recorded(
+    replies: &mut [Result<Reply, SubmitError>],
+    events: &[Event],
+    pool_id: &PoolId,
+    base_version: u64,
+    appended: &AppendOutcome,
+    batch: &Arc<SealedBatch>,
+) {
+    let first_position = appended
+        .last_position
+        .saturating_sub(events.len().saturating_sub(1) as u64);
+    let stream = pool_stream(pool_id);
+    let appending = replies
+        .iter_mut()
+        .filter_map(|reply| reply.as_mut().ok())
+        .filter(|reply| !reply.replayed);
+    for ((i, event), reply) in events.iter().enumerate().zip(appending) {
+        reply.recorded = Some(Box::new(RecordedAt {
+            position: first_position + i as u64,
+            stream: stream.clone(),
+            version: base_version + i as u64,
+            id: event_id(event),
+            kind: event.kind_name(),
+            payload: codec::encode_event(event),
+            batch: Arc::clone(batch),
+        }));
     }
 }
 
@@ -321,12 +366,14 @@ fn decide_commands(
                 replies.push(Ok(Reply {
                     outcome: event.outcome(),
                     replayed: false,
+                    recorded: None,
                 }));
                 events.push(event);
             }
             Ok(Decision::Replay(outcome)) => replies.push(Ok(Reply {
                 outcome,
                 replayed: true,
+                recorded: None,
             })),
             Err(rejection) => replies.push(Err(SubmitError::Rejected(rejection))),
         }

@@ -483,4 +483,10 @@ pub trait EventStore: Send + Sync + 'static {
     fn shared_with_other_writers(&self) -> bool {
         false
     }
+
+    /// The seal of the newest durable batch, on a backend that seals its group commits
+    /// (embedded); `None` on the others, and before the first batch.
+    fn sealed_head(&self) -> Option<Seal> {
+        None
+    }
 }

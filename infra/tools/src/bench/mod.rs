@@ -1420,6 +1420,7 @@ pub async fn http(
             listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
             metrics_listen: "127.0.0.1:0".parse().map_err(|e| format!("{e}"))?,
             keys_dir: keys.clone(),
+            server_key: None,
             sweeper: true,
             edge: Default::default(),
         },
