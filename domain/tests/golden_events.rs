@@ -2,7 +2,7 @@
 //! event of every `Change` (every `Rejection` of that schema as a `Rejected` event, each on an
 //! action that can meet it, so every `Action` appears both done and refused) and one actor event
 //! of every `ActorChange` and `Role`. Schema 2 adds a confirm and a cancel on behalf of the
-//! owner, and the `not-owner` rejection.
+//! owner, and the `not-owner` rejection; the `server` role arrived within schema 2.
 //!
 //! The files are the artefact: each directory was written by the codec of its schema and is
 //! never rewritten once a later schema exists. Each file must decode (by the whole decode, the
@@ -537,7 +537,28 @@ fn goldens(schema: u8) -> Vec<(String, Golden)> {
     for (stem, event) in actor_events() {
         goldens.push((stem.to_owned(), Golden::Actor(event)));
     }
+    if schema >= 2 {
+        goldens.push((
+            "actor_registered_server".to_owned(),
+            Golden::Actor(server_registered()),
+        ));
+    }
     goldens
+}
+
+/// A server instance's key, registered by the admin: role `server` arrived within schema 2.
+fn server_registered() -> ActorEvent {
+    ActorEvent {
+        actor: ActorId::new("server-0123456789abcdef"),
+        change: ActorChange::Registered {
+            role: Role::Server,
+            public_key: public_key(0xF0),
+        },
+        by: ActorId::new("admin"),
+        token: IdempotencyToken::new("register-server:server-0123456789abcdef"),
+        attestation: attestation(T0 - 100, 0xF0),
+        at: Timestamp(T0),
+    }
 }
 
 fn read_golden(schema: u8, stem: &str) -> Vec<u8> {
@@ -648,6 +669,7 @@ fn actor_kind(change: &ActorChange) -> &'static str {
             Role::Client => "Registered(Client)",
             Role::Sweeper => "Registered(Sweeper)",
             Role::Auditor => "Registered(Auditor)",
+            Role::Server => "Registered(Server)",
         },
         ActorChange::Revoked => "Revoked",
     }
@@ -707,7 +729,7 @@ fn the_goldens_cover_every_kind_of_event() {
         .collect();
     assert_eq!(
         actor_kinds.len(),
-        5,
+        Role::ALL.len() + 1,
         "every ActorChange and Role: {actor_kinds:?}"
     );
 }

@@ -42,9 +42,9 @@ async fn a_small_add_drop_rush_audits_clean_and_rebuilds_the_same() {
         .expect("rebuild");
     let full_contents = full.projections().contents();
     assert_eq!(
-        full_contents.applied + 3,
+        full_contents.applied + 4,
         report.audit_events,
-        "three actor events"
+        "four actor events: the first admin and sweeper, the server key, the demo's client"
     );
 
     // A checkpoint taken mid-log (by rebuilding a prefix), then the tail.

@@ -43,9 +43,7 @@ impl Answer {
 
     /// The answer's `receipt` member, if it has one; `Err` if it is there but malformed.
     pub fn receipt(&self) -> Option<Result<Receipt, serde_json::Error>> {
-        self.body
-            .get("receipt")
-            .map(|receipt| Receipt::deserialize(receipt))
+        self.body.get("receipt").map(Receipt::deserialize)
     }
 }
 

@@ -440,7 +440,8 @@ mod tests {
             verify(&good, Some(&other)),
             Err(ReceiptError::NotPinnedKey { .. })
         ));
-        let cases: [(fn(&mut Receipt), ReceiptError); 7] = [
+        type Change = fn(&mut Receipt);
+        let cases: [(Change, ReceiptError); 7] = [
             (
                 |r| r.format = 2,
                 ReceiptError::UnknownFormat {

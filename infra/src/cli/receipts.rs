@@ -7,10 +7,12 @@ use std::process::ExitCode;
 
 use allot_client::receipt::{Receipt, verify};
 use allot_server::out;
+use allot_server::store::StoreError;
 use allot_server::store::embedded::EmbeddedStore;
 use allot_tools::receipts;
 use ed25519_dalek::VerifyingKey;
 
+use super::audit::EXIT_DAMAGED;
 use super::source::{existing_dir, is_connection_string};
 
 /// Largest receipt file `verify-receipt` reads, in bytes (one receipt is far smaller).
@@ -77,7 +79,8 @@ pub fn verify_receipt(args: VerifyReceiptArgs) -> Result<ExitCode, String> {
 }
 
 /// `allot audit SOURCE --receipts FILE`: exit 0 when every receipt verifies and its event is in
-/// the log, 1 otherwise.
+/// the log; 3 (FAIL) when some receipt's event is not in the log, or the log is damaged; 1 when
+/// every event is there but some receipt does not hold.
 pub async fn audit(source: &str, file: &Path, json: bool) -> Result<ExitCode, String> {
     if is_connection_string(source) {
         return Err(
@@ -86,9 +89,22 @@ pub async fn audit(source: &str, file: &Path, json: bool) -> Result<ExitCode, St
                 .to_owned(),
         );
     }
-    let store = EmbeddedStore::open_read_only(existing_dir(source)?)
-        .await
-        .map_err(|e| e.to_string())?;
+    let store = match EmbeddedStore::open_read_only(existing_dir(source)?).await {
+        Ok(store) => store,
+        Err(StoreError::Damaged(damage)) => {
+            if json {
+                let reason = damage.to_string();
+                out!(
+                    "{}",
+                    serde_json::json!({ "result": "FAIL", "damaged": reason })
+                );
+            } else {
+                out!("FAIL: {damage}");
+            }
+            return Ok(ExitCode::from(EXIT_DAMAGED));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
     let reader = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let report = receipts::check(&store, BufReader::new(reader))
         .await
@@ -101,7 +117,9 @@ pub async fn audit(source: &str, file: &Path, json: bool) -> Result<ExitCode, St
     } else {
         out!("{report}");
     }
-    Ok(if report.is_clean() {
+    Ok(if report.missing > 0 {
+        ExitCode::from(EXIT_DAMAGED)
+    } else if report.is_clean() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)

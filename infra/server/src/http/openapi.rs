@@ -1,6 +1,7 @@
 //! The OpenAPI 3.1 document served at `/openapi.json`. Its problem codes come from
 //! [`ProblemCode`]; `tests/fixtures/openapi.json` pins the whole document byte for byte.
 
+use allot_domain::Role;
 use serde_json::{Value, json};
 
 use super::problem::ProblemCode;
@@ -79,8 +80,77 @@ fn command(summary: &str, path_param: &str, body: Option<Value>, created: bool) 
     operation
 }
 
+/// Lower-case hex of `bytes` bytes.
+fn hex(bytes: usize) -> Value {
+    json!({"type": "string", "pattern": format!("^[0-9a-f]{{{}}}$", bytes * 2)})
+}
+
+fn seal_schema() -> Value {
+    json!({"type": "object", "additionalProperties": false,
+        "required": ["first_position", "event_count", "root", "prev_chain", "chain"],
+        "description": "One group commit as the log chains it (docs/signing.md, Receipts).",
+        "properties": {
+            "first_position": {"type": "integer", "minimum": 0},
+            "event_count": {"type": "integer", "minimum": 1},
+            "root": hex(32), "prev_chain": hex(32), "chain": hex(32)}})
+}
+
+fn receipt_schema() -> Value {
+    json!({"type": "object", "additionalProperties": false,
+        "required": ["format", "server", "server_key", "position", "stream", "version", "event_id",
+                     "event_kind", "event_payload", "event_digest", "index", "count", "proof",
+                     "seal", "signature"],
+        "description": "Proof that the recorded event is in a sealed batch the server key signed; \
+                        verify it offline (docs/signing.md, Receipts). Only in the answer that \
+                        recorded the event, on the embedded store.",
+        "properties": {
+            "format": {"const": 1},
+            "server": {"type": "string"}, "server_key": hex(32),
+            "position": {"type": "integer", "minimum": 0},
+            "stream": {"type": "string"}, "version": {"type": "integer", "minimum": 0},
+            "event_id": hex(16), "event_kind": {"type": "string"},
+            "event_payload": {"type": "string", "pattern": "^([0-9a-f]{2})*$"},
+            "event_digest": hex(32),
+            "index": {"type": "integer", "minimum": 0}, "count": {"type": "integer", "minimum": 1},
+            "proof": {"type": "array", "items": hex(32)},
+            "seal": {"$ref": "#/components/schemas/Seal"},
+            "signature": hex(64)}})
+}
+
+fn signed_head_schema() -> Value {
+    json!({"type": "object", "additionalProperties": false,
+        "required": ["format", "server", "server_key", "position", "seal", "signature"],
+        "properties": {
+            "format": {"const": 1},
+            "server": {"type": "string"}, "server_key": hex(32),
+            "position": {"type": "integer", "minimum": 0,
+                         "description": "Events in the log after the batch: seal.first_position + seal.event_count."},
+            "seal": {"$ref": "#/components/schemas/Seal"},
+            "signature": hex(64)}})
+}
+
+/// `GET /v1/head`: a signed read with no path parameter.
+fn head() -> Value {
+    json!({
+        "summary": "the signed head",
+        "description": "Signed (docs/signing.md, Reads: read_head, empty target). The newest batch's seal, signed by the instance's server key. 404 on KurrentDB, which seals nothing.",
+        "parameters": read_headers(),
+        "responses": {
+            "200": {"description": "The head",
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SignedHead"}}}},
+            "400": {"$ref": "#/components/responses/Problem"},
+            "401": {"$ref": "#/components/responses/Problem"},
+            "403": {"$ref": "#/components/responses/Problem"},
+            "404": {"$ref": "#/components/responses/Problem"},
+            "503": {"$ref": "#/components/responses/Problem"}
+        }
+    })
+}
+
 pub fn document() -> Value {
     let problem_codes: Vec<&str> = ProblemCode::all().map(ProblemCode::as_str).collect();
+    let roles: Vec<&str> = Role::ALL.into_iter().map(Role::as_str).collect();
+    let receipt_ref = json!({"$ref": "#/components/schemas/Receipt"});
     json!({
         "openapi": "3.1.0",
         "info": {"title": "allot", "version": env!("CARGO_PKG_VERSION"),
@@ -105,19 +175,25 @@ pub fn document() -> Value {
             "/v1/reservations/{reservation}/cancel": {"post": command("cancel_reservation", "reservation", None, false)},
             "/v1/reservations/{reservation}/expire": {"post": command("expire_reservation", "reservation", None, false)},
             "/v1/actors/{actor}": {"post": command("register_actor (admin)", "actor", Some(json!({"type": "object", "required": ["role", "public_key"], "properties": {
-                "role": {"enum": ["admin", "client", "sweeper", "auditor"]}, "public_key": {"type": "string"}}})), false)},
+                "role": {"enum": roles}, "public_key": {"type": "string"}}})), false)},
             "/v1/actors/{actor}/revoke": {"post": command("revoke_actor (admin)", "actor", None, false)},
+            "/v1/head": {"get": head()},
             "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "ok"}}}}
         },
         "components": {
             "schemas": {
                 "Outcome": {"type": "object", "properties": {
                     "outcome": {"type": "string"}, "reservation_id": {"type": "string"},
-                    "pool_id": {"type": "string"}, "expires_at": {"type": "integer"}}},
+                    "pool_id": {"type": "string"}, "expires_at": {"type": "integer"},
+                    "receipt": receipt_ref.clone()}},
                 "Problem": {"type": "object", "properties": {
                     "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"},
                     "detail": {"type": "string"},
-                    "code": {"enum": problem_codes}}}
+                    "code": {"enum": problem_codes},
+                    "receipt": receipt_ref}},
+                "Seal": seal_schema(),
+                "Receipt": receipt_schema(),
+                "SignedHead": signed_head_schema()
             },
             "responses": {"Problem": {"description": "RFC 9457 problem",
                 "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}}}

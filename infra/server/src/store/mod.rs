@@ -465,8 +465,6 @@ pub trait EventStore: Send + Sync + 'static {
     /// in position order.
     async fn subscribe_all(&self, after: Option<u64>) -> Result<Subscription, StoreError>;
 
-    /// Whether other processes may append to this store (a shared server), so a service must
-    /// follow the store to keep its projections and actor keys current.
     /// The log's chain value once it held `events` events (at a batch boundary), on a backend
     /// that chains its log (embedded); `None` elsewhere, or when no batch ends there.
     async fn chain_at(&self, events: u64) -> Result<Option<[u8; 32]>, StoreError> {
@@ -480,6 +478,8 @@ pub trait EventStore: Send + Sync + 'static {
         Ok(None)
     }
 
+    /// Whether other processes may append to this store (a shared server), so a service must
+    /// follow the store to keep its projections and actor keys current.
     fn shared_with_other_writers(&self) -> bool {
         false
     }
