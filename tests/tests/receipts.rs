@@ -436,7 +436,8 @@ async fn the_server_signs_each_group_commit_once_and_the_head_is_its_newest_seal
     let server = start_embedded(temp.path()).await;
     let admin = admin_of(&server, temp.path());
     let (server_id, key) = server_key(&temp.path().join("keys"));
-    assert_eq!(server.seal_signer.actor(), &server_id);
+    let signer = server.seal_signer.as_ref().expect("a server key");
+    assert_eq!(signer.actor(), &server_id);
     for i in 0..POOLS {
         let pool = PoolId::new(format!("p{i}"));
         let answer = admin

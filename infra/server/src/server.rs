@@ -282,8 +282,9 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Where `/metrics` listens.
     pub metrics_addr: SocketAddr,
-    /// The instance's server key, which signs its receipts and head.
-    pub seal_signer: Arc<SealSigner>,
+    /// The instance's server key, which signs its receipts and head; `None` only on a store
+    /// that seals nothing, when the key could not be registered.
+    pub seal_signer: Option<Arc<SealSigner>>,
     /// Whether the server key was made at this start.
     pub seal_signer_made: bool,
     shutdown: watch::Sender<bool>,
@@ -373,9 +374,22 @@ impl Server {
             .server_key
             .clone()
             .unwrap_or_else(|| options.keys_dir.join(SERVER_KEY_FILE));
-        let (seal_signer, seal_signer_made) =
-            server_key(&service, &server_key_path, &options.keys_dir).await?;
-        let seal_signer = Arc::new(seal_signer);
+        let seals = service.store().seals_group_commits();
+        let (seal_signer, seal_signer_made) = match server_key(
+            &service,
+            &server_key_path,
+            &options.keys_dir,
+        )
+        .await
+        {
+            Ok((signer, made)) => (Some(Arc::new(signer)), made),
+            // A store that seals nothing gives nothing to sign: no reason to refuse.
+            Err(error @ ServeError::ServerKeyUnregistered { .. }) if !seals => {
+                tracing::warn!(%error, "serving without a server key (this store seals no batches)");
+                (None, false)
+            }
+            Err(error) => return Err(error),
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let sweeper = if options.sweeper {
             let (file, key) = KeyFile::read(&key_path(&options.keys_dir, FIRST_SWEEPER))?;
@@ -396,7 +410,7 @@ impl Server {
         let app = http::router_with_body_limit(
             service.clone(),
             options.edge.body_bytes_max,
-            Some(Arc::clone(&seal_signer)),
+            seal_signer.clone(),
         );
         let server = tokio::spawn(edge::serve(
             listener,

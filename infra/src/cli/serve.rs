@@ -106,15 +106,16 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
     .map_err(|e| e.to_string())?;
     // The service goes on even if nobody reads these lines. The serving line comes last: a
     // reader that waits for it has seen the others.
-    let signer = &server.seal_signer;
-    if server.seal_signer_made {
-        out!("made this instance's server key ({})", signer.actor());
+    if let Some(signer) = &server.seal_signer {
+        if server.seal_signer_made {
+            out!("made this instance's server key ({})", signer.actor());
+        }
+        out!(
+            "allot server {} key {}",
+            signer.actor(),
+            hex::encode(signer.public_key())
+        );
     }
-    out!(
-        "allot server {} key {}",
-        signer.actor(),
-        hex::encode(signer.public_key())
-    );
     out!("allot metrics on http://{}/metrics", server.metrics_addr);
     out!("allot serving on http://{}", server.addr);
     wait_for_shutdown_signal().await;

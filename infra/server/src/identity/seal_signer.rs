@@ -91,7 +91,7 @@ impl SealSigner {
             server: self.actor.to_string(),
             server_key: self.public_key,
             position: recorded.position,
-            stream: recorded.stream.clone(),
+            stream: recorded.stream.to_string(),
             version: recorded.version,
             event_id: recorded.id,
             event_kind: recorded.kind.to_owned(),

@@ -78,7 +78,7 @@ pub struct Reply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordedAt {
     pub position: u64,
-    pub stream: String,
+    pub stream: Arc<str>,
     pub version: u64,
     pub id: [u8; 16],
     pub kind: &'static str,

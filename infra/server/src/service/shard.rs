@@ -99,7 +99,7 @@ impl ServiceState {
                     }
                 },
             };
-            let batch = match decide_commands(pool, batch, now) {
+            let mut batch = match decide_commands(pool, batch, now) {
                 Ok(batch) => batch,
                 Err(inconsistent) => {
                     inconsistent.fail(&pool_id);
@@ -118,10 +118,12 @@ impl ServiceState {
             self.metrics
                 .append_batch_events
                 .observe(batch.events.len() as f64);
+            let proposed = propose(&batch.events);
+            batch.for_receipts = self.kept_for_receipts(&proposed);
             appends.push(WaveAppend {
                 stream: pool_stream(&pool_id),
                 expected: ExpectedVersion::from_next(batch.base_version),
-                events: propose(&batch.events),
+                events: proposed,
             });
             decided.push((pool_id, batch));
         }
@@ -176,7 +178,7 @@ impl ServiceState {
             };
             // Events another writer appended must reach the projections too.
             self.catch_up_projections(pool_id).await;
-            let decided = match decide_commands(&mut pool, commands, self.clock.now()) {
+            let mut decided = match decide_commands(&mut pool, commands, self.clock.now()) {
                 Ok(decided) => decided,
                 Err(inconsistent) => return inconsistent.fail(pool_id),
             };
@@ -186,6 +188,7 @@ impl ServiceState {
             } else {
                 let expected = ExpectedVersion::from_next(decided.base_version);
                 let proposed = propose(&decided.events);
+                decided.for_receipts = self.kept_for_receipts(&proposed);
                 self.metrics
                     .append_batch_events
                     .observe(decided.events.len() as f64);
@@ -237,16 +240,17 @@ impl ServiceState {
             mut replies,
             events,
             base_version,
+            for_receipts,
         } = decided;
         if let Some(batch) = &appended.sealed {
-            attach_recorded(
-                &mut replies,
-                &events,
+            let recorded = Appended {
                 pool_id,
+                events: &events,
                 base_version,
-                &appended,
+                last_position: appended.last_position,
                 batch,
-            );
+            };
+            recorded.attach(&mut replies, for_receipts);
         }
         let placed_hold = events
             .iter()
@@ -272,35 +276,48 @@ impl ServiceState {
     }
 }
 
-/// Tells each reply whose command appended an event where that event landed. Replies that
-/// are neither replays nor refusals appended one event each, in order; the append's events are
-/// contiguous in position (a sealing store numbers them so), ending at `last_position`.
-fn attach_recorded(
-    replies: &mut [Result<Reply, SubmitError>],
-    events: &[Event],
-    pool_id: &PoolId,
+/// A pool's append as a sealing store made it durable.
+struct Appended<'a> {
+    pool_id: &'a PoolId,
+    events: &'a [Event],
     base_version: u64,
-    appended: &AppendOutcome,
-    batch: &Arc<SealedBatch>,
-) {
-    let first_position = appended
-        .last_position
-        .saturating_sub(events.len().saturating_sub(1) as u64);
-    let stream = pool_stream(pool_id);
-    let appending = replies
-        .iter_mut()
-        .filter_map(|reply| reply.as_mut().ok())
-        .filter(|reply| !reply.replayed);
-    for ((i, event), reply) in events.iter().enumerate().zip(appending) {
-        reply.recorded = Some(Box::new(RecordedAt {
-            position: first_position + i as u64,
-            stream: stream.clone(),
-            version: base_version + i as u64,
-            id: event_id(event),
-            kind: event.kind_name(),
-            payload: codec::encode_event(event),
-            batch: Arc::clone(batch),
-        }));
+    last_position: u64,
+    batch: &'a Arc<SealedBatch>,
+}
+
+impl Appended<'_> {
+    /// Tells each reply whose command appended an event where that event landed. Replies that
+    /// are neither replays nor refusals appended one event each, in order; the append's events
+    /// are contiguous in position (a sealing store numbers them so), ending at `last_position`.
+    /// `for_receipts` holds each event's id and stored bytes (empty: nothing to attach).
+    fn attach(
+        &self,
+        replies: &mut [Result<Reply, SubmitError>],
+        for_receipts: Vec<([u8; 16], Vec<u8>)>,
+    ) {
+        if for_receipts.len() != self.events.len() {
+            return;
+        }
+        let first_position = self
+            .last_position
+            .saturating_sub(self.events.len().saturating_sub(1) as u64);
+        let stream: Arc<str> = Arc::from(pool_stream(self.pool_id));
+        let appending = replies
+            .iter_mut()
+            .filter_map(|reply| reply.as_mut().ok())
+            .filter(|reply| !reply.replayed);
+        let events = self.events.iter().zip(for_receipts).enumerate();
+        for ((i, (event, (id, payload))), reply) in events.zip(appending) {
+            reply.recorded = Some(Box::new(RecordedAt {
+                position: first_position + i as u64,
+                stream: Arc::clone(&stream),
+                version: self.base_version + i as u64,
+                id,
+                kind: event.kind_name(),
+                payload,
+                batch: Arc::clone(self.batch),
+            }));
+        }
     }
 }
 
@@ -312,6 +329,9 @@ struct Decided {
     events: Vec<Event>,
     /// Version of the batch's first event: the pool's event count before the batch.
     base_version: u64,
+    /// Each event's id and stored bytes, kept for its receipt on a store that seals its group
+    /// commits; empty on the others.
+    for_receipts: Vec<([u8; 16], Vec<u8>)>,
 }
 
 /// A wave's commands grouped by pool, each pool's in the order they came.
@@ -383,7 +403,22 @@ fn decide_commands(
         replies,
         events,
         base_version,
+        for_receipts: Vec::new(),
     })
+}
+
+impl ServiceState {
+    /// What a receipt needs of each proposed event that the store does not give back: its id
+    /// and stored bytes. Kept only on a store that seals its group commits.
+    fn kept_for_receipts(&self, proposed: &[ProposedEvent]) -> Vec<([u8; 16], Vec<u8>)> {
+        if !self.store.seals_group_commits() {
+            return Vec::new();
+        }
+        proposed
+            .iter()
+            .map(|event| (event.id, event.payload.clone()))
+            .collect()
+    }
 }
 
 fn propose(events: &[Event]) -> Vec<ProposedEvent> {

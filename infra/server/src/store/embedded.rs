@@ -875,6 +875,10 @@ fn checked_frame_len(stream: &str, events: &[ProposedEvent]) -> Result<u64, Stor
 
 #[async_trait]
 impl EventStore for EmbeddedStore {
+    fn seals_group_commits(&self) -> bool {
+        true
+    }
+
     fn sealed_head(&self) -> Option<allot_domain::integrity::Seal> {
         self.chain_head().map(|head| head.seal)
     }

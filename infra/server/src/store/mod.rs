@@ -484,8 +484,14 @@ pub trait EventStore: Send + Sync + 'static {
         false
     }
 
-    /// The seal of the newest durable batch, on a backend that seals its group commits
-    /// (embedded); `None` on the others, and before the first batch.
+    /// Whether the backend seals its group commits (embedded): its appends answer with
+    /// [`AppendOutcome::sealed`], from which receipts are made.
+    fn seals_group_commits(&self) -> bool {
+        false
+    }
+
+    /// The seal of the newest durable batch, on a backend that seals its group commits;
+    /// `None` on the others, and before the first batch.
     fn sealed_head(&self) -> Option<Seal> {
         None
     }
