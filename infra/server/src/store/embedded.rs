@@ -337,6 +337,7 @@ impl EmbeddedStore {
     }
 
     fn open_read_only_blocking(dir: &Path) -> Result<Self, StoreError> {
+        let started = std::time::Instant::now();
         if !dir.is_dir() {
             return Err(io_error(
                 dir,
@@ -380,6 +381,14 @@ impl EmbeddedStore {
             Leaves::Stored,
         )?;
         let opened = OpenReport::new(&recovered, writer_live, snapshot_damaged);
+        tracing::info!(
+            file = %log_path.display(),
+            events = opened.events,
+            bytes = opened.log_bytes,
+            writer_live,
+            seconds = started.elapsed().as_secs_f64(),
+            "event log opened read-only and verified"
+        );
         let (_head_tx, head) = watch::channel(recovered.index.len());
         Ok(Self {
             shared: Arc::new(EmbeddedState {

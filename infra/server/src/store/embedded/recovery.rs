@@ -26,7 +26,7 @@ use std::path::Path;
 
 use std::collections::HashMap;
 
-use allot_domain::integrity::{self, Digest};
+use allot_domain::integrity;
 
 use super::format::{
     self, BATCH_BODY_BYTES_MAX, BATCH_HEADER_BYTES_MAX, FrameError, HEAD_SLOTS, HeadSlot,
@@ -328,8 +328,26 @@ pub(crate) fn recover(
 
 use Access::ReadOnly;
 
+/// Batches are read into memory up to this many bytes, checked in parallel, then linked.
+const SCAN_CHUNK_BATCH_BYTES: u64 = 64 * 1024 * 1024;
+/// Threads that check a chunk's batches (each batch on its own: frames, leaves, root, chain).
+const SCAN_THREADS_MAX: usize = 4;
+
+/// One batch as read, waiting to be checked.
+struct ReadBatch {
+    offset: u64,
+    header: format::BatchHeader,
+    body: Vec<u8>,
+    check: Leaves,
+}
+
 /// Verifies and indexes the batches from where `index` ends, up to `file_len`. Returns where
 /// and why it stopped early, if it did.
+///
+/// What each batch holds on its own (frame structure, leaves, its root, its chain value from
+/// the previous one it records) is checked on several threads, a chunk of batches at a time;
+/// what links batches (positions, stream versions, sequence, the previous chain value) is
+/// checked in order as they join the index.
 pub(crate) fn scan(
     file: &File,
     path: &Path,
@@ -341,138 +359,155 @@ pub(crate) fn scan(
 ) -> Result<Option<Stop>, StoreError> {
     let (_, mut offset) = index.covered();
     let header_len = format.batch_header_bytes();
-    let mut body = Vec::new();
     let mut header_bytes = vec![0u8; header_len];
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, SCAN_THREADS_MAX);
     loop {
-        if offset == file_len {
-            return Ok(None);
-        }
-        if offset > file_len {
-            return Ok(Some(Stop::new(
-                file_len,
-                format!("the log ends at {file_len}, inside the batch its index covers"),
-            )));
-        }
-        if file_len - offset < header_len as u64 {
-            return Ok(Some(Stop::new(offset, "incomplete batch header")));
-        }
-        file.read_exact_at(&mut header_bytes, offset)
-            .map_err(|e| io_error(path, e))?;
-        let header = match format::decode_batch_header(format, &header_bytes) {
-            Ok(header) => header,
-            Err(reason) => return Ok(Some(Stop::new(offset, reason))),
-        };
-        if header.first_position != index.len() {
-            return Ok(Some(Stop::new(
+        // Read a chunk of batches; `stop` is why reading ended early, if it did.
+        let mut chunk: Vec<ReadBatch> = Vec::new();
+        let mut chunk_bytes = 0u64;
+        let mut next_position = index.len();
+        let mut stop = None;
+        while chunk_bytes < SCAN_CHUNK_BATCH_BYTES {
+            if offset == file_len {
+                break;
+            }
+            if offset > file_len {
+                stop = Some(Stop::new(
+                    file_len,
+                    format!("the log ends at {file_len}, inside the batch its index covers"),
+                ));
+                break;
+            }
+            if file_len - offset < header_len as u64 {
+                stop = Some(Stop::new(offset, "incomplete batch header"));
+                break;
+            }
+            file.read_exact_at(&mut header_bytes, offset)
+                .map_err(|e| io_error(path, e))?;
+            let header = match format::decode_batch_header(format, &header_bytes) {
+                Ok(header) => header,
+                Err(reason) => {
+                    stop = Some(Stop::new(offset, reason));
+                    break;
+                }
+            };
+            if header.first_position != next_position {
+                stop = Some(Stop::new(
+                    offset,
+                    format!(
+                        "batch starts at position {}, expected {next_position}",
+                        header.first_position
+                    ),
+                ));
+                break;
+            }
+            let body_offset = offset + header_len as u64;
+            let batch_end = body_offset + u64::from(header.body_len);
+            if batch_end > file_len {
+                stop = Some(Stop::new(offset, "incomplete batch"));
+                break;
+            }
+            let mut body = vec![0u8; header.body_len as usize];
+            file.read_exact_at(&mut body, body_offset)
+                .map_err(|e| io_error(path, e))?;
+            let check = match leaves {
+                Leaves::StoredBefore(from) if offset >= from => Leaves::Recompute,
+                other => other,
+            };
+            chunk.push(ReadBatch {
                 offset,
-                format!(
-                    "batch starts at position {}, expected {}",
-                    header.first_position,
-                    index.len()
-                ),
-            )));
+                header,
+                body,
+                check,
+            });
+            chunk_bytes += batch_end - offset;
+            next_position += u64::from(header.event_count);
+            offset = batch_end;
         }
-        let body_offset = offset + header_len as u64;
-        let batch_end = body_offset + u64::from(header.body_len);
-        if batch_end > file_len {
-            return Ok(Some(Stop::new(offset, "incomplete batch")));
+        if chunk.is_empty() {
+            return Ok(stop);
         }
-        body.resize(header.body_len as usize, 0);
-        file.read_exact_at(&mut body, body_offset)
-            .map_err(|e| io_error(path, e))?;
-        let check = match leaves {
-            Leaves::StoredBefore(from) if offset >= from => Leaves::Recompute,
-            other => other,
-        };
-        let verified = match verify_batch(format, &body, body_offset, header, index, check) {
-            Ok(verified) => verified,
-            Err((at, FrameError::Damaged(reason))) => {
-                return Ok(Some(Stop {
-                    batch: offset,
-                    at,
-                    reason,
-                }));
-            }
-            Err((at, FrameError::Malformed(reason))) => {
-                return Err(StoreError::Corrupt {
-                    file: path.display().to_string(),
-                    offset: at,
-                    reason,
-                });
-            }
-        };
-        let head = match (header.seal, format) {
-            (Some(seal), LogFormat::V2) => {
-                let (expected_sequence, prev) = match index.head() {
-                    Some(head) => (head.sequence + 1, head.seal.chain),
-                    None => (0, integrity::genesis(log_id.unwrap_or(&[0; 16]))),
-                };
-                if seal.sequence != expected_sequence || seal.prev_chain != prev {
-                    return Ok(Some(Stop::new(
-                        offset,
-                        format!(
-                            "batch {} does not continue the chain of batch {}",
-                            seal.sequence,
-                            expected_sequence.wrapping_sub(1)
-                        ),
-                    )));
+        let checked = check_batches(format, &chunk, threads);
+        for (batch, checked) in chunk.iter().zip(checked) {
+            let checked = match checked {
+                Ok(checked) => checked,
+                Err((at, FrameError::Damaged(reason))) => {
+                    return Ok(Some(Stop {
+                        batch: batch.offset,
+                        at,
+                        reason,
+                    }));
                 }
-                let root = integrity::root(&verified.leaves).unwrap_or_default();
-                let chain =
-                    integrity::chain(&prev, header.first_position, header.event_count, &root);
-                if root != seal.root || chain != seal.chain {
-                    return Ok(Some(Stop::new(
-                        offset,
-                        "batch root or chain value does not match its events",
-                    )));
+                Err((at, FrameError::Malformed(reason))) => {
+                    return Err(StoreError::Corrupt {
+                        file: path.display().to_string(),
+                        offset: at,
+                        reason,
+                    });
                 }
-                Some(ChainHead {
-                    sequence: seal.sequence,
-                    seal: integrity::Seal {
-                        first_position: header.first_position,
-                        event_count: header.event_count,
-                        root,
-                        prev_chain: prev,
-                        chain,
-                    },
-                })
-            }
-            _ => None,
-        };
-        for frame in verified.frames {
-            for (event_offset, len) in frame.events {
-                index.push(&frame.stream, event_offset, len);
+            };
+            if let Some(stop) = link_batch(path, format, log_id, index, batch, checked)? {
+                return Ok(Some(stop));
             }
         }
-        index.set_covered(offset, batch_end, head);
-        offset = batch_end;
+        if stop.is_some() {
+            return Ok(stop);
+        }
     }
 }
 
-struct VerifiedFrame {
+/// Checks each batch of `chunk` on its own, on up to `threads` threads; results in order.
+fn check_batches(
+    format: LogFormat,
+    chunk: &[ReadBatch],
+    threads: usize,
+) -> Vec<Result<CheckedBatch, (u64, FrameError)>> {
+    let check = |batch: &ReadBatch| check_batch(format, batch);
+    let threads = threads.min(chunk.len());
+    if threads <= 1 {
+        return chunk.iter().map(check).collect();
+    }
+    let per_thread = chunk.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunk
+            .chunks(per_thread)
+            .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|handle| match handle.join() {
+                Ok(results) => results,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
+struct CheckedFrame {
     stream: String,
+    first_version: u64,
+    /// Offset of the frame in the file (where a linking error is reported).
+    offset: u64,
     /// File offset and length of each event record.
     events: Vec<(u64, u32)>,
 }
 
-struct VerifiedBatch {
-    frames: Vec<VerifiedFrame>,
-    /// Stored leaves, in position order (format 2).
-    leaves: Vec<Digest>,
+struct CheckedBatch {
+    frames: Vec<CheckedFrame>,
+    /// The batch's chain head (format 2), its own links checked.
+    head: Option<ChainHead>,
 }
 
-/// Checks every frame of one batch, or returns the file offset of the first bad one.
-fn verify_batch(
-    format: LogFormat,
-    body: &[u8],
-    body_offset: u64,
-    header: format::BatchHeader,
-    index: &Index,
-    check: Leaves,
-) -> Result<VerifiedBatch, (u64, FrameError)> {
-    let mut frames_out: Vec<VerifiedFrame> = Vec::with_capacity(header.frame_count as usize);
+/// Checks what one batch holds on its own: its frames and their positions, its events' leaves
+/// (recomputed or stored), its root and its chain value from the previous value it records.
+fn check_batch(format: LogFormat, batch: &ReadBatch) -> Result<CheckedBatch, (u64, FrameError)> {
+    let header = batch.header;
+    let body = &batch.body;
+    let body_offset = batch.offset + format.batch_header_bytes() as u64;
+    let mut frames_out: Vec<CheckedFrame> = Vec::with_capacity(header.frame_count as usize);
     let mut leaves = Vec::new();
-    let mut batch_heads: HashMap<String, u64> = HashMap::new();
     let mut event_total = 0u64;
     let mut at = 0usize;
     let mut frames = 0u32;
@@ -481,26 +516,15 @@ fn verify_batch(
     while at < body.len() {
         let frame_offset = body_offset + at as u64;
         let frame = format::decode_frame(format, &body[at..]).map_err(|e| (frame_offset, e))?;
-        let wrong = |reason: String| match format {
-            LogFormat::V1 => (frame_offset, FrameError::Malformed(reason)),
-            LogFormat::V2 => (frame_offset, FrameError::Damaged(reason)),
-        };
         if frame.first_position != next_position {
-            return Err(wrong(format!(
+            let reason = format!(
                 "frame starts at position {}, expected {next_position}",
                 frame.first_position
-            )));
-        }
-        // The stream's head counts this batch's earlier frames too.
-        let head = match batch_heads.get(frame.stream) {
-            Some(head) => *head,
-            None => index.stream_len(frame.stream).unwrap_or(0),
-        };
-        if frame.first_version != head {
-            return Err(wrong(format!(
-                "stream {} continues at version {}, expected {head}",
-                frame.stream, frame.first_version
-            )));
+            );
+            return Err(match format {
+                LogFormat::V1 => (frame_offset, FrameError::Malformed(reason)),
+                LogFormat::V2 => (frame_offset, FrameError::Damaged(reason)),
+            });
         }
         if format == LogFormat::V2 {
             for (i, e) in frame.events.iter().enumerate() {
@@ -508,7 +532,7 @@ fn verify_batch(
                 let bytes = &body[at + e.offset..at + e.offset + e.len as usize];
                 let record = format::decode_event(format, bytes)
                     .map_err(|reason| damaged(record_offset, reason.to_owned()))?;
-                if check == Leaves::Recompute {
+                if batch.check == Leaves::Recompute {
                     record
                         .check_leaf(
                             frame.first_position + i as u64,
@@ -521,9 +545,10 @@ fn verify_batch(
             }
         }
         let count = frame.events.len() as u64;
-        batch_heads.insert(frame.stream.to_owned(), head + count);
-        frames_out.push(VerifiedFrame {
+        frames_out.push(CheckedFrame {
             stream: frame.stream.to_owned(),
+            first_version: frame.first_version,
+            offset: frame_offset,
             events: frame
                 .events
                 .iter()
@@ -540,16 +565,106 @@ fn verify_batch(
             "batch holds {frames} frames and {event_total} events, header says {} and {}",
             header.frame_count, header.event_count
         );
-        let offset = body_offset - format.batch_header_bytes() as u64;
         return Err(match format {
-            LogFormat::V1 => (offset, FrameError::Malformed(reason)),
-            LogFormat::V2 => (offset, FrameError::Damaged(reason)),
+            LogFormat::V1 => (batch.offset, FrameError::Malformed(reason)),
+            LogFormat::V2 => (batch.offset, FrameError::Damaged(reason)),
         });
     }
-    Ok(VerifiedBatch {
+    let head = match (header.seal, format) {
+        (Some(seal), LogFormat::V2) => {
+            let root = integrity::root(&leaves).unwrap_or_default();
+            let chain = integrity::chain(
+                &seal.prev_chain,
+                header.first_position,
+                header.event_count,
+                &root,
+            );
+            if root != seal.root || chain != seal.chain {
+                return Err(damaged(
+                    batch.offset,
+                    "batch root or chain value does not match its events".to_owned(),
+                ));
+            }
+            Some(ChainHead {
+                sequence: seal.sequence,
+                seal: integrity::Seal {
+                    first_position: header.first_position,
+                    event_count: header.event_count,
+                    root,
+                    prev_chain: seal.prev_chain,
+                    chain,
+                },
+            })
+        }
+        _ => None,
+    };
+    Ok(CheckedBatch {
         frames: frames_out,
-        leaves,
+        head,
     })
+}
+
+/// Joins a checked batch to the index if it continues it: the chain (sequence and previous
+/// value) and every stream's versions. `Ok(Some(stop))` if it does not.
+fn link_batch(
+    path: &Path,
+    format: LogFormat,
+    log_id: Option<&[u8; 16]>,
+    index: &mut Index,
+    batch: &ReadBatch,
+    checked: CheckedBatch,
+) -> Result<Option<Stop>, StoreError> {
+    if let Some(head) = &checked.head {
+        let (expected_sequence, prev) = match index.head() {
+            Some(previous) => (previous.sequence + 1, previous.seal.chain),
+            None => (0, integrity::genesis(log_id.unwrap_or(&[0; 16]))),
+        };
+        if head.sequence != expected_sequence || head.seal.prev_chain != prev {
+            return Ok(Some(Stop::new(
+                batch.offset,
+                format!(
+                    "batch {} does not continue the chain of batch {}",
+                    head.sequence,
+                    expected_sequence.wrapping_sub(1)
+                ),
+            )));
+        }
+    }
+    // Versions: each frame continues its stream (counting this batch's earlier frames).
+    let mut batch_heads: HashMap<&str, u64> = HashMap::new();
+    for frame in &checked.frames {
+        let head = match batch_heads.get(frame.stream.as_str()) {
+            Some(head) => *head,
+            None => index.stream_len(&frame.stream).unwrap_or(0),
+        };
+        if frame.first_version != head {
+            let reason = format!(
+                "stream {} continues at version {}, expected {head}",
+                frame.stream, frame.first_version
+            );
+            return match format {
+                LogFormat::V1 => Err(StoreError::Corrupt {
+                    file: path.display().to_string(),
+                    offset: frame.offset,
+                    reason,
+                }),
+                LogFormat::V2 => Ok(Some(Stop {
+                    batch: batch.offset,
+                    at: frame.offset,
+                    reason,
+                })),
+            };
+        }
+        batch_heads.insert(&frame.stream, head + frame.events.len() as u64);
+    }
+    for frame in &checked.frames {
+        for &(event_offset, len) in &frame.events {
+            index.push(&frame.stream, event_offset, len);
+        }
+    }
+    let end = batch.offset + format.batch_header_bytes() as u64 + u64::from(batch.header.body_len);
+    index.set_covered(batch.offset, end, checked.head);
+    Ok(None)
 }
 
 /// Offset of the first valid batch header of `format` at or after `from`, if any.
