@@ -10,7 +10,7 @@ use allot_server::store::embedded::{
 /// Bytes of a frame before its stream name.
 pub const FRAME_FIXED_BYTES: u64 = 26;
 /// Bytes of an event record before its kind.
-pub const EVENT_FIXED_BYTES: u64 = 54;
+pub const EVENT_FIXED_BYTES: u64 = 58;
 
 /// A field: its offset inside the structure it belongs to and its width.
 #[derive(Debug, Clone, Copy)]
@@ -70,11 +70,12 @@ pub const FRAME_FIELDS: [Field; 5] = [
 ];
 
 /// An event record's fixed fields (kind and payload follow them).
-pub const EVENT_FIELDS: [Field; 4] = [
+pub const EVENT_FIELDS: [Field; 5] = [
     field("event leaf", 0, 32),
-    field("event id", 32, 16),
-    field("event kind length", 48, 2),
-    field("event payload length", 50, 4),
+    field("event record sum", 32, 4),
+    field("event id", 36, 16),
+    field("event kind length", 52, 2),
+    field("event payload length", 54, 4),
 ];
 
 /// One event record.
@@ -176,8 +177,8 @@ pub fn batches(log: &[u8]) -> Vec<Batch> {
             let mut records = Vec::new();
             let mut record = at + FRAME_FIXED_BYTES + stream_len;
             for i in 0..count {
-                let kind_len = le(log, record + 48, 2);
-                let payload_len = le(log, record + 50, 4);
+                let kind_len = le(log, record + 52, 2);
+                let payload_len = le(log, record + 54, 4);
                 let len = EVENT_FIXED_BYTES + kind_len + payload_len;
                 records.push(Record {
                     offset: record,

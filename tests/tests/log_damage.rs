@@ -784,7 +784,6 @@ async fn a_flipped_bit_in_the_last_batch_is_cut_as_a_torn_write() {
 /// continues a renamed stream), the audit names that later batch as the first affected one,
 /// where a serving open names the damaged record.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the audit names a later batch when a record's content is damaged first"]
 async fn the_audit_names_the_first_damaged_batch() {
     let base = base().await;
     let n = base.batches.len();
@@ -905,8 +904,9 @@ async fn truncation_opens_only_inside_or_at_the_start_of_the_last_batch() {
             let expect = if last {
                 Expect::Torn(i)
             } else {
+                // Named at the cut, where the missing bytes start.
                 let first = Some(batch.first_position);
-                refused(LOG_FILE_NAME, vec![batch.offset], first)
+                refused(LOG_FILE_NAME, vec![cut], first)
             };
             check(base, case.path(), &expect, &what).await;
         }
@@ -1414,14 +1414,39 @@ fn judge(base: &Base, damaged: &[u8], snapshot: bool) -> Judged {
     };
     let touched = base.batches[i..=last_touched].to_vec();
     let n = base.batches.len();
+    let refusal = |offsets: Vec<u64>| {
+        Expect::Refused(Refusal {
+            file: LOG_FILE_NAME,
+            offsets,
+            first_position: Some(batch.first_position),
+            batches: touched.clone(),
+        })
+    };
+    // Where the checks may stop: anything at or before the damage; a record after it in the
+    // same frame (its leaf covers the frame's stream name and versions); the cut, where the
+    // missing bytes start.
+    let stops = || {
+        let frame_records = batch
+            .frames
+            .iter()
+            .filter(|f| (f.offset..f.offset + f.len).contains(&at))
+            .flat_map(|f| f.records.iter().map(|r| r.offset));
+        starts(batch)
+            .filter(|s| *s <= at)
+            .chain(frame_records)
+            .chain(cut)
+            .collect::<Vec<u64>>()
+    };
     if snapshot {
-        if let Some(cut) = cut {
+        // The snapshot proves every batch it covers was acknowledged: the refusal names what a
+        // scan of the log finds, or, for a log cut cleanly at a batch, where it ends.
+        if let Some(cut) = cut
+            && cut == batch.offset
+        {
             return judged(refused(LOG_FILE_NAME, vec![cut], None));
         }
-        if i == 0 || last_touched == n - 1 {
-            // The snapshot's digest covers its first and last batch: it no longer matches.
-            let offsets = vec![0, base.batches[0].offset, base.last().offset];
-            return judged(refused(LOG_FILE_NAME, offsets, None));
+        if cut.is_some() || i == 0 || last_touched == n - 1 {
+            return judged(refusal(stops()));
         }
         return judged(Expect::Covered(Covered {
             batches: touched,
@@ -1438,24 +1463,8 @@ fn judge(base: &Base, damaged: &[u8], snapshot: bool) -> Judged {
             Expect::EndsBefore(i)
         });
     }
-    let refusal = |offsets: Vec<u64>| {
-        Expect::Refused(Refusal {
-            file: LOG_FILE_NAME,
-            offsets,
-            first_position: Some(batch.first_position),
-            batches: touched.clone(),
-        })
-    };
     if batch.offset < acknowledged_end {
-        // Where the checks may stop: anything at or before the damage; a record after it in the
-        // same frame (its leaf covers the frame's stream name and versions).
-        let frame_records = batch
-            .frames
-            .iter()
-            .filter(|f| (f.offset..f.offset + f.len).contains(&at))
-            .flat_map(|f| f.records.iter().map(|r| r.offset));
-        let offsets = starts(batch).filter(|s| *s <= at).chain(frame_records);
-        return judged(refusal(offsets.collect()));
+        return judged(refusal(stops()));
     }
     // At or after the batch that may have been in flight: a torn write, unless a whole batch
     // header follows.

@@ -317,11 +317,12 @@ async fn damage_before_the_tail_is_reported_with_file_and_offset() {
     let frame = batch + BATCH_HEADER_BYTES as u64;
     let record = frame + 26 + "pool-x".len() as u64;
     let payload_byte = lengths[2] - 3;
-    // Record = 54 fixed bytes, the kind "T", the payload.
-    let second_record = record + 54 + 1 + "second-a".len() as u64;
+    // Record = 58 fixed bytes, the kind "T", the payload.
+    let second_record = record + 58 + 1 + "second-a".len() as u64;
     let cases = [
         ("payload", payload_byte, second_record),
         ("event leaf", record + 3, record),
+        ("event record sum", record + 33, record),
         ("event id", record + 40, record),
         ("frame length", frame, frame),
         ("frame position", frame + 4, frame),

@@ -291,6 +291,8 @@ pub struct Server {
     server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     metrics_server: tokio::task::JoinHandle<Result<(), std::io::Error>>,
     sweeper: Option<tokio::task::JoinHandle<()>>,
+    /// The background log verifier; stopped at shutdown so it lets go of the store.
+    verifier: tokio::task::JoinHandle<()>,
 }
 
 /// The metrics listener's address unless told otherwise: loopback, Prometheus' exporter port.
@@ -353,7 +355,7 @@ impl Server {
     ) -> Result<Server, ServeError> {
         let metrics = Arc::new(Metrics::new());
         let shared = store.shared_with_other_writers();
-        tokio::spawn(verify_log(Arc::clone(&store), Arc::clone(&metrics)));
+        let verifier = tokio::spawn(verify_log(Arc::clone(&store), Arc::clone(&metrics)));
         let service = Service::open(store, clock, projections, metrics).await?;
         if shared {
             // Other instances write to this store: follow it so their writes (and actor
@@ -427,6 +429,7 @@ impl Server {
         ));
         tracing::info!(%addr, %metrics_addr, "serving");
         Ok(Server {
+            verifier,
             service,
             addr,
             metrics_addr,
@@ -442,6 +445,9 @@ impl Server {
     /// Stops accepting connections, drains in-flight requests, stops the sweeper.
     pub async fn shutdown(self) -> Result<(), ServeError> {
         let _ = self.shutdown.send(true);
+        // A pass still running is left to finish on its own thread, without the store.
+        self.verifier.abort();
+        let _ = self.verifier.await;
         if let Some(sweeper) = self.sweeper {
             let _ = sweeper.await;
         }

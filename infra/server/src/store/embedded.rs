@@ -20,7 +20,7 @@
 //!   the whole log (every checksum) against the live index.
 //! - Reads use their own file handle and positional reads on the blocking pool, so they never
 //!   wait for the writer's fdatasync; they hold the index lock only to copy locations. Every
-//!   record read is checked against its leaf before it is returned: no byte is served that was
+//!   record read is checked against its sum (CRC-32) before it is returned: no byte is served that was
 //!   not verified after it was read.
 //! - Positions are the global sequence number of events, 0-based and contiguous.
 
@@ -50,8 +50,8 @@ pub use format::{
 };
 pub use index::ChainHead;
 use index::{EventLoc, Index};
+use recovery::Access;
 pub use recovery::TornWrite;
-use recovery::{Access, Leaves};
 pub use snapshot::{SNAPSHOT_FILE_NAME, SNAPSHOT_TEMP_FILE_NAME, SnapshotInfo};
 use writer::{AppendRequest, LogDevice, Request, RequestQueue, Writer};
 pub use writer::{
@@ -245,7 +245,9 @@ impl EmbeddedStore {
             Ok(index) => Some(index),
             Err(snapshot::SnapshotError::Missing) => None,
             Err(snapshot::SnapshotError::Mismatch { offset, reason }) => {
-                return Err(recovery::damage(&log_path, offset, None, None, reason));
+                return Err(recovery::locate_mismatch(
+                    &log, &log_path, file_len, offset, reason,
+                ));
             }
             Err(e) => {
                 tracing::warn!(
@@ -260,14 +262,7 @@ impl EmbeddedStore {
             }
         };
         let snapshot_end = loaded.as_ref().map_or(0, |index| index.covered().1);
-        let recovered = recovery::recover(
-            &log,
-            &log_path,
-            file_len,
-            loaded,
-            Access::Repair,
-            Leaves::Recompute,
-        )?;
+        let recovered = recovery::recover(&log, &log_path, file_len, loaded, Access::Repair)?;
         let opened = OpenReport::new(&recovered, false, None);
         let reader = File::open(&log_path).map_err(|e| io_error(&log_path, e))?;
         let next_position = recovered.index.len();
@@ -328,8 +323,8 @@ impl EmbeddedStore {
     /// Opens the store in `dir` to read it, changing nothing: no lock is taken, no torn write
     /// cut, no file created, migrated or removed. It can run beside a serving process on the same
     /// directory: then it reads up to the durable head it finds. Verifies the whole log from
-    /// its first batch (header sums, stored leaves, roots, the chain); each record read later
-    /// is checked against its leaf. Refuses missing or damaged acknowledged data as
+    /// its first batch (header sums, each event's leaf and sum, roots, the chain); each record
+    /// read later is checked against its sum. Refuses missing or damaged acknowledged data as
     /// [`StoreError::Damaged`]; what it found otherwise is in [`EmbeddedStore::opened`].
     pub async fn open_read_only(dir: &Path) -> Result<Self, StoreError> {
         let dir = dir.to_path_buf();
@@ -368,7 +363,9 @@ impl EmbeddedStore {
         let snapshot_damaged = match snapshot::check(dir, &log, &log_path) {
             Ok(damaged) => damaged,
             Err(snapshot::SnapshotError::Mismatch { offset, reason }) => {
-                return Err(recovery::damage(&log_path, offset, None, None, reason));
+                return Err(recovery::locate_mismatch(
+                    &log, &log_path, file_len, offset, reason,
+                ));
             }
             Err(e) => Some(e.to_string()),
         };
@@ -378,7 +375,6 @@ impl EmbeddedStore {
             file_len,
             None,
             Access::ReadOnly { writer_live },
-            Leaves::Stored,
         )?;
         let opened = OpenReport::new(&recovered, writer_live, snapshot_damaged);
         tracing::info!(
@@ -654,7 +650,6 @@ impl EmbeddedState {
             header.log_id.as_ref(),
             &mut fresh,
             end,
-            Leaves::Recompute,
         )? {
             return Err(recovery::damage(
                 &self.log_path,
@@ -767,7 +762,8 @@ impl EmbeddedState {
         let record = format::decode_event(self.format, &bytes)
             .map_err(|reason| corrupt(format!("event at position {position}: {reason}")))?;
         record
-            .check_leaf(position, loc.version, &stream)
+            .check_sum(position)
+            .and_then(|()| record.check_leaf(position, loc.version, &stream))
             .map_err(corrupt)?;
         Ok(record.stored_leaf())
     }
@@ -830,9 +826,8 @@ impl EmbeddedState {
                 };
                 let record = format::decode_event(self.format, &page.bytes()[at..record_end])
                     .map_err(|reason| corrupt(format!("event at position {position}: {reason}")))?;
-                record
-                    .check_leaf(position, loc.version, &names[i])
-                    .map_err(corrupt)?;
+                // The sum, not the leaf: a read is checked for damage; the leaf is the scans'.
+                record.check_sum(position).map_err(corrupt)?;
                 let (id, kind_len, payload_len) =
                     (record.id, record.kind.len(), record.payload.len());
                 // A record ends with its kind, then its payload (checked by `decode_event`).

@@ -22,7 +22,7 @@ use allot_domain::integrity::{self, MerkleTree};
 use super::format::{
     self, BatchHeader, BatchSeal, EncodedEvent, HEAD_SLOTS, HeadSlot, LogFormat, SECTOR_BYTES,
 };
-use super::recovery::{self, Access, Leaves, damage};
+use super::recovery::{self, Access, damage};
 use super::snapshot::{self, SNAPSHOT_FILE_NAME};
 use crate::store::{ProposedEvent, StoreError};
 
@@ -166,14 +166,7 @@ pub(crate) fn create_log(dir: &Path, log_path: &Path) -> Result<[u8; 16], StoreE
 /// again) or the finished format-2 log.
 pub(crate) fn migrate_v1(dir: &Path, log: &File, log_path: &Path) -> Result<(), StoreError> {
     let file_len = log.metadata().map_err(|e| io_error(log_path, e))?.len();
-    let recovered = recovery::recover(
-        log,
-        log_path,
-        file_len,
-        None,
-        Access::Repair,
-        Leaves::Recompute,
-    )?;
+    let recovered = recovery::recover(log, log_path, file_len, None, Access::Repair)?;
     let log_id = match read_store_id(dir)? {
         Some(id) => id,
         None => {

@@ -53,13 +53,15 @@
 //!   26   .  stream           UTF-8
 //!    .   .  event{event_count}
 //!
-//! event (54 + kind_len + payload_len bytes)
-//!    0  32  leaf             leaf(position, version, stream, id, kind, payload): checked on
-//!                            every read, so a record is verified wherever it is read from
-//!   32  16  id
-//!   48   2  kind_len         u16
-//!   50   4  payload_len      u32
-//!   54   .  kind             UTF-8
+//! event (58 + kind_len + payload_len bytes)
+//!    0  32  leaf             leaf(position, version, stream, id, kind, payload): checked by
+//!                            every scan (open, the background verifier, the audit)
+//!   32   4  record_sum       CRC-32 (IEEE) of the record without this field: checked on every
+//!                            read, so no damaged byte is served wherever it is read from
+//!   36  16  id
+//!   52   2  kind_len         u16
+//!   54   4  payload_len      u32
+//!   58   .  kind             UTF-8
 //!    .   .  payload
 //! ```
 //!
@@ -102,8 +104,9 @@ const FRAME_V1_FIXED_BYTES: usize = 42;
 const FRAME_V1_SUM_END: usize = 20;
 const FRAME_V2_FIXED_BYTES: usize = 26;
 const EVENT_V1_FIXED_BYTES: usize = 22;
-const EVENT_V2_FIXED_BYTES: usize = 54;
+const EVENT_V2_FIXED_BYTES: usize = 58;
 const LEAF_BYTES: usize = 32;
+const RECORD_SUM_END: usize = LEAF_BYTES + 4;
 
 /// Largest encoded append (frame); a larger append is rejected before it is queued.
 pub const FRAME_BYTES_MAX: u64 = 8 * 1024 * 1024;
@@ -334,11 +337,14 @@ pub(crate) fn encode_frame(
         .leaf();
         leaves.push(leaf);
         buf.extend_from_slice(&leaf);
+        buf.extend_from_slice(&[0u8; 4]);
         buf.extend_from_slice(&event.id);
         buf.extend_from_slice(&(event.kind.len() as u16).to_le_bytes());
         buf.extend_from_slice(&(event.payload.len() as u32).to_le_bytes());
         buf.extend_from_slice(event.kind.as_bytes());
         buf.extend_from_slice(&event.payload);
+        let sum = record_sum(&buf[offset..]);
+        buf[offset + LEAF_BYTES..offset + RECORD_SUM_END].copy_from_slice(&sum.to_le_bytes());
         out.push(EncodedEvent {
             offset,
             len: (buf.len() - offset) as u32,
@@ -557,12 +563,25 @@ fn event_record_len(format: LogFormat, bytes: &[u8]) -> Option<usize> {
 pub(crate) struct EventRecord<'a> {
     /// The stored leaf (format 2).
     pub leaf: Option<&'a [u8]>,
+    /// Whether the record's sum holds (format 2; format 1 records carry none).
+    sum_holds: bool,
     pub id: [u8; 16],
     pub kind: &'a str,
     pub payload: &'a [u8],
 }
 
 impl EventRecord<'_> {
+    /// Checks the record's sum: what every read does before a byte of it is served.
+    pub fn check_sum(&self, position: u64) -> Result<(), String> {
+        if self.sum_holds {
+            Ok(())
+        } else {
+            Err(format!(
+                "event at position {position}: record checksum mismatch"
+            ))
+        }
+    }
+
     /// Checks the stored leaf against the record's bytes and where the index says it is
     /// (format 2; format 1 records carry none and pass).
     pub fn check_leaf(&self, position: u64, version: u64, stream: &str) -> Result<(), String> {
@@ -595,7 +614,8 @@ impl EventRecord<'_> {
     }
 }
 
-/// Decodes an event record of `format` (lengths only; [`EventRecord::check_leaf`] verifies).
+/// Decodes an event record of `format` (lengths, and whether its sum holds;
+/// [`EventRecord::check_sum`] and [`EventRecord::check_leaf`] verify).
 pub(crate) fn decode_event(
     format: LogFormat,
     record: &[u8],
@@ -604,7 +624,7 @@ pub(crate) fn decode_event(
     let head = record.get(..fixed).ok_or("short event record")?;
     let (leaf, id_at) = match format {
         LogFormat::V1 => (None, 0),
-        LogFormat::V2 => (Some(&head[..LEAF_BYTES]), LEAF_BYTES),
+        LogFormat::V2 => (Some(&head[..LEAF_BYTES]), RECORD_SUM_END),
     };
     let mut id = [0u8; 16];
     id.copy_from_slice(&head[id_at..id_at + 16]);
@@ -617,10 +637,22 @@ pub(crate) fn decode_event(
     let kind = std::str::from_utf8(&record[fixed..kind_end]).map_err(|_| "event kind not UTF-8")?;
     Ok(EventRecord {
         leaf,
+        sum_holds: match format {
+            LogFormat::V1 => true,
+            LogFormat::V2 => record_sum(record) == le_u32(&record[LEAF_BYTES..RECORD_SUM_END]),
+        },
         id,
         kind,
         payload: &record[kind_end..],
     })
+}
+
+/// CRC-32 of a format-2 record without its sum field.
+fn record_sum(record: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&record[..LEAF_BYTES]);
+    crc.update(&record[RECORD_SUM_END..]);
+    crc.finalize()
 }
 
 pub(super) fn le_u16(bytes: &[u8]) -> u16 {
@@ -710,6 +742,7 @@ mod tests {
         let frame = decode_frame(LogFormat::V2, buf).map_err(|e| format!("{e:?}"))?;
         for (i, e) in frame.events.iter().enumerate() {
             let record = decode_event(LogFormat::V2, &buf[e.offset..e.offset + e.len as usize])?;
+            record.check_sum(frame.first_position + i as u64)?;
             record.check_leaf(
                 frame.first_position + i as u64,
                 frame.first_version + i as u64,
@@ -741,6 +774,18 @@ mod tests {
             let mut damaged = buf.clone();
             damaged[i] ^= 0x01;
             assert!(read_v2(&damaged).is_err(), "flip at {i} not detected");
+        }
+        // A read checks only the record's sum: alone, it catches any flip of the record.
+        for e in &out {
+            for i in e.offset..e.offset + e.len as usize {
+                let mut damaged = buf.clone();
+                damaged[i] ^= 0x01;
+                let record = &damaged[e.offset..e.offset + e.len as usize];
+                let caught = decode_event(LogFormat::V2, record)
+                    .map_err(str::to_owned)
+                    .and_then(|r| r.check_sum(0));
+                assert!(caught.is_err(), "flip at {i} passes a read");
+            }
         }
     }
 

@@ -55,19 +55,6 @@ pub(crate) enum Access {
     ReadOnly { writer_live: bool },
 }
 
-/// How much of each batch the scan checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Leaves {
-    /// Recompute every record's leaf from its bytes (start-up, the background verifier).
-    Recompute,
-    /// Trust the stored leaves for the root; every read checks its record's leaf (an audit,
-    /// which reads every record anyway). Batches from the newest head slot's on are still
-    /// recomputed: only there can damage be a torn write, and that must be told apart.
-    Stored,
-    /// [`Leaves::Stored`] for batches before this offset, [`Leaves::Recompute`] from it on.
-    StoredBefore(u64),
-}
-
 /// Where a scan stopped: the batch that did not verify, the offset of the first bad byte range
 /// found in it, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,7 +183,6 @@ pub(crate) fn recover(
     file_len: u64,
     start: Option<Index>,
     access: Access,
-    leaves: Leaves,
 ) -> Result<Recovered, StoreError> {
     let header = read_file_header(file, path, file_len)?;
     let format = header.format;
@@ -224,10 +210,6 @@ pub(crate) fn recover(
     let mut index = start.unwrap_or_else(|| Index::new(format.data_start()));
     // Every batch before the newest slot's was acknowledged.
     let acknowledged_end = newest_slot.map_or(format.data_start(), |slot| slot.batch_offset);
-    let leaves = match leaves {
-        Leaves::Stored => Leaves::StoredBefore(acknowledged_end),
-        other => other,
-    };
     let stop = scan(
         file,
         path,
@@ -235,7 +217,6 @@ pub(crate) fn recover(
         header.log_id.as_ref(),
         &mut index,
         file_len,
-        leaves,
     )?;
     let (_, end) = index.covered();
     let verified = index.len();
@@ -338,7 +319,6 @@ struct ReadBatch {
     offset: u64,
     header: format::BatchHeader,
     body: Vec<u8>,
-    check: Leaves,
 }
 
 /// Verifies and indexes the batches from where `index` ends, up to `file_len`. Returns where
@@ -355,7 +335,6 @@ pub(crate) fn scan(
     log_id: Option<&[u8; 16]>,
     index: &mut Index,
     file_len: u64,
-    leaves: Leaves,
 ) -> Result<Option<Stop>, StoreError> {
     let (_, mut offset) = index.covered();
     let header_len = format.batch_header_bytes();
@@ -380,8 +359,13 @@ pub(crate) fn scan(
                 ));
                 break;
             }
+            // An incomplete batch is missing its bytes from the end of the file on.
             if file_len - offset < header_len as u64 {
-                stop = Some(Stop::new(offset, "incomplete batch header"));
+                stop = Some(Stop {
+                    batch: offset,
+                    at: file_len,
+                    reason: "incomplete batch header".to_owned(),
+                });
                 break;
             }
             file.read_exact_at(&mut header_bytes, offset)
@@ -406,21 +390,20 @@ pub(crate) fn scan(
             let body_offset = offset + header_len as u64;
             let batch_end = body_offset + u64::from(header.body_len);
             if batch_end > file_len {
-                stop = Some(Stop::new(offset, "incomplete batch"));
+                stop = Some(Stop {
+                    batch: offset,
+                    at: file_len,
+                    reason: "incomplete batch".to_owned(),
+                });
                 break;
             }
             let mut body = vec![0u8; header.body_len as usize];
             file.read_exact_at(&mut body, body_offset)
                 .map_err(|e| io_error(path, e))?;
-            let check = match leaves {
-                Leaves::StoredBefore(from) if offset >= from => Leaves::Recompute,
-                other => other,
-            };
             chunk.push(ReadBatch {
                 offset,
                 header,
                 body,
-                check,
             });
             chunk_bytes += batch_end - offset;
             next_position += u64::from(header.event_count);
@@ -501,7 +484,8 @@ struct CheckedBatch {
 }
 
 /// Checks what one batch holds on its own: its frames and their positions, its events' leaves
-/// (recomputed or stored), its root and its chain value from the previous value it records.
+/// (recomputed from their bytes) and sums, its root and its chain value from the previous value
+/// it records.
 fn check_batch(format: LogFormat, batch: &ReadBatch) -> Result<CheckedBatch, (u64, FrameError)> {
     let header = batch.header;
     let body = &batch.body;
@@ -530,17 +514,13 @@ fn check_batch(format: LogFormat, batch: &ReadBatch) -> Result<CheckedBatch, (u6
             for (i, e) in frame.events.iter().enumerate() {
                 let record_offset = frame_offset + e.offset as u64;
                 let bytes = &body[at + e.offset..at + e.offset + e.len as usize];
+                let position = frame.first_position + i as u64;
                 let record = format::decode_event(format, bytes)
                     .map_err(|reason| damaged(record_offset, reason.to_owned()))?;
-                if batch.check == Leaves::Recompute {
-                    record
-                        .check_leaf(
-                            frame.first_position + i as u64,
-                            frame.first_version + i as u64,
-                            frame.stream,
-                        )
-                        .map_err(|reason| damaged(record_offset, reason))?;
-                }
+                record
+                    .check_leaf(position, frame.first_version + i as u64, frame.stream)
+                    .and_then(|()| record.check_sum(position))
+                    .map_err(|reason| damaged(record_offset, reason))?;
                 leaves.push(record.stored_leaf().unwrap_or_default());
             }
         }
@@ -758,4 +738,44 @@ pub(crate) fn seal_ending_at(
         offset += (header_len + header.body_len as usize) as u64;
     }
     Ok(None)
+}
+
+/// The refusal for an intact index snapshot that the log does not match: a scan of the log
+/// from its first batch names the first damaged byte range and position if the log's own checks
+/// find one (the snapshot only saw that something differs); otherwise the log is whole but not
+/// the one the snapshot describes (replaced, or cut at a batch boundary), reported as the
+/// snapshot saw it.
+pub(crate) fn locate_mismatch(
+    file: &File,
+    path: &Path,
+    file_len: u64,
+    offset: u64,
+    reason: String,
+) -> StoreError {
+    let located = read_file_header(file, path, file_len).and_then(|header| {
+        let mut index = Index::new(header.format.data_start());
+        let stop = scan(
+            file,
+            path,
+            header.format,
+            header.log_id.as_ref(),
+            &mut index,
+            file_len,
+        )?;
+        Ok(stop.map(|stop| (stop, index.len())))
+    });
+    match located {
+        Ok(Some((stop, position))) => damage(
+            path,
+            stop.at,
+            Some(position),
+            None,
+            format!(
+                "{}; the intact index snapshot shows the log held more: {reason}",
+                stop.reason
+            ),
+        ),
+        Ok(None) => damage(path, offset, None, None, reason),
+        Err(error) => error,
+    }
 }
