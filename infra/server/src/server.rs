@@ -384,7 +384,10 @@ impl Server {
         )
         .await
         {
-            Ok((signer, made)) => (Some(Arc::new(signer)), made),
+            Ok((signer, made)) => {
+                service.enable_receipts();
+                (Some(Arc::new(signer)), made)
+            }
             // A store that seals nothing gives nothing to sign: no reason to refuse.
             Err(error @ ServeError::ServerKeyUnregistered { .. }) if !seals => {
                 tracing::warn!(%error, "serving without a server key (this store seals no batches)");

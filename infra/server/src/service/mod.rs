@@ -69,8 +69,9 @@ pub struct Reply {
     /// The outcome was recorded earlier for this token and is answered again.
     pub replayed: bool,
     /// Where the command's event landed, when it was recorded now on a store that seals its
-    /// group commits (what a receipt is made of); `None` for a replay, an unrecorded rejection
-    /// or a store that seals nothing.
+    /// group commits (what a receipt is made of); `None` for a replay, an unrecorded rejection,
+    /// a store that seals nothing, or a service whose receipts are not enabled
+    /// ([`Service::enable_receipts`]).
     pub recorded: Option<Box<RecordedAt>>,
 }
 
@@ -191,6 +192,10 @@ struct ServiceState {
     /// Woken after a hold is placed, so the sweeper can re-plan its next wake-up.
     holds_placed: Notify,
     accepting: AtomicBool,
+    /// Whether replies carry where their event landed (what a receipt is made of): set by
+    /// whoever presents receipts (the HTTP server, when it has a server key), so in-process
+    /// callers that never do pay nothing for them.
+    receipts: AtomicBool,
     /// Shard tasks, awaited on close so every queued command is answered first.
     tasks: std::sync::Mutex<JoinSet<()>>,
     /// The task following a shared store, if any; aborted on close.
@@ -211,6 +216,16 @@ pub struct Service {
     /// one is dropped without `close`, the queues close and the shards end after answering
     /// what is in them, letting go of the store.
     queues: Arc<ShardQueues>,
+}
+
+impl Service {
+    /// Has each recorded reply carry where its event landed, for receipts (see
+    /// [`Reply::recorded`]). Off by default.
+    pub fn enable_receipts(&self) {
+        self.state
+            .receipts
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Service {
@@ -253,6 +268,7 @@ impl Service {
                 actor_appends: Mutex::new(()),
                 holds_placed: Notify::new(),
                 accepting: AtomicBool::new(true),
+                receipts: AtomicBool::new(false),
                 tasks: std::sync::Mutex::new(JoinSet::new()),
                 follower: std::sync::Mutex::new(None),
             }),

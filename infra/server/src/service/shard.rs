@@ -411,7 +411,9 @@ impl ServiceState {
     /// What a receipt needs of each proposed event that the store does not give back: its id
     /// and stored bytes. Kept only on a store that seals its group commits.
     fn kept_for_receipts(&self, proposed: &[ProposedEvent]) -> Vec<([u8; 16], Vec<u8>)> {
-        if !self.store.seals_group_commits() {
+        if !self.store.seals_group_commits()
+            || !self.receipts.load(std::sync::atomic::Ordering::Relaxed)
+        {
             return Vec::new();
         }
         proposed
