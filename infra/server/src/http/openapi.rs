@@ -178,7 +178,9 @@ pub fn document() -> Value {
                 "role": {"enum": roles}, "public_key": {"type": "string"}}})), false)},
             "/v1/actors/{actor}/revoke": {"post": command("revoke_actor (admin)", "actor", None, false)},
             "/v1/head": {"get": head()},
-            "/healthz": {"get": {"summary": "liveness", "responses": {"200": {"description": "ok"}}}}
+            "/healthz": {"get": {"summary": "liveness, and the log's health", "responses": {
+                "200": {"description": "ok: {\"status\": \"ok\"}"},
+                "503": {"description": "the background log verifier found acknowledged data damaged: {\"status\": \"log damaged\", \"damage\": \"<file, offset, first position, reason>\"} (docs/store.md, Fault model)"}}}}
         },
         "components": {
             "schemas": {
