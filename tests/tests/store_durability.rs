@@ -337,7 +337,11 @@ async fn damage_before_the_tail_is_reported_with_file_and_offset() {
         let case = scratch.path().join(what.replace(' ', "-"));
         let copy = copy_prefix(&log, *lengths.last().unwrap(), &case);
         flip_byte(&copy, at);
+        // A crash's leftover beside the log: a refused open leaves it too.
+        let leftover = case.join("index.snapshot.tmp");
+        std::fs::write(&leftover, b"half a snapshot").unwrap();
         expect_damaged(EmbeddedStore::open(&case).await, &copy, reported, 1);
+        assert!(leftover.exists(), "{what}: a refused open removed a file");
         // Refusing to open must not have changed the file.
         assert_eq!(
             std::fs::metadata(&copy).unwrap().len(),

@@ -210,9 +210,6 @@ impl EmbeddedStore {
         }
 
         let log_path = dir.join(LOG_FILE_NAME);
-        // Temporary files are what a crash left mid-write: never complete, never used.
-        snapshot::remove(dir, SNAPSHOT_TEMP_FILE_NAME);
-        snapshot::remove(dir, LOG_TEMP_FILE_NAME);
         if !log_path.exists() {
             files::refuse_missing_log(dir, &log_path)?;
             files::create_log(dir, &log_path)?;
@@ -241,6 +238,7 @@ impl EmbeddedStore {
             file_len > LogFormat::V2.data_start(),
             true,
         )?;
+        let mut damaged_snapshot = false;
         let loaded = match snapshot::load(dir, &log, &log_path) {
             Ok(index) => Some(index),
             Err(snapshot::SnapshotError::Missing) => None,
@@ -255,14 +253,20 @@ impl EmbeddedStore {
                     reason = %e,
                     "index snapshot not used; scanning the whole log"
                 );
-                if matches!(e, snapshot::SnapshotError::Invalid(_)) {
-                    snapshot::remove(dir, SNAPSHOT_FILE_NAME);
-                }
+                damaged_snapshot = matches!(e, snapshot::SnapshotError::Invalid(_));
                 None
             }
         };
         let snapshot_end = loaded.as_ref().map_or(0, |index| index.covered().1);
         let recovered = recovery::recover(&log, &log_path, file_len, loaded, Access::Repair)?;
+        // Only an open that serves changes what is beside the log: a refused one left it all.
+        // Temporary files are what a crash left mid-write (never complete, never used); a
+        // damaged snapshot is derived data, written again.
+        snapshot::remove(dir, SNAPSHOT_TEMP_FILE_NAME);
+        snapshot::remove(dir, LOG_TEMP_FILE_NAME);
+        if damaged_snapshot {
+            snapshot::remove(dir, SNAPSHOT_FILE_NAME);
+        }
         let opened = OpenReport::new(&recovered, false, None);
         let reader = File::open(&log_path).map_err(|e| io_error(&log_path, e))?;
         let next_position = recovered.index.len();
