@@ -5,6 +5,10 @@
 //! - `data/v1/`: a data directory written by `allot demo`; it opens, verifies, audits clean
 //!   (signatures included) with the exact counts recorded in the README, every record decodes,
 //!   and `allot audit` on a copy exits 0.
+//! - `data/v2/`: a data directory of log format 2 written by `allot demo`; it opens read-only
+//!   with every leaf, root and chain value checked, its chain head is the recorded one, it
+//!   audits clean (signatures included) with the recorded counts, and `allot audit
+//!   --expect-head` with that head exits 0 on a copy.
 //! - `openapi.json`: the OpenAPI document served at `/openapi.json`, byte for byte.
 //! - `docs/signing.md`: its test vectors, parsed from the page (not from a table in code), are
 //!   exactly the bytes, digest and signature the code produces.
@@ -251,6 +255,77 @@ fn allot_audit_of_the_v1_data_directory_exits_0() {
     assert_eq!(
         findings["report"]["events"].as_u64(),
         Some(DATA_V1_EVENTS),
+        "{stdout}"
+    );
+}
+
+/// What `tests/fixtures/data/v2/README.md` records about the directory.
+const DATA_V2_EVENTS: u64 = 153;
+const DATA_V2_POOL_EVENTS: u64 = 149;
+const DATA_V2_ACTOR_EVENTS: u64 = 4;
+const DATA_V2_RESERVATIONS: u64 = 12;
+const DATA_V2_HEAD: &str = "153:1f8cbdcf7f303db82d4590bcfd60081fbb2815fe6db0ef5eb971ea127c8a088c";
+const DATA_V2_FILES: [&str; 2] = ["events.log", "store.id"];
+
+/// A copy of `data/v2` in a fresh temporary directory.
+fn data_v2_copy() -> tempfile::TempDir {
+    let source = fixtures_dir().join("data/v2");
+    let copy = tempfile::tempdir().expect("tempdir");
+    for name in DATA_V2_FILES {
+        std::fs::copy(source.join(name), copy.path().join(name)).expect("copy fixture");
+    }
+    copy
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_v2_data_directory_verifies_its_chain_and_audits_clean_with_signatures() {
+    let dir = data_v2_copy();
+    let store = EmbeddedStore::open_read_only(dir.path())
+        .await
+        .expect("read-only open of data/v2");
+    let opened = store.opened();
+    assert_eq!(opened.format, 2);
+    assert_eq!(opened.events, DATA_V2_EVENTS);
+    let head = opened.head.as_ref().expect("a chain head");
+    assert_eq!(format!("{}:{}", head.position, head.chain), DATA_V2_HEAD);
+    assert!(opened.torn_write.is_none() && opened.damaged_head_slots.is_empty());
+    let request = AuditRequest {
+        verify_signatures: true,
+        as_of: None,
+        stranded: false,
+        dispute: None,
+        contention: None,
+        html_title: None,
+    };
+    let bar = progress_bar(None, "auditing");
+    let findings = audit(&store, &request, &bar).await.expect("audit runs");
+    let report = &findings.report;
+    assert!(report.is_clean(), "data/v2 audits clean:\n{report}");
+    assert_eq!(report.events, DATA_V2_EVENTS, "{report}");
+    assert_eq!(report.pool_events, DATA_V2_POOL_EVENTS, "{report}");
+    assert_eq!(report.actor_events, DATA_V2_ACTOR_EVENTS, "{report}");
+    assert_eq!(report.reservations, DATA_V2_RESERVATIONS, "{report}");
+    assert_eq!(report.signatures_verified, DATA_V2_EVENTS, "{report}");
+}
+
+#[test]
+fn allot_audit_of_the_v2_data_directory_extends_its_recorded_head() {
+    let dir = data_v2_copy();
+    let out = std::process::Command::new(allot_binary())
+        .arg("audit")
+        .arg(dir.path())
+        .args(["--expect-head", DATA_V2_HEAD])
+        .output()
+        .expect("run allot audit");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "allot audit exited {}:\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("head: {DATA_V2_HEAD}")),
         "{stdout}"
     );
 }

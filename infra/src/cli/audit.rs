@@ -217,7 +217,7 @@ fn print_log_report(report: &OpenReport, json: bool) {
         return;
     }
     out!(
-        "log: format {}, {} events, {} bytes; batches and chain verified from the first, each event as it is read{}",
+        "log: format {}, {} events, {} bytes; every leaf, root and chain value verified from the first batch{}",
         report.format,
         report.events,
         report.log_bytes,
