@@ -324,10 +324,11 @@ struct ReadBatch {
 /// Verifies and indexes the batches from where `index` ends, up to `file_len`. Returns where
 /// and why it stopped early, if it did.
 ///
-/// What each batch holds on its own (frame structure, leaves, its root, its chain value from
-/// the previous one it records) is checked on several threads, a chunk of batches at a time;
-/// what links batches (positions, stream versions, sequence, the previous chain value) is
-/// checked in order as they join the index.
+/// What each batch holds on its own (frame structure, leaves, sums, its root, its chain value
+/// from the previous one it records) is checked on several threads, a chunk of batches at a
+/// time, on a reading thread that runs a chunk ahead; what links batches (positions, stream
+/// versions, sequence, the previous chain value) is checked here, in order, as they join the
+/// index.
 pub(crate) fn scan(
     file: &File,
     path: &Path,
@@ -336,17 +337,82 @@ pub(crate) fn scan(
     index: &mut Index,
     file_len: u64,
 ) -> Result<Option<Stop>, StoreError> {
-    let (_, mut offset) = index.covered();
-    let header_len = format.batch_header_bytes();
-    let mut header_bytes = vec![0u8; header_len];
+    let (_, offset) = index.covered();
+    let first_position = index.len();
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .clamp(1, SCAN_THREADS_MAX);
+    std::thread::scope(|scope| {
+        // One chunk in hand, one being read and checked: the reader blocks on the rest.
+        let (chunks, checked_chunks) = std::sync::mpsc::sync_channel(1);
+        scope.spawn(move || {
+            read_chunks(
+                file,
+                path,
+                format,
+                (offset, first_position),
+                file_len,
+                threads,
+                chunks,
+            )
+        });
+        // Returning drops the receiver, which stops the reader at its next chunk.
+        for chunk in checked_chunks {
+            let chunk: CheckedChunk = chunk?;
+            for (batch, checked) in chunk.batches.iter().zip(chunk.checked) {
+                let checked = match checked {
+                    Ok(checked) => checked,
+                    Err((at, FrameError::Damaged(reason))) => {
+                        return Ok(Some(Stop {
+                            batch: batch.offset,
+                            at,
+                            reason,
+                        }));
+                    }
+                    Err((at, FrameError::Malformed(reason))) => {
+                        return Err(StoreError::Corrupt {
+                            file: path.display().to_string(),
+                            offset: at,
+                            reason,
+                        });
+                    }
+                };
+                if let Some(stop) = link_batch(path, format, log_id, index, batch, checked)? {
+                    return Ok(Some(stop));
+                }
+            }
+            if chunk.stop.is_some() {
+                return Ok(chunk.stop);
+            }
+        }
+        Ok(None)
+    })
+}
+
+/// A chunk of batches as read and checked on their own; `stop` is why reading ended after it.
+struct CheckedChunk {
+    batches: Vec<ReadBatch>,
+    checked: Vec<Result<CheckedBatch, (u64, FrameError)>>,
+    stop: Option<Stop>,
+}
+
+/// Reads the log from `(offset, position)` a chunk at a time, checks each chunk's batches on
+/// their own, and hands the chunks over in order until the end, a stop, or a receiver that
+/// left.
+fn read_chunks(
+    file: &File,
+    path: &Path,
+    format: LogFormat,
+    (mut offset, mut next_position): (u64, u64),
+    file_len: u64,
+    threads: usize,
+    chunks: std::sync::mpsc::SyncSender<Result<CheckedChunk, StoreError>>,
+) {
+    let header_len = format.batch_header_bytes();
+    let mut header_bytes = vec![0u8; header_len];
     loop {
-        // Read a chunk of batches; `stop` is why reading ended early, if it did.
-        let mut chunk: Vec<ReadBatch> = Vec::new();
+        let mut batches: Vec<ReadBatch> = Vec::new();
         let mut chunk_bytes = 0u64;
-        let mut next_position = index.len();
         let mut stop = None;
         while chunk_bytes < SCAN_CHUNK_BATCH_BYTES {
             if offset == file_len {
@@ -368,8 +434,10 @@ pub(crate) fn scan(
                 });
                 break;
             }
-            file.read_exact_at(&mut header_bytes, offset)
-                .map_err(|e| io_error(path, e))?;
+            if let Err(e) = file.read_exact_at(&mut header_bytes, offset) {
+                let _ = chunks.send(Err(io_error(path, e)));
+                return;
+            }
             let header = match format::decode_batch_header(format, &header_bytes) {
                 Ok(header) => header,
                 Err(reason) => {
@@ -398,9 +466,11 @@ pub(crate) fn scan(
                 break;
             }
             let mut body = vec![0u8; header.body_len as usize];
-            file.read_exact_at(&mut body, body_offset)
-                .map_err(|e| io_error(path, e))?;
-            chunk.push(ReadBatch {
+            if let Err(e) = file.read_exact_at(&mut body, body_offset) {
+                let _ = chunks.send(Err(io_error(path, e)));
+                return;
+            }
+            batches.push(ReadBatch {
                 offset,
                 header,
                 body,
@@ -409,34 +479,21 @@ pub(crate) fn scan(
             next_position += u64::from(header.event_count);
             offset = batch_end;
         }
-        if chunk.is_empty() {
-            return Ok(stop);
+        if batches.is_empty() && stop.is_none() {
+            return;
         }
-        let checked = check_batches(format, &chunk, threads);
-        for (batch, checked) in chunk.iter().zip(checked) {
-            let checked = match checked {
-                Ok(checked) => checked,
-                Err((at, FrameError::Damaged(reason))) => {
-                    return Ok(Some(Stop {
-                        batch: batch.offset,
-                        at,
-                        reason,
-                    }));
-                }
-                Err((at, FrameError::Malformed(reason))) => {
-                    return Err(StoreError::Corrupt {
-                        file: path.display().to_string(),
-                        offset: at,
-                        reason,
-                    });
-                }
-            };
-            if let Some(stop) = link_batch(path, format, log_id, index, batch, checked)? {
-                return Ok(Some(stop));
-            }
-        }
-        if stop.is_some() {
-            return Ok(stop);
+        let checked = check_batches(format, &batches, threads);
+        let last = stop.is_some();
+        if chunks
+            .send(Ok(CheckedChunk {
+                batches,
+                checked,
+                stop,
+            }))
+            .is_err()
+            || last
+        {
+            return;
         }
     }
 }
