@@ -28,7 +28,7 @@ use allot_server::http::openapi::document as openapi_document;
 use allot_server::identity::verify_signature;
 use allot_server::store::EventStore;
 use allot_server::store::embedded::EmbeddedStore;
-use allot_tools::inspect::{AuditRequest, audit, progress_bar};
+use allot_tools::inspect::{AuditFindings, AuditRequest, audit, progress_bar};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -129,14 +129,8 @@ async fn the_v1_log_is_read_as_is_and_migrated_to_format_2_with_the_same_events(
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_v1_data_directory_verifies_and_audits_clean_with_signatures() {
-    let dir = data_v1_copy();
-    let store = EmbeddedStore::open(dir.path()).await.expect("open data/v1");
-    let verified = store.verify().await.expect("every checksum holds");
-    assert_eq!(verified.events, DATA_V1_EVENTS);
-
-    // As `allot audit DIR` runs it: signatures on, no forensic views.
+/// The audit as `allot audit DIR` runs it: signatures on, no forensic views.
+async fn audit_as_the_cli_does(store: &dyn EventStore) -> AuditFindings {
     let request = AuditRequest {
         verify_signatures: true,
         as_of: None,
@@ -146,7 +140,17 @@ async fn the_v1_data_directory_verifies_and_audits_clean_with_signatures() {
         html_title: None,
     };
     let bar = progress_bar(None, "auditing");
-    let findings = audit(&store, &request, &bar).await.expect("audit runs");
+    audit(store, &request, &bar).await.expect("audit runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_v1_data_directory_verifies_and_audits_clean_with_signatures() {
+    let dir = data_v1_copy();
+    let store = EmbeddedStore::open(dir.path()).await.expect("open data/v1");
+    let verified = store.verify().await.expect("every checksum holds");
+    assert_eq!(verified.events, DATA_V1_EVENTS);
+
+    let findings = audit_as_the_cli_does(&store).await;
     let report = &findings.report;
     assert!(report.is_clean(), "data/v1 audits clean:\n{report}");
     assert_eq!(report.events, DATA_V1_EVENTS, "{report}");
@@ -289,16 +293,7 @@ async fn the_v2_data_directory_verifies_its_chain_and_audits_clean_with_signatur
     let head = opened.head.as_ref().expect("a chain head");
     assert_eq!(format!("{}:{}", head.position, head.chain), DATA_V2_HEAD);
     assert!(opened.torn_write.is_none() && opened.damaged_head_slots.is_empty());
-    let request = AuditRequest {
-        verify_signatures: true,
-        as_of: None,
-        stranded: false,
-        dispute: None,
-        contention: None,
-        html_title: None,
-    };
-    let bar = progress_bar(None, "auditing");
-    let findings = audit(&store, &request, &bar).await.expect("audit runs");
+    let findings = audit_as_the_cli_does(&store).await;
     let report = &findings.report;
     assert!(report.is_clean(), "data/v2 audits clean:\n{report}");
     assert_eq!(report.events, DATA_V2_EVENTS, "{report}");

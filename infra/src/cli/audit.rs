@@ -287,16 +287,13 @@ async fn extends(
             report.events
         )));
     }
-    let seal = store
-        .seal_ending_at(position)
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(match seal {
-        Some(seal) if &seal.chain == chain => None,
-        Some(seal) => Some(format!(
+    let found = store.chain_at(position).await.map_err(|e| e.to_string())?;
+    Ok(match found {
+        Some(found) if &found == chain => None,
+        Some(found) => Some(format!(
             "the log's chain value at position {position} is {}, not the expected {}: its \
              history differs from the one published",
-            hex::encode(seal.chain),
+            hex::encode(found),
             hex::encode(chain)
         )),
         None => Some(format!(

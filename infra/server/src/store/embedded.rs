@@ -79,10 +79,10 @@ pub const LOG_FILE_NAME: &str = "events.log";
 /// Name of the lock file inside the data directory.
 pub const LOCK_FILE_NAME: &str = "LOCK";
 
-/// The batch header size of the format the writer writes.
-pub const BATCH_HEADER_BYTES: usize = LogFormat::V2.batch_header_bytes_const();
+/// The batch header size of the format the writer writes (format 2 only).
+pub const BATCH_HEADER_BYTES: usize = LogFormat::V2.batch_header_bytes();
 /// Where the first batch of a new log goes (after the file header and the head slots).
-pub const FILE_HEADER_BYTES: u64 = SECTOR_BYTES * (1 + HEAD_SLOTS);
+pub const FILE_HEADER_BYTES: u64 = LogFormat::V2.data_start();
 
 /// What readers share with the writer.
 struct EmbeddedState {
@@ -415,26 +415,6 @@ impl EmbeddedStore {
     /// The chain head now: the seal of the newest durable batch (format 2).
     pub fn chain_head(&self) -> Option<ChainHead> {
         self.shared.index().head()
-    }
-
-    /// The seal of the batch that ends at `position`: the chain head the log had once it held
-    /// `position` events. `None` if no durable batch ends there. Walks the batch headers.
-    pub async fn seal_ending_at(
-        &self,
-        position: u64,
-    ) -> Result<Option<allot_domain::integrity::Seal>, StoreError> {
-        let shared = self.shared.clone();
-        on_blocking_pool("read", move || {
-            let (_, end) = shared.index().covered();
-            recovery::seal_ending_at(
-                &shared.reader,
-                &shared.log_path,
-                shared.format,
-                end,
-                position,
-            )
-        })
-        .await
     }
 
     /// The log id (format 2).

@@ -77,7 +77,7 @@
 //! value give the header's chain, sequences count up from 0, and each stored leaf equals the leaf
 //! of the record's bytes.
 
-use allot_domain::integrity::{Digest, EventEntry};
+use allot_domain::integrity::{Digest, EventEntry, Seal};
 
 use crate::store::ProposedEvent;
 
@@ -130,18 +130,14 @@ impl LogFormat {
     }
 
     /// Offset of the first batch.
-    pub fn data_start(self) -> u64 {
+    pub const fn data_start(self) -> u64 {
         match self {
             LogFormat::V1 => FILE_HEADER_V1_BYTES,
             LogFormat::V2 => SECTOR_BYTES * (1 + HEAD_SLOTS),
         }
     }
 
-    pub fn batch_header_bytes(self) -> usize {
-        self.batch_header_bytes_const()
-    }
-
-    pub const fn batch_header_bytes_const(self) -> usize {
+    pub const fn batch_header_bytes(self) -> usize {
         match self {
             LogFormat::V1 => BATCH_HEADER_V1_BYTES,
             LogFormat::V2 => BATCH_HEADER_V2_BYTES,
@@ -371,6 +367,24 @@ pub(crate) struct BatchHeader {
     pub frame_count: u32,
     pub event_count: u32,
     pub seal: Option<BatchSeal>,
+}
+
+impl BatchHeader {
+    /// What a format-2 header records of its place in the chain: its sequence and seal.
+    pub(crate) fn sealed(&self) -> Option<(u64, Seal)> {
+        self.seal.map(|seal| {
+            (
+                seal.sequence,
+                Seal {
+                    first_position: self.first_position,
+                    event_count: self.event_count,
+                    root: seal.root,
+                    prev_chain: seal.prev_chain,
+                    chain: seal.chain,
+                },
+            )
+        })
+    }
 }
 
 /// Encodes a format-2 batch header (the one the writer writes).

@@ -607,34 +607,19 @@ fn check_batch(format: LogFormat, batch: &ReadBatch) -> Result<CheckedBatch, (u6
             LogFormat::V2 => (batch.offset, FrameError::Damaged(reason)),
         });
     }
-    let head = match (header.seal, format) {
-        (Some(seal), LogFormat::V2) => {
-            let root = integrity::root(&leaves).unwrap_or_default();
-            let chain = integrity::chain(
-                &seal.prev_chain,
-                header.first_position,
-                header.event_count,
-                &root,
-            );
-            if root != seal.root || chain != seal.chain {
-                return Err(damaged(
-                    batch.offset,
-                    "batch root or chain value does not match its events".to_owned(),
-                ));
-            }
-            Some(ChainHead {
-                sequence: seal.sequence,
-                seal: integrity::Seal {
-                    first_position: header.first_position,
-                    event_count: header.event_count,
-                    root,
-                    prev_chain: seal.prev_chain,
-                    chain,
-                },
-            })
+    // The root and chain value the events give must be those the header records.
+    let head = header
+        .sealed()
+        .map(|(sequence, seal)| ChainHead { sequence, seal });
+    if let Some(head) = &head {
+        let seal = &head.seal;
+        if integrity::root(&leaves) != Some(seal.root) || !seal.chain_holds() {
+            return Err(damaged(
+                batch.offset,
+                "batch root or chain value does not match its events".to_owned(),
+            ));
         }
-        _ => None,
-    };
+    }
     Ok(CheckedBatch {
         frames: frames_out,
         head,
@@ -758,43 +743,6 @@ fn cut_torn_write(file: &File, path: &Path, torn: &TornWrite) -> Result<(), Stor
     file.set_len(torn.offset).map_err(|e| io_error(path, e))?;
     file.sync_all().map_err(|e| io_error(path, e))?;
     Ok(())
-}
-
-/// The seal of the batch that ends at `position` (the chain head once `position` events were
-/// recorded), found by walking the batch headers of the first `end` bytes; `None` if no batch
-/// ends there.
-pub(crate) fn seal_ending_at(
-    file: &File,
-    path: &Path,
-    format: LogFormat,
-    end: u64,
-    position: u64,
-) -> Result<Option<integrity::Seal>, StoreError> {
-    let header_len = format.batch_header_bytes();
-    let mut header_bytes = vec![0u8; header_len];
-    let mut offset = format.data_start();
-    while offset + header_len as u64 <= end {
-        file.read_exact_at(&mut header_bytes, offset)
-            .map_err(|e| io_error(path, e))?;
-        let header = format::decode_batch_header(format, &header_bytes).map_err(|reason| {
-            damage(path, offset, None, None, format!("batch header: {reason}"))
-        })?;
-        let head = header.first_position + u64::from(header.event_count);
-        if head == position {
-            return Ok(header.seal.map(|seal| integrity::Seal {
-                first_position: header.first_position,
-                event_count: header.event_count,
-                root: seal.root,
-                prev_chain: seal.prev_chain,
-                chain: seal.chain,
-            }));
-        }
-        if head > position {
-            return Ok(None);
-        }
-        offset += (header_len + header.body_len as usize) as u64;
-    }
-    Ok(None)
 }
 
 /// The refusal for an intact index snapshot that the log does not match: a scan of the log

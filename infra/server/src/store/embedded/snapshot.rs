@@ -39,8 +39,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use super::chunked::ChunkedVec;
-use allot_domain::integrity::Seal;
-
 use super::format::{self, BATCH_BODY_BYTES_MAX, LogFormat, le_u32, le_u64};
 use super::index::{ChainHead, Entry, Index, OFFSET_BLOCK_EVENTS};
 use crate::store::StoreError;
@@ -291,16 +289,9 @@ fn log_digest(
                     ),
                 ));
             }
-            head = header.seal.map(|seal| ChainHead {
-                sequence: seal.sequence,
-                seal: Seal {
-                    first_position: header.first_position,
-                    event_count: header.event_count,
-                    root: seal.root,
-                    prev_chain: seal.prev_chain,
-                    chain: seal.chain,
-                },
-            });
+            head = header
+                .sealed()
+                .map(|(sequence, seal)| ChainHead { sequence, seal });
         }
         debug_assert!(u64::from(header.body_len) <= BATCH_BODY_BYTES_MAX);
         batch.resize(header_len + header.body_len as usize, 0);
@@ -559,8 +550,26 @@ pub(crate) fn load(dir: &Path, log: &File, log_path: &Path) -> Result<Index, Sna
     {
         return Err(invalid("bytes after the snapshot trailer"));
     }
-    // The snapshot is intact: now it is evidence. Does the log still hold the batches it was
-    // taken over?
+    // The snapshot is intact: now it is evidence.
+    let head = describes(log, log_path, &header)?;
+    Index::from_parts(
+        names,
+        bases,
+        entries,
+        header.last_batch_offset,
+        header.log_end,
+        head,
+    )
+    .map_err(invalid)
+}
+
+/// Whether the log still holds the batches the intact snapshot with `header` was taken over;
+/// if so, the chain head its last covered batch records.
+fn describes(
+    log: &File,
+    log_path: &Path,
+    header: &Header,
+) -> Result<Option<ChainHead>, SnapshotError> {
     let (digest, head) = log_digest(
         log,
         log_path,
@@ -578,15 +587,7 @@ pub(crate) fn load(dir: &Path, log: &File, log_path: &Path) -> Result<Index, Sna
             ),
         ));
     }
-    Index::from_parts(
-        names,
-        bases,
-        entries,
-        header.last_batch_offset,
-        header.log_end,
-        head,
-    )
-    .map_err(invalid)
+    Ok(head)
 }
 
 /// Removes a snapshot that must not be used again, and a temporary file left by a crash.
@@ -631,19 +632,6 @@ pub(crate) fn check(
         Ok(header) => header,
         Err(e) => return Ok(Some(e.to_string())),
     };
-    let (digest, _) = log_digest(
-        log,
-        log_path,
-        header.last_batch_offset,
-        header.log_end,
-        header.event_count,
-    )?;
-    if digest != header.log_digest {
-        return Err(mismatch(
-            0,
-            "the intact index snapshot describes another log: its first or last covered batch \
-             or the log's identity differ",
-        ));
-    }
+    describes(log, log_path, &header)?;
     Ok(None)
 }

@@ -33,17 +33,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use allot_domain::integrity::{self, Digest, MerkleTree, Seal};
 
-use super::format::{
-    self, BATCH_BODY_BYTES_MAX, BatchHeader, BatchSeal, EncodedEvent, HeadSlot, LogFormat,
-};
+use super::BATCH_HEADER_BYTES;
+use super::format::{self, BATCH_BODY_BYTES_MAX, BatchHeader, BatchSeal, EncodedEvent, HeadSlot};
 use super::index::{ChainHead, Index};
 use super::snapshot::{self, SnapshotInfo};
 use crate::store::{
     ActualVersion, AppendOutcome, ExpectedVersion, ProposedEvent, SealedBatch, StoreError,
 };
-
-/// The writer writes format 2 only.
-const BATCH_HEADER_BYTES: usize = LogFormat::V2.batch_header_bytes_const();
 
 /// Most appends one batch (one write, one fdatasync) carries.
 pub const BATCH_APPENDS_MAX: usize = 4096;
