@@ -7,15 +7,22 @@
 //!
 //! Schemas:
 //! - 1: pool events without `on_behalf_of` (read as [`OnBehalfOf::Unrecorded`]).
-//! - 2: pool events end with `on_behalf_of`. Actor events are the same in both.
+//! - 2: pool events end with `on_behalf_of`. Actor events are the same in all schemas.
+//! - 3: pool events end with `on_behalf_of` then `batch` (a command of a signed batch).
+//!
+//! An event is written with the oldest schema that holds it: schema 3 only for events from a
+//! batch, so the bytes of every other event are what schema 2 wrote.
 
 use crate::actor::ActorEvent;
 use crate::command::Action;
 use crate::event::{Event, OnBehalfOf};
 use crate::{ParamsDigest, Timestamp};
 
-/// Schema of newly written pool and actor events.
-pub const SCHEMA_VERSION: u8 = 2;
+/// The newest schema: what this code writes for a pool event from a signed batch. Other pool
+/// events and actor events are written with schema 2 ([`SCHEMA_VERSION_UNBATCHED`]).
+pub const SCHEMA_VERSION: u8 = 3;
+/// Schema of pool events that did not come in a batch, and of actor events.
+pub const SCHEMA_VERSION_UNBATCHED: u8 = 2;
 /// The oldest schema still read (upcast on decode).
 pub const SCHEMA_VERSION_MIN: u8 = 1;
 /// Largest encoded event any valid command produces is below this (the store accepts 64 KiB);
@@ -41,10 +48,6 @@ pub enum CodecError {
 
 fn config() -> impl bincode::config::Config {
     bincode::config::standard().with_limit::<DECODE_BYTES_MAX>()
-}
-
-fn encode<T: bincode::Encode>(value: &T) -> Vec<u8> {
-    encode_as(SCHEMA_VERSION, value)
 }
 
 fn encode_as<T: bincode::Encode>(schema: u8, value: &T) -> Vec<u8> {
@@ -87,19 +90,109 @@ fn decode_body<T: bincode::Decode<()>>(body: &[u8]) -> Result<T, CodecError> {
     Ok(value)
 }
 
-/// The stored form of `event`: schema 2, or schema 1 for an event read from schema 1 (whose
-/// `on_behalf_of` is `Unrecorded`), so an upcast event re-encodes to the bytes it came from.
+/// The stored form of `event`: schema 3 for an event from a batch, schema 2 otherwise, or
+/// schema 1 for an event read from schema 1 (whose `on_behalf_of` is `Unrecorded`), so an
+/// upcast event re-encodes to the bytes it came from.
 pub fn encode_event(event: &Event) -> Vec<u8> {
     if event.on_behalf_of == OnBehalfOf::Unrecorded {
         return encode_as(1, &v1::Event::from(event));
     }
-    encode(event)
+    if event.batch.is_none() {
+        return encode_as(SCHEMA_VERSION_UNBATCHED, &v2::EventRef::from(event));
+    }
+    encode_as(SCHEMA_VERSION, event)
 }
 
 pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
     match body_of(bytes)? {
         (1, body) => decode_body::<v1::Event>(body).map(Event::from),
+        (2, body) => decode_body::<v2::Event>(body).map(Event::from),
         (_, body) => decode_body(body),
+    }
+}
+
+/// Shape of schema 2, frozen: `crate::event::Event` without `batch`.
+mod v2 {
+    use bincode::{Decode, Encode};
+
+    use crate::command::Action;
+    use crate::event::{Change, OnBehalfOf, ReservationState};
+    use crate::ids::{ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, Timestamp};
+
+    #[derive(Decode)]
+    pub(super) struct Event {
+        pool: PoolId,
+        at: Timestamp,
+        actor: ActorId,
+        attestation: Attestation,
+        token: IdempotencyToken,
+        digest: ParamsDigest,
+        action: Action,
+        allocated_before: u64,
+        allocated_after: u64,
+        prior_state: Option<ReservationState>,
+        new_state: Option<ReservationState>,
+        change: Change,
+        on_behalf_of: OnBehalfOf,
+    }
+
+    /// Schema 2 written from a borrowed event (nothing cloned on the write path).
+    #[derive(Encode)]
+    pub(super) struct EventRef<'a> {
+        pool: &'a PoolId,
+        at: Timestamp,
+        actor: &'a ActorId,
+        attestation: &'a Attestation,
+        token: &'a IdempotencyToken,
+        digest: crate::ids::ParamsDigest,
+        action: &'a Action,
+        allocated_before: u64,
+        allocated_after: u64,
+        prior_state: Option<ReservationState>,
+        new_state: Option<ReservationState>,
+        change: &'a Change,
+        on_behalf_of: &'a OnBehalfOf,
+    }
+
+    impl<'a> From<&'a crate::event::Event> for EventRef<'a> {
+        fn from(event: &'a crate::event::Event) -> Self {
+            EventRef {
+                pool: &event.pool,
+                at: event.at,
+                actor: &event.actor,
+                attestation: &event.attestation,
+                token: &event.token,
+                digest: event.digest,
+                action: &event.action,
+                allocated_before: event.allocated_before,
+                allocated_after: event.allocated_after,
+                prior_state: event.prior_state,
+                new_state: event.new_state,
+                change: &event.change,
+                on_behalf_of: &event.on_behalf_of,
+            }
+        }
+    }
+
+    impl From<Event> for crate::event::Event {
+        fn from(old: Event) -> Self {
+            crate::event::Event {
+                pool: old.pool,
+                at: old.at,
+                actor: old.actor,
+                attestation: old.attestation,
+                token: old.token,
+                digest: old.digest,
+                action: old.action,
+                allocated_before: old.allocated_before,
+                allocated_after: old.allocated_after,
+                prior_state: old.prior_state,
+                new_state: old.new_state,
+                change: old.change,
+                on_behalf_of: old.on_behalf_of,
+                batch: None,
+            }
+        }
     }
 }
 
@@ -163,13 +256,14 @@ mod v1 {
                 new_state: old.new_state,
                 change: old.change,
                 on_behalf_of: OnBehalfOf::Unrecorded,
+                batch: None,
             }
         }
     }
 }
 
 pub fn encode_actor_event(event: &ActorEvent) -> Vec<u8> {
-    encode(event)
+    encode_as(SCHEMA_VERSION_UNBATCHED, event)
 }
 
 pub fn decode_actor_event(bytes: &[u8]) -> Result<ActorEvent, CodecError> {
@@ -270,6 +364,10 @@ fn decode_in_place(bytes: &[u8], event: &mut Event, fields: Fields) -> Option<()
     event.change = field(&mut rest)?;
     event.on_behalf_of = match version {
         1 => OnBehalfOf::Unrecorded,
+        _ => field(&mut rest)?,
+    };
+    event.batch = match version {
+        1 | 2 => None,
         _ => field(&mut rest)?,
     };
     rest.is_empty().then_some(())

@@ -10,6 +10,7 @@ use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
 use crate::actor::Role;
+use crate::batch::BatchMembership;
 use crate::ids::{ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, Timestamp};
 use crate::rejection::Rejection;
 use crate::signing::SIGNED_AT_SKEW_MS;
@@ -232,6 +233,23 @@ pub struct Command {
     pub token: IdempotencyToken,
     pub digest: ParamsDigest,
     pub action: Action,
+    /// Set when the command came in a signed batch: the attestation's signature is then over
+    /// the batch, and this proves the command was part of it.
+    pub batch: Option<Box<BatchMembership>>,
+}
+
+/// An idempotency token (a command's, or a batch's key): 1..=`TOKEN_BYTES_MAX` bytes.
+pub fn validate_token(token: &IdempotencyToken) -> Result<(), Rejection> {
+    if token.as_str().is_empty() {
+        return Err(Rejection::invalid("idempotency_token", "must not be empty"));
+    }
+    if token.as_str().len() > TOKEN_BYTES_MAX {
+        return Err(Rejection::invalid(
+            "idempotency_token",
+            format!("longer than {TOKEN_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
 }
 
 /// The rule for pool ids, as errors and the docs state it.
@@ -292,15 +310,7 @@ impl Command {
         if !is_valid_pool_id(self.pool.as_str()) {
             return Err(Rejection::invalid("pool_id", POOL_ID_RULE));
         }
-        if self.token.as_str().is_empty() {
-            return Err(Rejection::invalid("idempotency_token", "must not be empty"));
-        }
-        if self.token.as_str().len() > TOKEN_BYTES_MAX {
-            return Err(Rejection::invalid(
-                "idempotency_token",
-                format!("longer than {TOKEN_BYTES_MAX} bytes"),
-            ));
-        }
+        validate_token(&self.token)?;
         if !is_valid_actor_id(self.actor.as_str()) {
             return Err(Rejection::invalid("actor", ACTOR_ID_RULE));
         }

@@ -5,6 +5,7 @@ use std::fmt;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::batch::BatchMembership;
 use crate::command::{Action, ActionKind};
 use crate::ids::{
     ActorId, Attestation, IdempotencyToken, ParamsDigest, PoolId, ReservationId, Timestamp,
@@ -109,6 +110,8 @@ pub struct Event {
     pub change: Change,
     /// For a confirm or cancel of another actor's reservation: its owner (schema 2 on).
     pub on_behalf_of: OnBehalfOf,
+    /// For a command that came in a signed batch: what proves its actor signed it (schema 3).
+    pub batch: Option<Box<BatchMembership>>,
 }
 
 /// What the caller is told; cached against the token and replayed on retries.

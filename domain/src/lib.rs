@@ -23,10 +23,13 @@
 //! - `streams`: stream names (`actors`, `pool-<id>`) and the deterministic event ids appends
 //!   carry.
 //! - `codec`: the versioned stored encoding (bincode 2).
+//! - `batch`: the canonical form of a signed submission batch and the membership proof each of
+//!   its events keeps.
 //! - `integrity`: event leaves, batch Merkle roots and proofs, the hash chain and the seal a
 //!   server signs per group commit.
 
 pub mod actor;
+pub mod batch;
 pub mod codec;
 pub mod command;
 pub mod event;

@@ -527,6 +527,7 @@ pub fn decide(pool: &Pool, command: &Command, now: Timestamp) -> Result<Decision
         new_state: effect.new_state,
         change: effect.change,
         on_behalf_of: OnBehalfOf::Nobody,
+        batch: command.batch.clone(),
     };
 
     let Some(id) = pool.id.as_ref() else {
@@ -1012,6 +1013,7 @@ mod tests {
             new_state: None,
             change,
             on_behalf_of: crate::event::OnBehalfOf::Nobody,
+            batch: None,
         }
     }
 

@@ -98,6 +98,11 @@ fn field(out: &mut Vec<u8>, name_parts: &[&str], value: ParamValue<'_>) {
     out.extend_from_slice(b"\n");
 }
 
+/// `name ":" len ":" value "\n"`: one field of the canonical encodings (also of batches).
+pub fn write_field(out: &mut Vec<u8>, name: &str, value: ParamValue<'_>) {
+    field(out, &[name], value);
+}
+
 fn text_field(out: &mut Vec<u8>, name: &str, value: &str) {
     field(out, &[name], ParamValue::Text(value));
 }

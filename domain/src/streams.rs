@@ -102,6 +102,7 @@ mod tests {
             new_state: None,
             change: Change::PoolClosed,
             on_behalf_of: crate::event::OnBehalfOf::Nobody,
+            batch: None,
         }
     }
 

@@ -49,6 +49,7 @@ fn event(
         new_state: states[1],
         change,
         on_behalf_of: allot_domain::OnBehalfOf::Nobody,
+        batch: None,
     }
 }
 
@@ -456,11 +457,11 @@ fn every_actor_change_encodes_to_its_golden_bytes_and_decodes_back() {
 }
 
 #[test]
-fn every_golden_here_is_of_schema_1_and_the_current_schema_is_2() {
+fn every_golden_here_is_of_schema_1_and_the_current_schema_is_3() {
     for (name, golden) in EVENT_GOLDEN.iter().chain(ACTOR_GOLDEN.iter()) {
         assert_eq!(golden_bytes(golden)[0], 1, "{name}");
     }
-    assert_eq!(SCHEMA_VERSION, 2);
+    assert_eq!(SCHEMA_VERSION, 3);
 }
 
 #[test]
@@ -500,7 +501,7 @@ fn empty_input_is_empty() {
 #[test]
 fn an_unknown_schema_byte_is_unknown_schema() {
     let mut bytes = golden_bytes(EVENT_GOLDEN[0].1);
-    for version in [0u8, 3, 0xff] {
+    for version in [0u8, 4, 0xff] {
         bytes[0] = version;
         assert_eq!(
             decode_event(&bytes),
@@ -624,6 +625,7 @@ fn the_largest_valid_declare_event_round_trips() {
         token: IdempotencyToken::new("big"),
         digest: digest(),
         action,
+        batch: None,
     };
     assert_eq!(command.validate(), Ok(()));
     let decision = allot_domain::decide(&allot_domain::Pool::default(), &command, Timestamp(T0));

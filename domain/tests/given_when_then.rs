@@ -182,6 +182,7 @@ impl History {
             token: IdempotencyToken::new(token),
             digest: digest_of(&cmd.action),
             action: cmd.action,
+            batch: None,
         }
     }
 

@@ -2,7 +2,8 @@
 //! event of every `Change` (every `Rejection` of that schema as a `Rejected` event, each on an
 //! action that can meet it, so every `Action` appears both done and refused) and one actor event
 //! of every `ActorChange` and `Role`. Schema 2 adds a confirm and a cancel on behalf of the
-//! owner, and the `not-owner` rejection; the `server` role arrived within schema 2.
+//! owner, and the `not-owner` rejection; the `server` role arrived within schema 2. Schema 3 has
+//! every pool event of schema 2 as a member of a signed batch (actor events have no schema 3).
 //!
 //! The files are the artefact: each directory was written by the codec of its schema and is
 //! never rewritten once a later schema exists. Each file must decode (by the whole decode, the
@@ -18,6 +19,7 @@
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
+use allot_domain::batch::BatchMembership;
 use allot_domain::codec::{
     SCHEMA_VERSION, decode_actor_event, decode_event, decode_event_into, encode_actor_event,
     encode_event, peek_pool,
@@ -29,7 +31,7 @@ use allot_domain::{
 };
 
 /// The schemas with a golden directory; the last is the current one.
-const GOLDEN_SCHEMAS: [u8; 2] = [1, 2];
+const GOLDEN_SCHEMAS: [u8; 3] = [1, 2, 3];
 /// 2026-01-01T00:00:00Z.
 const T0: u64 = 1_767_225_600_000;
 const POOL: &str = "CS101-01";
@@ -102,6 +104,7 @@ impl Recorded {
             } else {
                 on_behalf_of
             },
+            batch: None,
         }
     }
 }
@@ -543,7 +546,28 @@ fn goldens(schema: u8) -> Vec<(String, Golden)> {
             Golden::Actor(server_registered()),
         ));
     }
+    if schema >= 3 {
+        // Schema 3 is a pool event from a signed batch: each pool event here came in one.
+        // Actor events have no schema 3.
+        goldens.retain(|(_, golden)| matches!(golden, Golden::Pool(_)));
+        for (index, (_, golden)) in goldens.iter_mut().enumerate() {
+            if let Golden::Pool(event) = golden {
+                event.batch = Some(Box::new(membership(index)));
+            }
+        }
+    }
     goldens
+}
+
+/// A batch membership: member `index` of a batch of 40 (a proof of six digests).
+fn membership(index: usize) -> BatchMembership {
+    let index = u32::try_from(index).expect("few goldens");
+    BatchMembership {
+        token: IdempotencyToken::new("batch-2026-01-01-0001"),
+        count: 40,
+        index,
+        proof: (0..6u8).map(|level| [level ^ (index as u8); 32]).collect(),
+    }
 }
 
 /// A server instance's key, registered by the admin: role `server` arrived within schema 2.
@@ -720,7 +744,8 @@ fn the_goldens_cover_every_kind_of_event() {
         .collect(),
         "confirm and cancel on behalf of the owner"
     );
-    let actor_kinds: BTreeSet<&str> = goldens
+    let unbatched = self::goldens(allot_domain::codec::SCHEMA_VERSION_UNBATCHED);
+    let actor_kinds: BTreeSet<&str> = unbatched
         .iter()
         .filter_map(|(_, golden)| match golden {
             Golden::Actor(event) => Some(actor_kind(&event.change)),

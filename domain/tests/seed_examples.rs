@@ -46,6 +46,7 @@ impl Venue {
             token: IdempotencyToken::new(token),
             digest: digest_of(&action),
             action,
+            batch: None,
         }
     }
 

@@ -61,6 +61,7 @@ impl Log {
             new_state: states.1,
             change,
             on_behalf_of: allot_domain::OnBehalfOf::Nobody,
+            batch: None,
         });
     }
 

@@ -564,6 +564,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
                 token: fresh_token(),
                 digest: digest_of(&action),
                 action,
+                batch: None,
             };
             commands.push((0, index, Some(command), None));
         }
@@ -612,6 +613,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
                         token,
                         digest: digest_of(&action),
                         action,
+                        batch: None,
                     };
                     (index, command)
                 }

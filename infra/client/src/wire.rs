@@ -183,3 +183,99 @@ pub fn sign_actor_change(
         signature: key.sign(&bytes).to_bytes().to_vec(),
     }
 }
+
+/// The path a signed batch of pool commands is sent to.
+pub const BATCH_PATH: &str = "/v1/batches";
+
+/// One command of a batch: where it goes, what it does and its own idempotency token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchCommand {
+    pub pool: PoolId,
+    pub action: Action,
+    pub token: IdempotencyToken,
+}
+
+impl BatchCommand {
+    fn member(&self) -> allot_domain::batch::Member<'_> {
+        allot_domain::batch::Member {
+            pool: &self.pool,
+            action: &self.action,
+            token: &self.token,
+        }
+    }
+}
+
+/// One member of a batch body, as the API documents it (`docs/http.md`, "Batches"): the action's
+/// name, its token, the pool (or, for the actions on a reservation, the reservation id) and the
+/// action's parameters, named as in the single-command bodies.
+#[derive(Serialize)]
+struct BatchMemberBody<'a> {
+    action: &'static str,
+    token: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pool_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reservation_id: Option<String>,
+    #[serde(flatten)]
+    params: CommandBody<'a>,
+}
+
+#[derive(Serialize)]
+struct BatchBody<'a> {
+    commands: Vec<BatchMemberBody<'a>>,
+}
+
+/// Writes the JSON body of a batch to `out`.
+pub fn write_batch_body(commands: &[BatchCommand], out: &mut Vec<u8>) -> serde_json::Result<()> {
+    let members = commands
+        .iter()
+        .map(|command| {
+            let (pool_id, reservation_id) = match command.action.reservation() {
+                Some(seq) => (
+                    None,
+                    Some(format!(
+                        "{}{}{seq}",
+                        command.pool,
+                        allot_domain::ids::RESERVATION_ID_SEPARATOR
+                    )),
+                ),
+                None => (Some(command.pool.as_str()), None),
+            };
+            BatchMemberBody {
+                action: command.action.kind().as_str(),
+                token: command.token.as_str(),
+                pool_id,
+                reservation_id,
+                params: CommandBody::of(&command.action),
+            }
+        })
+        .collect();
+    serde_json::to_writer(out, &BatchBody { commands: members })
+}
+
+/// Signs `commands` as one batch with key `token` as `actor`: the signature over the batch
+/// bytes of `docs/signing.md` ("Batches"). `None` for no commands.
+pub fn sign_batch(
+    key: &SigningKey,
+    actor: &ActorId,
+    token: &IdempotencyToken,
+    commands: &[BatchCommand],
+    signed_at: Timestamp,
+) -> Option<Attestation> {
+    let batch = allot_domain::batch::SignedBatch::new(
+        commands.iter().map(BatchCommand::member),
+        actor,
+        signed_at,
+    )?;
+    let bytes = allot_domain::batch::batch_signing_bytes(
+        &batch.root(),
+        batch.count(),
+        token,
+        actor,
+        signed_at,
+    );
+    Some(Attestation {
+        signed_at,
+        signature: key.sign(&bytes).to_bytes().to_vec(),
+    })
+}

@@ -36,6 +36,10 @@ pub struct Metrics {
     /// Seals the server key signed: one per group commit whose receipts were asked for, and
     /// one per new head read.
     pub seal_signatures: Counter<u64, AtomicU64>,
+    /// Commands per signed submission batch (`POST /v1/batches`).
+    pub submission_batch_commands: Histogram,
+    /// Time from receiving a signed batch to answering it.
+    pub submission_batch_seconds: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -107,7 +111,21 @@ impl Metrics {
             "Seals the server signed (one per group commit a receipt or the head needed)",
             seal_signatures.clone(),
         );
+        let submission_batch_commands = Histogram::new(exponential_buckets(1.0, 2.0, 14));
+        registry.register(
+            "submission_batch_commands",
+            "Commands per signed submission batch",
+            submission_batch_commands.clone(),
+        );
+        let submission_batch_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        registry.register(
+            "submission_batch_seconds",
+            "Time from receiving a signed submission batch to answering it",
+            submission_batch_seconds.clone(),
+        );
         Metrics {
+            submission_batch_commands,
+            submission_batch_seconds,
             log_verified_events,
             log_damage: std::sync::Mutex::new(None),
             registry,
@@ -129,6 +147,12 @@ impl Metrics {
                 outcome: outcome.into(),
             })
             .inc();
+    }
+
+    /// Records one answered submission batch of `commands` members.
+    pub fn observe_batch(&self, commands: usize, seconds: f64) {
+        self.submission_batch_commands.observe(commands as f64);
+        self.submission_batch_seconds.observe(seconds);
     }
 
     /// Records damage the background verifier found.

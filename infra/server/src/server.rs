@@ -415,6 +415,7 @@ impl Server {
         let app = http::router_with_body_limit(
             service.clone(),
             options.edge.body_bytes_max,
+            options.edge.batch_body_bytes_max,
             seal_signer.clone(),
         );
         let server = tokio::spawn(edge::serve(

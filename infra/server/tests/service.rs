@@ -28,6 +28,7 @@ fn command(pool: &str, actor: &str, token: &str, action: Action) -> Command {
         token: IdempotencyToken::new(token),
         digest: params_digest(&action),
         action,
+        batch: None,
     }
 }
 

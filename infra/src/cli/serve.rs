@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use allot_projections::Projections;
 use allot_server::clock::SystemClock;
-use allot_server::http::BODY_BYTES_MAX;
 use allot_server::http::edge::{
     BODY_TIMEOUT_MS, CONNECTIONS_MAX, EdgeLimits, HEAD_BYTES_LIMIT, HEAD_BYTES_MAX,
     HEAD_TIMEOUT_MS, IDLE_TIMEOUT_MS, SEND_TIMEOUT_MS,
 };
+use allot_server::http::{BATCH_BODY_BYTES_MAX, BODY_BYTES_MAX};
 use allot_server::out;
 use allot_server::server::{METRICS_LISTEN, ServeOptions, Server};
 use allot_server::service::checkpoint::{CHECKPOINT_FILE, projections_at_start};
@@ -47,6 +47,11 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = BODY_BYTES_MAX,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     body_bytes_max: usize,
+    /// Bytes of a batch's body (`POST /v1/batches`), checked from Content-Length before
+    /// reading: past it, 413.
+    #[arg(long, default_value_t = BATCH_BODY_BYTES_MAX,
+          value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
+    batch_body_bytes_max: usize,
     /// Milliseconds for a request head to arrive whole; then the connection is closed.
     #[arg(long, default_value_t = HEAD_TIMEOUT_MS, value_parser = clap::value_parser!(u64).range(1..))]
     head_timeout_ms: u64,
@@ -95,6 +100,7 @@ pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
                 connections_max: args.connections_max,
                 head_bytes_max: args.head_bytes_max,
                 body_bytes_max: args.body_bytes_max,
+                batch_body_bytes_max: args.batch_body_bytes_max,
                 head_timeout: Duration::from_millis(args.head_timeout_ms),
                 body_timeout: Duration::from_millis(args.body_timeout_ms),
                 idle_timeout: Duration::from_millis(args.idle_timeout_ms),

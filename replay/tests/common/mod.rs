@@ -190,6 +190,7 @@ impl History {
             token,
             digest: params_digest(&action),
             action,
+            batch: None,
         };
         let aggregate = self.pools.entry(pool_id.clone()).or_default();
         match decide(aggregate, &command, now)? {

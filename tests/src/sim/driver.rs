@@ -885,6 +885,7 @@ impl World {
             token: intent.token.clone(),
             digest: params_digest(&intent.action),
             action: intent.action.clone(),
+            batch: None,
         }
     }
 

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use allot_client::Client;
+use allot_client::wire::BatchCommand;
 use allot_domain::signing::{Read, actor_change_params, command_target};
 use allot_domain::{
     Action, ActorChange, ActorId, IdempotencyToken, PoolId, ReservationId, Role, Timestamp,
@@ -311,6 +312,34 @@ impl Actor {
             &format!("/v1/reservations/{id}"),
         )
         .await
+    }
+
+    /// Signs `commands` now as one batch with key `key` and sends it to `POST /v1/batches`.
+    pub async fn send_batch(&self, key: &str, commands: &[BatchCommand]) -> Resp {
+        self.send_batch_at(key, commands, now()).await
+    }
+
+    /// As [`Actor::send_batch`], signed at `signed_at`.
+    pub async fn send_batch_at(
+        &self,
+        key: &str,
+        commands: &[BatchCommand],
+        signed_at: Timestamp,
+    ) -> Resp {
+        let token = IdempotencyToken::new(key);
+        let attestation =
+            allot_client::wire::sign_batch(&self.key, &self.id, &token, commands, signed_at)
+                .expect("a batch has commands");
+        let mut body = Vec::new();
+        allot_client::wire::write_batch_body(commands, &mut body).expect("batch body");
+        let headers = vec![
+            (IDEMPOTENCY_KEY_NAME, key.to_owned()),
+            (ACTOR_NAME, self.id.to_string()),
+            (SIGNED_AT_NAME, signed_at.0.to_string()),
+            (SIGNATURE_NAME, hex::encode(&attestation.signature)),
+        ];
+        self.post_raw(allot_client::wire::BATCH_PATH, &headers, body)
+            .await
     }
 
     /// Signs `action` now and sends it.

@@ -10,7 +10,8 @@
 //! - the request head: at most `head_bytes_max` bytes, whole within `head_timeout` (from the
 //!   connection's accept for its first request, from its first byte for later ones);
 //! - the body: announced by `Content-Length` (no `Transfer-Encoding`), at most `body_bytes_max`
-//!   bytes (checked before any of it is read), whole within `body_timeout` of its head;
+//!   bytes (a batch's: `batch_body_bytes_max`), checked before any of it is read, whole within
+//!   `body_timeout` of its head;
 //! - an idle keep-alive connection: closed after `idle_timeout` without a new request.
 //! - an answer the client does not take (it stops reading): closed after `send_timeout`.
 //!
@@ -47,7 +48,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, Sleep};
 
-use super::{BODY_BYTES_MAX, Problem};
+use super::{BATCH_BODY_BYTES_MAX, BODY_BYTES_MAX, Problem};
 
 /// Open connections per listener.
 pub const CONNECTIONS_MAX: usize = 4096;
@@ -87,6 +88,8 @@ pub struct EdgeLimits {
     pub connections_max: usize,
     pub head_bytes_max: usize,
     pub body_bytes_max: usize,
+    /// The body limit of a batch (`POST /v1/batches`).
+    pub batch_body_bytes_max: usize,
     pub head_timeout: Duration,
     pub body_timeout: Duration,
     pub idle_timeout: Duration,
@@ -99,6 +102,7 @@ impl Default for EdgeLimits {
             connections_max: CONNECTIONS_MAX,
             head_bytes_max: HEAD_BYTES_MAX,
             body_bytes_max: BODY_BYTES_MAX,
+            batch_body_bytes_max: BATCH_BODY_BYTES_MAX,
             head_timeout: Duration::from_millis(HEAD_TIMEOUT_MS),
             body_timeout: Duration::from_millis(BODY_TIMEOUT_MS),
             idle_timeout: Duration::from_millis(IDLE_TIMEOUT_MS),
@@ -407,7 +411,12 @@ impl Screen {
         if head_bytes > self.limits.head_bytes_max {
             return Judged::Refused(head_too_large(self.limits.head_bytes_max));
         }
-        match body_length(&request, self.limits.body_bytes_max) {
+        let body_bytes_max = if request.path == Some(allot_client::wire::BATCH_PATH) {
+            self.limits.batch_body_bytes_max
+        } else {
+            self.limits.body_bytes_max
+        };
+        match body_length(&request, body_bytes_max) {
             Ok(length) => {
                 self.released += head_bytes;
                 self.searched = 0;

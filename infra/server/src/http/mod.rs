@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::service::{Reply, Service};
 
 mod actors;
+mod batches;
 mod commands;
 pub mod edge;
 pub mod openapi;
@@ -49,6 +50,8 @@ pub use problem::{Problem, ProblemCode, status_for};
 
 /// Largest request body, in bytes.
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
+/// Largest body of a batch (`POST /v1/batches`), in bytes.
+pub const BATCH_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Requests decided at once; more are refused with 503 rather than queued without bound.
 pub const IN_FLIGHT_MAX: usize = 8192;
 
@@ -69,14 +72,15 @@ pub(crate) struct AppState {
 
 /// The application router, with the default body limit and no server key (no receipts).
 pub fn router(service: Service) -> Router {
-    router_with_body_limit(service, BODY_BYTES_MAX, None)
+    router_with_body_limit(service, BODY_BYTES_MAX, BATCH_BODY_BYTES_MAX, None)
 }
 
-/// The application router; request bodies of at most `body_bytes_max` bytes; receipts and the
-/// head signed by `seal_signer`.
+/// The application router; request bodies of at most `body_bytes_max` bytes (a batch's at most
+/// `batch_body_bytes_max`); receipts and the head signed by `seal_signer`.
 pub fn router_with_body_limit(
     service: Service,
     body_bytes_max: usize,
+    batch_body_bytes_max: usize,
     seal_signer: Option<Arc<SealSigner>>,
 ) -> Router {
     let verifier = SignatureVerifier::start(VERIFY_WORKERS, Arc::clone(service.metrics()));
@@ -109,6 +113,10 @@ pub fn router_with_body_limit(
         .route(
             "/v1/reservations/{reservation}/expire",
             post(commands::expire),
+        )
+        .route(
+            wire::BATCH_PATH,
+            post(batches::submit_batch).layer(DefaultBodyLimit::max(batch_body_bytes_max)),
         )
         .route("/v1/actors/{actor}", post(actors::register_actor))
         .route("/v1/actors/{actor}/revoke", post(actors::revoke_actor))
@@ -269,15 +277,10 @@ pub(crate) async fn run(
     let kind = action.kind();
     let response = match submit(state, headers, pool, action).await {
         Ok((reply, status)) => {
-            let outcome_label = match &reply.outcome {
-                Outcome::Rejected(r) => r.code().as_str(),
-                _ if reply.replayed => "replayed",
-                _ => "ok",
-            };
             state
                 .service
                 .metrics()
-                .count_command(kind.as_str(), outcome_label);
+                .count_command(kind.as_str(), outcome_label(&reply));
             render_reply(reply, status, state.seal_signer.as_deref())
         }
         Err(problem) => {
@@ -315,6 +318,7 @@ async fn submit(
         token: envelope.token,
         digest: params_digest(&action),
         action,
+        batch: None,
     };
     // Malformed commands are refused before the signature is checked: both change nothing, and
     // the client learns what to fix first.
@@ -348,11 +352,7 @@ async fn submit(
             action: kind.as_str().to_owned(),
         }));
     }
-    let status = if kind == ActionKind::Reserve || kind == ActionKind::DeclarePool {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = status_of(kind);
     match service.submit(command).await {
         Ok(reply) => Ok((reply, status)),
         Err(error) => Err(Problem::from(&error)),
@@ -429,11 +429,34 @@ pub fn outcome_body(outcome: &Outcome) -> OutcomeBody<'_> {
     }
 }
 
-fn render_reply(reply: Reply, status: StatusCode, seal_signer: Option<&SealSigner>) -> Response {
-    let receipt = match (seal_signer, &reply.recorded) {
+/// The status of a recorded outcome of `kind` (a rejection's is its code's).
+pub(crate) fn status_of(kind: ActionKind) -> StatusCode {
+    if kind == ActionKind::Reserve || kind == ActionKind::DeclarePool {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    }
+}
+
+/// The `outcome` label of the commands metric for a reply.
+pub(crate) fn outcome_label(reply: &Reply) -> &'static str {
+    match &reply.outcome {
+        Outcome::Rejected(r) => r.code().as_str(),
+        _ if reply.replayed => "replayed",
+        _ => "ok",
+    }
+}
+
+/// The receipt of a reply recorded now, when the server has a key to sign it.
+pub(crate) fn receipt_of(reply: &Reply, seal_signer: Option<&SealSigner>) -> Option<Receipt> {
+    match (seal_signer, &reply.recorded) {
         (Some(signer), Some(recorded)) => signer.receipt(recorded),
         _ => None,
-    };
+    }
+}
+
+fn render_reply(reply: Reply, status: StatusCode, seal_signer: Option<&SealSigner>) -> Response {
+    let receipt = receipt_of(&reply, seal_signer);
     let mut response = match &reply.outcome {
         Outcome::Rejected(rejection) => {
             let mut problem = Problem::from(rejection);

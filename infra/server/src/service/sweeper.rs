@@ -59,6 +59,7 @@ async fn expire(
         token,
         digest: params_digest(&action),
         action,
+        batch: None,
     };
     service.submit(command).await.map(|reply| reply.outcome)
 }

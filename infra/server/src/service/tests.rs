@@ -341,6 +341,7 @@ fn command(pool: &PoolId, actor: &str, token: &str, action: Action) -> Command {
         token: IdempotencyToken::new(token.to_owned()),
         digest: params_digest(&action),
         action,
+        batch: None,
     }
 }
 

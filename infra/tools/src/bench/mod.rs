@@ -165,6 +165,7 @@ fn command(
         token: IdempotencyToken::new(token),
         digest: params_digest(&action),
         action,
+        batch: None,
     }
 }
 
@@ -672,6 +673,7 @@ pub async fn generate_log(
                     token,
                     digest: params_digest(&action),
                     action,
+                    batch: None,
                 }
             };
             for p in (half..REPLAY_POOLS).step_by(2) {
