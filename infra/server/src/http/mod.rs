@@ -52,7 +52,8 @@ pub use problem::{Problem, ProblemCode, status_for};
 pub const BODY_BYTES_MAX: usize = 64 * 1024;
 /// Largest body of a batch (`POST /v1/batches`), in bytes.
 pub const BATCH_BODY_BYTES_MAX: usize = 4 * 1024 * 1024;
-/// Requests decided at once; more are refused with 503 rather than queued without bound.
+/// Commands decided at once (a batch counts each of its commands); more are refused with 503
+/// rather than queued without bound.
 pub const IN_FLIGHT_MAX: usize = 8192;
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static(wire::IDEMPOTENCY_KEY);

@@ -80,6 +80,43 @@ fn command(summary: &str, path_param: &str, body: Option<Value>, created: bool) 
     operation
 }
 
+/// `POST /v1/batches`: many pool commands under one signature (docs/http.md, Batches).
+fn batch() -> Value {
+    let actions: Vec<&str> = allot_domain::ActionKind::ALL
+        .into_iter()
+        .map(allot_domain::ActionKind::as_str)
+        .collect();
+    json!({
+        "summary": "submit a signed batch of pool commands",
+        "description": "Signed once over the Merkle root of the commands (docs/signing.md, Batches); Idempotency-Key is the batch's key. Each command is decided as if it came alone; the answer has one result per command, in order.",
+        "parameters": signed_headers(),
+        "requestBody": {"required": true, "content": {"application/json": {"schema": {
+            "type": "object", "required": ["commands"], "additionalProperties": false,
+            "properties": {"commands": {"type": "array", "minItems": 1,
+                "maxItems": allot_domain::batch::BATCH_COMMANDS_MAX,
+                "items": {"type": "object", "required": ["action", "token"], "additionalProperties": false,
+                    "properties": {
+                        "action": {"enum": actions},
+                        "token": {"type": "string", "maxLength": 255},
+                        "pool_id": {"type": "string", "description": "declare_pool, adjust_capacity, close_pool, reserve"},
+                        "reservation_id": {"type": "string", "description": "confirm/cancel/expire_reservation: pool:seq"},
+                        "capacity": {"type": "integer"}, "closes_at": {"type": "integer"},
+                        "units": {"type": "array", "items": {"type": "string"}},
+                        "idempotency_window_ms": {"type": "integer"},
+                        "resource": {"type": "string"}, "requester": {"type": "string"},
+                        "duration_ms": {"type": "integer"}, "count": {"type": "integer", "default": 1}}}}}}}}},
+        "responses": {
+            "200": {"description": "One result per command, in order: the single route's body with its status, and replayed: true for a replay",
+                "content": {"application/json": {"schema": {"type": "object", "properties": {
+                    "results": {"type": "array", "items": {"$ref": "#/components/schemas/BatchResult"}}}}}}},
+            "400": {"$ref": "#/components/responses/Problem"},
+            "401": {"$ref": "#/components/responses/Problem"},
+            "413": {"$ref": "#/components/responses/Problem"},
+            "503": {"$ref": "#/components/responses/Problem"}
+        }
+    })
+}
+
 /// Lower-case hex of `bytes` bytes.
 fn hex(bytes: usize) -> Value {
     json!({"type": "string", "pattern": format!("^[0-9a-f]{{{}}}$", bytes * 2)})
@@ -177,6 +214,7 @@ pub fn document() -> Value {
             "/v1/actors/{actor}": {"post": command("register_actor (admin)", "actor", Some(json!({"type": "object", "required": ["role", "public_key"], "properties": {
                 "role": {"enum": roles}, "public_key": {"type": "string"}}})), false)},
             "/v1/actors/{actor}/revoke": {"post": command("revoke_actor (admin)", "actor", None, false)},
+            "/v1/batches": {"post": batch()},
             "/v1/head": {"get": head()},
             "/healthz": {"get": {"summary": "liveness, and the log's health", "responses": {
                 "200": {"description": "ok: {\"status\": \"ok\"}"},
@@ -193,6 +231,14 @@ pub fn document() -> Value {
                     "detail": {"type": "string"},
                     "code": {"enum": problem_codes},
                     "receipt": receipt_ref}},
+                "BatchResult": {"type": "object", "required": ["status"], "properties": {
+                    "status": {"type": "integer"}, "replayed": {"type": "boolean"},
+                    "outcome": {"type": "string"}, "reservation_id": {"type": "string"},
+                    "pool_id": {"type": "string"}, "expires_at": {"type": "integer"},
+                    "capacity": {"type": "integer"},
+                    "type": {"type": "string"}, "title": {"type": "string"},
+                    "detail": {"type": "string"}, "code": {"enum": problem_codes.clone()},
+                    "receipt": receipt_ref.clone()}},
                 "Seal": seal_schema(),
                 "Receipt": receipt_schema(),
                 "SignedHead": signed_head_schema()

@@ -329,9 +329,17 @@ mod tests {
     #[test]
     fn the_documented_limits_are_the_constants() {
         let doc = doc();
-        let cases: [(&str, Vec<u64>); 16] = [
+        let cases: [(&str, Vec<u64>); 18] = [
             ("| request body", vec![BODY_BYTES_MAX as u64]),
-            ("| requests decided at once", vec![IN_FLIGHT_MAX as u64]),
+            (
+                "| batch body",
+                vec![super::super::BATCH_BODY_BYTES_MAX as u64],
+            ),
+            (
+                "| commands of one batch",
+                vec![allot_domain::batch::BATCH_COMMANDS_MAX as u64],
+            ),
+            ("| commands decided at once", vec![IN_FLIGHT_MAX as u64]),
             ("| commands queued per shard", vec![SHARD_QUEUE_MAX as u64]),
             ("| `Allot-Signed-At`", vec![SIGNED_AT_SKEW_MS]),
             ("| idempotency token", vec![TOKEN_BYTES_MAX as u64]),
@@ -370,7 +378,10 @@ mod tests {
             ),
             (
                 "| request body, from `Content-Length`",
-                vec![BODY_BYTES_MAX as u64],
+                vec![
+                    BODY_BYTES_MAX as u64,
+                    super::super::BATCH_BODY_BYTES_MAX as u64,
+                ],
             ),
         ];
         for (starts, numbers) in cases {
