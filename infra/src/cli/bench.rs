@@ -63,6 +63,24 @@ pub enum BenchScenario {
         #[arg(long)]
         trace: Option<PathBuf>,
     },
+    /// One pool whose commands succeed: each client holds a seat and releases it (cancel),
+    /// over and over (a seat per client, so no reserve is refused), durable, in-process.
+    HoldRelease {
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Use the in-memory store (not durable): isolates the command path from the disk.
+        #[arg(long)]
+        in_memory: bool,
+        /// Write every command's start (µs from the start of the run) and latency to this CSV.
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
     /// Signed commands over loopback HTTP from a separate load process.
     Http {
         #[arg(long, default_value_t = 100)]
@@ -159,6 +177,19 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
             let store = bench::store(&dir, in_memory).await?;
             let duration = Duration::from_secs(seconds);
             bench::hot_pool(store, seats, clients, duration, seed, trace.as_deref()).await?
+        }
+        BenchScenario::HoldRelease {
+            clients,
+            seconds,
+            data,
+            seed,
+            in_memory,
+            trace,
+        } => {
+            let dir = dir_or_temp(data);
+            let store = bench::store(&dir, in_memory).await?;
+            let duration = Duration::from_secs(seconds);
+            bench::hold_release(store, clients, duration, seed, trace.as_deref()).await?
         }
         BenchScenario::Http {
             pools,

@@ -80,6 +80,8 @@ struct Samples {
     /// `--trace`: whether slow commands bunch in time or spread over clients).
     started_us: Vec<u32>,
     errors: u64,
+    /// Commands answered with a rejection (in the latencies; `hold-release` says how many).
+    rejected: u64,
     /// Reads answered (the `http` load reads once per four commands); not in the latencies.
     reads: u64,
 }
@@ -221,24 +223,30 @@ async fn timed(
     samples
         .started_us
         .push(micros(started.duration_since(run_started)));
-    match reply {
-        Ok(reply) => Some(reply.outcome),
-        Err(SubmitError::Rejected(rejection)) => Some(Outcome::Rejected(rejection)),
+    let outcome = match reply {
+        Ok(reply) => reply.outcome,
+        Err(SubmitError::Rejected(rejection)) => Outcome::Rejected(rejection),
         Err(_) => {
             samples.errors += 1;
-            None
+            return None;
         }
+    };
+    if matches!(outcome, Outcome::Rejected(_)) {
+        samples.rejected += 1;
     }
+    Some(outcome)
 }
 
 /// `clients` tasks, each looping for `duration`: reserve in a random pool of `pools`, then
-/// confirm or cancel what it got. Returns every client's samples and the time taken.
+/// confirm (with probability `confirm_share`) or cancel what it got. Returns every client's
+/// samples and the time taken.
 async fn run_clients(
     service: &Service,
     pools: Vec<PoolId>,
     clients: usize,
     duration: Duration,
     seed: u64,
+    confirm_share: f64,
 ) -> Result<(Vec<Samples>, Duration), String> {
     let pools = Arc::new(pools);
     let stop = Arc::new(AtomicBool::new(false));
@@ -273,7 +281,7 @@ async fn run_clients(
                 let Some(Outcome::Reserved { reservation, .. }) = outcome else {
                     continue;
                 };
-                let follow = if rng.gen_bool(0.5) {
+                let follow = if rng.gen_bool(confirm_share) {
                     Action::ConfirmReservation {
                         reservation: reservation.seq,
                     }
@@ -317,7 +325,7 @@ pub async fn uniform(
     for pool in &pool_ids {
         declare(&service, pool, 1_000_000_000, None).await?;
     }
-    let (samples, elapsed) = run_clients(&service, pool_ids, clients, duration, seed).await?;
+    let (samples, elapsed) = run_clients(&service, pool_ids, clients, duration, seed, 0.5).await?;
     if let Some(path) = trace {
         write_trace(path, &samples)?;
     }
@@ -350,7 +358,7 @@ pub async fn hot_pool(
     let cutoff = Timestamp(SystemClock.now().0 + duration.as_millis() as u64);
     declare(&service, &pool, seats, Some(cutoff)).await?;
     let (samples, elapsed) =
-        run_clients(&service, vec![pool.clone()], clients, duration, seed).await?;
+        run_clients(&service, vec![pool.clone()], clients, duration, seed, 0.5).await?;
     if let Some(path) = trace {
         write_trace(path, &samples)?;
     }
@@ -367,6 +375,42 @@ pub async fn hot_pool(
             store.durability(),
             count.confirmed,
             count.capacity,
+            count.allocated
+        ),
+    ))
+}
+
+/// (b2) `hold-release`: one pool whose commands succeed: each client places a hold and releases
+/// it (cancel), over and over, on a pool with a seat per client, so no reserve is refused. The
+/// work of two-phase transfers that are voided, on one contended aggregate.
+pub async fn hold_release(
+    store: BenchStore,
+    clients: usize,
+    duration: Duration,
+    seed: u64,
+    trace: Option<&Path>,
+) -> Result<BenchResult, String> {
+    let service = open(store.store.clone()).await?;
+    let pool = PoolId::new("hot");
+    let seats = clients as u64;
+    declare(&service, &pool, seats, None).await?;
+    let (samples, elapsed) =
+        run_clients(&service, vec![pool.clone()], clients, duration, seed, 0.0).await?;
+    if let Some(path) = trace {
+        write_trace(path, &samples)?;
+    }
+    let rejected: u64 = samples.iter().map(|s| s.rejected).sum();
+    let (incoherent, oversold) = crate::demo::coherence(service.projections());
+    let count = service.projections().counts.get(&pool).unwrap_or_default();
+    service.close().await;
+    Ok(result(
+        "hold-release",
+        samples,
+        elapsed,
+        oversold + incoherent,
+        format!(
+            "{seats} seats, {clients} clients, {}, in-process; rejected {rejected}, allocated at the end {}",
+            store.durability(),
             count.allocated
         ),
     ))
