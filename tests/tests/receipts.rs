@@ -586,3 +586,68 @@ async fn an_existing_data_directory_gets_a_server_key_at_its_first_start() {
         "{error}"
     );
 }
+
+/// A batch's results carry receipts only when the batch asks (`?receipts=true`), and those
+/// receipts verify like a single command's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_carries_receipts_only_when_asked() {
+    use allot_client::wire::{self, BatchCommand};
+    use allot_domain::{IdempotencyToken, Timestamp};
+    let temp = tempfile::tempdir().expect("temp dir");
+    let server = start_embedded(temp.path()).await;
+    let admin = admin_of(&server, temp.path());
+    let (file, key) =
+        KeyFile::read(&key_path(&temp.path().join("keys"), FIRST_ADMIN)).expect("admin");
+    let actor = ActorId::new(file.actor);
+    let pool = PoolId::new("hall");
+    let declared = admin
+        .send(&pool, &declare(10), "declare")
+        .await
+        .expect("declare");
+    assert_eq!(declared.status, 201, "{declared:?}");
+    let (server_id, server_key) = server_key(&temp.path().join("keys"));
+    let http = reqwest::Client::new();
+    let send = |query: &'static str, batch_key: &'static str| {
+        let commands = vec![BatchCommand {
+            pool: pool.clone(),
+            action: reserve(batch_key),
+            token: IdempotencyToken::new(batch_key),
+        }];
+        let signed_at = Timestamp(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("after the epoch")
+                .as_millis() as u64,
+        );
+        let token = IdempotencyToken::new(batch_key);
+        let attestation =
+            wire::sign_batch(&key, &actor, &token, &commands, signed_at).expect("members");
+        let mut body = Vec::new();
+        wire::write_batch_body(&commands, &mut body).expect("body");
+        let request = http
+            .post(format!("http://{}{}{query}", server.addr, wire::BATCH_PATH))
+            .header("content-type", "application/json")
+            .header(wire::IDEMPOTENCY_KEY, batch_key)
+            .header(wire::ACTOR_HEADER, actor.as_str())
+            .header(wire::SIGNED_AT_HEADER, signed_at.0.to_string())
+            .header(wire::SIGNATURE_HEADER, hex::encode(&attestation.signature))
+            .body(body);
+        async move {
+            let answer = request.send().await.expect("send");
+            let status = answer.status().as_u16();
+            (status, answer.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let (status, plain) = send("", "b1").await;
+    assert_eq!(status, 200, "{plain}");
+    assert!(plain["results"][0].get("receipt").is_none(), "{plain}");
+    let (status, asked) = send("?receipts=true", "b2").await;
+    assert_eq!(status, 200, "{asked}");
+    let receipt: Receipt =
+        serde_json::from_value(asked["results"][0]["receipt"].clone()).expect("a receipt");
+    assert_eq!(receipt.server, server_id.as_str());
+    assert_eq!(verify(&receipt, Some(&server_key)), Ok(()));
+    let (status, other) = send("?proofs=1", "b3").await;
+    assert_eq!(status, 400, "{other}");
+    server.shutdown().await.expect("shutdown");
+}

@@ -319,9 +319,25 @@ impl Actor {
         self.send_batch_at(key, commands, now()).await
     }
 
+    /// As [`Actor::send_batch`], to `path` (the batch route with a query).
+    pub async fn send_batch_to(&self, path: &str, key: &str, commands: &[BatchCommand]) -> Resp {
+        self.send_batch_signed(path, key, commands, now()).await
+    }
+
     /// As [`Actor::send_batch`], signed at `signed_at`.
     pub async fn send_batch_at(
         &self,
+        key: &str,
+        commands: &[BatchCommand],
+        signed_at: Timestamp,
+    ) -> Resp {
+        self.send_batch_signed(allot_client::wire::BATCH_PATH, key, commands, signed_at)
+            .await
+    }
+
+    async fn send_batch_signed(
+        &self,
+        path: &str,
         key: &str,
         commands: &[BatchCommand],
         signed_at: Timestamp,
@@ -338,8 +354,7 @@ impl Actor {
             (SIGNED_AT_NAME, signed_at.0.to_string()),
             (SIGNATURE_NAME, hex::encode(&attestation.signature)),
         ];
-        self.post_raw(allot_client::wire::BATCH_PATH, &headers, body)
-            .await
+        self.post_raw(path, &headers, body).await
     }
 
     /// Signs `action` now and sends it.

@@ -13,7 +13,9 @@
 //! otherwise submitted with the batch's signature and its membership proof. Members are handed
 //! to the shards in the batch's order, so two members of one pool are decided in that order.
 //! The answer is 200 with one result per member, in order: the body the single route would
-//! answer, with that route's `status` and, for a replayed outcome, `replayed: true`.
+//! answer, with that route's `status` and, for a replayed outcome, `replayed: true`. Receipts
+//! only with `?receipts=true`: a receipt carries its event whole, several times the size of
+//! the outcome, and a batch's client usually checks the signed head instead.
 //! Must not: decide anything, or answer a member differently from the single route.
 
 use std::time::Instant;
@@ -24,8 +26,8 @@ use allot_domain::command::IDEMPOTENCY_WINDOW_MS_DEFAULT;
 use allot_domain::signing::params_digest;
 use allot_domain::{Action, ActionKind, Command, IdempotencyToken, Outcome, Role, Timestamp};
 use axum::Json;
-use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -189,16 +191,29 @@ struct BatchAnswer<'a> {
     results: Vec<MemberResult<'a>>,
 }
 
+/// The query of a batch: `?receipts=true` asks for each recorded member's receipt.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct BatchQuery {
+    #[serde(default)]
+    receipts: bool,
+}
+
 pub(super) async fn submit_batch(
     State(state): State<AppState>,
+    query: Result<Query<BatchQuery>, QueryRejection>,
     headers: SignedHeaders,
     payload: Result<Json<BatchBody>, JsonRejection>,
 ) -> Response {
     let started = Instant::now();
-    match decide_batch(&state, &headers, payload).await {
+    let receipts = match query {
+        Ok(Query(query)) => query.receipts,
+        Err(rejection) => return Problem::invalid(rejection.body_text()).into_response(),
+    };
+    match decide_batch(&state, &headers, payload, receipts).await {
         Ok(answer) => {
             let members = answer.len();
-            let response = render(&state, answer);
+            let response = render(&state, answer, receipts);
             let metrics = state.service.metrics();
             metrics.observe_batch(members, started.elapsed().as_secs_f64());
             response
@@ -223,6 +238,7 @@ async fn decide_batch(
     state: &AppState,
     headers: &SignedHeaders,
     payload: Result<Json<BatchBody>, JsonRejection>,
+    receipts: bool,
 ) -> Result<Answered, Problem> {
     let envelope = envelope(headers)?;
     let batch = body(payload)?;
@@ -290,7 +306,7 @@ async fn decide_batch(
             action: member.action,
             batch: tree.membership(&envelope.token, index).map(Box::new),
         };
-        async move { (kind, submit_member(state, role, command).await) }
+        async move { (kind, submit_member(state, role, command, receipts).await) }
     });
     // `join_all` polls each future once in order before any completes: members reach their
     // shards' queues in the batch's order.
@@ -303,6 +319,7 @@ async fn submit_member(
     state: &AppState,
     role: Role,
     command: Command,
+    receipts: bool,
 ) -> Result<(crate::service::Reply, StatusCode), Problem> {
     command
         .validate()
@@ -315,15 +332,15 @@ async fn submit_member(
         }));
     }
     let status = super::status_of(kind);
-    match state.service.submit(command).await {
+    match state.service.submit_with(command, receipts).await {
         Ok(reply) => Ok((reply, status)),
         Err(error) => Err(Problem::from(&error)),
     }
 }
 
-fn render(state: &AppState, answered: Answered) -> Response {
+fn render(state: &AppState, answered: Answered, receipts: bool) -> Response {
     let metrics = state.service.metrics();
-    let signer = state.seal_signer.as_deref();
+    let signer = state.seal_signer.as_deref().filter(|_| receipts);
     let replies: Vec<_> = answered
         .into_iter()
         .map(|(kind, answer)| {

@@ -80,6 +80,17 @@ fn command(summary: &str, path_param: &str, body: Option<Value>, created: bool) 
     operation
 }
 
+/// The signed headers and the `receipts` query of a batch.
+fn batch_parameters() -> Value {
+    let mut parameters = signed_headers();
+    if let Some(list) = parameters.as_array_mut() {
+        list.push(json!({"name": "receipts", "in": "query", "required": false,
+            "schema": {"type": "boolean", "default": false},
+            "description": "true: each recorded command's result carries its receipt."}));
+    }
+    parameters
+}
+
 /// `POST /v1/batches`: many pool commands under one signature (docs/http.md, Batches).
 fn batch() -> Value {
     let actions: Vec<&str> = allot_domain::ActionKind::ALL
@@ -89,7 +100,7 @@ fn batch() -> Value {
     json!({
         "summary": "submit a signed batch of pool commands",
         "description": "Signed once over the Merkle root of the commands (docs/signing.md, Batches); Idempotency-Key is the batch's key. Each command is decided as if it came alone; the answer has one result per command, in order.",
-        "parameters": signed_headers(),
+        "parameters": batch_parameters(),
         "requestBody": {"required": true, "content": {"application/json": {"schema": {
             "type": "object", "required": ["commands"], "additionalProperties": false,
             "properties": {"commands": {"type": "array", "minItems": 1,

@@ -175,6 +175,8 @@ pub enum LoadError {
 /// A command waiting in its shard's queue, with where its answer goes.
 struct PendingCommand {
     command: Command,
+    /// Whether the reply should say where the event landed (for a receipt).
+    wants_receipt: bool,
     reply: oneshot::Sender<Result<Reply, SubmitError>>,
 }
 
@@ -351,6 +353,16 @@ impl Service {
     /// Decides and records `command` (already authenticated by the caller). Returns once the
     /// outcome is durable.
     pub async fn submit(&self, command: Command) -> Result<Reply, SubmitError> {
+        self.submit_with(command, true).await
+    }
+
+    /// As [`Service::submit`]; the reply says where its event landed only if `wants_receipt`
+    /// (and receipts are enabled).
+    pub async fn submit_with(
+        &self,
+        command: Command,
+        wants_receipt: bool,
+    ) -> Result<Reply, SubmitError> {
         if !self.state.accepting.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -359,7 +371,11 @@ impl Service {
         let shards = &self.queues.senders;
         let shard = self.queues.shard_of.hash_one(&command.pool) as usize % shards.len();
         let (reply, answer) = oneshot::channel();
-        match shards[shard].try_send(PendingCommand { command, reply }) {
+        match shards[shard].try_send(PendingCommand {
+            command,
+            wants_receipt,
+            reply,
+        }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(pending)) => {
                 return Err(SubmitError::Overloaded(pending.command.pool));

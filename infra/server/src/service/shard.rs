@@ -119,7 +119,7 @@ impl ServiceState {
                 .append_batch_events
                 .observe(batch.events.len() as f64);
             let proposed = propose(&batch.events);
-            batch.for_receipts = self.kept_for_receipts(&proposed);
+            batch.for_receipts = self.kept_for_receipts(&batch.commands, &proposed);
             appends.push(WaveAppend {
                 stream: pool_stream(&pool_id),
                 expected: ExpectedVersion::from_next(batch.base_version),
@@ -188,7 +188,7 @@ impl ServiceState {
             } else {
                 let expected = ExpectedVersion::from_next(decided.base_version);
                 let proposed = propose(&decided.events);
-                decided.for_receipts = self.kept_for_receipts(&proposed);
+                decided.for_receipts = self.kept_for_receipts(&decided.commands, &proposed);
                 self.metrics
                     .append_batch_events
                     .observe(decided.events.len() as f64);
@@ -409,10 +409,16 @@ fn decide_commands(
 
 impl ServiceState {
     /// What a receipt needs of each proposed event that the store does not give back: its id
-    /// and stored bytes. Kept only on a store that seals its group commits.
-    fn kept_for_receipts(&self, proposed: &[ProposedEvent]) -> Vec<([u8; 16], Vec<u8>)> {
+    /// and stored bytes. Kept only on a store that seals its group commits, when a command of
+    /// the append asked for a receipt.
+    fn kept_for_receipts(
+        &self,
+        commands: &[PendingCommand],
+        proposed: &[ProposedEvent],
+    ) -> Vec<([u8; 16], Vec<u8>)> {
         if !self.store.seals_group_commits()
             || !self.receipts.load(std::sync::atomic::Ordering::Relaxed)
+            || !commands.iter().any(|command| command.wants_receipt)
         {
             return Vec::new();
         }
