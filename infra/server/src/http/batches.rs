@@ -1,12 +1,13 @@
 //! Signed batches: `POST /v1/batches`, many pool commands under one signature.
 //!
 //! The order of checks, each refusing the whole batch (nothing is decided):
-//! 1. in flight: a permit per member, else 503 `overloaded`;
-//! 2. the envelope: `Idempotency-Key` (the batch's key), actor, signed-at, signature headers;
-//! 3. the body: JSON of the documented shape, 1..=[`BATCH_COMMANDS_MAX`] members (more: 413);
-//!    every member readable as a command (action, target, parameters of the right types): a
+//! 1. the envelope: `Idempotency-Key` (the batch's key), actor, signed-at, signature headers;
+//! 2. the body: JSON of the documented shape, 1..=[`BATCH_COMMANDS_MAX`] members (more: 413);
+//! 3. in flight: a permit per member, else 503 `overloaded`;
+//! 4. every member readable as a command (action, target, parameters of the right types): a
 //!    member that is not cannot be part of a signed root, so the batch is refused, naming it;
-//! 4. the signature over the batch bytes (`docs/signing.md`, "Batches"), verified once.
+//!    then the batch key's rule (that of a token);
+//! 5. the signature over the batch bytes (`docs/signing.md`, "Batches"), verified once.
 //!
 //! Then each member alone, exactly as the single-command route would: refused if malformed
 //! (its rule, e.g. a pool id or a count) or if the actor's role may not submit its action,
