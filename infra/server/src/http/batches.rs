@@ -36,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::reservation_id;
 use super::{AppState, OutcomeBody, Problem, SignedHeaders, body, envelope, outcome_body};
 use crate::identity::AuthError;
+use crate::service::Queued;
 
 /// The body of a batch.
 #[derive(Debug, Deserialize)]
@@ -295,33 +296,47 @@ async fn decide_batch(
         )
         .await
         .map_err(|error| Problem::from(&error))?;
-    let submissions = commands.into_iter().enumerate().map(|(index, member)| {
-        let kind = member.action.kind();
-        let command = Command {
-            pool: member.pool,
-            actor: envelope.actor.clone(),
-            role,
-            attestation: envelope.attestation.clone(),
-            token: member.token,
-            digest: params_digest(&member.action),
-            action: member.action,
-            batch: tree.membership(&envelope.token, index).map(Box::new),
+    // Each member is checked and queued on its shard here, in the batch's order, before any
+    // answer is awaited: members of one pool are decided in the batch's order.
+    let queued: Vec<_> = commands
+        .into_iter()
+        .enumerate()
+        .map(|(index, member)| {
+            let kind = member.action.kind();
+            let command = Command {
+                pool: member.pool,
+                actor: envelope.actor.clone(),
+                role,
+                attestation: envelope.attestation.clone(),
+                token: member.token,
+                digest: params_digest(&member.action),
+                action: member.action,
+                batch: tree.membership(&envelope.token, index).map(Box::new),
+            };
+            (kind, queue_member(state, role, command, receipts))
+        })
+        .collect();
+    let answers = queued.into_iter().map(|(kind, queued)| async move {
+        let answer = match queued {
+            Ok((queued, status)) => queued
+                .await
+                .map(|reply| (reply, status))
+                .map_err(|error| Problem::from(&error)),
+            Err(problem) => Err(problem),
         };
-        async move { (kind, submit_member(state, role, command, receipts).await) }
+        (kind, answer)
     });
-    // `join_all` polls each future once in order before any completes: members reach their
-    // shards' queues in the batch's order.
-    Ok(futures::future::join_all(submissions).await)
+    Ok(futures::future::join_all(answers).await)
 }
 
 /// One member, from its own checks on, as the single route takes a command after its
-/// signature.
-async fn submit_member(
+/// signature: queued on its shard, or refused.
+fn queue_member(
     state: &AppState,
     role: Role,
     command: Command,
     receipts: bool,
-) -> Result<(crate::service::Reply, StatusCode), Problem> {
+) -> Result<(Queued, StatusCode), Problem> {
     command
         .validate()
         .map_err(|rejection| Problem::from(&rejection))?;
@@ -332,11 +347,11 @@ async fn submit_member(
             action: kind.as_str().to_owned(),
         }));
     }
-    let status = super::status_of(kind);
-    match state.service.submit_with(command, receipts).await {
-        Ok(reply) => Ok((reply, status)),
-        Err(error) => Err(Problem::from(&error)),
-    }
+    let queued = state
+        .service
+        .enqueue(command, receipts)
+        .map_err(|error| Problem::from(&error))?;
+    Ok((queued, super::status_of(kind)))
 }
 
 fn render(state: &AppState, answered: Answered, receipts: bool) -> Response {

@@ -172,6 +172,30 @@ pub enum LoadError {
     },
 }
 
+/// The answer of a queued command ([`Service::enqueue`]): resolves once it is decided and, if it
+/// recorded an event, durable.
+#[derive(Debug)]
+pub struct Queued {
+    answer: oneshot::Receiver<Result<Reply, SubmitError>>,
+}
+
+impl std::future::Future for Queued {
+    type Output = Result<Reply, SubmitError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // Unanswered only if its wave panicked (a bug) or the runtime is shutting down: the
+        // outcome may have been recorded, and a retry with the same token tells.
+        std::pin::Pin::new(&mut self.answer).poll(cx).map(|answer| {
+            answer.unwrap_or(Err(SubmitError::Recording(
+                RecordingFailure::OutcomeUnknown,
+            )))
+        })
+    }
+}
+
 /// A command waiting in its shard's queue, with where its answer goes.
 struct PendingCommand {
     command: Command,
@@ -363,6 +387,14 @@ impl Service {
         command: Command,
         wants_receipt: bool,
     ) -> Result<Reply, SubmitError> {
+        self.enqueue(command, wants_receipt)?.await
+    }
+
+    /// Queues `command` on its pool's shard now, in the caller's order (commands of one pool
+    /// queued one after the other are decided in that order), and returns its answer to await.
+    /// Refused at once if the service is closing, the command is malformed or the shard's
+    /// queue is full.
+    pub fn enqueue(&self, command: Command, wants_receipt: bool) -> Result<Queued, SubmitError> {
         if !self.state.accepting.load(Ordering::SeqCst) {
             return Err(SubmitError::ShuttingDown);
         }
@@ -376,17 +408,12 @@ impl Service {
             wants_receipt,
             reply,
         }) {
-            Ok(()) => {}
+            Ok(()) => Ok(Queued { answer }),
             Err(mpsc::error::TrySendError::Full(pending)) => {
-                return Err(SubmitError::Overloaded(pending.command.pool));
+                Err(SubmitError::Overloaded(pending.command.pool))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(SubmitError::ShuttingDown),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SubmitError::ShuttingDown),
         }
-        // Unanswered only if its wave panicked (a bug) or the runtime is shutting down: the
-        // outcome may have been recorded, and a retry with the same token tells.
-        answer.await.unwrap_or(Err(SubmitError::Recording(
-            RecordingFailure::OutcomeUnknown,
-        )))
     }
 
     /// Loads a pool aggregate from its stream.
