@@ -337,6 +337,10 @@ fn queue_member(
     command: Command,
     receipts: bool,
 ) -> Result<(Queued, StatusCode), Problem> {
+    // The single routes of pool actions check the pool id as a path, in their own words.
+    if command.action.reservation().is_none() {
+        super::pool_id(command.pool.as_str())?;
+    }
     command
         .validate()
         .map_err(|rejection| Problem::from(&rejection))?;
