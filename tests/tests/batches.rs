@@ -341,7 +341,11 @@ async fn a_bad_pool_id_is_refused_in_the_single_routes_words() {
     let clock = Arc::new(ManualClock::new(now()));
     let (h, shop) = service_with_pools(&clock).await;
     let bad = member(&bad_pool(), reserve("r", 600_000), "t1");
-    let in_batch = batch_answers(&shop.send_batch_at("b1", &[bad.clone()], clock.now()).await);
+    let in_batch = batch_answers(
+        &shop
+            .send_batch_at("b1", std::slice::from_ref(&bad), clock.now())
+            .await,
+    );
     let alone = shop
         .send_at(bad.pool.as_str(), &bad.action, "t2", clock.now())
         .await;
@@ -817,4 +821,70 @@ async fn a_store_failure_before_durable_mid_batch_records_each_member_or_not_and
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_acknowledgement_mid_batch_records_each_member_or_not_and_a_retry_converges() {
     a_store_failure_mid_batch(Failure::AckLost).await;
+}
+
+/// Writes a data directory whose pool events all come from signed batches, for measuring
+/// `allot audit` on it: `ALLOT_BATCHED_LOG_DIR` (required), `ALLOT_BATCHED_EVENTS` (200,000)
+/// commands in batches of `ALLOT_BATCH_SIZE` (500) over 50 pools, reserves then their confirms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes a data directory for a measurement"]
+async fn write_a_batched_log() {
+    let Some(dir) = std::env::var_os("ALLOT_BATCHED_LOG_DIR") else {
+        panic!("set ALLOT_BATCHED_LOG_DIR");
+    };
+    let setting = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(default)
+    };
+    let events = setting("ALLOT_BATCHED_EVENTS", 200_000);
+    let size = setting("ALLOT_BATCH_SIZE", 500);
+    let store = allot_server::store::embedded::EmbeddedStore::open(std::path::Path::new(&dir))
+        .await
+        .expect("open the data directory");
+    let h = Harness::start_over(
+        Arc::new(store),
+        Arc::new(allot_server::clock::SystemClock),
+        false,
+    )
+    .await;
+    let shop = h.register("shop", Role::Client, 7).await;
+    const POOLS: usize = 50;
+    for pool in 0..POOLS {
+        h.admin_raw
+            .send(
+                &format!("p{pool}"),
+                &declare(10_000_000),
+                &format!("d{pool}"),
+            )
+            .await
+            .expect_ok(201);
+    }
+    let reservations = events / 2;
+    let commands: Vec<BatchCommand> = (0..events)
+        .map(|i| {
+            let r = i % reservations;
+            let pool = format!("p{}", r % POOLS);
+            if i < reservations {
+                member(
+                    &pool,
+                    reserve(&format!("fan{r}"), 3_600_000),
+                    &format!("r{r}"),
+                )
+            } else {
+                let seq = (r / POOLS + 1) as u64;
+                member(
+                    &pool,
+                    Action::ConfirmReservation { reservation: seq },
+                    &format!("c{r}"),
+                )
+            }
+        })
+        .collect();
+    for (n, chunk) in commands.chunks(size).enumerate() {
+        let answers = batch_answers(&shop.send_batch(&format!("b{n}"), chunk).await);
+        assert!(answers.iter().all(|a| a.0 < 300), "batch {n}");
+    }
+    h.shutdown().await;
 }
