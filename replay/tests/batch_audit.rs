@@ -4,10 +4,11 @@
 mod common;
 
 use allot_domain::batch::batch_signing_bytes;
+use allot_domain::codec;
 use allot_domain::integrity::Digest;
 use allot_domain::signing::params_digest;
 use allot_domain::{Action, ActorId, IdempotencyToken, Outcome, Timestamp};
-use allot_replay::{Audit, AuditOptions, AuditReport, Check, Recorded};
+use allot_replay::{Audit, AuditOptions, AuditReport, AuditRouter, Check, Recorded};
 use common::{History, MINUTE, SECOND};
 use ed25519_dalek::Signer;
 
@@ -316,4 +317,27 @@ fn a_batched_event_of_an_actor_whose_role_may_not_act_is_named() {
     let report = audit(&history);
     assert_attribution_at(&history, &report, &[index], "auditor");
     assert_eq!(report.batch_signatures_verified, 1);
+}
+
+#[test]
+fn a_partitioned_audit_counts_the_batched_events_as_one_audit_does() {
+    let (history, _, _) = batched_history();
+    let options = AuditOptions::records_only();
+    let mut router = AuditRouter::new(2);
+    let mut partitions = Audit::partitions(options, 2);
+    for record in &history.records {
+        let payload = match record {
+            Recorded::Pool(pool) => codec::encode_event(&pool.event),
+            Recorded::Actor(actor) => codec::encode_actor_event(&actor.event),
+        };
+        let routed = router.route(record.stream(), record.position(), &payload);
+        for (index, partition) in partitions.iter_mut().enumerate() {
+            if routed.is_for(index) {
+                partition.observe_routed(record, &routed);
+            }
+        }
+    }
+    let merged = Audit::finish_partitions(partitions);
+    assert_eq!(merged, Audit::run(options, &history.records));
+    assert_eq!(merged.batched_events, 9);
 }
