@@ -33,7 +33,12 @@
 //!   `at` (a revoked key stops working at once, whatever `signed_at` it claims), whose role may
 //!   perform the action; with [`AuditOptions::verify_signatures`], its parameters digest is
 //!   blake3 of the canonical parameters and its ed25519 signature verifies over
-//!   `signing::signing_bytes` under that key. Actor events are signed (over
+//!   `signing::signing_bytes` under that key. An event recorded from a signed batch
+//!   (`Event::batch`) is signed through its batch instead: its inclusion proof must lead from
+//!   its own member bytes (`batch::member_bytes`, the same signing bytes) to a root, and the
+//!   signature must verify over `batch::batch_signing_bytes` of that root, the batch's count and
+//!   token, the actor and `signed_at`, under that key; each distinct batch signature is verified
+//!   once, each proof once per event. Actor events are signed (over
 //!   `signing::actor_event_signing_bytes`) by `by`, who must hold an admin key valid as above.
 //!   The one exception is bootstrap: until the first actor event made by someone else
 //!   (`by != actor`), an admin or sweeper may register itself (`by == actor`, no earlier key),
@@ -210,7 +215,12 @@ pub struct AuditReport {
     pub pools: u64,
     /// Reservations placed (Reserved events).
     pub reservations: u64,
+    /// Events whose signature verified (a batched event's: its proof and its batch's signature).
     pub signatures_verified: u64,
+    /// Pool events recorded from a signed batch (they carry a batch membership).
+    pub batched_events: u64,
+    /// Distinct batch signatures verified (each once, whatever its members).
+    pub batch_signatures_verified: u64,
     /// Every check, with its violation count (zero included).
     pub checks: Vec<CheckCount>,
     /// The first [`AuditOptions::violations_max`] violations found, in position order.
@@ -249,6 +259,13 @@ impl fmt::Display for AuditReport {
             self.reservations,
             self.signatures_verified
         )?;
+        if self.batched_events > 0 {
+            writeln!(
+                f,
+                "batches: {} pool events recorded from signed batches, {} batch signatures verified",
+                self.batched_events, self.batch_signatures_verified
+            )?;
+        }
         if !self.options.verify_signatures {
             writeln!(f, "signatures and digests: not checked")?;
         }
@@ -421,6 +438,8 @@ pub struct Audit {
     actor_events: u64,
     reservations: u64,
     signatures_verified: u64,
+    batched_events: u64,
+    batch_signatures_verified: u64,
     counts: [u64; Check::ALL.len()],
     violations: Vec<Violation>,
     verifier: Option<Verifier>,
@@ -472,6 +491,8 @@ impl Audit {
             actor_events: 0,
             reservations: 0,
             signatures_verified: 0,
+            batched_events: 0,
+            batch_signatures_verified: 0,
             counts: [0; Check::ALL.len()],
             violations: Vec::new(),
             verifier: options.verify_signatures.then(Verifier::start),
@@ -548,6 +569,7 @@ impl Audit {
         let ready = std::mem::take(&mut self.ready);
         for batch in ready {
             self.signatures_verified += batch.signatures_verified;
+            self.batch_signatures_verified += batch.batch_signatures_verified;
             for violation in batch.violations {
                 self.report(violation);
             }
@@ -806,6 +828,9 @@ impl Audit {
         findings: &mut Findings,
     ) -> Option<Role> {
         let event = &recorded.event;
+        if event.batch.is_some() {
+            self.batched_events += 1;
+        }
         let signed_at = event.attestation.signed_at;
         // The key valid when the actor signed; failing that (a client clock behind its
         // registration), the key valid when the service recorded the event.
@@ -1172,6 +1197,8 @@ struct Totals {
     pools: u64,
     reservations: u64,
     signatures_verified: u64,
+    batched_events: u64,
+    batch_signatures_verified: u64,
 }
 
 impl Totals {
@@ -1183,6 +1210,8 @@ impl Totals {
             pools: audit.pools.len() as u64,
             reservations: audit.reservations,
             signatures_verified: audit.signatures_verified,
+            batched_events: audit.batched_events,
+            batch_signatures_verified: audit.batch_signatures_verified,
         }
     }
 
@@ -1193,6 +1222,8 @@ impl Totals {
         self.pools += other.pools;
         self.reservations += other.reservations;
         self.signatures_verified += other.signatures_verified;
+        self.batched_events += other.batched_events;
+        self.batch_signatures_verified += other.batch_signatures_verified;
     }
 
     /// The report of these totals and `violations` (the kept ones, in the order found).
@@ -1220,6 +1251,8 @@ impl Totals {
             pools: self.pools,
             reservations: self.reservations,
             signatures_verified: self.signatures_verified,
+            batched_events: self.batched_events,
+            batch_signatures_verified: self.batch_signatures_verified,
             checks,
             violations,
             violations_omitted: total.saturating_sub(kept),

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Instant;
 
+use allot_domain::Action;
 use allot_replay::{Audit, AuditOptions, Rebuild};
 use common::{History, MINUTE};
 
@@ -89,4 +90,70 @@ fn audit_throughput() {
         .expect("rebuilds");
     let elapsed = started.elapsed().as_secs_f64();
     println!("rebuild: {:.0} events/s", events / elapsed);
+}
+
+/// The signed audit of a log whose pool events all come from signed batches (of
+/// `ALLOT_AUDIT_BATCH` commands, 100 by default, spread over the pools): one batch signature
+/// per batch, one proof per event.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn audit_throughput_batched() {
+    let mut history = History::new();
+    const POOLS: u64 = 50;
+    const RESERVATIONS: u64 = 100_000;
+    let batch: u64 = std::env::var("ALLOT_AUDIT_BATCH")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(100);
+    for p in 0..POOLS {
+        history.declare(p, &format!("p{p}"), 1_000_000, None, &[]);
+    }
+    let reserve = |i: u64| Action::Reserve {
+        resource: "ga".into(),
+        requester: format!("fan{i}"),
+        duration_ms: 10 * MINUTE,
+        count: 1,
+    };
+    // Reserves in batches, then the same reservations confirmed in batches.
+    let mut next = 0;
+    let mut batches = 0;
+    while next < 2 * RESERVATIONS {
+        let members: Vec<(String, String, Action)> = (next..(next + batch).min(2 * RESERVATIONS))
+            .map(|i| {
+                let r = i % RESERVATIONS;
+                let pool = format!("p{}", r % POOLS);
+                if i < RESERVATIONS {
+                    (pool, format!("r{r}"), reserve(r))
+                } else {
+                    let seq = r / POOLS + 1;
+                    (
+                        pool,
+                        format!("c{r}"),
+                        Action::ConfirmReservation { reservation: seq },
+                    )
+                }
+            })
+            .collect();
+        let members: Vec<(&str, &str, Action)> = members
+            .iter()
+            .map(|(pool, token, action)| (pool.as_str(), token.as_str(), action.clone()))
+            .collect();
+        history.run_batch(MINUTE + batches, "shop", &format!("b{batches}"), &members);
+        next += batch;
+        batches += 1;
+    }
+    let events = history.records.len() as f64;
+    let options = AuditOptions {
+        check_fold: false,
+        ..AuditOptions::default()
+    };
+    let started = Instant::now();
+    let report = Audit::run(options, &history.records);
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(report.is_clean(), "{report}");
+    assert_eq!(report.batch_signatures_verified, batches);
+    println!(
+        "audit with signatures, batches of {batch}: {events} events in {elapsed:.3} s = {:.0} events/s",
+        events / elapsed
+    );
 }

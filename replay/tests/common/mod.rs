@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 
+use allot_domain::batch::{Member, SignedBatch, batch_signing_bytes};
 use allot_domain::signing::{
     actor_change_params, actor_signing_bytes, command_target, params_digest, signing_bytes,
 };
@@ -180,7 +181,7 @@ impl History {
             .to_bytes()
             .to_vec();
         let command = Command {
-            pool: pool_id.clone(),
+            pool: pool_id,
             actor: actor_id,
             role: role_of(actor),
             attestation: Attestation {
@@ -192,11 +193,86 @@ impl History {
             action,
             batch: None,
         };
-        let aggregate = self.pools.entry(pool_id.clone()).or_default();
+        self.decide_and_record(command, now)
+    }
+
+    /// Runs `members` (pool, token, action) as the signed batch `batch_token` of `actor` at `ms`
+    /// after T0, as the service does: one signature over the root, each member decided in
+    /// order with its membership. Returns each member's outcome.
+    pub fn run_batch(
+        &mut self,
+        ms: u64,
+        actor: &str,
+        batch_token: &str,
+        members: &[(&str, &str, Action)],
+    ) -> Vec<Result<Outcome, Rejection>> {
+        let now = at(ms);
+        let actor_id = ActorId::new(actor);
+        let batch_token = IdempotencyToken::new(batch_token);
+        let members: Vec<(PoolId, IdempotencyToken, Action)> = members
+            .iter()
+            .map(|(pool, token, action)| {
+                (
+                    PoolId::new(*pool),
+                    IdempotencyToken::new(*token),
+                    action.clone(),
+                )
+            })
+            .collect();
+        let tree = SignedBatch::new(
+            members.iter().map(|(pool, token, action)| Member {
+                pool,
+                action,
+                token,
+            }),
+            &actor_id,
+            now,
+        )
+        .expect("a batch has members");
+        let signature = self.keys[actor]
+            .sign(&batch_signing_bytes(
+                &tree.root(),
+                tree.count(),
+                &batch_token,
+                &actor_id,
+                now,
+            ))
+            .to_bytes()
+            .to_vec();
+        members
+            .into_iter()
+            .enumerate()
+            .map(|(index, (pool, token, action))| {
+                let command = Command {
+                    pool,
+                    actor: actor_id.clone(),
+                    role: role_of(actor),
+                    attestation: Attestation {
+                        signed_at: now,
+                        signature: signature.clone(),
+                    },
+                    token,
+                    digest: params_digest(&action),
+                    action,
+                    batch: tree.membership(&batch_token, index).map(Box::new),
+                };
+                self.decide_and_record(command, now)
+            })
+            .collect()
+    }
+
+    /// Decides `command` at `now`; an appended event is recorded.
+    fn decide_and_record(
+        &mut self,
+        command: Command,
+        now: Timestamp,
+    ) -> Result<Outcome, Rejection> {
+        let pool = command.pool.as_str().to_owned();
+        let aggregate = self.pools.entry(command.pool.clone()).or_default();
         match decide(aggregate, &command, now)? {
             Decision::Append(event) => {
                 evolve(aggregate, &event).expect("decided events apply");
-                let stream = stream_of(pool);
+                let stream = stream_of(&pool);
                 let version = *self.versions.get(&stream).unwrap_or(&0);
                 self.versions.insert(stream.clone(), version + 1);
                 let position = self.position();

@@ -496,6 +496,17 @@ impl Harness {
         edge: EdgeLimits,
     ) -> Server {
         let store = open_store(&Self::store_dir(dir)).await;
+        Self::start_service_over(dir, store, clock, sweeper, edge).await
+    }
+
+    /// A service over `store`, with its keys in `dir`.
+    async fn start_service_over(
+        dir: &Path,
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        sweeper: bool,
+        edge: EdgeLimits,
+    ) -> Server {
         Server::start(
             store,
             clock,
@@ -531,7 +542,30 @@ impl Harness {
         edge: EdgeLimits,
     ) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let service = Self::start_service_with_edge(dir.path(), clock.clone(), sweeper, edge).await;
+        let store = open_store(&Self::store_dir(dir.path())).await;
+        Self::start_in(dir, store, clock, sweeper, edge).await
+    }
+
+    /// A service on `clock` over `store` (a test's own backend or wrapper) with fresh keys. A
+    /// restart reopens [`open_store`]'s store, not this one: do not restart it.
+    pub async fn start_over(
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        sweeper: bool,
+    ) -> Harness {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, store, clock, sweeper, EdgeLimits::default()).await
+    }
+
+    async fn start_in(
+        dir: tempfile::TempDir,
+        store: Arc<dyn EventStore>,
+        clock: Arc<dyn Clock>,
+        sweeper: bool,
+        edge: EdgeLimits,
+    ) -> Harness {
+        let service =
+            Self::start_service_over(dir.path(), store, clock.clone(), sweeper, edge).await;
         let base = format!("http://{}", service.addr);
         let (file, key) =
             KeyFile::read(&key_path(&Self::keys_dir(dir.path()), FIRST_ADMIN)).expect("admin.key");
