@@ -7,23 +7,33 @@
 //! - `Gossip.Read`, answering with this one node as the alive leader, so the cluster forms of the
 //!   connection string (`esdb+discover://…`) work too;
 //! - `Streams.Append` with every expected-revision case (any, no stream, stream exists, exact),
-//!   the `WrongExpectedVersion` result, and idempotent retries by event id (the same ids right
-//!   after the expected revision answer success without writing again, as the real server does);
-//! - `Streams.Read` of one stream and of `$all`, forwards and backwards, with counts, stream-name
-//!   and event-type prefix filters, `StreamNotFound` for an unknown stream, and subscriptions
-//!   (confirmation, catch-up, `CaughtUp`, then live) to a stream or to `$all`.
+//!   the `WrongExpectedVersion` result, and the server's idempotence rules by event id: an append
+//!   whose events are all already written where it would put them succeeds without writing and
+//!   answers the position of the last of them; an append whose events are partly written is a
+//!   `WrongExpectedVersion`, whatever the expected revision (see [`Deduplication`]). An append
+//!   larger than [`APPEND_BYTES_MAX`] (KurrentDB's `MaxAppendSize` default) is `INVALID_ARGUMENT`;
+//! - `Streams.Read` of one stream and of `$all`, forwards and backwards, with counts (no count
+//!   cap), stream-name and event-type prefix filters, `StreamNotFound` for an unknown stream, and
+//!   subscriptions (confirmation, catch-up, `CaughtUp`, then live) to a stream or to `$all`. A
+//!   `$all` read or subscription from a position inside a record is `INVALID_ARGUMENT`. A
+//!   filtered `$all` subscription sends a checkpoint (the position of the last record it
+//!   considered, matching or not) each time it has considered `window × multiplier` records (the
+//!   window is 32 unless the request sets one), and one when catch-up reaches the end.
 //!
 //! Positions are byte-offset-like (each event advances the log by its size plus a record
 //! header), so they are strictly increasing but not contiguous, as on the real server. A fresh
 //! server holds a few system events (`$settings`, `$stats-…`), as a real node does, so filters
 //! are exercised. Reading `$all` forwards from a position includes the event at it; subscribing
 //! from a position starts after it; reading backwards from a position gives the events before
-//! it (the real server's rules).
+//! it (the real server's rules). A position at or past the end of the log reads nothing.
 //!
 //! Faults: [`EsdbTestServer::set_unavailable`] (every Streams call fails with `UNAVAILABLE`),
-//! [`EsdbTestServer::drop_subscriptions`] (live subscriptions end with `UNAVAILABLE`),
-//! [`EsdbTestServer::fail_appends_after_write`] (appends are written, then answered with
-//! `UNAVAILABLE`: the outcome is unknown to the client) and [`EsdbTestServer::stop`].
+//! [`EsdbTestServer::set_not_leader`] (every Streams call is refused as by a follower, naming
+//! this node as the leader), [`EsdbTestServer::drop_subscriptions`] (live subscriptions end with
+//! `UNAVAILABLE`), [`EsdbTestServer::fail_appends_after_write`] (appends are written, then
+//! answered with `UNAVAILABLE`: the outcome is unknown to the client),
+//! [`EsdbTestServer::set_read_bytes_max`] (reads end early after that many bytes),
+//! [`EsdbTestServer::set_deduplication`] and [`EsdbTestServer::stop`].
 //!
 //! The client unwraps optional response fields, so every response fills them.
 
@@ -33,13 +43,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Request, Response, Status, Streaming};
 
 /// Code generated from the client crate's protos.
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
@@ -83,8 +94,12 @@ use proto::event_store::client::{Empty, StreamIdentifier, uuid as proto_uuid};
 
 /// The version announced to the client (a current KurrentDB).
 pub const SERVER_VERSION: &str = "25.0.0";
-/// Largest number of events one append may carry.
-pub const APPEND_EVENTS_MAX: usize = 10_000;
+/// Largest append, in bytes of event data and custom metadata: KurrentDB's `MaxAppendSize`
+/// default (1 MiB).
+pub const APPEND_BYTES_MAX: usize = 1024 * 1024;
+/// Records a filtered `$all` subscription considers between checkpoints when the request names
+/// no window (KurrentDB's read batch size).
+pub const CHECKPOINT_WINDOW_DEFAULT: u64 = 32;
 /// Events read under one lock while serving a read or a subscription.
 const READ_PAGE_EVENTS: usize = 256;
 /// Responses buffered per read or subscription before the sender waits for the client.
@@ -184,17 +199,54 @@ fn uuid_to_proto(id: ::uuid::Uuid, structured: bool) -> proto::event_store::clie
     proto::event_store::client::Uuid { value: Some(value) }
 }
 
+/// How the server answers an append of events it already holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deduplication {
+    /// KurrentDB's rule: success without writing, with the position of the last event.
+    OriginalPosition,
+    /// Success without writing and without a position (as for a deleted stream).
+    NoPosition,
+    /// No idempotence check: expected revisions alone decide (a server that does not
+    /// deduplicate, e.g. once the event ids have left its cache).
+    Off,
+}
+
+impl Deduplication {
+    fn from_u8(n: u8) -> Deduplication {
+        match n {
+            1 => Deduplication::NoPosition,
+            2 => Deduplication::Off,
+            _ => Deduplication::OriginalPosition,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            Deduplication::OriginalPosition => 0,
+            Deduplication::NoPosition => 1,
+            Deduplication::Off => 2,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct State {
+    addr: SocketAddr,
     log: Mutex<Log>,
     /// Number of events in the log; subscriptions wait on it.
     appended: watch::Sender<usize>,
     /// Bumped to drop every live subscription.
     drops: watch::Sender<u64>,
     unavailable: AtomicBool,
+    not_leader: AtomicBool,
     fail_after_write: AtomicU32,
+    deduplication: AtomicU8,
+    read_bytes_max: AtomicUsize,
     appends_served: AtomicU64,
     subscriptions_opened: AtomicU64,
+    /// The `$all` position each `$all` subscription asked to start after (`None`: the start).
+    subscription_starts: Mutex<Vec<Option<u64>>>,
+    checkpoints_sent: AtomicU64,
     gossip_reads: AtomicU64,
 }
 
@@ -225,6 +277,9 @@ impl State {
         if self.unavailable.load(Ordering::SeqCst) {
             return Err(Status::unavailable("injected fault: server unavailable"));
         }
+        if self.not_leader.load(Ordering::SeqCst) {
+            return Err(not_leader(self.addr));
+        }
         Ok(())
     }
 }
@@ -244,13 +299,19 @@ impl EsdbTestServer {
             .expect("bind the in-test EventStoreDB server");
         let addr = listener.local_addr().expect("local address");
         let state = Arc::new(State {
+            addr,
             log: Mutex::new(Log::default()),
             appended: watch::channel(0).0,
             drops: watch::channel(0).0,
             unavailable: AtomicBool::new(false),
+            not_leader: AtomicBool::new(false),
             fail_after_write: AtomicU32::new(0),
+            deduplication: AtomicU8::new(Deduplication::OriginalPosition.to_u8()),
+            read_bytes_max: AtomicUsize::new(usize::MAX),
             appends_served: AtomicU64::new(0),
             subscriptions_opened: AtomicU64::new(0),
+            subscription_starts: Mutex::new(Vec::new()),
+            checkpoints_sent: AtomicU64::new(0),
             gossip_reads: AtomicU64::new(0),
         });
         state.append_raw("$settings", "$settings", b"{}");
@@ -303,6 +364,25 @@ impl EsdbTestServer {
         self.state.unavailable.store(unavailable, Ordering::SeqCst);
     }
 
+    /// While on, every Streams call is refused as a follower refuses it (`NOT_FOUND` with the
+    /// `not-leader` exception and this node as the leader's endpoint): the leader moved.
+    pub fn set_not_leader(&self, not_leader: bool) {
+        self.state.not_leader.store(not_leader, Ordering::SeqCst);
+    }
+
+    /// How appends of events already written are answered (KurrentDB's rule by default).
+    pub fn set_deduplication(&self, deduplication: Deduplication) {
+        self.state
+            .deduplication
+            .store(deduplication.to_u8(), Ordering::SeqCst);
+    }
+
+    /// Reads end (successfully) once they have sent `bytes` of event data, so a read may return
+    /// fewer events than asked for while more remain.
+    pub fn set_read_bytes_max(&self, bytes: usize) {
+        self.state.read_bytes_max.store(bytes, Ordering::SeqCst);
+    }
+
     /// Ends every live subscription with `UNAVAILABLE`, as a node restart would.
     pub fn drop_subscriptions(&self) {
         self.state.drops.send_modify(|n| *n += 1);
@@ -350,6 +430,26 @@ impl EsdbTestServer {
     /// Subscriptions opened so far (resubscriptions included).
     pub fn subscriptions_opened(&self) -> u64 {
         self.state.subscriptions_opened.load(Ordering::SeqCst)
+    }
+
+    /// Where each `$all` subscription asked to start (after that position; `None`: the start),
+    /// in the order they were opened.
+    pub fn subscription_starts(&self) -> Vec<Option<u64>> {
+        self.state
+            .subscription_starts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Checkpoints sent to subscriptions so far.
+    pub fn checkpoints_sent(&self) -> u64 {
+        self.state.checkpoints_sent.load(Ordering::SeqCst)
+    }
+
+    /// The position of the last event in the log (system events included).
+    pub fn last_position(&self) -> Option<u64> {
+        self.state.lock().events.last().map(|e| e.position)
     }
 }
 
@@ -474,6 +574,84 @@ fn wrong_expected_version(expected: Expected, head: Option<u64>) -> AppendResp {
     }
 }
 
+/// The caller's deadline (`grpc-timeout`), checked before the server acts, as KurrentDB cancels
+/// a call whose deadline has passed.
+struct Deadline {
+    started: std::time::Instant,
+    timeout: Option<std::time::Duration>,
+}
+
+impl Deadline {
+    fn of<T>(request: &Request<T>) -> Deadline {
+        let timeout = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        Deadline {
+            started: std::time::Instant::now(),
+            timeout,
+        }
+    }
+
+    fn check(&self) -> Result<(), Status> {
+        match self.timeout {
+            Some(timeout) if self.started.elapsed() >= timeout => {
+                Err(Status::deadline_exceeded("Deadline Exceeded"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A `grpc-timeout` header value: digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<std::time::Duration> {
+    use std::time::Duration;
+    let unit = value.chars().last()?;
+    let amount: u64 = value.get(..value.len() - 1)?.parse().ok()?;
+    Some(match unit {
+        'H' => Duration::from_secs(amount.saturating_mul(3600)),
+        'M' => Duration::from_secs(amount.saturating_mul(60)),
+        'S' => Duration::from_secs(amount),
+        'm' => Duration::from_millis(amount),
+        'u' => Duration::from_micros(amount),
+        'n' => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+/// What a follower answers a call that needs the leader (KurrentDB's `LeaderInfo` status): the
+/// client reconnects to the endpoint it names.
+fn not_leader(leader: SocketAddr) -> Status {
+    let mut metadata = MetadataMap::new();
+    metadata.insert("exception", MetadataValue::from_static("not-leader"));
+    if let Ok(host) = leader.ip().to_string().parse() {
+        metadata.insert("leader-endpoint-host", host);
+    }
+    metadata.insert("leader-endpoint-port", MetadataValue::from(leader.port()));
+    Status::with_metadata(Code::NotFound, "Leader info available", metadata)
+}
+
+/// KurrentDB's answer to a `$all` read or subscription from a position that is not a record's.
+fn invalid_position() -> Status {
+    Status::invalid_argument("Trying to read from an invalid position.")
+}
+
+/// KurrentDB's answer to an append larger than its `MaxAppendSize`.
+fn append_too_large() -> Status {
+    let mut metadata = MetadataMap::new();
+    metadata.insert(
+        "exception",
+        MetadataValue::from_static("maximum-append-size-exceeded"),
+    );
+    metadata.insert("maximum-append-size", MetadataValue::from(APPEND_BYTES_MAX));
+    Status::with_metadata(
+        Code::InvalidArgument,
+        format!("Maximum Append Size of {APPEND_BYTES_MAX} Exceeded."),
+        metadata,
+    )
+}
+
 fn append_success(revision: u64, position: u64) -> AppendResp {
     use append_resp::success::{CurrentRevisionOption, PositionOption};
     AppendResp {
@@ -497,29 +675,70 @@ fn append_deduplicated(revision: u64) -> AppendResp {
     }
 }
 
-/// The revision of the last of `ids` if they are already in `stream` right where
-/// this append would put them: a retry of an append that landed.
-fn already_written(
-    log: &Log,
-    stream: &str,
-    expected: Expected,
-    ids: &[::uuid::Uuid],
-) -> Option<u64> {
-    let indexes = log.streams.get(stream)?;
-    let first = match expected {
-        Expected::NoStream => 0,
-        Expected::Revision(r) => usize::try_from(r).ok()?.checked_add(1)?,
-        Expected::Any | Expected::StreamExists => indexes
-            .iter()
-            .position(|&i| Some(&log.events[i].id) == ids.first())?,
+/// How an append relates to what the stream already holds (KurrentDB's commit check).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idempotence {
+    /// None of its events is written: the expected revision decides.
+    New,
+    /// All of them are, where the request would put them: a retry. The last one's revision and
+    /// position.
+    Retry { revision: u64, position: u64 },
+    /// Some are written and some are not: a bad request, answered `WrongExpectedVersion`.
+    Partial,
+}
+
+/// KurrentDB's idempotence check. With an exact expected revision (or no stream) behind the
+/// stream's head, the ids are compared with the events after the expected revision; with any
+/// (or stream exists), each id is looked up in the stream. Either way: all found is a retry,
+/// the first not found is a new append, a later one not found is a partial duplicate.
+fn idempotence(log: &Log, stream: &str, expected: Expected, ids: &[::uuid::Uuid]) -> Idempotence {
+    let Some(indexes) = log.streams.get(stream) else {
+        return Idempotence::New;
     };
-    let written = indexes.get(first..first.checked_add(ids.len())?)?;
-    let same = written
-        .iter()
-        .zip(ids)
-        .all(|(&i, id)| log.events[i].id == *id);
-    let last = &log.events[*written.last()?];
-    same.then_some(last.revision)
+    let head = indexes.len() as u64 - 1;
+    let revision_of = |i: usize, id: &::uuid::Uuid| -> Option<u64> {
+        match expected {
+            Expected::NoStream | Expected::Revision(_) => {
+                let first = match expected {
+                    Expected::Revision(r) => r.checked_add(1)?,
+                    _ => 0,
+                };
+                let revision = first.checked_add(i as u64)?;
+                let index = *indexes.get(usize::try_from(revision).ok()?)?;
+                (log.events[index].id == *id).then_some(revision)
+            }
+            Expected::Any | Expected::StreamExists => indexes
+                .iter()
+                .find(|&&index| log.events[index].id == *id)
+                .map(|&index| log.events[index].revision),
+        }
+    };
+    if let Expected::Revision(r) = expected
+        && r >= head
+    {
+        return Idempotence::New;
+    }
+    let mut last = None;
+    for (i, id) in ids.iter().enumerate() {
+        match revision_of(i, id) {
+            Some(revision) => last = Some(revision),
+            None if i == 0 => return Idempotence::New,
+            None => return Idempotence::Partial,
+        }
+    }
+    match last {
+        Some(revision) => {
+            let index = usize::try_from(revision).ok().and_then(|r| indexes.get(r));
+            match index {
+                Some(&index) => Idempotence::Retry {
+                    revision,
+                    position: log.events[index].position,
+                },
+                None => Idempotence::New,
+            }
+        }
+        None => Idempotence::New,
+    }
 }
 
 #[tonic::async_trait]
@@ -540,6 +759,17 @@ impl Streams for Service {
             // Watching before the subscription counts as opened: a test that drops
             // subscriptions once it sees one open must end this one.
             let watches = (state.appended.subscribe(), state.drops.subscribe());
+            if read.stream.is_none() {
+                let start = match read.from {
+                    ReadFrom::At(p) => Some(p),
+                    ReadFrom::Start | ReadFrom::End => None,
+                };
+                state
+                    .subscription_starts
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(start);
+            }
             state.subscriptions_opened.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(serve_subscription(state, read, tx, watches));
         } else {
@@ -553,6 +783,7 @@ impl Streams for Service {
         request: Request<Streaming<AppendReq>>,
     ) -> Result<Response<AppendResp>, Status> {
         self.state.check_available()?;
+        let deadline = Deadline::of(&request);
         let mut messages = request.into_inner();
         let options = match messages.message().await?.and_then(|m| m.content) {
             Some(append_req::Content::Options(options)) => options,
@@ -577,18 +808,23 @@ impl Streams for Service {
             }
         };
         let mut proposed = Vec::new();
+        let mut bytes = 0usize;
         while let Some(message) = messages.message().await? {
             match message.content {
-                Some(append_req::Content::ProposedMessage(m)) => proposed.push(m),
+                Some(append_req::Content::ProposedMessage(m)) => {
+                    bytes = bytes.saturating_add(m.data.len() + m.custom_metadata.len());
+                    proposed.push(m);
+                }
                 _ => return Err(Status::invalid_argument("options sent twice")),
             }
-            if proposed.len() > APPEND_EVENTS_MAX {
-                return Err(Status::invalid_argument("too many events in one append"));
+            if bytes > APPEND_BYTES_MAX {
+                return Err(append_too_large());
             }
         }
         self.state.appends_served.fetch_add(1, Ordering::SeqCst);
         // An availability flip while the request streamed in still fails it.
         self.state.check_available()?;
+        deadline.check()?;
 
         let (response, count) = {
             let mut log = self.state.lock();
@@ -597,11 +833,25 @@ impl Streams for Service {
                 .iter()
                 .filter_map(|m| m.id.as_ref().and_then(uuid_from_proto))
                 .collect();
-            if ids.len() == proposed.len()
-                && let Some(revision) = already_written(&log, &stream, expected, &ids)
-            {
-                // Like the real server, a recognised retry reports no position.
-                return Ok(Response::new(append_deduplicated(revision)));
+            let deduplication =
+                Deduplication::from_u8(self.state.deduplication.load(Ordering::SeqCst));
+            let checked = if deduplication == Deduplication::Off || ids.len() != proposed.len() {
+                Idempotence::New
+            } else {
+                idempotence(&log, &stream, expected, &ids)
+            };
+            match checked {
+                Idempotence::New => {}
+                Idempotence::Retry { revision, position } => {
+                    let response = match deduplication {
+                        Deduplication::NoPosition => append_deduplicated(revision),
+                        _ => append_success(revision, position),
+                    };
+                    return Ok(Response::new(response));
+                }
+                Idempotence::Partial => {
+                    return Ok(Response::new(wrong_expected_version(expected, head)));
+                }
             }
             let accepted = match expected {
                 Expected::Any => true,
@@ -720,6 +970,8 @@ struct ReadPlan {
     count: u64,
     subscription: bool,
     filter: Filter,
+    /// Records considered between two checkpoints of a filtered `$all` subscription.
+    checkpoint_interval: Option<u64>,
     structured_ids: bool,
 }
 
@@ -753,8 +1005,15 @@ impl ReadPlan {
             Some(CountOption::Subscription(_)) => (u64::MAX, true),
             None => return Err(Status::invalid_argument("read without a count option")),
         };
+        let mut checkpoint_interval = None;
         let filter = match options.filter_option {
             Some(FilterOption::Filter(f)) => {
+                let window = match f.window {
+                    Some(filter_options::Window::Max(n)) if n > 0 => u64::from(n),
+                    _ => CHECKPOINT_WINDOW_DEFAULT,
+                };
+                let multiplier = u64::from(f.checkpoint_interval_multiplier.max(1));
+                checkpoint_interval = Some(window.saturating_mul(multiplier));
                 let (expression, on_stream) = match f.filter {
                     Some(filter_options::Filter::StreamIdentifier(e)) => (e, true),
                     Some(filter_options::Filter::EventType(e)) => (e, false),
@@ -787,6 +1046,7 @@ impl ReadPlan {
             count,
             subscription,
             filter,
+            checkpoint_interval: checkpoint_interval.filter(|_| subscription),
             structured_ids,
         })
     }
@@ -821,6 +1081,20 @@ impl ReadPlan {
                 link: None,
                 position: Some(Position::CommitPosition(event.position)),
             })),
+        }
+    }
+
+    /// Whether a `$all` read or subscription starts at a place records start: a record's own
+    /// position, or the end of the log or past it.
+    fn starts_at_a_record(&self, log: &Log) -> bool {
+        match (&self.stream, self.from) {
+            (None, ReadFrom::At(p)) => {
+                p >= log.next_position || {
+                    let i = log.first_at_or_after(p);
+                    log.events.get(i).is_some_and(|e| e.position == p)
+                }
+            }
+            _ => true,
         }
     }
 
@@ -917,9 +1191,20 @@ type ReadSender = mpsc::Sender<Result<ReadResp, Status>>;
 async fn serve_read(state: Arc<State>, read: ReadPlan, tx: ReadSender) {
     let cursor = {
         let log = state.lock();
-        match &read.stream {
-            Some(stream) if !log.streams.contains_key(stream) => None,
-            _ => Some(read.read_cursor(&log)),
+        if !read.starts_at_a_record(&log) {
+            Err(invalid_position())
+        } else {
+            Ok(match &read.stream {
+                Some(stream) if !log.streams.contains_key(stream) => None,
+                _ => Some(read.read_cursor(&log)),
+            })
+        }
+    };
+    let cursor = match cursor {
+        Ok(cursor) => cursor,
+        Err(status) => {
+            let _ = tx.send(Err(status)).await;
+            return;
         }
     };
     let Some(mut cursor) = cursor else {
@@ -933,20 +1218,23 @@ async fn serve_read(state: Arc<State>, read: ReadPlan, tx: ReadSender) {
             .await;
         return;
     };
+    let bytes_max = state.read_bytes_max.load(Ordering::SeqCst);
     let mut sent = 0u64;
+    let mut bytes = 0usize;
     while sent < read.count {
         let page = read.page(&state.lock(), &mut cursor);
         if page.is_empty() {
             return;
         }
         for event in &page {
-            if sent == read.count {
+            if sent == read.count || bytes >= bytes_max {
                 return;
             }
             if tx.send(Ok(read.response(event))).await.is_err() {
                 return;
             }
             sent += 1;
+            bytes = bytes.saturating_add(event.data.len());
         }
     }
 }
@@ -959,6 +1247,11 @@ async fn serve_subscription(
     tx: ReadSender,
     (mut appended, mut drops): (watch::Receiver<usize>, watch::Receiver<u64>),
 ) {
+    let valid = read.starts_at_a_record(&state.lock());
+    if !valid {
+        let _ = tx.send(Err(invalid_position())).await;
+        return;
+    }
     let confirmation = read_resp::SubscriptionConfirmation {
         subscription_id: ::uuid::Uuid::new_v4().to_string(),
     };
@@ -971,8 +1264,20 @@ async fn serve_subscription(
     let mut cursor = read.subscription_cursor(&state.lock());
     let mut live = false;
     let mut dropped = false;
+    // Records considered since the last checkpoint, and the last one considered.
+    let mut considered = 0u64;
+    let mut last_considered = None;
     loop {
-        let page = read.page(&state.lock(), &mut cursor);
+        let page = {
+            let log = state.lock();
+            let before = cursor.next;
+            let page = read.page(&log, &mut cursor);
+            if read.stream.is_none() && cursor.next > before {
+                considered += (cursor.next - before) as u64;
+                last_considered = log.events.get(cursor.next - 1).map(|e| e.position);
+            }
+            page
+        };
         if dropped || drops.has_changed().unwrap_or(true) {
             let _ = tx
                 .send(Err(Status::unavailable(
@@ -986,11 +1291,27 @@ async fn serve_subscription(
                 return;
             }
         }
+        if let (Some(interval), Some(position)) = (read.checkpoint_interval, last_considered)
+            && considered >= interval
+        {
+            considered %= interval;
+            if tx.send(Ok(checkpoint(&state, position))).await.is_err() {
+                return;
+            }
+        }
         if !page.is_empty() {
             continue;
         }
         if !live {
             live = true;
+            // Catch-up reached the end: a checkpoint first, so one is sent within every
+            // interval (as KurrentDB does when a filtered subscription goes live).
+            if read.checkpoint_interval.is_some()
+                && let Some(position) = last_considered
+                && tx.send(Ok(checkpoint(&state, position))).await.is_err()
+            {
+                return;
+            }
             if tx.send(Ok(caught_up(&state, &read))).await.is_err() {
                 return;
             }
@@ -1000,6 +1321,27 @@ async fn serve_subscription(
             _ = drops.changed() => dropped = true,
             () = tx.closed() => return,
         }
+    }
+}
+
+fn checkpoint(state: &State, position: u64) -> ReadResp {
+    state.checkpoints_sent.fetch_add(1, Ordering::SeqCst);
+    ReadResp {
+        content: Some(read_resp::Content::Checkpoint(read_resp::Checkpoint {
+            commit_position: position,
+            prepare_position: position,
+            timestamp: Some(now_timestamp()),
+        })),
+    }
+}
+
+fn now_timestamp() -> prost_types::Timestamp {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    prost_types::Timestamp {
+        seconds: now.as_secs() as i64,
+        nanos: now.subsec_nanos() as i32,
     }
 }
 

@@ -7,8 +7,12 @@
 //! 2. parity: the same deterministic command sequence on the embedded store and on the server
 //!    gives the same answers, the same `allot audit --json` report and `allot rebuild`
 //!    checkpoints whose projections are equal modulo positions;
-//! 3. an unavailable server, or an append written but answered `UNAVAILABLE`, gives a 503
-//!    `recording-failure`, and a retry with the same token applies or replays exactly once.
+//! 3. an unavailable server, or an append written but answered `UNAVAILABLE` while the server
+//!    stays away longer than the adapter retries, gives a 503 `recording-failure`, and a retry
+//!    with the same token applies or replays exactly once; a lost acknowledgement alone is
+//!    absorbed by the adapter's retry;
+//! 4. two instances under contention on one pool through a failover (not-leader answers, lost
+//!    acknowledgements, then an outage): nothing oversold, lost or doubled, the audit clean.
 //!
 //! ```text
 //! cargo test -p allot-tests --test esdb_service
@@ -672,12 +676,21 @@ impl Outage {
             .expect("reserve request")
     }
 
-    /// An append that is written and then answered `UNAVAILABLE` (the service cannot know it
-    /// was written): the client gets a 503, the retry replays. Returns the retry's answer.
+    /// An append that is written and then answered `UNAVAILABLE`, after which the server stays
+    /// away longer than the adapter retries (the service cannot know it was written): the
+    /// client gets a 503, the retry replays. Returns the retry's answer.
     async fn written_but_unanswered(&self, resource: &str, token: &str) -> Answer {
         let before = self.server.stream_len(OUTAGE_STREAM);
+        let served = self.server.appends_served();
         self.server.fail_appends_after_write(1);
-        let answer = self.reserve(resource, token).await;
+        let outage = async {
+            while self.server.appends_served() == served {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            self.server.set_unavailable(true);
+        };
+        let (answer, ()) = tokio::join!(self.reserve(resource, token), outage);
+        self.server.set_unavailable(false);
         assert_eq!(answer.status, 503, "{answer:?}");
         assert_eq!(answer.code(), Some("recording-failure"), "{answer:?}");
         assert_eq!(
@@ -746,6 +759,17 @@ async fn unavailable_server_gives_a_retryable_503_and_loses_nothing() {
     );
     assert_eq!(reservation_of(&replayed_again), reservation_of(&replayed));
     assert_eq!(outage.server.stream_len(OUTAGE_STREAM), 3);
+
+    // 3. A lost acknowledgement alone is absorbed: the adapter retries with the same event ids
+    //    and the server answers where the events landed. One seat, one event, no 503.
+    outage.server.fail_appends_after_write(1);
+    let absorbed = outage.reserve("ack-lost", "t-absorbed").await;
+    assert_eq!(
+        (absorbed.status, absorbed.replayed),
+        (201, false),
+        "{absorbed:?}"
+    );
+    assert_eq!(outage.server.stream_len(OUTAGE_STREAM), 4);
     outage.service.shutdown().await.expect("shutdown");
 }
 
@@ -915,4 +939,131 @@ async fn a_revocation_through_one_instance_holds_on_the_other() {
     );
     first.shutdown().await.expect("shutdown");
     second.shutdown().await.expect("shutdown");
+}
+
+/// Reserves on one pool from both instances at once while the server fails over: for a while it
+/// answers as a follower (not leader) and loses the acknowledgement of appends it wrote, then
+/// refuses service for longer than the adapter retries, then recovers. Clients retry a 503
+/// with the same token, as upstream services do. Every command ends acknowledged exactly once
+/// (one event each on the server), no seat is sold twice, and the audit is clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_through_a_failover_lose_and_double_nothing() {
+    const RESERVES: usize = 120;
+    const SEATS: u64 = 25;
+    const ATTEMPTS_MAX: usize = 200;
+    let server = EsdbTestServer::start().await;
+    let url = server.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = dir.path().join("keys");
+    let (first, second) = two_services(&url, &keys).await;
+    let admin = admin_client(&format!("http://{}", first.addr), &keys);
+    let pool = PoolId::new("failover");
+    let declared = admin
+        .send(&pool, &declare(SEATS), "declare")
+        .await
+        .expect("declare");
+    assert_eq!(declared.status, 201, "{declared:?}");
+    let buyer_key = register_client(&admin, "buyer", 23).await;
+    let buyers = [&first, &second].map(|service| {
+        Client::new(
+            format!("http://{}", service.addr),
+            ActorId::new("buyer"),
+            buyer_key.clone(),
+        )
+    });
+    // The second instance learns of the buyer through its follower.
+    let started = Instant::now();
+    while buyers[1]
+        .send(&pool, &reserve("probe", 600_000), "probe")
+        .await
+        .map(|answer| answer.status == 401 || answer.status == 403)
+        .unwrap_or(true)
+    {
+        assert!(
+            started.elapsed() < CONVERGE_TIMEOUT,
+            "buyer unknown to the second instance"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let failover = async {
+        // Mid-load: requests are spread over about a second and a half.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The leader steps down: answers in flight are lost, the next calls hear "not leader".
+        server.fail_appends_after_write(3);
+        server.set_not_leader(true);
+        server.drop_subscriptions();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The election takes longer than the adapter's retries: callers get 503s.
+        server.set_not_leader(false);
+        server.set_unavailable(true);
+        tokio::time::sleep(Duration::from_millis(2_000)).await;
+        server.set_unavailable(false);
+    };
+    let requests = futures::future::join_all((0..RESERVES).map(|i| {
+        let buyer = buyers[i % 2].clone();
+        let pool = pool.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(12 * i as u64)).await;
+            let action = reserve(&format!("seat-{i}"), 600_000);
+            let token = format!("failover-{i}");
+            let mut unavailable = 0;
+            for _ in 0..ATTEMPTS_MAX {
+                match buyer.send(&pool, &action, &token).await {
+                    Ok(answer) if answer.status != 503 => return (i, answer, unavailable),
+                    _ => unavailable += 1,
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("request {i} never acknowledged");
+        }
+    }));
+    let (answers, ()) = tokio::join!(requests, failover);
+
+    let mut held = Vec::new();
+    let mut refused = 0;
+    let mut retried = 0;
+    for (i, answer, unavailable) in &answers {
+        retried += usize::from(*unavailable > 0);
+        match (answer.status, answer.code()) {
+            (201, _) => held.push(reservation_of(answer)),
+            (409, Some("pool-capacity-exceeded")) => refused += 1,
+            _ => panic!("request {i}: {answer:?}"),
+        }
+    }
+    assert!(retried > 0, "the failover never reached a client");
+    // The probe holds one seat.
+    assert_eq!(
+        held.len() as u64,
+        SEATS - 1,
+        "oversold or undersold: {held:?}"
+    );
+    assert_eq!(refused, RESERVES - held.len());
+    let mut ids: Vec<_> = held.iter().map(|id| id.seq).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        held.len(),
+        "a reservation answered to two commands"
+    );
+    // One event per command: declare, the probe, every reserve; none lost, none doubled.
+    assert_eq!(server.stream_len("pool-failover"), 2 + RESERVES);
+    // Every acknowledged hold is there, on both instances once they caught up.
+    let view = admin_client(&format!("http://{}", second.addr), &keys);
+    for id in &held {
+        let shown = view.reservation(id).await.expect("GET reservation");
+        assert_eq!(
+            shown.status, 200,
+            "acknowledged hold {id:?} not found: {shown:?}"
+        );
+    }
+
+    first.shutdown().await.expect("shutdown");
+    second.shutdown().await.expect("shutdown");
+    let (code, findings) = audit_json(&url).await;
+    assert_eq!(code, 0, "audit failed: {findings:#}");
+    let report = &findings["report"];
+    assert_eq!(report["reservations"], SEATS);
+    assert_eq!(report["pool_events"], 2 + RESERVES as u64);
 }

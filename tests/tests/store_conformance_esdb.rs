@@ -4,8 +4,11 @@
 //!
 //! `esdb_protocol` checks the in-test server itself against the raw client.
 //!
-//! With `ALLOT_ESDB_URL` set (e.g. `esdb://localhost:2113?tls=false`), the suite also runs
-//! against that real server, each case in a fresh stream namespace.
+//! `esdb` holds the behaviour tests of the server behaviours the adapter depends on.
+//!
+//! With `ALLOT_ESDB_URL` set (e.g. `esdb://localhost:2113?tls=false`), the suite and the
+//! behaviour tests also run against that real server, each case in a fresh stream namespace:
+//! `ALLOT_ESDB_URL=… cargo test -p allot-tests --test store_conformance_esdb esdb`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use allot_tests::esdb_server::EsdbTestServer;
 use allot_tests::store_conformance::{self, event};
 use futures::StreamExt;
 
+mod esdb;
 mod esdb_protocol;
 
 /// Bound on waiting for one subscription item in these tests.
@@ -29,6 +33,7 @@ async fn namespaced(url: &str) -> EsdbStore {
         url,
         EsdbOptions {
             namespace: Some(namespace),
+            ..EsdbOptions::default()
         },
     )
     .await
@@ -52,7 +57,7 @@ async fn run_all_on_one_shared_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn run_all_on_the_real_server_when_configured() {
+async fn esdb_conformance_on_the_real_server_when_configured() {
     let Ok(url) = std::env::var("ALLOT_ESDB_URL") else {
         eprintln!("skipped: ALLOT_ESDB_URL is not set (e.g. esdb://localhost:2113?tls=false)");
         return;
@@ -294,65 +299,6 @@ async fn unreachable_server_is_a_clear_error() {
             "{read:?}"
         );
     }
-}
-
-/// An append written by the server whose answer was lost reports `maybe_written: true`; retrying
-/// it with the same event ids and expected version succeeds without writing twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retried_append_of_unknown_outcome_is_deduplicated_by_event_id() {
-    let server = EsdbTestServer::start().await;
-    let store = open_esdb(&server.url()).await.unwrap();
-    let mut outcomes = Vec::new();
-    for (expected, payload) in [
-        (ExpectedVersion::NoStream, "r0"),
-        (ExpectedVersion::Exact(0), "r1"),
-    ] {
-        server.fail_appends_after_write(1);
-        let events = vec![event("Reserved", payload)];
-        let lost = store.append("pool-r", expected, events.clone()).await;
-        assert!(
-            matches!(
-                lost,
-                Err(StoreError::Unavailable {
-                    maybe_written: true,
-                    ..
-                })
-            ),
-            "{lost:?}"
-        );
-        let retried = store.append("pool-r", expected, events).await.unwrap();
-        let version = match expected {
-            ExpectedVersion::Exact(v) => v + 1,
-            _ => 0,
-        };
-        assert_eq!(retried.last_version, version);
-        outcomes.push(retried);
-    }
-    let stream = store.read_stream("pool-r", 0, 10).await.unwrap();
-    let landed: Vec<_> = stream.iter().map(|e| (e.version, e.position)).collect();
-    let reported: Vec<_> = outcomes
-        .iter()
-        .map(|o| (o.last_version, o.last_position))
-        .collect();
-    assert_eq!(
-        landed, reported,
-        "a deduplicated retry reported the wrong position"
-    );
-    let payloads: Vec<_> = stream.iter().map(|e| e.payload.as_slice()).collect();
-    assert_eq!(payloads, [b"r0", b"r1"]);
-    assert_eq!(server.stream_len("pool-r"), 2);
-    // A different append at a taken version is still a conflict.
-    let conflict = store
-        .append(
-            "pool-r",
-            ExpectedVersion::Exact(0),
-            vec![event("Reserved", "other")],
-        )
-        .await;
-    assert!(
-        matches!(conflict, Err(StoreError::WrongExpectedVersion { .. })),
-        "{conflict:?}"
-    );
 }
 
 /// A subscription dropped during a short outage retries with backoff and carries on where it

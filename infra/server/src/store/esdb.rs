@@ -10,19 +10,33 @@
 //!   (`NoStream`, `StreamRevision(v)` or `Any`): the client's default is "any", which would turn
 //!   the command path's optimistic check off.
 //! - **Event ids** are the port's `ProposedEvent::id` (deterministic, derived from pool, actor
-//!   and token), so a retried append of the same events is deduplicated by the server.
+//!   and token). An append that fails in a way that may be transient (not leader, unavailable,
+//!   connection lost, deadline) is retried with the same ids and expected version, a bounded
+//!   number of times. KurrentDB answers a retry of events it already holds with success and the
+//!   position of the last of them; the adapter uses that position, reads it back when a server
+//!   sends none, and, when a retry is answered `WrongExpectedVersion` after an attempt that may
+//!   have landed, reads the stream to see whether its own events are there (a server that does
+//!   not deduplicate). An `Any` append that may have landed is not retried: the server's
+//!   idempotence is not guaranteed for it.
 //! - **Positions** are the server's commit positions in the transaction log (byte offsets:
 //!   strictly increasing, not contiguous). The server gives every event of an append its own
 //!   commit position, so `AppendOutcome::last_position` is the write's commit position.
+//! - **Reads** never take a short answer for the end: a read continues from where the server
+//!   stopped until it has the count asked for or the server sends nothing more, so a server that
+//!   ends reads by size (or any other limit) loses nothing. A `$all` position that is not a
+//!   record's (the port accepts any number) is answered `INVALID_ARGUMENT` by the server; the
+//!   adapter then starts from the last allot record at or before it.
 //! - **`read_all` and `subscribe_all`** read `$all` with a server-side stream-prefix filter: the
 //!   allot streams (`pool-…` and `actors`), which leaves out every system stream (`$…`). With an
 //!   [`EsdbOptions::namespace`] all stream names carry that prefix on the server and the filter is
 //!   the namespace itself (several deployments, or test runs, sharing one server).
-//! - **Subscriptions** are catch-up-then-live `$all` subscriptions. A dropped subscription is
-//!   resumed after the last delivered position with a bounded backoff (see
-//!   [`RESUBSCRIBE_ATTEMPTS_MAX`]); when that is exhausted the subscription yields
-//!   `StoreError::Unavailable` and ends. Events at or before the last delivered position are
-//!   skipped, so a resume never repeats one.
+//! - **Subscriptions** are catch-up-then-live filtered `$all` subscriptions. The server sends a
+//!   checkpoint every few dozen records it considered, matching or not; the follower keeps the
+//!   later of the last delivered position and the last checkpoint, and a dropped subscription is
+//!   resumed after it with a bounded backoff (see [`RESUBSCRIBE_ATTEMPTS_MAX`]), so a resume
+//!   does not rescan records already passed over. When retries are exhausted the subscription
+//!   yields `StoreError::Unavailable` and ends. Events at or before the last delivered position
+//!   are skipped, so a resume never repeats one.
 //! - **Unavailability** (transport errors, deadlines, a node going away) maps to
 //!   `StoreError::Unavailable`; for an append that may have reached the server it says
 //!   `maybe_written: true`.
@@ -30,6 +44,7 @@
 //! The client's connection task ends for good when it cannot reach a node while (re)connecting;
 //! the store then builds a fresh client from the same settings on the next operation.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -51,6 +66,12 @@ use super::{
 pub const URL_SCHEMES: [&str; 4] = ["esdb", "esdb+discover", "kurrentdb", "kurrentdb+discover"];
 /// Deadline of one append or read call (the client's own default, made explicit).
 pub const OPERATION_DEADLINE: Duration = Duration::from_secs(10);
+/// Attempts of one append or read before a transient failure is returned.
+pub const ATTEMPTS_MAX: u32 = 6;
+/// First backoff before a retry; doubles per attempt up to [`RETRY_BACKOFF_MAX`].
+pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(50);
+/// Longest backoff between two attempts.
+pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// Events buffered between the subscription task and its consumer.
 pub const SUBSCRIPTION_BUFFER_EVENTS: usize = 256;
 /// Consecutive failed attempts to (re)subscribe before the subscription gives up.
@@ -78,6 +99,8 @@ pub struct EsdbOptions {
     /// Prefix put before every stream name on the server, and the `$all` filter instead of the
     /// allot stream prefixes. `None` (the default) stores `pool-…` and `actors` as they are.
     pub namespace: Option<String>,
+    /// Deadline of each append or read call; [`OPERATION_DEADLINE`] when `None`.
+    pub deadline: Option<Duration>,
 }
 
 /// The client and a generation number, so concurrent callers replace a broken client once.
@@ -91,6 +114,7 @@ struct Inner {
     connection: Mutex<Connection>,
     namespace: String,
     filter_prefixes: Vec<String>,
+    deadline: Duration,
 }
 
 /// Cheap to clone: clones share one client.
@@ -143,6 +167,7 @@ impl EsdbStore {
                 }),
                 namespace,
                 filter_prefixes,
+                deadline: options.deadline.unwrap_or(OPERATION_DEADLINE),
             }),
         })
     }
@@ -242,7 +267,47 @@ fn may_have_reached_server(error: &kurrentdb::Error) -> bool {
             | kurrentdb::Error::AccessDenied
             // A follower refused the write; the client reconnects to the leader it names.
             | kurrentdb::Error::NotLeaderException(_)
+            // KurrentDB validates a request before it writes anything.
+            | kurrentdb::Error::Grpc {
+                code: tonic::Code::InvalidArgument,
+                ..
+            }
     )
+}
+
+/// Whether a failed call may succeed if tried again: the leader moved, the node is busy,
+/// restarting or unreachable, or the call ran out of time.
+fn transient(error: &kurrentdb::Error) -> bool {
+    match error {
+        kurrentdb::Error::NotLeaderException(_)
+        | kurrentdb::Error::ServerError(_)
+        | kurrentdb::Error::ConnectionClosed
+        | kurrentdb::Error::GrpcConnectionError(_)
+        | kurrentdb::Error::DeadlineExceeded => true,
+        kurrentdb::Error::Grpc { code, .. } => {
+            matches!(code, tonic::Code::Unavailable | tonic::Code::Aborted)
+        }
+        _ => false,
+    }
+}
+
+/// KurrentDB's answer to a request it refuses before acting: a `$all` read or subscription from
+/// a position that is not a record's, an append over its `MaxAppendSize`.
+fn invalid_argument(error: &kurrentdb::Error) -> bool {
+    matches!(
+        error,
+        kurrentdb::Error::Grpc {
+            code: tonic::Code::InvalidArgument,
+            ..
+        }
+    )
+}
+
+/// The backoff before attempt `attempt + 1`.
+fn backoff(attempt: u32) -> Duration {
+    RETRY_BACKOFF_FIRST
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(RETRY_BACKOFF_MAX)
 }
 
 fn unavailable(operation: &str, error: &kurrentdb::Error, maybe_written: bool) -> StoreError {
@@ -261,7 +326,170 @@ fn all_position(commit: u64) -> Position {
     }
 }
 
+/// Where a `$all` read starts.
+#[derive(Debug, Clone, Copy)]
+enum AllStart {
+    Beginning,
+    /// At this position, inclusive (the server's rule for reads).
+    At(u64),
+}
+
+impl Inner {
+    /// Runs `call` with the current client until it succeeds, fails for good, or
+    /// [`ATTEMPTS_MAX`] attempts failed transiently; replaces a client whose connection ended.
+    async fn retrying<T, F, Fut>(&self, operation: &str, mut call: F) -> Result<T, kurrentdb::Error>
+    where
+        F: FnMut(Client) -> Fut,
+        Fut: Future<Output = Result<T, kurrentdb::Error>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let (generation, client) = self.client();
+            match call(client).await {
+                Ok(value) => return Ok(value),
+                Err(error) => {
+                    self.recover(generation, &error);
+                    if !transient(&error) || attempt >= ATTEMPTS_MAX {
+                        return Err(error);
+                    }
+                    debug!(operation, %error, attempt, "EventStoreDB call failed; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                    attempt += 1;
+                }
+            }
+        }
+    }
+
+    /// One server read of `stream` from `from`, at most `count` events; an unknown stream is
+    /// empty.
+    async fn read_stream_once(
+        &self,
+        stream: &str,
+        from: u64,
+        count: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let options = ReadStreamOptions::default()
+            .forwards()
+            .position(StreamPosition::Position(from))
+            .max_count(count)
+            .deadline(self.deadline);
+        let name = self.server_stream(stream);
+        let read = self
+            .retrying("read stream", |client| {
+                let (options, name) = (&options, name.clone());
+                async move {
+                    let mut read = match client.read_stream(name, options).await {
+                        Ok(read) => read,
+                        Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+                        Err(error) => return Err(error),
+                    };
+                    let mut events = Vec::new();
+                    loop {
+                        match read.next().await {
+                            Ok(Some(event)) => events.push(event),
+                            Ok(None) => return Ok(events),
+                            // The server answers an unknown stream with "not found" in the read.
+                            Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
+                            Err(error) => return Err(error),
+                        }
+                    }
+                }
+            })
+            .await
+            .map_err(|error| unavailable("read stream", &error, false))?;
+        read.iter().map(|event| self.recorded(event)).collect()
+    }
+
+    /// One server read of `$all` (allot streams only) from `start`, at most `count` events.
+    async fn read_all_once(
+        &self,
+        start: AllStart,
+        count: usize,
+        backwards: bool,
+    ) -> Result<Vec<RecordedEvent>, kurrentdb::Error> {
+        let position = match start {
+            AllStart::Beginning if backwards => StreamPosition::End,
+            AllStart::Beginning => StreamPosition::Start,
+            AllStart::At(position) => StreamPosition::Position(all_position(position)),
+        };
+        let options = ReadAllOptions::default()
+            .position(position)
+            .filter(self.filter())
+            .max_count(count)
+            .deadline(self.deadline);
+        let options = if backwards {
+            options.backwards()
+        } else {
+            options.forwards()
+        };
+        let read = self
+            .retrying("read $all", |client| {
+                let options = &options;
+                async move {
+                    let mut read = client.read_all(options).await?;
+                    let mut events = Vec::new();
+                    while let Some(event) = read.next().await? {
+                        events.push(event);
+                    }
+                    Ok(events)
+                }
+            })
+            .await?;
+        read.iter()
+            .map(|event| self.recorded(event))
+            .collect::<Result<_, _>>()
+            .map_err(|error| kurrentdb::Error::InternalParsingError(error.to_string()))
+    }
+
+    /// The position of the last allot record at or before `position` (`None`: there is none),
+    /// read backwards from the end: where to start instead of a position that is not a
+    /// record's.
+    async fn record_at_or_before(&self, position: u64) -> Result<Option<u64>, StoreError> {
+        let mut start = AllStart::Beginning;
+        loop {
+            let page = self
+                .read_all_once(start, REWIND_PAGE_EVENTS, true)
+                .await
+                .map_err(|error| unavailable("read $all backwards", &error, false))?;
+            if let Some(found) = page.iter().find(|event| event.position <= position) {
+                return Ok(Some(found.position));
+            }
+            match page.last() {
+                // Backwards from a position gives the records before it.
+                Some(last) if page.len() == REWIND_PAGE_EVENTS => {
+                    start = AllStart::At(last.position)
+                }
+                _ => return Ok(None),
+            }
+        }
+    }
+}
+
+/// Events per backwards read when finding a record at or before a position.
+const REWIND_PAGE_EVENTS: usize = 256;
+
 impl EsdbStore {
+    /// Where an append that the server accepted landed.
+    async fn written(
+        &self,
+        stream: &str,
+        written: &kurrentdb::WriteResult,
+    ) -> Result<AppendOutcome, StoreError> {
+        // The client reports the revision of the last event written.
+        let last_version = written.next_expected_version;
+        let last_position = if written.position == Position::start() {
+            // No position: a server that recognised a retry without saying where it landed.
+            self.position_of(stream, last_version).await?
+        } else {
+            written.position.commit
+        };
+        Ok(AppendOutcome {
+            last_version,
+            last_position,
+            sealed: None,
+        })
+    }
+
     /// The position of `stream`'s event at `version`, which an append just reported written.
     async fn position_of(&self, stream: &str, version: u64) -> Result<u64, StoreError> {
         let landed_but = |reason: String| StoreError::Unavailable {
@@ -269,7 +497,8 @@ impl EsdbStore {
             maybe_written: true,
         };
         let events = self
-            .read_stream(stream, version, 1)
+            .inner
+            .read_stream_once(stream, version, 1)
             .await
             .map_err(|e| landed_but(format!("reading its position failed: {e}")))?;
         match events.first() {
@@ -278,6 +507,41 @@ impl EsdbStore {
                 "event {version} of {stream} cannot be read back"
             ))),
         }
+    }
+
+    /// After a retry was refused as a version conflict: whether an earlier attempt of this
+    /// append landed (its events, by id, right after the expected version), and where.
+    async fn landed_earlier(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        ids: &[[u8; 16]],
+    ) -> Result<Option<AppendOutcome>, StoreError> {
+        let first = match expected {
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::Exact(version) => version.saturating_add(1),
+            ExpectedVersion::Any => return Ok(None),
+        };
+        let events = self
+            .inner
+            .read_stream_once(stream, first, ids.len())
+            .await
+            .map_err(|error| StoreError::Unavailable {
+                reason: format!(
+                    "EventStoreDB append may have landed; reading it back failed: {error}"
+                ),
+                maybe_written: true,
+            })?;
+        let ours =
+            events.len() == ids.len() && events.iter().zip(ids).all(|(event, id)| event.id == *id);
+        Ok(match events.last() {
+            Some(last) if ours => Some(AppendOutcome {
+                last_version: last.version,
+                last_position: last.position,
+                sealed: None,
+            }),
+            _ => None,
+        })
     }
 }
 
@@ -295,6 +559,7 @@ impl EventStore for EsdbStore {
     ) -> Result<AppendOutcome, StoreError> {
         validate_append(stream, &events)?;
         let inner = &self.inner;
+        let ids: Vec<[u8; 16]> = events.iter().map(|event| event.id).collect();
         let data: Vec<EventData> = events
             .into_iter()
             .map(|event| {
@@ -304,44 +569,55 @@ impl EventStore for EsdbStore {
             .collect();
         let options = AppendToStreamOptions::default()
             .stream_state(stream_state(expected))
-            .deadline(OPERATION_DEADLINE);
-        let (generation, client) = inner.client();
-        match client
-            .append_to_stream(inner.server_stream(stream), &options, data)
-            .await
-        {
-            Ok(written) => {
-                // The client reports the revision of the last event written.
-                let last_version = written.next_expected_version;
-                let last_position = if written.position == Position::start() {
-                    // No position: the server recognised a retry of an append that had landed
-                    // (by event id). Read the event back for its position.
-                    self.position_of(stream, last_version).await?
-                } else {
-                    written.position.commit
-                };
-                Ok(AppendOutcome {
-                    last_version,
-                    last_position,
-                    sealed: None,
-                })
+            .deadline(inner.deadline);
+        let server_stream = inner.server_stream(stream);
+        let mut maybe_written = false;
+        let mut attempt = 1;
+        loop {
+            let (generation, client) = inner.client();
+            let error = match client
+                .append_to_stream(server_stream.as_str(), &options, data.clone())
+                .await
+            {
+                Ok(written) => return self.written(stream, &written).await,
+                Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
+                    if maybe_written
+                        && let Some(landed) = self.landed_earlier(stream, expected, &ids).await?
+                    {
+                        debug!(%stream, attempt, "an earlier attempt of this append had landed");
+                        return Ok(landed);
+                    }
+                    return Err(StoreError::WrongExpectedVersion {
+                        stream: stream.to_owned(),
+                        expected,
+                        actual: match current {
+                            CurrentRevision::Current(version) => ActualVersion::Exact(version),
+                            CurrentRevision::NoStream => ActualVersion::NoStream,
+                        },
+                    });
+                }
+                Err(error) => error,
+            };
+            inner.recover(generation, &error);
+            maybe_written |= may_have_reached_server(&error);
+            if invalid_argument(&error) && !maybe_written {
+                // KurrentDB refuses an append over its `MaxAppendSize` before writing.
+                return Err(StoreError::InvalidAppend(format!(
+                    "EventStoreDB refused the append: {error}"
+                )));
             }
-            Err(kurrentdb::Error::WrongExpectedVersion { current, .. }) => {
-                Err(StoreError::WrongExpectedVersion {
-                    stream: stream.to_owned(),
-                    expected,
-                    actual: match current {
-                        CurrentRevision::Current(version) => ActualVersion::Exact(version),
-                        CurrentRevision::NoStream => ActualVersion::NoStream,
-                    },
-                })
+            // A retry of an `Any` append that may have landed could write it twice: the server
+            // recognises retried ids for "any" only while they are in its cache.
+            let retry = transient(&error)
+                && attempt < ATTEMPTS_MAX
+                && !(maybe_written && expected == ExpectedVersion::Any);
+            if !retry {
+                warn!(%stream, %error, maybe_written, attempt, "EventStoreDB append failed");
+                return Err(unavailable("append", &error, maybe_written));
             }
-            Err(error) => {
-                inner.recover(generation, &error);
-                let maybe_written = may_have_reached_server(&error);
-                warn!(%stream, %error, maybe_written, "EventStoreDB append failed");
-                Err(unavailable("append", &error, maybe_written))
-            }
+            debug!(%stream, %error, maybe_written, attempt, "EventStoreDB append failed; retrying with the same event ids");
+            tokio::time::sleep(backoff(attempt)).await;
+            attempt += 1;
         }
     }
 
@@ -351,38 +627,18 @@ impl EventStore for EsdbStore {
         from_version: u64,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        if max_count == 0 {
-            return Ok(Vec::new());
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        let mut from = from_version;
+        while events.len() < max_count {
+            let chunk = self
+                .inner
+                .read_stream_once(stream, from, max_count - events.len())
+                .await?;
+            let Some(last) = chunk.last() else { break };
+            from = last.version.saturating_add(1);
+            events.extend(chunk);
         }
-        let inner = &self.inner;
-        let options = ReadStreamOptions::default()
-            .forwards()
-            .position(StreamPosition::Position(from_version))
-            .max_count(max_count)
-            .deadline(OPERATION_DEADLINE);
-        let (generation, client) = inner.client();
-        let failed = |error: kurrentdb::Error| {
-            inner.recover(generation, &error);
-            unavailable("read stream", &error, false)
-        };
-        let mut read = match client
-            .read_stream(inner.server_stream(stream), &options)
-            .await
-        {
-            Ok(read) => read,
-            Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
-            Err(error) => return Err(failed(error)),
-        };
-        let mut events = Vec::new();
-        loop {
-            match read.next().await {
-                Ok(Some(event)) => events.push(inner.recorded(&event)?),
-                Ok(None) => return Ok(events),
-                // The server answers an unknown stream with "not found" inside the read.
-                Err(kurrentdb::Error::ResourceNotFound) => return Ok(Vec::new()),
-                Err(error) => return Err(failed(error)),
-            }
-        }
+        Ok(events)
     }
 
     async fn read_all(
@@ -390,41 +646,50 @@ impl EventStore for EsdbStore {
         after: Option<u64>,
         max_count: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        if max_count == 0 {
-            return Ok(Vec::new());
-        }
         let inner = &self.inner;
-        // Reading `$all` from a position includes the event at it: ask for one more.
-        let (start, count) = match after {
-            Some(after) => (
-                StreamPosition::Position(all_position(after)),
-                max_count.saturating_add(1),
-            ),
-            None => (StreamPosition::Start, max_count),
-        };
-        let options = ReadAllOptions::default()
-            .position(start)
-            .forwards()
-            .filter(inner.filter())
-            .max_count(count)
-            .deadline(OPERATION_DEADLINE);
-        let (generation, client) = inner.client();
-        let failed = |error: kurrentdb::Error| {
-            inner.recover(generation, &error);
-            unavailable("read $all", &error, false)
-        };
-        let mut read = client.read_all(&options).await.map_err(failed)?;
-        let mut events = Vec::new();
+        let mut events: Vec<RecordedEvent> = Vec::new();
+        // Everything at or before `bound` has been returned or was not asked for.
+        let mut bound = after;
+        let mut start = after.map_or(AllStart::Beginning, AllStart::At);
+        let mut rewound = false;
         while events.len() < max_count {
-            match read.next().await.map_err(failed)? {
-                Some(event) => {
-                    let event = inner.recorded(&event)?;
-                    if after.is_none_or(|after| event.position > after) {
-                        events.push(event);
-                    }
+            // Reading from a position includes the record at it: ask for one more.
+            let count = match start {
+                AllStart::At(_) => (max_count - events.len()).saturating_add(1),
+                AllStart::Beginning => max_count - events.len(),
+            };
+            let chunk = match inner.read_all_once(start, count, false).await {
+                Ok(chunk) => chunk,
+                Err(error) if invalid_argument(&error) && !rewound => {
+                    rewound = true;
+                    let at = bound.unwrap_or(0);
+                    start = inner
+                        .record_at_or_before(at)
+                        .await?
+                        .map_or(AllStart::Beginning, AllStart::At);
+                    debug!(
+                        after = at,
+                        ?start,
+                        "not a record's position; starting at a record"
+                    );
+                    continue;
                 }
-                None => break,
+                Err(error) => return Err(unavailable("read $all", &error, false)),
+            };
+            let before = events.len();
+            for event in chunk {
+                if events.len() == max_count {
+                    break;
+                }
+                if bound.is_none_or(|bound| event.position > bound) {
+                    bound = Some(event.position);
+                    events.push(event);
+                }
             }
+            if events.len() == before {
+                break;
+            }
+            start = bound.map_or(AllStart::Beginning, AllStart::At);
         }
         Ok(events)
     }
@@ -441,13 +706,19 @@ impl EventStore for EsdbStore {
 
 type SubscriptionSender = tokio::sync::mpsc::Sender<Result<RecordedEvent, StoreError>>;
 
-/// Feeds `tx` from `$all` after `after`, resubscribing after the last delivered position when
-/// the server drops the subscription. Ends when the consumer goes away or retries run out.
+/// Feeds `tx` from `$all` after `after`, resubscribing when the server drops the subscription
+/// after the later of the last delivered position and the last checkpoint. Ends when the
+/// consumer goes away or retries run out.
 async fn follow_all(inner: Arc<Inner>, after: Option<u64>, tx: SubscriptionSender) {
-    let mut cursor = after;
+    // Everything at or before `delivered` was delivered (or not asked for).
+    let mut delivered = after;
+    // Where the next subscription starts (exclusive): every allot record at or before it has
+    // been delivered.
+    let mut resume = after;
+    let mut rewound = false;
     let mut failures: u32 = 0;
     loop {
-        let position = cursor.map_or(StreamPosition::Start, |p| {
+        let position = resume.map_or(StreamPosition::Start, |p| {
             StreamPosition::Position(all_position(p))
         });
         let options = SubscribeToAllOptions::default()
@@ -472,13 +743,20 @@ async fn follow_all(inner: Arc<Inner>, after: Option<u64>, tx: SubscriptionSende
                         }
                     };
                     // Resuming from a position must not repeat what was delivered.
-                    if cursor.is_some_and(|c| event.position <= c) {
+                    if delivered.is_some_and(|d| event.position <= d) {
                         continue;
                     }
-                    cursor = Some(event.position);
+                    delivered = Some(event.position);
+                    resume = resume.max(delivered);
                     if tx.send(Ok(event)).await.is_err() {
                         return;
                     }
+                }
+                Ok(SubscriptionEvent::Checkpoint(checkpoint)) => {
+                    // The server considered every record up to here: nothing there is left
+                    // to deliver, so a resume need not read them again.
+                    failures = 0;
+                    resume = resume.max(Some(checkpoint.commit));
                 }
                 Ok(SubscriptionEvent::Confirmed(_)) | Ok(SubscriptionEvent::CaughtUp(_)) => {
                     failures = 0;
@@ -491,9 +769,26 @@ async fn follow_all(inner: Arc<Inner>, after: Option<u64>, tx: SubscriptionSende
         if tx.is_closed() {
             return;
         }
+        if invalid_argument(&error)
+            && !rewound
+            && let Some(at) = resume
+        {
+            // `after` was not a record's position: start at the record at or before it.
+            rewound = true;
+            match inner.record_at_or_before(at).await {
+                Ok(found) => {
+                    resume = found;
+                    continue;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                    return;
+                }
+            }
+        }
         failures += 1;
         if failures > RESUBSCRIBE_ATTEMPTS_MAX {
-            warn!(%error, ?cursor, "EventStoreDB subscription gave up");
+            warn!(%error, ?resume, "EventStoreDB subscription gave up");
             let _ = tx
                 .send(Err(StoreError::Unavailable {
                     reason: format!(
@@ -508,7 +803,7 @@ async fn follow_all(inner: Arc<Inner>, after: Option<u64>, tx: SubscriptionSende
         let backoff = RESUBSCRIBE_BACKOFF_FIRST
             .saturating_mul(1 << (failures - 1).min(16))
             .min(RESUBSCRIBE_BACKOFF_MAX);
-        warn!(%error, ?cursor, attempt = failures, ?backoff, "EventStoreDB subscription dropped; resubscribing");
+        warn!(%error, ?resume, attempt = failures, ?backoff, "EventStoreDB subscription dropped; resubscribing");
         tokio::time::sleep(backoff).await;
     }
 }
