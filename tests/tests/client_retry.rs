@@ -1,0 +1,184 @@
+//! The batching client over a connection that drops answers: a proxy between it and a real
+//! server cuts connections after the server has started answering (so the batch was decided)
+//! and sometimes part-way through an answer. Every command must still get exactly one outcome,
+//! decided once: the resends replay what was decided.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use allot_client::{Batcher, BatcherConfig, Outcome};
+use allot_domain::{Action, PoolId, Role};
+use support::{Harness, declare};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const POOLS: usize = 4;
+const CLIENTS: usize = 200;
+const ROUNDS: usize = 3;
+
+/// A TCP proxy to `upstream`. Connection `n` forwards `n % 4` reads of the server's answers,
+/// then closes both sides at the next one: every connection dies, most with a whole request
+/// forwarded and decided but its answer (or the rest of it) lost.
+async fn dropping_proxy(upstream: String) -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    let cut = Arc::new(AtomicUsize::new(0));
+    let cuts = Arc::clone(&cut);
+    tokio::spawn(async move {
+        let mut n = 0usize;
+        while let Ok((client, _)) = listener.accept().await {
+            let budget = n % 4;
+            n += 1;
+            let Ok(server) = TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            tokio::spawn(relay(client, server, budget, Arc::clone(&cuts)));
+        }
+    });
+    (format!("http://{addr}"), cut)
+}
+
+async fn relay(client: TcpStream, server: TcpStream, budget: usize, cuts: Arc<AtomicUsize>) {
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let requests = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match client_read.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut forwarded = 0;
+    loop {
+        match server_read.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if forwarded == budget {
+                    cuts.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+                forwarded += 1;
+                if client_write.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    // Dropping both halves closes both connections.
+    requests.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_command_is_lost_or_applied_twice_when_answers_are_dropped() {
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 11).await;
+    for p in 0..POOLS {
+        h.admin_raw
+            .send(&format!("p{p}"), &declare(1_000_000), &format!("declare-p{p}"))
+            .await
+            .expect_ok(201);
+    }
+    let upstream = h.base.trim_start_matches("http://").to_owned();
+    let (proxy, cuts) = dropping_proxy(upstream).await;
+    let config = BatcherConfig {
+        max_batch: 64,
+        attempts: 30,
+        backoff_initial: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(20),
+        timeout: Duration::from_secs(5),
+        ..BatcherConfig::default()
+    };
+    let batcher = Batcher::new(&proxy, shop.id.clone(), shop.key.clone(), config).expect("batcher");
+
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let batcher = batcher.clone();
+        clients.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for round in 0..ROUNDS {
+                let pool = PoolId::new(format!("p{}", (client + round) % POOLS));
+                let reserve = Action::Reserve {
+                    resource: "seat".into(),
+                    requester: format!("r{client}"),
+                    duration_ms: 600_000,
+                    count: 1,
+                };
+                let reserved = batcher.submit(pool, reserve).await;
+                let reserved = reserved.unwrap_or_else(|e| panic!("reserve unanswered: {e}"));
+                let Outcome::Reserved { reservation, .. } = &reserved.outcome else {
+                    panic!("reserve: {:?}", reserved.outcome);
+                };
+                let confirm = Action::ConfirmReservation {
+                    reservation: reservation.seq,
+                };
+                let confirmed = batcher
+                    .submit(reservation.pool.clone(), confirm)
+                    .await
+                    .unwrap_or_else(|e| panic!("confirm unanswered: {e}"));
+                assert_eq!(
+                    confirmed.outcome,
+                    Outcome::Confirmed {
+                        reservation: reservation.clone()
+                    }
+                );
+                answers.push((reserved, confirmed));
+            }
+            answers
+        }));
+    }
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.extend(client.await.expect("client task"));
+    }
+    assert_eq!(answers.len(), CLIENTS * ROUNDS);
+
+    // One reservation per reserve: no two reserves were answered with the same one, and the
+    // projections hold exactly as many as reserves were answered, each confirmed once.
+    let mut ids = HashSet::new();
+    let mut per_pool = vec![0u64; POOLS];
+    for (reserved, _) in &answers {
+        let Outcome::Reserved { reservation, .. } = &reserved.outcome else {
+            unreachable!("checked above");
+        };
+        assert!(ids.insert(reservation.clone()), "{reservation} answered twice");
+        let pool: usize = reservation.pool.as_str()[1..].parse().expect("pool index");
+        per_pool[pool] += 1;
+    }
+    let contents = h.service().service.projections().contents();
+    for (p, expected) in per_pool.iter().enumerate() {
+        let count = &contents.counts[&format!("p{p}")];
+        assert_eq!(count.reservations, *expected, "pool p{p}: {count:?}");
+        assert_eq!(count.confirmed, *expected, "pool p{p}: {count:?}");
+        assert_eq!(count.allocated, *expected, "pool p{p}: {count:?}");
+    }
+    assert_eq!(contents.binding.len(), CLIENTS * ROUNDS);
+
+    // The faults happened and were recovered by resending: some outcomes came back replayed.
+    let stats = batcher.stats();
+    let replayed = answers
+        .iter()
+        .flat_map(|(reserved, confirmed)| [reserved, confirmed])
+        .filter(|answer| answer.replayed)
+        .count();
+    eprintln!(
+        "{} cuts; {} requests, {} resent, {} members resent, {replayed} outcomes replayed",
+        cuts.load(Ordering::Relaxed),
+        stats.requests,
+        stats.resent_batches,
+        stats.resent_members
+    );
+    assert!(cuts.load(Ordering::Relaxed) > 0, "the proxy never cut");
+    assert!(stats.resent_batches > 0, "{stats:?}");
+    assert!(replayed > 0, "no replayed outcome after {stats:?}");
+}
