@@ -88,6 +88,37 @@ pub enum BenchScenario {
         #[arg(long)]
         seconds: u64,
     },
+    /// Signed commands through the batching client library from a separate load process, and the
+    /// single-command `http` load against the same server beside it.
+    Client {
+        #[arg(long, default_value_t = 100)]
+        pools: usize,
+        /// Closed-loop logical clients, all through one batcher.
+        #[arg(long, default_value_t = 1_024)]
+        clients: usize,
+        /// Connections of the single-command load run beside it.
+        #[arg(long, default_value_t = 256)]
+        http_clients: usize,
+        /// Seconds of each of the two loads.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+    /// The load side of `client` (run by it as a child process).
+    #[command(hide = true)]
+    ClientLoad {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        pools: usize,
+        #[arg(long)]
+        clients: usize,
+        #[arg(long)]
+        seconds: u64,
+    },
     /// Rebuild, audit (with and without signatures) and start-up on a large log.
     Replay {
         /// Events in the generated log.
@@ -125,7 +156,12 @@ fn print_result(result: &(impl std::fmt::Display + serde::Serialize)) {
 }
 
 pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
-    if args.runs > 1 && !matches!(args.scenario, BenchScenario::HttpLoad { .. }) {
+    if args.runs > 1
+        && !matches!(
+            args.scenario,
+            BenchScenario::HttpLoad { .. } | BenchScenario::ClientLoad { .. }
+        )
+    {
         return repeat(args.runs).await;
     }
     let scenario = args.scenario;
@@ -168,22 +204,53 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
         } => {
             let dir = dir_or_temp(data);
             bench::http(&dir, pools, async |server, key: PathBuf| {
-                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-                let output = tokio::process::Command::new(exe)
-                    .args(["bench", "http-load", "--server", &server])
-                    .arg("--key")
-                    .arg(&key)
-                    .args(["--pools", &pools.to_string()])
-                    .args(["--clients", &clients.to_string()])
-                    .args(["--seconds", &seconds.to_string()])
-                    .output()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                let line = stdout.lines().last().unwrap_or_default();
-                serde_json::from_str(line).map_err(|e| format!("load process said {stdout:?}: {e}"))
+                load_process("http-load", &server, &key, pools, clients, seconds).await
             })
             .await?
+        }
+        BenchScenario::Client {
+            pools,
+            clients,
+            http_clients,
+            seconds,
+            data,
+        } => {
+            let dir = dir_or_temp(data);
+            let result = bench::client::client(
+                &dir,
+                pools,
+                clients,
+                async |server, key: PathBuf| {
+                    load_process("client-load", &server, &key, pools, clients, seconds).await
+                },
+                async |server, key: PathBuf| {
+                    load_process("http-load", &server, &key, pools, http_clients, seconds).await
+                },
+            )
+            .await?;
+            print_result(&result);
+            return Ok(ExitCode::SUCCESS);
+        }
+        BenchScenario::ClientLoad {
+            server,
+            key,
+            pools,
+            clients,
+            seconds,
+        } => {
+            let (file, signing_key) = KeyFile::read(&key).map_err(|e| e.to_string())?;
+            let result = bench::client::client_load(
+                &server,
+                ActorId::new(file.actor),
+                signing_key,
+                pools,
+                clients,
+                Duration::from_secs(seconds),
+                1,
+            )
+            .await?;
+            out!("{}", serde_json::to_string(&result).unwrap_or_default());
+            return Ok(ExitCode::SUCCESS);
         }
         BenchScenario::HttpLoad {
             server,
@@ -232,6 +299,33 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
     };
     print_result(&result);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs the load side `subcommand` as a child process against `server`, signing with the key in
+/// `key`; returns the result its last line of output carries.
+async fn load_process<T: serde::de::DeserializeOwned>(
+    subcommand: &str,
+    server: &str,
+    key: &std::path::Path,
+    pools: usize,
+    clients: usize,
+    seconds: u64,
+) -> Result<T, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let output = tokio::process::Command::new(exe)
+        .args(["bench", subcommand, "--server", server])
+        .arg("--key")
+        .arg(key)
+        .args(["--pools", &pools.to_string()])
+        .args(["--clients", &clients.to_string()])
+        .args(["--seconds", &seconds.to_string()])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| format!("{subcommand} process said {stdout:?}: {e}"))
 }
 
 /// Runs this process's own command line again `count` times without `--runs`, each in its own
