@@ -161,8 +161,8 @@ pub async fn client_load(
     duration: Duration,
     seed: u64,
 ) -> Result<ClientLoadResult, String> {
-    let batcher = Batcher::new(server, actor, key, BatcherConfig::default())
-        .map_err(|e| e.to_string())?;
+    let batcher =
+        Batcher::new(server, actor, key, BatcherConfig::default()).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
