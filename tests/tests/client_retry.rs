@@ -85,7 +85,11 @@ async fn no_command_is_lost_or_applied_twice_when_answers_are_dropped() {
     let shop = h.register("shop", Role::Client, 11).await;
     for p in 0..POOLS {
         h.admin_raw
-            .send(&format!("p{p}"), &declare(1_000_000), &format!("declare-p{p}"))
+            .send(
+                &format!("p{p}"),
+                &declare(1_000_000),
+                &format!("declare-p{p}"),
+            )
             .await
             .expect_ok(201);
     }
@@ -146,12 +150,15 @@ async fn no_command_is_lost_or_applied_twice_when_answers_are_dropped() {
     // One reservation per reserve: no two reserves were answered with the same one, and the
     // projections hold exactly as many as reserves were answered, each confirmed once.
     let mut ids = HashSet::new();
-    let mut per_pool = vec![0u64; POOLS];
+    let mut per_pool = [0u64; POOLS];
     for (reserved, _) in &answers {
         let Outcome::Reserved { reservation, .. } = &reserved.outcome else {
             unreachable!("checked above");
         };
-        assert!(ids.insert(reservation.clone()), "{reservation} answered twice");
+        assert!(
+            ids.insert(reservation.clone()),
+            "{reservation} answered twice"
+        );
         let pool: usize = reservation.pool.as_str()[1..].parse().expect("pool index");
         per_pool[pool] += 1;
     }
