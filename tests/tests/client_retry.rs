@@ -189,3 +189,58 @@ async fn no_command_is_lost_or_applied_twice_when_answers_are_dropped() {
     assert!(stats.resent_batches > 0, "{stats:?}");
     assert!(replayed > 0, "no replayed outcome after {stats:?}");
 }
+
+/// A member the server cannot read refuses its whole batch; the batcher splits the batch until
+/// that member is alone, so only it gets the refusal and the others are decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_member_is_refused_alone() {
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 12).await;
+    h.admin_raw
+        .send("hall", &declare(1_000), "declare-hall")
+        .await
+        .expect_ok(201);
+    // A long linger: every command below goes in one batch.
+    let config = BatcherConfig {
+        linger: Duration::from_millis(200),
+        ..BatcherConfig::default()
+    };
+    let batcher =
+        Batcher::new(&h.base, shop.id.clone(), shop.key.clone(), config).expect("batcher");
+    let mut submits = Vec::new();
+    for n in 0..9u64 {
+        let batcher = batcher.clone();
+        // Reservation 0 does not exist and cannot be named (`hall:0` is not a reservation id).
+        let action = if n == 4 {
+            Action::ConfirmReservation { reservation: 0 }
+        } else {
+            Action::Reserve {
+                resource: "seat".into(),
+                requester: format!("r{n}"),
+                duration_ms: 600_000,
+                count: 1,
+            }
+        };
+        submits.push(tokio::spawn(async move {
+            batcher.submit(PoolId::new("hall"), action).await
+        }));
+    }
+    let mut refused = 0;
+    for (n, submit) in submits.into_iter().enumerate() {
+        match submit.await.expect("submit task") {
+            Ok(answer) if n != 4 => {
+                assert!(
+                    matches!(answer.outcome, Outcome::Reserved { .. }),
+                    "{answer:?}"
+                );
+            }
+            Err(allot_client::SubmitError::Refused { status: 400, .. }) if n == 4 => refused += 1,
+            other => panic!("command {n}: {other:?}"),
+        }
+    }
+    assert_eq!(refused, 1);
+    let stats = batcher.stats();
+    assert!(stats.requests > 1, "the batch was not split: {stats:?}");
+    let contents = h.service().service.projections().contents();
+    assert_eq!(contents.counts["hall"].reservations, 8);
+}

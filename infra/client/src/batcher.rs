@@ -901,3 +901,90 @@ fn encode(commands: &[BatchCommand]) -> Result<Vec<u8>, SubmitError> {
 fn now() -> Timestamp {
     crate::now()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_results_read_as_outcomes() {
+        let body = br#"{"results":[
+            {"status":201,"outcome":"reserved","reservation_id":"hall:1","pool_id":"hall","expires_at":7,"receipt":{"format":1}},
+            {"status":200,"replayed":true,"outcome":"released","reservation_id":"hall:2"},
+            {"type":"urn:allot:problem:pool-capacity-exceeded","title":"Conflict","status":409,"detail":"full","code":"pool-capacity-exceeded"},
+            {"status":200,"outcome":"capacity_adjusted","capacity":5}
+        ]}"#;
+        let answer: BatchAnswer<'_> = serde_json::from_slice(body).expect("parses");
+        let outcomes: Vec<_> = answer
+            .results
+            .iter()
+            .map(|result| result.outcome().expect("readable"))
+            .collect();
+        let reservation = |seq| ReservationId {
+            pool: PoolId::new("hall"),
+            seq,
+        };
+        assert_eq!(
+            outcomes,
+            [
+                Outcome::Reserved {
+                    reservation: reservation(1),
+                    expires_at: Timestamp(7)
+                },
+                Outcome::Released {
+                    reservation: reservation(2)
+                },
+                Outcome::Rejected {
+                    status: 409,
+                    code: "pool-capacity-exceeded".into(),
+                    detail: "full".into()
+                },
+                Outcome::CapacityAdjusted { capacity: 5 },
+            ]
+        );
+        assert!(answer.results[1].replayed);
+        assert!(answer.results[0].receipt.is_some());
+        assert_eq!(outcomes[0].status(), 201);
+    }
+
+    #[test]
+    fn batch_sizes_have_a_mean_and_a_median() {
+        let mut stats = BatcherStats {
+            requests: 3,
+            commands: 12,
+            sizes: vec![0; 9],
+            ..BatcherStats::default()
+        };
+        stats.sizes[2] = 1;
+        stats.sizes[3] = 1;
+        stats.sizes[7] = 1;
+        assert_eq!(stats.mean_batch(), 4.0);
+        assert_eq!(stats.median_batch(), 3);
+        assert_eq!(BatcherStats::default().median_batch(), 0);
+    }
+
+    #[test]
+    fn configurations_out_of_range_are_refused() {
+        assert!(check(&BatcherConfig::default()).is_ok());
+        for config in [
+            BatcherConfig {
+                max_batch: 0,
+                ..BatcherConfig::default()
+            },
+            BatcherConfig {
+                max_batch: 8193,
+                ..BatcherConfig::default()
+            },
+            BatcherConfig {
+                connections: 0,
+                ..BatcherConfig::default()
+            },
+            BatcherConfig {
+                attempts: 0,
+                ..BatcherConfig::default()
+            },
+        ] {
+            assert!(check(&config).is_err(), "{config:?}");
+        }
+    }
+}
