@@ -104,6 +104,8 @@ pub enum BenchScenario {
         seconds: u64,
         #[arg(long)]
         data: Option<PathBuf>,
+        #[command(flatten)]
+        batcher: BatcherArgs,
     },
     /// The load side of `client` (run by it as a child process).
     #[command(hide = true)]
@@ -118,6 +120,8 @@ pub enum BenchScenario {
         clients: usize,
         #[arg(long)]
         seconds: u64,
+        #[command(flatten)]
+        batcher: BatcherArgs,
     },
     /// Rebuild, audit (with and without signatures) and start-up on a large log.
     Replay {
@@ -147,6 +151,46 @@ pub enum BenchScenario {
         #[arg(long)]
         data: Option<PathBuf>,
     },
+}
+
+/// The batcher's settings for `bench client`; each defaults to the library's default.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatcherArgs {
+    /// Most commands per batch.
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Microseconds the first command of a batch waits for others.
+    #[arg(long)]
+    linger_us: Option<u64>,
+    /// Batches in flight at once.
+    #[arg(long)]
+    connections: Option<usize>,
+}
+
+impl BatcherArgs {
+    fn config(&self) -> allot_client::BatcherConfig {
+        let default = allot_client::BatcherConfig::default();
+        allot_client::BatcherConfig {
+            max_batch: self.max_batch.unwrap_or(default.max_batch),
+            linger: self.linger_us.map_or(default.linger, Duration::from_micros),
+            connections: self.connections.unwrap_or(default.connections),
+            ..default
+        }
+    }
+
+    /// The same settings as arguments of the load process.
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                args.extend([name.to_owned(), value]);
+            }
+        };
+        push("--max-batch", self.max_batch.map(|n| n.to_string()));
+        push("--linger-us", self.linger_us.map(|n| n.to_string()));
+        push("--connections", self.connections.map(|n| n.to_string()));
+        args
+    }
 }
 
 /// A benchmark's result: its one-line summary, then its JSON record.
@@ -204,7 +248,7 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
         } => {
             let dir = dir_or_temp(data);
             bench::http(&dir, pools, async |server, key: PathBuf| {
-                load_process("http-load", &server, &key, pools, clients, seconds).await
+                load_process("http-load", &server, &key, (pools, clients, seconds), &[]).await
             })
             .await?
         }
@@ -214,17 +258,35 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
             http_clients,
             seconds,
             data,
+            batcher,
         } => {
             let dir = dir_or_temp(data);
+            let config = batcher.config();
             let result = bench::client::client(
                 &dir,
                 pools,
                 clients,
+                &config,
                 async |server, key: PathBuf| {
-                    load_process("client-load", &server, &key, pools, clients, seconds).await
+                    let extra = batcher.args();
+                    load_process(
+                        "client-load",
+                        &server,
+                        &key,
+                        (pools, clients, seconds),
+                        &extra,
+                    )
+                    .await
                 },
                 async |server, key: PathBuf| {
-                    load_process("http-load", &server, &key, pools, http_clients, seconds).await
+                    load_process(
+                        "http-load",
+                        &server,
+                        &key,
+                        (pools, http_clients, seconds),
+                        &[],
+                    )
+                    .await
                 },
             )
             .await?;
@@ -237,14 +299,15 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
             pools,
             clients,
             seconds,
+            batcher,
         } => {
             let (file, signing_key) = KeyFile::read(&key).map_err(|e| e.to_string())?;
             let result = bench::client::client_load(
                 &server,
                 ActorId::new(file.actor),
                 signing_key,
-                pools,
-                clients,
+                batcher.config(),
+                (pools, clients),
                 Duration::from_secs(seconds),
                 1,
             )
@@ -307,9 +370,8 @@ async fn load_process<T: serde::de::DeserializeOwned>(
     subcommand: &str,
     server: &str,
     key: &std::path::Path,
-    pools: usize,
-    clients: usize,
-    seconds: u64,
+    (pools, clients, seconds): (usize, usize, u64),
+    extra: &[String],
 ) -> Result<T, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let output = tokio::process::Command::new(exe)
@@ -319,6 +381,7 @@ async fn load_process<T: serde::de::DeserializeOwned>(
         .args(["--pools", &pools.to_string()])
         .args(["--clients", &clients.to_string()])
         .args(["--seconds", &seconds.to_string()])
+        .args(extra)
         .stderr(std::process::Stdio::inherit())
         .output()
         .await

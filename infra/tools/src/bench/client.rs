@@ -100,6 +100,7 @@ pub async fn client(
     dir: &Path,
     pools: usize,
     clients: usize,
+    config: &BatcherConfig,
     client_load: impl AsyncFnOnce(String, PathBuf) -> Result<ClientLoadResult, String>,
     http_load: impl AsyncFnOnce(String, PathBuf) -> Result<BenchResult, String>,
 ) -> Result<ClientResult, String> {
@@ -135,10 +136,7 @@ pub async fn client(
         notes: format!(
             "{pools} pools, {clients} logical clients through one batcher (linger {:?}, max batch {}, {} connections), \
              signed per batch, separate load process; http: {}; server: {batching}",
-            BatcherConfig::default().linger,
-            BatcherConfig::default().max_batch,
-            BatcherConfig::default().connections,
-            single.notes
+            config.linger, config.max_batch, config.connections, single.notes
         ),
     })
 }
@@ -151,18 +149,18 @@ struct ClientSamples {
     errors: u64,
 }
 
-/// The load side: `clients` logical clients through one batcher to `server`, for `duration`.
+/// The load side: `clients` logical clients through one batcher (`config`) to `server`, over
+/// `pools` pools, for `duration`.
 pub async fn client_load(
     server: &str,
     actor: ActorId,
     key: ed25519_dalek::SigningKey,
-    pools: usize,
-    clients: usize,
+    config: BatcherConfig,
+    (pools, clients): (usize, usize),
     duration: Duration,
     seed: u64,
 ) -> Result<ClientLoadResult, String> {
-    let batcher =
-        Batcher::new(server, actor, key, BatcherConfig::default()).map_err(|e| e.to_string())?;
+    let batcher = Batcher::new(server, actor, key, config).map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(clients);
