@@ -32,10 +32,12 @@ use crate::wire::{self, BatchCommand};
 
 /// How long the first command of a batch waits for others to join it.
 pub const LINGER_DEFAULT: Duration = Duration::from_millis(1);
-/// Most commands in one batch.
-pub const MAX_BATCH_DEFAULT: usize = 1024;
+/// Most commands in one batch. The server decodes, decides and answers one batch in one task,
+/// so several smaller batches in flight use its cores better than one large one: at 1,024
+/// closed-loop callers on 2 cores, 128 × 16 ran about 1.5 times the commands of 1,024 × 4.
+pub const MAX_BATCH_DEFAULT: usize = 128;
 /// Batches in flight at once, each on its own keep-alive connection.
-pub const CONNECTIONS_DEFAULT: usize = 4;
+pub const CONNECTIONS_DEFAULT: usize = 16;
 /// Commands queued or in flight before `submit` waits for room.
 pub const MAX_PENDING_DEFAULT: usize = 16_384;
 /// Sends of one batch before its commands are given up as unanswered.
