@@ -415,7 +415,8 @@ async fn repeat(count: usize) -> Result<ExitCode, String> {
         let line = stdout.lines().last().unwrap_or_default();
         let result: serde_json::Value =
             serde_json::from_str(line).map_err(|e| format!("run {run} printed {stdout:?}: {e}"))?;
-        if let Some(summary) = stdout.lines().next() {
+        // The human line is the one before the JSON record (a server's start may print first).
+        if let Some(summary) = stdout.lines().rev().nth(1) {
             out!("run {run}: {summary}");
         }
         results.push(result);
