@@ -244,3 +244,132 @@ async fn an_unreadable_member_is_refused_alone() {
     let contents = h.service().service.projections().contents();
     assert_eq!(contents.counts["hall"].reservations, 8);
 }
+
+/// Members answered 503 inside a 200 batch answer (here `recording-failure`: the store failed
+/// appends, or wrote them and lost the acknowledgement) are resent with their tokens until
+/// decided; the log holds each reserve and each confirm once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_answered_503_are_resent_until_decided() {
+    use allot_server::clock::SystemClock;
+    use allot_server::server::{FIRST_ADMIN, ServeOptions, Server, key_path};
+    use allot_server::store::EventStore;
+    use allot_tests::sim::store::{FaultRates, FaultyStore};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(FaultyStore::new(5, FaultRates::default()));
+    let server = Server::start(
+        Arc::clone(&store) as Arc<dyn EventStore>,
+        Arc::new(SystemClock),
+        Arc::new(allot_projections::Projections::new()),
+        ServeOptions {
+            listen: "127.0.0.1:0".parse().expect("loopback"),
+            metrics_listen: "127.0.0.1:0".parse().expect("loopback"),
+            keys_dir: dir.path().join("keys"),
+            server_key: None,
+            sweeper: false,
+            edge: Default::default(),
+        },
+    )
+    .await
+    .expect("server starts");
+    let base = format!("http://{}", server.addr);
+    let (file, admin_key) =
+        allot_server::identity::KeyFile::read(&key_path(&dir.path().join("keys"), FIRST_ADMIN))
+            .expect("admin key");
+    let admin = allot_client::Client::new(
+        base.clone(),
+        allot_domain::ActorId::new(file.actor),
+        admin_key,
+    );
+    let shop_key = ed25519_dalek::SigningKey::from_bytes(&[13; 32]);
+    let registered = admin
+        .register_actor(
+            &allot_domain::ActorId::new("shop"),
+            Role::Client,
+            shop_key.verifying_key().to_bytes(),
+            "register-shop",
+        )
+        .await
+        .expect("register");
+    assert!(registered.is_success(), "{registered:?}");
+    for p in 0..POOLS {
+        let declared = admin
+            .send(
+                &PoolId::new(format!("p{p}")),
+                &declare(1_000_000),
+                &format!("declare-p{p}"),
+            )
+            .await
+            .expect("declare");
+        assert!(declared.is_success(), "{declared:?}");
+    }
+    store.set_rates(FaultRates {
+        append_fails_before_durable: 150,
+        append_ack_lost: 100,
+        read_fails: 0,
+    });
+    let config = BatcherConfig {
+        max_batch: 32,
+        attempts: 60,
+        backoff_initial: Duration::from_millis(1),
+        backoff_max: Duration::from_millis(10),
+        ..BatcherConfig::default()
+    };
+    let batcher =
+        Batcher::new(&base, allot_domain::ActorId::new("shop"), shop_key, config).expect("batcher");
+    let mut clients = Vec::new();
+    for client in 0..100usize {
+        let batcher = batcher.clone();
+        clients.push(tokio::spawn(async move {
+            let pool = PoolId::new(format!("p{}", client % POOLS));
+            let reserve = Action::Reserve {
+                resource: "seat".into(),
+                requester: format!("r{client}"),
+                duration_ms: 600_000,
+                count: 1,
+            };
+            let reserved = batcher
+                .submit(pool, reserve)
+                .await
+                .unwrap_or_else(|e| panic!("reserve: {e}"));
+            let Outcome::Reserved { reservation, .. } = reserved.outcome else {
+                panic!("reserve: {:?}", reserved.outcome);
+            };
+            let confirm = Action::ConfirmReservation {
+                reservation: reservation.seq,
+            };
+            let confirmed = batcher
+                .submit(reservation.pool.clone(), confirm)
+                .await
+                .unwrap_or_else(|e| panic!("confirm: {e}"));
+            assert!(
+                matches!(confirmed.outcome, Outcome::Confirmed { .. }),
+                "{confirmed:?}"
+            );
+            reservation
+        }));
+    }
+    let mut ids = HashSet::new();
+    for client in clients {
+        let reservation = client.await.expect("client task");
+        assert!(
+            ids.insert(reservation.clone()),
+            "{reservation} answered twice"
+        );
+    }
+    store.pause(true);
+    let faults = store.stats();
+    let stats = batcher.stats();
+    eprintln!("{faults:?}; {} members resent", stats.resent_members);
+    assert!(stats.resent_members > 0, "no member was resent: {stats:?}");
+
+    let events = store
+        .inner()
+        .read_all(None, 1_000_000)
+        .await
+        .expect("read the log");
+    let count = |kind: &str| events.iter().filter(|event| event.kind == kind).count();
+    assert_eq!(count("Reserved"), ids.len(), "reserves in the log");
+    assert_eq!(count("Confirmed"), ids.len(), "confirms in the log");
+    server.shutdown().await.expect("shutdown");
+}
