@@ -365,7 +365,10 @@ struct Job {
     key: IdempotencyToken,
     commands: Vec<BatchCommand>,
     waiters: Vec<Waiter>,
+    /// Sends counted against [`BatcherConfig::attempts`] (a member resend carries its batch's).
     attempts: u32,
+    /// Sends of this very batch (key and members).
+    sends: u32,
     /// What the last attempt failed with.
     last: String,
     /// Not to be sent before then (a member resend after a 503).
@@ -379,6 +382,7 @@ impl Job {
             commands: Vec::with_capacity(capacity),
             waiters: Vec::with_capacity(capacity),
             attempts: 0,
+            sends: 0,
             last: String::new(),
             not_before: None,
         }
@@ -722,7 +726,8 @@ impl Shared {
             if body.len() > BATCH_BODY_BYTES_MAX && job.commands.len() > 1 {
                 return self.split(job, jobs);
             }
-            let resend = job.attempts > 0;
+            let resend = job.sends > 0;
+            job.sends += 1;
             job.attempts += 1;
             match self.send(&job, body, resend).await {
                 Ok(Answered::Results(body)) => return self.settle(job, &body, jobs),
