@@ -1,13 +1,49 @@
 //! The signing HTTP client of allot's API: used by the CLI's client subcommands, `allot demo`,
-//! the benchmark's load process and the end-to-end tests.
+//! the benchmark's load processes and the end-to-end tests.
 //!
 //! Owns: the wire contract as a client speaks it ([`wire`]: headers, paths, bodies, request
-//! signing), receipts and the signed head with their offline verification ([`receipt`]), and a
-//! [`Client`] acting as one actor.
+//! signing), receipts and the signed head with their offline verification ([`receipt`]), a
+//! [`Client`] acting as one actor (one request per call), and a [`Batcher`]: one command per
+//! call, concurrent calls sent together as signed batches, with retries and backpressure
+//! (`docs/client.md`).
 //! Must not: depend on the server, the store or any tool; it is what a client service links.
+//!
+//! Submitting through a [`Batcher`]:
+//!
+//! ```no_run
+//! # async fn example(key: ed25519_dalek::SigningKey) -> Result<(), Box<dyn std::error::Error>> {
+//! use allot_client::{Batcher, BatcherConfig, Outcome};
+//! use allot_domain::{Action, ActorId, PoolId};
+//!
+//! let batcher = Batcher::new(
+//!     "http://127.0.0.1:7878",
+//!     ActorId::new("shop"),
+//!     key,
+//!     BatcherConfig::default(),
+//! )?;
+//! let reserve = Action::Reserve {
+//!     resource: "seat".into(),
+//!     requester: "r1".into(),
+//!     duration_ms: 600_000,
+//!     count: 1,
+//! };
+//! let answer = batcher.submit(PoolId::new("hall"), reserve).await?;
+//! if let Outcome::Reserved { reservation, .. } = answer.outcome {
+//!     let confirm = Action::ConfirmReservation { reservation: reservation.seq };
+//!     batcher.submit(reservation.pool, confirm).await?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
+pub mod batcher;
+mod http1;
 pub mod receipt;
 pub mod wire;
+
+pub use batcher::{
+    Batcher, BatcherConfig, BatcherError, BatcherStats, Outcome, SubmitError, Submitted,
+};
 
 use allot_domain::{
     Action, ActorChange, ActorId, IdempotencyToken, PoolId, ReservationId, Role, Timestamp,
@@ -261,7 +297,7 @@ impl Client {
 }
 
 /// The wall clock, in milliseconds since the epoch: when a request is signed.
-fn now() -> Timestamp {
+pub(crate) fn now() -> Timestamp {
     let ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| {

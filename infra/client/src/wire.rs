@@ -186,6 +186,8 @@ pub fn sign_actor_change(
 
 /// The path a signed batch of pool commands is sent to.
 pub const BATCH_PATH: &str = "/v1/batches";
+/// The same, asking for each recorded command's receipt.
+pub const BATCH_RECEIPTS_PATH: &str = "/v1/batches?receipts=true";
 
 /// One command of a batch: where it goes, what it does and its own idempotency token.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -106,6 +106,41 @@ pub enum BenchScenario {
         #[arg(long)]
         seconds: u64,
     },
+    /// Signed commands through the batching client library from a separate load process, and the
+    /// single-command `http` load against the same server beside it.
+    Client {
+        #[arg(long, default_value_t = 100)]
+        pools: usize,
+        /// Closed-loop logical clients, all through one batcher.
+        #[arg(long, default_value_t = 1_024)]
+        clients: usize,
+        /// Connections of the single-command load run beside it.
+        #[arg(long, default_value_t = 256)]
+        http_clients: usize,
+        /// Seconds of each of the two loads.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        #[command(flatten)]
+        batcher: BatcherArgs,
+    },
+    /// The load side of `client` (run by it as a child process).
+    #[command(hide = true)]
+    ClientLoad {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long)]
+        pools: usize,
+        #[arg(long)]
+        clients: usize,
+        #[arg(long)]
+        seconds: u64,
+        #[command(flatten)]
+        batcher: BatcherArgs,
+    },
     /// Rebuild, audit (with and without signatures) and start-up on a large log.
     Replay {
         /// Events in the generated log.
@@ -136,6 +171,46 @@ pub enum BenchScenario {
     },
 }
 
+/// The batcher's settings for `bench client`; each defaults to the library's default.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BatcherArgs {
+    /// Most commands per batch.
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Microseconds the first command of a batch waits for others.
+    #[arg(long)]
+    linger_us: Option<u64>,
+    /// Batches in flight at once.
+    #[arg(long)]
+    connections: Option<usize>,
+}
+
+impl BatcherArgs {
+    fn config(&self) -> allot_client::BatcherConfig {
+        let default = allot_client::BatcherConfig::default();
+        allot_client::BatcherConfig {
+            max_batch: self.max_batch.unwrap_or(default.max_batch),
+            linger: self.linger_us.map_or(default.linger, Duration::from_micros),
+            connections: self.connections.unwrap_or(default.connections),
+            ..default
+        }
+    }
+
+    /// The same settings as arguments of the load process.
+    fn args(&self) -> Vec<String> {
+        let mut args = Vec::new();
+        let mut push = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                args.extend([name.to_owned(), value]);
+            }
+        };
+        push("--max-batch", self.max_batch.map(|n| n.to_string()));
+        push("--linger-us", self.linger_us.map(|n| n.to_string()));
+        push("--connections", self.connections.map(|n| n.to_string()));
+        args
+    }
+}
+
 /// A benchmark's result: its one-line summary, then its JSON record.
 fn print_result(result: &(impl std::fmt::Display + serde::Serialize)) {
     out!("{result}");
@@ -143,7 +218,12 @@ fn print_result(result: &(impl std::fmt::Display + serde::Serialize)) {
 }
 
 pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
-    if args.runs > 1 && !matches!(args.scenario, BenchScenario::HttpLoad { .. }) {
+    if args.runs > 1
+        && !matches!(
+            args.scenario,
+            BenchScenario::HttpLoad { .. } | BenchScenario::ClientLoad { .. }
+        )
+    {
         return repeat(args.runs).await;
     }
     let scenario = args.scenario;
@@ -199,22 +279,72 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
         } => {
             let dir = dir_or_temp(data);
             bench::http(&dir, pools, async |server, key: PathBuf| {
-                let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-                let output = tokio::process::Command::new(exe)
-                    .args(["bench", "http-load", "--server", &server])
-                    .arg("--key")
-                    .arg(&key)
-                    .args(["--pools", &pools.to_string()])
-                    .args(["--clients", &clients.to_string()])
-                    .args(["--seconds", &seconds.to_string()])
-                    .output()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                let line = stdout.lines().last().unwrap_or_default();
-                serde_json::from_str(line).map_err(|e| format!("load process said {stdout:?}: {e}"))
+                load_process("http-load", &server, &key, (pools, clients, seconds), &[]).await
             })
             .await?
+        }
+        BenchScenario::Client {
+            pools,
+            clients,
+            http_clients,
+            seconds,
+            data,
+            batcher,
+        } => {
+            let dir = dir_or_temp(data);
+            let config = batcher.config();
+            let result = bench::client::client(
+                &dir,
+                pools,
+                clients,
+                &config,
+                async |server, key: PathBuf| {
+                    let extra = batcher.args();
+                    load_process(
+                        "client-load",
+                        &server,
+                        &key,
+                        (pools, clients, seconds),
+                        &extra,
+                    )
+                    .await
+                },
+                async |server, key: PathBuf| {
+                    load_process(
+                        "http-load",
+                        &server,
+                        &key,
+                        (pools, http_clients, seconds),
+                        &[],
+                    )
+                    .await
+                },
+            )
+            .await?;
+            print_result(&result);
+            return Ok(ExitCode::SUCCESS);
+        }
+        BenchScenario::ClientLoad {
+            server,
+            key,
+            pools,
+            clients,
+            seconds,
+            batcher,
+        } => {
+            let (file, signing_key) = KeyFile::read(&key).map_err(|e| e.to_string())?;
+            let result = bench::client::client_load(
+                &server,
+                ActorId::new(file.actor),
+                signing_key,
+                batcher.config(),
+                (pools, clients),
+                Duration::from_secs(seconds),
+                1,
+            )
+            .await?;
+            out!("{}", serde_json::to_string(&result).unwrap_or_default());
+            return Ok(ExitCode::SUCCESS);
         }
         BenchScenario::HttpLoad {
             server,
@@ -265,6 +395,33 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Runs the load side `subcommand` as a child process against `server`, signing with the key in
+/// `key`; returns the result its last line of output carries.
+async fn load_process<T: serde::de::DeserializeOwned>(
+    subcommand: &str,
+    server: &str,
+    key: &std::path::Path,
+    (pools, clients, seconds): (usize, usize, u64),
+    extra: &[String],
+) -> Result<T, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let output = tokio::process::Command::new(exe)
+        .args(["bench", subcommand, "--server", server])
+        .arg("--key")
+        .arg(key)
+        .args(["--pools", &pools.to_string()])
+        .args(["--clients", &clients.to_string()])
+        .args(["--seconds", &seconds.to_string()])
+        .args(extra)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).map_err(|e| format!("{subcommand} process said {stdout:?}: {e}"))
+}
+
 /// Runs this process's own command line again `count` times without `--runs`, each in its own
 /// process, and prints every run, then the median and range of each figure.
 async fn repeat(count: usize) -> Result<ExitCode, String> {
@@ -289,7 +446,8 @@ async fn repeat(count: usize) -> Result<ExitCode, String> {
         let line = stdout.lines().last().unwrap_or_default();
         let result: serde_json::Value =
             serde_json::from_str(line).map_err(|e| format!("run {run} printed {stdout:?}: {e}"))?;
-        if let Some(summary) = stdout.lines().next() {
+        // The human line is the one before the JSON record (a server's start may print first).
+        if let Some(summary) = stdout.lines().rev().nth(1) {
             out!("run {run}: {summary}");
         }
         results.push(result);

@@ -1,12 +1,14 @@
-//! The client subcommands: pool administration, reserve, confirm, cancel, expire and show, each
-//! one signed request through `allot-client`.
+//! The client subcommands: pool administration, reserve, confirm, cancel, expire and show. Pool
+//! commands go through `allot-client`'s batcher (a batch of one, resent with the same token when
+//! no answer comes); an `https://` server, which the batcher does not speak, gets the single
+//! signed request. Reads are one signed request.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use allot_client::{Answer, Client};
+use allot_client::{Answer, Batcher, BatcherConfig, BatcherError, Client};
 use allot_domain::command::IDEMPOTENCY_WINDOW_MS_DEFAULT;
-use allot_domain::{Action, ActorId, PoolId, ReservationId, Timestamp};
+use allot_domain::{Action, ActorId, IdempotencyToken, PoolId, ReservationId, Timestamp};
 use allot_server::clock::{Clock, SystemClock};
 use allot_server::identity::KeyFile;
 use allot_server::out;
@@ -124,9 +126,48 @@ pub fn print_answer(answer: &Answer) -> ExitCode {
 }
 
 async fn send(args: &ClientArgs, pool: &PoolId, action: Action) -> Result<ExitCode, String> {
-    let (client, token) = client(args)?;
+    let (file, key) = KeyFile::read(&args.key).map_err(|e| e.to_string())?;
+    let token = args.token.clone().unwrap_or_else(random_token);
+    // One command: nothing to wait for before sending it.
+    let config = BatcherConfig {
+        linger: std::time::Duration::ZERO,
+        // What the command prints is the single route's answer, receipt included.
+        receipts: true,
+        ..BatcherConfig::default()
+    };
+    let batcher = match Batcher::new(&args.server, ActorId::new(file.actor), key, config) {
+        Ok(batcher) => batcher,
+        Err(BatcherError::Server(_)) => return send_single(args, pool, action, &token).await,
+        Err(error) => return Err(error.to_string()),
+    };
+    let answer = batcher
+        .submit_with_token(pool.clone(), action, IdempotencyToken::new(token.clone()))
+        .await;
+    eprintln!("idempotency key: {token}");
+    let submitted = answer.map_err(|e| e.to_string())?;
+    if submitted.replayed {
+        eprintln!("(replayed: this token's recorded outcome)");
+    }
+    let text = serde_json::to_string_pretty(&submitted.to_json()).unwrap_or_default();
+    out!("{text}");
+    Ok(if submitted.outcome.is_rejected() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// `action` as one signed request to its single-command route.
+async fn send_single(
+    args: &ClientArgs,
+    pool: &PoolId,
+    action: Action,
+    token: &str,
+) -> Result<ExitCode, String> {
+    let (file, key) = KeyFile::read(&args.key).map_err(|e| e.to_string())?;
+    let client = Client::new(args.server.clone(), ActorId::new(file.actor), key);
     let answer = client
-        .send(pool, &action, &token)
+        .send(pool, &action, token)
         .await
         .map_err(|e| e.to_string())?;
     eprintln!("idempotency key: {token}");

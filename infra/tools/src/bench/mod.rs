@@ -2,6 +2,7 @@
 //! JSON line; figures and the commands that produced them live in `BENCHMARKS.md`.
 //! Must not: be imported by the service; it drives the service as a client would.
 
+pub mod client;
 pub mod heap_bytes;
 pub mod runs;
 
@@ -107,7 +108,7 @@ fn write_trace(path: &Path, samples: &[Samples]) -> Result<(), String> {
     write().map_err(|e| format!("{}: {e}", path.display()))
 }
 
-fn percentile(sorted: &[u32], q: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[u32], q: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
@@ -1453,6 +1454,23 @@ pub async fn http(
     pools: usize,
     load: impl AsyncFnOnce(String, std::path::PathBuf) -> Result<BenchResult, String>,
 ) -> Result<BenchResult, String> {
+    let (server, base, load_path) = serve_for_load(dir, pools).await?;
+    let result = load(base, load_path).await;
+    let (oversold, batching) = stop_served(server).await?;
+    result.map(|result| BenchResult {
+        oversold,
+        notes: format!("{}; {batching}", result.notes),
+        ..result
+    })
+}
+
+/// The service side of the loopback scenarios: a server over the embedded store in `dir`, the
+/// client actor `load` registered (its key file written beside the server's keys) and pools
+/// `h0`.. declared. Returns the server, its base URL and the load's key file.
+pub(crate) async fn serve_for_load(
+    dir: &Path,
+    pools: usize,
+) -> Result<(allot_server::server::Server, String, std::path::PathBuf), String> {
     use allot_server::identity::KeyFile;
     use allot_server::server::{FIRST_ADMIN, ServeOptions, Server, key_path};
 
@@ -1511,15 +1529,17 @@ pub async fn http(
             return Err(format!("declare h{p}: {}", answer.body));
         }
     }
-    let result = load(base, load_path).await;
+    Ok((server, base, load_path))
+}
+
+/// Stops a server of [`serve_for_load`]: what it oversold, and how its verifier batched.
+pub(crate) async fn stop_served(
+    server: allot_server::server::Server,
+) -> Result<(u64, String), String> {
     let (_, oversold) = crate::demo::coherence(server.service.projections());
     let batching = signature_batching(&server.service.metrics().render());
     server.shutdown().await.map_err(|e| e.to_string())?;
-    result.map(|result| BenchResult {
-        oversold,
-        notes: format!("{}; {batching}", result.notes),
-        ..result
-    })
+    Ok((oversold, batching))
 }
 
 /// How the server's signature verifier batched, from its metrics text.
