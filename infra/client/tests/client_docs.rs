@@ -19,7 +19,7 @@ fn documented(doc: &str, name: &str) -> String {
 }
 
 fn written(duration: Duration) -> String {
-    if duration.as_millis() >= 1000 && duration.as_millis() % 1000 == 0 {
+    if duration.as_millis() >= 1000 && duration.as_millis().is_multiple_of(1000) {
         format!("{} s", duration.as_secs())
     } else {
         format!("{} ms", duration.as_millis())
@@ -30,7 +30,7 @@ fn thousands(n: usize) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
