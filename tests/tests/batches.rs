@@ -876,3 +876,61 @@ async fn write_a_batched_log() {
     }
     h.shutdown().await;
 }
+
+/// A batch asking for receipts is the same route: its body may be as large as any batch's, past
+/// a single command's 64 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_asking_for_receipts_takes_a_batch_body() {
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 7).await;
+    h.admin_raw
+        .send("hall", &declare(10_000), "hall-declare")
+        .await
+        .expect_ok(201);
+    let long = "r".repeat(120);
+    let commands: Vec<BatchCommand> = (0..600)
+        .map(|i| {
+            member(
+                "hall",
+                reserve(&format!("{long}{i}"), 600_000),
+                &format!("t{i}"),
+            )
+        })
+        .collect();
+    let mut body = Vec::new();
+    allot_client::wire::write_batch_body(&commands, &mut body).expect("body");
+    assert!(
+        body.len() > allot_server::http::BODY_BYTES_MAX,
+        "{}",
+        body.len()
+    );
+    let answer = shop
+        .send_batch_to(&format!("{BATCH_PATH}?receipts=true"), "b1", &commands)
+        .await;
+    answer.expect_ok(200);
+    assert_eq!(answer.body["results"].as_array().map(Vec::len), Some(600));
+    h.shutdown().await;
+}
+
+/// A member's token follows the rule of a single route's `Idempotency-Key` (visible ASCII), so
+/// any member can be sent again alone; a member that breaks it is refused alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_token_that_no_header_could_carry_is_refused_alone() {
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 7).await;
+    h.admin_raw
+        .send("hall", &declare(10), "hall-declare")
+        .await
+        .expect_ok(201);
+    let commands = vec![
+        member("hall", reserve("r1", 600_000), "line\nbreak"),
+        member("hall", reserve("r2", 600_000), "t2"),
+    ];
+    let answer = shop.send_batch("b1", &commands).await;
+    answer.expect_ok(200);
+    let results = &answer.body["results"];
+    assert_eq!(results[0]["status"], 400, "{}", answer.body);
+    assert_eq!(results[0]["code"], "invalid-request");
+    assert_eq!(results[1]["status"], 201);
+    h.shutdown().await;
+}

@@ -373,3 +373,83 @@ async fn members_answered_503_are_resent_until_decided() {
     assert_eq!(count("Confirmed"), ids.len(), "confirms in the log");
     server.shutdown().await.expect("shutdown");
 }
+
+/// A proxy that forwards the first connection's request but drops its answer (saying so on
+/// `cut`), and forwards every later connection whole.
+async fn first_answer_lost_proxy(upstream: String) -> (String, tokio::sync::mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+    let addr = listener.local_addr().expect("proxy address");
+    let (cut, cut_seen) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = TcpStream::connect(&upstream).await else {
+                continue;
+            };
+            let budget = if first { 0 } else { usize::MAX };
+            first = false;
+            let cut = cut.clone();
+            tokio::spawn(async move {
+                let cuts = Arc::new(AtomicUsize::new(0));
+                relay(client, server, budget, Arc::clone(&cuts)).await;
+                if cuts.load(Ordering::Relaxed) > 0 {
+                    let _ = cut.send(()).await;
+                }
+            });
+        }
+    });
+    (format!("http://{addr}"), cut_seen)
+}
+
+/// A command whose answer was lost and whose resend the server refuses (here: stale, the
+/// server's clock having moved past the signature's skew; the resend keeps its first signing
+/// time) may have been decided, so the batcher says `Unanswered` with its token, never
+/// `Refused`, which would tell the caller nothing was decided. And it was decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_resend_is_unanswered_not_refused() {
+    use allot_server::clock::{Clock, ManualClock, SystemClock};
+    let clock = Arc::new(ManualClock::new(SystemClock.now()));
+    let h = Harness::start_with(clock.clone(), false).await;
+    let shop = h.register("shop", Role::Client, 11).await;
+    h.admin_raw
+        .send("p0", &declare(10), "declare-p0")
+        .await
+        .expect_ok(201);
+    let upstream = h.base.trim_start_matches("http://").to_owned();
+    let (proxy, mut cut) = first_answer_lost_proxy(upstream).await;
+    let config = BatcherConfig {
+        linger: Duration::ZERO,
+        attempts: 5,
+        backoff_initial: Duration::from_millis(300),
+        backoff_max: Duration::from_millis(300),
+        ..BatcherConfig::default()
+    };
+    let batcher = Batcher::new(&proxy, shop.id.clone(), shop.key.clone(), config).expect("batcher");
+    let reserve = Action::Reserve {
+        resource: "seat".into(),
+        requester: "r1".into(),
+        duration_ms: 600_000,
+        count: 1,
+    };
+    let submitted = tokio::spawn(async move { batcher.submit(PoolId::new("p0"), reserve).await });
+    cut.recv().await.expect("the first answer was cut");
+    // Past the skew before the resend (sent 300 ms later) arrives.
+    clock.advance_ms(allot_domain::signing::SIGNED_AT_SKEW_MS + 60_000);
+    let answer = submitted.await.expect("submit task");
+    match answer {
+        Err(allot_client::SubmitError::Unanswered { token, last, .. }) => {
+            assert!(last.starts_with("401"), "{last}");
+            // Read from the service itself: a signed read would be stale on this clock.
+            let count = h
+                .service()
+                .service
+                .projections()
+                .counts
+                .get(&PoolId::new("p0"))
+                .unwrap_or_default();
+            assert_eq!(count.allocated, 1, "the first send was decided: {token}");
+        }
+        other => panic!("expected Unanswered, got {other:?}"),
+    }
+    h.shutdown().await;
+}

@@ -102,25 +102,24 @@ pub enum BatcherError {
 /// Why a submitted command has no outcome.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum SubmitError {
-    /// The server refused the command's batch as a whole (e.g. 401: the signature or the actor),
-    /// or refused this command sent alone as malformed: nothing was decided.
+    /// The server refused the command's batch as a whole at its first send (e.g. 401: the
+    /// signature or the actor), or refused this command sent alone as unreadable: nothing was
+    /// decided.
     #[error("refused ({status} {code}): {detail}")]
     Refused {
         status: u16,
         code: String,
         detail: String,
     },
-    /// No answer after every attempt: the command may or may not have been decided.
-    /// Submitting it again with the same token ([`Batcher::submit_with_token`]) is safe.
+    /// No answer after every attempt, a refusal of a resend, or an answer that could not be
+    /// read: the command may or may not have been decided. Submitting it again with the same
+    /// token ([`Batcher::submit_with_token`]) within the pool's idempotency window is safe.
     #[error("no answer after {attempts} attempts (last: {last}); resubmit with token {token}")]
     Unanswered {
         token: IdempotencyToken,
         attempts: u32,
         last: String,
     },
-    /// The server's answer could not be read (not the documented shape).
-    #[error("unreadable answer: {0}")]
-    Protocol(String),
     /// The batch could not be encoded.
     #[error("cannot encode the batch: {0}")]
     Encoding(String),
@@ -377,6 +376,13 @@ struct Job {
     last: String,
     /// Not to be sent before then (a member resend after a 503).
     not_before: Option<Instant>,
+    /// When its members were first signed: every send of them is signed with this time, so the
+    /// server's signature skew bounds how late a resend can land (a resend past it is refused,
+    /// never decided after the pool may have forgotten a token).
+    signed_at: Option<Timestamp>,
+    /// Its members went out before, in this batch or the one they came from: they may have
+    /// been decided, whatever a later refusal says.
+    sent_before: bool,
 }
 
 impl Job {
@@ -389,6 +395,18 @@ impl Job {
             sends: 0,
             last: String::new(),
             not_before: None,
+            signed_at: None,
+            sent_before: false,
+        }
+    }
+
+    /// An empty job for members of `self` sent again under key `key`.
+    fn follow_up(&self, key: IdempotencyToken, capacity: usize) -> Job {
+        Job {
+            attempts: self.attempts,
+            signed_at: self.signed_at,
+            sent_before: self.sent_before || self.sends > 0,
+            ..Job::new(key, capacity)
         }
     }
 
@@ -738,7 +756,8 @@ impl Shared {
             let resend = job.sends > 0;
             job.sends += 1;
             job.attempts += 1;
-            match self.send(&job, body, resend).await {
+            let signed_at = *job.signed_at.get_or_insert_with(now);
+            match self.send(&job, body, resend, signed_at).await {
                 Ok(Answered::Results(body)) => return self.settle(job, &body, jobs),
                 Ok(Answered::Refused { status, .. })
                     if splittable(status) && job.commands.len() > 1 =>
@@ -750,14 +769,23 @@ impl Shared {
                     code,
                     detail,
                 }) => {
+                    let refusal = format!("{status} {code}: {detail}");
                     if !transient(status) {
+                        // A refusal proves nothing was decided only for members never sent
+                        // before, or for one member the server cannot read at all.
+                        let undecided = !(job.sent_before || job.sends > 1)
+                            || (splittable(status) && job.commands.len() == 1);
+                        if !undecided {
+                            job.last = refusal;
+                            return job.give_up();
+                        }
                         return job.fail(&SubmitError::Refused {
                             status,
                             code,
                             detail,
                         });
                     }
-                    job.last = format!("{status} {code}: {detail}");
+                    job.last = refusal;
                 }
                 Err(error) => job.last = error,
             }
@@ -771,10 +799,10 @@ impl Shared {
     /// Splits `job` in two batches with keys of their own (different members, different batch).
     fn split(&self, mut job: Job, jobs: &mut Vec<Job>) {
         let half = job.commands.len() / 2;
-        let mut second = Job::new(self.tokens.batch(), job.commands.len() - half);
+        let mut second = job.follow_up(self.tokens.batch(), job.commands.len() - half);
         second.commands = job.commands.split_off(half);
         second.waiters = job.waiters.split_off(half);
-        let mut first = Job::new(self.tokens.batch(), half);
+        let mut first = job.follow_up(self.tokens.batch(), half);
         first.commands = job.commands;
         first.waiters = job.waiters;
         // The first half is sent first: members of one pool keep their order.
@@ -783,21 +811,25 @@ impl Shared {
     }
 
     /// Hands each member its result; members answered 503 go into a resend, after a backoff.
-    fn settle(&self, job: Job, body: &[u8], jobs: &mut Vec<Job>) {
+    fn settle(&self, mut job: Job, body: &[u8], jobs: &mut Vec<Job>) {
+        // An answer that cannot be read followed a batch the server took: its members may have
+        // been decided, so each is unanswered, with its token.
         let answer = match serde_json::from_slice::<BatchAnswer<'_>>(body) {
             Ok(answer) if answer.results.len() == job.commands.len() => answer,
             Ok(answer) => {
-                let error = SubmitError::Protocol(format!(
-                    "{} results for {} commands",
+                job.last = format!(
+                    "unreadable answer: {} results for {} commands",
                     answer.results.len(),
                     job.commands.len()
-                ));
-                return job.fail(&error);
+                );
+                return job.give_up();
             }
-            Err(error) => return job.fail(&SubmitError::Protocol(error.to_string())),
+            Err(error) => {
+                job.last = format!("unreadable answer: {error}");
+                return job.give_up();
+            }
         };
-        let mut again = Job::new(self.tokens.batch(), 0);
-        again.attempts = job.attempts;
+        let mut again = job.follow_up(self.tokens.batch(), 0);
         for ((command, waiter), result) in job
             .commands
             .into_iter()
@@ -820,7 +852,11 @@ impl Shared {
                     token: command.token,
                     receipt: result.receipt,
                 }),
-                Err(error) => Err(SubmitError::Protocol(error)),
+                Err(error) => Err(SubmitError::Unanswered {
+                    token: command.token,
+                    attempts: job.attempts,
+                    last: format!("unreadable result: {error}"),
+                }),
             };
             let _ = waiter.reply.send(answer);
         }
@@ -837,9 +873,14 @@ impl Shared {
         jobs.push(again);
     }
 
-    /// Signs `job` now and sends it with `body`: `Err` (with why) if no answer came.
-    async fn send(&self, job: &Job, body: Vec<u8>, resend: bool) -> Result<Answered, String> {
-        let signed_at = now();
+    /// Signs `job` at `signed_at` and sends it with `body`: `Err` (with why) if no answer came.
+    async fn send(
+        &self,
+        job: &Job,
+        body: Vec<u8>,
+        resend: bool,
+        signed_at: Timestamp,
+    ) -> Result<Answered, String> {
         let attestation =
             wire::sign_batch(&self.key, &self.actor, &job.key, &job.commands, signed_at)
                 .ok_or_else(|| "an empty batch".to_owned())?;

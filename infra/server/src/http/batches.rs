@@ -3,11 +3,11 @@
 //! The order of checks, each refusing the whole batch (nothing is decided):
 //! 1. the envelope: `Idempotency-Key` (the batch's key), actor, signed-at, signature headers;
 //! 2. the body: JSON of the documented shape, 1..=[`BATCH_COMMANDS_MAX`] members (more: 413);
-//! 3. in flight: a permit per member, else 503 `overloaded`;
-//! 4. every member readable as a command (action, target, parameters of the right types): a
+//! 3. every member readable as a command (action, target, parameters of the right types): a
 //!    member that is not cannot be part of a signed root, so the batch is refused, naming it;
 //!    then the batch key's rule (that of a token);
-//! 5. the signature over the batch bytes (`docs/signing.md`, "Batches"), verified once.
+//! 4. the signature over the batch bytes (`docs/signing.md`, "Batches"), verified once;
+//! 5. in flight: a permit per member, else 503 `overloaded`.
 //!
 //! Then each member alone, exactly as the single-command route would: refused if malformed
 //! (its rule, e.g. a pool id or a count) or if the actor's role may not submit its action,
@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use super::reservation_id;
 use super::{AppState, OutcomeBody, Problem, SignedHeaders, body, envelope, outcome_body};
 use crate::identity::AuthError;
-use crate::service::Queued;
+use crate::service::{Queued, SubmitError};
 
 /// The body of a batch.
 #[derive(Debug, Deserialize)]
@@ -253,10 +253,6 @@ async fn decide_batch(
             "a batch of {count} commands; at most {BATCH_COMMANDS_MAX}"
         )));
     }
-    let permits = u32::try_from(count).unwrap_or(u32::MAX);
-    let Ok(_permits) = state.in_flight.try_acquire_many(permits) else {
-        return Err(Problem::overloaded("too many requests in flight; retry"));
-    };
     let commands = batch
         .commands
         .into_iter()
@@ -296,12 +292,24 @@ async fn decide_batch(
         )
         .await
         .map_err(|error| Problem::from(&error))?;
+    // Taken once the batch is signed: an unsigned one never holds the commands' places.
+    let permits = u32::try_from(count).unwrap_or(u32::MAX);
+    let Ok(_permits) = state.in_flight.try_acquire_many(permits) else {
+        return Err(Problem::overloaded("too many requests in flight; retry"));
+    };
     // Each member is checked and queued on its shard here, in the batch's order, before any
-    // answer is awaited: members of one pool are decided in the batch's order.
+    // answer is awaited: members of one pool are decided in the batch's order. Once a member
+    // of a pool finds its shard's queue full, the pool's later members are refused alike, so
+    // none is decided ahead of an earlier one that a client must send again.
+    let mut overloaded: Vec<allot_domain::PoolId> = Vec::new();
     let queued: Vec<_> = commands
         .into_iter()
         .enumerate()
         .map(|(index, member)| {
+            if overloaded.contains(&member.pool) {
+                let problem = Problem::from(&SubmitError::Overloaded(member.pool.clone()));
+                return (member.action.kind(), Err(problem));
+            }
             let kind = member.action.kind();
             let command = Command {
                 pool: member.pool,
@@ -313,7 +321,14 @@ async fn decide_batch(
                 action: member.action,
                 batch: tree.membership(&envelope.token, index).map(Box::new),
             };
-            (kind, queue_member(state, role, command, receipts))
+            let pool = command.pool.clone();
+            let queued = queue_member(state, role, command, receipts);
+            if let Err(problem) = &queued
+                && problem.code == super::ProblemCode::Overloaded
+            {
+                overloaded.push(pool);
+            }
+            (kind, queued)
         })
         .collect();
     let answers = queued.into_iter().map(|(kind, queued)| async move {
@@ -337,6 +352,16 @@ fn queue_member(
     command: Command,
     receipts: bool,
 ) -> Result<(Queued, StatusCode), Problem> {
+    // A single route's token is a header: visible ASCII (a member answered 503 can then be
+    // sent again alone).
+    if !command
+        .token
+        .as_str()
+        .bytes()
+        .all(|byte| (32..127).contains(&byte) || byte == b'\t')
+    {
+        return Err(Problem::invalid("token must be visible ASCII"));
+    }
     // The single routes of pool actions check the pool id as a path, in their own words.
     if command.action.reservation().is_none() {
         super::pool_id(command.pool.as_str())?;

@@ -411,7 +411,11 @@ impl Screen {
         if head_bytes > self.limits.head_bytes_max {
             return Judged::Refused(head_too_large(self.limits.head_bytes_max));
         }
-        let body_bytes_max = if request.path == Some(allot_client::wire::BATCH_PATH) {
+        // The path without its query: `?receipts=true` is the same route.
+        let path = request
+            .path
+            .map(|target| target.split_once('?').map_or(target, |(path, _)| path));
+        let body_bytes_max = if path == Some(allot_client::wire::BATCH_PATH) {
             self.limits.batch_body_bytes_max
         } else {
             self.limits.body_bytes_max
