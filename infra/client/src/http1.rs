@@ -23,7 +23,13 @@ pub enum TransportError {
     Http(#[from] hyper::Error),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    #[error("an answer longer than {0} bytes")]
+    TooLong(usize),
 }
+
+/// Longest answer read: a batch of the server's most commands, each with a receipt, fits
+/// several times over; anything longer is not an answer of the API.
+pub const ANSWER_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Where the server is: `http://host[:port][/prefix]`.
 #[derive(Debug, Clone)]
@@ -122,7 +128,14 @@ impl Connections {
         sender.ready().await?;
         let response = sender.send_request(request).await?;
         let status = response.status().as_u16();
-        let body = response.into_body().collect().await?.to_bytes();
+        let body = http_body_util::Limited::new(response.into_body(), ANSWER_BYTES_MAX)
+            .collect()
+            .await
+            .map_err(|error| match error.downcast::<hyper::Error>() {
+                Ok(error) => TransportError::Http(*error),
+                Err(_) => TransportError::TooLong(ANSWER_BYTES_MAX),
+            })?
+            .to_bytes();
         // Read whole: the connection can carry the next request.
         self.put_idle(sender);
         Ok(Response { status, body })
