@@ -107,7 +107,16 @@ pub fn decode_event(bytes: &[u8]) -> Result<Event, CodecError> {
     match body_of(bytes)? {
         (1, body) => decode_body::<v1::Event>(body).map(Event::from),
         (2, body) => decode_body::<v2::Event>(body).map(Event::from),
-        (_, body) => decode_body(body),
+        (_, body) => {
+            let event: Event = decode_body(body)?;
+            if event.batch.is_none() {
+                // One encoding per event: an event of no batch is written as schema 2.
+                return Err(CodecError::Malformed(
+                    "schema 3 without a batch membership".to_owned(),
+                ));
+            }
+            Ok(event)
+        }
     }
 }
 
@@ -368,7 +377,10 @@ fn decode_in_place(bytes: &[u8], event: &mut Event, fields: Fields) -> Option<()
     };
     event.batch = match version {
         1 | 2 => None,
-        _ => field(&mut rest)?,
+        // Schema 3 always has one (else the whole decode refuses the payload).
+        _ => Some(field::<Option<Box<crate::batch::BatchMembership>>>(
+            &mut rest,
+        )??),
     };
     rest.is_empty().then_some(())
 }

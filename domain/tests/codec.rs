@@ -663,3 +663,28 @@ fn a_schema_2_event_claiming_its_owner_unrecorded_is_malformed() {
     assert_eq!(upcast.on_behalf_of, OnBehalfOf::Unrecorded);
     assert_eq!(encode_event(&upcast), v1);
 }
+
+/// An event has one encoding: one of no batch is schema 2, so schema 3 without a membership is
+/// refused, by the whole decode and the in-place one alike.
+#[test]
+fn schema_3_without_a_batch_membership_is_refused() {
+    let mut event = decode_event(&golden_bytes(EVENT_GOLDEN[0].1)).expect("a golden event");
+    event.on_behalf_of = allot_domain::OnBehalfOf::Nobody;
+    assert!(event.batch.is_none());
+    let schema_2 = encode_event(&event);
+    assert_eq!(schema_2[0], 2);
+    assert_eq!(decode_event(&schema_2).as_ref(), Ok(&event));
+    // Schema 2's bytes with the schema-3 byte and an absent `batch` (bincode's `None`, 0).
+    let mut forged = schema_2.clone();
+    forged[0] = 3;
+    forged.push(0);
+    assert!(matches!(
+        decode_event(&forged),
+        Err(CodecError::Malformed(_))
+    ));
+    let mut into = event.clone();
+    assert!(matches!(
+        allot_domain::codec::decode_event_into(&forged, &mut into),
+        Err(CodecError::Malformed(_))
+    ));
+}

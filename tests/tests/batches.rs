@@ -934,3 +934,35 @@ async fn a_member_token_that_no_header_could_carry_is_refused_alone() {
     assert_eq!(results[1]["status"], 201);
     h.shutdown().await;
 }
+
+/// `null` where a single route's body refuses it (here `count`) makes the member unreadable,
+/// named by its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_is_read_as_the_single_routes_read_it() {
+    use allot_domain::IdempotencyToken;
+    let h = Harness::start().await;
+    let shop = h.register("shop", Role::Client, 7).await;
+    let commands = vec![member("hall", reserve("r1", 600_000), "t1")];
+    let signed_at = support::now();
+    let attestation = allot_client::wire::sign_batch(
+        &shop.key,
+        &shop.id,
+        &IdempotencyToken::new("b1"),
+        &commands,
+        signed_at,
+    )
+    .expect("members");
+    let headers = vec![
+        ("idempotency-key", "b1".to_owned()),
+        ("allot-actor", shop.id.to_string()),
+        ("allot-signed-at", signed_at.0.to_string()),
+        ("allot-signature", hex::encode(&attestation.signature)),
+    ];
+    let body = json!({"commands": [{"action": "reserve", "token": "t1", "pool_id": "hall",
+        "resource": "seat", "requester": "r1", "duration_ms": 600000, "count": null}]});
+    let answer = shop.post_raw(BATCH_PATH, &headers, body.to_string()).await;
+    answer.expect_problem(400, "invalid-request");
+    let detail = answer.body["detail"].as_str().unwrap_or_default();
+    assert!(detail.contains("commands[0].count"), "{detail}");
+    h.shutdown().await;
+}

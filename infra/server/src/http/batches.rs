@@ -46,31 +46,42 @@ pub(super) struct BatchBody {
 }
 
 /// One member as sent: the union of the single routes' bodies, plus what their paths carry.
+/// A field may be absent; `null` only where the single route's body takes it (`closes_at`,
+/// `idempotency_window_ms`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct MemberBody {
     action: String,
     token: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pool_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     reservation_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     capacity: Option<u64>,
     #[serde(default)]
     closes_at: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     units: Option<Vec<String>>,
     #[serde(default)]
     idempotency_window_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     resource: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     requester: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     duration_ms: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     count: Option<u32>,
+}
+
+/// A field that, when present, holds a value (`null` is refused, as the single routes do).
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }
 
 /// Why a member cannot be read as a command.
