@@ -108,14 +108,16 @@ fn batch() -> Value {
                 "items": {"type": "object", "required": ["action", "token"], "additionalProperties": false,
                     "properties": {
                         "action": {"enum": actions},
-                        "token": {"type": "string", "maxLength": 255},
+                        "token": {"type": "string", "minLength": 1, "pattern": "^[\\t\\x20-\\x7e]+$",
+                            "description": "1..=255 bytes of visible ASCII (an Idempotency-Key header's characters)"},
                         "pool_id": {"type": "string", "description": "declare_pool, adjust_capacity, close_pool, reserve"},
                         "reservation_id": {"type": "string", "description": "confirm/cancel/expire_reservation: pool:seq"},
                         "capacity": {"type": "integer"}, "closes_at": {"type": "integer"},
                         "units": {"type": "array", "items": {"type": "string"}},
                         "idempotency_window_ms": {"type": "integer"},
                         "resource": {"type": "string"}, "requester": {"type": "string"},
-                        "duration_ms": {"type": "integer"}, "count": {"type": "integer", "default": 1}}}}}}}}},
+                        "duration_ms": {"type": "integer", "minimum": 1000, "maximum": 2_592_000_000u64},
+                        "count": {"type": "integer", "minimum": 1, "default": 1}}}}}}}}},
         "responses": {
             "200": {"description": "One result per command, in order: the single route's body with its status, and replayed: true for a replay",
                 "content": {"application/json": {"schema": {"type": "object", "properties": {
