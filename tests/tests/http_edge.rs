@@ -33,23 +33,10 @@ const P99_MAX: Duration = Duration::from_millis(100);
 /// Raises this process's open-files limit to at least `wanted` (up to the hard limit), so one
 /// process can hold both ends of the slow connections.
 fn raise_open_files(wanted: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit and setrlimit read and write only the struct passed.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur >= wanted as libc::rlim_t {
-            return;
-        }
-        limit.rlim_cur = (wanted as libc::rlim_t).min(limit.rlim_max);
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-    }
+    let soft = rlimit::increase_nofile_limit(wanted).expect("raise the open-files limit");
     assert!(
-        limit.rlim_cur >= wanted as libc::rlim_t,
-        "the open-files hard limit {} is below the {wanted} this test needs",
-        limit.rlim_max
+        soft >= wanted,
+        "the open-files hard limit is below the {wanted} this test needs (soft {soft})"
     );
 }
 

@@ -35,7 +35,8 @@ pub struct ServeArgs {
     #[arg(long, env = "ALLOT_METRICS_LISTEN", default_value = METRICS_LISTEN)]
     metrics_listen: SocketAddr,
     /// Open connections per listener; past it a new connection gets 503 `overloaded` and is
-    /// closed. Keep it below the open-files limit (`ulimit -n`).
+    /// closed. At start the soft open-files limit is raised (up to the hard one) to fit twice
+    /// this, plus 256; below that, start-up says so.
     #[arg(long, default_value_t = CONNECTIONS_MAX,
           value_parser = clap::value_parser!(u32).range(1..).map(|n| n as usize))]
     connections_max: usize,
@@ -78,7 +79,31 @@ pub struct ServeArgs {
     no_sweeper: bool,
 }
 
+/// Files the process keeps open besides its connections: the log, the snapshot, keys, the
+/// runtime's own descriptors, and the tools' reads beside a running service.
+const FILES_BESIDE_CONNECTIONS: u64 = 256;
+
+/// Raises the soft open-files limit (toward the hard one) to fit both listeners' connections, so
+/// a default `ulimit -n` of 1,024 does not refuse connections well below `--connections-max`.
+/// Says so when the hard limit is lower: accepts past it fail and back off.
+fn fit_open_files(connections_max: usize) {
+    let wanted = (connections_max as u64)
+        .saturating_mul(2)
+        .saturating_add(FILES_BESIDE_CONNECTIONS);
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(soft) if soft >= wanted => {}
+        Ok(soft) => out!(
+            "open-files limit {soft} is below the {wanted} that --connections-max {connections_max} \
+             on two listeners needs; raise the hard limit (ulimit -Hn) or lower --connections-max"
+        ),
+        Err(error) => {
+            tracing::warn!(%error, wanted, "cannot raise the open-files limit");
+        }
+    }
+}
+
 pub async fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    fit_open_files(args.connections_max);
     let keys_dir = args.keys.unwrap_or_else(|| args.data.join("keys"));
     let event_store = open_store(&args.data, args.store.as_deref()).await?;
     // Start from the checkpoint `allot rebuild` wrote, replaying only the tail.
