@@ -10,7 +10,8 @@
 //!    connection is free (while none is, the batch keeps filling up to `max_batch`);
 //! 3. a task per batch signs it (a fresh key per batch), sends it on a keep-alive connection and
 //!    hands each member its answer; it resends what got no answer (same key, same members and
-//!    tokens, so what was decided is replayed, not decided again).
+//!    tokens, signed with the members' first signing time, so what was decided is replayed, not
+//!    decided again, and no resend lands after the server's signature skew).
 
 use std::borrow::Cow;
 use std::sync::Arc;
