@@ -32,6 +32,8 @@
 //! this node as the leader), [`EsdbTestServer::drop_subscriptions`] (live subscriptions end with
 //! `UNAVAILABLE`), [`EsdbTestServer::fail_appends_after_write`] (appends are written, then
 //! answered with `UNAVAILABLE`: the outcome is unknown to the client),
+//! [`EsdbTestServer::refuse_appends_after`] (after that many appends, appends are refused with
+//! `PERMISSION_DENIED`, unwritten),
 //! [`EsdbTestServer::set_read_bytes_max`] (reads end early after that many bytes),
 //! [`EsdbTestServer::set_deduplication`] and [`EsdbTestServer::stop`].
 //!
@@ -240,6 +242,8 @@ struct State {
     unavailable: AtomicBool,
     not_leader: AtomicBool,
     fail_after_write: AtomicU32,
+    /// Appends still served before every later one is refused unwritten; `u64::MAX`: never.
+    refuse_after: AtomicU64,
     deduplication: AtomicU8,
     read_bytes_max: AtomicUsize,
     appends_served: AtomicU64,
@@ -306,6 +310,7 @@ impl EsdbTestServer {
             unavailable: AtomicBool::new(false),
             not_leader: AtomicBool::new(false),
             fail_after_write: AtomicU32::new(0),
+            refuse_after: AtomicU64::new(u64::MAX),
             deduplication: AtomicU8::new(Deduplication::OriginalPosition.to_u8()),
             read_bytes_max: AtomicUsize::new(usize::MAX),
             appends_served: AtomicU64::new(0),
@@ -391,6 +396,19 @@ impl EsdbTestServer {
     /// The next `n` appends are written and then answered with `UNAVAILABLE`.
     pub fn fail_appends_after_write(&self, n: u32) {
         self.state.fail_after_write.store(n, Ordering::SeqCst);
+    }
+
+    /// The next `n` appends are served; every later one is refused with `PERMISSION_DENIED`
+    /// before anything is written (as after an ACL change), until [`Self::accept_appends`].
+    pub fn refuse_appends_after(&self, n: u32) {
+        self.state
+            .refuse_after
+            .store(u64::from(n), Ordering::SeqCst);
+    }
+
+    /// Ends [`Self::refuse_appends_after`].
+    pub fn accept_appends(&self) {
+        self.state.refuse_after.store(u64::MAX, Ordering::SeqCst);
     }
 
     /// Stops serving: later calls fail to connect. Live calls end.
@@ -825,6 +843,20 @@ impl Streams for Service {
         // An availability flip while the request streamed in still fails it.
         self.state.check_available()?;
         deadline.check()?;
+        let refused = self
+            .state
+            .refuse_after
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| match n {
+                u64::MAX => None,
+                0 => Some(0),
+                n => Some(n - 1),
+            })
+            .is_ok_and(|n| n == 0);
+        if refused {
+            return Err(Status::permission_denied(
+                "injected fault: append refused, nothing written",
+            ));
+        }
 
         let (response, count) = {
             let mut log = self.state.lock();

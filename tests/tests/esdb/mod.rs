@@ -23,12 +23,15 @@
 //! - filtered `$all` subscriptions send checkpoints every 32 × multiplier records considered,
 //!   and positions given to subscriptions are exclusive (client docs, "Catch-up subscriptions");
 //! - deadlines end a call with `DEADLINE_EXCEEDED`; a follower answers a write with not-leader
-//!   and the leader's endpoint; an append over `MaxAppendSize` (1 MiB) is `INVALID_ARGUMENT`.
+//!   and the leader's endpoint; an append over `MaxAppendSize` (1 MiB) is `INVALID_ARGUMENT`,
+//!   so the adapter sends an append over its own limit as consecutive appends.
 
 use std::time::Duration;
 
 use allot_server::store::esdb::{EsdbOptions, EsdbStore};
-use allot_server::store::{ActualVersion, EventStore, ExpectedVersion, StoreError};
+use allot_server::store::{
+    ActualVersion, EventStore, ExpectedVersion, ProposedEvent, StoreError, WaveAppend,
+};
 use allot_tests::esdb_server::{Deduplication, EsdbTestServer};
 use allot_tests::store_conformance::event;
 use futures::StreamExt;
@@ -564,11 +567,16 @@ async fn reads_that_end_early_do_not_end_the_port_read() {
 }
 
 /// An append over the server's `MaxAppendSize` (1 MiB by default) is refused before anything
-/// is written.
+/// is written (the adapter's own limit set above it, so the request reaches the server whole).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_over_the_servers_size_limit_is_refused_unwritten() {
     let target = Target::new().await;
-    let store = target.store().await;
+    let store = target
+        .store_with(EsdbOptions {
+            append_bytes_max: Some(4 * 1024 * 1024),
+            ..EsdbOptions::default()
+        })
+        .await;
     let events: Vec<_> = (0..20)
         .map(|i| {
             let mut big = event("E", format!("b{i}"));
@@ -590,4 +598,137 @@ async fn an_append_over_the_servers_size_limit_is_refused_unwritten() {
             .unwrap()
             .is_empty()
     );
+}
+
+/// `n` events of about 1.3 KB each (a signed batch's events with long fields), distinct ids.
+fn large_events(prefix: &str, n: usize) -> Vec<ProposedEvent> {
+    (0..n)
+        .map(|i| {
+            let mut payload = format!("{prefix}{i}:").into_bytes();
+            payload.resize(1300, b'x');
+            ProposedEvent {
+                id: uuid::Uuid::new_v4().into_bytes(),
+                kind: "Reserved".to_owned(),
+                payload,
+            }
+        })
+        .collect()
+}
+
+/// A wave's append to one stream larger than `MaxAppendSize` is sent as consecutive appends
+/// under the adapter's limit: it lands whole, in order, answered as one append would be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wave_append_over_the_size_limit_lands_whole_in_parts() {
+    let target = Target::new().await;
+    let store = target.store().await;
+    store
+        .append("pool-w", ExpectedVersion::NoStream, vec![event("E", "w")])
+        .await
+        .unwrap();
+    let events = large_events("w", 1024);
+    let total: usize = events.iter().map(|e| e.payload.len()).sum();
+    assert!(total > 1024 * 1024, "{total} bytes is not over 1 MiB");
+    let served = target.server.as_ref().map(EsdbTestServer::appends_served);
+    let mut answers = store
+        .append_wave(vec![WaveAppend {
+            stream: "pool-w".to_owned(),
+            expected: ExpectedVersion::Exact(0),
+            events: events.clone(),
+        }])
+        .await;
+    let outcome = answers.remove(0).unwrap();
+    let stream = store.read_stream("pool-w", 1, 2000).await.unwrap();
+    assert_eq!(stream.len(), 1024);
+    for (recorded, proposed) in stream.iter().zip(&events) {
+        assert_eq!(
+            (recorded.id, &recorded.payload),
+            (proposed.id, &proposed.payload)
+        );
+    }
+    let last = stream.last().unwrap();
+    assert_eq!(
+        (outcome.last_version, outcome.last_position),
+        (1024, last.position)
+    );
+    if let (Some(server), Some(before)) = (target.server.as_ref(), served) {
+        assert!(server.appends_served() >= before + 2, "sent as one request");
+    }
+}
+
+/// A part refused after earlier parts landed: the caller hears the append may be written, the
+/// stream holds exactly the earlier parts, and the same append retried later lands whole once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_part_failing_after_earlier_parts_landed_may_be_written() {
+    let target = Target::new().await;
+    let Some(server) = target.faults("a_part_failing_after_earlier_parts_landed_may_be_written")
+    else {
+        return;
+    };
+    let store = target.store().await;
+    // 1,024 events of ~1.3 KB make two parts under the default limit; the second is refused.
+    let events = large_events("p", 1024);
+    server.refuse_appends_after(1);
+    let answer = store
+        .append("pool-p", ExpectedVersion::NoStream, events.clone())
+        .await;
+    assert!(
+        matches!(
+            answer,
+            Err(StoreError::Unavailable {
+                maybe_written: true,
+                ..
+            })
+        ),
+        "{answer:?}"
+    );
+    let stream = store.read_stream("pool-p", 0, 2000).await.unwrap();
+    assert!(
+        !stream.is_empty() && stream.len() < events.len(),
+        "{} events landed",
+        stream.len()
+    );
+    let first_part_bytes: usize = events[..stream.len()]
+        .iter()
+        .map(|e| e.payload.len() + e.kind.len())
+        .sum();
+    assert!(first_part_bytes <= allot_server::store::esdb::APPEND_BYTES_MAX);
+    for (recorded, proposed) in stream.iter().zip(&events) {
+        assert_eq!(recorded.id, proposed.id);
+    }
+
+    server.accept_appends();
+    let outcome = store
+        .append("pool-p", ExpectedVersion::NoStream, events.clone())
+        .await
+        .unwrap();
+    let stream = store.read_stream("pool-p", 0, 2000).await.unwrap();
+    assert_eq!(stream.len(), 1024, "lost or written twice");
+    assert!(stream.iter().zip(&events).all(|(r, p)| r.id == p.id));
+    assert_eq!(
+        (outcome.last_version, outcome.last_position),
+        (1023, stream[1023].position)
+    );
+}
+
+/// One event larger than the adapter's limit cannot be split: refused, nothing written, not even
+/// the events before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_over_the_adapters_limit_is_refused_unwritten() {
+    let target = Target::new().await;
+    let store = target
+        .store_with(EsdbOptions {
+            append_bytes_max: Some(2000),
+            ..EsdbOptions::default()
+        })
+        .await;
+    let mut events = large_events("e", 3);
+    events[2].payload.resize(2001, b'x');
+    let answer = store
+        .append("pool-e", ExpectedVersion::NoStream, events)
+        .await;
+    assert!(
+        matches!(answer, Err(StoreError::InvalidAppend(_))),
+        "{answer:?}"
+    );
+    assert!(store.read_stream("pool-e", 0, 10).await.unwrap().is_empty());
 }

@@ -18,6 +18,13 @@
 //!   have landed, reads the stream to see whether its own events are there (a server that does
 //!   not deduplicate). An `Any` append that may have landed is not retried: the server's
 //!   idempotence is not guaranteed for it.
+//! - **Large appends**: an append over [`EsdbOptions::append_bytes_max`] (payload and kind
+//!   bytes; [`APPEND_BYTES_MAX`] by default, under the server's `MaxAppendSize`) is sent as
+//!   consecutive appends of the stream, in order, each expecting the revision the previous one
+//!   left (the first the caller's) and each retried as above. All landing answer as one append
+//!   would; a part failing after earlier ones landed is `Unavailable { maybe_written: true }`,
+//!   the earlier parts stay, and the same append retried finds them as retries. An event over
+//!   the limit alone is `InvalidAppend`, nothing sent.
 //! - **Positions** are the server's commit positions in the transaction log (byte offsets:
 //!   strictly increasing, not contiguous). The server gives every event of an append its own
 //!   commit position, so `AppendOutcome::last_position` is the write's commit position.
@@ -72,6 +79,10 @@ pub const ATTEMPTS_MAX: u32 = 6;
 pub const RETRY_BACKOFF_FIRST: Duration = Duration::from_millis(50);
 /// Longest backoff between two attempts.
 pub const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Bytes (payloads and kinds) of one append request, above which one stream's append is sent
+/// as consecutive appends: 900 KiB, a margin under KurrentDB's default `MaxAppendSize` (1 MiB
+/// of event data and metadata per request) for what the client adds per event.
+pub const APPEND_BYTES_MAX: usize = 900 * 1024;
 /// Events buffered between the subscription task and its consumer.
 pub const SUBSCRIPTION_BUFFER_EVENTS: usize = 256;
 /// Consecutive failed attempts to (re)subscribe before the subscription gives up.
@@ -101,6 +112,9 @@ pub struct EsdbOptions {
     pub namespace: Option<String>,
     /// Deadline of each append or read call; [`OPERATION_DEADLINE`] when `None`.
     pub deadline: Option<Duration>,
+    /// Largest append request, in bytes of payloads and kinds; [`APPEND_BYTES_MAX`] when `None`.
+    /// Keep it under the server's `MaxAppendSize`.
+    pub append_bytes_max: Option<usize>,
 }
 
 /// The client and a generation number, so concurrent callers replace a broken client once.
@@ -115,6 +129,7 @@ struct Inner {
     namespace: String,
     filter_prefixes: Vec<String>,
     deadline: Duration,
+    append_bytes_max: usize,
 }
 
 /// Cheap to clone: clones share one client.
@@ -168,6 +183,7 @@ impl EsdbStore {
                 namespace,
                 filter_prefixes,
                 deadline: options.deadline.unwrap_or(OPERATION_DEADLINE),
+                append_bytes_max: options.append_bytes_max.unwrap_or(APPEND_BYTES_MAX),
             }),
         })
     }
@@ -301,6 +317,40 @@ fn invalid_argument(error: &kurrentdb::Error) -> bool {
             ..
         }
     )
+}
+
+/// Bytes an event adds to an append request, as this adapter counts them.
+fn event_bytes(event: &ProposedEvent) -> usize {
+    event.payload.len().saturating_add(event.kind.len())
+}
+
+/// Splits `events`, in order, into the fewest consecutive parts of at most `bytes_max` bytes
+/// each. An event larger than that alone is refused: nothing is sent.
+fn split_append(
+    events: Vec<ProposedEvent>,
+    bytes_max: usize,
+) -> Result<Vec<Vec<ProposedEvent>>, StoreError> {
+    let mut parts: Vec<Vec<ProposedEvent>> = Vec::new();
+    let mut current: Vec<ProposedEvent> = Vec::new();
+    let mut current_bytes = 0usize;
+    for (i, event) in events.into_iter().enumerate() {
+        let bytes = event_bytes(&event);
+        if bytes > bytes_max {
+            return Err(StoreError::InvalidAppend(format!(
+                "event {i}: {bytes} bytes exceed the append limit of {bytes_max}"
+            )));
+        }
+        if !current.is_empty() && current_bytes.saturating_add(bytes) > bytes_max {
+            parts.push(std::mem::take(&mut current));
+            current_bytes = 0;
+        }
+        current_bytes = current_bytes.saturating_add(bytes);
+        current.push(event);
+    }
+    if !current.is_empty() {
+        parts.push(current);
+    }
+    Ok(parts)
 }
 
 /// The backoff before attempt `attempt + 1`.
@@ -509,55 +559,14 @@ impl EsdbStore {
         }
     }
 
-    /// After a retry was refused as a version conflict: whether an earlier attempt of this
-    /// append landed (its events, by id, right after the expected version), and where.
-    async fn landed_earlier(
-        &self,
-        stream: &str,
-        expected: ExpectedVersion,
-        ids: &[[u8; 16]],
-    ) -> Result<Option<AppendOutcome>, StoreError> {
-        let first = match expected {
-            ExpectedVersion::NoStream => 0,
-            ExpectedVersion::Exact(version) => version.saturating_add(1),
-            ExpectedVersion::Any => return Ok(None),
-        };
-        let events = self
-            .inner
-            .read_stream_once(stream, first, ids.len())
-            .await
-            .map_err(|error| StoreError::Unavailable {
-                reason: format!(
-                    "EventStoreDB append may have landed; reading it back failed: {error}"
-                ),
-                maybe_written: true,
-            })?;
-        let ours =
-            events.len() == ids.len() && events.iter().zip(ids).all(|(event, id)| event.id == *id);
-        Ok(match events.last() {
-            Some(last) if ours => Some(AppendOutcome {
-                last_version: last.version,
-                last_position: last.position,
-                sealed: None,
-            }),
-            _ => None,
-        })
-    }
-}
-
-#[async_trait]
-impl EventStore for EsdbStore {
-    fn shared_with_other_writers(&self) -> bool {
-        true
-    }
-
-    async fn append(
+    /// One append request of `events` to `stream` at `expected`, retried with the same ids
+    /// while failures are transient.
+    async fn append_part(
         &self,
         stream: &str,
         expected: ExpectedVersion,
         events: Vec<ProposedEvent>,
     ) -> Result<AppendOutcome, StoreError> {
-        validate_append(stream, &events)?;
         let inner = &self.inner;
         let ids: Vec<[u8; 16]> = events.iter().map(|event| event.id).collect();
         let data: Vec<EventData> = events
@@ -619,6 +628,83 @@ impl EventStore for EsdbStore {
             tokio::time::sleep(backoff(attempt)).await;
             attempt += 1;
         }
+    }
+
+    /// After a retry was refused as a version conflict: whether an earlier attempt of this
+    /// append landed (its events, by id, right after the expected version), and where.
+    async fn landed_earlier(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        ids: &[[u8; 16]],
+    ) -> Result<Option<AppendOutcome>, StoreError> {
+        let first = match expected {
+            ExpectedVersion::NoStream => 0,
+            ExpectedVersion::Exact(version) => version.saturating_add(1),
+            ExpectedVersion::Any => return Ok(None),
+        };
+        let events = self
+            .inner
+            .read_stream_once(stream, first, ids.len())
+            .await
+            .map_err(|error| StoreError::Unavailable {
+                reason: format!(
+                    "EventStoreDB append may have landed; reading it back failed: {error}"
+                ),
+                maybe_written: true,
+            })?;
+        let ours =
+            events.len() == ids.len() && events.iter().zip(ids).all(|(event, id)| event.id == *id);
+        Ok(match events.last() {
+            Some(last) if ours => Some(AppendOutcome {
+                last_version: last.version,
+                last_position: last.position,
+                sealed: None,
+            }),
+            _ => None,
+        })
+    }
+}
+
+#[async_trait]
+impl EventStore for EsdbStore {
+    fn shared_with_other_writers(&self) -> bool {
+        true
+    }
+
+    async fn append(
+        &self,
+        stream: &str,
+        expected: ExpectedVersion,
+        events: Vec<ProposedEvent>,
+    ) -> Result<AppendOutcome, StoreError> {
+        validate_append(stream, &events)?;
+        let parts = split_append(events, self.inner.append_bytes_max)?;
+        let count = parts.len();
+        let mut expected = expected;
+        let mut landed: Option<AppendOutcome> = None;
+        for (i, part) in parts.into_iter().enumerate() {
+            match self.append_part(stream, expected, part).await {
+                Ok(outcome) => {
+                    // The next part goes right after this one, or not at all.
+                    expected = ExpectedVersion::Exact(outcome.last_version);
+                    landed = Some(outcome);
+                }
+                Err(error) if i == 0 => return Err(error),
+                Err(error) => {
+                    warn!(%stream, %error, part = i + 1, parts = count, "EventStoreDB append failed after earlier parts landed");
+                    return Err(StoreError::Unavailable {
+                        reason: format!(
+                            "EventStoreDB append to {stream} sent in {count} parts: \
+                             parts 1 to {i} landed, part {} failed: {error}",
+                            i + 1
+                        ),
+                        maybe_written: true,
+                    });
+                }
+            }
+        }
+        landed.ok_or_else(|| StoreError::InvalidAppend("no events".to_owned()))
     }
 
     async fn read_stream(
@@ -846,6 +932,31 @@ mod tests {
             stream_state(ExpectedVersion::Any),
             StreamState::Any
         ));
+    }
+
+    fn sized(payload: usize) -> ProposedEvent {
+        ProposedEvent {
+            id: [0; 16],
+            kind: "E".to_owned(),
+            payload: vec![b'x'; payload],
+        }
+    }
+
+    #[test]
+    fn appends_split_in_order_into_parts_under_the_limit() {
+        // 1 + 9 = 10 bytes per event.
+        let events: Vec<_> = (0..7).map(|_| sized(9)).collect();
+        let parts = split_append(events.clone(), 30).unwrap();
+        assert_eq!(parts.iter().map(Vec::len).collect::<Vec<_>>(), [3, 3, 1]);
+        assert_eq!(parts.concat(), events);
+        assert_eq!(split_append(events.clone(), 1000).unwrap(), [events]);
+        let exact = split_append(vec![sized(29)], 30).unwrap();
+        assert_eq!(exact.len(), 1);
+        let over = split_append(vec![sized(1), sized(30)], 30);
+        assert!(
+            matches!(over, Err(StoreError::InvalidAppend(_))),
+            "{over:?}"
+        );
     }
 
     #[tokio::test]
