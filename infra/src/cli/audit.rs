@@ -10,9 +10,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use allot_domain::PoolId;
+use allot_domain::{PoolId, Timestamp};
 use allot_server::out;
 use allot_server::service::checkpoint::write_atomically;
+use allot_server::service::replay_tail::load_pool;
 use allot_server::store::embedded::{EmbeddedStore, OpenReport};
 use allot_server::store::{EventStore, StoreError};
 use allot_tools::inspect;
@@ -49,6 +50,8 @@ pub struct AuditArgs {
     /// The contention window of this pool around --around (default: its cutoff).
     #[arg(long)]
     contention: Option<String>,
+    /// Centre of the contention window (ms since the epoch, or RFC 3339 UTC); default: the
+    /// pool's cutoff (a pool declared without one needs it).
     #[arg(long)]
     around: Option<String>,
     /// Half-width of the contention window, in seconds.
@@ -61,6 +64,19 @@ pub struct AuditArgs {
     receipts: Option<PathBuf>,
 }
 
+/// The cutoff `pool` was declared with: the default centre of its contention window.
+async fn pool_cutoff(store: &dyn EventStore, pool: &PoolId) -> Result<Timestamp, String> {
+    let aggregate = load_pool(store, pool)
+        .await
+        .map_err(|e| format!("pool {pool}: {e}"))?;
+    if !aggregate.is_declared() {
+        return Err(format!("pool {pool} was never declared"));
+    }
+    aggregate
+        .closes_at()
+        .ok_or_else(|| format!("pool {pool} was declared without a cutoff: give --around TIME"))
+}
+
 pub async fn run(args: AuditArgs) -> Result<ExitCode, String> {
     if let Some(file) = &args.receipts {
         return super::receipts::audit(&args.source, file, args.json).await;
@@ -69,23 +85,22 @@ pub async fn run(args: AuditArgs) -> Result<ExitCode, String> {
         inspect::parse_time(text)
             .ok_or_else(|| format!("{text}: give milliseconds or RFC 3339 UTC"))
     };
+    // Without --around, the window is centred on the pool's cutoff, read once the log is open.
     let contention = match args.contention {
-        Some(pool) => {
-            let around = match &args.around {
-                Some(text) => time(text)?,
-                None => return Err("--contention needs --around TIME".to_owned()),
-            };
-            Some((PoolId::new(pool), around, args.seconds))
-        }
+        Some(pool) => Some((
+            PoolId::new(pool),
+            args.around.as_deref().map(time).transpose()?,
+            args.seconds,
+        )),
         None => None,
     };
     let source = &args.source;
-    let request = inspect::AuditRequest {
+    let mut request = inspect::AuditRequest {
         verify_signatures: !args.no_signatures,
         as_of: args.as_of.as_deref().map(time).transpose()?,
         stranded: args.stranded,
         dispute: args.dispute.map(PoolId::new),
-        contention,
+        contention: None,
         html_title: args
             .html
             .as_ref()
@@ -123,6 +138,14 @@ pub async fn run(args: AuditArgs) -> Result<ExitCode, String> {
         }
         opened = Some(report);
         Arc::new(embedded) as Arc<dyn EventStore>
+    };
+    request.contention = match contention {
+        Some((pool, Some(around), seconds)) => Some((pool, around, seconds)),
+        Some((pool, None, seconds)) => {
+            let around = pool_cutoff(event_store.as_ref(), &pool).await?;
+            Some((pool, around, seconds))
+        }
+        None => None,
     };
     let bar = inspect::progress_bar(None, "auditing");
     let findings = match inspect::audit(event_store.as_ref(), &request, &bar).await {
