@@ -218,7 +218,11 @@ fn commands_of(ops: &[Op]) -> Vec<BatchCommand> {
 /// A service on `clock` (sweeper off) with the pools of [`POOLS`] declared and the client
 /// `shop` registered; `shop` as a raw actor.
 async fn service_with_pools(clock: &Arc<ManualClock>) -> (Harness, Actor) {
-    let h = Harness::start_with(clock.clone(), false).await;
+    with_pools(Harness::start_with(clock.clone(), false).await, clock).await
+}
+
+/// `h` with the pools of [`POOLS`] declared and the client `shop` registered.
+async fn with_pools(h: Harness, clock: &Arc<ManualClock>) -> (Harness, Actor) {
     let shop = h.register("shop", Role::Client, 7).await;
     for (pool, capacity) in POOLS {
         h.admin_raw
@@ -722,19 +726,11 @@ async fn recorded_tokens(h: &Harness) -> BTreeMap<String, usize> {
 async fn a_store_failure_mid_batch(failure: Failure) {
     let clock = Arc::new(ManualClock::new(now()));
     let store = Arc::new(StreamFailures::default());
-    let h = Harness::start_over(store.clone(), clock.clone(), false).await;
-    let shop = h.register("shop", Role::Client, 7).await;
-    for (pool, capacity) in POOLS {
-        h.admin_raw
-            .send_at(
-                pool,
-                &declare(capacity),
-                &format!("declare-{pool}"),
-                clock.now(),
-            )
-            .await
-            .expect_ok(201);
-    }
+    let (h, shop) = with_pools(
+        Harness::start_over(store.clone(), clock.clone(), false).await,
+        &clock,
+    )
+    .await;
     let commands = vec![
         member("p0", reserve("a", 600_000), "t0"),
         member("p1", reserve("b", 600_000), "t1"),

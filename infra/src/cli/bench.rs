@@ -20,6 +20,35 @@ pub struct BenchArgs {
     scenario: BenchScenario,
 }
 
+/// What every in-process scenario takes: how long, where, which seed, which store, the trace.
+#[derive(Debug, clap::Args)]
+pub struct InProcessRun {
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Data directory (default: a temporary directory on the same disk as /tmp).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Use the in-memory store (not durable): isolates the command path from the disk.
+    #[arg(long)]
+    in_memory: bool,
+    /// Write every command's start (µs from the start of the run) and latency to this CSV.
+    #[arg(long)]
+    trace: Option<PathBuf>,
+}
+
+impl InProcessRun {
+    fn duration(&self) -> Duration {
+        Duration::from_secs(self.seconds)
+    }
+
+    /// A fresh store in `--data` (or `temp`), or in memory.
+    async fn store(&self, temp: &std::path::Path) -> Result<bench::BenchStore, String> {
+        bench::store(self.data.as_deref().unwrap_or(temp), self.in_memory).await
+    }
+}
+
 #[derive(Debug, clap::Subcommand)]
 pub enum BenchScenario {
     /// Many pools, random reserve then confirm/cancel, durable, in-process command path.
@@ -30,19 +59,8 @@ pub enum BenchScenario {
         /// quarter of the CPU idle, every client waiting on a sync (BENCHMARKS.md, uniform).
         #[arg(long, default_value_t = 4_096)]
         clients: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Data directory (default: a temporary directory on the same disk as /tmp).
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Use the in-memory store (not durable): isolates the command path from the disk.
-        #[arg(long)]
-        in_memory: bool,
-        /// Write every command's start (µs from the start of the run) and latency to this CSV.
-        #[arg(long)]
-        trace: Option<PathBuf>,
+        #[command(flatten)]
+        run: InProcessRun,
     },
     /// One pool with a cutoff under a reserve storm, durable, in-process command path.
     HotPool {
@@ -50,36 +68,16 @@ pub enum BenchScenario {
         seats: u64,
         #[arg(long, default_value_t = 1_000)]
         clients: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Use the in-memory store (not durable): isolates the command path from the disk.
-        #[arg(long)]
-        in_memory: bool,
-        /// Write every command's start (µs from the start of the run) and latency to this CSV.
-        #[arg(long)]
-        trace: Option<PathBuf>,
+        #[command(flatten)]
+        run: InProcessRun,
     },
     /// One pool whose commands succeed: each client holds a seat and releases it (cancel),
     /// over and over (a seat per client, so no reserve is refused), durable, in-process.
     HoldRelease {
         #[arg(long, default_value_t = 1_000)]
         clients: usize,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        #[arg(long)]
-        data: Option<PathBuf>,
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
-        /// Use the in-memory store (not durable): isolates the command path from the disk.
-        #[arg(long)]
-        in_memory: bool,
-        /// Write every command's start (µs from the start of the run) and latency to this CSV.
-        #[arg(long)]
-        trace: Option<PathBuf>,
+        #[command(flatten)]
+        run: InProcessRun,
     },
     /// Signed commands over loopback HTTP from a separate load process.
     Http {
@@ -233,43 +231,45 @@ pub async fn run(args: BenchArgs) -> Result<ExitCode, String> {
         BenchScenario::Uniform {
             pools,
             clients,
-            seconds,
-            data,
-            seed,
-            in_memory,
-            trace,
+            run,
         } => {
-            let dir = dir_or_temp(data);
-            let store = bench::store(&dir, in_memory).await?;
-            let duration = Duration::from_secs(seconds);
-            bench::uniform(store, pools, clients, duration, seed, trace.as_deref()).await?
+            let store = run.store(temp.path()).await?;
+            bench::uniform(
+                store,
+                pools,
+                clients,
+                run.duration(),
+                run.seed,
+                run.trace.as_deref(),
+            )
+            .await?
         }
         BenchScenario::HotPool {
             seats,
             clients,
-            seconds,
-            data,
-            seed,
-            in_memory,
-            trace,
+            run,
         } => {
-            let dir = dir_or_temp(data);
-            let store = bench::store(&dir, in_memory).await?;
-            let duration = Duration::from_secs(seconds);
-            bench::hot_pool(store, seats, clients, duration, seed, trace.as_deref()).await?
+            let store = run.store(temp.path()).await?;
+            bench::hot_pool(
+                store,
+                seats,
+                clients,
+                run.duration(),
+                run.seed,
+                run.trace.as_deref(),
+            )
+            .await?
         }
-        BenchScenario::HoldRelease {
-            clients,
-            seconds,
-            data,
-            seed,
-            in_memory,
-            trace,
-        } => {
-            let dir = dir_or_temp(data);
-            let store = bench::store(&dir, in_memory).await?;
-            let duration = Duration::from_secs(seconds);
-            bench::hold_release(store, clients, duration, seed, trace.as_deref()).await?
+        BenchScenario::HoldRelease { clients, run } => {
+            let store = run.store(temp.path()).await?;
+            bench::hold_release(
+                store,
+                clients,
+                run.duration(),
+                run.seed,
+                run.trace.as_deref(),
+            )
+            .await?
         }
         BenchScenario::Http {
             pools,
